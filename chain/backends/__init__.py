@@ -1,0 +1,1 @@
+"""Diffusion backends behind one interface (see :mod:`chain.backends.base`)."""

@@ -1,0 +1,27 @@
+"""The ``chain`` command line program: ``chain run`` and ``chain validate``.
+
+Each command lives in its own module; this file only registers them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from qtm._cli_utils import run_app
+
+app = typer.Typer(
+    name="chain",
+    help="Run the real Chain of Diffusion and validate the theory against it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:
+    """Entry point of the ``chain`` console script."""
+    run_app(app, "chain")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Errors of the chain runner; the command line prints them as one line (see qtm._cli_utils)."""
+
+from qtm.errors import QTMError
+
+
+class ChainError(QTMError):
+    """Bad input or an impossible request for a chain run, explained in one line."""

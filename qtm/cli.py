@@ -1,0 +1,28 @@
+"""The ``qtm`` command line program.
+
+Each command lives in its own module (``qtm/cli_*.py``); this file only
+registers them, so that the commands stay independent of each other.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from qtm._cli_utils import run_app
+
+app = typer.Typer(
+    name="qtm",
+    help="Quantitative-genetics theory of model collapse in the Chain of Diffusion.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:
+    """Entry point of the ``qtm`` console script."""
+    run_app(app, "qtm")
+
+
+if __name__ == "__main__":
+    main()
