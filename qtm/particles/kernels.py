@@ -1,0 +1,380 @@
+"""The Numba kernels of the particle simulator: the classic selection loop and the guided-sampler chain.
+
+Random numbers come from a counter-based generator (the SplitMix64 output function
+applied to ``key + counter * golden_gamma``) instead of a stateful one. Each replicate
+has its own 64-bit key (:func:`qtm.random.replicate_seeds`) and every draw has a fixed
+counter (iteration, purpose, index), so
+
+- a replicate's result depends only on (seed, replicate index), never on the number of
+  threads or on how the replicates are split into chunks, and
+- the NumPy reference (:mod:`qtm.particles.reference`) draws exactly the same numbers,
+  vectorised over replicates, so the two implementations are compared draw for draw.
+
+Normals come in Box-Muller pairs: normal number ``n`` of a block is the cosine
+(``n`` even) or sine (``n`` odd) half of pair ``n // 2``, whose uniforms are hashed
+from counters ``base + 2 (n // 2)`` and ``base + 2 (n // 2) + 1``.
+
+Kernels write into preallocated output arrays (replicate first) and loop over
+replicates with ``prange``; the per-replicate work is sequential.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+GAMMA = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+TWO_POW_M53 = 1.0 / 9007199254740992.0
+
+#: Counter layout: bits 40.. hold the iteration and the purpose of a draw, bits 20..39 the
+#: particle (sampler chain), bits 0..19 the draw inside that block.
+ITERATION_SHIFT = 44
+PURPOSE_SHIFT = 40
+PARTICLE_SHIFT = 20
+MAX_BLOCK = 1 << PARTICLE_SHIFT
+
+# The purposes of draws (one counter block each per iteration).
+(P_INIT_LABEL, P_INIT_TRAIT, P_ENV, P_SYSTEMATIC, P_MULTINOMIAL, P_MUTATION, P_REAL_LABEL, P_REAL_TRAIT,
+ P_GEN) = range(9)
+
+FIT_NEUTRAL, FIT_STABILIZING, FIT_TRUNCATION, FIT_TILT = range(4)
+
+
+@njit(cache=True, inline="always")
+def _mix(key, counter):
+    z = key + (counter + np.uint64(1)) * GAMMA
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def _uniform(key, counter):
+    return np.float64(_mix(key, counter) >> np.uint64(11)) * TWO_POW_M53
+
+
+@njit(cache=True, inline="always")
+def _block(iteration, purpose):
+    high = np.uint64(iteration) << np.uint64(ITERATION_SHIFT)
+    return high | (np.uint64(purpose) << np.uint64(PURPOSE_SHIFT))
+
+
+@njit(cache=True)
+def _fill_normals(key, base, out):
+    """Normals 0 .. len(out)-1 of the block starting at counter ``base``."""
+    n = out.shape[0]
+    for p in range((n + 1) // 2):
+        c = base + np.uint64(2 * p)
+        radius = math.sqrt(-2.0 * math.log(1.0 - _uniform(key, c)))
+        angle = 2.0 * math.pi * _uniform(key, c + np.uint64(1))
+        out[2 * p] = radius * math.cos(angle)
+        if 2 * p + 1 < n:
+            out[2 * p + 1] = radius * math.sin(angle)
+
+
+@njit(cache=True)
+def _draw_mixture(key, iteration, p_label, p_trait, weights, means, variances, x, labels, start, stop):
+    """Draw rows start..stop-1 of ``x`` (and their component ``labels``) from a diagonal Gaussian mixture."""
+    m, d = means.shape
+    noise = np.empty((stop - start) * d)
+    _fill_normals(key, _block(iteration, p_trait), noise)
+    label_base = _block(iteration, p_label)
+    for i in range(start, stop):
+        u = _uniform(key, label_base + np.uint64(i - start))
+        j = 0
+        acc = weights[0]
+        while j < m - 1 and acc <= u:
+            j += 1
+            acc += weights[j]
+        labels[i] = j
+        for a in range(d):
+            x[i, a] = means[j, a] + math.sqrt(variances[j, a]) * noise[(i - start) * d + a]
+
+
+@njit(cache=True)
+def _moments(x, out_mean, out_var):
+    """Per-axis mean and MLE variance (two passes, for accuracy at small variance)."""
+    n, d = x.shape
+    for a in range(d):
+        s = 0.0
+        for i in range(n):
+            s += x[i, a]
+        mu = s / n
+        s = 0.0
+        for i in range(n):
+            s += (x[i, a] - mu) ** 2
+        out_mean[a] = mu
+        out_var[a] = s / n
+
+
+@njit(cache=True)
+def _refit(x, labels, prior_w, prior_m, prior_v, rho, new_w, new_m, new_v):
+    """Move a mixture the fraction ``rho`` from its prior toward the labelled sample's moments.
+
+    A component with fewer than two members has no variance estimate: its mean and
+    variance stay at the prior (only its weight moves, toward its share of the sample).
+    """
+    m, d = prior_m.shape
+    n = x.shape[0]
+    counts = np.zeros(m)
+    sums = np.zeros((m, d))
+    for i in range(n):
+        counts[labels[i]] += 1.0
+        for a in range(d):
+            sums[labels[i], a] += x[i, a]
+    sq = np.zeros((m, d))
+    for i in range(n):
+        j = labels[i]
+        for a in range(d):
+            sq[j, a] += (x[i, a] - sums[j, a] / counts[j]) ** 2
+    for j in range(m):
+        new_w[j] = prior_w[j] + rho * (counts[j] / n - prior_w[j])
+        for a in range(d):
+            if counts[j] >= 2.0:
+                new_m[j, a] = prior_m[j, a] + rho * (sums[j, a] / counts[j] - prior_m[j, a])
+                new_v[j, a] = prior_v[j, a] + rho * (sq[j, a] / counts[j] - prior_v[j, a])
+            else:
+                new_m[j, a] = prior_m[j, a]
+                new_v[j, a] = prior_v[j, a]
+
+
+@njit(cache=True)
+def _resample_indices(key, iteration, log_w, systematic, index):
+    """Indices of N offspring drawn with weights exp(log_w) (log space: no underflow at strong selection)."""
+    n = log_w.shape[0]
+    top = -np.inf
+    for i in range(n):
+        top = max(top, log_w[i])
+    cdf = np.empty(n)
+    total = 0.0
+    for i in range(n):
+        total += math.exp(log_w[i] - top)
+        cdf[i] = total
+    for i in range(n):
+        cdf[i] /= total
+    cdf[n - 1] = 1.0
+    positions = np.empty(n)
+    if systematic:
+        shift = _uniform(key, _block(iteration, P_SYSTEMATIC))
+        for i in range(n):
+            positions[i] = (i + shift) / n
+    else:
+        # Sorted uniforms from normalised exponential spacings: O(N), no sort.
+        base = _block(iteration, P_MULTINOMIAL)
+        s = 0.0
+        for i in range(n):
+            s -= math.log(1.0 - _uniform(key, base + np.uint64(i)))
+            positions[i] = s
+        s -= math.log(1.0 - _uniform(key, base + np.uint64(n)))
+        for i in range(n):
+            positions[i] /= s
+    j = 0
+    for i in range(n):
+        while j < n - 1 and cdf[j] <= positions[i]:
+            j += 1
+        index[i] = j
+
+
+@njit(parallel=True, cache=True)
+def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
+              rho, rho_u, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
+              env_var, mutation_var, systematic, n_real, out_mean, out_var):
+    """The classic loop: phenotype, log fitness, resample N offspring, mutate, record, mix in real data.
+
+    Individuals carry a breeding value g (d axes); the phenotype is g plus environmental
+    noise of variance ``env_var`` (so h^2 = v_g / (v_g + env_var)); selection acts on the
+    phenotype and offspring inherit g. Fitness kinds: neutral, Gaussian stabilizing
+    (``theta``, ``omega2``), truncation (keep the top ``keep`` individuals on axis 0), or
+    the CFG tilt (p_c/p_u)^(w-1) of Gaussian models refitted to the population each
+    generation (fidelities ``rho``, ``rho_u``; prior the base or the previous model).
+    """
+    d = data_mean.shape[0]
+    use_env = False
+    for a in range(d):
+        use_env = use_env or env_var[a] > 0.0
+    one = np.ones(1)
+    for r in prange(keys.shape[0]):
+        key = keys[r]
+        g = np.empty((n, d))
+        child = np.empty((n, d))
+        labels = np.zeros(n, dtype=np.int64)
+        _draw_mixture(key, 0, P_INIT_LABEL, P_INIT_TRAIT, one, data_mean.reshape(1, d),
+                      data_var.reshape(1, d), g, labels, 0, n)
+        phenotype = np.empty((n, d))
+        noise = np.empty(n * d)
+        log_w = np.zeros(n)
+        index = np.empty(n, dtype=np.int64)
+        c0m, c0v = base_c_mean.reshape(1, d), base_c_var.reshape(1, d)
+        u0m, u0v = base_u_mean.reshape(1, d), base_u_var.reshape(1, d)
+        cw, cm, cv = np.ones(1), c0m.copy(), c0v.copy()
+        uw, um, uv = np.ones(1), u0m.copy(), u0v.copy()
+        for t in range(generations):
+            z = g
+            if use_env:
+                _fill_normals(key, _block(t, P_ENV), noise)
+                for i in range(n):
+                    for a in range(d):
+                        phenotype[i, a] = g[i, a] + math.sqrt(env_var[a]) * noise[i * d + a]
+                z = phenotype
+            if fitness == FIT_STABILIZING:
+                for i in range(n):
+                    s = 0.0
+                    for a in range(d):
+                        s += (z[i, a] - theta[a]) ** 2 / omega2[a]
+                    log_w[i] = -0.5 * s
+            elif fitness == FIT_TRUNCATION:
+                threshold = np.sort(z[:, 0])[n - keep]
+                for i in range(n):
+                    log_w[i] = 0.0 if z[i, 0] >= threshold else -np.inf
+            elif fitness == FIT_TILT:
+                if continue_prior:
+                    _refit(g, labels, cw, cm, cv, rho, cw, cm, cv)
+                    _refit(g, labels, uw, um, uv, rho_u, uw, um, uv)
+                else:
+                    _refit(g, labels, one, c0m, c0v, rho, cw, cm, cv)
+                    _refit(g, labels, one, u0m, u0v, rho_u, uw, um, uv)
+                for i in range(n):
+                    s = 0.0
+                    for a in range(d):
+                        vc = max(cv[0, a], 1e-300)
+                        vu = max(uv[0, a], 1e-300)
+                        s += (-((z[i, a] - cm[0, a]) ** 2) / vc - math.log(vc)
+                              + (z[i, a] - um[0, a]) ** 2 / vu + math.log(vu))
+                    log_w[i] = 0.5 * (tilt_cfg - 1.0) * s
+            _resample_indices(key, t, log_w, systematic, index)
+            _fill_normals(key, _block(t, P_MUTATION), noise)
+            for i in range(n):
+                for a in range(d):
+                    child[i, a] = g[index[i], a] + math.sqrt(mutation_var[a]) * noise[i * d + a]
+            g, child = child, g
+            _moments(g, out_mean[r, t], out_var[r, t])
+            if n_real > 0:
+                _draw_mixture(key, t, P_REAL_LABEL, P_REAL_TRAIT, one, data_mean.reshape(1, d),
+                              data_var.reshape(1, d), g, labels, 0, n_real)
+
+
+@njit(cache=True, inline="always")
+def _mixture_eps(x, d, m, off_am, inv_s, log_norm, b, eps, ll):
+    """Exact ε-prediction of a diagonal Gaussian mixture at one level (posterior-weighted, log-sum-exp)."""
+    top = -np.inf
+    for j in range(m):
+        s = 0.0
+        for a in range(d):
+            s += (x[a] - off_am[j, a]) ** 2 * inv_s[j, a]
+        ll[j] = log_norm[j] - 0.5 * s
+        top = max(top, ll[j])
+    total = 0.0
+    for a in range(d):
+        eps[a] = 0.0
+    for j in range(m):
+        p = math.exp(ll[j] - top)
+        total += p
+        for a in range(d):
+            eps[a] += p * b * (x[a] - off_am[j, a]) * inv_s[j, a]
+    for a in range(d):
+        eps[a] /= total
+
+
+@njit(cache=True)
+def _level_coefficients(w, mean, var, a_level, b_level, am, inv_s, log_norm):
+    """Per component: a·m, 1/(a²v + b²) and log weight - ½ Σ log(a²v + b²) at one noise level."""
+    m, d = mean.shape
+    for j in range(m):
+        s = 0.0
+        for a in range(d):
+            level_var = max(a_level * a_level * var[j, a] + b_level * b_level, 1e-300)
+            am[j, a] = a_level * mean[j, a]
+            inv_s[j, a] = 1.0 / level_var
+            s += math.log(level_var)
+        log_norm[j] = (math.log(w[j]) if w[j] > 0.0 else -np.inf) - 0.5 * s
+
+
+@njit(parallel=True, cache=True)
+def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
+                 base_uv, rho, rho_u, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
+                 out_mean, out_var, out_occupancy):
+    """The guided-sampler chain: refit (labels), run the K-step guided DDIM sampler on each particle, record.
+
+    Per iteration: both branches are refitted to the labelled training set; each of the N
+    new particles starts at x_K ~ N(0, I) and takes K DDIM steps (diffusers' update, no
+    clipping) with the guided ε̂ = ε̂_u + w_k (ε̂_c - ε̂_u) of the two fitted mixtures; it is
+    labelled by its most probable component of the conditional mixture at the last noise
+    level; mutation noise is added; its statistics are recorded; then the first ``n_real``
+    particles are replaced by fresh real data to form the next training set.
+    """
+    m, d = data_m.shape
+    k_steps = abar_t.shape[0]
+    a_t = np.sqrt(abar_t)
+    b_t = np.sqrt(1.0 - abar_t)
+    a_prev = np.sqrt(abar_prev)
+    sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
+    direction = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0))
+    a_final = a_prev[k_steps - 1]
+    b_final = math.sqrt(1.0 - abar_prev[k_steps - 1])
+    for r in prange(keys.shape[0]):
+        key = keys[r]
+        x = np.empty((n, d))
+        labels = np.empty(n, dtype=np.int64)
+        _draw_mixture(key, 0, P_INIT_LABEL, P_INIT_TRAIT, data_w, data_m, data_v, x, labels, 0, n)
+        cw, cm, cv = base_cw.copy(), base_cm.copy(), base_cv.copy()
+        uw, um, uv = base_uw.copy(), base_um.copy(), base_uv.copy()
+        c_am = np.empty((k_steps + 1, m, d))
+        c_inv = np.empty((k_steps + 1, m, d))
+        c_norm = np.empty((k_steps + 1, m))
+        u_am = np.empty((k_steps, m, d))
+        u_inv = np.empty((k_steps, m, d))
+        u_norm = np.empty((k_steps, m))
+        noise = np.empty(d * (k_steps + 2))
+        xi = np.empty(d)
+        eps_c = np.empty(d)
+        eps_u = np.empty(d)
+        ll = np.empty(m)
+        for t in range(iterations):
+            if continue_prior:
+                _refit(x, labels, cw, cm, cv, rho, cw, cm, cv)
+                _refit(x, labels, uw, um, uv, rho_u, uw, um, uv)
+            else:
+                _refit(x, labels, base_cw, base_cm, base_cv, rho, cw, cm, cv)
+                _refit(x, labels, base_uw, base_um, base_uv, rho_u, uw, um, uv)
+            for k in range(k_steps):
+                _level_coefficients(cw, cm, cv, a_t[k], b_t[k], c_am[k], c_inv[k], c_norm[k])
+                _level_coefficients(uw, um, uv, a_t[k], b_t[k], u_am[k], u_inv[k], u_norm[k])
+            _level_coefficients(cw, cm, cv, a_final, b_final, c_am[k_steps], c_inv[k_steps], c_norm[k_steps])
+            gen_base = _block(t, P_GEN)
+            for i in range(n):
+                _fill_normals(key, gen_base + (np.uint64(i) << np.uint64(PARTICLE_SHIFT)), noise)
+                for a in range(d):
+                    xi[a] = noise[a]
+                for k in range(k_steps):
+                    _mixture_eps(xi, d, m, c_am[k], c_inv[k], c_norm[k], b_t[k], eps_c, ll)
+                    _mixture_eps(xi, d, m, u_am[k], u_inv[k], u_norm[k], b_t[k], eps_u, ll)
+                    w = scales[k]
+                    for a in range(d):
+                        e = eps_u[a] + w * (eps_c[a] - eps_u[a])
+                        x0 = (xi[a] - b_t[k] * e) / a_t[k]
+                        xi[a] = a_prev[k] * x0 + direction[k] * e + sigma[k] * noise[d * (k + 1) + a]
+                best = 0
+                top = -np.inf
+                for j in range(m):
+                    s = 0.0
+                    for a in range(d):
+                        s += (xi[a] - c_am[k_steps, j, a]) ** 2 * c_inv[k_steps, j, a]
+                    s = c_norm[k_steps, j] - 0.5 * s
+                    if s > top:
+                        top = s
+                        best = j
+                labels[i] = best
+                for a in range(d):
+                    x[i, a] = xi[a] + math.sqrt(mutation_var[a]) * noise[d * (k_steps + 1) + a]
+            _moments(x, out_mean[r, t], out_var[r, t])
+            for j in range(m):
+                out_occupancy[r, t, j] = 0.0
+            for i in range(n):
+                out_occupancy[r, t, labels[i]] += 1.0 / n
+            if n_real > 0:
+                _draw_mixture(key, t, P_REAL_LABEL, P_REAL_TRAIT, data_w, data_m, data_v, x, labels, 0,
+                              n_real)

@@ -1,0 +1,215 @@
+"""Plain NumPy reference of the particle kernels, vectorised over replicates (and particles).
+
+Same algorithms, same counter-based random numbers and the same argument lists as
+:mod:`qtm.particles.kernels`, so the two agree draw for draw (up to the last bits of
+``exp``/``log``/``cos``, which NumPy's vectorised loops may round differently). It
+serves the tests and is the speed baseline of the benchmarks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qtm.particles.kernels import (
+    FIT_STABILIZING,
+    FIT_TILT,
+    FIT_TRUNCATION,
+    GAMMA,
+    ITERATION_SHIFT,
+    MIX1,
+    MIX2,
+    P_ENV,
+    P_GEN,
+    P_INIT_LABEL,
+    P_INIT_TRAIT,
+    P_MULTINOMIAL,
+    P_MUTATION,
+    P_REAL_LABEL,
+    P_REAL_TRAIT,
+    P_SYSTEMATIC,
+    PARTICLE_SHIFT,
+    PURPOSE_SHIFT,
+    TWO_POW_M53,
+)
+
+
+def _block(iteration, purpose) -> np.uint64:
+    return np.uint64((iteration << ITERATION_SHIFT) | (purpose << PURPOSE_SHIFT))
+
+
+def _mix(keys, counters):
+    with np.errstate(over="ignore"):  # the hash relies on wrap-around arithmetic
+        z = keys + (counters + np.uint64(1)) * GAMMA
+        z = (z ^ (z >> np.uint64(30))) * MIX1
+        z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def _uniform(keys, counters):
+    return (_mix(keys, counters) >> np.uint64(11)).astype(np.float64) * TWO_POW_M53
+
+
+def _normals(keys, base, start, stop):
+    """Normals ``start .. stop-1`` of the blocks at ``base`` (keys, base broadcast; draws on a last axis)."""
+    first, last = start // 2, (stop - 1) // 2
+    counters = base[..., None] + np.uint64(2) * np.arange(first, last + 1, dtype=np.uint64)
+    radius = np.sqrt(-2.0 * np.log(1.0 - _uniform(keys[..., None], counters)))
+    angle = 2.0 * np.pi * _uniform(keys[..., None], counters + np.uint64(1))
+    pairs = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=-1)
+    flat = pairs.reshape((*pairs.shape[:-2], -1))
+    return flat[..., start - 2 * first : stop - 2 * first]
+
+
+def _draw_mixture(keys, iteration, p_label, p_trait, weights, means, variances, count):
+    """``count`` draws per replicate from a diagonal Gaussian mixture: traits (R, count, d), labels."""
+    m, d = means.shape
+    u = _uniform(keys[:, None], _block(iteration, p_label) + np.arange(count, dtype=np.uint64))
+    acc = np.cumsum(weights)[: m - 1]
+    labels = (acc[None, None, :] <= u[..., None]).sum(axis=-1)
+    noise = _normals(keys, np.full(keys.shape, _block(iteration, p_trait)), 0, count * d)
+    noise = noise.reshape(keys.shape[0], count, d)
+    return means[labels] + np.sqrt(variances[labels]) * noise, labels
+
+
+def _refit(x, labels, prior_w, prior_m, prior_v, rho):
+    """Batched kernel refit: priors (R, M[, d]) or (M[, d]); returns (w, m, v) per replicate."""
+    r, n, d = x.shape
+    m = prior_m.shape[-2]
+    onehot = labels[..., None] == np.arange(m)
+    counts = onehot.sum(axis=1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.einsum("rnm,rnd->rmd", onehot, x) / counts[..., None]
+        centred = x - np.take_along_axis(mean, labels[..., None], axis=1)
+        var = np.einsum("rnm,rnd->rmd", onehot, centred**2) / counts[..., None]
+    enough = (counts >= 2.0)[..., None]
+    new_w = prior_w + rho * (counts / n - prior_w)
+    new_m = np.where(enough, prior_m + rho * (mean - prior_m), prior_m)
+    new_v = np.where(enough, prior_v + rho * (var - prior_v), prior_v)
+    return new_w, np.broadcast_to(new_m, (r, m, d)), np.broadcast_to(new_v, (r, m, d))
+
+
+def _resample_indices(keys, iteration, log_w, systematic):
+    r, n = log_w.shape
+    weights = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    cdf = np.cumsum(weights, axis=1)
+    cdf /= cdf[:, -1:]
+    cdf[:, -1] = 1.0
+    if systematic:
+        shift = _uniform(keys, _block(iteration, P_SYSTEMATIC))
+        positions = (np.arange(n) + shift[:, None]) / n
+    else:
+        counters = _block(iteration, P_MULTINOMIAL) + np.arange(n + 1, dtype=np.uint64)
+        spacings = np.cumsum(-np.log(1.0 - _uniform(keys[:, None], counters)), axis=1)
+        positions = spacings[:, :n] / spacings[:, n:]
+    # One searchsorted per replicate keeps the comparisons exactly those of the kernel;
+    # it is a small part of the work.
+    index = np.empty((r, n), dtype=np.int64)
+    for row in range(r):
+        index[row] = np.searchsorted(cdf[row], positions[row], side="right")
+    return np.minimum(index, n - 1)
+
+
+def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
+                 rho, rho_u, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
+                 env_var, mutation_var, systematic, n_real, out_mean, out_var):
+    """NumPy version of :func:`qtm.particles.kernels.qg_kernel` (same arguments)."""
+    reps, d = keys.shape[0], data_mean.shape[0]
+    one = np.ones(1)
+    g, labels = _draw_mixture(keys, 0, P_INIT_LABEL, P_INIT_TRAIT, one, data_mean[None], data_var[None], n)
+    c_model = (one, base_c_mean[None], base_c_var[None])
+    u_model = (one, base_u_mean[None], base_u_var[None])
+    for t in range(generations):
+        z = g
+        if np.any(env_var > 0):
+            noise = _normals(keys, np.full(reps, _block(t, P_ENV)), 0, n * d).reshape(reps, n, d)
+            z = g + np.sqrt(env_var) * noise
+        if fitness == FIT_STABILIZING:
+            log_w = -0.5 * ((z - theta) ** 2 / omega2).sum(axis=2)
+        elif fitness == FIT_TRUNCATION:
+            threshold = np.sort(z[:, :, 0], axis=1)[:, n - keep]
+            log_w = np.where(z[:, :, 0] >= threshold[:, None], 0.0, -np.inf)
+        elif fitness == FIT_TILT:
+            c_prior = c_model if continue_prior else (one, base_c_mean[None], base_c_var[None])
+            u_prior = u_model if continue_prior else (one, base_u_mean[None], base_u_var[None])
+            c_model = _refit(g, labels, *c_prior, rho)
+            u_model = _refit(g, labels, *u_prior, rho_u)
+            vc = np.maximum(c_model[2], 1e-300)
+            vu = np.maximum(u_model[2], 1e-300)
+            s = -((z - c_model[1]) ** 2) / vc - np.log(vc) + (z - u_model[1]) ** 2 / vu + np.log(vu)
+            log_w = 0.5 * (tilt_cfg - 1.0) * s.sum(axis=2)
+        else:
+            log_w = np.zeros((reps, n))
+        index = _resample_indices(keys, t, log_w, systematic)
+        noise = _normals(keys, np.full(reps, _block(t, P_MUTATION)), 0, n * d).reshape(reps, n, d)
+        g = np.take_along_axis(g, index[..., None], axis=1) + np.sqrt(mutation_var) * noise
+        out_mean[:, t] = g.mean(axis=1)
+        out_var[:, t] = ((g - out_mean[:, t][:, None]) ** 2).mean(axis=1)
+        if n_real > 0:
+            real, real_labels = _draw_mixture(keys, t, P_REAL_LABEL, P_REAL_TRAIT, one, data_mean[None],
+                                              data_var[None], n_real)
+            g = g.copy()
+            g[:, :n_real] = real
+            labels = labels.copy()
+            labels[:, :n_real] = real_labels
+
+
+def _level_coefficients(w, mean, var, a_level, b_level):
+    level_var = np.maximum(a_level**2 * var + b_level**2, 1e-300)
+    with np.errstate(divide="ignore"):
+        log_norm = np.log(w) - 0.5 * np.log(level_var).sum(axis=-1)
+    return a_level * mean, 1.0 / level_var, log_norm
+
+
+def _mixture_log_lik(x, am, inv_s, log_norm):
+    """Per particle and component: log weight + log density (up to a constant) at one level; (R, N, M)."""
+    return log_norm[:, None, :] - 0.5 * ((x[:, :, None, :] - am[:, None]) ** 2 * inv_s[:, None]).sum(axis=-1)
+
+
+def _mixture_eps(x, am, inv_s, log_norm, b_level):
+    ll = _mixture_log_lik(x, am, inv_s, log_norm)
+    p = np.exp(ll - ll.max(axis=-1, keepdims=True))
+    eps = (p[..., None] * (b_level * (x[:, :, None, :] - am[:, None]) * inv_s[:, None])).sum(axis=2)
+    return eps / p.sum(axis=-1)[..., None]
+
+
+def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
+                    base_uv, rho, rho_u, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
+                    out_mean, out_var, out_occupancy):
+    """NumPy version of :func:`qtm.particles.kernels.chain_kernel` (same arguments)."""
+    reps = keys.shape[0]
+    m, d = data_m.shape
+    k_steps = abar_t.shape[0]
+    a_t, b_t, a_prev = np.sqrt(abar_t), np.sqrt(1.0 - abar_t), np.sqrt(abar_prev)
+    sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
+    direction = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0))
+    x, labels = _draw_mixture(keys, 0, P_INIT_LABEL, P_INIT_TRAIT, data_w, data_m, data_v, n)
+    c_model = (base_cw, base_cm, base_cv)
+    u_model = (base_uw, base_um, base_uv)
+    particle_base = (np.arange(n, dtype=np.uint64) << np.uint64(PARTICLE_SHIFT))[None, :]
+    particle_keys = np.broadcast_to(keys[:, None], (reps, n))
+    for t in range(iterations):
+        c_prior = c_model if continue_prior else (base_cw, base_cm, base_cv)
+        u_prior = u_model if continue_prior else (base_uw, base_um, base_uv)
+        c_model = _refit(x, labels, *c_prior, rho)
+        u_model = _refit(x, labels, *u_prior, rho_u)
+        base = np.broadcast_to(_block(t, P_GEN) + particle_base, (reps, n))
+        xi = _normals(particle_keys, base, 0, d)
+        for k in range(k_steps):
+            eps_c = _mixture_eps(xi, *_level_coefficients(*c_model, a_t[k], b_t[k]), b_t[k])
+            eps_u = _mixture_eps(xi, *_level_coefficients(*u_model, a_t[k], b_t[k]), b_t[k])
+            eps = eps_u + scales[k] * (eps_c - eps_u)
+            x0 = (xi - b_t[k] * eps) / a_t[k]
+            noise = _normals(particle_keys, base, d * (k + 1), d * (k + 2))
+            xi = a_prev[k] * x0 + direction[k] * eps + sigma[k] * noise
+        final = _level_coefficients(*c_model, a_prev[-1], np.sqrt(1.0 - abar_prev[-1]))
+        labels = _mixture_log_lik(xi, *final).argmax(axis=-1)
+        noise = _normals(particle_keys, base, d * (k_steps + 1), d * (k_steps + 2))
+        x = xi + np.sqrt(mutation_var) * noise
+        out_mean[:, t] = x.mean(axis=1)
+        out_var[:, t] = ((x - out_mean[:, t][:, None]) ** 2).mean(axis=1)
+        out_occupancy[:, t] = (labels[..., None] == np.arange(m)).mean(axis=1)
+        if n_real > 0:
+            real, real_labels = _draw_mixture(keys, t, P_REAL_LABEL, P_REAL_TRAIT, data_w, data_m, data_v,
+                                              n_real)
+            x[:, :n_real] = real
+            labels[:, :n_real] = real_labels
