@@ -1,0 +1,210 @@
+"""Parameter grids from the command line or a TOML file.
+
+A numeric option takes a comma list of values and ``start:stop:step`` ranges
+(``"1,3,7.5"``, ``"0:1:0.25"``, ``"1,2:8:2"``); the stop is included when the
+range lands on it within a relative tolerance, so ``0:1:0.1`` ends at 1. A text
+option takes a comma list only, because its values may contain colons
+(``"constant,cutoff:0.5"``). The grid is the Cartesian product of the options'
+values, one row per point.
+
+A ``--config FILE.toml`` gives the same options by name (``cfg = [1, 3, 7.5]``,
+``schedule = "constant,cosine"``, ``real-fraction = 0.1``); an option given on
+the command line overrides the file.
+
+Examples
+--------
+>>> parse_numbers("1,2:3:0.5", name="cfg")
+[1.0, 2.0, 2.5, 3.0]
+>>> grid_frame({"cfg": [1.0, 7.5], "schedule": ["constant", "cosine"]}).shape
+(4, 2)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from qtm.errors import QTMError
+
+try:  # Python >= 3.11 ships tomllib; tomli is the same parser for 3.10
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - depends on the interpreter
+    import tomli as tomllib
+
+#: Relative tolerance under which a range's stop counts as reached.
+RANGE_TOLERANCE = 1e-9
+
+
+def parse_numbers(spec, *, name: str, integer: bool = False) -> list:
+    """Values of a numeric option: comma lists and ``start:stop:step`` ranges.
+
+    Parameters
+    ----------
+    spec : str, number or sequence of those
+        The option as the command line or a TOML file gives it.
+    name : str
+        The option's name, for error messages.
+    integer : bool
+        Require whole numbers (and return ints).
+
+    Returns
+    -------
+    list of float (or int), in the order given.
+
+    Examples
+    --------
+    >>> parse_numbers("0:1:0.25", name="drop")
+    [0.0, 0.25, 0.5, 0.75, 1.0]
+    >>> parse_numbers("10:1:-3", name="steps", integer=True)
+    [10, 7, 4, 1]
+    """
+    values: list = []
+    for item in _items(spec, name):
+        if isinstance(item, bool):
+            raise QTMError(f"--{_flag(name)} must be numbers, got {item!r}")
+        if isinstance(item, (int, float)):
+            values.append(float(item))
+        elif ":" in item:
+            values.extend(_parse_range(item, name))
+        else:
+            values.append(_number(item, name))
+    if not values:
+        raise QTMError(f"--{_flag(name)} needs at least one value")
+    if integer:
+        if any(v != round(v) for v in values):
+            raise QTMError(f"--{_flag(name)} must be whole numbers, got {_text(spec)!r}")
+        return [round(v) for v in values]
+    return values
+
+
+def parse_strings(spec, *, name: str) -> list[str]:
+    """Values of a text option: a comma list (or a TOML list of strings).
+
+    Examples
+    --------
+    >>> parse_strings("constant, cutoff:0.5", name="schedule")
+    ['constant', 'cutoff:0.5']
+    """
+    values = [str(item) for item in _items(spec, name)]
+    if not values:
+        raise QTMError(f"--{_flag(name)} needs at least one value")
+    return values
+
+
+def grid_frame(axes: Mapping[str, Sequence]):
+    """The Cartesian product of the axes' values as a pandas DataFrame, one row per point.
+
+    The first axis varies slowest; the columns keep the axes' order.
+
+    Examples
+    --------
+    >>> grid_frame({"cfg": [1.0, 7.5], "drop": [0.0]}).to_dict("list")
+    {'cfg': [1.0, 7.5], 'drop': [0.0, 0.0]}
+    """
+    import pandas as pd
+
+    names = list(axes)
+    rows = list(itertools.product(*(list(axes[n]) for n in names)))
+    return pd.DataFrame(rows, columns=names)
+
+
+def load_config(path, *, allowed: Sequence[str]) -> dict:
+    """Read a TOML file of options; keys are option names (``real-fraction`` or ``real_fraction``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``--config`` file.
+    allowed : sequence of str
+        Option names (with underscores) the command takes; any other key is an error.
+
+    Returns
+    -------
+    dict mapping option names (with underscores) to the file's values.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise QTMError(f"--config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise QTMError(f"--config file {str(path)!r} is not valid TOML: {error}") from None
+    config = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in allowed:
+            raise QTMError(
+                f"--config file {str(path)!r}: unknown option {key!r}; "
+                f"known: {', '.join(_flag(a) for a in allowed)}"
+            )
+        if isinstance(value, dict):
+            raise QTMError(
+                f"--config file {str(path)!r}: option {key!r} must be a value or a list, not a table"
+            )
+        config[name] = value
+    return config
+
+
+def merge_options(command_line: Mapping, config: Mapping, defaults: Mapping) -> dict:
+    """Each option from the command line if given (not None), else from the config file, else its default.
+
+    Examples
+    --------
+    >>> merge_options({"cfg": "2", "drop": None}, {"cfg": 5, "drop": 0.2}, {"cfg": "7.5", "drop": "0"})
+    {'cfg': '2', 'drop': 0.2}
+    """
+    merged = {}
+    for name, default in defaults.items():
+        given = command_line.get(name)
+        merged[name] = given if given is not None else config.get(name, default)
+    return merged
+
+
+def _items(spec, name: str) -> list:
+    if isinstance(spec, (list, tuple)):
+        items = []
+        for element in spec:
+            items.extend(_items(element, name))
+        return items
+    if isinstance(spec, str):
+        return [part.strip() for part in spec.split(",") if part.strip()]
+    return [spec]
+
+
+def _parse_range(item: str, name: str) -> list[float]:
+    parts = item.split(":")
+    if len(parts) != 3:
+        raise QTMError(f"--{_flag(name)}: a range is start:stop:step, got {item!r}")
+    start, stop, step = (_number(p, name) for p in parts)
+    if step == 0:
+        raise QTMError(f"--{_flag(name)}: range {item!r} has step 0; give a non-zero step")
+    span = stop - start
+    if span * step < 0:
+        raise QTMError(
+            f"--{_flag(name)}: range {item!r} never reaches its stop; the step's sign must match stop - start"
+        )
+    tolerance = RANGE_TOLERANCE * max(abs(start), abs(stop), abs(step))
+    count = math.floor((abs(span) + tolerance) / abs(step)) + 1
+    # Rounding to 12 significant digits turns 0.30000000000000004 back into the 0.3 the user meant.
+    return [float(f"{start + i * step:.12g}") for i in range(count)]
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise QTMError(f"--{_flag(name)}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise QTMError(f"--{_flag(name)} must be finite, got {text!r}")
+    return value
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _text(spec) -> str:
+    return spec if isinstance(spec, str) else repr(spec)

@@ -1,0 +1,426 @@
+"""The chain recursion: expected trait moments of a Chain of Diffusion, iteration by iteration.
+
+The model's conventions (``CONTRIBUTING.md``): the base model has a conditional
+branch ``N(cond_mean, cond_var)`` and an unconditional one ``N(uncond_mean, uncond_var)``;
+``D_0`` is the real data ``N(data_mean, data_var)``. Iteration ``t = 0, 1, ...``:
+
+1. finetune on ``D_t``: ``c_t = inherit(prior_c, D_t, rho)`` and
+   ``u_t = inherit(prior_u, D_t, rho_u)``, with the prior the base model
+   (``finetune="base"``, the reference setup) or the model of iteration ``t-1``
+   (``finetune="continue"``);
+2. generate: ``G_t = guided_moments(c_t, u_t, cfg, schedule, sampler, ...)``, then add
+   the mutation variance;
+3. build the next data set: the expected refit moments of ``population`` samples of
+   ``G_t`` (when finite), mixed with the real data at rate ``real_fraction``:
+   ``D_{t+1} = mix(G_t, real, real_fraction)``.
+
+The trajectory records ``G_t`` (after mutation) for every iteration ``t``.
+
+**The model's assumption on the unconditional branch.** Finetuning with
+condition-drop probability ``p`` shows the unconditional branch the data in a
+fraction ``p`` of the examples, so it moves with fidelity ``rho_u = p * rho``
+unless ``uncond_fidelity`` says otherwise. This is an assumption of the model,
+to be fitted on real chains by ``validate``; ``p = 0`` keeps the base
+unconditional model for ever.
+
+Every parameter broadcasts, so a parameter grid is just broadcasting (a trait
+axis is one more dimension). The text parameters (``schedule``, ``sampler``,
+``finetune``) and ``steps`` and ``eta`` may be arrays too: the points are grouped
+by them. The DDIM/DDPM samplers run in one fused Numba kernel per group (all
+iterations and all K steps of a point in registers, points in parallel); the tilt
+runs through the :mod:`qtm.gaussian` operators, vectorised over the grid.
+
+Examples
+--------
+>>> traj = simulate_moments(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=4.0,
+...                         data_mean=1.0, data_var=1.0, cfg=[1.0, 3.0], iterations=5, steps=20)
+>>> traj.var.shape
+(2, 5)
+>>> collapse_iteration(traj, threshold=0.01).tolist()
+[-1, 1]
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from qtm._validation import (
+    as_float_array,
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+)
+from qtm.diffusion import DiffusionConfig
+from qtm.sampler_map import SAMPLERS, step_coefficients
+from qtm.schedules import CFGSchedule
+
+FINETUNE_MODES = ("base", "continue")
+
+
+class ChainTrajectory(NamedTuple):
+    """Moments of the images generated at each iteration.
+
+    Attributes
+    ----------
+    mean, var : numpy.ndarray of shape ``grid + (iterations,)``
+        Trait mean and variance of ``G_t``, ``t = 0 .. iterations-1``.
+    data_mean, data_var : numpy.ndarray of shape ``grid``
+        The real data's moments (the reference for collapse).
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    data_mean: np.ndarray
+    data_var: np.ndarray
+
+
+def simulate_moments(
+    *,
+    cond_mean,
+    cond_var,
+    uncond_mean,
+    uncond_var,
+    data_mean,
+    data_var,
+    cfg,
+    schedule="constant",
+    drop=0.0,
+    fidelity=1.0,
+    uncond_fidelity=None,
+    iterations: int,
+    finetune="base",
+    real_fraction=0.0,
+    sampler="ddim",
+    steps=50,
+    eta=0.0,
+    population: int | None = None,
+    mutation_var=0.0,
+    config: DiffusionConfig | None = None,
+) -> ChainTrajectory:
+    """Iterate the chain on expected moments, for every point of a broadcast parameter grid.
+
+    Parameters
+    ----------
+    cond_mean, cond_var, uncond_mean, uncond_var : float or array
+        The base model's conditional and unconditional Gaussians.
+    data_mean, data_var : float or array
+        The real data ``D_0``.
+    cfg : float or array
+        Peak CFG scale w.
+    schedule : str or array of str
+        CFG schedule shape (:mod:`qtm.schedules`).
+    drop : float or array in [0, 1]
+        Condition-drop probability p of finetuning.
+    fidelity : float or array in [0, 1]
+        Fidelity rho of the conditional branch.
+    uncond_fidelity : None, float or array in [0, 1]
+        Fidelity of the unconditional branch; ``None`` (or NaN entries) means ``drop * fidelity``.
+    iterations : int
+        Number of iterations (>= 1).
+    finetune : {"base", "continue"} or array of them
+        The prior of each finetuning.
+    real_fraction : float or array in [0, 1]
+        Share of real data mixed into each data set ``D_{t+1}``.
+    sampler : {"ddim", "ddpm", "tilt"} or array of them
+        See :func:`qtm.sampler_map.guided_moments` (``ddpm`` ignores ``eta``).
+    steps : int or array of int
+        Sampler steps K.
+    eta : float or array in [0, 1]
+        DDIM noise weight.
+    population : int >= 2, optional
+        Images per iteration; when given, ``D_{t+1}`` takes the expected moments of the
+        maximum-likelihood refit on that many samples (variance times ``(N-1)/N``).
+    mutation_var : float or array >= 0
+        Variance added to every generated set.
+    config : DiffusionConfig, optional
+        Scheduler conventions; SD v1.5's by default.
+
+    Returns
+    -------
+    ChainTrajectory
+
+    Raises
+    ------
+    QTMError
+        On bad input; :class:`qtm.errors.ImproperDistributionError` when the tilt's
+        precision is not positive at some point and iteration.
+
+    Examples
+    --------
+    >>> traj = simulate_moments(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=4.0,
+    ...                         data_mean=1.0, data_var=1.0, cfg=7.5, drop=[0.0, 1.0],
+    ...                         finetune="continue", iterations=3, sampler="tilt")
+    >>> traj.var.round(3).tolist()
+    [[0.17, 0.024, 0.003], [1.0, 1.0, 1.0]]
+    """
+    iterations = check_int(iterations, "iterations", minimum=1)
+    numeric = {
+        "cond_mean": as_float_array(cond_mean, "cond_mean"),
+        "cond_var": check_positive(cond_var, "cond_var"),
+        "uncond_mean": as_float_array(uncond_mean, "uncond_mean"),
+        "uncond_var": check_positive(uncond_var, "uncond_var"),
+        "data_mean": as_float_array(data_mean, "data_mean"),
+        "data_var": check_positive(data_var, "data_var"),
+        "cfg": check_nonnegative(cfg, "cfg"),
+        "fidelity": check_unit_interval(fidelity, "fidelity"),
+        "real_fraction": check_unit_interval(real_fraction, "real_fraction"),
+        "mutation_var": check_nonnegative(mutation_var, "mutation_var"),
+    }
+    numeric["uncond_fidelity"] = _uncond_fidelity(
+        uncond_fidelity, check_unit_interval(drop, "drop"), numeric["fidelity"]
+    )
+    if population is not None:
+        population = check_int(population, "population", minimum=2)
+    categorical = {
+        "schedule": _text_array(schedule),
+        "sampler": _text_array(sampler),
+        "finetune": _text_array(finetune),
+        "steps": np.asarray(steps),
+        "eta": check_unit_interval(eta, "eta"),
+    }
+    for name, choices in (("sampler", SAMPLERS), ("finetune", FINETUNE_MODES)):
+        for value in np.unique(categorical[name]):
+            check_choice(str(value), name, choices)
+    schedules = {str(s): CFGSchedule.parse(str(s)) for s in np.unique(categorical["schedule"])}
+    for value in np.unique(categorical["steps"]):
+        check_int(value, "steps", minimum=1)
+    config = DiffusionConfig() if config is None else config
+
+    shapes = [a.shape for a in numeric.values()] + [a.shape for a in categorical.values()]
+    shape = np.broadcast_shapes(*shapes)
+    size = int(np.prod(shape))
+    mean = np.empty((size, iterations))
+    var = np.empty((size, iterations))
+    for key, index in _groups(categorical, shape):
+        schedule_spec, sampler_name, mode, num_steps, eta_value = key
+        params = {name: _flat(values, shape, index) for name, values in numeric.items()}
+        run = dict(
+            params,
+            iterations=iterations,
+            schedule=schedules[schedule_spec],
+            sampler=sampler_name,
+            continue_=mode == "continue",
+            steps=int(num_steps),
+            eta=float(eta_value),
+            population=population,
+            config=config,
+        )
+        group_mean, group_var = _run_operators(**run) if sampler_name == "tilt" else _run_kernel(**run)
+        if index is None:
+            mean[...], var[...] = group_mean, group_var
+        else:
+            mean[index], var[index] = group_mean, group_var
+    return ChainTrajectory(
+        mean.reshape((*shape, iterations)),
+        var.reshape((*shape, iterations)),
+        np.broadcast_to(numeric["data_mean"], shape).copy(),
+        np.broadcast_to(numeric["data_var"], shape).copy(),
+    )
+
+
+def collapse_iteration(trajectory: ChainTrajectory, *, threshold: float = 0.1) -> np.ndarray:
+    """First iteration whose variance falls below ``threshold`` times the real data's, or -1 if none.
+
+    Parameters
+    ----------
+    trajectory : ChainTrajectory
+    threshold : float in (0, 1]
+        Collapse means ``var_t < threshold * data_var``.
+
+    Returns
+    -------
+    numpy.ndarray of int, shape ``grid``
+
+    Examples
+    --------
+    >>> traj = ChainTrajectory(np.zeros(3), np.array([1.0, 0.5, 0.05]), np.array(0.0), np.array(1.0))
+    >>> int(collapse_iteration(traj, threshold=0.1))
+    2
+    """
+    threshold = float(check_unit_interval(threshold, "threshold", closed_left=False))
+    below = trajectory.var < threshold * trajectory.data_var[..., None]
+    return np.where(below.any(axis=-1), below.argmax(axis=-1), -1)
+
+
+def _uncond_fidelity(uncond_fidelity, drop: np.ndarray, fidelity: np.ndarray) -> np.ndarray:
+    """rho_u: the given value where given, else the model's assumption drop * rho."""
+    if uncond_fidelity is None:
+        return drop * fidelity
+    given = np.asarray(uncond_fidelity, dtype=float)
+    # NaN marks grid points that take the default (e.g. a table column with gaps).
+    check_unit_interval(given[~np.isnan(given)], "uncond_fidelity")
+    return np.where(np.isnan(given), drop * fidelity, given)
+
+
+def _text_array(value) -> np.ndarray:
+    return np.asarray(value, dtype=object)
+
+
+def _groups(categorical: dict, shape: tuple):
+    """Yield ((schedule, sampler, finetune, steps, eta), flat index or None for all points)."""
+    if all(a.ndim == 0 for a in categorical.values()):
+        yield tuple(a.item() for a in categorical.values()), None
+        return
+    codes, uniques = [], []
+    for values in categorical.values():
+        flat = np.broadcast_to(values, shape).ravel()
+        unique, inverse = np.unique(flat.astype(str) if flat.dtype == object else flat, return_inverse=True)
+        uniques.append(unique)
+        codes.append(inverse.ravel())
+    combined = np.ravel_multi_index(codes, [len(u) for u in uniques])
+    for code in np.unique(combined):
+        parts = np.unravel_index(code, [len(u) for u in uniques])
+        key = tuple(u[p].item() for u, p in zip(uniques, parts, strict=True))
+        yield key, np.flatnonzero(combined == code)
+
+
+def _flat(values: np.ndarray, shape: tuple, index) -> np.ndarray:
+    """A parameter for the points of one group: one value if it is constant, else one per point."""
+    if values.size == 1:
+        return values.reshape(1)
+    flat = np.broadcast_to(values, shape).reshape(-1)
+    return np.ascontiguousarray(flat if index is None else flat[index])
+
+
+def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, population, config, **p):
+    """The recursion written with the :mod:`qtm.gaussian` operators, vectorised over the points."""
+    from qtm.gaussian import add_mutation, inherit, mix, refit_expectation
+    from qtm.sampler_map import guided_moments
+
+    size = max(v.size for v in p.values())
+    mean = np.empty((size, iterations))
+    var = np.empty((size, iterations))
+    base_c = (p["cond_mean"], p["cond_var"])
+    base_u = (p["uncond_mean"], p["uncond_var"])
+    real = (p["data_mean"], p["data_var"])
+    cond, uncond, data = base_c, base_u, real
+    for t in range(iterations):
+        prior_c, prior_u = (cond, uncond) if continue_ else (base_c, base_u)
+        cond = inherit(*prior_c, *data, fidelity=p["fidelity"])
+        uncond = inherit(*prior_u, *data, fidelity=p["uncond_fidelity"])
+        generated = guided_moments(
+            *cond, *uncond, cfg=p["cfg"], schedule=schedule, sampler=sampler, steps=steps, eta=eta,
+            config=config,
+        )
+        generated = add_mutation(*generated, mutation_var=p["mutation_var"])
+        mean[:, t], var[:, t] = generated
+        if population is not None:
+            generated = refit_expectation(*generated, population=population, estimator="mle")
+        data = mix(*generated, *real, rate=p["real_fraction"])
+    return mean, var
+
+
+def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, population, config, **p):
+    """The DDIM/DDPM recursion through the fused Numba kernel."""
+    coef = step_coefficients(steps, eta=1.0 if sampler == "ddpm" else eta, config=config)
+    # Every schedule is affine in the peak scale (scale_k = slope_k * cfg + offset_k), which lets
+    # each point compute its own scales without a (points x steps) table.
+    offset = schedule.scales(0.0, steps, alphas_cumprod=coef.abar_t)
+    slope = schedule.scales(1.0, steps, alphas_cumprod=coef.abar_t) - offset
+    probe = schedule.scales(7.5, steps, alphas_cumprod=coef.abar_t)
+    if not np.allclose(probe, 7.5 * slope + offset):
+        raise NotImplementedError(f"CFG schedule {schedule.spec!r} is not affine in the peak scale")
+    size = max(v.size for v in p.values())
+    mean = np.empty((size, iterations))
+    var = np.empty((size, iterations))
+    # The finite-N refit is the MLE's expectation (qtm.gaussian.refit_expectation): variance x (N-1)/N.
+    shrink = 1.0 if population is None else (population - 1) / population
+    _chain_kernel(
+        p["cond_mean"], p["cond_var"], p["uncond_mean"], p["uncond_var"], p["data_mean"], p["data_var"],
+        p["cfg"], p["fidelity"], p["uncond_fidelity"], p["real_fraction"], p["mutation_var"],
+        continue_, shrink,
+        coef.abar_t, np.sqrt(coef.abar_t), np.sqrt(1.0 - coef.abar_t),
+        coef.x_coef, coef.eps_coef, coef.noise_std**2, slope, offset,
+        mean, var,
+    )  # fmt: skip
+    return mean, var
+
+
+#: Points per block of the kernel: the inner loops run over a block, so that they vectorise (SIMD).
+_BLOCK = 16
+
+
+@njit(parallel=True, cache=True)
+def _chain_kernel(
+    cond_mean, cond_var, uncond_mean, uncond_var, data_mean, data_var,
+    cfg, fidelity, uncond_fidelity, real_fraction, mutation_var,
+    continue_, shrink,
+    abar, sqrt_abar, sqrt_beta, x_coef, eps_coef, noise_var, scale_slope, scale_offset,
+    out_mean, out_var,
+):  # fmt: skip
+    """All iterations of every point: the operators of qtm.gaussian and the exact map of
+    qtm.sampler_map fused, so that nothing but the result touches memory. Blocks of points
+    run in parallel; within a block the per-point loops vectorise. tests/test_recursion.py
+    checks the kernel against the operators themselves."""
+    n_points, n_iter = out_mean.shape
+    n_steps = abar.size
+    n_blocks = (n_points + _BLOCK - 1) // _BLOCK
+    for block in prange(n_blocks):
+        lo = block * _BLOCK
+        size = min(_BLOCK, n_points - lo)
+        # Block-local copies (padded by repeating the last point) keep the inner loops branch-free;
+        # separate arrays (not rows of one) let LLVM see that they do not alias, and vectorise.
+        base_cm, base_cv, base_um, base_uv = _empty4()
+        real_m, real_v, w_peak, rho = _empty4()
+        rho_u, f, mut, m = _empty4()
+        v = np.empty(_BLOCK)
+        for j in range(_BLOCK):
+            i = lo + min(j, size - 1)
+            base_cm[j], base_cv[j] = _at(cond_mean, i), _at(cond_var, i)
+            base_um[j], base_uv[j] = _at(uncond_mean, i), _at(uncond_var, i)
+            real_m[j], real_v[j], w_peak[j] = _at(data_mean, i), _at(data_var, i), _at(cfg, i)
+            rho[j], rho_u[j] = _at(fidelity, i), _at(uncond_fidelity, i)
+            f[j], mut[j] = _at(real_fraction, i), _at(mutation_var, i)
+        cm, cv, um, uv = base_cm.copy(), base_cv.copy(), base_um.copy(), base_uv.copy()
+        dm, dv = real_m.copy(), real_v.copy()
+        for t in range(n_iter):
+            if not continue_:
+                cm[:], cv[:], um[:], uv[:] = base_cm, base_cv, base_um, base_uv
+            for j in range(_BLOCK):
+                cm[j] += rho[j] * (dm[j] - cm[j])
+                cv[j] += rho[j] * (dv[j] - cv[j])
+                um[j] += rho_u[j] * (dm[j] - um[j])
+                uv[j] += rho_u[j] * (dv[j] - uv[j])
+                m[j] = 0.0
+                v[j] = 1.0
+            for k in range(n_steps):
+                ab, beta, root_beta = abar[k], 1.0 - abar[k], sqrt_beta[k]
+                x_k, e_k, ea_k, nv_k = x_coef[k], eps_coef[k], eps_coef[k] * sqrt_abar[k], noise_var[k]
+                s_k, o_k = scale_slope[k], scale_offset[k]
+                for j in range(_BLOCK):
+                    w = s_k * w_peak[j] + o_k
+                    den_c = ab * cv[j] + beta
+                    den_u = ab * uv[j] + beta
+                    # One division for both branches' slopes b / (a^2 v + b^2).
+                    inv = root_beta / (den_c * den_u)
+                    slope_c = den_u * inv
+                    slope_u = den_c * inv
+                    gain = x_k + e_k * (slope_u + w * (slope_c - slope_u))
+                    shift = -ea_k * (um[j] * slope_u + w * (cm[j] * slope_c - um[j] * slope_u))
+                    m[j] = gain * m[j] + shift
+                    v[j] = gain * gain * v[j] + nv_k
+            for j in range(_BLOCK):
+                v[j] += mut[j]
+            for j in range(size):
+                out_mean[lo + j, t] = m[j]
+                out_var[lo + j, t] = v[j]
+            for j in range(_BLOCK):
+                gen_v = v[j] * shrink
+                gap = m[j] - real_m[j]
+                dv[j] = (1.0 - f[j]) * gen_v + f[j] * real_v[j] + f[j] * (1.0 - f[j]) * gap * gap
+                dm[j] = (1.0 - f[j]) * m[j] + f[j] * real_m[j]
+
+
+@njit(inline="always")
+def _empty4():
+    return np.empty(_BLOCK), np.empty(_BLOCK), np.empty(_BLOCK), np.empty(_BLOCK)
+
+
+@njit(inline="always")
+def _at(values, i):
+    return values[0] if values.size == 1 else values[i]
