@@ -68,9 +68,9 @@ def test_stabilizing_equilibrium_solves_fixed_point_and_is_reached_from_anywhere
     def step(x):
         return stabilizing_generation(x, width2, mutating, h2)
 
-    for start in (1e-3, 50.0):
-        reached = iterate(step, np.full((3, 2, 2), start), 800)
-        np.testing.assert_allclose(reached, v[:, 1:], rtol=1e-8)
+    starts = np.array([1e-3, 50.0])[:, None, None, None]  # both ends at once, as a leading axis
+    reached = iterate(step, np.broadcast_to(starts, (2, 3, 2, 2)), 800)
+    np.testing.assert_allclose(reached, np.broadcast_to(v[:, 1:], reached.shape), rtol=1e-8)
     # Lande's result at h2 = 1: v* = v_m / 2 + sqrt(v_m w2 + v_m^2 / 4)
     np.testing.assert_allclose(v[..., 1], (v_m / 2 + np.sqrt(v_m * width2 + v_m**2 / 4))[..., 0])
 
@@ -99,7 +99,7 @@ def test_truncation_equilibrium_formula_and_iteration():
     reached = iterate(
         lambda s: add_mutation(0.0, truncation_selection(0.0, s, keep=keep).var, mutation_var=v_m).var,
         np.full(v.shape, 7.0),
-        400,
+        120,
     )
     np.testing.assert_allclose(reached, v, rtol=1e-9)
 
@@ -127,10 +127,9 @@ def test_tilt_equilibrium_solves_quadratic_and_iteration_converges():
     np.testing.assert_allclose((1 - CFGS) * e.var**2 - (1 - CFGS) * (v_u + v_m) * e.var, CFGS * v_u * v_m,
                                atol=1e-12)
     # from below the unstable point (and from far above, for w < 1) the chain reaches the stable one
-    starts = np.where(CFGS > 1, 0.99 * e.unstable_var, 20.0)
-    for start in (np.full(CFGS.shape, 1e-4), starts):
-        np.testing.assert_allclose(iterate(lambda s: tilt_generation(s, CFGS, v_u, v_m), start, 800), e.var,
-                                   rtol=1e-9)
+    starts = np.stack([np.full(CFGS.shape, 1e-4), np.where(CFGS > 1, 0.99 * e.unstable_var, 20.0)])
+    reached = iterate(lambda s: tilt_generation(s, CFGS, v_u, v_m), starts, 800)
+    np.testing.assert_allclose(reached, np.stack([e.var, e.var]), rtol=1e-9)
     assert np.all(np.isinf(e.unstable_var[CFGS < 1]))
     above = CFGS > 1
     np.testing.assert_allclose(tilt_generation(e.unstable_var[above], CFGS[above], v_u, v_m),
