@@ -1,0 +1,303 @@
+"""Particle sweeps: run every grid point's replicates and stream the rows to a table.
+
+The work is split into tasks of one grid point and a block of replicates (at most
+:data:`TASK_INDIVIDUALS` individuals each, so memory stays bounded), and the rows are
+written in task order as soon as each task is done; a window of at most two tasks per
+worker is in flight at a time. The output appears under its name only when complete
+(:func:`qtm.io.atomic_path`).
+
+Where the tasks run (``options["scheduler"]``):
+
+- an address (``tcp://host:8786``): a Dask ``distributed`` cluster; an unreachable
+  address is a one-line :class:`QTMError` after :data:`CONNECT_TIMEOUT_S` seconds;
+- ``None``: in this process (the Numba kernels use all cores) when the sweep has at most
+  :data:`LOCAL_WORK_LIMIT` particle-steps, else a ``distributed.LocalCluster`` of one
+  single-threaded worker process per core. Results are the same either way: a
+  replicate depends only on (seed, replicate index).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qtm._validation import check_choice, check_int
+from qtm.errors import QTMError
+from qtm.io import _json_default, atomic_path, check_table_path, write_json
+from qtm.particles.engine import simulate_chain, simulate_qg
+from qtm.particles.model import ChainSetup, Finetune, Fitness, QGSetup
+from qtm.provenance import provenance
+
+MODELS = ("sampler", "qg")
+#: Individuals (population x replicates) one task holds at most.
+TASK_INDIVIDUALS = 1 << 21
+#: Particle-steps (replicates x population x iterations x steps) up to which a sweep runs in-process.
+LOCAL_WORK_LIMIT = 5e9
+CONNECT_TIMEOUT_S = 5
+
+#: The grid columns and their values when ``points`` leaves a column out.
+POINT_DEFAULTS = {
+    "cfg": 7.5, "schedule": "constant", "drop": 0.0, "fidelity": 1.0, "uncond_fidelity": None,
+    "iterations": 10, "finetune": "base", "real_fraction": 0.0, "sampler": "ddim", "steps": 25, "eta": 0.0,
+    "mutation": 0.0,
+}
+#: The non-grid options and their defaults (``None`` base models mean "the data distribution").
+OPTION_DEFAULTS = {
+    "population": 1000, "replicates": 100, "seed": 0, "dims": 1, "modes": 1, "model": "sampler",
+    "scheduler": None, "cond_mean": None, "cond_var": None, "uncond_mean": None, "uncond_var": None,
+    "data_mean": 0.0, "data_var": 1.0, "resampling": "multinomial",
+}
+
+
+def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=None) -> Path:
+    """Run the particle model at every grid point and stream a tidy table to ``out``.
+
+    Parameters
+    ----------
+    points : pandas.DataFrame
+        One row per grid point; columns among :data:`POINT_DEFAULTS` (the others take
+        their defaults). Every column is copied into the output rows.
+    options : dict
+        Non-grid options, keys among :data:`OPTION_DEFAULTS`. ``model="sampler"`` runs the
+        guided-sampler chain; ``model="qg"`` the classic loop whose fitness is the CFG tilt
+        (p_c/p_u)^(w-1) of the refitted Gaussian models (one mode only; ``resampling``
+        ``multinomial`` or ``systematic``).
+    out : str or Path
+        ``.parquet`` (provenance in its metadata) or ``.csv`` (provenance beside it).
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each grid point.
+
+    Returns
+    -------
+    Path of the table: one row per point x replicate x iteration x axis with the point's
+    columns, ``replicate``, ``iteration``, ``axis``, ``mean``, ``var`` (the population's
+    MLE variance), ``total_var`` (sum over axes), ``occupancy_0 ..`` (share per mixture
+    component) and ``w2_to_data`` (2-Wasserstein distance of the Gaussian with the
+    population's moments to the data distribution; NaN for mixtures).
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> points = pd.DataFrame({"cfg": [1.0, 3.0], "iterations": [2, 2], "steps": [10, 10]})
+    >>> path = simulate_particles(points, options={"population": 50, "replicates": 2},
+    ...                           out=tempfile.mkdtemp() + "/sweep.csv")
+    >>> len(pd.read_csv(path))  # 2 points x 2 replicates x 2 iterations x 1 axis
+    8
+    """
+    out = check_table_path(out)
+    opts = _options(options)
+    setups = [_setup(row, opts) for row in _point_rows(points)]
+    tasks = _tasks(setups, opts)
+    work = sum(_work(setups[p], count) for p, _, count in tasks)
+    client, cluster = _connect(opts["scheduler"], local=work > LOCAL_WORK_LIMIT and len(tasks) > 1)
+    record = provenance({"options": opts, "points": points.to_dict(orient="list")}, seed=opts["seed"])
+    try:
+        with atomic_path(out) as tmp:
+            writer = _Writer(tmp, out.suffix, record)
+            try:
+                _run(tasks, setups, points, opts, client, writer, progress)
+            finally:
+                writer.close()
+        if out.suffix == ".csv":
+            write_json(out.with_suffix(".provenance.json"), record)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    return out
+
+
+def _options(options: dict) -> dict:
+    unknown = set(options) - set(OPTION_DEFAULTS)
+    if unknown:
+        raise QTMError(
+            f"unknown particle option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTION_DEFAULTS)}"
+        )
+    opts = {**OPTION_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    opts["population"] = check_int(opts["population"], "population", minimum=2)
+    opts["replicates"] = check_int(opts["replicates"], "replicates", minimum=1)
+    opts["seed"] = check_int(opts["seed"], "seed", minimum=0)
+    opts["dims"] = check_int(opts["dims"], "dims", minimum=1)
+    opts["modes"] = check_int(opts["modes"], "modes", minimum=1)
+    check_choice(opts["model"], "model", MODELS)
+    if opts["model"] == "qg" and opts["modes"] != 1:
+        raise QTMError(f"model 'qg' fits one Gaussian (modes=1), got modes={opts['modes']}; use 'sampler'")
+    return opts
+
+
+def _point_rows(points: pd.DataFrame) -> list[dict]:
+    unknown = set(points.columns) - set(POINT_DEFAULTS)
+    if unknown:
+        raise QTMError(
+            f"unknown grid column(s) {', '.join(sorted(unknown))}; known: {', '.join(POINT_DEFAULTS)}"
+        )
+    if len(points) == 0:
+        raise QTMError("the grid has no points; give at least one value per option")
+    rows = []
+    for record in points.to_dict(orient="records"):
+        row = {**POINT_DEFAULTS, **record}
+        if row["uncond_fidelity"] is not None and pd.isna(row["uncond_fidelity"]):
+            row["uncond_fidelity"] = None
+        rows.append(row)
+    return rows
+
+
+def _setup(row: dict, opts: dict) -> ChainSetup | QGSetup:
+    """Validate one grid point (all points are checked before anything runs or is written)."""
+    base = {k: opts[k] for k in ("cond_mean", "cond_var", "uncond_mean", "uncond_var")}
+    if opts["model"] == "sampler":
+        return ChainSetup.build(
+            population=opts["population"], iterations=row["iterations"], modes=opts["modes"],
+            dims=opts["dims"], data_mean=opts["data_mean"], data_var=opts["data_var"],
+            fidelity=row["fidelity"], drop=row["drop"],
+            uncond_fidelity=row["uncond_fidelity"], finetune=row["finetune"], cfg=row["cfg"],
+            schedule=row["schedule"], sampler=row["sampler"], steps=row["steps"], eta=row["eta"],
+            mutation=row["mutation"], real_fraction=row["real_fraction"], **base,
+        )
+    defaults = {"cond_mean": opts["data_mean"], "cond_var": opts["data_var"],
+                "uncond_mean": opts["data_mean"], "uncond_var": opts["data_var"]}
+    return QGSetup(
+        population=opts["population"], generations=check_int(row["iterations"], "iterations", minimum=1),
+        dims=opts["dims"], data_mean=opts["data_mean"], data_var=opts["data_var"],
+        fitness=Fitness("tilt", cfg=row["cfg"]), mutation=row["mutation"], resampling=opts["resampling"],
+        real_fraction=row["real_fraction"],
+        finetune=Finetune(row["fidelity"], row["drop"], row["uncond_fidelity"], row["finetune"]),
+        **{k: defaults[k] if v is None else v for k, v in base.items()},
+    )
+
+
+def _tasks(setups, opts) -> list[tuple[int, int, int]]:
+    per_task = max(1, TASK_INDIVIDUALS // (opts["population"] * opts["dims"]))
+    return [
+        (p, offset, min(per_task, opts["replicates"] - offset))
+        for p in range(len(setups))
+        for offset in range(0, opts["replicates"], per_task)
+    ]
+
+
+def _work(setup, count) -> float:
+    steps = setup.steps if isinstance(setup, ChainSetup) else 1
+    length = setup.iterations if isinstance(setup, ChainSetup) else setup.generations
+    return float(count) * setup.population * length * steps
+
+
+def _connect(address, *, local: bool):
+    """A Dask client for ``address``, a LocalCluster's when ``local``, or none (run in-process)."""
+    if address is None and not local:
+        return None, None
+    import distributed
+
+    if address is None:
+        cluster = distributed.LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+        return distributed.Client(cluster), cluster
+    try:
+        return distributed.Client(str(address), timeout=CONNECT_TIMEOUT_S), None
+    except (OSError, TimeoutError, ValueError) as error:
+        raise QTMError(
+            f"cannot reach the Dask scheduler at --scheduler {address!r} within {CONNECT_TIMEOUT_S} s "
+            f"({type(error).__name__}); check the address or leave --scheduler out to run locally"
+        ) from None
+
+
+def _run(tasks, setups, points, opts, client, writer, progress) -> None:
+    remaining = np.bincount([p for p, _, _ in tasks], minlength=len(setups))
+    done = 0
+
+    def handle(task, frame):
+        nonlocal done
+        writer.write(frame)
+        remaining[task[0]] -= 1
+        if remaining[task[0]] == 0:
+            done += 1
+            if progress is not None:
+                progress(done, len(setups))
+
+    args = [(setups[p], points.iloc[p].to_dict(), opts["model"], opts["seed"], offset, count)
+            for p, offset, count in tasks]
+    if client is None:
+        for task, arg in zip(tasks, args, strict=True):
+            handle(task, _task_rows(*arg))
+        return
+    window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
+    pending = deque()
+    for task, arg in zip(tasks, args, strict=True):
+        pending.append((task, client.submit(_task_rows, *arg, threads=None if opts["scheduler"] else 1,
+                                            pure=False)))
+        if len(pending) >= window:
+            task_done, future = pending.popleft()
+            handle(task_done, future.result())
+    while pending:
+        task_done, future = pending.popleft()
+        handle(task_done, future.result())
+
+
+def _task_rows(setup, point: dict, model: str, seed: int, offset: int, count: int,
+               threads: int | None = None) -> pd.DataFrame:
+    """Run one block of replicates of one grid point and return its tidy rows."""
+    if threads is not None:
+        import numba
+
+        numba.set_num_threads(threads)
+    if model == "sampler":
+        result = simulate_chain(setup, replicates=count, seed=seed, replicate_offset=offset)
+        data = setup.data
+        data_mean, data_var = (data.means[0], data.variances[0]) if data.modes == 1 else (None, None)
+    else:
+        result = simulate_qg(setup, replicates=count, seed=seed, replicate_offset=offset)
+        data_mean, data_var = setup.data_mean, setup.data_var
+    reps, iters, dims = result.mean.shape
+    shape = (reps, iters, dims)
+    size = reps * iters * dims
+    frame = {name: np.repeat(np.asarray([value], dtype=object if isinstance(value, str) else None), size)
+             for name, value in point.items()}
+    frame["replicate"] = np.broadcast_to(result.replicates[:, None, None], shape).ravel()
+    frame["iteration"] = np.broadcast_to(np.arange(iters)[None, :, None], shape).ravel()
+    frame["axis"] = np.broadcast_to(np.arange(dims)[None, None, :], shape).ravel()
+    frame["mean"] = result.mean.ravel()
+    frame["var"] = result.var.ravel()
+    frame["total_var"] = np.broadcast_to(result.var.sum(axis=2)[..., None], shape).ravel()
+    for j in range(result.occupancy.shape[2]):
+        frame[f"occupancy_{j}"] = np.broadcast_to(result.occupancy[:, :, j, None], shape).ravel()
+    if data_mean is None:
+        w2 = np.full(shape[:2], np.nan)
+    else:
+        w2 = np.sqrt(((result.mean - data_mean) ** 2 + (np.sqrt(result.var) - np.sqrt(data_var)) ** 2).sum(2))
+    frame["w2_to_data"] = np.broadcast_to(w2[..., None], shape).ravel()
+    return pd.DataFrame(frame)
+
+
+class _Writer:
+    """Append tables to one .parquet (ParquetWriter, schema of the first chunk) or .csv file."""
+
+    def __init__(self, path: Path, suffix: str, record: dict):
+        self.path, self.suffix, self.record = path, suffix, record
+        self.parquet = None
+        self.schema = None
+        self.header = True
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.suffix == ".csv":
+            frame.to_csv(self.path, mode="w" if self.header else "a", header=self.header, index=False)
+            self.header = False
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.parquet is None:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            meta = dict(table.schema.metadata or {})
+            meta[b"provenance"] = json.dumps(self.record, default=_json_default).encode()
+            self.schema = table.schema.with_metadata(meta)
+            self.parquet = pq.ParquetWriter(self.path, self.schema)
+        self.parquet.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
+
+    def close(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
