@@ -41,6 +41,7 @@ import numpy as np
 
 from qtm._validation import as_float_array, check_choice, check_nonnegative, check_unit_interval
 from qtm.diffusion import DiffusionConfig
+from qtm.errors import QTMError
 from qtm.gaussian import Moments, cfg_tilt
 from qtm.schedules import CFGSchedule
 
@@ -73,7 +74,11 @@ def step_coefficients(steps: int = 50, *, eta: float = 0.0, config: DiffusionCon
         x_coef       = sqrt(r)
         eps_coef     = sqrt(1 - abar_prev - noise_std**2) - sqrt(r (1 - abar_t))
 
-    ``eta = 1`` is the DDPM ancestral step (posterior variance, diffusers' "fixed_small").
+    ``eta = 1`` is the DDPM ancestral step with the posterior variance: diffusers'
+    ``DDPMScheduler`` (``variance_type="fixed_small"``, no clipping) makes exactly this
+    update under ``leading`` spacing with ``set_alpha_to_one=True``. Otherwise it
+    differs in its noise levels only: it steps to the next timestep of its grid and
+    ends at alpha-bar 1.
 
     Parameters
     ----------
@@ -94,7 +99,10 @@ def step_coefficients(steps: int = 50, *, eta: float = 0.0, config: DiffusionCon
     >>> coef.x_coef.shape, float(coef.noise_std.max())
     ((10,), 0.0)
     """
-    eta = float(check_unit_interval(eta, "eta"))
+    eta = check_unit_interval(eta, "eta")
+    if eta.ndim:
+        raise QTMError(f"eta must be a single number, got an array of shape {eta.shape}")
+    eta = float(eta)
     config = DiffusionConfig() if config is None else config
     abar_t, abar_prev = config.step_alphas(steps)
     noise_var = eta**2 * (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev)
@@ -150,7 +158,7 @@ def guided_moments(
         Shape of the guidance over the steps (see :mod:`qtm.schedules`).
     sampler : {"ddim", "ddpm", "tilt"}
         ``ddim``: diffusers' DDIM with ``eta``. ``ddpm``: the same with ``eta = 1``
-        (the DDPM ancestral step; ``eta`` is ignored). ``tilt``: the idealised
+        (the DDPM ancestral step, see :func:`step_coefficients`; ``eta`` is ignored). ``tilt``: the idealised
         ``p_c (p_c/p_u)^(w-1)`` of :func:`qtm.gaussian.cfg_tilt` with ``w`` the
         schedule's mean scale over the K steps (no sampler, no residual noise).
     steps : int

@@ -136,6 +136,25 @@ def test_step_coefficients_are_one_diffusers_step(config, eta):
         np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_ddpm_is_diffusers_ddpm_scheduler_with_final_alpha_one():
+    """The documented equivalence: DDPMScheduler's step is DDIM's at eta = 1 (leading, final alpha 1)."""
+    diffusers = pytest.importorskip("diffusers")
+    import torch
+
+    scheduler = diffusers.DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False
+    )
+    scheduler.set_timesteps(7)
+    coef = step_coefficients(7, eta=1.0, config=DiffusionConfig(set_alpha_to_one=True))
+    x, eps = torch.randn(2, 1, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for k, t in enumerate(scheduler.timesteps):
+        # DDPMScheduler draws its noise itself: draw the same numbers from the same seed.
+        noise = torch.randn(1, 5, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        expected = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(k)).prev_sample
+        ours = coef.x_coef[k] * x + coef.eps_coef[k] * eps + coef.noise_std[k] * noise
+        np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_gaussian_eps_is_the_conditional_mean_of_the_noise():
     """E[eps | x_t] for x_t = a x0 + b eps, x0 ~ N(m, v): Monte Carlo regression slope and intercept.
 
@@ -179,8 +198,10 @@ def test_guided_sampling_is_not_the_tilt():
     assert (float(tilt.mean), float(tilt.var)) == pytest.approx((1.7647, 0.1176), abs=1e-4)
     assert (float(ddim.mean), float(ddim.var)) == pytest.approx((2.317, 0.0040), abs=1e-3)
     assert (float(ddpm.mean), float(ddpm.var)) == pytest.approx((1.993, 0.0432), abs=1e-3)
-    # Even the long-step limit of DDPM stays well away from the tilt.
+    ddim_long = guided_moments(1.0, 0.5, 0.0, 1.0, cfg=7.5, steps=1000, config=COSINE)
+    # Even the many-step limits stay well away from the tilt, and from each other.
     assert (float(ddpm_long.mean), float(ddpm_long.var)) == pytest.approx((1.989, 0.0702), abs=1e-3)
+    assert (float(ddim_long.mean), float(ddim_long.var)) == pytest.approx((2.397, 0.0055), abs=1e-3)
 
 
 def test_zero_guidance_is_the_unconditional():
@@ -224,6 +245,7 @@ def test_broadcasts_over_grids(sampler):
         (dict(cond_var=-1.0), "cond_var"),
         (dict(uncond_var=-0.1), "uncond_var"),
         (dict(eta=1.5), "eta"),
+        (dict(eta=[0.0, 1.0]), "eta must be a single number"),
         (dict(steps=0), "steps"),
         (dict(schedule="exponential"), "schedule"),
         (dict(cfg=np.nan), "cfg"),
