@@ -179,6 +179,14 @@ def test_without_guidance_many_steps_reproduce_the_conditional():
         assert float(out.var) == pytest.approx(0.5, rel=0.01)
 
 
+def test_fifty_steps_without_guidance_narrow_the_conditional():
+    """The numbers the module docstring quotes: SD v1.5, 50 steps, w = 1, p_c = N(1, 0.5)."""
+    ddim = guided_moments(1.0, 0.5, 0.0, 1.0, cfg=1.0, steps=50)
+    ddpm = guided_moments(1.0, 0.5, 0.0, 1.0, cfg=1.0, sampler="ddpm", steps=50)
+    assert float(ddim.var) == pytest.approx(0.469, abs=1e-3)
+    assert float(ddpm.var) == pytest.approx(0.433, abs=1e-3)
+
+
 def test_sd15_ddim_without_guidance_shrinks_the_mean():
     """SD v1.5's schedule ends at alpha-bar 0.0047, not 0, yet sampling starts from N(0, 1):
     deterministic DDIM carries that mismatch to the output (mean 0.95 instead of 1, even with
