@@ -9,6 +9,8 @@ from __future__ import annotations
 import typer
 
 from qtm._cli_utils import run_app
+from qtm.cli_map import map_command
+from qtm.cli_simulate import simulate
 
 app = typer.Typer(
     name="qtm",
@@ -17,6 +19,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("map")(map_command)
+app.command("simulate")(simulate)
 
 
 def main() -> None:

@@ -93,6 +93,39 @@ def parse_strings(spec, *, name: str) -> list[str]:
     return values
 
 
+def parse_axes(specs: Mapping[str, object]) -> dict:
+    """Per-axis model options (one value per trait axis), broadcast to a common number of axes.
+
+    Each option is a comma list (or a TOML list) of numbers; an option with one value
+    applies to every axis.
+
+    Returns
+    -------
+    dict mapping each option to a float array of shape (axes,).
+
+    Examples
+    --------
+    >>> {k: v.tolist() for k, v in parse_axes({"cond_mean": "1,2", "cond_var": "1"}).items()}
+    {'cond_mean': [1.0, 2.0], 'cond_var': [1.0, 1.0]}
+    """
+    import numpy as np
+
+    values = {}
+    for name, spec in specs.items():
+        items = [_number(str(v), name) for v in _items(spec, name)]
+        if not items:
+            raise QTMError(f"--{_flag(name)} needs at least one value")
+        values[name] = items
+    axes = max(len(v) for v in values.values())
+    for name, items in values.items():
+        if len(items) not in (1, axes):
+            raise QTMError(
+                f"--{_flag(name)} gives {len(items)} values but another model option gives {axes}; "
+                "give one value per trait axis, or one value for all axes"
+            )
+    return {name: np.broadcast_to(np.array(items), (axes,)).copy() for name, items in values.items()}
+
+
 def grid_frame(axes: Mapping[str, Sequence]):
     """The Cartesian product of the axes' values as a pandas DataFrame, one row per point.
 
