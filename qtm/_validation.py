@@ -32,7 +32,9 @@ def check_nonnegative(value, name: str) -> np.ndarray:
     return array
 
 
-def check_unit_interval(value, name: str, *, closed_right: bool = True, closed_left: bool = True) -> np.ndarray:
+def check_unit_interval(
+    value, name: str, *, closed_right: bool = True, closed_left: bool = True
+) -> np.ndarray:
     """Check ``value`` lies in [0, 1] (ends open or closed as asked)."""
     array = as_float_array(value, name)
     low_bad = array < 0 if closed_left else array <= 0

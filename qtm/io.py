@@ -48,7 +48,7 @@ def check_table_path(path) -> Path:
 
 
 def write_table(frame, path, *, provenance: dict | None = None) -> Path:
-    """Write a pandas table to .parquet (provenance in its metadata) or .csv (provenance in a .json beside it)."""
+    """Write a pandas table to .parquet (provenance in its metadata) or .csv (provenance in a JSON beside it)."""
     path = check_table_path(path)
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":

@@ -28,7 +28,9 @@ def check_random_state(random_state=None) -> np.random.Generator:
         return np.random.default_rng(random_state)
     if isinstance(random_state, np.random.Generator):
         return random_state
-    raise QTMError(f"random_state must be None, an int or a numpy Generator, got {type(random_state).__name__}")
+    raise QTMError(
+        f"random_state must be None, an int or a numpy Generator, got {type(random_state).__name__}"
+    )
 
 
 def replicate_seeds(seed: int, count: int, *, offset: int = 0) -> np.ndarray:
@@ -39,7 +41,5 @@ def replicate_seeds(seed: int, count: int, *, offset: int = 0) -> np.ndarray:
     """
     if seed < 0:
         raise QTMError(f"seed must be >= 0, got {seed}")
-    return np.array(
-        [np.random.SeedSequence([seed, offset + r]).generate_state(1, dtype=np.uint64)[0] for r in range(count)],
-        dtype=np.uint64,
-    )
+    states = [np.random.SeedSequence([seed, offset + r]).generate_state(1, dtype=np.uint64) for r in range(count)]
+    return np.array([state[0] for state in states], dtype=np.uint64)

@@ -72,11 +72,14 @@ class CFGSchedule:
             raise QTMError(f"unknown CFG schedule {self.kind!r}; choose one of: {', '.join(SCHEDULE_KINDS)}")
         if not 0.0 <= self.fraction <= 1.0:
             raise QTMError(f"the cutoff fraction must lie in [0, 1], got {self.fraction:g}")
-        if self.end < 0:
-            raise QTMError(f"the final scale of a decaying schedule must be >= 0, got {self.end:g}")
+        if not 0 <= self.end < math.inf:
+            raise QTMError(
+                f"the final scale of a decaying schedule must be finite and >= 0, got {self.end:g}"
+            )
         if not 0.0 <= self.sigma_low <= self.sigma_high:
             raise QTMError(
-                f"the guidance interval needs 0 <= LO <= HI, got LO={self.sigma_low:g}, HI={self.sigma_high:g}"
+                "the guidance interval needs 0 <= LO <= HI, "
+                f"got LO={self.sigma_low:g}, HI={self.sigma_high:g}"
             )
 
     @classmethod
@@ -89,7 +92,9 @@ class CFGSchedule:
             values = [float(a) for a in args]
         except ValueError:
             raise QTMError(f"CFG schedule {spec!r}: the arguments after ':' must be numbers") from None
-        expected = {"constant": (0, 0), "linear": (0, 1), "cosine": (0, 1), "cutoff": (1, 1), "interval": (2, 2)}
+        expected = {
+            "constant": (0, 0), "linear": (0, 1), "cosine": (0, 1), "cutoff": (1, 1), "interval": (2, 2),
+        }
         if name not in expected:
             raise QTMError(f"unknown CFG schedule {name!r}; choose one of: {', '.join(SCHEDULE_KINDS)}")
         low, high = expected[name]
@@ -107,11 +112,11 @@ class CFGSchedule:
     def spec(self) -> str:
         """The text form, which :meth:`parse` reads back."""
         if self.kind in ("linear", "cosine"):
-            return self.kind if self.end == 1.0 else f"{self.kind}:{self.end:g}"
+            return self.kind if self.end == 1.0 else f"{self.kind}:{_number(self.end)}"
         if self.kind == "cutoff":
-            return f"cutoff:{self.fraction:g}"
+            return f"cutoff:{_number(self.fraction)}"
         if self.kind == "interval":
-            return f"interval:{self.sigma_low:g}:{self.sigma_high:g}"
+            return f"interval:{_number(self.sigma_low)}:{_number(self.sigma_high)}"
         return "constant"
 
     def scales(self, cfg, num_steps: int, *, alphas_cumprod=None) -> np.ndarray:
@@ -153,7 +158,13 @@ class CFGSchedule:
             sigma = np.sqrt((1.0 - abar) / abar)
             inside = (sigma >= self.sigma_low) & (sigma <= self.sigma_high)
             out = np.where(inside, cfg, 1.0)
-        return np.broadcast_to(out, cfg.shape[:-1] + (num_steps,)).copy()
+        return np.broadcast_to(out, (*cfg.shape[:-1], num_steps)).copy()
+
+
+def _number(value: float) -> str:
+    """Shortest text that reads back as exactly ``value`` (``2`` rather than ``2.0``)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _count_text(low: int, high: int) -> str:

@@ -104,7 +104,6 @@ def test_spec_round_trip(spec):
     assert CFGSchedule.parse(schedule) is schedule
 
 
-@pytest.mark.xfail(strict=True, reason="spec writes numbers with 6 significant digits (reported to the lead)")
 def test_spec_round_trip_keeps_every_digit():
     schedule = CFGSchedule.parse("linear:0.123456789")
     assert CFGSchedule.parse(schedule.spec) == schedule
@@ -137,7 +136,6 @@ def test_bad_specs(spec, fragment):
         CFGSchedule.parse(spec)
 
 
-@pytest.mark.xfail(strict=True, reason="schedules.py accepts a NaN or infinite END (reported to the lead)")
 @pytest.mark.parametrize("spec", ["linear:nan", "cosine:inf"])
 def test_non_finite_end_is_refused(spec):
     with pytest.raises(QTMError, match="final scale"):
