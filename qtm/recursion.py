@@ -56,6 +56,7 @@ from qtm._validation import (
     check_unit_interval,
 )
 from qtm.diffusion import DiffusionConfig
+from qtm.errors import QTMError
 from qtm.sampler_map import SAMPLERS, step_coefficients
 from qtm.schedules import CFGSchedule
 
@@ -160,19 +161,19 @@ def simulate_moments(
     """
     iterations = check_int(iterations, "iterations", minimum=1)
     numeric = {
-        "cond_mean": as_float_array(cond_mean, "cond_mean"),
-        "cond_var": check_positive(cond_var, "cond_var"),
-        "uncond_mean": as_float_array(uncond_mean, "uncond_mean"),
-        "uncond_var": check_positive(uncond_var, "uncond_var"),
-        "data_mean": as_float_array(data_mean, "data_mean"),
-        "data_var": check_positive(data_var, "data_var"),
-        "cfg": check_nonnegative(cfg, "cfg"),
-        "fidelity": check_unit_interval(fidelity, "fidelity"),
-        "real_fraction": check_unit_interval(real_fraction, "real_fraction"),
-        "mutation_var": check_nonnegative(mutation_var, "mutation_var"),
+        "cond_mean": _checked(as_float_array, cond_mean, "cond_mean"),
+        "cond_var": _checked(check_positive, cond_var, "cond_var"),
+        "uncond_mean": _checked(as_float_array, uncond_mean, "uncond_mean"),
+        "uncond_var": _checked(check_positive, uncond_var, "uncond_var"),
+        "data_mean": _checked(as_float_array, data_mean, "data_mean"),
+        "data_var": _checked(check_positive, data_var, "data_var"),
+        "cfg": _checked(check_nonnegative, cfg, "cfg"),
+        "fidelity": _checked(check_unit_interval, fidelity, "fidelity"),
+        "real_fraction": _checked(check_unit_interval, real_fraction, "real_fraction"),
+        "mutation_var": _checked(check_nonnegative, mutation_var, "mutation_var"),
     }
     numeric["uncond_fidelity"] = _uncond_fidelity(
-        uncond_fidelity, check_unit_interval(drop, "drop"), numeric["fidelity"]
+        uncond_fidelity, _checked(check_unit_interval, drop, "drop"), numeric["fidelity"]
     )
     if population is not None:
         population = check_int(population, "population", minimum=2)
@@ -181,7 +182,7 @@ def simulate_moments(
         "sampler": _text_array(sampler),
         "finetune": _text_array(finetune),
         "steps": np.asarray(steps),
-        "eta": check_unit_interval(eta, "eta"),
+        "eta": _checked(check_unit_interval, eta, "eta"),
     }
     for name, choices in (("sampler", SAMPLERS), ("finetune", FINETUNE_MODES)):
         for value in np.unique(categorical[name]):
@@ -247,13 +248,23 @@ def collapse_iteration(trajectory: ChainTrajectory, *, threshold: float = 0.1) -
     return np.where(below.any(axis=-1), below.argmax(axis=-1), -1)
 
 
+def _checked(check, value, name: str) -> np.ndarray:
+    """Run a :mod:`qtm._validation` check; on failure, name each distinct value once (a grid repeats them)."""
+    array = np.asarray(value)
+    try:
+        return check(array, name)
+    except QTMError:
+        check(np.unique(as_float_array(array, name)), name)
+        raise
+
+
 def _uncond_fidelity(uncond_fidelity, drop: np.ndarray, fidelity: np.ndarray) -> np.ndarray:
     """rho_u: the given value where given, else the model's assumption drop * rho."""
     if uncond_fidelity is None:
         return drop * fidelity
     given = np.asarray(uncond_fidelity, dtype=float)
     # NaN marks grid points that take the default (e.g. a table column with gaps).
-    check_unit_interval(given[~np.isnan(given)], "uncond_fidelity")
+    _checked(check_unit_interval, given[~np.isnan(given)], "uncond_fidelity")
     return np.where(np.isnan(given), drop * fidelity, given)
 
 
@@ -280,11 +291,16 @@ def _groups(categorical: dict, shape: tuple):
 
 
 def _flat(values: np.ndarray, shape: tuple, index) -> np.ndarray:
-    """A parameter for the points of one group: one value if it is constant, else one per point."""
+    """A parameter for the points of one group: one value if it is constant, else one per point.
+
+    Always a writeable C-contiguous float64 array: the kernel is compiled for exactly that
+    type, and a read-only input (pandas hands those out) would otherwise compile it again."""
     if values.size == 1:
-        return values.reshape(1)
-    flat = np.broadcast_to(values, shape).reshape(-1)
-    return np.ascontiguousarray(flat if index is None else flat[index])
+        flat = values.reshape(1)
+    else:
+        flat = np.broadcast_to(values, shape).reshape(-1)
+        flat = flat if index is None else flat[index]
+    return np.require(flat, dtype=np.float64, requirements=["C", "W"])
 
 
 def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, population, config, **p):
