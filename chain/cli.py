@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import typer
 
+from chain.cli_run import run as run_command
 from qtm._cli_utils import run_app
+from validate.command import validate_command
 
 app = typer.Typer(
     name="chain",
@@ -16,6 +18,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("run")(run_command)
+app.command("validate")(validate_command)
 
 
 def main() -> None:

@@ -60,9 +60,7 @@ def fit_axes(reference: np.ndarray, k: int, *, standardize: bool = False) -> Tra
     reference = np.asarray(reference, dtype=float)
     n, d = reference.shape
     if n < 2:
-        raise ChainError(
-            f"the axes need at least 2 reference images, got {n}; generate more images per iteration"
-        )
+        raise ChainError(f"the axes need at least 2 reference images, got {n}; generate more images per iteration")
     if k > min(n - 1, d):
         raise ChainError(
             f"--axes {k} is more than the {min(n - 1, d)} axes that {n} reference images "

@@ -87,9 +87,7 @@ def embed_image_set(
     cache_dir.mkdir(parents=True, exist_ok=True)
     _save_npy(stem.with_name(stem.name + ".npy"), features)
     _save_npy(stem.with_name(stem.name + ".alignment.npy"), alignment)
-    write_json(
-        stem.with_name(stem.name + ".json"), {**description, "sizes": sizes, "shape": list(features.shape)}
-    )
+    write_json(stem.with_name(stem.name + ".json"), {**description, "sizes": sizes, "shape": list(features.shape)})
     return Embedded(features=features, alignment=alignment, sizes=[tuple(s) for s in sizes], from_cache=False)
 
 

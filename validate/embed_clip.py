@@ -63,13 +63,9 @@ class ClipEmbedder(Embedder):
         device: str = "cpu",
     ):
         if (pretrained is None) == (checkpoint is None):
-            raise ChainError(
-                "the clip embedder needs exactly one of --clip-pretrained TAG or --clip-checkpoint PATH"
-            )
+            raise ChainError("the clip embedder needs exactly one of --clip-pretrained TAG or --clip-checkpoint PATH")
         if checkpoint is not None and not Path(checkpoint).is_file():
-            raise ChainError(
-                f"--clip-checkpoint {str(checkpoint)!r} is not a file; give a local open_clip checkpoint"
-            )
+            raise ChainError(f"--clip-checkpoint {str(checkpoint)!r} is not a file; give a local open_clip checkpoint")
         self.model_name = model
         self.pretrained = pretrained
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
@@ -101,9 +97,7 @@ class ClipEmbedder(Embedder):
         if self.model_name not in open_clip.list_models():
             raise ChainError(f"unknown --clip-model {self.model_name!r}; see open_clip.list_models()")
         if self.pretrained == RANDOM_WEIGHTS:
-            warnings.warn(
-                "clip embedder with RANDOM weights: the embeddings test the plumbing only", stacklevel=2
-            )
+            warnings.warn("clip embedder with RANDOM weights: the embeddings test the plumbing only", stacklevel=2)
             source = None
         else:
             source = str(self.checkpoint) if self.checkpoint is not None else self.pretrained

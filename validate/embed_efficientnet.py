@@ -62,9 +62,7 @@ class EfficientNetEmbedder(Embedder):
                 f"efficientnet_lite_pytorch ({error.name} is missing); install them or use --embedder stats"
             ) from None
         model = EfficientNet.from_name(MODEL_NAME)
-        state = torch.load(
-            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-        )
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         self._model = model.eval().to(self.device)
         return self._model

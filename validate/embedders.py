@@ -79,9 +79,7 @@ def get_embedder(name: str, **options) -> Embedder:
     if name == "efficientnet":
         from validate.embed_efficientnet import EfficientNetEmbedder
 
-        return EfficientNetEmbedder(
-            batch_size=options.get("batch_size", 16), device=options.get("device", "cpu")
-        )
+        return EfficientNetEmbedder(batch_size=options.get("batch_size", 16), device=options.get("device", "cpu"))
     if name == "clip":
         from validate.embed_clip import ClipEmbedder
 

@@ -32,6 +32,10 @@ from chain.errors import ChainError
 from qtm.errors import QTMError
 
 W_BOUNDS = (0.0, 50.0)
+#: Starting points: w_eff = 1 + scale * (cfg - 1); the best of the local fits is kept.
+START_W_SCALES = (1.0, 0.3)
+#: Evaluations per start: a fit that has not converged by then says so in its goodness (``success``).
+MAX_NFEV = 200
 #: Standardised residual given to every point when a parameter set makes the tilt improper.
 IMPROPER_PENALTY = 1e3
 
@@ -192,9 +196,9 @@ class _Model:
                 fidelity=rho,
                 uncond_fidelity=per_run(rho_u) + np.zeros((1, 1, self.k)),
                 drop=np.array([t.drop for t in chosen])[None, :, None],
-                finetune=np.array(
-                    ["continue" if t.finetune in ("continue", "previous") else "base" for t in chosen]
-                )[None, :, None],
+                finetune=np.array(["continue" if t.finetune in ("continue", "previous") else "base" for t in chosen])[
+                    None, :, None
+                ],
                 real_fraction=np.array([t.real_fraction for t in chosen])[None, :, None],
                 iterations=self.iterations,
                 sampler="tilt",
@@ -285,8 +289,7 @@ def fit_theory(
     base = base if base is not None else BaseMoments()
     model = _Model(trajectories, base)
     masks = [
-        t.iterations < fit_until if fit_until is not None else np.ones(len(t.iterations), bool)
-        for t in trajectories
+        t.iterations < fit_until if fit_until is not None else np.ones(len(t.iterations), bool) for t in trajectories
     ]
     n_fit = model.n_values(masks)
     if n_fit < len(model.names):
@@ -296,7 +299,7 @@ def fit_theory(
             + "; use more iterations, more axes, or base-model reference points"
         )
     best = None
-    for w_scale in (1.0, 0.5, 0.1):
+    for w_scale in START_W_SCALES:
         result = least_squares(
             model.residuals,
             model.start(w_scale),
@@ -305,6 +308,7 @@ def fit_theory(
             args=(masks,),
             x_scale="jac",
             method="trf",
+            max_nfev=MAX_NFEV,
         )
         if best is None or result.cost < best.cost:
             best = result
@@ -385,8 +389,6 @@ def _errors(predictions: pd.DataFrame, split: str) -> dict:
     out = {}
     for quantity in ("mean", "log_var"):
         chosen = part[part["quantity"] == quantity]
-        out[f"{split}_rmse_{quantity}"] = (
-            float(np.sqrt(np.mean(chosen["residual"] ** 2))) if len(chosen) else np.nan
-        )
+        out[f"{split}_rmse_{quantity}"] = float(np.sqrt(np.mean(chosen["residual"] ** 2))) if len(chosen) else np.nan
     out[f"{split}_rms_z"] = float(np.sqrt(np.mean(part["z"] ** 2))) if len(part) else np.nan
     return out

@@ -136,18 +136,14 @@ def read_run(path, *, reference=None, real=None) -> Run:
     """
     path = Path(path)
     if not path.is_dir():
-        raise ChainError(
-            f"run directory {str(path)!r} does not exist; give the folder that `chain run` wrote"
-        )
+        raise ChainError(f"run directory {str(path)!r} does not exist; give the folder that `chain run` wrote")
     run_json = path / "run.json"
     if not run_json.exists():
         raise ChainError(f"{path} has no run.json; give a run directory written by `chain run`")
     try:
         params = json.loads(run_json.read_text())
     except json.JSONDecodeError as error:
-        raise ChainError(
-            f"{run_json} is not valid JSON ({error.msg}); the run directory is damaged"
-        ) from None
+        raise ChainError(f"{run_json} is not valid JSON ({error.msg}); the run directory is damaged") from None
     if not isinstance(params, dict):
         raise ChainError(f"{run_json} must hold a JSON object")
     run = Run(path=path, params=_flatten_parameters(params))

@@ -38,7 +38,9 @@ def frechet_distance(mean1, cov1, mean2, cov2) -> float:
     root1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     middle = np.linalg.eigvalsh(root1 @ cov2 @ root1)
     cross = np.sqrt(np.clip(middle, 0, None)).sum()
-    return float(np.sum((mean1 - mean2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * cross)
+    distance = np.sum((mean1 - mean2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * cross
+    # Rounding can leave identical populations a hair below zero; the distance itself is >= 0.
+    return float(max(distance, 0.0))
 
 
 def population_statistics(projected, standardised, alignment, reference_standardised) -> dict:
