@@ -10,9 +10,11 @@ counter (iteration, purpose, index), so
 - the NumPy reference (:mod:`qtm.particles.reference`) draws exactly the same numbers,
   vectorised over replicates, so the two implementations are compared draw for draw.
 
-Normals come in Box-Muller pairs: normal number ``n`` of a block is the cosine
-(``n`` even) or sine (``n`` odd) half of pair ``n // 2``, whose uniforms are hashed
-from counters ``base + 2 (n // 2)`` and ``base + 2 (n // 2) + 1``.
+Normal number ``n`` of a block at counter ``base`` comes from Doornik's 128-layer
+ziggurat (ZIGNOR) on the hashes of ``base + n`` (attempt ``a`` and its extra uniforms
+``s`` add ``(4a + s) << 58``; the tail hashes its uniforms under the key of ``s = 2``). It is a
+pure function of (key, counter), so the reference vectorises it, and it costs about one
+hash and one table look-up per normal (Box-Muller's log, sqrt, cos were the bottleneck).
 
 Kernels write into preallocated output arrays (replicate first) and loop over
 replicates with ``prange``; the per-replicate work is sequential.
@@ -30,8 +32,10 @@ MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX2 = np.uint64(0x94D049BB133111EB)
 TWO_POW_M53 = 1.0 / 9007199254740992.0
 
-#: Counter layout: bits 40.. hold the iteration and the purpose of a draw, bits 20..39 the
-#: particle (sampler chain), bits 0..19 the draw inside that block.
+#: Counter layout: bits 58..63 the ziggurat's attempt, bits 44..57 the iteration, bits 40..43
+#: the purpose of a draw, bits 20..39 the particle (sampler chain), bits 0..19 the draw.
+ATTEMPT_SHIFT = 58
+MAX_ITERATIONS = 1 << (ATTEMPT_SHIFT - 44)
 ITERATION_SHIFT = 44
 PURPOSE_SHIFT = 40
 PARTICLE_SHIFT = 20
@@ -42,6 +46,24 @@ MAX_BLOCK = 1 << PARTICLE_SHIFT
  P_GEN) = range(9)
 
 FIT_NEUTRAL, FIT_STABILIZING, FIT_TRUNCATION, FIT_TILT = range(4)
+
+
+def _ziggurat_tables(layers=128, right=3.442619855899, volume=9.91256303526217e-3):
+    """Layer edges x_0 > x_1 = r > ... > x_C = 0 of the ziggurat and the ratios x_(i+1)/x_i (Doornik 2005)."""
+    edges = np.zeros(layers + 1)
+    f = math.exp(-0.5 * right * right)
+    edges[0], edges[1] = volume / f, right
+    for i in range(2, layers):
+        edges[i] = math.sqrt(-2.0 * math.log(volume / edges[i - 1] + f))
+        f = math.exp(-0.5 * edges[i] ** 2)
+    return edges, edges[1:] / edges[:-1]
+
+
+ZIG_EDGES, ZIG_RATIO = _ziggurat_tables()
+ZIG_RIGHT = ZIG_EDGES[1]
+ZIG_MASK = np.uint64(127)
+ZIG_ATTEMPTS = 16
+ZIG_TAIL_TRIES = 64
 
 
 @njit(cache=True, inline="always")
@@ -63,17 +85,50 @@ def _block(iteration, purpose):
     return high | (np.uint64(purpose) << np.uint64(PURPOSE_SHIFT))
 
 
+@njit(cache=True, inline="always")
+def _attempt(a, s):
+    return np.uint64(4 * a + s) << np.uint64(ATTEMPT_SHIFT)
+
+
+@njit(cache=True)
+def _normal_slow(key, counter, a, layer, u):
+    """The ziggurat's rare branches: the tail beyond r (layer 0) and the wedge test; NaN means retry."""
+    if layer == 0:  # Marsaglia's tail method, with its own stream of uniforms
+        tail_key = _mix(key, counter + _attempt(a, 2))
+        for k in range(ZIG_TAIL_TRIES):
+            x = math.log(1.0 - _uniform(tail_key, np.uint64(2 * k))) / ZIG_RIGHT
+            y = math.log(1.0 - _uniform(tail_key, np.uint64(2 * k + 1)))
+            if -2.0 * y >= x * x:
+                return x - ZIG_RIGHT if u < 0.0 else ZIG_RIGHT - x
+        return ZIG_RIGHT
+    x = u * ZIG_EDGES[layer]
+    f0 = math.exp(-0.5 * (ZIG_EDGES[layer] ** 2 - x * x))
+    f1 = math.exp(-0.5 * (ZIG_EDGES[layer + 1] ** 2 - x * x))
+    if f1 + _uniform(key, counter + _attempt(a, 1)) * (f0 - f1) < 1.0:
+        return x
+    return np.nan
+
+
+@njit(cache=True, inline="always")
+def _normal(key, counter):
+    """Standard normal number ``counter`` of ``key`` (0 after 16 rejected attempts: probability ~1e-30)."""
+    for a in range(ZIG_ATTEMPTS):
+        h = _mix(key, counter + _attempt(a, 0))
+        layer = np.int64(h & ZIG_MASK)
+        u = 2.0 * (np.float64(h >> np.uint64(11)) * TWO_POW_M53) - 1.0
+        if abs(u) < ZIG_RATIO[layer]:
+            return u * ZIG_EDGES[layer]
+        x = _normal_slow(key, counter, a, layer, u)
+        if not math.isnan(x):
+            return x
+    return 0.0
+
+
 @njit(cache=True)
 def _fill_normals(key, base, out):
     """Normals 0 .. len(out)-1 of the block starting at counter ``base``."""
-    n = out.shape[0]
-    for p in range((n + 1) // 2):
-        c = base + np.uint64(2 * p)
-        radius = math.sqrt(-2.0 * math.log(1.0 - _uniform(key, c)))
-        angle = 2.0 * math.pi * _uniform(key, c + np.uint64(1))
-        out[2 * p] = radius * math.cos(angle)
-        if 2 * p + 1 < n:
-            out[2 * p + 1] = radius * math.sin(angle)
+    for n in range(out.shape[0]):
+        out[n] = _normal(key, base + np.uint64(n))
 
 
 @njit(cache=True)
@@ -154,14 +209,13 @@ def _resample_indices(key, iteration, log_w, systematic, index):
     for i in range(n):
         total += math.exp(log_w[i] - top)
         cdf[i] = total
-    for i in range(n):
-        cdf[i] /= total
-    cdf[n - 1] = 1.0
+    # The positions are scaled to the unnormalised cdf (saves N divisions).
     positions = np.empty(n)
     if systematic:
         shift = _uniform(key, _block(iteration, P_SYSTEMATIC))
+        step = total / n
         for i in range(n):
-            positions[i] = (i + shift) / n
+            positions[i] = (i + shift) * step
     else:
         # Sorted uniforms from normalised exponential spacings: O(N), no sort.
         base = _block(iteration, P_MULTINOMIAL)
@@ -170,8 +224,9 @@ def _resample_indices(key, iteration, log_w, systematic, index):
             s -= math.log(1.0 - _uniform(key, base + np.uint64(i)))
             positions[i] = s
         s -= math.log(1.0 - _uniform(key, base + np.uint64(n)))
+        scale = total / s
         for i in range(n):
-            positions[i] /= s
+            positions[i] *= scale
     j = 0
     for i in range(n):
         while j < n - 1 and cdf[j] <= positions[i]:
@@ -193,9 +248,11 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
     generation (fidelities ``rho``, ``rho_u``; prior the base or the previous model).
     """
     d = data_mean.shape[0]
-    use_env = False
-    for a in range(d):
-        use_env = use_env or env_var[a] > 0.0
+    env_sd = np.sqrt(env_var)
+    mutation_sd = np.sqrt(mutation_var)
+    # Counter-based draws: skipping unused ones leaves every other draw unchanged.
+    use_env = np.any(env_var > 0.0)
+    use_mutation = np.any(mutation_var > 0.0)
     one = np.ones(1)
     for r in prange(keys.shape[0]):
         key = keys[r]
@@ -218,7 +275,7 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
                 _fill_normals(key, _block(t, P_ENV), noise)
                 for i in range(n):
                     for a in range(d):
-                        phenotype[i, a] = g[i, a] + math.sqrt(env_var[a]) * noise[i * d + a]
+                        phenotype[i, a] = g[i, a] + env_sd[a] * noise[i * d + a]
                 z = phenotype
             if fitness == FIT_STABILIZING:
                 for i in range(n):
@@ -246,10 +303,15 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
                               + (z[i, a] - um[0, a]) ** 2 / vu + math.log(vu))
                     log_w[i] = 0.5 * (tilt_cfg - 1.0) * s
             _resample_indices(key, t, log_w, systematic, index)
-            _fill_normals(key, _block(t, P_MUTATION), noise)
-            for i in range(n):
-                for a in range(d):
-                    child[i, a] = g[index[i], a] + math.sqrt(mutation_var[a]) * noise[i * d + a]
+            if use_mutation:
+                _fill_normals(key, _block(t, P_MUTATION), noise)
+                for i in range(n):
+                    for a in range(d):
+                        child[i, a] = g[index[i], a] + mutation_sd[a] * noise[i * d + a]
+            else:
+                for i in range(n):
+                    for a in range(d):
+                        child[i, a] = g[index[i], a]
             g, child = child, g
             _moments(g, out_mean[r, t], out_var[r, t])
             if n_real > 0:
@@ -260,6 +322,10 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
 @njit(cache=True, inline="always")
 def _mixture_eps(x, d, m, off_am, inv_s, log_norm, b, eps, ll):
     """Exact ε-prediction of a diagonal Gaussian mixture at one level (posterior-weighted, log-sum-exp)."""
+    if m == 1:  # the posterior is 1: skip the exp (bit-identical to the general branch)
+        for a in range(d):
+            eps[a] = b * (x[a] - off_am[0, a]) * inv_s[0, a]
+        return
     top = -np.inf
     for j in range(m):
         s = 0.0
