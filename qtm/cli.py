@@ -11,6 +11,7 @@ import typer
 from qtm._cli_utils import run_app
 from qtm.cli_map import map_command
 from qtm.cli_simulate import simulate
+from qtm.cli_verify import verify_command
 
 app = typer.Typer(
     name="qtm",
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.command("map")(map_command)
 app.command("simulate")(simulate)
+app.command("verify")(verify_command)
 
 
 def main() -> None:
