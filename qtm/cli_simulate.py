@@ -180,6 +180,8 @@ def _print_summary(frame, points, axes: dict, engine: str, out_path: Path) -> No
     from rich.console import Console
     from rich.table import Table
 
+    from qtm.recursion import ChainTrajectory, collapse_iteration
+
     shown = [name for name in points.columns if points[name].nunique(dropna=False) > 1] or ["cfg"]
     point_columns = list(points.columns)
     # Replicates (particle engine) are averaged; groups keep the grid's order.
@@ -190,7 +192,7 @@ def _print_summary(frame, points, axes: dict, engine: str, out_path: Path) -> No
     data_var = axes["data_var"]
     title = (
         f"qtm simulate ({engine}): last iteration; collapse = first iteration with "
-        f"var < {COLLAPSE_THRESHOLD:g} x real var"
+        f"var <= {COLLAPSE_THRESHOLD:g} x real var"
     )
     table = Table(title=title)
     for name in shown:
@@ -205,8 +207,10 @@ def _print_summary(frame, points, axes: dict, engine: str, out_path: Path) -> No
         values = dict(zip(point_columns, key, strict=True))
         var = group["var"].unstack("axis").to_numpy()
         mean = group["mean"].unstack("axis").to_numpy()
-        below = var < COLLAPSE_THRESHOLD * data_var
-        collapse = [str(int(np.argmax(b))) if b.any() else "never" for b in below.T]
+        # One row per axis: the trajectory of each axis along the last dimension.
+        trajectory = ChainTrajectory(mean.T, var.T, axes["data_mean"], data_var)
+        first = collapse_iteration(trajectory, threshold=COLLAPSE_THRESHOLD)
+        collapse = [str(t) if t >= 0 else "never" for t in first]
         cells = [_cell(values[name]) for name in shown]
         if "iterations" not in shown:
             cells.append(str(var.shape[0]))

@@ -225,13 +225,14 @@ def simulate_moments(
 
 
 def collapse_iteration(trajectory: ChainTrajectory, *, threshold: float = 0.1) -> np.ndarray:
-    """First iteration whose variance falls below ``threshold`` times the real data's, or -1 if none.
+    """First iteration whose variance is at most ``threshold`` times the real data's, or -1 if none.
 
     Parameters
     ----------
     trajectory : ChainTrajectory
     threshold : float in (0, 1]
-        Collapse means ``var_t < threshold * data_var``.
+        Collapse means ``var_t <= threshold * data_var`` (as in
+        :func:`qtm.equilibria.iterations_to_collapse`).
 
     Returns
     -------
@@ -244,7 +245,7 @@ def collapse_iteration(trajectory: ChainTrajectory, *, threshold: float = 0.1) -
     2
     """
     threshold = float(check_unit_interval(threshold, "threshold", closed_left=False))
-    below = trajectory.var < threshold * trajectory.data_var[..., None]
+    below = trajectory.var <= threshold * trajectory.data_var[..., None]
     return np.where(below.any(axis=-1), below.argmax(axis=-1), -1)
 
 

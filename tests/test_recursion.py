@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from qtm.equilibria import cfg_tilt_chain, iterations_to_collapse
 from qtm.errors import ImproperDistributionError, QTMError
 from qtm.gaussian import add_mutation, inherit, mix, refit_expectation
 from qtm.recursion import ChainTrajectory, collapse_iteration, simulate_moments
@@ -125,6 +126,18 @@ def test_tilt_chain_moves_the_precision_gap_geometrically(cfg):
     weighted = lam_u * uncond_mean + cfg ** (t + 1) * (lam_d * data_mean - lam_u * uncond_mean)
     np.testing.assert_allclose(1 / traj.var, precision, rtol=1e-10)
     np.testing.assert_allclose(traj.mean / traj.var, weighted, rtol=1e-10)
+    chain = cfg_tilt_chain(data_mean, data_var, uncond_mean, uncond_var, cfg=cfg, iterations=10)
+    np.testing.assert_allclose(traj.mean, chain.mean, rtol=1e-10)
+    np.testing.assert_allclose(traj.var, chain.var, rtol=1e-10)
+
+
+def test_collapse_iteration_agrees_with_the_closed_form():
+    cfg = np.array([1.2, 2.0, 3.0, 7.5, 0.5])
+    traj = simulate_moments(**BASE, cfg=cfg, fidelity=1.0, finetune="continue", iterations=30, sampler="tilt")
+    for threshold in (0.5, 0.1, 0.01):
+        expected = iterations_to_collapse(cfg=cfg, cond_var=1.0, uncond_var=4.0, threshold=threshold)
+        expected = np.where(expected < 30, expected, -1)
+        np.testing.assert_array_equal(collapse_iteration(traj, threshold=threshold), expected)
 
 
 def test_condition_drop_flattens_selection():
