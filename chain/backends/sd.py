@@ -1,0 +1,518 @@
+"""The ``sd`` backend: a diffusers Stable Diffusion pipeline, finetuned with LoRA (peft) or fully.
+
+Any Stable Diffusion 1.x/2.x model in diffusers format works, from a local
+directory or (with network access) a Hugging Face model id. Nothing assumes one
+architecture: the resolution comes from ``unet.config.sample_size`` times the
+VAE's scale factor, the latent scaling from ``vae.config.scaling_factor`` and the
+training target (epsilon or v) from the scheduler's ``prediction_type``.
+
+On a GPU the frozen weights are kept in bf16 (fp16 where bf16 is missing) and the
+LoRA parameters in fp32; a full finetune keeps the UNet in fp32 and computes in
+autocast. Samplers follow the project's convention: ``ddim`` is DDIM with eta 0,
+``ddpm`` is DDIM with eta 1 (as in :mod:`qtm.diffusion`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image, ImageOps
+
+from chain.backends.base import Backend, FinetuneResult, Progress
+from chain.errors import ChainError
+from qtm._validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
+from qtm.io import atomic_path, write_json
+from qtm.schedules import CFGSchedule
+
+#: The model used when none is named (needs the network once, or a local copy).
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SAMPLERS = ("ddim", "ddpm")
+#: The UNet attention projections that carry the LoRA adapter.
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+WEIGHTS_FILE = "sd_weights.json"
+LORA_FILE = "lora.safetensors"
+UNET_DIR = "unet"
+_ADAPTER = "chain"
+
+
+class _ScheduledGuidancePipeline(StableDiffusionPipeline):
+    """A Stable Diffusion pipeline whose guidance scale may change at every step.
+
+    diffusers re-reads ``guidance_scale > 1`` at every step to decide whether to
+    guide, but builds the doubled (unconditional + conditional) batch once, at the
+    start. A schedule that reaches 1 would then feed a batch of the wrong size to
+    the UNet, and a scale below 1 (disruptive selection, legitimate here) would
+    silently lose its guidance. The caller fixes the decision once per call in
+    ``_guided``; the CFG combination ``u + w (c - u)`` is exact for every w.
+    """
+
+    _guided = True
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guided
+
+
+class StableDiffusionBackend(Backend):
+    """Stable Diffusion (diffusers) behind the chain's backend interface.
+
+    Parameters
+    ----------
+    model : str
+        A local diffusers directory (with ``model_index.json``) or a Hugging Face model id.
+    lora_rank : int
+        Rank of the LoRA adapter on the UNet attention projections (ignored with ``full_finetune``).
+    full_finetune : bool
+        Train every UNet weight instead of a LoRA adapter.
+    learning_rate : float
+        AdamW learning rate.
+    train_steps : int
+        Optimisation steps per :meth:`finetune` call.
+    batch_size : int
+        Examples per optimisation step, and images per pipeline call when generating.
+    resolution : int, optional
+        Image side in pixels; the model's own (``sample_size`` times the VAE scale factor) by default.
+    device : str, optional
+        ``"cuda"`` when a GPU is available, else ``"cpu"``.
+    dtype : {"bf16", "fp16", "fp32"}, optional
+        Precision of the frozen weights: bf16 on a GPU (fp16 where bf16 is missing), fp32 on a CPU.
+
+    Examples
+    --------
+    >>> backend = StableDiffusionBackend("path/to/sd-model", lora_rank=4)  # doctest: +SKIP
+    >>> images = backend.generate(["a red car"], cfg=7.5, schedule=CFGSchedule.parse("cosine"),
+    ...                           seeds=[0], steps=50, sampler="ddim")  # doctest: +SKIP
+    """
+
+    name = "sd"
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        lora_rank: int = 4,
+        full_finetune: bool = False,
+        learning_rate: float = 1e-4,
+        train_steps: int = 100,
+        batch_size: int = 4,
+        resolution: int | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+    ):
+        self.model = str(model)
+        self.full_finetune = bool(full_finetune)
+        self.lora_rank = check_int(lora_rank, "--lora-rank", minimum=1)
+        self.learning_rate = float(check_positive(learning_rate, "--learning-rate"))
+        self.train_steps = check_int(train_steps, "--train-steps", minimum=1)
+        self.batch_size = check_int(batch_size, "--batch-size", minimum=1)
+        self.device = _pick_device(device)
+        self.dtype = _pick_dtype(dtype, self.device)
+
+        self.pipe = _load_pipeline(self.model, self.dtype)
+        unet = self.pipe.unet
+        if unet.config.time_cond_proj_dim is not None:
+            raise ChainError(
+                f"--model {self.model}: its UNet is guidance-distilled (time_cond_proj_dim is set), so a CFG "
+                "schedule cannot be applied; use a Stable Diffusion 1.x/2.x base model"
+            )
+        self.prediction_type = self.pipe.scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ChainError(
+                f"--model {self.model}: prediction_type {self.prediction_type!r} is not supported; "
+                f"use a model that predicts {' or '.join(PREDICTION_TYPES)}"
+            )
+        # The loaded scheduler's config is the model's diffusion process; samplers and the
+        # training noise are both derived from it, never from the object the pipeline mutates.
+        self._scheduler_config = self.pipe.scheduler.config
+        self.noise_scheduler = DDPMScheduler.from_config(self._scheduler_config)
+
+        self.vae_scale_factor = int(self.pipe.vae_scale_factor)
+        multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+        native = int(unet.config.sample_size) * self.vae_scale_factor
+        self.resolution = native if resolution is None else check_int(resolution, "--resolution", minimum=1)
+        if self.resolution % multiple:
+            raise ChainError(
+                f"--resolution must be a multiple of {multiple} for this model, got {self.resolution}"
+            )
+
+        for part in (unet, self.pipe.vae, self.pipe.text_encoder):
+            part.requires_grad_(False)
+        if self.full_finetune:
+            # AdamW steps on bf16 weights round away; the trained UNet stays in fp32 (autocast computes).
+            unet.to(torch.float32)
+            self._base_state = {k: v.detach().to("cpu", copy=True) for k, v in unet.state_dict().items()}
+        self.pipe.to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self._has_adapter = False
+
+    # ------------------------------------------------------------------ finetuning
+    def finetune(
+        self,
+        images: Sequence,
+        captions: Sequence[str],
+        *,
+        drop: float,
+        start: str,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> FinetuneResult:
+        """Finetune the UNet on ``images`` with ``captions`` (see :meth:`Backend.finetune`).
+
+        Each step draws ``batch_size`` examples (a fresh permutation per epoch),
+        a VAE latent from each image's latent distribution, a timestep and noise
+        from the model's noise schedule, and replaces each caption by the empty
+        prompt with probability ``drop``; the loss is the MSE on epsilon or v.
+        """
+        captions = [str(c) for c in captions]
+        if len(images) != len(captions):
+            raise ChainError(
+                f"finetune got {len(images)} images but {len(captions)} captions; give one caption per image"
+            )
+        if not images:
+            raise ChainError("the finetuning data set is empty; give at least one image with its caption")
+        drop = float(check_unit_interval(drop, "--drop", closed_right=False))
+        check_choice(start, "finetune start", ("base", "previous"))
+        seed = check_int(seed, "seed", minimum=0)
+        began = time.perf_counter()
+
+        pixels = _to_pixels(images, self.resolution)
+        self._prepare_trainable(start, seed)
+        unet = self.pipe.unet
+        mean, std = self._encode_images(pixels)
+        cond = self._encode_text(captions)
+        null = self._encode_text([""])
+        params = [p for p in unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.learning_rate)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        generator = torch.Generator().manual_seed(seed)
+        batches = _epoch_batches(len(captions), self.batch_size, generator)
+        scaling = float(self.pipe.vae.config.scaling_factor)
+        steps_total = self.noise_scheduler.config.num_train_timesteps
+        unet_dtype = next(unet.parameters()).dtype if self.full_finetune else self.dtype
+
+        losses = []
+        unet.train()
+        try:
+            for step in range(self.train_steps):
+                index = next(batches)
+                count = len(index)
+                eps = torch.randn(mean[index].shape, generator=generator).to(self.device)
+                latents = (mean[index] + std[index] * eps) * scaling
+                noise = torch.randn(latents.shape, generator=generator).to(self.device)
+                timesteps = torch.randint(0, steps_total, (count,), generator=generator).to(self.device)
+                dropped = (torch.rand(count, generator=generator) < drop).to(self.device)
+                states = torch.where(dropped[:, None, None], null, cond[index])
+                noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+                if self.prediction_type == "epsilon":
+                    target = noise
+                else:
+                    target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+                with self._autocast():
+                    prediction = unet(noisy.to(unet_dtype), timesteps, states, return_dict=False)[0]
+                loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress(step + 1, self.train_steps)
+        finally:
+            unet.eval()
+        return FinetuneResult(losses=losses, seconds=time.perf_counter() - began)
+
+    def _prepare_trainable(self, start: str, seed: int) -> None:
+        unet = self.pipe.unet
+        if self.full_finetune:
+            if start == "base":
+                unet.load_state_dict(self._base_state)
+            unet.requires_grad_(True)
+        elif start == "base" or not self._has_adapter:
+            self._fresh_adapter(seed)
+
+    def _fresh_adapter(self, seed: int) -> None:
+        """Replace the LoRA adapter by a new one (B = 0, so the model is the base model again)."""
+        from peft import LoraConfig
+
+        unet = self.pipe.unet
+        if self._has_adapter:
+            unet.delete_adapters(_ADAPTER)
+        config = LoraConfig(
+            r=self.lora_rank,
+            lora_alpha=self.lora_rank,
+            init_lora_weights="gaussian",
+            target_modules=list(LORA_TARGETS),
+        )
+        # The adapter's random A matrices come from the global RNG; seed them without touching it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet.add_adapter(config, adapter_name=_ADAPTER)
+        for param in unet.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        self._has_adapter = True
+
+    @torch.no_grad()
+    def _encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of each image's VAE latent distribution (fp32, on the device)."""
+        vae = self.pipe.vae
+        means, stds = [], []
+        for chunk in pixels.split(self.batch_size):
+            dist = vae.encode(chunk.to(self.device, vae.dtype)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        return torch.cat(means), torch.cat(stds)
+
+    @torch.no_grad()
+    def _encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Text embeddings from the pipeline's own prompt encoder, as the sampler computes them."""
+        embeddings = []
+        for start in range(0, len(captions), self.batch_size):
+            chunk = captions[start : start + self.batch_size]
+            embeddings.append(self.pipe.encode_prompt(chunk, self.device, 1, False)[0])
+        return torch.cat(embeddings)
+
+    def _autocast(self):
+        """Autocast for a full finetune in half precision (fp32 UNet, half-precision VAE and text encoder)."""
+        enabled = self.full_finetune and self.dtype != torch.float32
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=enabled)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        captions: Sequence[str],
+        *,
+        cfg: float,
+        schedule: CFGSchedule,
+        seeds: Sequence[int],
+        steps: int,
+        sampler: str,
+        progress: Progress | None = None,
+    ) -> list:
+        """One PIL image per caption, guided per step by ``schedule`` (see :meth:`Backend.generate`).
+
+        The scale of step 0 is the pipeline's ``guidance_scale``; the step-end
+        callback sets the scale of step ``k + 1`` after step ``k``.
+        """
+        captions = [str(c) for c in captions]
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != len(captions):
+            raise ChainError(
+                f"generate got {len(captions)} captions but {len(seeds)} seeds; give one seed per caption"
+            )
+        cfg = float(check_nonnegative(cfg, "--cfg"))
+        steps = check_int(steps, "--steps", minimum=1)
+        check_choice(sampler, "--sampler", SAMPLERS)
+        schedule = CFGSchedule.parse(schedule)
+
+        scheduler = DDIMScheduler.from_config(self._scheduler_config)
+        scheduler.set_timesteps(steps)
+        alphas_cumprod = scheduler.alphas_cumprod[scheduler.timesteps].double().numpy()
+        scales = schedule.scales(cfg, steps, alphas_cumprod=alphas_cumprod)
+        pipe = self.pipe
+        pipe.scheduler = scheduler
+        # Without any step away from 1 the unconditional branch is never used: skip it (half the cost).
+        pipe._guided = bool(np.any(scales != 1.0))
+
+        def next_scale(pipeline, step, timestep, tensors):
+            if step + 1 < steps:
+                pipeline._guidance_scale = float(scales[step + 1])
+            return tensors
+
+        images = []
+        for first in range(0, len(captions), self.batch_size):
+            chunk = slice(first, first + self.batch_size)
+            generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
+            with self._autocast():
+                output = pipe(
+                    prompt=captions[chunk],
+                    height=self.resolution,
+                    width=self.resolution,
+                    num_inference_steps=steps,
+                    guidance_scale=float(scales[0]),
+                    eta=0.0 if sampler == "ddim" else 1.0,
+                    generator=generators,
+                    callback_on_step_end=next_scale,
+                    output_type="pil",
+                )
+            images.extend(output.images)
+            if progress is not None:
+                progress(len(images), len(captions))
+        return images
+
+    # ------------------------------------------------------------------ weights
+    def save_weights(self, directory: Path) -> dict:
+        """Save the LoRA adapter (``lora.safetensors``) or the full UNet (``unet/``) into ``directory``.
+
+        Every file appears under its final name only when complete.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.full_finetune:
+            part = directory / f".{UNET_DIR}.part"
+            shutil.rmtree(part, ignore_errors=True)
+            self.pipe.unet.save_pretrained(part)
+            shutil.rmtree(directory / UNET_DIR, ignore_errors=True)
+            os.replace(part, directory / UNET_DIR)
+            info = {"kind": "full", "path": UNET_DIR}
+        else:
+            from peft import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            if not self._has_adapter:
+                raise ChainError("there is no LoRA adapter to save yet; finetune before saving weights")
+            state = get_peft_model_state_dict(self.pipe.unet, adapter_name=_ADAPTER)
+            state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+            with atomic_path(directory / LORA_FILE) as tmp:
+                save_file(state, str(tmp))
+            info = {"kind": "lora", "path": LORA_FILE, "rank": self.lora_rank, "targets": list(LORA_TARGETS)}
+        write_json(directory / WEIGHTS_FILE, info)
+        return info
+
+    def load_weights(self, directory: Path) -> None:
+        """Make the weights that :meth:`save_weights` wrote into ``directory`` the current model."""
+        directory = Path(directory)
+        try:
+            info = json.loads((directory / WEIGHTS_FILE).read_text())
+        except (OSError, ValueError):
+            raise ChainError(
+                f"{directory}: no readable {WEIGHTS_FILE}; these are not weights saved by the sd backend "
+                "(redo the iteration that should have written them)"
+            ) from None
+        wanted = "full" if self.full_finetune else "lora"
+        if info.get("kind") != wanted:
+            raise ChainError(
+                f"{directory} holds a {info.get('kind')} finetune but this run is set for {wanted}; "
+                "use the same --full-finetune/--lora-rank as the run that saved them"
+            )
+        if wanted == "full":
+            saved = UNet2DConditionModel.from_pretrained(directory / info["path"], torch_dtype=torch.float32)
+            self.pipe.unet.load_state_dict(saved.state_dict())
+            return
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if info.get("rank") != self.lora_rank:
+            raise ChainError(
+                f"{directory} holds a rank-{info.get('rank')} LoRA adapter but --lora-rank is "
+                f"{self.lora_rank}; use the rank the weights were trained with"
+            )
+        self._fresh_adapter(seed=0)
+        state = load_file(directory / info["path"])
+        result = set_peft_model_state_dict(self.pipe.unet, state, adapter_name=_ADAPTER)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ChainError(
+                f"{directory}: the LoRA file does not fit this model ({len(unexpected)} unknown weights)"
+            )
+
+    def describe(self) -> dict:
+        """Settings that change the results, for run.json."""
+        return {
+            "name": self.name,
+            "model": self.model,
+            "finetune": "full" if self.full_finetune else "lora",
+            "lora_rank": None if self.full_finetune else self.lora_rank,
+            "lora_targets": None if self.full_finetune else list(LORA_TARGETS),
+            "learning_rate": self.learning_rate,
+            "train_steps": self.train_steps,
+            "batch_size": self.batch_size,
+            "resolution": self.resolution,
+            "device": str(self.device),
+            "dtype": next(k for k, v in DTYPES.items() if v == self.dtype),
+            "prediction_type": self.prediction_type,
+            "vae_scale_factor": self.vae_scale_factor,
+        }
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ChainError(f"--device {device!r} is not a device name; use cpu or cuda (cuda:N)") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ChainError(
+            f"--device {device}: no CUDA GPU is available here; leave --device out or use --device cpu"
+        )
+    return chosen
+
+
+def _pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return DTYPES[check_choice(dtype, "--dtype", tuple(DTYPES))]
+
+
+def _load_pipeline(model: str, dtype: torch.dtype) -> _ScheduledGuidancePipeline:
+    """Load a diffusers Stable Diffusion pipeline from a directory or a model id, or explain why not."""
+    local = Path(model).expanduser()
+    looks_local = local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local and not (local / "model_index.json").is_file():
+        raise ChainError(
+            f"--model {model}: not a diffusers model (no model_index.json in it); give a directory written "
+            "by a diffusers pipeline's save_pretrained or a Hugging Face model id (convert a single .ckpt or "
+            ".safetensors file with StableDiffusionPipeline.from_single_file(FILE).save_pretrained(DIR))"
+        )
+    try:
+        with warnings.catch_warnings():
+            # ``torch_dtype`` is the one keyword every supported diffusers release (>= 0.30) reads;
+            # the newest ones call it deprecated in favour of ``dtype``.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+            # The safety checker would black out images the chain then trains on; it is never loaded.
+            pipe = _ScheduledGuidancePipeline.from_pretrained(
+                str(local) if looks_local else model,
+                torch_dtype=dtype,
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
+    except Exception as error:  # any loading failure is the user's model argument; say which and why
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ChainError(
+            f"--model {model}: cannot load it as a Stable Diffusion 1.x/2.x pipeline ({reason}); give a "
+            "local diffusers directory, or a Hugging Face model id with network access (HF_HUB_OFFLINE unset)"
+        ) from None
+    return pipe
+
+
+def _to_pixels(images: Sequence, resolution: int) -> torch.Tensor:
+    """Images as a (N, 3, R, R) tensor in [-1, 1]: resized to cover R x R and centre-cropped."""
+    arrays = []
+    for i, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            raise ChainError(f"training image {i} is a {type(image).__name__}, not a PIL image")
+        fitted = ImageOps.fit(image.convert("RGB"), (resolution, resolution), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(fitted, dtype=np.float32))
+    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return stacked / 127.5 - 1.0
+
+
+def _epoch_batches(count: int, batch_size: int, generator: torch.Generator):
+    """Endless batches of example indices: each epoch a fresh permutation, batches may span two epochs."""
+    pending = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(pending) < batch_size:
+            pending = torch.cat([pending, torch.randperm(count, generator=generator)])
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+__all__ = ["DEFAULT_MODEL", "LORA_TARGETS", "SAMPLERS", "StableDiffusionBackend"]
