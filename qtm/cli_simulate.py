@@ -47,26 +47,31 @@ COLLAPSE_THRESHOLD = 0.1
 SUMMARY_ROWS = 20
 
 
+def _option(name: str, text: str):
+    """A command line option that defaults to None (so that a --config file can set it) and shows its default."""
+    return typer.Option(None, help=text, show_default=DEFAULTS[name])
+
+
 def simulate(
-    engine: str = typer.Option(None, help="moments (exact expected moments) or particles (finite N)."),
-    cfg: str = typer.Option(None, help="Peak CFG scale w. [default: 1,3,7.5]"),
-    schedule: str = typer.Option(None, help="CFG schedules, comma list. [default: constant,cosine]"),
-    drop: str = typer.Option(None, help="Condition-drop probability p of finetuning. [default: 0,0.2]"),
-    fidelity: str = typer.Option(None, help="Fidelity rho of finetuning, in [0, 1]. [default: 0.5]"),
-    uncond_fidelity: str = typer.Option(None, help="Unconditional fidelity. [default: drop x fidelity]"),
-    iterations: str = typer.Option(None, help="Iterations of the chain. [default: 10]"),
-    finetune: str = typer.Option(None, help="Finetune from the base or the previous model. [default: base]"),
-    real_fraction: str = typer.Option(None, help="Share of real data mixed into each data set. [default: 0]"),
-    sampler: str = typer.Option(None, help="ddim, ddpm or tilt. [default: ddim]"),
-    steps: str = typer.Option(None, help="Sampler steps. [default: 50]"),
-    eta: str = typer.Option(None, help="DDIM noise weight. [default: 0]"),
-    mutation: str = typer.Option(None, help="Variance added to each generated set. [default: 0]"),
-    cond_mean: str = typer.Option(None, help="Base conditional mean, one per trait axis. [default: 1]"),
-    cond_var: str = typer.Option(None, help="Base conditional variance, one per axis. [default: 1]"),
-    uncond_mean: str = typer.Option(None, help="Base unconditional mean, one per axis. [default: 0]"),
-    uncond_var: str = typer.Option(None, help="Base unconditional variance, one per axis. [default: 1.5]"),
-    data_mean: str = typer.Option(None, help="Real data mean, one per axis. [default: 1]"),
-    data_var: str = typer.Option(None, help="Real data variance, one per axis. [default: 1]"),
+    engine: str = _option("engine", "moments (exact expected moments) or particles (finite N)."),
+    cfg: str = _option("cfg", "Peak CFG scale w."),
+    schedule: str = _option("schedule", "CFG schedules, comma list."),
+    drop: str = _option("drop", "Condition-drop probability p of finetuning."),
+    fidelity: str = _option("fidelity", "Fidelity rho of finetuning, in [0, 1]."),
+    uncond_fidelity: str = typer.Option(None, help="Unconditional fidelity.", show_default="drop x fidelity"),
+    iterations: str = _option("iterations", "Iterations of the chain."),
+    finetune: str = _option("finetune", "Finetune from the base or the previous model."),
+    real_fraction: str = _option("real_fraction", "Share of real data mixed into each data set."),
+    sampler: str = _option("sampler", "ddim, ddpm or tilt."),
+    steps: str = _option("steps", "Sampler steps."),
+    eta: str = _option("eta", "DDIM noise weight."),
+    mutation: str = _option("mutation", "Variance added to each generated set."),
+    cond_mean: str = _option("cond_mean", "Base conditional mean, one per trait axis."),
+    cond_var: str = _option("cond_var", "Base conditional variance, one per axis."),
+    uncond_mean: str = _option("uncond_mean", "Base unconditional mean, one per axis."),
+    uncond_var: str = _option("uncond_var", "Base unconditional variance, one per axis."),
+    data_mean: str = _option("data_mean", "Real data mean, one per axis."),
+    data_var: str = _option("data_var", "Real data variance, one per axis."),
     population: str = typer.Option(None, help="Images per iteration (moments: expected finite-N refit)."),
     replicates: str = typer.Option(None, help="Particles: replicates per grid point."),
     seed: str = typer.Option(None, help="Particles: random seed."),
@@ -74,7 +79,7 @@ def simulate(
     modes: str = typer.Option(None, help="Particles: mixture components."),
     model: str = typer.Option(None, help="Particles: qg or sampler."),
     scheduler: str = typer.Option(None, help="Particles: Dask scheduler address."),
-    out: str = typer.Option(None, help="Output table (.parquet, .csv). [default: runs/qtm-simulate.parquet]"),
+    out: str = _option("out", "Output table (.parquet, .csv)."),
     config: Path = typer.Option(None, help="TOML file of options; the command line overrides it."),
 ) -> None:
     """Run the Chain of Diffusion over a parameter grid; write one row per point x iteration x axis."""
