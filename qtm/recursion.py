@@ -27,8 +27,10 @@ Every parameter broadcasts, so a parameter grid is just broadcasting (a trait
 axis is one more dimension). The text parameters (``schedule``, ``sampler``,
 ``finetune``) and ``steps`` and ``eta`` may be arrays too: the points are grouped
 by them. The DDIM/DDPM samplers run in one fused Numba kernel per group (all
-iterations and all K steps of a point in registers, points in parallel); the tilt
-runs through the :mod:`qtm.gaussian` operators, vectorised over the grid.
+iterations and all K steps of a block of 16 points in L1 cache, the block's points in
+SIMD lanes, blocks on all cores), which does 10^6 points x 20 iterations x 50 steps in
+a few seconds on two cores (``benchmarks/moments_grid.py``); the tilt runs through the
+:mod:`qtm.gaussian` operators, vectorised over the grid.
 
 Examples
 --------
