@@ -105,8 +105,9 @@ class Comparison:
     note: str = ""
 
     def zscores(self) -> np.ndarray:
-        """``(observed - expected) / standard_error`` per quantity."""
-        return (np.asarray(self.observed) - np.asarray(self.expected)) / np.asarray(self.standard_error)
+        """``(observed - expected) / standard_error`` per quantity (inf or NaN where the error is 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (np.asarray(self.observed) - np.asarray(self.expected)) / np.asarray(self.standard_error)
 
     def all_pvalues(self) -> np.ndarray:
         """Two-sided p-values of the z-scores followed by the extra p-values."""
