@@ -126,17 +126,17 @@ def _run_moments(points, axes: dict, options: dict, out_path: Path):
             raise QTMError(f"--{name} applies to --engine particles only")
     population = _single_int(options, "population", minimum=2)
     column = {name: points[name].to_numpy()[:, None] for name in points.columns}
-    steps_max = int(points["iterations"].max())
+    longest = int(points["iterations"].max())
     trajectory = simulate_moments(
         **{name: values[None, :] for name, values in axes.items()},
         cfg=column["cfg"], schedule=column["schedule"], drop=column["drop"], fidelity=column["fidelity"],
-        uncond_fidelity=column["uncond_fidelity"].astype(float), iterations=steps_max,
+        uncond_fidelity=column["uncond_fidelity"].astype(float), iterations=longest,
         finetune=column["finetune"], real_fraction=column["real_fraction"], sampler=column["sampler"],
         steps=column["steps"].astype(int), eta=column["eta"], population=population,
         mutation_var=column["mutation"],
     )  # fmt: skip
     n_points, n_axes = trajectory.mean.shape[:2]
-    point, axis, iteration = np.meshgrid(np.arange(n_points), np.arange(n_axes), np.arange(steps_max),
+    point, axis, iteration = np.meshgrid(np.arange(n_points), np.arange(n_axes), np.arange(longest),
                                          indexing="ij")
     keep = iteration < points["iterations"].to_numpy()[point]
     frame = points.iloc[point[keep]].reset_index(drop=True)
@@ -166,10 +166,8 @@ def _run_particles(points, axes: dict, options: dict, out_path: Path):
     particle_options = {name: _single_int(options, name, minimum=low) for name, low in minimum.items()}
     particle_options["model"] = options["model"]
     particle_options["scheduler"] = options["scheduler"]
-    # One value stands for every axis; several are one per axis.
-    particle_options.update(
-        {name: v.tolist() if len(set(v)) > 1 else float(v[0]) for name, v in axes.items()}
-    )
+    # A number stands for every axis (of --dims); a list gives one value per axis.
+    particle_options.update({name: v.tolist() if len(v) > 1 else float(v[0]) for name, v in axes.items()})
     with Progress(transient=True) as bar:
         task = bar.add_task("grid points", total=len(points))
         path = simulate_particles(

@@ -104,7 +104,7 @@ def test_particle_engine_gets_the_grid_and_options(monkeypatch, capsys, tmp_path
     options = calls["options"]
     assert options["population"] == 64 and options["replicates"] == 2 and options["seed"] == 3
     assert options["dims"] == 2 and options["model"] == "sampler" and "scheduler" not in options
-    assert options["cond_mean"] == [1.0, 2.0] and options["data_var"] == 1.0
+    assert options["cond_mean"] == [1.0, 2.0] and options["data_var"] == [1.0, 1.0]
     assert "particles" in stdout and "0.5" in stdout
 
 
