@@ -112,10 +112,11 @@ def main() -> None:
         "uncond_fidelity": flat["drop"][subset] * flat["fidelity"][subset],
         "real_fraction": np.zeros(1), "mutation_var": np.zeros(1),
     }  # fmt: skip
+    numpy_mean, numpy_var = np.empty((len(subset), args.iterations)), np.empty((len(subset), args.iterations))
     start = time.perf_counter()
-    _, numpy_var = _run_operators(**params, iterations=args.iterations, schedule=CFGSchedule.parse("constant"),
-                                  sampler=args.sampler, continue_=False, steps=args.steps, eta=0.0,
-                                  population=None, config=None)
+    _run_operators(**params, iterations=args.iterations, schedule=CFGSchedule.parse("constant"),
+                   sampler=args.sampler, continue_=False, steps=args.steps, eta=0.0, population=None,
+                   config=None, out=(numpy_mean, numpy_var))
     numpy_time = (time.perf_counter() - start) / len(subset) * n_points
     np.testing.assert_allclose(numpy_var, traj.var.reshape(n_points, -1)[subset], rtol=1e-9, atol=1e-14)
 

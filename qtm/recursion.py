@@ -213,11 +213,13 @@ def simulate_moments(
             population=population,
             config=config,
         )
-        group_mean, group_var = _run_operators(**run) if sampler_name == "tilt" else _run_kernel(**run)
+        runner = _run_operators if sampler_name == "tilt" else _run_kernel
         if index is None:
-            mean[...], var[...] = group_mean, group_var
+            runner(**run, out=(mean, var))
         else:
-            mean[index], var[index] = group_mean, group_var
+            group = (np.empty((index.size, iterations)), np.empty((index.size, iterations)))
+            runner(**run, out=group)
+            mean[index], var[index] = group
     return ChainTrajectory(
         mean.reshape((*shape, iterations)),
         var.reshape((*shape, iterations)),
@@ -306,14 +308,15 @@ def _flat(values: np.ndarray, shape: tuple, index) -> np.ndarray:
     return np.require(flat, dtype=np.float64, requirements=["C", "W"])
 
 
-def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, population, config, **p):
-    """The recursion written with the :mod:`qtm.gaussian` operators, vectorised over the points."""
+def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, population, config, out, **p):
+    """The recursion written with the :mod:`qtm.gaussian` operators, vectorised over the points.
+
+    Writes the moments of each point and iteration into ``out = (mean, var)``, arrays of
+    shape (points, iterations)."""
     from qtm.gaussian import add_mutation, inherit, mix, refit_expectation
     from qtm.sampler_map import guided_moments
 
-    size = max(v.size for v in p.values())
-    mean = np.empty((size, iterations))
-    var = np.empty((size, iterations))
+    mean, var = out
     base_c = (p["cond_mean"], p["cond_var"])
     base_u = (p["uncond_mean"], p["uncond_var"])
     real = (p["data_mean"], p["data_var"])
@@ -331,11 +334,10 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
         if population is not None:
             generated = refit_expectation(*generated, population=population, estimator="mle")
         data = mix(*generated, *real, rate=p["real_fraction"])
-    return mean, var
 
 
-def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, population, config, **p):
-    """The DDIM/DDPM recursion through the fused Numba kernel."""
+def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, population, config, out, **p):
+    """The DDIM/DDPM recursion through the fused Numba kernel, written into ``out = (mean, var)``."""
     coef = step_coefficients(steps, eta=1.0 if sampler == "ddpm" else eta, config=config)
     # Every schedule is affine in the peak scale (scale_k = slope_k * cfg + offset_k), which lets
     # each point compute its own scales without a (points x steps) table.
@@ -344,9 +346,7 @@ def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, populat
     probe = schedule.scales(7.5, steps, alphas_cumprod=coef.abar_t)
     if not np.allclose(probe, 7.5 * slope + offset):
         raise NotImplementedError(f"CFG schedule {schedule.spec!r} is not affine in the peak scale")
-    size = max(v.size for v in p.values())
-    mean = np.empty((size, iterations))
-    var = np.empty((size, iterations))
+    mean, var = out
     # The finite-N refit is the MLE's expectation (qtm.gaussian.refit_expectation): variance x (N-1)/N.
     shrink = 1.0 if population is None else (population - 1) / population
     _chain_kernel(
@@ -357,7 +357,6 @@ def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, populat
         coef.x_coef, coef.eps_coef, coef.noise_std**2, slope, offset,
         mean, var,
     )  # fmt: skip
-    return mean, var
 
 
 #: Points per block of the kernel: the inner loops run over a block, so that they vectorise (SIMD).
