@@ -72,8 +72,7 @@ def main() -> None:
 
     axes, n_points = grid(args.points)
     work = n_points * args.iterations
-    cpu = _cpu_name()
-    print(f"machine: {cpu}, {os.cpu_count()} cores, numba {numba.__version__} with {numba.get_num_threads()} "
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores, numba {numba.__version__} with {numba.get_num_threads()} "
           f"threads, {platform.python_implementation()} {platform.python_version()}; load average before the run "
           f"{os.getloadavg()[0]:.1f} (other processes on the same cores slow every figure below)")
     print(f"grid: {n_points:,} points x {args.iterations} iterations; sampler {args.sampler}, {args.steps} steps "
@@ -83,15 +82,21 @@ def main() -> None:
     simulate_moments(**MODEL, cfg=[1.0, 7.5], iterations=2, sampler=args.sampler, steps=args.steps)
     print(f"first call (compiles or loads the cached kernel): {time.perf_counter() - start:.2f} s")
 
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         traj = simulate_moments(**MODEL, **axes, iterations=args.iterations, sampler=args.sampler,
                                 steps=args.steps)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     best, median = min(times), statistics.median(times)
     print(f"qtm.recursion.simulate_moments: best {best:.2f} s, median {median:.2f} s of {args.repeats} "
           f"-> {work / best:.3g} point-iterations/s; goal < 5 s: {'met' if best < 5 else 'MISSED'}")
+    # CPU seconds do not grow when other processes share the cores, so they bound the wall time on an idle
+    # machine: CPU time / threads (the kernel's blocks split evenly over the threads).
+    cpu = min(cpu_times)
+    print(f"  CPU time {cpu:.2f} s over {numba.get_num_threads()} threads -> about "
+          f"{cpu / numba.get_num_threads():.2f} s of wall time on idle cores")
 
     # The baselines run on subsets of the same grid and are checked against the engine's result.
     flat = {k: np.broadcast_to(v, traj.var.shape[:-1]).reshape(-1) for k, v in axes.items()}
