@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from qtm._cli_utils import run_app
+from qtm.cli_figures import figures_command
 from qtm.cli_map import map_command
 from qtm.cli_simulate import simulate
 from qtm.cli_verify import verify_command
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.command("map")(map_command)
 app.command("simulate")(simulate)
 app.command("verify")(verify_command)
+app.command("figures")(figures_command)
 
 
 def main() -> None:
