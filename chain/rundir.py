@@ -1,0 +1,147 @@
+"""The run directory: ``run.json`` plus one folder per iteration, every file written atomically.
+
+Layout::
+
+    runs/NAME/run.json                  parameters, seeds, versions, git commit, device
+    runs/NAME/iter-000/000000-0.png     generated images (caption index, copy)
+    runs/NAME/iter-000/metadata.jsonl   file_name, caption, seed, cfg, schedule per image
+    runs/NAME/iter-000/weights/         what the finetuning produced (backend.save_weights)
+    runs/NAME/iter-000/iteration.json   timings, losses, status ("complete" is written last)
+
+An iteration counts as finished only once its ``iteration.json`` says
+``"complete"``; any other iteration folder is the remains of an interrupted
+iteration and is removed before that iteration is redone.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+from chain.errors import ChainError
+from qtm.io import write_json
+from qtm.provenance import provenance
+
+RUN_FILE = "run.json"
+ITERATION_FILE = "iteration.json"
+METADATA_FILE = "metadata.jsonl"
+COMPLETE = "complete"
+#: Parameters that may change when a run is resumed: more iterations extend it; the
+#: device only changes where it runs.
+RESUMABLE = ("iterations", "device")
+
+
+class RunDirectory:
+    """A run directory at ``path`` (see the module docstring).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> run = RunDirectory(Path(tempfile.mkdtemp()) / "demo")
+    >>> run.iteration_dir(3).name, run.completed()
+    ('iter-003', [])
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    def iteration_dir(self, iteration: int) -> Path:
+        return self.path / f"iter-{iteration:03d}"
+
+    def open(self, parameters: dict, *, seed: int, extra: dict) -> dict:
+        """Create the run (writing run.json) or check that an existing one was made with ``parameters``.
+
+        Raises :class:`ChainError` naming the first parameters that differ.
+        Returns the stored (or new) run record.
+        """
+        if self.run_file.exists():
+            record = self.read_run()
+            check_same_parameters(record.get("parameters", {}), parameters, self.path)
+            return record
+        if self.path.exists() and any(self.path.iterdir()):
+            raise ChainError(
+                f"{str(self.path)!r} exists, is not empty and has no {RUN_FILE}; choose a new run directory"
+            )
+        record = provenance(parameters, seed=seed, software="chain")
+        record.update(extra)
+        write_json(self.run_file, record)
+        return record
+
+    def read_run(self) -> dict:
+        try:
+            return json.loads(self.run_file.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ChainError(f"cannot read {str(self.run_file)!r} ({error}); choose a new run directory") from None
+
+    def is_complete(self, iteration: int) -> bool:
+        path = self.iteration_dir(iteration) / ITERATION_FILE
+        try:
+            return json.loads(path.read_text()).get("status") == COMPLETE
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    def completed(self) -> list[int]:
+        """Indices of the iterations whose folder is complete, in order."""
+        done = []
+        for folder in sorted(self.path.glob("iter-*")):
+            suffix = folder.name.removeprefix("iter-")
+            if suffix.isdigit() and self.is_complete(int(suffix)):
+                done.append(int(suffix))
+        return done
+
+    def start_iteration(self, iteration: int) -> Path:
+        """Remove what an interrupted attempt left of ``iteration`` and return its fresh, empty folder."""
+        folder = self.iteration_dir(iteration)
+        self.discard(iteration)
+        folder.mkdir(parents=True)
+        return folder
+
+    def discard(self, iteration: int) -> None:
+        """Delete an unfinished iteration's folder (never a complete one)."""
+        if self.is_complete(iteration):
+            raise ChainError(f"iteration {iteration} of {str(self.path)!r} is complete and is kept")
+        shutil.rmtree(self.iteration_dir(iteration), ignore_errors=True)
+
+    def write_iteration_record(self, iteration: int, record: dict) -> None:
+        write_json(self.iteration_dir(iteration) / ITERATION_FILE, record)
+
+    def read_metadata(self, iteration: int) -> list[dict]:
+        path = self.iteration_dir(iteration) / METADATA_FILE
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_same_parameters(stored: dict, requested: dict, path: Path) -> None:
+    """Refuse to resume a run whose parameters (other than :data:`RESUMABLE`) differ.
+
+    Examples
+    --------
+    >>> check_same_parameters({"cfg": 7.5}, {"cfg": 3.0}, Path("runs/a"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    chain.errors.ChainError: 'runs/a' was made with different parameters: cfg 7.5 there, 3.0 now; ...
+    """
+    keys = sorted(set(stored) | set(requested))
+    differ = [k for k in keys if k not in RESUMABLE and stored.get(k) != requested.get(k)]
+    if differ:
+        shown = ", ".join(f"{k} {stored.get(k)!r} there, {requested.get(k)!r} now" for k in differ[:3])
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise ChainError(
+            f"{str(path)!r} was made with different parameters: {shown}{more}; "
+            "use the same options to resume, or a new run directory"
+        )
+
+
+def disk_full_error(error: OSError, path: Path) -> ChainError | None:
+    """The one-line message for a full disk, or None if ``error`` is something else."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ChainError(
+            f"no space left on the device while writing the run {str(path)!r}; "
+            "free some space and rerun the same command to resume"
+        )
+    return None

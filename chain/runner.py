@@ -1,0 +1,394 @@
+"""The chain loop: finetune on D_t, generate D_{t+1}, repeat; resumable at any iteration.
+
+Iteration ``t`` finetunes on the real data (``t = 0``) or on the images that
+iteration ``t - 1`` generated, with the same captions (optionally with a fraction
+of them replaced by their real images), starting from the base model
+(``finetune="base"``, the reference setup) or from the previous iteration's model
+(``finetune="continue"``), and then generates ``per_caption`` images per caption of
+the data set with guidance ``cfg`` shaped per step by ``schedule``.
+
+Everything an iteration needs is read back from the run directory, so a run
+resumed after a crash computes exactly what an uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from chain.backends.base import Backend, Progress
+from chain.data import Dataset, load_dataset
+from chain.errors import ChainError
+from chain.rundir import METADATA_FILE, RunDirectory, disk_full_error
+from chain.seeds import finetune_seed, image_seed, real_mix_seed
+from qtm._validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
+from qtm.errors import QTMError
+from qtm.io import atomic_path
+from qtm.schedules import REDIFINE_DROP, REDIFINE_SCHEDULE, CFGSchedule
+
+BACKENDS = ("tiny", "sd")
+FINETUNE_STARTS = ("base", "continue")
+SAMPLERS = ("ddim", "ddpm")
+WEIGHTS_DIR = "weights"
+
+#: Settings whose sensible value depends on the backend (None in :class:`RunParameters` means these).
+BACKEND_DEFAULTS = {
+    "tiny": {
+        "model": None, "steps": 25, "learning_rate": 1e-3, "train_steps": 200, "batch_size": 64,
+        "resolution": 8, "lora_rank": None,
+    },
+    "sd": {
+        "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "steps": 50, "learning_rate": 1e-4,
+        "train_steps": 500, "batch_size": 4, "resolution": 512, "lora_rank": 4,
+    },
+}
+
+
+@dataclasses.dataclass
+class RunParameters:
+    """Everything that decides what a chain run computes (the options of ``chain run``).
+
+    ``None`` means "the backend's default" (:data:`BACKEND_DEFAULTS`) or, for
+    ``drop`` and ``schedule``, "0" and "constant" unless ``redifine`` is set.
+
+    Examples
+    --------
+    >>> resolved = RunParameters(cfg=3.0, redifine=True).resolve()
+    >>> resolved["drop"], resolved["schedule"], resolved["steps"]
+    (0.2, 'cosine', 25)
+    """
+
+    data: str = "digits"
+    backend: str = "tiny"
+    model: str | None = None
+    iterations: int = 5
+    cfg: float = 7.5
+    schedule: str | None = None
+    drop: float | None = None
+    redifine: bool = False
+    finetune: str = "base"
+    per_caption: int = 1
+    real_fraction: float = 0.0
+    steps: int | None = None
+    sampler: str = "ddim"
+    lora_rank: int | None = None
+    full_finetune: bool = False
+    learning_rate: float | None = None
+    train_steps: int | None = None
+    batch_size: int | None = None
+    resolution: int | None = None
+    seed: int = 0
+    device: str | None = None
+
+    def resolve(self) -> dict:
+        """Check every parameter and fill in the defaults; the result is what run.json records."""
+        backend = check_choice(self.backend, "--backend", BACKENDS)
+        defaults = BACKEND_DEFAULTS[backend]
+        if self.redifine and (self.drop is not None or self.schedule is not None):
+            raise ChainError("--redifine sets --drop and --schedule itself; give either --redifine or those two")
+        drop = REDIFINE_DROP if self.redifine else (0.0 if self.drop is None else self.drop)
+        schedule = REDIFINE_SCHEDULE if self.redifine else (self.schedule or "constant")
+        try:
+            schedule = CFGSchedule.parse(schedule).spec
+        except QTMError as error:  # qtm's message does not know the option's name
+            raise ChainError(f"--schedule: {error}") from None
+        if self.full_finetune and self.lora_rank is not None:
+            raise ChainError("give either --lora-rank or --full-finetune, not both")
+        if backend == "tiny" and self.lora_rank is not None:
+            raise ChainError("the tiny backend always finetunes the whole model; leave out --lora-rank")
+        if backend == "tiny" and self.model is not None:
+            raise ChainError("--model is for the sd backend; the tiny backend trains its own base model")
+        lora_rank = None if self.full_finetune else (self.lora_rank or defaults["lora_rank"])
+        out = {
+            "data": str(self.data),
+            "backend": backend,
+            "model": self.model or defaults["model"],
+            "iterations": check_int(self.iterations, "--iterations", minimum=1),
+            "cfg": float(check_nonnegative(self.cfg, "--cfg")),
+            "schedule": schedule,
+            "drop": float(check_unit_interval(drop, "--drop", closed_right=False)),
+            "redifine": bool(self.redifine),
+            "finetune": check_choice(self.finetune, "--finetune", FINETUNE_STARTS),
+            "per_caption": check_int(self.per_caption, "--per-caption", minimum=1),
+            "real_fraction": float(check_unit_interval(self.real_fraction, "--real-fraction")),
+            "steps": check_int(_default(self.steps, defaults["steps"]), "--steps", minimum=1),
+            "sampler": check_choice(self.sampler, "--sampler", SAMPLERS),
+            "lora_rank": None if lora_rank is None else check_int(lora_rank, "--lora-rank", minimum=1),
+            "learning_rate": float(check_positive(_default(self.learning_rate, defaults["learning_rate"]),
+                                                  "--learning-rate")),
+            "train_steps": check_int(_default(self.train_steps, defaults["train_steps"]), "--train-steps", minimum=1),
+            "batch_size": check_int(_default(self.batch_size, defaults["batch_size"]), "--batch-size", minimum=1),
+            "resolution": check_int(_default(self.resolution, defaults["resolution"]), "--resolution", minimum=1),
+            "seed": check_int(self.seed, "--seed", minimum=0),
+            "device": check_device(self.device),
+        }
+        return out
+
+
+def _default(value, default):
+    return default if value is None else value
+
+
+def check_device(device: str | None) -> str:
+    """The torch device to run on: the one asked for if it exists, else CUDA when present, else the CPU.
+
+    Examples
+    --------
+    >>> check_device("cpu")
+    'cpu'
+    """
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ChainError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise ChainError(f"--device {device!r} is not a device name; use cuda, cuda:N or cpu") from None
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ChainError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
+        return device
+    if device == "cpu":
+        return device
+    raise ChainError(f"--device {device!r} is not supported; use cpu, cuda or cuda:N")
+
+
+class Reporter:
+    """How a run shows its progress; this one is silent (the CLI draws rich progress bars)."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int):
+        """A context giving a ``progress(done, total)`` callback for one phase."""
+        yield lambda done, total: None
+
+    def line(self, text: str) -> None:
+        """One line of news (the summary of a finished iteration)."""
+
+
+def make_backend(parameters: dict, *, progress: Progress | None = None) -> Backend:
+    """Build the backend that ``parameters`` (resolved) name; ``progress`` follows a base-model training."""
+    if parameters["backend"] == "tiny":
+        from chain.backends.tiny import TinyBackend, TinyConfig
+
+        return TinyBackend(
+            config=TinyConfig(resolution=parameters["resolution"]),
+            learning_rate=parameters["learning_rate"],
+            train_steps=parameters["train_steps"],
+            batch_size=parameters["batch_size"],
+            device=parameters["device"],
+            progress=progress,
+        )
+    # Imported only when asked for: the Stable Diffusion pipelines are slow to import.
+    from chain.backends.sd import SDBackend
+
+    return SDBackend(
+        model=parameters["model"],
+        lora_rank=parameters["lora_rank"],
+        learning_rate=parameters["learning_rate"],
+        train_steps=parameters["train_steps"],
+        batch_size=parameters["batch_size"],
+        resolution=parameters["resolution"],
+        device=parameters["device"],
+    )
+
+
+def run_chain(
+    run_dir,
+    parameters: RunParameters,
+    *,
+    reporter: Reporter | None = None,
+    backend: Backend | None = None,
+) -> list[dict]:
+    """Run (or resume) the chain in ``run_dir``; return the iteration records, finished ones included.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory; created if missing, resumed if it holds a run made with the same parameters.
+    parameters : RunParameters
+    reporter : Reporter, optional
+        Progress display.
+    backend : Backend, optional
+        A ready backend (otherwise built from ``parameters``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> records = run_chain(Path(tempfile.mkdtemp()) / "run",
+    ...                     RunParameters(data="digits:20", iterations=1, train_steps=2, steps=2))  # doctest: +SKIP
+    >>> records[0]["status"]  # doctest: +SKIP
+    'complete'
+    """
+    reporter = reporter or Reporter()
+    params = parameters.resolve()
+    data = load_dataset(params["data"])
+    run = RunDirectory(run_dir)
+    if run.run_file.exists():  # refuse a mismatch before any slow work
+        run.open(params, seed=params["seed"], extra={})
+    if backend is None:
+        with reporter.task("training the base model (once, then cached)", 1) as progress:
+            backend = make_backend(params, progress=progress)
+    try:
+        run.open(
+            params,
+            seed=params["seed"],
+            extra={"device": params["device"], "backend": backend.describe(), "data_size": len(data)},
+        )
+        return _loop(run, params, data, backend, reporter)
+    except OSError as error:
+        full = disk_full_error(error, run.path)
+        if full is None:
+            raise
+        raise full from None
+
+
+def _loop(run: RunDirectory, params: dict, data: Dataset, backend: Backend, reporter: Reporter) -> list[dict]:
+    records = []
+    model_from = None  # the iteration whose finetuned model the backend holds now
+    for t in range(params["iterations"]):
+        if run.is_complete(t):
+            records.append(_read_record(run, t))
+            continue
+        try:
+            record = _iteration(run, t, params, data, backend, reporter, model_from)
+        except BaseException:
+            # An interrupted iteration leaves nothing that could pass for a result.
+            run.discard(t)
+            raise
+        model_from = t
+        records.append(record)
+        reporter.line(_summary(record, params))
+    return records
+
+
+def _iteration(run, t, params, data, backend, reporter, model_from) -> dict:
+    began = time.perf_counter()
+    folder = run.start_iteration(t)
+    record = {"iteration": t, "status": "running"}
+    run.write_iteration_record(t, record)
+
+    images, captions, real_used = _training_set(run, t, params, data)
+    start = "base" if params["finetune"] == "base" or t == 0 else "previous"
+    if start == "previous" and model_from != t - 1:
+        backend.load_weights(run.iteration_dir(t - 1) / WEIGHTS_DIR)
+    seed = finetune_seed(params["seed"], t)
+    with reporter.task(f"iteration {t}: finetuning", params["train_steps"]) as progress:
+        result = backend.finetune(images, captions, drop=params["drop"], start=start, seed=seed, progress=progress)
+    weights = backend.save_weights(folder / WEIGHTS_DIR)
+
+    gen_captions, seeds, caption_index, copies = [], [], [], []
+    for i, caption in enumerate(data.captions):
+        for j in range(params["per_caption"]):
+            gen_captions.append(caption)
+            seeds.append(image_seed(params["seed"], t, i, j))
+            caption_index.append(i)
+            copies.append(j)
+    gen_began = time.perf_counter()
+    with reporter.task(f"iteration {t}: generating", len(gen_captions)) as progress:
+        generated = backend.generate(
+            gen_captions,
+            cfg=params["cfg"],
+            schedule=CFGSchedule.parse(params["schedule"]),
+            seeds=seeds,
+            steps=params["steps"],
+            sampler=params["sampler"],
+            progress=progress,
+        )
+    gen_seconds = time.perf_counter() - gen_began
+
+    rows = []
+    for image, caption, seed_i, i, j in zip(generated, gen_captions, seeds, caption_index, copies, strict=True):
+        name = f"{i:06d}-{j}.png"
+        with atomic_path(folder / name) as tmp:
+            image.save(tmp, format="PNG")
+        rows.append({"file_name": name, "caption": caption, "seed": seed_i, "caption_index": i,
+                     "cfg": params["cfg"], "schedule": params["schedule"]})
+    with atomic_path(folder / METADATA_FILE) as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    record = {
+        "iteration": t,
+        "status": "complete",
+        "finetune": {
+            "start": start,
+            "seed": seed,
+            "train_images": len(images),
+            "real_images": real_used,
+            "seconds": result.seconds,
+            "losses": result.losses,
+            "final_loss": float(np.mean(result.losses[-10:])) if result.losses else None,
+        },
+        "generate": {"images": len(rows), "seconds": gen_seconds},
+        "pixel_std": pixel_std(generated),
+        "weights": weights,
+        "seconds": time.perf_counter() - began,
+    }
+    run.write_iteration_record(t, record)
+    return record
+
+
+def _training_set(run: RunDirectory, t: int, params: dict, data: Dataset):
+    """D_t: the real data at t = 0, else iteration t-1's images with their captions (and real ones mixed in)."""
+    if t == 0:
+        return list(data.images), list(data.captions), len(data)
+    from PIL import Image
+
+    rows = run.read_metadata(t - 1)
+    images = []
+    for row in rows:
+        with Image.open(run.iteration_dir(t - 1) / row["file_name"]) as image:
+            image.load()
+            images.append(image.copy())
+    captions = [row["caption"] for row in rows]
+    count = round(params["real_fraction"] * len(rows))
+    if count:
+        rng = np.random.default_rng(real_mix_seed(params["seed"], t))
+        for k in rng.choice(len(rows), size=count, replace=False):
+            images[k] = data.images[rows[k]["caption_index"]]
+    return images, captions, count
+
+
+def pixel_std(images) -> float:
+    """Mean over pixels of the standard deviation across images (grey, 0..1): a quick diversity read-out.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> pixel_std([Image.new("L", (2, 2), 0), Image.new("L", (2, 2), 255)])
+    0.5
+    """
+    stack = np.stack([np.asarray(image.convert("L"), dtype=float) / 255.0 for image in images])
+    return float(stack.std(axis=0).mean())
+
+
+def _read_record(run: RunDirectory, t: int) -> dict:
+    return json.loads((run.iteration_dir(t) / "iteration.json").read_text())
+
+
+def _summary(record: dict, params: dict) -> str:
+    fine, gen = record["finetune"], record["generate"]
+    return (
+        f"iteration {record['iteration'] + 1}/{params['iterations']}: finetuned {len(fine['losses'])} steps "
+        f"on {fine['train_images']} images (loss {fine['final_loss']:.4f}) in {fine['seconds']:.1f} s, "
+        f"generated {gen['images']} images in {gen['seconds']:.1f} s, pixel std {record['pixel_std']:.3f}"
+    )
+
+
+def completed_iterations(run_dir) -> list[int]:
+    """The finished iterations of the run in ``run_dir``.
+
+    Examples
+    --------
+    >>> completed_iterations("runs/does-not-exist")
+    []
+    """
+    return RunDirectory(Path(run_dir)).completed()

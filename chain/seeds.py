@@ -1,0 +1,55 @@
+"""Seeds of a chain run, derived deterministically from the run seed.
+
+Every random choice of a run is keyed by where it happens (iteration, caption,
+copy), never by the order in which work is done, so a resumed run draws exactly
+what an uninterrupted run draws.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qtm._validation import check_int
+
+# Distinct tags keep the streams of different purposes apart for the same iteration.
+_IMAGE, _FINETUNE, _REAL_MIX = 0, 1, 2
+
+
+def _derive(*entropy: int) -> int:
+    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1, dtype=np.uint32)[0])
+
+
+def image_seed(run_seed: int, iteration: int, caption_index: int, copy: int = 0) -> int:
+    """Seed of image ``copy`` of caption ``caption_index`` generated at ``iteration``.
+
+    Examples
+    --------
+    >>> image_seed(0, 1, 2) == image_seed(0, 1, 2, copy=0) != image_seed(0, 1, 2, copy=1)
+    True
+    """
+    check_int(run_seed, "--seed", minimum=0)
+    return _derive(run_seed, _IMAGE, iteration, caption_index, copy)
+
+
+def finetune_seed(run_seed: int, iteration: int) -> int:
+    """Seed of the finetuning pass of ``iteration`` (batch order, noise, condition drops).
+
+    Examples
+    --------
+    >>> finetune_seed(0, 3) == finetune_seed(0, 3)
+    True
+    """
+    check_int(run_seed, "--seed", minimum=0)
+    return _derive(run_seed, _FINETUNE, iteration)
+
+
+def real_mix_seed(run_seed: int, iteration: int) -> int:
+    """Seed of the choice of which generated examples real ones replace at ``iteration`` (``--real-fraction``).
+
+    Examples
+    --------
+    >>> real_mix_seed(0, 1) != finetune_seed(0, 1)
+    True
+    """
+    check_int(run_seed, "--seed", minimum=0)
+    return _derive(run_seed, _REAL_MIX, iteration)

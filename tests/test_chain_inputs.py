@@ -1,0 +1,186 @@
+"""Fast checks of chain run's inputs: data sets, parameters, seeds, the run directory and bad input at the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chain.data import load_dataset
+from chain.errors import ChainError
+from chain.rundir import RunDirectory
+from chain.runner import RunParameters
+from chain.seeds import finetune_seed, image_seed
+from qtm.errors import QTMError
+
+pytestmark = pytest.mark.chain
+
+
+def make_folder(root: Path, count: int = 3) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(count):
+        Image.new("L", (8, 8), 40 * i).save(root / f"img{i}.png")
+        lines.append(json.dumps({"file_name": f"img{i}.png", "caption": f"a handwritten digit {i}"}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_image_folder_loads_in_metadata_order(tmp_path):
+    data = load_dataset(str(make_folder(tmp_path / "d")))
+    assert data.file_names == ["img0.png", "img1.png", "img2.png"]
+    assert data.captions[2] == "a handwritten digit 2"
+    assert [image.getpixel((0, 0)) for image in data.images] == [0, 40, 80]
+
+
+def test_digits_dataset():
+    data = load_dataset("digits:30")
+    assert len(data) == 30 and data.captions[0] == "a handwritten digit zero"
+    assert data.images[0].mode == "L" and data.images[0].size == (8, 8)
+    assert len(load_dataset("digits")) == 1797
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "metadata.jsonl").unlink(), "has no metadata.jsonl"),
+        (lambda d: (d / "metadata.jsonl").write_text(""), "the data set is empty"),
+        (lambda d: (d / "img1.png").write_bytes(b"not a png"), "does not decode"),
+        (lambda d: (d / "img1.png").rename(d / "other.png"), "not in the folder"),
+        (lambda d: (d / "extra.png").write_bytes((d / "img0.png").read_bytes()), "have no caption"),
+        (lambda d: (d / "metadata.jsonl").write_text("{broken\n"), "not valid JSON"),
+    ],
+)
+def test_bad_image_folder_is_one_clear_error(tmp_path, damage, message):
+    folder = make_folder(tmp_path / "d")
+    damage(folder)
+    with pytest.raises(ChainError, match=message):
+        load_dataset(str(folder))
+
+
+def test_missing_folder_and_bad_digits_count(tmp_path):
+    with pytest.raises(ChainError, match="is not a folder"):
+        load_dataset(str(tmp_path / "nowhere"))
+    with pytest.raises(ChainError, match="count must lie in"):
+        load_dataset("digits:0")
+
+
+def test_parameters_resolve_backend_defaults_and_redifine():
+    resolved = RunParameters(cfg=3, redifine=True, device="cpu").resolve()
+    assert resolved["drop"] == 0.2 and resolved["schedule"] == "cosine"
+    assert resolved["train_steps"] == 200 and resolved["lora_rank"] is None and resolved["device"] == "cpu"
+    sd = RunParameters(backend="sd", device="cpu").resolve()
+    assert sd["lora_rank"] == 4 and sd["resolution"] == 512
+    assert RunParameters(backend="sd", full_finetune=True, device="cpu").resolve()["lora_rank"] is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cfg": -1.0}, "--cfg must be >= 0"),
+        ({"drop": 1.0}, r"--drop must lie in \[0, 1\)"),
+        ({"drop": -0.1}, "--drop must lie in"),
+        ({"iterations": 0}, "--iterations must be >= 1"),
+        ({"schedule": "wiggly"}, "--schedule: unknown CFG schedule 'wiggly'"),
+        ({"redifine": True, "drop": 0.1}, "either --redifine or those two"),
+        ({"lora_rank": 4}, "tiny backend always finetunes the whole model"),
+        ({"backend": "dalle"}, "unknown --backend"),
+        ({"sampler": "euler"}, "unknown --sampler"),
+        ({"device": "tpu"}, "--device 'tpu' is not supported"),
+    ],
+)
+def test_bad_parameters(options, message):
+    # The shared validators raise QTMError, ChainError's parent: both print as one line.
+    with pytest.raises(QTMError, match=message):
+        RunParameters(**options).resolve()
+
+
+def test_seeds_depend_on_position_only():
+    seeds = {image_seed(0, t, i, j) for t in range(3) for i in range(50) for j in range(2)}
+    assert len(seeds) == 300  # all distinct
+    assert image_seed(1, 0, 0) != image_seed(0, 0, 0)
+    assert finetune_seed(0, 0) != finetune_seed(0, 1)
+
+
+def test_run_directory_refuses_other_parameters(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    params = RunParameters(device="cpu").resolve()
+    run.open(params, seed=0, extra={})
+    assert json.loads(run.run_file.read_text())["parameters"]["cfg"] == 7.5
+    run.open({**params, "iterations": 9}, seed=0, extra={})  # more iterations extend a run
+    with pytest.raises(ChainError, match=r"cfg 7\.5 there, 3\.0 now"):
+        run.open({**params, "cfg": 3.0}, seed=0, extra={})
+
+
+def test_run_directory_completion_and_discard(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.start_iteration(0)
+    run.write_iteration_record(0, {"status": "complete"})
+    folder = run.start_iteration(1)
+    (folder / "000000-0.png").write_bytes(b"half")
+    assert run.completed() == [0]
+    run.start_iteration(1)  # an unfinished iteration is cleared before it is redone
+    assert list(folder.iterdir()) == []
+    with pytest.raises(ChainError, match="is complete and is kept"):
+        run.discard(0)
+
+
+def test_a_foreign_directory_is_not_taken_over(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(ChainError, match=r"has no run\.json"):
+        RunDirectory(tmp_path / "run").open({}, seed=0, extra={})
+
+
+def chain_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "chain.cli", "run", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cfg", "-1"], "--cfg must be >= 0"),
+        (["--drop", "1"], "--drop must lie in"),
+        (["--iterations", "0"], "--iterations must be >= 1"),
+        (["--schedule", "wiggly"], "unknown CFG schedule"),
+        (["--data", "MISSING"], "is not a folder"),
+        (["--device", "cuda"], "no CUDA GPU is available"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    """Each refusal happens before anything is written: the run directory is never created."""
+    args = [a.replace("MISSING", str(tmp_path / "missing")) for a in args]
+    if "--device" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present here")
+    done = chain_cli(tmp_path / "run", *args)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chain: error:") and message in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_config_file(tmp_path):
+    (tmp_path / "bad.toml").write_text("colour = 'red'\n")
+    done = chain_cli(tmp_path / "run", "--config", tmp_path / "bad.toml")
+    assert done.returncode == 2 and "unknown option 'colour'" in done.stderr
+    (tmp_path / "neg.toml").write_text("cfg = -2.0\n")
+    done = chain_cli(tmp_path / "run", "--config", tmp_path / "neg.toml")
+    assert done.returncode == 2 and "--cfg must be >= 0" in done.stderr
+    assert not (tmp_path / "run").exists()
