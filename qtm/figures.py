@@ -126,8 +126,9 @@ def fitness_landscape(fig, *, cfg, cond, uncond, trait_range):
     caption="Variance and mean of the output of one CFG-guided sampling from the base model, against the peak "
     "CFG scale: the idealised tilt p_c (p_c/p_u)^(w-1) (for a schedule, at its mean scale) and the exact output "
     "of diffusers' DDIM (eta 0) and DDPM (eta 1) samplers, each with a constant and a decaying (cosine) "
-    "schedule. At the same peak scale DDIM selects far harder than the tilt and DDPM in between; the decaying "
-    "schedule weakens selection for every sampler.",
+    "schedule. With a constant schedule DDIM selects far harder than the tilt at the same scale, DDPM in "
+    "between; the decaying schedule weakens selection for every sampler (DDPM's then falls below the tilt's "
+    "at the schedule's mean scale).",
     cfg=tuple(np.round(np.linspace(1.0, 10.0, 37), 2).tolist()),
     samplers=("tilt", "ddim", "ddpm"),
     schedules=("constant", "cosine"),
