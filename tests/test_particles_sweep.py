@@ -111,3 +111,12 @@ def test_failure_during_the_sweep_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(QTMError, match="simulated failure"):
         simulate_particles(POINTS, options=OPTIONS, out=tmp_path / "half.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_uncond_fidelity_and_axes_from_per_axis_options(tmp_path):
+    points = pd.DataFrame({"uncond_fidelity": pd.Series([None, 0.1], dtype=object), "iterations": [1, 1],
+                           "steps": [4, 4]})
+    options = {"population": 20, "replicates": 2, "data_mean": [0.0, 1.0], "data_var": 2.0, "model": "qg"}
+    table = pd.read_parquet(simulate_particles(points, options=options, out=tmp_path / "t.parquet"))
+    assert sorted(table["axis"].unique()) == [0, 1]
+    assert table["uncond_fidelity"].isna().sum() == len(table) // 2

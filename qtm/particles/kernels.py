@@ -234,6 +234,81 @@ def _resample_indices(key, iteration, log_w, systematic, index):
         index[i] = j
 
 
+@njit(cache=True)
+def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
+                  rho, rho_u, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
+                  env_var, mutation_var, systematic, n_real, out_mean, out_var):
+    """One replicate of :func:`qg_kernel` (out_mean, out_var of shape (T, d))."""
+    d = data_mean.shape[0]
+    env_sd = np.sqrt(env_var)
+    mutation_sd = np.sqrt(mutation_var)
+    # Counter-based draws: skipping unused ones leaves every other draw unchanged.
+    use_env = np.any(env_var > 0.0)
+    use_mutation = np.any(mutation_var > 0.0)
+    one = np.ones(1)
+    g = np.empty((n, d))
+    child = np.empty((n, d))
+    labels = np.zeros(n, dtype=np.int64)
+    _draw_mixture(key, 0, P_INIT_LABEL, P_INIT_TRAIT, one, data_mean.reshape(1, d),
+                  data_var.reshape(1, d), g, labels, 0, n)
+    phenotype = np.empty((n, d))
+    noise = np.empty(n * d)
+    log_w = np.zeros(n)
+    index = np.empty(n, dtype=np.int64)
+    c0m, c0v = base_c_mean.reshape(1, d), base_c_var.reshape(1, d)
+    u0m, u0v = base_u_mean.reshape(1, d), base_u_var.reshape(1, d)
+    cw, cm, cv = np.ones(1), c0m.copy(), c0v.copy()
+    uw, um, uv = np.ones(1), u0m.copy(), u0v.copy()
+    for t in range(generations):
+        z = g
+        if use_env:
+            _fill_normals(key, _block(t, P_ENV), noise)
+            for i in range(n):
+                for a in range(d):
+                    phenotype[i, a] = g[i, a] + env_sd[a] * noise[i * d + a]
+            z = phenotype
+        if fitness == FIT_STABILIZING:
+            for i in range(n):
+                s = 0.0
+                for a in range(d):
+                    s += (z[i, a] - theta[a]) ** 2 / omega2[a]
+                log_w[i] = -0.5 * s
+        elif fitness == FIT_TRUNCATION:
+            threshold = np.sort(z[:, 0])[n - keep]
+            for i in range(n):
+                log_w[i] = 0.0 if z[i, 0] >= threshold else -np.inf
+        elif fitness == FIT_TILT:
+            if continue_prior:
+                _refit(g, labels, cw, cm, cv, rho, cw, cm, cv)
+                _refit(g, labels, uw, um, uv, rho_u, uw, um, uv)
+            else:
+                _refit(g, labels, one, c0m, c0v, rho, cw, cm, cv)
+                _refit(g, labels, one, u0m, u0v, rho_u, uw, um, uv)
+            for i in range(n):
+                s = 0.0
+                for a in range(d):
+                    vc = max(cv[0, a], 1e-300)
+                    vu = max(uv[0, a], 1e-300)
+                    s += (-((z[i, a] - cm[0, a]) ** 2) / vc - math.log(vc)
+                          + (z[i, a] - um[0, a]) ** 2 / vu + math.log(vu))
+                log_w[i] = 0.5 * (tilt_cfg - 1.0) * s
+        _resample_indices(key, t, log_w, systematic, index)
+        if use_mutation:
+            _fill_normals(key, _block(t, P_MUTATION), noise)
+            for i in range(n):
+                for a in range(d):
+                    child[i, a] = g[index[i], a] + mutation_sd[a] * noise[i * d + a]
+        else:
+            for i in range(n):
+                for a in range(d):
+                    child[i, a] = g[index[i], a]
+        g, child = child, g
+        _moments(g, out_mean[t], out_var[t])
+        if n_real > 0:
+            _draw_mixture(key, t, P_REAL_LABEL, P_REAL_TRAIT, one, data_mean.reshape(1, d),
+                          data_var.reshape(1, d), g, labels, 0, n_real)
+
+
 @njit(parallel=True, cache=True)
 def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
               rho, rho_u, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
@@ -247,76 +322,12 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
     the CFG tilt (p_c/p_u)^(w-1) of Gaussian models refitted to the population each
     generation (fidelities ``rho``, ``rho_u``; prior the base or the previous model).
     """
-    d = data_mean.shape[0]
-    env_sd = np.sqrt(env_var)
-    mutation_sd = np.sqrt(mutation_var)
-    # Counter-based draws: skipping unused ones leaves every other draw unchanged.
-    use_env = np.any(env_var > 0.0)
-    use_mutation = np.any(mutation_var > 0.0)
-    one = np.ones(1)
+    # The parallel loop only calls the sequential body: Numba's parallel passes then see a
+    # small function, which cuts the compile time.
     for r in prange(keys.shape[0]):
-        key = keys[r]
-        g = np.empty((n, d))
-        child = np.empty((n, d))
-        labels = np.zeros(n, dtype=np.int64)
-        _draw_mixture(key, 0, P_INIT_LABEL, P_INIT_TRAIT, one, data_mean.reshape(1, d),
-                      data_var.reshape(1, d), g, labels, 0, n)
-        phenotype = np.empty((n, d))
-        noise = np.empty(n * d)
-        log_w = np.zeros(n)
-        index = np.empty(n, dtype=np.int64)
-        c0m, c0v = base_c_mean.reshape(1, d), base_c_var.reshape(1, d)
-        u0m, u0v = base_u_mean.reshape(1, d), base_u_var.reshape(1, d)
-        cw, cm, cv = np.ones(1), c0m.copy(), c0v.copy()
-        uw, um, uv = np.ones(1), u0m.copy(), u0v.copy()
-        for t in range(generations):
-            z = g
-            if use_env:
-                _fill_normals(key, _block(t, P_ENV), noise)
-                for i in range(n):
-                    for a in range(d):
-                        phenotype[i, a] = g[i, a] + env_sd[a] * noise[i * d + a]
-                z = phenotype
-            if fitness == FIT_STABILIZING:
-                for i in range(n):
-                    s = 0.0
-                    for a in range(d):
-                        s += (z[i, a] - theta[a]) ** 2 / omega2[a]
-                    log_w[i] = -0.5 * s
-            elif fitness == FIT_TRUNCATION:
-                threshold = np.sort(z[:, 0])[n - keep]
-                for i in range(n):
-                    log_w[i] = 0.0 if z[i, 0] >= threshold else -np.inf
-            elif fitness == FIT_TILT:
-                if continue_prior:
-                    _refit(g, labels, cw, cm, cv, rho, cw, cm, cv)
-                    _refit(g, labels, uw, um, uv, rho_u, uw, um, uv)
-                else:
-                    _refit(g, labels, one, c0m, c0v, rho, cw, cm, cv)
-                    _refit(g, labels, one, u0m, u0v, rho_u, uw, um, uv)
-                for i in range(n):
-                    s = 0.0
-                    for a in range(d):
-                        vc = max(cv[0, a], 1e-300)
-                        vu = max(uv[0, a], 1e-300)
-                        s += (-((z[i, a] - cm[0, a]) ** 2) / vc - math.log(vc)
-                              + (z[i, a] - um[0, a]) ** 2 / vu + math.log(vu))
-                    log_w[i] = 0.5 * (tilt_cfg - 1.0) * s
-            _resample_indices(key, t, log_w, systematic, index)
-            if use_mutation:
-                _fill_normals(key, _block(t, P_MUTATION), noise)
-                for i in range(n):
-                    for a in range(d):
-                        child[i, a] = g[index[i], a] + mutation_sd[a] * noise[i * d + a]
-            else:
-                for i in range(n):
-                    for a in range(d):
-                        child[i, a] = g[index[i], a]
-            g, child = child, g
-            _moments(g, out_mean[r, t], out_var[r, t])
-            if n_real > 0:
-                _draw_mixture(key, t, P_REAL_LABEL, P_REAL_TRAIT, one, data_mean.reshape(1, d),
-                              data_var.reshape(1, d), g, labels, 0, n_real)
+        _qg_replicate(keys[r], n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
+                      rho, rho_u, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
+                      env_var, mutation_var, systematic, n_real, out_mean[r], out_var[r])
 
 
 @njit(cache=True, inline="always")
@@ -337,7 +348,7 @@ def _mixture_eps(x, d, m, off_am, inv_s, log_norm, b, eps, ll):
     for a in range(d):
         eps[a] = 0.0
     for j in range(m):
-        p = math.exp(ll[j] - top)
+        p = 1.0 if ll[j] == top else math.exp(ll[j] - top)  # exp(0) = 1 exactly: one exp saved
         total += p
         for a in range(d):
             eps[a] += p * b * (x[a] - off_am[j, a]) * inv_s[j, a]
@@ -359,6 +370,83 @@ def _level_coefficients(w, mean, var, a_level, b_level, am, inv_s, log_norm):
         log_norm[j] = (math.log(w[j]) if w[j] > 0.0 else -np.inf) - 0.5 * s
 
 
+@njit(cache=True)
+def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
+                     base_uv, rho, rho_u, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
+                     out_mean, out_var, out_occupancy):
+    """One replicate of :func:`chain_kernel` (outputs of shape (T, d) and (T, M))."""
+    m, d = data_m.shape
+    k_steps = abar_t.shape[0]
+    a_t = np.sqrt(abar_t)
+    b_t = np.sqrt(1.0 - abar_t)
+    a_prev = np.sqrt(abar_prev)
+    sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
+    direction = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0))
+    a_final = a_prev[k_steps - 1]
+    b_final = math.sqrt(1.0 - abar_prev[k_steps - 1])
+    x = np.empty((n, d))
+    labels = np.empty(n, dtype=np.int64)
+    _draw_mixture(key, 0, P_INIT_LABEL, P_INIT_TRAIT, data_w, data_m, data_v, x, labels, 0, n)
+    cw, cm, cv = base_cw.copy(), base_cm.copy(), base_cv.copy()
+    uw, um, uv = base_uw.copy(), base_um.copy(), base_uv.copy()
+    c_am = np.empty((k_steps + 1, m, d))
+    c_inv = np.empty((k_steps + 1, m, d))
+    c_norm = np.empty((k_steps + 1, m))
+    u_am = np.empty((k_steps, m, d))
+    u_inv = np.empty((k_steps, m, d))
+    u_norm = np.empty((k_steps, m))
+    noise = np.empty(d * (k_steps + 2))
+    xi = np.empty(d)
+    eps_c = np.empty(d)
+    eps_u = np.empty(d)
+    ll = np.empty(m)
+    for t in range(iterations):
+        if continue_prior:
+            _refit(x, labels, cw, cm, cv, rho, cw, cm, cv)
+            _refit(x, labels, uw, um, uv, rho_u, uw, um, uv)
+        else:
+            _refit(x, labels, base_cw, base_cm, base_cv, rho, cw, cm, cv)
+            _refit(x, labels, base_uw, base_um, base_uv, rho_u, uw, um, uv)
+        for k in range(k_steps):
+            _level_coefficients(cw, cm, cv, a_t[k], b_t[k], c_am[k], c_inv[k], c_norm[k])
+            _level_coefficients(uw, um, uv, a_t[k], b_t[k], u_am[k], u_inv[k], u_norm[k])
+        _level_coefficients(cw, cm, cv, a_final, b_final, c_am[k_steps], c_inv[k_steps], c_norm[k_steps])
+        gen_base = _block(t, P_GEN)
+        for i in range(n):
+            _fill_normals(key, gen_base + (np.uint64(i) << np.uint64(PARTICLE_SHIFT)), noise)
+            for a in range(d):
+                xi[a] = noise[a]
+            for k in range(k_steps):
+                _mixture_eps(xi, d, m, c_am[k], c_inv[k], c_norm[k], b_t[k], eps_c, ll)
+                _mixture_eps(xi, d, m, u_am[k], u_inv[k], u_norm[k], b_t[k], eps_u, ll)
+                w = scales[k]
+                for a in range(d):
+                    e = eps_u[a] + w * (eps_c[a] - eps_u[a])
+                    x0 = (xi[a] - b_t[k] * e) / a_t[k]
+                    xi[a] = a_prev[k] * x0 + direction[k] * e + sigma[k] * noise[d * (k + 1) + a]
+            best = 0
+            top = -np.inf
+            for j in range(m):
+                s = 0.0
+                for a in range(d):
+                    s += (xi[a] - c_am[k_steps, j, a]) ** 2 * c_inv[k_steps, j, a]
+                s = c_norm[k_steps, j] - 0.5 * s
+                if s > top:
+                    top = s
+                    best = j
+            labels[i] = best
+            for a in range(d):
+                x[i, a] = xi[a] + math.sqrt(mutation_var[a]) * noise[d * (k_steps + 1) + a]
+        _moments(x, out_mean[t], out_var[t])
+        for j in range(m):
+            out_occupancy[t, j] = 0.0
+        for i in range(n):
+            out_occupancy[t, labels[i]] += 1.0 / n
+        if n_real > 0:
+            _draw_mixture(key, t, P_REAL_LABEL, P_REAL_TRAIT, data_w, data_m, data_v, x, labels, 0,
+                          n_real)
+
+
 @njit(parallel=True, cache=True)
 def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
                  base_uv, rho, rho_u, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
@@ -372,75 +460,7 @@ def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, 
     level; mutation noise is added; its statistics are recorded; then the first ``n_real``
     particles are replaced by fresh real data to form the next training set.
     """
-    m, d = data_m.shape
-    k_steps = abar_t.shape[0]
-    a_t = np.sqrt(abar_t)
-    b_t = np.sqrt(1.0 - abar_t)
-    a_prev = np.sqrt(abar_prev)
-    sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
-    direction = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0))
-    a_final = a_prev[k_steps - 1]
-    b_final = math.sqrt(1.0 - abar_prev[k_steps - 1])
     for r in prange(keys.shape[0]):
-        key = keys[r]
-        x = np.empty((n, d))
-        labels = np.empty(n, dtype=np.int64)
-        _draw_mixture(key, 0, P_INIT_LABEL, P_INIT_TRAIT, data_w, data_m, data_v, x, labels, 0, n)
-        cw, cm, cv = base_cw.copy(), base_cm.copy(), base_cv.copy()
-        uw, um, uv = base_uw.copy(), base_um.copy(), base_uv.copy()
-        c_am = np.empty((k_steps + 1, m, d))
-        c_inv = np.empty((k_steps + 1, m, d))
-        c_norm = np.empty((k_steps + 1, m))
-        u_am = np.empty((k_steps, m, d))
-        u_inv = np.empty((k_steps, m, d))
-        u_norm = np.empty((k_steps, m))
-        noise = np.empty(d * (k_steps + 2))
-        xi = np.empty(d)
-        eps_c = np.empty(d)
-        eps_u = np.empty(d)
-        ll = np.empty(m)
-        for t in range(iterations):
-            if continue_prior:
-                _refit(x, labels, cw, cm, cv, rho, cw, cm, cv)
-                _refit(x, labels, uw, um, uv, rho_u, uw, um, uv)
-            else:
-                _refit(x, labels, base_cw, base_cm, base_cv, rho, cw, cm, cv)
-                _refit(x, labels, base_uw, base_um, base_uv, rho_u, uw, um, uv)
-            for k in range(k_steps):
-                _level_coefficients(cw, cm, cv, a_t[k], b_t[k], c_am[k], c_inv[k], c_norm[k])
-                _level_coefficients(uw, um, uv, a_t[k], b_t[k], u_am[k], u_inv[k], u_norm[k])
-            _level_coefficients(cw, cm, cv, a_final, b_final, c_am[k_steps], c_inv[k_steps], c_norm[k_steps])
-            gen_base = _block(t, P_GEN)
-            for i in range(n):
-                _fill_normals(key, gen_base + (np.uint64(i) << np.uint64(PARTICLE_SHIFT)), noise)
-                for a in range(d):
-                    xi[a] = noise[a]
-                for k in range(k_steps):
-                    _mixture_eps(xi, d, m, c_am[k], c_inv[k], c_norm[k], b_t[k], eps_c, ll)
-                    _mixture_eps(xi, d, m, u_am[k], u_inv[k], u_norm[k], b_t[k], eps_u, ll)
-                    w = scales[k]
-                    for a in range(d):
-                        e = eps_u[a] + w * (eps_c[a] - eps_u[a])
-                        x0 = (xi[a] - b_t[k] * e) / a_t[k]
-                        xi[a] = a_prev[k] * x0 + direction[k] * e + sigma[k] * noise[d * (k + 1) + a]
-                best = 0
-                top = -np.inf
-                for j in range(m):
-                    s = 0.0
-                    for a in range(d):
-                        s += (xi[a] - c_am[k_steps, j, a]) ** 2 * c_inv[k_steps, j, a]
-                    s = c_norm[k_steps, j] - 0.5 * s
-                    if s > top:
-                        top = s
-                        best = j
-                labels[i] = best
-                for a in range(d):
-                    x[i, a] = xi[a] + math.sqrt(mutation_var[a]) * noise[d * (k_steps + 1) + a]
-            _moments(x, out_mean[r, t], out_var[r, t])
-            for j in range(m):
-                out_occupancy[r, t, j] = 0.0
-            for i in range(n):
-                out_occupancy[r, t, labels[i]] += 1.0 / n
-            if n_real > 0:
-                _draw_mixture(key, t, P_REAL_LABEL, P_REAL_TRAIT, data_w, data_m, data_v, x, labels, 0,
-                              n_real)
+        _chain_replicate(keys[r], n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw,
+                         base_um, base_uv, rho, rho_u, continue_prior, abar_t, abar_prev, scales, eta,
+                         mutation_var, n_real, out_mean[r], out_var[r], out_occupancy[r])

@@ -52,6 +52,7 @@ OPTION_DEFAULTS = {
     "scheduler": None, "cond_mean": None, "cond_var": None, "uncond_mean": None, "uncond_var": None,
     "data_mean": 0.0, "data_var": 1.0, "resampling": "multinomial",
 }
+MODEL_KEYS = ("cond_mean", "cond_var", "uncond_mean", "uncond_var", "data_mean", "data_var")
 
 
 def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=None) -> Path:
@@ -63,7 +64,8 @@ def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=Non
         One row per grid point; columns among :data:`POINT_DEFAULTS` (the others take
         their defaults). Every column is copied into the output rows.
     options : dict
-        Non-grid options, keys among :data:`OPTION_DEFAULTS`. ``model="sampler"`` runs the
+        Non-grid options, keys among :data:`OPTION_DEFAULTS`; ``dims`` defaults to the length
+        of the per-axis lists among the model options (else 1). ``model="sampler"`` runs the
         guided-sampler chain; ``model="qg"`` the classic loop whose fitness is the CFG tilt
         (p_c/p_u)^(w-1) of the refitted Gaussian models (one mode only; ``resampling``
         ``multinomial`` or ``systematic``).
@@ -120,6 +122,9 @@ def _options(options: dict) -> dict:
             f"unknown particle option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTION_DEFAULTS)}"
         )
     opts = {**OPTION_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    if options.get("dims") is None:  # one value per axis given for some option: that many axes
+        lengths = [np.ndim(opts[k]) and np.shape(opts[k])[-1] for k in MODEL_KEYS if opts[k] is not None]
+        opts["dims"] = max([1, *lengths])
     opts["population"] = check_int(opts["population"], "population", minimum=2)
     opts["replicates"] = check_int(opts["replicates"], "replicates", minimum=1)
     opts["seed"] = check_int(opts["seed"], "seed", minimum=0)
@@ -150,7 +155,7 @@ def _point_rows(points: pd.DataFrame) -> list[dict]:
 
 def _setup(row: dict, opts: dict) -> ChainSetup | QGSetup:
     """Validate one grid point (all points are checked before anything runs or is written)."""
-    base = {k: opts[k] for k in ("cond_mean", "cond_var", "uncond_mean", "uncond_var")}
+    base = {k: opts[k] for k in MODEL_KEYS[:4]}
     if opts["model"] == "sampler":
         return ChainSetup.build(
             population=opts["population"], iterations=row["iterations"], modes=opts["modes"],
@@ -255,7 +260,9 @@ def _task_rows(setup, point: dict, model: str, seed: int, offset: int, count: in
     reps, iters, dims = result.mean.shape
     shape = (reps, iters, dims)
     size = reps * iters * dims
-    frame = {name: np.repeat(np.asarray([value], dtype=object if isinstance(value, str) else None), size)
+    # None (uncond_fidelity's "drop x fidelity") becomes NaN, so that every chunk has one schema.
+    frame = {name: np.repeat(np.asarray([np.nan if value is None else value],
+                                        dtype=object if isinstance(value, str) else None), size)
              for name, value in point.items()}
     frame["replicate"] = np.broadcast_to(result.replicates[:, None, None], shape).ravel()
     frame["iteration"] = np.broadcast_to(np.arange(iters)[None, :, None], shape).ravel()
