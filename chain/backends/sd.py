@@ -71,8 +71,9 @@ class StableDiffusionBackend(Backend):
     ----------
     model : str
         A local diffusers directory (with ``model_index.json``) or a Hugging Face model id.
-    lora_rank : int
-        Rank of the LoRA adapter on the UNet attention projections (ignored with ``full_finetune``).
+    lora_rank : int, optional
+        Rank of the LoRA adapter on the UNet attention projections (4 when None; ignored with
+        ``full_finetune``).
     full_finetune : bool
         Train every UNet weight instead of a LoRA adapter.
     learning_rate : float
@@ -101,7 +102,7 @@ class StableDiffusionBackend(Backend):
         self,
         model: str = DEFAULT_MODEL,
         *,
-        lora_rank: int = 4,
+        lora_rank: int | None = 4,
         full_finetune: bool = False,
         learning_rate: float = 1e-4,
         train_steps: int = 100,
@@ -112,7 +113,10 @@ class StableDiffusionBackend(Backend):
     ):
         self.model = str(model)
         self.full_finetune = bool(full_finetune)
-        self.lora_rank = check_int(lora_rank, "--lora-rank", minimum=1)
+        if self.full_finetune:
+            self.lora_rank = None
+        else:
+            self.lora_rank = check_int(4 if lora_rank is None else lora_rank, "--lora-rank", minimum=1)
         self.learning_rate = float(check_positive(learning_rate, "--learning-rate"))
         self.train_steps = check_int(train_steps, "--train-steps", minimum=1)
         self.batch_size = check_int(batch_size, "--batch-size", minimum=1)
@@ -427,7 +431,7 @@ class StableDiffusionBackend(Backend):
             "name": self.name,
             "model": self.model,
             "finetune": "full" if self.full_finetune else "lora",
-            "lora_rank": None if self.full_finetune else self.lora_rank,
+            "lora_rank": self.lora_rank,
             "lora_targets": None if self.full_finetune else list(LORA_TARGETS),
             "learning_rate": self.learning_rate,
             "train_steps": self.train_steps,
