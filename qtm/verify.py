@@ -633,7 +633,12 @@ def format_result(result: CheckResult) -> str:
 
 
 def plot_comparison(comparison: Comparison, verdict: Verdict, path, title: str) -> Path:
-    """A trajectory plot (observed ± 2 SE against the analytic curve) or a QQ-plot of the z-scores."""
+    """Plot a comparison: trajectories and their z-scores, or a QQ-plot of the z-scores.
+
+    With ``comparison.x`` the left panel shows each series' analytic curve (line) and
+    simulated values (points, ± 2 SE) and the right panel each point's z-score with the
+    check's failure bounds; without it, a QQ-plot of the z-scores against N(0, 1).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -641,30 +646,40 @@ def plot_comparison(comparison: Comparison, verdict: Verdict, path, title: str) 
 
     from qtm.io import atomic_path
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    z = comparison.zscores()
+    # The |z| beyond which the Bonferroni-adjusted p-value falls below the rate.
+    tail = verdict.false_failure_rate / (2 * verdict.count)
+    bound = float(stats.norm.isf(tail) if comparison.dof is None else stats.t.isf(tail, comparison.dof))
     if comparison.x is not None:
+        fig, (ax, z_ax) = plt.subplots(1, 2, figsize=(10.0, 4.4), layout="constrained")
         series = np.asarray(comparison.series, dtype=object)
+        x_all = np.asarray(comparison.x)
         for name in dict.fromkeys(comparison.series):
             pick = series == name
-            x = np.asarray(comparison.x)[pick]
-            line = ax.plot(x, np.asarray(comparison.expected)[pick], "-", label=f"{name}: analytic")[0]
+            x = x_all[pick]
+            line = ax.plot(x, np.asarray(comparison.expected)[pick], "-", lw=1, label=name)[0]
             ax.errorbar(
                 x, np.asarray(comparison.observed)[pick], yerr=2 * np.asarray(comparison.standard_error)[pick],
-                fmt="o", ms=3, color=line.get_color(), label=f"{name}: simulated ± 2 SE",
+                fmt="o", ms=3, color=line.get_color(),
             )  # fmt: skip
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=7)
+            z_ax.plot(x, z[pick], "o-", ms=3, lw=0.8, color=line.get_color())
+        ax.set(xlabel="iteration", ylabel="value (line: analytic, points: simulated ± 2 SE)")
+        ax.legend(fontsize=6)
+        z_ax.set(xlabel="iteration", ylabel="z-score (simulated - analytic) / SE")
     else:
-        z = np.sort(comparison.zscores())
+        fig, z_ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+        ordered = np.sort(z)
         theory = stats.norm.ppf((np.arange(1, z.size + 1) - 0.5) / z.size)
-        ax.plot(theory, z, "o")
-        limit = max(3.0, float(np.abs(z).max()) if z.size else 0.0, float(np.abs(theory).max()) if z.size else 0.0)
-        ax.plot([-limit, limit], [-limit, limit], "k--", lw=0.8, label="z ~ N(0, 1)")
-        ax.set_xlabel("normal quantile")
-        ax.set_ylabel("z-score (observed - analytic) / SE")
-        ax.legend(fontsize=7)
+        z_ax.plot(theory, ordered, "o")
+        limit = max(3.0, float(np.abs(z).max(initial=0.0)), float(np.abs(theory).max(initial=0.0)))
+        z_ax.plot([-limit, limit], [-limit, limit], "k--", lw=0.8, label="z ~ N(0, 1)")
+        z_ax.set(xlabel="normal quantile", ylabel="z-score (simulated - analytic) / SE")
+    for sign in (-1, 1):
+        z_ax.axhline(sign * bound, color="C3", ls=":", lw=0.8, label="failure bound" if sign > 0 else None)
+    z_ax.legend(fontsize=7)
     status = "pass" if verdict.passed else "FAIL"
-    ax.set_title(f"{title}\n{status}: p_adj={verdict.adjusted_pvalue:.3g} over {verdict.count}", fontsize=9)
+    fig.suptitle(f"{title}\n{status}: p_adj={verdict.adjusted_pvalue:.3g} over {verdict.count} statistics "
+                 f"(designed false-failure rate {verdict.false_failure_rate:g})", fontsize=9)  # fmt: skip
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
