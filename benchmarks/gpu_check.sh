@@ -65,7 +65,11 @@ import torch
 print("cuda available:", torch.cuda.is_available(), "| device:",
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 import diffusers, peft, transformers  # noqa: E401
+from diffusers.utils import USE_PEFT_BACKEND
+print("diffusers PEFT backend (needs peft>=0.17.0, transformers>=4.34.0):", USE_PEFT_BACKEND)
 import chain.backends.sd  # noqa: F401
+if not USE_PEFT_BACKEND:
+    raise SystemExit("LoRA needs diffusers' PEFT backend: carry a newer peft/transformers")
 print("imports OK")
 EOF
     status=$?

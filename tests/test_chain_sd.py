@@ -151,6 +151,12 @@ def test_broken_model_is_refused(tmp_path):
         StableDiffusionBackend(str(tmp_path), device="cpu")
 
 
+def test_unreachable_model_id_is_refused():
+    # The tests run with HF_HUB_OFFLINE=1 (conftest): an uncached id cannot load.
+    with pytest.raises(ChainError, match="nobody-here/no-such-model: cannot load it as a Stable Diffusion"):
+        StableDiffusionBackend("nobody-here/no-such-model", device="cpu")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_absent_gpu_is_refused(model_dir):
     with pytest.raises(ChainError, match="--device cuda: no CUDA GPU"):

@@ -14,6 +14,7 @@ autocast. Samplers follow the project's convention: ``ddim`` is DDIM with eta 0,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -405,7 +406,8 @@ class StableDiffusionBackend(Backend):
                 "use the same --full-finetune/--lora-rank as the run that saved them"
             )
         if wanted == "full":
-            saved = UNet2DConditionModel.from_pretrained(directory / info["path"], torch_dtype=torch.float32)
+            with _quiet_dtype_keyword():
+                saved = UNet2DConditionModel.from_pretrained(directory / info["path"], torch_dtype=torch.float32)
             self.pipe.unet.load_state_dict(saved.state_dict())
             return
         from peft import set_peft_model_state_dict
@@ -477,10 +479,7 @@ def _load_pipeline(model: str, dtype: torch.dtype) -> _ScheduledGuidancePipeline
             ".safetensors file with StableDiffusionPipeline.from_single_file(FILE).save_pretrained(DIR))"
         )
     try:
-        with warnings.catch_warnings():
-            # ``torch_dtype`` is the one keyword every supported diffusers release (>= 0.30) reads;
-            # the newest ones call it deprecated in favour of ``dtype``.
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        with _quiet_dtype_keyword():
             # The safety checker would black out images the chain then trains on; it is never loaded.
             pipe = _ScheduledGuidancePipeline.from_pretrained(
                 str(local) if looks_local else model,
@@ -495,6 +494,14 @@ def _load_pipeline(model: str, dtype: torch.dtype) -> _ScheduledGuidancePipeline
             "local diffusers directory, or a Hugging Face model id with network access (HF_HUB_OFFLINE unset)"
         ) from None
     return pipe
+
+
+@contextlib.contextmanager
+def _quiet_dtype_keyword():
+    """``torch_dtype`` is the one keyword every supported diffusers (>= 0.30) reads; the newest call it deprecated."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        yield
 
 
 def _to_pixels(images: Sequence, resolution: int) -> torch.Tensor:
