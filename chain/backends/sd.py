@@ -124,7 +124,9 @@ class StableDiffusionBackend(Backend):
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
 
-        self.pipe = _load_pipeline(self.model, self.dtype)
+        # A full finetune trains the UNet in fp32 (AdamW steps on bf16 weights round away), so it is
+        # loaded in fp32 rather than rounded to bf16 first; autocast computes in the lower precision.
+        self.pipe = _load_pipeline(self.model, torch.float32 if self.full_finetune else self.dtype)
         unet = self.pipe.unet
         if unet.config.time_cond_proj_dim is not None:
             raise ChainError(
@@ -154,8 +156,8 @@ class StableDiffusionBackend(Backend):
         for part in (unet, self.pipe.vae, self.pipe.text_encoder):
             part.requires_grad_(False)
         if self.full_finetune:
-            # AdamW steps on bf16 weights round away; the trained UNet stays in fp32 (autocast computes).
-            unet.to(torch.float32)
+            self.pipe.vae.to(self.dtype)
+            self.pipe.text_encoder.to(self.dtype)
             self._base_state = {k: v.detach().to("cpu", copy=True) for k, v in unet.state_dict().items()}
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
