@@ -210,23 +210,27 @@ def _resample_indices(key, iteration, log_w, systematic, index):
         total += math.exp(log_w[i] - top)
         cdf[i] = total
     # The positions are scaled to the unnormalised cdf (saves N divisions).
-    positions = np.empty(n)
-    if systematic:
+    if systematic:  # evenly spaced positions, computed on the fly
         shift = _uniform(key, _block(iteration, P_SYSTEMATIC))
         step = total / n
+        j = 0
         for i in range(n):
-            positions[i] = (i + shift) * step
-    else:
-        # Sorted uniforms from normalised exponential spacings: O(N), no sort.
-        base = _block(iteration, P_MULTINOMIAL)
-        s = 0.0
-        for i in range(n):
-            s -= math.log(1.0 - _uniform(key, base + np.uint64(i)))
-            positions[i] = s
-        s -= math.log(1.0 - _uniform(key, base + np.uint64(n)))
-        scale = total / s
-        for i in range(n):
-            positions[i] *= scale
+            position = (i + shift) * step
+            while j < n - 1 and cdf[j] <= position:
+                j += 1
+            index[i] = j
+        return
+    # Multinomial: sorted uniforms from normalised exponential spacings, O(N) without a sort.
+    positions = np.empty(n)
+    base = _block(iteration, P_MULTINOMIAL)
+    s = 0.0
+    for i in range(n):
+        s -= math.log(1.0 - _uniform(key, base + np.uint64(i)))
+        positions[i] = s
+    s -= math.log(1.0 - _uniform(key, base + np.uint64(n)))
+    scale = total / s
+    for i in range(n):
+        positions[i] *= scale
     j = 0
     for i in range(n):
         while j < n - 1 and cdf[j] <= positions[i]:
@@ -245,6 +249,7 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
     # Counter-based draws: skipping unused ones leaves every other draw unchanged.
     use_env = np.any(env_var > 0.0)
     use_mutation = np.any(mutation_var > 0.0)
+    neg_half_precision = -0.5 / omega2
     one = np.ones(1)
     g = np.empty((n, d))
     child = np.empty((n, d))
@@ -271,8 +276,8 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
             for i in range(n):
                 s = 0.0
                 for a in range(d):
-                    s += (z[i, a] - theta[a]) ** 2 / omega2[a]
-                log_w[i] = -0.5 * s
+                    s += (z[i, a] - theta[a]) ** 2 * neg_half_precision[a]
+                log_w[i] = s
         elif fitness == FIT_TRUNCATION:
             threshold = np.sort(z[:, 0])[n - keep]
             for i in range(n):
@@ -294,10 +299,11 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
                 log_w[i] = 0.5 * (tilt_cfg - 1.0) * s
         _resample_indices(key, t, log_w, systematic, index)
         if use_mutation:
-            _fill_normals(key, _block(t, P_MUTATION), noise)
+            base = _block(t, P_MUTATION)
             for i in range(n):
                 for a in range(d):
-                    child[i, a] = g[index[i], a] + mutation_sd[a] * noise[i * d + a]
+                    draw = _normal(key, base + np.uint64(i * d + a))
+                    child[i, a] = g[index[i], a] + mutation_sd[a] * draw
         else:
             for i in range(n):
                 for a in range(d):

@@ -172,7 +172,7 @@ def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omeg
             noise = _normals(keys, np.full(reps, _block(t, P_ENV)), 0, n * d).reshape(reps, n, d)
             z = g + np.sqrt(env_var) * noise
         if fitness == FIT_STABILIZING:
-            log_w = -0.5 * ((z - theta) ** 2 / omega2).sum(axis=2)
+            log_w = ((z - theta) ** 2 * (-0.5 / omega2)).sum(axis=2)
         elif fitness == FIT_TRUNCATION:
             threshold = np.sort(z[:, :, 0], axis=1)[:, n - keep]
             log_w = np.where(z[:, :, 0] >= threshold[:, None], 0.0, -np.inf)
