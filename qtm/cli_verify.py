@@ -5,7 +5,7 @@ Examples
 ``qtm verify --out runs/verify`` runs every check at full size (a few minutes on two
 cores), prints one line per check and writes a plot per check and ``verify.json``;
 ``qtm verify --check drift --size 0.1`` runs one check at a tenth of its sample sizes.
-The exit status is 1 when a check fails, 2 on bad input.
+The exit status is 1 when a check fails or cannot run, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def verify_command(
     results = run_checks(
         check or None, size=size, seed=seed, out=out, false_failure_rate=false_failure_rate, echo=typer.echo
     )
-    failed = [r.name for r in results if r.status == "fail"]
-    skipped = [r.name for r in results if r.status == "skipped"]
-    summary = f"{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped"
+    counts = {status: sum(r.status == status for r in results) for status in ("pass", "fail", "error", "skipped")}
+    summary = (f"{counts['pass']} passed, {counts['fail']} failed, {counts['error']} could not run, "
+               f"{counts['skipped']} skipped")  # fmt: skip
     typer.echo(f"{summary}; plots and verify.json in {out}")
-    if failed:
+    if counts["fail"] or counts["error"]:
         raise typer.Exit(1)

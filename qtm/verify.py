@@ -182,7 +182,7 @@ class CheckResult:
 
     name: str
     title: str
-    status: str  # "pass", "fail" or "skipped"
+    status: str  # "pass", "fail", "error" (the check could not run; see note) or "skipped"
     verdict: Verdict | None
     comparison: Comparison | None
     plot: str | None
@@ -606,11 +606,18 @@ def run_checks(
             result = CheckResult(name, check.title, "skipped", None, None, None, why_not)
         else:
             rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
-            comparison = check.compute(size=size, rng=rng)
-            verdict = evaluate(comparison, false_failure_rate=false_failure_rate)
-            plot = None if out is None else str(plot_comparison(comparison, verdict, out / f"{name}.png", check.title))
-            status = "pass" if verdict.passed else "fail"
-            result = CheckResult(name, check.title, status, verdict, comparison, plot, comparison.note)
+            try:
+                comparison = check.compute(size=size, rng=rng)
+                verdict = evaluate(comparison, false_failure_rate=false_failure_rate)
+            except QTMError as error:
+                # One check that cannot run (e.g. its subprocess failed) must not hide the others' results.
+                comparison = verdict = None
+                result = CheckResult(name, check.title, "error", None, None, None, str(error))
+            if verdict is not None:
+                plot = None if out is None else str(plot_comparison(comparison, verdict, out / f"{name}.png",
+                                                                    title=check.title))  # fmt: skip
+                status = "pass" if verdict.passed else "fail"
+                result = CheckResult(name, check.title, status, verdict, comparison, plot, comparison.note)
         results.append(result)
         if echo is not None:
             echo(format_result(result))
@@ -620,9 +627,15 @@ def run_checks(
 
 
 def format_result(result: CheckResult) -> str:
-    """One line: name, status, the largest |z|, the adjusted p-value and the designed rate."""
+    """One line: name, status, the largest |z|, the adjusted p-value and the designed rate.
+
+    Examples
+    --------
+    >>> format_result(CheckResult("drift", "Drift", "skipped", None, None, None, "not today"))
+    'drift                    SKIPPED  not today'
+    """
     if result.verdict is None:
-        return f"{result.name:<24} SKIPPED  {result.note}"
+        return f"{result.name:<24} {result.status.upper():<7}  {result.note}"
     v = result.verdict
     z = "   -  " if math.isnan(v.max_abs_z) else f"{v.max_abs_z:6.2f}"
     where = f"  -> {result.plot}" if result.plot else ""
@@ -632,12 +645,20 @@ def format_result(result: CheckResult) -> str:
     )
 
 
-def plot_comparison(comparison: Comparison, verdict: Verdict, path, title: str) -> Path:
+def plot_comparison(comparison: Comparison, verdict: Verdict, path, *, title: str) -> Path:
     """Plot a comparison: trajectories and their z-scores, or a QQ-plot of the z-scores.
 
     With ``comparison.x`` the left panel shows each series' analytic curve (line) and
     simulated values (points, ± 2 SE) and the right panel each point's z-score with the
     check's failure bounds; without it, a QQ-plot of the z-scores against N(0, 1).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> c = Comparison(("a", "b"), np.array([0.1, -0.2]), np.array([0.1, 0.1]), np.array([0.0, 0.0]))
+    >>> path = plot_comparison(c, evaluate(c), Path(tempfile.mkdtemp()) / "demo.png", title="demo")
+    >>> path.stat().st_size > 0
+    True
     """
     import matplotlib
 

@@ -129,6 +129,20 @@ def test_cli_runs_a_check_and_exits_1_when_one_fails(tmp_path, monkeypatch):
     assert "FAIL" in done.output and "1 failed" in done.output
 
 
+def test_a_check_that_cannot_run_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    def cannot(*, size, rng):
+        raise QTMError("the helper process died")
+
+    monkeypatch.setitem(verify.CHECKS, "drift", verify.Check("drift", "cannot run", cannot))
+    done = CliRunner().invoke(app, ["verify", "--check", "drift", "--check", "truncation", "--size", "0.05",
+                                    "--out", str(tmp_path)])  # fmt: skip
+    assert done.exit_code == 1
+    assert "ERROR    the helper process died" in done.output
+    assert "1 passed, 0 failed, 1 could not run" in done.output
+    statuses = {c["name"]: c["status"] for c in json.loads((tmp_path / "verify.json").read_text())["checks"]}
+    assert statuses == {"truncation": "pass", "drift": "error"}
+
+
 def test_cli_lists_the_checks():
     done = CliRunner().invoke(app, ["verify", "--list"])
     assert done.exit_code == 0
