@@ -39,12 +39,12 @@ WEIGHTS_DIR = "weights"
 #: Settings whose sensible value depends on the backend (None in :class:`RunParameters` means these).
 BACKEND_DEFAULTS = {
     "tiny": {
-        "model": None, "steps": 25, "learning_rate": 1e-3, "train_steps": 200, "batch_size": 64,
+        "model": None, "steps": 25, "learning_rate": 1e-3, "train_steps": 150, "batch_size": 64,
         "resolution": 8, "lora_rank": None,
     },
     "sd": {
         "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "steps": 50, "learning_rate": 1e-4,
-        "train_steps": 500, "batch_size": 4, "resolution": 512, "lora_rank": 4,
+        "train_steps": 100, "batch_size": 4, "resolution": None, "lora_rank": 4,
     },
 }
 
@@ -53,7 +53,8 @@ BACKEND_DEFAULTS = {
 class RunParameters:
     """Everything that decides what a chain run computes (the options of ``chain run``).
 
-    ``None`` means "the backend's default" (:data:`BACKEND_DEFAULTS`) or, for
+    ``None`` means "the backend's default" (:data:`BACKEND_DEFAULTS`; the sd
+    backend's resolution stays None, its model's own) or, for
     ``drop`` and ``schedule``, "0" and "constant" unless ``redifine`` is set.
 
     Examples
@@ -63,7 +64,7 @@ class RunParameters:
     (0.2, 'cosine', 25)
     """
 
-    data: str = "digits"
+    data: str = "digits:500"
     backend: str = "tiny"
     model: str | None = None
     iterations: int = 5
@@ -123,7 +124,7 @@ class RunParameters:
                                                   "--learning-rate")),
             "train_steps": check_int(_default(self.train_steps, defaults["train_steps"]), "--train-steps", minimum=1),
             "batch_size": check_int(_default(self.batch_size, defaults["batch_size"]), "--batch-size", minimum=1),
-            "resolution": check_int(_default(self.resolution, defaults["resolution"]), "--resolution", minimum=1),
+            "resolution": _optional_int(_default(self.resolution, defaults["resolution"]), "--resolution"),
             "seed": check_int(self.seed, "--seed", minimum=0),
             "device": check_device(self.device),
         }
@@ -132,6 +133,11 @@ class RunParameters:
 
 def _default(value, default):
     return default if value is None else value
+
+
+def _optional_int(value, name: str) -> int | None:
+    # None stays None: the sd backend then uses its model's own resolution.
+    return None if value is None else check_int(value, name, minimum=1)
 
 
 def check_device(device: str | None) -> str:
@@ -188,11 +194,12 @@ def make_backend(parameters: dict, *, progress: Progress | None = None) -> Backe
             progress=progress,
         )
     # Imported only when asked for: the Stable Diffusion pipelines are slow to import.
-    from chain.backends.sd import SDBackend
+    from chain.backends.sd import StableDiffusionBackend
 
-    return SDBackend(
-        model=parameters["model"],
+    return StableDiffusionBackend(
+        parameters["model"],
         lora_rank=parameters["lora_rank"],
+        full_finetune=parameters["lora_rank"] is None,
         learning_rate=parameters["learning_rate"],
         train_steps=parameters["train_steps"],
         batch_size=parameters["batch_size"],

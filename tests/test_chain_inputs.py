@@ -74,9 +74,9 @@ def test_missing_folder_and_bad_digits_count(tmp_path):
 def test_parameters_resolve_backend_defaults_and_redifine():
     resolved = RunParameters(cfg=3, redifine=True, device="cpu").resolve()
     assert resolved["drop"] == 0.2 and resolved["schedule"] == "cosine"
-    assert resolved["train_steps"] == 200 and resolved["lora_rank"] is None and resolved["device"] == "cpu"
+    assert resolved["train_steps"] == 150 and resolved["lora_rank"] is None and resolved["device"] == "cpu"
     sd = RunParameters(backend="sd", device="cpu").resolve()
-    assert sd["lora_rank"] == 4 and sd["resolution"] == 512
+    assert sd["lora_rank"] == 4 and sd["resolution"] is None
     assert RunParameters(backend="sd", full_finetune=True, device="cpu").resolve()["lora_rank"] is None
 
 

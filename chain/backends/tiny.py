@@ -245,44 +245,44 @@ def sample(
 ) -> torch.Tensor:
     """Guided sampling: ``eps = eps_u + w_k (eps_c - eps_u)`` at step ``k`` with ``w_k = scales[k]``.
 
-    Image ``i`` uses its own generator seeded with ``seeds[i]`` for its initial noise
-    and (DDPM) its step noise, so it does not depend on which batch it falls in.
+    Image ``i`` draws its initial noise and (``ddpm``) its step noise from its own
+    generator seeded with ``seeds[i]``, so its noise does not depend on its batch.
     """
+    eta = {"ddim": 0.0, "ddpm": 1.0}[check_choice(sampler, "--sampler", SAMPLERS)]
     steps = len(scales)
     total = len(captions) * steps
     out = []
     for start in range(0, len(captions), batch_size):
         chunk = list(captions[start : start + batch_size])
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
-        scheduler = make_sampler(sampler, num_train_timesteps)
+        scheduler = make_sampler(num_train_timesteps)
         scheduler.set_timesteps(steps)
         x = torch.stack([torch.randn((1, resolution, resolution), generator=g) for g in generators])
         condition = torch.cat([model.text([""] * len(chunk)), model.text(chunk)])
         for k, t in enumerate(scheduler.timesteps):
             eps_u, eps_c = model(torch.cat([x, x]), t.expand(2 * len(chunk)), condition).chunk(2)
             eps = eps_u + float(scales[k]) * (eps_c - eps_u)
-            x = scheduler.step(eps, t, x, generator=generators).prev_sample
+            x = scheduler.step(eps, t, x, eta=eta, generator=generators).prev_sample
             if progress is not None:
                 progress(start * steps + (k + 1) * len(chunk), total)
         out.append(x)
     return torch.cat(out)
 
 
-def make_sampler(sampler: str, num_train_timesteps: int):
-    """A fresh diffusers scheduler for ``sampler`` (``ddim``: eta 0; ``ddpm``: ancestral sampling).
+def make_sampler(num_train_timesteps: int):
+    """A fresh diffusers DDIM scheduler; ``ddim`` samples with eta 0, ``ddpm`` with eta 1 (the project's convention).
 
     The predicted clean image is not clipped at each step: with guidance, clipping
     garbles the digits (measured: half of the CFG-3 digits misread, against a tenth unclipped).
 
     Examples
     --------
-    >>> type(make_sampler("ddpm", 1000)).__name__
-    'DDPMScheduler'
+    >>> make_sampler(1000).config.clip_sample
+    False
     """
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler
 
-    kind = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[check_choice(sampler, "--sampler", SAMPLERS)]
-    return kind(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2", clip_sample=False)
 
 
 class TinyBackend(Backend):
@@ -313,7 +313,7 @@ class TinyBackend(Backend):
         *,
         config: TinyConfig | None = None,
         learning_rate: float = 1e-3,
-        train_steps: int = 300,
+        train_steps: int = 150,
         batch_size: int = 64,
         lora_rank: int | None = None,
         device: str = "cpu",
@@ -326,12 +326,9 @@ class TinyBackend(Backend):
         self.train_steps = check_int(train_steps, "--train-steps", minimum=1)
         self.batch_size = check_int(batch_size, "--batch-size", minimum=1)
         self.device = torch.device(device)
-        torch.use_deterministic_algorithms(True)
         if self.device.type == "cpu":
-            # The model's operations are too small to gain from threads, and on a shared
-            # CPU spinning worker threads cost far more than they save (0.25 s per
-            # training step on one thread against several seconds on two, on the team machine).
-            torch.set_num_threads(1)
+            pin_cpu()
+        torch.use_deterministic_algorithms(True)
         self.base_state = load_base_model(self.config, progress=progress)
         self.model = TinyModel(self.config)
         self.model.load_state_dict(self.base_state)
@@ -370,7 +367,7 @@ class TinyBackend(Backend):
     def generate(self, captions, *, cfg, schedule, seeds, steps, sampler, progress=None) -> list:
         if len(seeds) != len(captions):
             raise ChainError(f"need one seed per caption, got {len(seeds)} seeds for {len(captions)} captions")
-        probe = make_sampler(sampler, self.config.num_train_timesteps)
+        probe = make_sampler(self.config.num_train_timesteps)
         probe.set_timesteps(steps)
         abar = probe.alphas_cumprod[probe.timesteps].numpy()
         scales = CFGSchedule.parse(schedule).scales(cfg, steps, alphas_cumprod=abar)
@@ -404,6 +401,17 @@ class TinyBackend(Backend):
         self.model.load_state_dict(state)
 
 
+def pin_cpu() -> None:
+    """Run torch on one CPU thread.
+
+    The model's operations are too small to gain from threads, and on a shared CPU
+    spinning worker threads cost far more than they save (see benchmarks/tiny_chain.py:
+    on the team machine, 0.25 s per training step on one thread against several
+    seconds on two). One thread also keeps floating-point sums in one fixed order.
+    """
+    torch.set_num_threads(1)
+
+
 def load_base_model(config: TinyConfig, *, progress: Progress | None = None) -> dict:
     """The base model's state dict: read from the cache, or trained once on the digits and cached."""
     path = cache_dir() / f"tiny-{config.key()}.pt"
@@ -420,6 +428,7 @@ def load_base_model(config: TinyConfig, *, progress: Progress | None = None) -> 
 
 def train_base_model(config: TinyConfig, *, progress: Progress | None = None) -> dict:
     """Train the base model from scratch on all 1797 digits (deterministic for a given config)."""
+    pin_cpu()
     torch.manual_seed(config.base_seed)
     model = TinyModel(config)
     images, captions = digits_arrays(resolution=config.resolution)
