@@ -25,7 +25,8 @@ check                      compares
                            mutation with the closed-form equilibrium variance
 ``bulmer``                 the infinitesimal model (midparent plus segregation) under
                            repeated stabilizing selection with Bulmer's recursion
-``drift``                  repeated maximum-likelihood refits of ``N`` samples with
+``drift``                  repeated maximum-likelihood refits of ``N`` samples and the
+                           particle engine's Wright-Fisher resampling with
                            :func:`qtm.gaussian.refit_expectation` and the moments engine
 ``sampler_map_diffusers``  diffusers' ``DDIMScheduler.step`` on a particle cloud with
                            :func:`qtm.sampler_map.guided_moments` (run in a separate
@@ -432,14 +433,24 @@ def _bulmer(*, size: float, rng) -> Comparison:
     )
 
 
-@_check("drift", "Drift: repeated refits to N samples (MLE) against the moments engine")
+@_check("drift", "Drift: repeated refits and Wright-Fisher resampling against the expected refit")
 def _drift(*, size: float, rng) -> Comparison:
-    """Each generation fits a Gaussian (maximum likelihood) to ``N`` draws of the previous fit.
+    """Finite samples lose variance by ``(N-1)/N`` per generation (maximum-likelihood refit).
 
-    The fitted variance's expectation ``V_0 ((N-1)/N)^t`` comes from the moments engine
-    (:func:`qtm.recursion.simulate_moments` with ``population=N`` at CFG 1, fidelity 1);
-    the variance of the fitted mean across replicates is ``sum_{s<t} E[V_s] / N``.
+    Two simulations of ``N = 10``:
+
+    - each generation fits a Gaussian (maximum likelihood) to ``N`` draws of the previous
+      fit; the fitted variance's expectation ``V_0 ((N-1)/N)^t`` comes from the moments
+      engine (:func:`qtm.recursion.simulate_moments` with ``population=N`` at CFG 1,
+      fidelity 1), and the variance of the fitted mean across replicates is
+      ``sum_{s<t} E[V_s] / N``;
+    - the particle engine's neutral classic loop with multinomial resampling
+      (Wright-Fisher): its population variance after generation ``t`` has the
+      expectation of ``t + 2`` refits (:func:`qtm.gaussian.refit_expectation`: the
+      initial sample and ``t + 1`` resamplings).
     """
+    from qtm.gaussian import refit_expectation
+    from qtm.particles import QGSetup, simulate_qg
     from qtm.recursion import simulate_moments
 
     replicates = _count(20_000, size, 2_000)
@@ -462,15 +473,31 @@ def _drift(*, size: float, rng) -> Comparison:
     expected_var = trajectory.var
     expected_spread = np.concatenate([[0.0], np.cumsum(expected_var)[:-1] / population])
     observed_var, se_var = _mean_se(fitted_var, axis=0)
+
+    setup = QGSetup(population=population, generations=generations, data_mean=data_mean, data_var=data_var,
+                    resampling="multinomial")  # fmt: skip
+    engine = simulate_qg(setup, replicates=replicates, seed=int(rng.integers(2**31)))
+    engine_var, engine_se = _mean_se(engine.var[:, :, 0], axis=0)
+    engine_expected = np.empty(generations)
+    refitted = refit_expectation(data_mean, data_var, population=population).var
+    for t in range(generations):
+        refitted = refit_expectation(data_mean, refitted, population=population).var
+        engine_expected[t] = refitted
+
     t = np.arange(generations)
     later = t[1:]
+    series = {
+        "refit: E[fitted var]": (observed_var[1:], se_var[1:], expected_var[1:], later),
+        "refit: var of fitted mean": (mean_spread[1:, 0], mean_spread[1:, 1], expected_spread[1:], later),
+        "particle engine (Wright-Fisher): E[var]": (engine_var, engine_se, engine_expected, t),
+    }
     return Comparison(
-        tuple(f"fitted var t={i}" for i in later) + tuple(f"var of fitted mean t={i}" for i in later),
-        np.concatenate([observed_var[1:], mean_spread[1:, 0]]),
-        np.concatenate([se_var[1:], mean_spread[1:, 1]]),
-        np.concatenate([expected_var[1:], expected_spread[1:]]),
-        x=np.concatenate([later, later]),
-        series=("E[fitted var]",) * later.size + ("var of fitted mean",) * later.size,
+        tuple(f"{name} t={i}" for name, (*_, x) in series.items() for i in x),
+        np.concatenate([v[0] for v in series.values()]),
+        np.concatenate([v[1] for v in series.values()]),
+        np.concatenate([v[2] for v in series.values()]),
+        x=np.concatenate([v[3] for v in series.values()]),
+        series=tuple(name for name, (*_, x) in series.items() for _ in x),
         note=f"N={population}, {replicates} replicates, N({data_mean}, {data_var}), {generations} generations",
     )
 
