@@ -225,3 +225,13 @@ def test_theory_page_names_every_operator():
         for name, value in vars(module).items():
             if inspect.isfunction(value) and value.__module__ == module.__name__ and not name.startswith("_"):
                 assert f"`{name}`" in text, f"docs/theory.md does not mention {module.__name__}.{name}"
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/theory.md", "docs/cli.md", "figures/README.md"])
+def test_local_links_and_images_resolve(page):
+    """Every relative link or image in the documentation points at a file of the repository."""
+    path = REPO / page
+    for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+        if re.match(r"[a-z]+:|#", target):
+            continue
+        assert (path.parent / target.split("#")[0]).exists(), f"{page} links to a missing {target}"
