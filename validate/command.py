@@ -503,7 +503,7 @@ def validate_command(
     console = Console(stderr=True)
 
     def warn(message):
-        console.print(f"chain: warning: {message}", highlight=False, markup=False)
+        console.print(f"chain: warning: {message}", highlight=False, markup=False, soft_wrap=True)
 
     # Library warnings are collected and the user-facing ones (cache, weights) printed as one line each.
     with warnings.catch_warnings(record=True) as caught:

@@ -1,7 +1,8 @@
 """Reading chain run directories from their files alone (no import of the runner).
 
-A run directory (see ``chain run``) holds ``run.json`` and one folder per
-iteration (``iteration_000``, ``iteration_001``, ...), each with PNG images, a
+A run directory (see ``chain run`` and :mod:`chain.rundir`) holds ``run.json``
+and one folder per iteration (``iter-000``, ``iter-001``, ...; ``iteration_000``
+is read too), each with PNG images, a
 ``metadata.jsonl`` (one JSON object per image: ``file_name``, ``caption``, ...)
 and an ``iteration.json`` whose ``"status"`` is ``"complete"`` once the
 iteration finished. Only finished iterations are validated.
@@ -9,7 +10,8 @@ iteration finished. Only finished iterations are validated.
 Base-model reference points (generations of the base model used to measure
 p_c and p_u in trait space) are looked for in ``RUN/reference/cond`` (CFG 1)
 and ``RUN/reference/uncond`` (empty prompt), or in the folder given by
-``--reference``; real data in ``RUN/real`` or the folder given by ``--real``.
+``--reference``; real data in ``RUN/real``, the folder given by ``--real``, or the
+run's training-data folder (``data`` in ``run.json``, when it is a folder).
 Such a folder holds images and, optionally, a ``metadata.jsonl`` of captions.
 """
 
@@ -120,7 +122,8 @@ def read_run(path, *, reference=None, real=None) -> Run:
         A folder with ``cond`` and/or ``uncond`` subfolders of base-model generations;
         defaults to ``RUN/reference`` when it exists.
     real : path-like, optional
-        A folder of real-data images; defaults to ``RUN/real`` when it exists.
+        A folder of real-data images; defaults to ``RUN/real`` when it exists, else to
+        the run's ``data`` parameter when that is a folder.
 
     Unfinished iterations (no ``iteration.json`` with status ``complete``, or no
     images) are listed in :attr:`Run.skipped`, not read.
@@ -166,7 +169,11 @@ def read_run(path, *, reference=None, real=None) -> Run:
     for kind in ("cond", "uncond"):
         if (reference / kind).is_dir():
             run.reference[kind] = read_image_set(reference / kind, what=f"reference folder ({kind})")
-    real = Path(real) if real is not None else path / "real"
+    if real is None:
+        # The run's own training data, when it was a folder (``chain run --data DIR``), is the real data.
+        data = run.params.get("data")
+        real = path / "real" if (path / "real").is_dir() or not isinstance(data, str) else Path(data)
+    real = Path(real)
     if real.is_dir():
         run.real = read_image_set(real, what="real-data folder")
     return run

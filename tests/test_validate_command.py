@@ -1,0 +1,161 @@
+"""``chain validate`` end to end: synthetic run directories, bad input, and a real tiny-backend run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from chain.errors import ChainError
+from validate.command import CACHE_FOLDER, validate_runs
+from validate.runs import read_run
+
+
+def write_folder(folder, *, n, sd, rng, size=16, status="complete"):
+    """Grey images whose brightness is N(0.5, sd²); metadata.jsonl and iteration.json as chain.rundir writes."""
+    folder.mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        level = np.clip(0.5 + sd * rng.standard_normal(), 0.05, 0.95)
+        pixels = np.clip(level + 0.1 * rng.standard_normal((size, size)), 0, 1)
+        Image.fromarray((pixels * 255).astype(np.uint8), mode="L").save(folder / f"{i:06d}-0.png")
+        lines.append(json.dumps({"file_name": f"{i:06d}-0.png", "caption": "a grey square", "seed": i}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    if status is not None:
+        (folder / "iteration.json").write_text(json.dumps({"status": status}))
+
+
+def make_run(root, name, *, cfg, shrink, iterations=4, n=30, finished=None, reference=False, seed=0):
+    """A run directory in chain.rundir's layout; the brightness spread shrinks by ``shrink`` per iteration."""
+    rng = np.random.default_rng(seed)
+    run = root / name
+    run.mkdir(parents=True)
+    parameters = {"cfg": cfg, "schedule": "constant", "drop": 0.0, "finetune": "base", "real_fraction": 0.0}
+    (run / "run.json").write_text(json.dumps({"software": "chain", "parameters": parameters, "seed": seed}))
+    sd = 0.15
+    for t in range(iterations):
+        status = "complete" if finished is None or t < finished else "running"
+        write_folder(run / f"iter-{t:03d}", n=n, sd=sd, rng=rng, status=status)
+        sd *= shrink
+    if reference:
+        write_folder(run / "reference" / "cond", n=n, sd=0.15, rng=rng, status=None)
+        write_folder(run / "reference" / "uncond", n=n, sd=0.25, rng=rng, status=None)
+    return run
+
+
+def test_two_runs_one_report(tmp_path):
+    low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1)
+    high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, finished=3, seed=2)
+    messages = []
+    result = validate_runs([low, high], report=tmp_path / "report", axes=2, forecast_from=2, bootstrap=50,
+                           warn=messages.append)
+    assert messages == ["cfg5: skipped unfinished iterations: iter-003 (running)"]
+    report = tmp_path / "report"
+    for name in ("statistics.csv", "statistics.parquet", "parameters.csv", "predicted_vs_measured.csv",
+                 "forecast.csv", "fit.json", "var.png", "mean.png", "summary.png", "strength.png",
+                 "forecast_var.png", "samples_cfg1.png", "samples_cfg5.png", "report.md"):
+        assert (report / name).stat().st_size > 0, name
+    assert not list(report.glob("*.part"))  # nothing half-written
+    stats = pd.read_parquet(report / "statistics.parquet")
+    assert set(stats["embedder"]) == {"stats"}
+    assert set(stats["reference"]) == {"base model, CFG 1 (cfg1)"}
+    generated = stats[stats["population"] == "generated"]
+    assert sorted(generated[generated["run"] == "cfg5"]["iteration"].unique()) == [0, 1, 2]
+    assert set(stats["population"]) == {"generated", "reference_cond", "reference_uncond"}
+    # The brightness spread of cfg5 shrinks (0.15 -> 0.054), so does its total variance.
+    total = generated[(generated["statistic"] == "total_var") & (generated["run"] == "cfg5")]
+    assert total.sort_values("iteration")["value"].is_monotonic_decreasing
+    # (Not for the Fréchet distance: resampling biases it upward, so its interval may lie above it.)
+    moments = stats[stats["statistic"].isin(["mean", "var"])]
+    assert (moments["ci_low"] <= moments["value"]).all() and (moments["value"] <= moments["ci_high"]).all()
+    text = (report / "report.md").read_text()
+    for link in ("statistics.csv", "parameters.csv", "predicted_vs_measured.csv", "var.png", "strength.png",
+                 "samples_cfg5.png", "forecast.csv"):
+        assert f"({link})" in text, link
+    assert "**stats**" in text and "iter-003 (running)" in text
+    parameters = pd.read_csv(report / "parameters.csv")
+    assert set(parameters.loc[parameters["parameter"] == "w_eff", "cfg"]) == {1.0, 5.0}
+    assert result["fit"]["n_values"] == 2 * 2 * (4 + 3)  # (mean, log var) x axes x finished iterations
+    # A second call reuses the cache: no cache file is rewritten.
+    cache = low / CACHE_FOLDER / "iter-000.stats.npy"
+    stamp = cache.stat().st_mtime_ns
+    validate_runs([low, high], report=tmp_path / "again", axes=2, bootstrap=0, warn=messages.append)
+    assert cache.stat().st_mtime_ns == stamp
+
+
+def test_empty_and_unfinished_runs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "run.json").write_text(json.dumps({"parameters": {"cfg": 3.0}}))
+    unfinished = make_run(tmp_path, "unfinished", cfg=3.0, shrink=1.0, iterations=1, finished=0)
+    messages = []
+    with pytest.raises(ChainError, match="no run directory has a finished iteration"):
+        validate_runs([empty, unfinished], report=tmp_path / "r", warn=messages.append)
+    assert "empty: no finished iteration; left out of the report" in messages
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ChainError, match=r"has no run\.json"):
+        read_run(tmp_path)
+    with pytest.raises(ChainError, match="does not exist"):
+        read_run(tmp_path / "nowhere")
+
+
+def test_mixed_sizes_warn(tmp_path):
+    run = make_run(tmp_path, "mixed", cfg=2.0, shrink=1.0, iterations=2, n=12)
+    Image.new("L", (24, 10), 128).save(run / "iter-001" / "000000-0.png")
+    messages = []
+    validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, warn=messages.append)
+    assert any("mixed image sizes" in m for m in messages)
+
+
+def chain_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "chain.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    run = make_run(tmp_path, "run", cfg=2.0, shrink=1.0, iterations=2, n=8)
+    for args, message in (
+        ((run, "--embedder", "vgg"), "unknown embedder 'vgg'; choose one of: stats, efficientnet, clip"),
+        ((tmp_path / "missing",), "does not exist"),
+        ((run, "--axes", "0"), "--axes must be >= 1"),
+    ):
+        done = chain_cli("validate", *args, "--report", tmp_path / "r")
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines() == [f"chain: error: {done.stderr.split('error: ', 1)[1].strip()}"]
+        assert message in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real 3-iteration chain of a reduced tiny backend (CPU), base model trained briefly into a temp cache."""
+    root = tmp_path_factory.mktemp("tiny")
+    os.environ["CHAIN_TINY_CACHE"] = str(root / "cache")
+    from chain.backends.tiny import TinyBackend, TinyConfig
+    from chain.runner import RunParameters, run_chain
+
+    config = TinyConfig(resolution=8, channels=(8, 16), base_train_steps=40, base_batch_size=32)
+    backend = TinyBackend(config=config, train_steps=5, batch_size=16)
+    parameters = RunParameters(data="digits:16", backend="tiny", iterations=3, cfg=5.0, train_steps=5, steps=4,
+                               resolution=8, batch_size=16, device="cpu")
+    run_chain(root / "run", parameters, backend=backend)
+    return root / "run"
+
+
+@pytest.mark.parametrize("embedder", ["stats", "efficientnet"])
+def test_a_real_tiny_run(tiny_run, tmp_path, embedder):
+    messages = []
+    result = validate_runs([tiny_run], report=tmp_path / embedder, embedder=embedder, axes=2, bootstrap=20,
+                           warn=messages.append)
+    stats = pd.read_csv(tmp_path / embedder / "statistics.csv")
+    assert set(stats["embedder"]) == {embedder}
+    assert sorted(stats["iteration"].unique()) == [0, 1, 2]
+    assert stats["n_images"].eq(16).all()
+    assert result["fit"] is not None and np.isfinite(result["fit"]["chi2"])
+    assert f"**{embedder}**" in (tmp_path / embedder / "report.md").read_text()
