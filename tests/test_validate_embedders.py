@@ -115,9 +115,12 @@ def test_clip_without_weights_is_a_clear_error(tmp_path):
     with pytest.raises(ChainError, match="is not a file"):
         get_embedder("clip", clip_checkpoint=tmp_path / "missing.pt")
     # Offline (HF_HUB_OFFLINE=1), a named tag cannot be had: an error, never random weights.
-    model = get_embedder("clip", clip_model="ViT-S-32", clip_pretrained="no-such-tag-offline")
-    with pytest.raises(ChainError, match="cannot load CLIP weights"):
+    model = get_embedder("clip", clip_model="ViT-B-32", clip_pretrained="openai")
+    with pytest.raises(ChainError, match="cannot load CLIP weights 'openai' for ViT-B-32"):
         model.embed([Image.new("RGB", (8, 8))])
+    unknown = get_embedder("clip", clip_model="ViT-S-32", clip_pretrained="no-such-tag")
+    with pytest.raises(ChainError, match="not a known tag"):
+        unknown.embed([Image.new("RGB", (8, 8))])
 
 
 def test_clip_plumbing_with_random_weights():
