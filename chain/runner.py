@@ -242,7 +242,7 @@ def run_chain(
     if run.run_file.exists():  # refuse a mismatch before any slow work
         run.open(params, seed=params["seed"], extra={})
     if backend is None:
-        with reporter.task("training the base model (once, then cached)", 1) as progress:
+        with reporter.task("preparing the base model (tiny: trained once, then cached)", 1) as progress:
             backend = make_backend(params, progress=progress)
     try:
         run.open(

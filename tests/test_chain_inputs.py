@@ -184,3 +184,13 @@ def test_cli_config_file(tmp_path):
     done = chain_cli(tmp_path / "run", "--config", tmp_path / "neg.toml")
     assert done.returncode == 2 and "--cfg must be >= 0" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_sd_model_that_is_not_a_diffusers_model(tmp_path):
+    """The sd backend is built before the run directory is made, so a bad --model leaves nothing behind."""
+    (tmp_path / "not-a-model").mkdir()
+    done = chain_cli(tmp_path / "run", "--backend", "sd", "--model", tmp_path / "not-a-model", "--device", "cpu",
+                     "--data", make_folder(tmp_path / "data"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "not a diffusers model" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()

@@ -170,19 +170,24 @@ def results(run_dir: Path) -> dict:
 def test_sigkill_at_random_moments_loses_only_the_unfinished_iteration(tiny_cache, tmp_path):
     """Kill ``chain run`` with SIGKILL at random moments, resume each time; the end result equals an uninterrupted run.
 
-    After every kill, the iterations that were complete before it are byte for byte
-    unchanged afterwards (their records too, timings included: they were not redone).
+    Each kill lands at a random moment after the run has started working (run.json
+    exists), within the time the three iterations take. Iterations that were complete
+    before a kill are byte for byte unchanged afterwards (their records too, timings
+    included: they were not redone), and at most one unfinished iteration folder remains.
     """
     code, _, err = chain_run(tmp_path / "clean")
     assert code == 0, err
+    work = sum(json.loads((p / "iteration.json").read_text())["seconds"]
+               for p in RunDirectory(tmp_path / "clean").path.glob("iter-*"))
     rng = np.random.default_rng(2)
     victim = tmp_path / "killed"
-    started = time.monotonic()
     kills = 0
-    while True:
+    for _ in range(4):
         process = chain_run(victim, wait=False)
-        # Kill somewhere between the start and the time a clean run needed (import time included).
-        time.sleep(rng.uniform(2.0, 12.0))
+        deadline = time.monotonic() + 120
+        while not (victim / "run.json").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, work))
         if process.poll() is not None:
             break
         before = {t: results_of(victim, t) for t in RunDirectory(victim).completed()}
@@ -191,12 +196,11 @@ def test_sigkill_at_random_moments_loses_only_the_unfinished_iteration(tiny_cach
         kills += 1
         for t, files in before.items():
             assert results_of(victim, t) == files
-        if victim.joinpath("run.json").exists():
-            json.loads(victim.joinpath("run.json").read_text())
-        assert time.monotonic() - started < 600
-    assert process.returncode == 0, process.stderr.read()
+        json.loads((victim / "run.json").read_text())
+        unfinished = [p for p in victim.glob("iter-*") if int(p.name[5:]) not in RunDirectory(victim).completed()]
+        assert len(unfinished) <= 1
     assert kills >= 1
-    code, _, err = chain_run(victim)  # finishing is idempotent
+    code, _, err = chain_run(victim)  # resumes, or (if the last one finished) finds nothing left to do
     assert code == 0, err
     assert RunDirectory(victim).completed() == [0, 1, 2]
     assert results(victim) == results(tmp_path / "clean")
@@ -232,3 +236,14 @@ def test_resume_refuses_other_parameters_and_a_full_disk_is_one_line(tiny_cache,
     assert "no space left on the device" in done.stderr.strip().splitlines()[-1]
     assert results(run_dir) == kept  # iteration 0 untouched, the failed iteration 1 cleared away
     assert RunDirectory(run_dir).completed() == [0]
+
+
+def test_per_caption_and_real_fraction(tiny_cache, tmp_path):
+    params = RunParameters(data="digits:20", iterations=2, per_caption=2, real_fraction=0.5, train_steps=3,
+                           batch_size=8, steps=2, device="cpu")
+    records = run_chain(tmp_path / "run", params)
+    rows = RunDirectory(tmp_path / "run").read_metadata(1)
+    assert len(rows) == 40 and len({r["seed"] for r in rows}) == 40
+    assert [r["caption_index"] for r in rows[:4]] == [0, 0, 1, 1]
+    assert records[1]["finetune"]["train_images"] == 40 and records[1]["finetune"]["real_images"] == 20
+    assert records[0]["finetune"]["train_images"] == 20  # iteration 0 learns from the real data

@@ -386,8 +386,7 @@ class TinyBackend(Backend):
     def save_weights(self, directory: Path) -> dict:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / _WEIGHTS_FILE) as tmp:
-            torch.save(self.model.state_dict(), tmp)
+        save_state(self.model.state_dict(), directory / _WEIGHTS_FILE)
         return {"kind": "full", "file": _WEIGHTS_FILE}
 
     def load_weights(self, directory: Path) -> None:
@@ -421,9 +420,18 @@ def load_base_model(config: TinyConfig, *, progress: Progress | None = None) -> 
         except (OSError, RuntimeError):
             pass  # a damaged cache file is simply retrained and replaced
     state = train_base_model(config, progress=progress)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_state(state, path)
     return state
+
+
+def save_state(state: dict, path: Path) -> None:
+    """Save a state dict atomically, with the same bytes for the same weights.
+
+    torch names the archive inside the file after the file name, which here would
+    be the random temporary name; through a file object the name is always "archive".
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(state, stream)
 
 
 def train_base_model(config: TinyConfig, *, progress: Progress | None = None) -> dict:
