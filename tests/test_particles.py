@@ -246,6 +246,7 @@ def test_particle_means_agree_with_moments_engine(case):
         (lambda: simulate_qg(QGSetup(population=10), replicates=0, seed=0), "replicates must be >= 1"),
         (lambda: simulate_chain(ChainSetup.build(population=10), replicates=1, seed=-1), "seed must be >= 0"),
         (lambda: Fitness("directional"), "unknown fitness"),
+        (lambda: QGSetup(generations=1 << 14), "generations must be < 16384"),
     ],
 )
 def test_bad_input_is_one_line_error(build, message):

@@ -17,7 +17,7 @@ import numpy as np
 from qtm._validation import check_choice, check_int
 from qtm.errors import QTMError
 from qtm.particles import kernels, reference
-from qtm.particles.model import ChainSetup, QGSetup
+from qtm.particles.model import FITNESS_KINDS, ChainSetup, QGSetup
 from qtm.random import replicate_seeds
 
 BACKENDS = ("numba", "numpy")
@@ -71,7 +71,7 @@ def simulate_qg(setup: QGSetup, *, replicates: int, seed: int, replicate_offset:
     run = kernels.qg_kernel if backend == "numba" else reference.qg_reference
     with numba.parallel_chunksize(1):  # see simulate_chain
         run(keys, setup.population, setup.generations, setup.data_mean, setup.data_var,
-            ("neutral", "stabilizing", "truncation", "tilt").index(fit.kind),
+            FITNESS_KINDS.index(fit.kind),  # the kernels' FIT_* codes
             np.broadcast_to(np.asarray(fit.theta, float), (d,)).copy(),
             np.broadcast_to(np.asarray(fit.omega2, float), (d,)).copy(),
             setup.kept, float(fit.cfg), float(setup.finetune.fidelity), setup.finetune.rho_u,

@@ -17,6 +17,7 @@ from qtm._validation import (
 )
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
+from qtm.particles.kernels import MAX_BLOCK, MAX_ITERATIONS
 from qtm.schedules import CFGSchedule
 
 #: Distance between neighbouring modes, in data standard deviations, when a mixture is
@@ -163,7 +164,7 @@ class QGSetup:
 
     def __post_init__(self):
         check_int(self.population, "population", minimum=2)
-        check_int(self.generations, "generations", minimum=1)
+        _check_iterations(self.generations, "generations")
         dims = check_int(self.dims, "dims", minimum=1)
         set_ = object.__setattr__
         set_(self, "data_mean", _axes(as_float_array(self.data_mean, "data_mean"), dims, "data_mean"))
@@ -222,7 +223,9 @@ class ChainSetup:
               eta=0.0, mutation=0.0, real_fraction=0.0, diffusion=None) -> ChainSetup:
         """Validate and assemble a setup; base models default to the data distribution."""
         population = check_int(population, "population", minimum=2)
-        iterations = check_int(iterations, "iterations", minimum=1)
+        iterations = _check_iterations(iterations, "iterations")
+        if population >= MAX_BLOCK:
+            raise QTMError(f"population must be < {MAX_BLOCK} (the random-number layout), got {population}")
         data = Mixture.build(data_mean, data_var, modes=modes, dims=dims, name="data")
         cond = Mixture.build(data_mean if cond_mean is None else cond_mean,
                              data_var if cond_var is None else cond_var, modes=modes, dims=dims, name="cond")
@@ -236,8 +239,9 @@ class ChainSetup:
         eta = float(check_nonnegative(eta, "eta"))
         if sampler == "ddpm":
             eta = 1.0
-        if dims * (steps + 2) > (1 << 19):
-            raise QTMError(f"dims x (steps + 2) must stay below {1 << 19}, got {dims * (steps + 2)}")
+        if dims * (steps + 2) >= MAX_BLOCK:
+            raise QTMError(f"dims x (steps + 2) must be < {MAX_BLOCK} (the random-number layout), got "
+                           f"{dims * (steps + 2)}")
         return cls(
             population=population, iterations=iterations, data=data, cond=cond, uncond=uncond,
             finetune=Finetune(fidelity, drop, uncond_fidelity, finetune),
@@ -260,6 +264,13 @@ class ChainSetup:
     @property
     def n_real(self) -> int:
         return round(self.real_fraction * self.population)
+
+
+def _check_iterations(value, name: str) -> int:
+    value = check_int(value, name, minimum=1)
+    if value >= MAX_ITERATIONS:
+        raise QTMError(f"{name} must be < {MAX_ITERATIONS} (the random-number layout), got {value}")
+    return value
 
 
 def _axes(value: np.ndarray, dims: int, name: str) -> np.ndarray:
