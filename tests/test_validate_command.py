@@ -51,13 +51,27 @@ def test_two_runs_one_report(tmp_path):
     low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1)
     high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, finished=3, seed=2)
     messages = []
-    result = validate_runs([low, high], report=tmp_path / "report", axes=2, forecast_from=2, bootstrap=50,
-                           warn=messages.append)
+    result = validate_runs(
+        [low, high], report=tmp_path / "report", axes=2, forecast_from=2, bootstrap=50, warn=messages.append
+    )
     assert messages == ["cfg5: skipped unfinished iterations: iter-003 (running)"]
     report = tmp_path / "report"
-    for name in ("statistics.csv", "statistics.parquet", "parameters.csv", "predicted_vs_measured.csv",
-                 "forecast.csv", "fit.json", "var.png", "mean.png", "summary.png", "strength.png",
-                 "forecast_var.png", "samples_cfg1.png", "samples_cfg5.png", "report.md"):
+    for name in (
+        "statistics.csv",
+        "statistics.parquet",
+        "parameters.csv",
+        "predicted_vs_measured.csv",
+        "forecast.csv",
+        "fit.json",
+        "var.png",
+        "mean.png",
+        "summary.png",
+        "strength.png",
+        "forecast_var.png",
+        "samples_cfg1.png",
+        "samples_cfg5.png",
+        "report.md",
+    ):
         assert (report / name).stat().st_size > 0, name
     assert not list(report.glob("*.part"))  # nothing half-written
     stats = pd.read_parquet(report / "statistics.parquet")
@@ -73,8 +87,15 @@ def test_two_runs_one_report(tmp_path):
     moments = stats[stats["statistic"].isin(["mean", "var"])]
     assert (moments["ci_low"] <= moments["value"]).all() and (moments["value"] <= moments["ci_high"]).all()
     text = (report / "report.md").read_text()
-    for link in ("statistics.csv", "parameters.csv", "predicted_vs_measured.csv", "var.png", "strength.png",
-                 "samples_cfg5.png", "forecast.csv"):
+    for link in (
+        "statistics.csv",
+        "parameters.csv",
+        "predicted_vs_measured.csv",
+        "var.png",
+        "strength.png",
+        "samples_cfg5.png",
+        "forecast.csv",
+    ):
         assert f"({link})" in text, link
     assert "**stats**" in text and "iter-003 (running)" in text
     parameters = pd.read_csv(report / "parameters.csv")
@@ -113,8 +134,9 @@ def test_mixed_sizes_warn(tmp_path):
 
 def chain_cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "chain.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "chain.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
@@ -132,30 +154,86 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def _tiny_config():
+    from chain.backends.tiny import TinyConfig
+
+    return TinyConfig(resolution=8, channels=(8, 16), base_train_steps=40, base_batch_size=32)
+
+
+TINY_CONFIG = _tiny_config()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A real 3-iteration chain of a reduced tiny backend (CPU), base model trained briefly into a temp cache."""
     root = tmp_path_factory.mktemp("tiny")
-    os.environ["CHAIN_TINY_CACHE"] = str(root / "cache")
-    from chain.backends.tiny import TinyBackend, TinyConfig
-    from chain.runner import RunParameters, run_chain
+    # The base model is cached in the test's own folder, for this module's tests only.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHAIN_TINY_CACHE", str(root / "cache"))
+        from chain.backends.tiny import TinyBackend
+        from chain.runner import RunParameters, run_chain
 
-    config = TinyConfig(resolution=8, channels=(8, 16), base_train_steps=40, base_batch_size=32)
-    backend = TinyBackend(config=config, train_steps=5, batch_size=16)
-    parameters = RunParameters(data="digits:16", backend="tiny", iterations=3, cfg=5.0, train_steps=5, steps=4,
-                               resolution=8, batch_size=16, device="cpu")
-    run_chain(root / "run", parameters, backend=backend)
-    return root / "run"
+        backend = TinyBackend(config=TINY_CONFIG, train_steps=5, batch_size=16)
+        parameters = RunParameters(
+            data="digits:16",
+            backend="tiny",
+            iterations=3,
+            cfg=5.0,
+            train_steps=5,
+            steps=4,
+            resolution=8,
+            batch_size=16,
+            device="cpu",
+        )
+        run_chain(root / "run", parameters, backend=backend)
+        yield root / "run"
 
 
 @pytest.mark.parametrize("embedder", ["stats", "efficientnet"])
 def test_a_real_tiny_run(tiny_run, tmp_path, embedder):
     messages = []
-    result = validate_runs([tiny_run], report=tmp_path / embedder, embedder=embedder, axes=2, bootstrap=20,
-                           warn=messages.append)
+    result = validate_runs(
+        [tiny_run], report=tmp_path / embedder, embedder=embedder, axes=2, bootstrap=20, warn=messages.append
+    )
     stats = pd.read_csv(tmp_path / embedder / "statistics.csv")
     assert set(stats["embedder"]) == {embedder}
     assert sorted(stats["iteration"].unique()) == [0, 1, 2]
     assert stats["n_images"].eq(16).all()
     assert result["fit"] is not None and np.isfinite(result["fit"]["chi2"])
     assert f"**{embedder}**" in (tmp_path / embedder / "report.md").read_text()
+
+
+def test_reference_points_from_the_base_model(tiny_run, tmp_path):
+    import shutil
+
+    from chain.backends.tiny import TinyBackend
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    backend = TinyBackend(config=TINY_CONFIG)  # the cached base model of the fixture
+    messages = []
+    result = validate_runs(
+        [run],
+        report=tmp_path / "r",
+        axes=2,
+        bootstrap=0,
+        make_reference=True,
+        reference_backend=backend,
+        warn=messages.append,
+    )
+    for kind, caption in (("cond", "a handwritten digit"), ("uncond", "")):
+        lines = [json.loads(x) for x in (run / "reference" / kind / "metadata.jsonl").read_text().splitlines()]
+        assert len(lines) == 16 and all(x["cfg"] == 1.0 for x in lines)
+        assert all(x["caption"].startswith(caption) if caption else x["caption"] == "" for x in lines)
+    assert not list((run / "reference").glob(".*.part"))
+    stats = pd.read_csv(tmp_path / "r" / "statistics.csv")
+    assert set(stats["reference"]) == {"base model, CFG 1 (run)"}
+    parameters = pd.read_csv(tmp_path / "r" / "parameters.csv")
+    assert not parameters["parameter"].str.startswith(("uncond_", "cond_")).any()  # measured, not fitted
+    assert np.isfinite(result["fit"]["chi2"])
+    # Existing reference folders are kept as they are.
+    stamp = (run / "reference" / "cond" / "000000.png").stat().st_mtime_ns
+    from validate.reference import make_reference
+
+    make_reference(run, backend=backend)
+    assert (run / "reference" / "cond" / "000000.png").stat().st_mtime_ns == stamp

@@ -48,6 +48,8 @@ def validate_runs(
     bootstrap: int = 200,
     seed: int = 0,
     embedder_options: dict | None = None,
+    reference_backend=None,
+    make_reference: bool = False,
     warn=None,
 ) -> dict:
     """Validate the runs in ``run_dirs`` and write the report into ``report``.
@@ -71,6 +73,11 @@ def validate_runs(
         Seed of the bootstrap.
     embedder_options : dict, optional
         Options of :func:`validate.embedders.get_embedder`.
+    make_reference : bool
+        First generate the base model's missing reference points into each run
+        (:func:`validate.reference.make_reference`).
+    reference_backend : chain.backends.base.Backend, optional
+        The backend :func:`validate.reference.make_reference` uses (default: built from run.json).
     warn : callable, optional
         Receives each warning as one line (default: :func:`warnings.warn`).
 
@@ -94,6 +101,11 @@ def validate_runs(
     if forecast_from is not None:
         forecast_from = check_int(forecast_from, "--forecast-from", minimum=1)
     model = get_embedder(embedder, **(embedder_options or {}))
+    if make_reference:
+        from validate.reference import make_reference as generate_reference
+
+        for path in run_dirs:
+            generate_reference(path, backend=reference_backend)
     runs = []
     for path in run_dirs:
         run = read_run(path, reference=reference, real=real)
@@ -387,6 +399,18 @@ def _write_markdown(
         f"Trait axes: top {trait_axes.k} principal components "
         f"(share of the reference's variance: {', '.join(f'{e:.3f}' for e in trait_axes.explained)}).",
         "",
+        *(
+            [
+                "**The CLIP model has RANDOM weights: this report tests the plumbing only; its numbers mean nothing.**",
+                "",
+            ]
+            if model.settings().get("pretrained") == "random"
+            else []
+        ),
+        "The reference sample's own variance on its top principal axes is biased upward (PCA picks the "
+        "directions in which that sample happens to vary most), most at small sample sizes; compare iterations "
+        "with each other rather than with the reference where that matters.",
+        "",
         "## Runs",
         "",
         markdown_table(
@@ -491,6 +515,9 @@ def validate_command(
     real: Path = typer.Option(None, help="Folder of real-data images (all runs)."),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the 95% intervals (0: none)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    make_reference: bool = typer.Option(
+        False, "--make-reference", help="First generate missing base-model reference points (RUN/reference/)."
+    ),
     clip_model: str = typer.Option("ViT-B-32", help="open_clip architecture (clip embedder)."),
     clip_pretrained: str = typer.Option(None, help="open_clip pretrained tag; 'random' = plumbing test only."),
     clip_checkpoint: Path = typer.Option(None, help="Local open_clip checkpoint file (clip embedder)."),
@@ -518,6 +545,7 @@ def validate_command(
             real=real,
             bootstrap=bootstrap,
             seed=seed,
+            make_reference=make_reference,
             warn=warn,
             embedder_options={
                 "clip_model": clip_model,
