@@ -25,23 +25,43 @@ def theory_trajectories(*, iterations=6, population=400, noise_seed=None):
     out = []
     for name, setting, cfg, drop, finetune in RUNS:
         traj = simulate_moments(
-            cond_mean=COND[0], cond_var=COND[1], uncond_mean=UNCOND[0], uncond_var=UNCOND[1],
-            data_mean=COND[0], data_var=COND[1], cfg=TRUE_W[setting], fidelity=TRUE_RHO,
-            uncond_fidelity=TRUE_RHO_U if drop > 0 else 0.0, drop=drop, finetune=finetune,
-            iterations=iterations, sampler="tilt", population=population,
+            cond_mean=COND[0],
+            cond_var=COND[1],
+            uncond_mean=UNCOND[0],
+            uncond_var=UNCOND[1],
+            data_mean=COND[0],
+            data_var=COND[1],
+            cfg=TRUE_W[setting],
+            fidelity=TRUE_RHO,
+            uncond_fidelity=TRUE_RHO_U if drop > 0 else 0.0,
+            drop=drop,
+            finetune=finetune,
+            iterations=iterations,
+            sampler="tilt",
+            population=population,
         )
         mean, var = traj.mean.T.copy(), traj.var.T.copy()
         if rng is not None:
             mean += rng.standard_normal(mean.shape) * np.sqrt(var / population)
             var *= np.exp(rng.standard_normal(var.shape) * np.sqrt(2 / (population - 1)))
-        out.append(Trajectory(run=name, setting=setting, cfg=cfg, iterations=np.arange(iterations), mean=mean,
-                              var=var, population=population, drop=drop, finetune=finetune))
+        out.append(
+            Trajectory(
+                run=name,
+                setting=setting,
+                cfg=cfg,
+                iterations=np.arange(iterations),
+                mean=mean,
+                var=var,
+                population=population,
+                drop=drop,
+                finetune=finetune,
+            )
+        )
     return out
 
 
 def estimates(fit):
-    table = fit.parameters.set_index(["parameter", "setting"])
-    return table
+    return fit.parameters.set_index(["parameter", "setting"])
 
 
 def test_exact_trajectories_give_back_the_parameters():
@@ -98,3 +118,7 @@ def test_too_few_values_for_the_parameters_is_one_line():
         fit_theory(short, base=BaseMoments(), fit_until=1)
     with pytest.raises(ChainError, match="no run has a finished iteration"):
         fit_theory([])
+    collapsed = theory_trajectories(iterations=3)[:1]
+    collapsed[0].var[2, 1] = 0.0
+    with pytest.raises(ChainError, match="iteration 2 has no positive trait variance on axis 1"):
+        fit_theory(collapsed, base=BaseMoments(cond=COND, uncond=UNCOND))

@@ -286,6 +286,14 @@ def fit_theory(
     """
     if not trajectories:
         raise ChainError("nothing to fit: no run has a finished iteration")
+    for trajectory in trajectories:
+        bad = ~(np.isfinite(trajectory.mean) & np.isfinite(trajectory.var) & (trajectory.var > 0))
+        if bad.any():
+            row, axis = np.argwhere(bad)[0]
+            raise ChainError(
+                f"{trajectory.run}: iteration {trajectory.iterations[row]} has no positive trait variance on "
+                f"axis {axis} (identical images, or fewer than 2); the log-variance fit needs more images"
+            )
     base = base if base is not None else BaseMoments()
     model = _Model(trajectories, base)
     masks = [
