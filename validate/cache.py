@@ -84,10 +84,17 @@ def embed_image_set(
             advance(len(batch))
     features = np.concatenate(features).astype(np.float64)
     alignment = embedder.alignment(features, images.captions)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _save_npy(stem.with_name(stem.name + ".npy"), features)
-    _save_npy(stem.with_name(stem.name + ".alignment.npy"), alignment)
-    write_json(stem.with_name(stem.name + ".json"), {**description, "sizes": sizes, "shape": list(features.shape)})
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # The old JSON goes first and the new one last, so no JSON ever describes arrays it did not make.
+        stem.with_name(stem.name + ".json").unlink(missing_ok=True)
+        _save_npy(stem.with_name(stem.name + ".npy"), features)
+        _save_npy(stem.with_name(stem.name + ".alignment.npy"), alignment)
+        write_json(stem.with_name(stem.name + ".json"), {**description, "sizes": sizes, "shape": list(features.shape)})
+    except OSError as error:  # a read-only data folder: the embeddings are still good, only not kept
+        warnings.warn(
+            f"cannot write the embedding cache in {cache_dir} ({error.strerror}); continuing without it", stacklevel=2
+        )
     return Embedded(features=features, alignment=alignment, sizes=[tuple(s) for s in sizes], from_cache=False)
 
 
