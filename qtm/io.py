@@ -36,7 +36,7 @@ def atomic_path(path):
 def write_json(path, data) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def check_table_path(path) -> Path:
@@ -58,7 +58,7 @@ def write_table(frame, path, *, provenance: dict | None = None) -> Path:
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if provenance is not None:
                 meta = dict(table.schema.metadata or {})
-                meta[b"provenance"] = json.dumps(provenance, default=_json_default).encode()
+                meta[b"provenance"] = json.dumps(provenance, default=json_default).encode()
                 table = table.replace_schema_metadata(meta)
             pq.write_table(table, tmp)
         else:
@@ -81,7 +81,8 @@ def read_provenance(path) -> dict | None:
     return json.loads(side.read_text()) if side.exists() else None
 
 
-def _json_default(value):
+def json_default(value):
+    """``json.dumps`` fallback for numpy scalars and arrays and paths (use as ``default=json_default``)."""
     import numpy as np
 
     if isinstance(value, np.generic):

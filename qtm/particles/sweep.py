@@ -28,7 +28,7 @@ import pandas as pd
 
 from qtm._validation import check_choice, check_int
 from qtm.errors import QTMError
-from qtm.io import _json_default, atomic_path, check_table_path, write_json
+from qtm.io import atomic_path, check_table_path, json_default, write_json
 from qtm.particles.engine import simulate_chain, simulate_qg
 from qtm.particles.model import ChainSetup, Finetune, Fitness, QGSetup
 from qtm.provenance import provenance
@@ -300,7 +300,7 @@ class _Writer:
         if self.parquet is None:
             table = pa.Table.from_pandas(frame, preserve_index=False)
             meta = dict(table.schema.metadata or {})
-            meta[b"provenance"] = json.dumps(self.record, default=_json_default).encode()
+            meta[b"provenance"] = json.dumps(self.record, default=json_default).encode()
             self.schema = table.schema.with_metadata(meta)
             self.parquet = pq.ParquetWriter(self.path, self.schema)
         self.parquet.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
