@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo test lint verify figures bench clean
+.PHONY: demo chain-demo test lint verify figures bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The real chain on a CPU: a 5-iteration tiny-backend chain at CFG 7.5, then its validation report.
+chain-demo: $(STAMP)
+	$(BIN)/chain run runs/tiny-cfg7.5 --backend tiny --cfg 7.5 --iterations 5
+	$(BIN)/chain validate runs/tiny-cfg7.5 --embedder stats --report runs/tiny-cfg7.5-report
+
+# The statistical verification suite (about 10 minutes on 2 cores); plots land in runs/verify/.
+verify: $(STAMP)
+	$(BIN)/qtm verify --out runs/verify
+
+figures: $(STAMP)
+	$(BIN)/qtm figures --out figures
+
+# Speed goals: each script prints its figure and the ratio to a baseline measured in the same run.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/moments_grid.py
+	$(BIN)/python benchmarks/particles_qg.py
+	$(BIN)/python benchmarks/particles_sampler.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
