@@ -44,13 +44,17 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--data", default="digits:500")
     parser.add_argument("--cfg", type=float, default=7.5)
+    parser.add_argument("--baseline-only", action="store_true", help="measure only the thread baseline")
     args = parser.parse_args()
 
     default_threads = __import__("torch").get_num_threads()
+    finetune_seconds(default_threads, steps=2)  # warm-up: first-call costs belong to neither side
     many, one = finetune_seconds(default_threads), finetune_seconds(1)
     print(f"baseline: 20 finetuning steps, {default_threads} threads {many:.1f} s, 1 thread {one:.1f} s "
           f"(ratio {many / one:.2f})")
 
+    if args.baseline_only:
+        return
     from chain.runner import RunParameters, run_chain
 
     with tempfile.TemporaryDirectory() as scratch:
