@@ -218,6 +218,7 @@ def test_reference_points_from_the_base_model(tiny_run, tmp_path):
         axes=2,
         bootstrap=0,
         make_reference=True,
+        fit_mutation=True,
         reference_backend=backend,
         warn=messages.append,
     )
@@ -230,6 +231,8 @@ def test_reference_points_from_the_base_model(tiny_run, tmp_path):
     assert set(stats["reference"]) == {"base model, CFG 1 (run)"}
     parameters = pd.read_csv(tmp_path / "r" / "parameters.csv")
     assert not parameters["parameter"].str.startswith(("uncond_", "cond_")).any()  # measured, not fitted
+    assert set(parameters.loc[parameters["parameter"] == "mutation_var", "axis"]) == {0, 1}
+    assert read_run(run).params["backend"] == "tiny"  # run.json's parameters win over its top-level entries
     assert np.isfinite(result["fit"]["chi2"])
     # Existing reference folders are kept as they are.
     stamp = (run / "reference" / "cond" / "000000.png").stat().st_mtime_ns

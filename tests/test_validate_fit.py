@@ -122,3 +122,46 @@ def test_too_few_values_for_the_parameters_is_one_line():
     collapsed[0].var[2, 1] = 0.0
     with pytest.raises(ChainError, match="iteration 2 has no positive trait variance on axis 1"):
         fit_theory(collapsed, base=BaseMoments(cond=COND, uncond=UNCOND))
+
+
+def test_mutation_variance_is_recovered_when_asked_for():
+    mutation = np.array([0.05, 0.2])
+    runs = []
+    for name, setting, cfg, drop, finetune in RUNS[:2]:
+        traj = simulate_moments(
+            cond_mean=COND[0],
+            cond_var=COND[1],
+            uncond_mean=UNCOND[0],
+            uncond_var=UNCOND[1],
+            data_mean=COND[0],
+            data_var=COND[1],
+            cfg=TRUE_W[setting],
+            fidelity=TRUE_RHO,
+            uncond_fidelity=0.0,
+            drop=drop,
+            finetune=finetune,
+            iterations=6,
+            sampler="tilt",
+            population=400,
+            mutation_var=mutation,
+        )
+        runs.append(
+            Trajectory(
+                run=name,
+                setting=setting,
+                cfg=cfg,
+                iterations=np.arange(6),
+                mean=traj.mean.T,
+                var=traj.var.T,
+                population=400,
+                drop=drop,
+                finetune=finetune,
+            )
+        )
+    fit = fit_theory(runs, base=BaseMoments(cond=COND, uncond=UNCOND), fit_mutation=True)
+    table = fit.parameters.set_index(["parameter", "axis"])
+    assert table.loc[("mutation_var", 0), "estimate"] == pytest.approx(0.05, abs=1e-4)
+    assert table.loc[("mutation_var", 1), "estimate"] == pytest.approx(0.2, abs=1e-4)
+    assert table.loc[("fidelity", -1), "estimate"] == pytest.approx(TRUE_RHO, abs=1e-4)
+    # Without the mutation parameter the same data cannot be fitted exactly.
+    assert fit_theory(runs, base=BaseMoments(cond=COND, uncond=UNCOND)).goodness["chi2"] > 1.0

@@ -50,6 +50,7 @@ def validate_runs(
     embedder_options: dict | None = None,
     reference_backend=None,
     make_reference: bool = False,
+    fit_mutation: bool = False,
     warn=None,
 ) -> dict:
     """Validate the runs in ``run_dirs`` and write the report into ``report``.
@@ -76,6 +77,9 @@ def validate_runs(
     make_reference : bool
         First generate the base model's missing reference points into each run
         (:func:`validate.reference.make_reference`).
+    fit_mutation : bool
+        Also fit a per-axis variance added each generation (finetuning error); see
+        :func:`validate.fitting.fit_theory`.
     reference_backend : chain.backends.base.Backend, optional
         The backend :func:`validate.reference.make_reference` uses (default: built from run.json).
     warn : callable, optional
@@ -175,7 +179,7 @@ def validate_runs(
 
     trajectories = _trajectories(runs, statistics)
     base = _base_moments(statistics)
-    fit, forecast, fit_note = _fit(trajectories, base, forecast_from, warn)
+    fit, forecast, fit_note = _fit(trajectories, base, forecast_from, warn, fit_mutation=fit_mutation)
     if fit is not None:
         written["parameters"] = write_table(fit.parameters, report / "parameters.csv", provenance=record)
         written["predictions"] = write_table(fit.predictions, report / "predicted_vs_measured.csv", provenance=record)
@@ -347,7 +351,7 @@ def _base_moments(statistics: pd.DataFrame) -> BaseMoments:
     return BaseMoments(cond=moments("reference_cond"), uncond=moments("reference_uncond"), data=moments("real"))
 
 
-def _fit(trajectories, base, forecast_from, warn):
+def _fit(trajectories, base, forecast_from, warn, *, fit_mutation):
     notes = []
     if base.uncond is None:
         notes.append(
@@ -360,7 +364,7 @@ def _fit(trajectories, base, forecast_from, warn):
         notes.append("some run.json has no cfg; its w_eff is reported without a CFG scale")
     fit = forecast = None
     try:
-        fit = fit_theory(trajectories, base=base)
+        fit = fit_theory(trajectories, base=base, fit_mutation=fit_mutation)
     except ChainError as error:
         warn(f"fit skipped: {error}")
         notes.append(f"fit skipped: {error}")
@@ -370,7 +374,7 @@ def _fit(trajectories, base, forecast_from, warn):
             notes.append("no forecast: nothing to forecast")
         else:
             try:
-                forecast = fit_theory(trajectories, base=base, fit_until=forecast_from)
+                forecast = fit_theory(trajectories, base=base, fit_until=forecast_from, fit_mutation=fit_mutation)
             except ChainError as error:
                 warn(f"forecast skipped: {error}")
                 notes.append(f"forecast skipped: {error}")
@@ -460,7 +464,9 @@ def _write_markdown(
             f"{g['fit_rmse_mean']:.3g}; optimiser: {g['message']}",
             "",
             markdown_table(
-                fit.parameters[fit.parameters["axis"] < 0][["parameter", "setting", "cfg", "estimate", "stderr"]]
+                fit.parameters.assign(axis=fit.parameters["axis"].map(lambda a: "–" if a < 0 else str(a)))[
+                    ["parameter", "setting", "axis", "cfg", "estimate", "stderr"]
+                ]
             ),
             "",
             "Fitted parameters: [`parameters.csv`](parameters.csv); predicted against measured per "
@@ -515,6 +521,9 @@ def validate_command(
     real: Path = typer.Option(None, help="Folder of real-data images (all runs)."),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the 95% intervals (0: none)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    fit_mutation: bool = typer.Option(
+        False, "--fit-mutation", help="Also fit a per-axis variance added each generation (finetuning error)."
+    ),
     make_reference: bool = typer.Option(
         False, "--make-reference", help="First generate missing base-model reference points (RUN/reference/)."
     ),
@@ -546,6 +555,7 @@ def validate_command(
             bootstrap=bootstrap,
             seed=seed,
             make_reference=make_reference,
+            fit_mutation=fit_mutation,
             warn=warn,
             embedder_options={
                 "clip_model": clip_model,

@@ -8,6 +8,7 @@ sampler, per trait axis (axes independent), and these free parameters:
 - ``fidelity`` rho of finetuning (shared by all runs);
 - ``uncond_fidelity`` rho_u of the unconditional branch, shared by the runs with
   condition drop > 0 (runs without drop keep ``rho_u = 0``, the model's assumption);
+- optionally (``fit_mutation``) a variance added to each generated set per axis;
 - where the base model's reference points are missing, nuisance moments per axis:
   the unconditional branch ``p_u`` (mean, log variance) and, without real data or a
   CFG-1 reference, the data/conditional branch ``p_c`` (mean, log variance).
@@ -82,7 +83,7 @@ class FitResult:
 class _Model:
     """Maps the parameter vector to predicted trajectories."""
 
-    def __init__(self, trajectories: list[Trajectory], base: BaseMoments):
+    def __init__(self, trajectories: list[Trajectory], base: BaseMoments, *, fit_mutation: bool = False):
         self.trajectories = trajectories
         self.base = base
         self.k = trajectories[0].mean.shape[1]
@@ -111,6 +112,12 @@ class _Model:
                     names.append((f"{branch}_{quantity}", "", axis))
                     lower.append(-np.inf)
                     upper.append(np.inf)
+        self.fit_mutation = fit_mutation
+        if fit_mutation:
+            for axis in range(self.k):
+                names.append(("mutation_var", "", axis))
+                lower.append(0.0)
+                upper.append(np.inf)
         self.names = names
         self.bounds = (np.array(lower), np.array(upper))
         self.iterations = int(max(t.iterations.max() for t in trajectories)) + 1
@@ -128,6 +135,8 @@ class _Model:
             widen = 1.0 if branch == "cond" else 2.0
             x += list(first.mean[0])
             x += list(np.log(first.var[0] * widen))
+        if self.fit_mutation:
+            x += list(0.05 * first.var[0])
         return np.array(x, dtype=float)
 
     def unpack(self, x) -> dict:
@@ -176,6 +185,11 @@ class _Model:
             if self.fit_uncond_fidelity
             else np.zeros((1, len(runs), 1))
         )
+        mutation = (
+            np.stack([self._column(X, "mutation_var", axis=a) for a in range(self.k)], axis=-1)[:, None, :]
+            if self.fit_mutation
+            else 0.0
+        )
         mean = np.empty((len(X), len(runs), self.k, self.iterations))
         var = np.empty_like(mean)
         for population in sorted({t.population for t in runs}):
@@ -200,6 +214,7 @@ class _Model:
                     None, :, None
                 ],
                 real_fraction=np.array([t.real_fraction for t in chosen])[None, :, None],
+                mutation_var=mutation,
                 iterations=self.iterations,
                 sampler="tilt",
                 population=population if population >= 2 else None,
@@ -253,7 +268,11 @@ def _setting_cfg(trajectories, setting) -> float:
 
 
 def fit_theory(
-    trajectories: list[Trajectory], *, base: BaseMoments | None = None, fit_until: int | None = None
+    trajectories: list[Trajectory],
+    *,
+    base: BaseMoments | None = None,
+    fit_until: int | None = None,
+    fit_mutation: bool = False,
 ) -> FitResult:
     """Least-squares fit of the tilt-sampler chain recursion to measured trajectories.
 
@@ -266,6 +285,10 @@ def fit_theory(
     fit_until : int, optional
         Fit only iterations ``< fit_until`` and forecast the rest (``split`` column
         ``"fit"`` or ``"forecast"`` in the predictions).
+    fit_mutation : bool
+        Also fit a variance added to every generated set, per axis (``mutation_var`` of
+        the recursion): the finetuning error that the tilt model otherwise lacks, which
+        lets the variance grow along a chain even at CFG 1.
 
     Returns
     -------
@@ -295,7 +318,7 @@ def fit_theory(
                 f"axis {axis} (identical images, or fewer than 2); the log-variance fit needs more images"
             )
     base = base if base is not None else BaseMoments()
-    model = _Model(trajectories, base)
+    model = _Model(trajectories, base, fit_mutation=fit_mutation)
     masks = [
         t.iterations < fit_until if fit_until is not None else np.ones(len(t.iterations), bool) for t in trajectories
     ]

@@ -191,11 +191,14 @@ def _iteration_status(folder: Path) -> str:
 
 
 def _flatten_parameters(params: dict) -> dict:
-    """Lift a nested ``parameters`` (or ``params``) section to the top level, so lookups ignore nesting."""
+    """Lift a nested ``parameters`` (or ``params``) section to the top level, so lookups ignore nesting.
+
+    The nested run parameters win over top-level entries of the same name (``chain run``
+    writes e.g. a ``backend`` description at the top and the backend's name inside).
+    """
     flat = dict(params)
-    for key in ("parameters", "params", "config"):
+    for key in ("config", "params", "parameters"):
         inner = params.get(key)
         if isinstance(inner, dict):
-            for name, value in inner.items():
-                flat.setdefault(name, value)
+            flat.update(inner)
     return flat
