@@ -31,7 +31,7 @@ class RichReporter(Reporter):
             yield lambda done, total: bars.update(task, completed=done, total=total)
 
     def line(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, soft_wrap=True)
 
 
 def read_config(path: Path) -> dict:
