@@ -5,8 +5,9 @@ cache (so the base model is trained), and prints the wall time, the machine's lo
 average before and after, and the ratio to the 10-minute goal.
 
 Baseline, measured in the same run: 20 finetuning steps of the tiny model with
-torch's default thread count against the backend's single thread (why the backend
-pins one thread on a shared CPU).
+torch's default thread count against the backend's single thread (the backend pins
+one thread because a busy shared CPU makes spinning worker threads very costly; on
+an idle machine two threads are a little faster).
 
 Run: ``.venv/bin/python benchmarks/tiny_chain.py [--iterations 5] [--data digits:500]``.
 """

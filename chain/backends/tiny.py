@@ -403,10 +403,12 @@ class TinyBackend(Backend):
 def pin_cpu() -> None:
     """Run torch on one CPU thread.
 
-    The model's operations are too small to gain from threads, and on a shared CPU
-    spinning worker threads cost far more than they save (see benchmarks/tiny_chain.py:
-    on the team machine, 0.25 s per training step on one thread against several
-    seconds on two). One thread also keeps floating-point sums in one fixed order.
+    On a shared, busy CPU, OpenMP worker threads that spin waiting for each other
+    cost far more than they save on such small operations: on the team's 2-core
+    machine at load average ~7, a training step took 0.077 s per example with two
+    threads against 0.004 s with one. On an idle machine two threads are a little
+    faster (benchmarks/tiny_chain.py: 1.0 s against 1.3 s for 20 steps at load ~2);
+    one thread is the robust choice, and keeps floating-point sums in one fixed order.
     """
     torch.set_num_threads(1)
 
