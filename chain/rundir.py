@@ -64,6 +64,10 @@ class RunDirectory:
             record = self.read_run()
             check_same_parameters(record.get("parameters", {}), parameters, self.path)
             return record
+        if self.path.exists():
+            # A run killed while writing run.json leaves only the temporary file behind.
+            for stale in self.path.glob(".run.json.*.part"):
+                stale.unlink()
         if self.path.exists() and any(self.path.iterdir()):
             raise ChainError(
                 f"{str(self.path)!r} exists, is not empty and has no {RUN_FILE}; choose a new run directory"

@@ -131,6 +131,13 @@ def test_run_directory_completion_and_discard(tmp_path):
         run.discard(0)
 
 
+def test_a_run_killed_while_writing_run_json_starts_again(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".run.json.abc123.part").write_text('{"half')
+    RunDirectory(tmp_path / "run").open({"cfg": 1.0}, seed=0, extra={})
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["run.json"]
+
+
 def test_a_foreign_directory_is_not_taken_over(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
