@@ -165,3 +165,13 @@ def test_mutation_variance_is_recovered_when_asked_for():
     assert table.loc[("fidelity", -1), "estimate"] == pytest.approx(TRUE_RHO, abs=1e-4)
     # Without the mutation parameter the same data cannot be fitted exactly.
     assert fit_theory(runs, base=BaseMoments(cond=COND, uncond=UNCOND)).goodness["chi2"] > 1.0
+
+
+def test_an_improper_starting_point_is_avoided():
+    # p_c wider than p_u on axis 1: w = 5 (the CFG scale, the first start) makes the tilt improper there.
+    wide = (COND[0], np.array([1.0, 3.0]))
+    runs = theory_trajectories(iterations=4)[:2]
+    runs[1].cfg = 5.0
+    fit = fit_theory(runs, base=BaseMoments(cond=wide, uncond=UNCOND))
+    assert np.isfinite(fit.predictions["predicted"]).all()
+    assert np.isfinite(fit.goodness["chi2"])

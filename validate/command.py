@@ -448,6 +448,13 @@ def _write_markdown(
         "## Theory fitted to the trajectories",
         "",
     ]
+    captions = max(len(set(images.captions)) for run in runs for images in run.iterations.values())
+    if captions > 1:
+        fit_note = [
+            *fit_note,
+            f"the traits are pooled over {captions} captions, but CFG selects within each caption: pooled over "
+            f"captions p_c is close to p_u, so the tilt model can miss the mean shifts that CFG causes per caption",
+        ]
     lines += [f"- {note}" for note in fit_note]
     if fit is not None:
         g = fit.goodness

@@ -33,8 +33,9 @@ from chain.errors import ChainError
 from qtm.errors import QTMError
 
 W_BOUNDS = (0.0, 50.0)
-#: Starting points: w_eff = 1 + scale * (cfg - 1); the best of the local fits is kept.
-START_W_SCALES = (1.0, 0.3)
+#: Starting points: w_eff = 1 + scale * (cfg - 1); the best of the local fits is kept. The last
+#: (every w_eff = 1, the neutral tilt) is always a proper distribution.
+START_W_SCALES = (1.0, 0.3, 0.0)
 #: Evaluations per start: a fit that has not converged by then says so in its goodness (``success``).
 MAX_NFEV = 200
 #: Standardised residual given to every point when a parameter set makes the tilt improper.
@@ -247,6 +248,14 @@ class _Model:
                 return np.full((1, self.n_values(masks)), IMPROPER_PENALTY)
             return np.concatenate([self.residuals_batch(row[None], masks) for row in X])
 
+    def proper(self, x) -> bool:
+        """Whether the tilt is a proper distribution at every iteration for parameters ``x``."""
+        try:
+            self.predict(np.asarray(x)[None])
+        except QTMError:
+            return False
+        return True
+
     def n_values(self, masks) -> int:
         return sum(2 * int(m.sum()) * self.k for m in masks)
 
@@ -331,9 +340,12 @@ def fit_theory(
         )
     best = None
     for w_scale in START_W_SCALES:
+        start = model.start(w_scale)
+        if not model.proper(start):
+            continue  # the optimiser cannot leave a region where every residual is the flat penalty
         result = least_squares(
             model.residuals,
-            model.start(w_scale),
+            start,
             jac=model.jacobian,
             bounds=model.bounds,
             args=(masks,),
@@ -341,8 +353,13 @@ def fit_theory(
             method="trf",
             max_nfev=MAX_NFEV,
         )
-        if best is None or result.cost < best.cost:
+        if model.proper(result.x) and (best is None or result.cost < best.cost):
             best = result
+    if best is None:
+        raise ChainError(
+            "the tilt model is improper (non-positive precision w/v_c + (1-w)/v_u) at every starting point; "
+            "the measured p_c is wider than p_u on some axis, which CFG > 1 cannot tilt"
+        )
     chi2 = float(2 * best.cost)
     dof = n_fit - len(model.names)
     scale = max(1.0, chi2 / dof) if dof > 0 else float("nan")
