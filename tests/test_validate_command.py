@@ -145,6 +145,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         ((run, "--embedder", "vgg"), "unknown embedder 'vgg'; choose one of: stats, efficientnet, clip"),
         ((tmp_path / "missing",), "does not exist"),
         ((run, "--axes", "0"), "--axes must be >= 1"),
+        (
+            (run, "--embedder", "clip", "--clip-model", "ViT-B-32", "--clip-pretrained", "openai"),
+            "cannot load CLIP weights 'openai' for ViT-B-32",
+        ),
     ):
         done = chain_cli("validate", *args, "--report", tmp_path / "r")
         assert done.returncode == 2, done.stderr

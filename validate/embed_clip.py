@@ -16,6 +16,7 @@ its caption's (the CLIP score without the factor 100).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,6 +102,8 @@ class ClipEmbedder(Embedder):
             source = None
         else:
             source = str(self.checkpoint) if self.checkpoint is not None else self.pretrained
+        # open_clip logs its failures on the root logger too; the ChainError below is the one line the user sees.
+        logging.disable(logging.ERROR)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 self.model_name, pretrained=source, precision="fp32", device=self.device
@@ -111,6 +114,8 @@ class ClipEmbedder(Embedder):
                 f"cannot load CLIP weights {source!r} for {self.model_name} ({reason}); "
                 f"give a local file with --clip-checkpoint PATH, or run where the weights can be downloaded"
             ) from None
+        finally:
+            logging.disable(logging.NOTSET)
         self._loaded = (model.eval(), preprocess, open_clip.get_tokenizer(self.model_name))
         return self._loaded
 
