@@ -118,6 +118,9 @@ def test_empty_and_unfinished_runs(tmp_path):
         validate_runs([empty, unfinished], report=tmp_path / "r", warn=messages.append)
     assert "empty: no finished iteration; left out of the report" in messages
     assert not (tmp_path / "r").exists()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ChainError, match="is a file; give a folder"):
+        validate_runs([unfinished], report=tmp_path / "afile", warn=messages.append)
     with pytest.raises(ChainError, match=r"has no run\.json"):
         read_run(tmp_path)
     with pytest.raises(ChainError, match="does not exist"):

@@ -104,6 +104,8 @@ def validate_runs(
     bootstrap = check_int(bootstrap, "--bootstrap", minimum=0)
     if forecast_from is not None:
         forecast_from = check_int(forecast_from, "--forecast-from", minimum=1)
+    if Path(report).exists() and not Path(report).is_dir():
+        raise ChainError(f"--report {str(report)!r} is a file; give a folder for the report")
     model = get_embedder(embedder, **(embedder_options or {}))
     if make_reference:
         from validate.reference import make_reference as generate_reference
