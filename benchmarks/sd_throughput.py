@@ -229,7 +229,7 @@ def chain_smoke(backend, settings) -> None:
 
 def environment(device: torch.device) -> dict:
     info = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import tomllib
 from pathlib import Path
 
-import tomllib
 import typer
 
 from chain.errors import ChainError

@@ -57,6 +57,6 @@ def provenance(parameters: dict, *, seed=None, software: str = "qtm") -> dict:
         "versions": package_versions(),
         "git_commit": git_commit(),
         "command": sys.argv,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
     }
