@@ -1,10 +1,14 @@
-"""Data sets of a chain run: an image folder with a ``metadata.jsonl`` of captions, or the built-in digits.
+"""Data sets of a chain run: an image folder, a Hugging Face ``datasets`` data set, or the built-in digits.
 
 A folder data set follows the Hugging Face ``imagefolder`` layout: every image file
 in the folder is listed in ``metadata.jsonl``, one JSON object per line with its
-``file_name`` and its ``caption`` (``text`` is accepted too). Everything is
-checked before a run starts, so that bad data never leaves a half-made run
-directory behind.
+``file_name`` and its ``caption`` (``text`` is accepted too).
+
+A Hugging Face data set is named ``hf:NAME[:SPLIT][?image=COL&caption=COL&config=CONFIG]``
+(see :func:`load_hf_dataset`); the ``hf:`` prefix keeps it apart from a local folder.
+
+Everything is checked before a run starts, so that bad data never leaves a
+half-made run directory behind.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from chain.errors import ChainError
 DIGITS = "digits"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA = "metadata.jsonl"
+#: Prefix of a Hugging Face ``datasets`` spec, ``hf:NAME[:SPLIT][?OPTIONS]``.
+HF_PREFIX = "hf:"
+#: Column names taken for the caption, lower-cased, when the spec names none.
+CAPTION_COLUMNS = ("caption", "captions", "text", "prompt", "description", "sentence", "title")
+_HF_OPTIONS = ("image", "caption", "config")
 
 
 @dataclass
@@ -35,7 +44,7 @@ class Dataset:
 
 
 def load_dataset(spec: str) -> Dataset:
-    """Load the data set named by ``--data``: a folder, ``digits`` or ``digits:N``.
+    """Load the data set named by ``--data``: a folder, ``hf:NAME[:SPLIT][?OPTIONS]``, ``digits`` or ``digits:N``.
 
     Examples
     --------
@@ -46,6 +55,8 @@ def load_dataset(spec: str) -> Dataset:
     spec = str(spec)
     if spec == DIGITS or spec.startswith(DIGITS + ":"):
         return load_digits_dataset(spec)
+    if spec.startswith(HF_PREFIX):
+        return load_hf_dataset(spec)
     return load_image_folder(Path(spec))
 
 
@@ -73,6 +84,123 @@ def load_digits_dataset(spec: str = DIGITS) -> Dataset:
     images = [Image.fromarray(p, mode="L") for p in pixels]
     names = [f"digit-{i:04d}.png" for i in range(count)]
     return Dataset(images=images, captions=captions[:count], file_names=names, source=spec)
+
+
+def load_hf_dataset(spec: str) -> Dataset:
+    """Load a Hugging Face ``datasets`` data set: ``hf:NAME[:SPLIT][?image=COL&caption=COL&config=CONFIG]``.
+
+    ``NAME`` is what ``datasets.load_dataset`` takes: a Hub name such as
+    ``lambdalabs/naruto-blip-captions`` (needs the network once, then it is read
+    from the cache even with ``HF_HUB_OFFLINE=1``) or a local directory of data
+    files (images with a ``metadata.jsonl``, parquet, ...). ``NAME`` cannot
+    contain ``:``. ``SPLIT`` (default ``train``) may be sliced, ``train[:100]``.
+    The image column is the one column with a ``datasets.Image`` feature and the
+    caption column the string column named like one of :data:`CAPTION_COLUMNS`,
+    unless ``image=`` / ``caption=`` name them; ``config=`` picks the data set's
+    configuration. Images are decoded to RGB.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> from PIL import Image
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> Image.new("L", (8, 8), 90).save(folder / "a.png")
+    >>> _ = (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "a grey square"}))
+    >>> data = load_hf_dataset(f"hf:{folder}:train")
+    >>> data.captions, data.images[0].mode, data.images[0].getpixel((0, 0))
+    (['a grey square'], 'RGB', (90, 90, 90))
+    """
+    name, split, options = _parse_hf_spec(spec)
+    try:
+        import datasets
+    except ImportError:
+        raise ChainError(f"--data {spec!r} needs the Hugging Face datasets package: pip install datasets") from None
+    try:
+        table = datasets.load_dataset(name, options.get("config"), split=split)
+    except (datasets.exceptions.DatasetsError, OSError, ValueError) as error:
+        # datasets' messages can span lines; the first one says what went wrong.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if isinstance(error, ConnectionError):
+            offline = "HF_HUB_OFFLINE is set and it is not in the local cache" if datasets.config.HF_HUB_OFFLINE else ""
+            raise ChainError(
+                f"--data {spec!r} cannot be reached ({offline or reason}); "
+                "load it once with the network, or give a local folder"
+            ) from None
+        # datasets refuses an empty split with a ValueError of this wording rather than returning no rows.
+        if "corresponds to no data" in reason:
+            raise ChainError(f"--data {spec!r}: the split {split!r} has no rows; the data set is empty") from None
+        raise ChainError(f"--data {spec!r} cannot be loaded ({reason})") from None
+    features = table.features
+    image_column = _pick_column(spec, features, options.get("image"), "image", _image_columns(features, datasets))
+    caption_column = _pick_column(spec, features, options.get("caption"), "caption", _caption_columns(features))
+    if not isinstance(features[image_column], datasets.Image):
+        raise ChainError(f"--data {spec!r}: column {image_column!r} is not an image column; {_describe(features)}")
+    if not _is_string(features[caption_column]):
+        raise ChainError(f"--data {spec!r}: column {caption_column!r} is not a string column; {_describe(features)}")
+    images, captions = [], []
+    rows = table.select_columns([image_column, caption_column])
+    for index in range(len(rows)):
+        try:
+            row = rows[index]
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ChainError(f"--data {spec!r}: the image in row {index} does not decode ({error})") from None
+        image, caption = row[image_column], row[caption_column]
+        if image is None or caption is None:
+            missing = image_column if image is None else caption_column
+            raise ChainError(f"--data {spec!r}: row {index} has no {missing!r}; drop such rows or pick another split")
+        images.append(image.convert("RGB"))
+        captions.append(caption)
+    names = [f"row-{index:05d}.png" for index in range(len(captions))]
+    return Dataset(images=images, captions=captions, file_names=names, source=spec)
+
+
+def _parse_hf_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """``hf:NAME[:SPLIT][?k=v&...]`` -> (NAME, SPLIT, options); the split's own slice may hold ``:``."""
+    body, _, query = spec[len(HF_PREFIX):].partition("?")
+    name, _, split = body.partition(":")
+    if not name:
+        raise ChainError(f"--data {spec!r} names no data set; write hf:NAME[:SPLIT], e.g. hf:user/name:train")
+    options = {}
+    for item in filter(None, query.split("&")):
+        key, equals, value = item.partition("=")
+        if key not in _HF_OPTIONS or not equals or not value:
+            raise ChainError(
+                f"--data {spec!r}: {item!r} is not an option; use {', '.join(k + '=...' for k in _HF_OPTIONS)}"
+            )
+        options[key] = value
+    return name, split or "train", options
+
+
+def _image_columns(features, datasets) -> list[str]:
+    return [column for column, feature in features.items() if isinstance(feature, datasets.Image)]
+
+
+def _caption_columns(features) -> list[str]:
+    return [column for column, feature in features.items() if column.lower() in CAPTION_COLUMNS and _is_string(feature)]
+
+
+def _is_string(feature) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def _pick_column(spec: str, features, chosen: str | None, role: str, candidates: list[str]) -> str:
+    """The column the spec names, else the single candidate; anything else is an error that lists the columns."""
+    if chosen is not None:
+        if chosen not in features:
+            raise ChainError(f"--data {spec!r}: there is no column {chosen!r}; {_describe(features)}")
+        return chosen
+    if len(candidates) == 1:
+        return candidates[0]
+    found = "no" if not candidates else f"{len(candidates)} ({', '.join(candidates)})"
+    raise ChainError(
+        f"--data {spec!r}: {found} {role} columns found; {_describe(features)}; "
+        f"name one with ?{role}=COLUMN, e.g. --data '{spec}{'&' if '?' in spec else '?'}{role}=COLUMN'"
+    )
+
+
+def _describe(features) -> str:
+    columns = ", ".join(f"{column} ({getattr(f, 'dtype', None) or type(f).__name__})" for column, f in features.items())
+    return f"the columns are {columns}"
 
 
 def load_image_folder(folder: Path) -> Dataset:
