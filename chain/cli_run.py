@@ -63,7 +63,11 @@ def read_config(path: Path) -> dict:
 
 def run(
     run_dir: Path = typer.Argument(..., help="Run directory (created, or resumed if it exists), e.g. runs/NAME."),
-    data: str = typer.Option(None, help="Image folder with metadata.jsonl, or digits / digits:N (default digits:500)."),
+    data: str = typer.Option(
+        None,
+        help="Image folder with metadata.jsonl; hf:NAME[:SPLIT][?image=COL&caption=COL] (Hugging Face datasets); "
+        "or digits / digits:N (default digits:500).",
+    ),
     backend: str = typer.Option(None, help="tiny (offline, CPU) or sd (diffusers Stable Diffusion)."),
     model: str = typer.Option(None, help="sd: a diffusers model id or local directory."),
     iterations: int = typer.Option(None, help="Number of iterations (default 5); more extend a finished run."),
