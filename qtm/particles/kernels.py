@@ -11,13 +11,21 @@ counter (iteration, purpose, index), so
   vectorised over replicates, so the two implementations are compared draw for draw.
 
 Normal number ``n`` of a block at counter ``base`` comes from Doornik's 128-layer
-ziggurat (ZIGNOR) on the hashes of ``base + n`` (attempt ``a`` and its extra uniforms
+ziggurat (ZIGNOR) on the hashes of ``base + n`` (bits 0..6 pick the layer, bits 12..63 the
+uniform; attempt ``a`` and its extra uniforms
 ``s`` add ``(4a + s) << 58``; the tail hashes its uniforms under the key of ``s = 2``). It is a
 pure function of (key, counter), so the reference vectorises it, and it costs about one
 hash and one table look-up per normal (Box-Muller's log, sqrt, cos were the bottleneck).
 
+Resampling weights use :func:`_exp_nonpositive`, a polynomial ``exp`` that LLVM vectorises
+(Numba's ``math.exp`` calls libm one number at a time; its SVML path needs an LLVM this
+llvmlite is not built with). The reference evaluates the same polynomial (up to fused
+multiply-adds: last-bit differences, which move a resampling index only if a position
+falls within 1e-16 of a cdf step).
+
 Kernels write into preallocated output arrays (replicate first) and loop over
-replicates with ``prange``; the per-replicate work is sequential.
+replicates with ``prange``; the per-replicate work is sequential and allocates its work
+buffers once per replicate.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)
 MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -62,8 +72,67 @@ def _ziggurat_tables(layers=128, right=3.442619855899, volume=9.91256303526217e-
 ZIG_EDGES, ZIG_RATIO = _ziggurat_tables()
 ZIG_RIGHT = ZIG_EDGES[1]
 ZIG_MASK = np.uint64(127)
+ONE_BITS = np.uint64(0x3FF0000000000000)  # the IEEE bits of 1.0
 ZIG_ATTEMPTS = 16
 ZIG_TAIL_TRIES = 64
+
+
+#: exp(x) = 2^k exp(r): k = round(x / ln 2) by adding 1.5 * 2^52 (the integer lands in the low
+#: bits), r = x - k ln 2 in two parts (k * LN2_HI is exact), exp(r) by its Taylor polynomial
+#: to degree 12 (|r| <= ln(2)/2: truncation error below 2e-16), 2^k put into the exponent bits.
+EXP_SHIFTER = 6755399441055744.0
+LOG2E = 1.4426950408889634
+LN2_HI = 6.93147180369123816490e-01
+LN2_LO = 1.90821492927058770002e-10
+EXP_FLOOR = -700.0
+(EXP_C0, EXP_C1, EXP_C2, EXP_C3, EXP_C4, EXP_C5, EXP_C6, EXP_C7, EXP_C8, EXP_C9, EXP_C10, EXP_C11,
+ EXP_C12) = (1.0 / math.factorial(k) for k in range(13))
+
+
+@intrinsic
+def _float_bits(typingctx, x):
+    """The IEEE bits of a float64 as a uint64 (NumPy: ``x.view(np.uint64)``)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.uint64(types.float64), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, bits):
+    """The float64 with the given IEEE bits (NumPy: ``bits.view(np.float64)``)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.uint64), codegen
+
+
+@njit(cache=True, fastmath={"contract"})
+def _exp_nonpositive(x):
+    """exp(x) for x <= 0 within 2 ulp, branch-free so that loops over it vectorise.
+
+    Below exp(-700) (and for NaN) it returns 0: such weights are < 1e-304 of the largest.
+    Multiply-adds may be fused (a third faster; LLVM still inlines it, keeping the flag),
+    so the reference's value can differ in the last bit.
+    """
+    xc = x if x > EXP_FLOOR else EXP_FLOOR
+    xc = xc if xc < 0.0 else 0.0
+    shifted = xc * LOG2E + EXP_SHIFTER
+    k = shifted - EXP_SHIFTER
+    r = (xc - k * LN2_HI) - k * LN2_LO
+    p = EXP_C12 * r + EXP_C11
+    p = p * r + EXP_C10
+    p = p * r + EXP_C9
+    p = p * r + EXP_C8
+    p = p * r + EXP_C7
+    p = p * r + EXP_C6
+    p = p * r + EXP_C5
+    p = p * r + EXP_C4
+    p = p * r + EXP_C3
+    p = p * r + EXP_C2
+    p = p * r + EXP_C1
+    p = p * r + EXP_C0
+    # The low bits of ``shifted`` hold k in two's complement; k + 1023 is the biased exponent.
+    w = p * _bits_float((_float_bits(shifted) + np.uint64(1023)) << np.uint64(52))
+    return w if x > EXP_FLOOR else 0.0
 
 
 @njit(cache=True, inline="always")
@@ -110,15 +179,25 @@ def _normal_slow(key, counter, a, layer, u):
 
 
 @njit(cache=True, inline="always")
+def _zig_uniform(h):
+    """Uniform on [-1, 1) from bits 12..63 of ``h`` (bits 0..6 pick the layer).
+
+    Built from the bits of a float in [1, 2) rather than by an integer-to-float conversion,
+    which AVX2 lacks for 64-bit integers (it made the normals three times slower).
+    """
+    return 2.0 * _bits_float((h >> np.uint64(12)) | ONE_BITS) - 3.0
+
+
+@njit(cache=True, inline="always")
 def _normal(key, counter):
     """Standard normal number ``counter`` of ``key`` (0 after 16 rejected attempts: probability ~1e-30)."""
     for a in range(ZIG_ATTEMPTS):
         h = _mix(key, counter + _attempt(a, 0))
-        layer = np.int64(h & ZIG_MASK)
-        u = 2.0 * (np.float64(h >> np.uint64(11)) * TWO_POW_M53) - 1.0
+        layer = h & ZIG_MASK
+        u = _zig_uniform(h)
         if abs(u) < ZIG_RATIO[layer]:
             return u * ZIG_EDGES[layer]
-        x = _normal_slow(key, counter, a, layer, u)
+        x = _normal_slow(key, counter, a, np.int64(layer), u)
         if not math.isnan(x):
             return x
     return 0.0
@@ -126,9 +205,20 @@ def _normal(key, counter):
 
 @njit(cache=True)
 def _fill_normals(key, base, out):
-    """Normals 0 .. len(out)-1 of the block starting at counter ``base``."""
+    """Normals 0 .. len(out)-1 of the block starting at counter ``base``.
+
+    A branch-free first pass takes every draw's first attempt and marks the rejected ones
+    (about 1.5 %) with NaN; the second pass draws those again with :func:`_normal`.
+    """
     for n in range(out.shape[0]):
-        out[n] = _normal(key, base + np.uint64(n))
+        h = _mix(key, base + np.uint64(n))
+        layer = h & ZIG_MASK
+        u = _zig_uniform(h)
+        x = u * ZIG_EDGES[layer]
+        out[n] = x if abs(u) < ZIG_RATIO[layer] else np.nan
+    for n in range(out.shape[0]):
+        if math.isnan(out[n]):
+            out[n] = _normal(key, base + np.uint64(n))
 
 
 @njit(cache=True)
@@ -150,9 +240,13 @@ def _draw_mixture(key, iteration, p_label, p_trait, weights, means, variances, x
             x[i, a] = means[j, a] + math.sqrt(variances[j, a]) * noise[(i - start) * d + a]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _moments(x, out_mean, out_var):
-    """Per-axis mean and MLE variance (two passes, for accuracy at small variance)."""
+    """Per-axis mean and MLE variance (two passes, for accuracy at small variance).
+
+    ``reassoc`` lets LLVM vectorise the sums (several partial sums: a different rounding,
+    still fixed by the compiled code, so results stay independent of the threads).
+    """
     n, d = x.shape
     for a in range(d):
         s = 0.0
@@ -198,30 +292,38 @@ def _refit(x, labels, prior_w, prior_m, prior_v, rho, new_w, new_m, new_v):
 
 
 @njit(cache=True)
-def _resample_indices(key, iteration, log_w, systematic, index):
-    """Indices of N offspring drawn with weights exp(log_w) (log space: no underflow at strong selection)."""
+def _resample_indices(key, iteration, log_w, systematic, index, cdf, positions, marks):
+    """Indices of N offspring drawn with weights exp(log_w) (log space: no underflow at strong selection).
+
+    ``cdf`` and ``positions`` (N floats) and ``marks`` (N + 1 integers) are work buffers.
+    """
     n = log_w.shape[0]
     top = -np.inf
     for i in range(n):
         top = max(top, log_w[i])
-    cdf = np.empty(n)
+    for i in range(n):  # vectorised
+        cdf[i] = _exp_nonpositive(log_w[i] - top)
     total = 0.0
     for i in range(n):
-        total += math.exp(log_w[i] - top)
+        total += cdf[i]
         cdf[i] = total
-    # The positions are scaled to the unnormalised cdf (saves N divisions).
-    if systematic:  # evenly spaced positions, computed on the fly
+    if systematic:
+        # Offspring positions (i + shift) N / total on the cdf: parents 0..j have
+        # ceil(cdf[j] N / total - shift) offspring between them. Child i's parent is the number of
+        # parents whose count is <= i: a histogram of the counts and its running sum, which
+        # replaces the merge of positions and cdf (its branches were mispredicted half the time).
         shift = _uniform(key, _block(iteration, P_SYSTEMATIC))
-        step = total / n
-        j = 0
+        scale = n / total
+        for i in range(n + 1):
+            marks[i] = 0
+        for j in range(n - 1):  # the last parent's count is N
+            marks[min(max(np.int64(math.ceil(cdf[j] * scale - shift)), 0), n)] += 1
+        parent = 0
         for i in range(n):
-            position = (i + shift) * step
-            while j < n - 1 and cdf[j] <= position:
-                j += 1
-            index[i] = j
+            parent += marks[i]
+            index[i] = parent
         return
     # Multinomial: sorted uniforms from normalised exponential spacings, O(N) without a sort.
-    positions = np.empty(n)
     base = _block(iteration, P_MULTINOMIAL)
     s = 0.0
     for i in range(n):
@@ -260,6 +362,9 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
     noise = np.empty(n * d)
     log_w = np.zeros(n)
     index = np.empty(n, dtype=np.int64)
+    cdf = np.empty(n)
+    positions = np.empty(n)
+    marks = np.empty(n + 1, dtype=np.int64)
     c0m, c0v = base_c_mean.reshape(1, d), base_c_var.reshape(1, d)
     u0m, u0v = base_u_mean.reshape(1, d), base_u_var.reshape(1, d)
     cw, cm, cv = np.ones(1), c0m.copy(), c0v.copy()
@@ -297,13 +402,12 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
                     s += (-((z[i, a] - cm[0, a]) ** 2) / vc - math.log(vc)
                           + (z[i, a] - um[0, a]) ** 2 / vu + math.log(vu))
                 log_w[i] = 0.5 * (tilt_cfg - 1.0) * s
-        _resample_indices(key, t, log_w, systematic, index)
+        _resample_indices(key, t, log_w, systematic, index, cdf, positions, marks)
         if use_mutation:
-            base = _block(t, P_MUTATION)
+            _fill_normals(key, _block(t, P_MUTATION), noise)
             for i in range(n):
                 for a in range(d):
-                    draw = _normal(key, base + np.uint64(i * d + a))
-                    child[i, a] = g[index[i], a] + mutation_sd[a] * draw
+                    child[i, a] = g[index[i], a] + mutation_sd[a] * noise[i * d + a]
         else:
             for i in range(n):
                 for a in range(d):

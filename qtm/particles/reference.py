@@ -2,7 +2,8 @@
 
 Same algorithms, same counter-based random numbers and the same argument lists as
 :mod:`qtm.particles.kernels`, so the two agree draw for draw (up to the last bits of
-``exp``/``log``/``cos``, which NumPy's vectorised loops may round differently). It
+``exp``/``log`` and of sums, which NumPy's vectorised loops may round differently; the
+resampling weights use the kernels' own polynomial ``exp``). It
 serves the tests and is the speed baseline of the benchmarks.
 """
 
@@ -12,13 +13,32 @@ import numpy as np
 
 from qtm.particles.kernels import (
     ATTEMPT_SHIFT,
+    EXP_C0,
+    EXP_C1,
+    EXP_C2,
+    EXP_C3,
+    EXP_C4,
+    EXP_C5,
+    EXP_C6,
+    EXP_C7,
+    EXP_C8,
+    EXP_C9,
+    EXP_C10,
+    EXP_C11,
+    EXP_C12,
+    EXP_FLOOR,
+    EXP_SHIFTER,
     FIT_STABILIZING,
     FIT_TILT,
     FIT_TRUNCATION,
     GAMMA,
     ITERATION_SHIFT,
+    LN2_HI,
+    LN2_LO,
+    LOG2E,
     MIX1,
     MIX2,
+    ONE_BITS,
     P_ENV,
     P_GEN,
     P_INIT_LABEL,
@@ -75,7 +95,7 @@ def _normals(keys, base, start, stop):
     for a in range(ZIG_ATTEMPTS):
         h = _mix(keys[todo], counters[todo] + _attempt(a, 0))
         layer = (h & ZIG_MASK).astype(np.intp)
-        u = 2.0 * ((h >> np.uint64(11)).astype(np.float64) * TWO_POW_M53) - 1.0
+        u = 2.0 * ((h >> np.uint64(12)) | ONE_BITS).view(np.float64) - 3.0
         fast = np.abs(u) < ZIG_RATIO[layer]
         out[todo[fast]] = u[fast] * ZIG_EDGES[layer[fast]]
         tail = ~fast & (layer == 0)
@@ -137,21 +157,38 @@ def _refit(x, labels, prior_w, prior_m, prior_v, rho):
     return new_w, np.broadcast_to(new_m, (r, m, d)), np.broadcast_to(new_v, (r, m, d))
 
 
+def _exp_nonpositive(x):
+    """:func:`qtm.particles.kernels._exp_nonpositive`, operation for operation (without fused multiply-adds)."""
+    with np.errstate(invalid="ignore"):
+        xc = np.minimum(np.where(x > EXP_FLOOR, x, EXP_FLOOR), 0.0)
+        shifted = xc * LOG2E + EXP_SHIFTER
+        k = shifted - EXP_SHIFTER
+        r = (xc - k * LN2_HI) - k * LN2_LO
+        p = EXP_C12 * r + EXP_C11
+        for c in (EXP_C10, EXP_C9, EXP_C8, EXP_C7, EXP_C6, EXP_C5, EXP_C4, EXP_C3, EXP_C2, EXP_C1, EXP_C0):
+            p = p * r + c
+        scale = ((shifted.view(np.uint64) + np.uint64(1023)) << np.uint64(52)).view(np.float64)
+        return np.where(x > EXP_FLOOR, p * scale, 0.0)
+
+
 def _resample_indices(keys, iteration, log_w, systematic):
     r, n = log_w.shape
-    weights = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    weights = _exp_nonpositive(log_w - log_w.max(axis=1, keepdims=True))
     cdf = np.cumsum(weights, axis=1)
     total = cdf[:, -1:]
-    if systematic:
+    index = np.empty((r, n), dtype=np.int64)
+    if systematic:  # the kernel's offspring counts; child i descends from the parents whose count is <= i
         shift = _uniform(keys, _block(iteration, P_SYSTEMATIC))
-        positions = (np.arange(n) + shift[:, None]) * (total / n)
-    else:
-        counters = _block(iteration, P_MULTINOMIAL) + np.arange(n + 1, dtype=np.uint64)
-        spacings = np.cumsum(-np.log(1.0 - _uniform(keys[:, None], counters)), axis=1)
-        positions = spacings[:, :n] * (total / spacings[:, n:])
+        counts = np.clip(np.ceil(cdf[:, :-1] * (n / total) - shift[:, None]), 0, n)
+        children = np.arange(n)
+        for row in range(r):
+            index[row] = np.searchsorted(counts[row], children, side="right")
+        return index
+    counters = _block(iteration, P_MULTINOMIAL) + np.arange(n + 1, dtype=np.uint64)
+    spacings = np.cumsum(-np.log(1.0 - _uniform(keys[:, None], counters)), axis=1)
+    positions = spacings[:, :n] * (total / spacings[:, n:])
     # One searchsorted per replicate keeps the comparisons exactly those of the kernel;
     # it is a small part of the work.
-    index = np.empty((r, n), dtype=np.int64)
     for row in range(r):
         index[row] = np.searchsorted(cdf[row], positions[row], side="right")
     return np.minimum(index, n - 1)
