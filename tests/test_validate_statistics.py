@@ -18,9 +18,12 @@ from validate.embed_stats import (
     sharpness,
 )
 from validate.statistics import (
+    WITHIN_CAPTIONS,
     bootstrap_statistics,
     frechet_distance,
     frechet_distance_samples,
+    group_indices,
+    grouped_statistics,
     population_statistics,
 )
 
@@ -173,3 +176,63 @@ def test_pca_axes_bad_requests():
         fit_axes(np.zeros((1, 3)), 1)
     constant = np.ones((5, 2))  # a constant feature must not divide by zero
     assert np.isfinite(fit_axes(constant, 1, standardize=True).project(constant)).all()
+
+
+def test_grouped_statistics_by_hand():
+    # Caption a: axis 0 values 0, 1, 2 (mean 1, var 1); caption b: 10, 10, 13 (mean 11, var 3).
+    projected = np.array([[0.0, 5.0], [10.0, 1.0], [1.0, 5.0], [10.0, 2.0], [2.0, 8.0], [13.0, 3.0]])
+    labels = ["a", "b", "a", "b", "a", "b"]
+    rows = pd.DataFrame(grouped_statistics(projected, projected, labels, n_boot=0))
+    table = rows.set_index(["caption", "statistic", "axis"])["value"]
+    assert table[("a", "mean", 0)] == pytest.approx(1.0)
+    assert table[("b", "mean", 0)] == pytest.approx(11.0)
+    assert table[("a", "var", 0)] == pytest.approx(1.0)
+    assert table[("b", "var", 0)] == pytest.approx(3.0)
+    assert table[("a", "var", 1)] == pytest.approx(3.0)  # 5, 5, 8
+    assert table[("b", "var", 1)] == pytest.approx(1.0)  # 1, 2, 3
+    assert table[("a", "total_var", -1)] == pytest.approx(4.0)
+    assert table[("b", "total_var", -1)] == pytest.approx(4.0)
+    # The within-caption summary is the mean over captions of the within-caption variance, far below
+    # the pooled variance of axis 0 (the captions lie 10 apart).
+    assert table[(WITHIN_CAPTIONS, "var", 0)] == pytest.approx(2.0)
+    assert table[(WITHIN_CAPTIONS, "var", 1)] == pytest.approx(2.0)
+    assert table[(WITHIN_CAPTIONS, "total_var", -1)] == pytest.approx(4.0)
+    assert projected[:, 0].var(ddof=1) > 25
+    assert rows.groupby("caption")["n_images"].first().to_dict() == {"a": 3, "b": 3, WITHIN_CAPTIONS: 6}
+    assert rows["ci_low"].isna().all()  # no bootstrap asked for
+
+
+def test_grouped_bootstrap_resamples_within_captions():
+    """The multiplicity formulas give exactly what resampling the images themselves gives."""
+    rng = np.random.default_rng(5)
+    projected = rng.standard_normal((7, 2)) + np.repeat([[0.0, 0.0], [50.0, -50.0]], [3, 4], axis=0)
+    standardised = rng.standard_normal((7, 9))
+    labels = ["a"] * 3 + ["b"] * 4
+    rows = grouped_statistics(projected, standardised, labels, n_boot=40, random_state=11, level=0.5)
+    # Redraw the same multiplicities and recompute by brute force.
+    again = np.random.default_rng(11)
+    boot_var, boot_total = [], []
+    for index in (np.arange(3), np.arange(3, 7)):
+        counts = again.multinomial(len(index), np.full(len(index), 1 / len(index)), size=40)
+        picks = [np.repeat(index, c) for c in counts]
+        boot_var.append([projected[p].var(axis=0, ddof=1) for p in picks])
+        boot_total.append([standardised[p].var(axis=0, ddof=1).sum() for p in picks])
+    within = pd.DataFrame(rows).set_index(["caption", "statistic", "axis"])
+    expected_var = np.percentile(np.mean(boot_var, axis=0), [25, 75], axis=0)
+    assert within.loc[(WITHIN_CAPTIONS, "var", 1), ["ci_low", "ci_high"]].tolist() == pytest.approx(expected_var[:, 1])
+    expected_total = np.percentile(np.mean(boot_total, axis=0), [25, 75])
+    assert within.loc[(WITHIN_CAPTIONS, "total_var", -1), ["ci_low", "ci_high"]].tolist() == pytest.approx(
+        expected_total
+    )
+    # The captions' 50-apart means never leak into the within-caption intervals.
+    assert within.loc[(WITHIN_CAPTIONS, "var", 0), "ci_high"] < 10
+    # Three images per caption still give finite, ordered intervals.
+    for row in rows:
+        assert np.isfinite(row["ci_low"]) and row["ci_low"] <= row["ci_high"]
+
+
+def test_grouped_statistics_refuses_captions_with_fewer_than_three_images():
+    x = np.zeros((5, 1))
+    with pytest.raises(ChainError, match=r"iter 2: caption 'b' has 2 image\(s\).*at least 3.*--group none"):
+        grouped_statistics(x, x, ["a", "a", "a", "b", "b"], n_boot=0, what="iter 2")
+    assert list(group_indices(["x"] * 3)) == ["x"]

@@ -5,12 +5,18 @@ variance (trace of the feature covariance in the standardised feature space),
 the mean caption alignment (NaN for embedders without a text side) and the
 Fréchet distance to the reference population in the full feature space (FID's
 formula, on whichever embedder was chosen).
+
+Per caption (:func:`grouped_statistics`): the same moments within each caption, and
+their within-caption summary. CFG selects within a caption (one concept, one p_c),
+so that is where the theory's trait moments live; pooled over captions the
+between-caption spread hides the within-caption collapse.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from chain.errors import ChainError
 from qtm.random import check_random_state
 
 
@@ -180,4 +186,121 @@ def bootstrap_statistics(
                 "ci_high": float(high),
             }
         )
+    return rows
+
+
+#: Fewest images per caption for per-caption statistics: an unbiased variance needs 2, a bootstrap of
+#: 2 images is half the time a zero variance, so 3 is the least that says anything.
+MIN_GROUP_SIZE = 3
+#: ``caption`` value of the rows that pool the captions: the whole population, and the within-caption summary.
+ALL_CAPTIONS = "(all)"
+WITHIN_CAPTIONS = "(within)"
+
+
+def group_indices(labels, *, min_size: int = MIN_GROUP_SIZE, what: str = "population") -> dict[str, np.ndarray]:
+    """Indices of each distinct label (sorted by label); a ChainError when a group is smaller than ``min_size``.
+
+    Examples
+    --------
+    >>> {k: v.tolist() for k, v in group_indices(["b", "a", "b", "a", "a", "b"]).items()}
+    {'a': [1, 3, 4], 'b': [0, 2, 5]}
+    """
+    labels = np.asarray([str(label) for label in labels])
+    groups = {}
+    for label in sorted(set(labels.tolist())):
+        index = np.flatnonzero(labels == label)
+        if len(index) < min_size:
+            raise ChainError(
+                f"{what}: caption {label!r} has {len(index)} image(s); per-caption statistics need at least "
+                f"{min_size} per caption; generate more images per caption or use --group none"
+            )
+        groups[label] = index
+    return groups
+
+
+def grouped_statistics(
+    projected,
+    standardised,
+    labels,
+    *,
+    n_boot: int = 200,
+    level: float = 0.95,
+    random_state=None,
+    what: str = "population",
+) -> list[dict]:
+    """Per-caption trait statistics and their within-caption summary, as tidy rows with bootstrap intervals.
+
+    For each caption: the mean and (unbiased) variance on each trait axis and the total
+    variance of the standardised features. Then the within-caption summary (``caption``
+    :data:`WITHIN_CAPTIONS`): the mean over captions of the per-caption variance, per axis
+    (``var``) and in total (``total_var``). The bootstrap resamples images *within* each
+    caption (a stratified bootstrap: caption sizes stay fixed), so the intervals of the
+    summary reflect only within-caption sampling noise. Each row carries ``caption`` and
+    ``n_images`` (the caption's images; all images for the summary).
+
+    The sums of squares of a resample come from the multiplicities of its images
+    (``c · |x|² - |c · x|² / n``, on the Gram matrix for the total variance), so the
+    bootstrap never copies the (possibly 1280-d) features.
+
+    Examples
+    --------
+    >>> x = np.array([[0.0], [1.0], [2.0], [10.0], [10.0], [13.0]])
+    >>> rows = grouped_statistics(x, x, ["a"] * 3 + ["b"] * 3, n_boot=0)
+    >>> [(r["caption"], r["statistic"], r["value"]) for r in rows if r["statistic"] == "var"]
+    [('a', 'var', 1.0), ('b', 'var', 3.0), ('(within)', 'var', 2.0)]
+    """
+    rng = check_random_state(random_state)
+    projected = np.asarray(projected, dtype=float)
+    standardised = np.asarray(standardised, dtype=float)
+    groups = group_indices(labels, what=what)
+    k = projected.shape[1]
+    tail = 100 * (1 - level) / 2
+
+    def interval(samples):  # samples: (n_boot, ...) -> (low, high)
+        if n_boot == 0:
+            return np.full(samples.shape[1:], np.nan), np.full(samples.shape[1:], np.nan)
+        return np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
+
+    def row(caption, statistic, axis, value, low, high, n):
+        return {
+            "caption": caption,
+            "statistic": statistic,
+            "axis": axis,
+            "value": float(value),
+            "ci_low": float(low),
+            "ci_high": float(high),
+            "n_images": int(n),
+        }
+
+    rows, boot_var, boot_total, point_var, point_total = [], [], [], [], []
+    for caption, index in groups.items():
+        n = len(index)
+        # Centred within the caption: the variances are shift-free and the sums of squares stay well conditioned.
+        x = projected[index]
+        centre = x.mean(axis=0)
+        x = x - centre
+        z = standardised[index] - standardised[index].mean(axis=0)
+        gram = z @ z.T
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)  # (n_boot, n)
+        sums = counts @ x
+        means = centre + sums / n
+        variances = (counts @ x**2 - sums**2 / n) / (n - 1)
+        totals = (counts @ np.diag(gram) - np.einsum("bi,ij,bj->b", counts, gram, counts) / n) / (n - 1)
+        var = x.var(axis=0, ddof=1)
+        total = float(np.trace(gram) / (n - 1))
+        for statistic, point, samples in (("mean", centre, means), ("var", var, variances)):
+            low, high = interval(samples)
+            rows += [row(caption, statistic, a, point[a], low[a], high[a], n) for a in range(k)]
+        low, high = interval(totals)
+        rows.append(row(caption, "total_var", -1, total, low, high, n))
+        boot_var.append(variances)
+        boot_total.append(totals)
+        point_var.append(var)
+        point_total.append(total)
+    n_all = len(projected)
+    low, high = interval(np.mean(boot_var, axis=0))
+    within = np.mean(point_var, axis=0)
+    rows += [row(WITHIN_CAPTIONS, "var", a, within[a], low[a], high[a], n_all) for a in range(k)]
+    low, high = interval(np.mean(boot_total, axis=0))
+    rows.append(row(WITHIN_CAPTIONS, "total_var", -1, np.mean(point_total), low, high, n_all))
     return rows
