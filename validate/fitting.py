@@ -11,7 +11,13 @@ sampler, per trait axis (axes independent), and these free parameters:
 - optionally (``fit_mutation``) a variance added to each generated set per axis;
 - where the base model's reference points are missing, nuisance moments per axis:
   the unconditional branch ``p_u`` (mean, log variance) and, without real data or a
-  CFG-1 reference, the data/conditional branch ``p_c`` (mean, log variance).
+  CFG-1 reference, the data/conditional branch ``p_c`` (mean, log variance), one per
+  group.
+
+A trajectory may be one caption of a run (its ``group``): CFG selects within a
+caption, so each caption is a concept with its own ``p_c`` (and data), while
+``w_eff``, ``rho``, ``rho_u`` and the caption-free ``p_u`` are shared by all
+captions. :class:`BaseMoments` then maps each caption to its measured moments.
 
 Each run's own settings (drop, real fraction, finetune mode, images per
 iteration) are fixed from its ``run.json``. Residuals are standardised: the mean
@@ -47,7 +53,8 @@ class Trajectory:
     """Measured per-axis moments of one run at its finished iterations.
 
     ``mean`` and ``var`` have shape (len(iterations), k); ``population`` is the number
-    of images per iteration; ``setting`` names the CFG setting whose ``w_eff`` it shares.
+    of images per iteration; ``setting`` names the CFG setting whose ``w_eff`` it shares;
+    ``group`` the caption (concept) whose ``p_c`` it has (``""``: all captions pooled).
     """
 
     run: str
@@ -60,15 +67,27 @@ class Trajectory:
     drop: float = 0.0
     real_fraction: float = 0.0
     finetune: str = "base"
+    group: str = ""
+
+
+Moments = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
 class BaseMoments:
-    """Per-axis (mean, var) of the base model's branches and of the real data; None where unmeasured."""
+    """Per-axis (mean, var) of the base model's branches and of the real data; None where unmeasured.
 
-    cond: tuple[np.ndarray, np.ndarray] | None = None
-    uncond: tuple[np.ndarray, np.ndarray] | None = None
-    data: tuple[np.ndarray, np.ndarray] | None = None
+    ``cond`` and ``data`` may instead map each group (caption) to its own (mean, var);
+    ``uncond`` is one pair, the unconditional branch having no caption.
+    """
+
+    cond: Moments | dict[str, Moments] | None = None
+    uncond: Moments | None = None
+    data: Moments | dict[str, Moments] | None = None
+
+
+def _for_group(moments, group: str) -> Moments:
+    return moments[group] if isinstance(moments, dict) else moments
 
 
 @dataclass
@@ -88,6 +107,7 @@ class _Model:
         self.trajectories = trajectories
         self.base = base
         self.k = trajectories[0].mean.shape[1]
+        self.groups = list(dict.fromkeys(t.group for t in trajectories))
         self.settings = sorted({t.setting for t in trajectories}, key=lambda s: _setting_cfg(trajectories, s))
         self.fit_uncond_fidelity = any(t.drop > 0 for t in trajectories)
         names, lower, upper = [], [], []
@@ -108,11 +128,13 @@ class _Model:
         if base.cond is None and base.data is None:
             self.nuisance.append("cond")
         for branch in self.nuisance:
-            for quantity in ("mean", "log_var"):
-                for axis in range(self.k):
-                    names.append((f"{branch}_{quantity}", "", axis))
-                    lower.append(-np.inf)
-                    upper.append(np.inf)
+            # p_u is caption-free (one for all groups); p_c belongs to a group (its second name slot).
+            for group in self.groups if branch == "cond" else [""]:
+                for quantity in ("mean", "log_var"):
+                    for axis in range(self.k):
+                        names.append((f"{branch}_{quantity}", group, axis))
+                        lower.append(-np.inf)
+                        upper.append(np.inf)
         self.fit_mutation = fit_mutation
         if fit_mutation:
             for axis in range(self.k):
@@ -133,9 +155,11 @@ class _Model:
             x.append(0.3)
         first = self.trajectories[0]
         for branch in self.nuisance:
-            widen = 1.0 if branch == "cond" else 2.0
-            x += list(first.mean[0])
-            x += list(np.log(first.var[0] * widen))
+            for group in self.groups if branch == "cond" else [""]:
+                widen = 1.0 if branch == "cond" else 2.0
+                chosen = next(t for t in self.trajectories if t.group == group) if branch == "cond" else first
+                x += list(chosen.mean[0])
+                x += list(np.log(chosen.var[0] * widen))
         if self.fit_mutation:
             x += list(0.05 * first.var[0])
         return np.array(x, dtype=float)
@@ -147,23 +171,29 @@ class _Model:
         return X[:, self.names.index((name, setting, axis))]
 
     def _branches(self, X):
-        """Per-axis (mean, var) of the base branches and the data, each of shape (B, 1, k)."""
+        """Per-axis (mean, var) of the base branches and the data: cond and data (B, runs, k), uncond (B, 1, k)."""
 
-        def nuisance(branch):
-            mean = np.stack([self._column(X, f"{branch}_mean", axis=a) for a in range(self.k)], axis=-1)
-            log_var = np.stack([self._column(X, f"{branch}_log_var", axis=a) for a in range(self.k)], axis=-1)
+        def nuisance(branch, group):
+            mean = np.stack([self._column(X, f"{branch}_mean", group, a) for a in range(self.k)], axis=-1)
+            log_var = np.stack([self._column(X, f"{branch}_log_var", group, a) for a in range(self.k)], axis=-1)
             return mean[:, None, :], np.exp(log_var)[:, None, :]
 
         def measured(pair):
             return np.asarray(pair[0], float)[None, None, :], np.asarray(pair[1], float)[None, None, :]
 
+        def per_run(make):
+            pairs = [make(t.group) for t in self.trajectories]
+            return tuple(np.concatenate([np.broadcast_to(p[i], (len(X), 1, self.k)) for p in pairs], 1) for i in (0, 1))
+
         base = self.base
         if "cond" in self.nuisance:
-            cond = data = nuisance("cond")
+            cond = data = per_run(lambda group: nuisance("cond", group))
         else:
-            cond = measured(base.cond if base.cond is not None else base.data)
-            data = measured(base.data if base.data is not None else base.cond)
-        uncond = nuisance("uncond") if "uncond" in self.nuisance else measured(base.uncond)
+            cond_source = base.cond if base.cond is not None else base.data
+            data_source = base.data if base.data is not None else base.cond
+            cond = per_run(lambda group: measured(_for_group(cond_source, group)))
+            data = per_run(lambda group: measured(_for_group(data_source, group)))
+        uncond = nuisance("uncond", "") if "uncond" in self.nuisance else measured(base.uncond)
         return cond, uncond, data
 
     def predict(self, X) -> tuple[np.ndarray, np.ndarray]:
@@ -201,12 +231,12 @@ class _Model:
                 return values[:, pick] if values.shape[1] == len(runs) else values
 
             traj = simulate_moments(
-                cond_mean=cond[0],
-                cond_var=cond[1],
+                cond_mean=per_run(cond[0]),
+                cond_var=per_run(cond[1]),
                 uncond_mean=per_run(uncond[0]),
                 uncond_var=uncond[1],
-                data_mean=data[0],
-                data_var=data[1],
+                data_mean=per_run(data[0]),
+                data_var=per_run(data[1]),
                 cfg=per_run(w),
                 fidelity=rho,
                 uncond_fidelity=per_run(rho_u) + np.zeros((1, 1, self.k)),
@@ -327,6 +357,14 @@ def fit_theory(
                 f"axis {axis} (identical images, or fewer than 2); the log-variance fit needs more images"
             )
     base = base if base is not None else BaseMoments()
+    for name in ("cond", "data"):
+        moments = getattr(base, name)
+        missing = sorted({t.group for t in trajectories} - set(moments)) if isinstance(moments, dict) else []
+        if missing:
+            raise ChainError(
+                f"no {name} moments for caption {missing[0]!r}; measure every caption's reference points "
+                "(--make-reference) or fit with --group none"
+            )
     model = _Model(trajectories, base, fit_mutation=fit_mutation)
     masks = [
         t.iterations < fit_until if fit_until is not None else np.ones(len(t.iterations), bool) for t in trajectories
@@ -417,6 +455,7 @@ def _prediction_table(model, x, trajectories, masks) -> pd.DataFrame:
                     rows.append(
                         {
                             "run": trajectory.run,
+                            "group": trajectory.group,
                             "setting": trajectory.setting,
                             "iteration": int(t),
                             "axis": axis,
