@@ -441,18 +441,24 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
 
 
 @njit(cache=True, inline="always")
-def _mixture_eps(x, d, m, off_am, inv_s, log_norm, b, eps, ll):
-    """Exact ε-prediction of a diagonal Gaussian mixture at one level (posterior-weighted, log-sum-exp)."""
+def _mixture_eps(x, d, m, off_am, inv_s, log_norm, k, b, eps, ll, scaled):
+    """Exact ε-prediction of a diagonal Gaussian mixture at level ``k`` (posterior-weighted, log-sum-exp).
+
+    The level's coefficients are indexed in place (slicing them made an array view per
+    particle and step); ``scaled`` (M, d) holds (x - a m) / (a² v + b²), used twice.
+    """
     if m == 1:  # the posterior is 1: skip the exp (bit-identical to the general branch)
         for a in range(d):
-            eps[a] = b * (x[a] - off_am[0, a]) * inv_s[0, a]
+            eps[a] = b * ((x[a] - off_am[k, 0, a]) * inv_s[k, 0, a])
         return
     top = -np.inf
     for j in range(m):
         s = 0.0
         for a in range(d):
-            s += (x[a] - off_am[j, a]) ** 2 * inv_s[j, a]
-        ll[j] = log_norm[j] - 0.5 * s
+            diff = x[a] - off_am[k, j, a]
+            scaled[j, a] = diff * inv_s[k, j, a]
+            s += diff * scaled[j, a]
+        ll[j] = log_norm[k, j] - 0.5 * s
         top = max(top, ll[j])
     total = 0.0
     for a in range(d):
@@ -461,9 +467,10 @@ def _mixture_eps(x, d, m, off_am, inv_s, log_norm, b, eps, ll):
         p = 1.0 if ll[j] == top else math.exp(ll[j] - top)  # exp(0) = 1 exactly: one exp saved
         total += p
         for a in range(d):
-            eps[a] += p * b * (x[a] - off_am[j, a]) * inv_s[j, a]
+            eps[a] += p * b * scaled[j, a]
+    inv_total = 1.0 / total  # one division instead of d
     for a in range(d):
-        eps[a] /= total
+        eps[a] *= inv_total
 
 
 @njit(cache=True)
@@ -488,6 +495,7 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
     m, d = data_m.shape
     k_steps = abar_t.shape[0]
     a_t = np.sqrt(abar_t)
+    inv_a_t = 1.0 / a_t  # divisions are slow: one per level, not one per particle and axis
     b_t = np.sqrt(1.0 - abar_t)
     a_prev = np.sqrt(abar_prev)
     sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
@@ -510,6 +518,7 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
     eps_c = np.empty(d)
     eps_u = np.empty(d)
     ll = np.empty(m)
+    scaled = np.empty((m, d))
     for t in range(iterations):
         if continue_prior:
             _refit(x, labels, cw, cm, cv, rho, cw, cm, cv)
@@ -527,12 +536,12 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
             for a in range(d):
                 xi[a] = noise[a]
             for k in range(k_steps):
-                _mixture_eps(xi, d, m, c_am[k], c_inv[k], c_norm[k], b_t[k], eps_c, ll)
-                _mixture_eps(xi, d, m, u_am[k], u_inv[k], u_norm[k], b_t[k], eps_u, ll)
+                _mixture_eps(xi, d, m, c_am, c_inv, c_norm, k, b_t[k], eps_c, ll, scaled)
+                _mixture_eps(xi, d, m, u_am, u_inv, u_norm, k, b_t[k], eps_u, ll, scaled)
                 w = scales[k]
                 for a in range(d):
                     e = eps_u[a] + w * (eps_c[a] - eps_u[a])
-                    x0 = (xi[a] - b_t[k] * e) / a_t[k]
+                    x0 = (xi[a] - b_t[k] * e) * inv_a_t[k]
                     xi[a] = a_prev[k] * x0 + direction[k] * e + sigma[k] * noise[d * (k + 1) + a]
             best = 0
             top = -np.inf

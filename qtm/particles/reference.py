@@ -256,7 +256,7 @@ def _mixture_eps(x, am, inv_s, log_norm, b_level):
     ll = _mixture_log_lik(x, am, inv_s, log_norm)
     p = np.exp(ll - ll.max(axis=-1, keepdims=True))
     eps = (p[..., None] * (b_level * (x[:, :, None, :] - am[:, None]) * inv_s[:, None])).sum(axis=2)
-    return eps / p.sum(axis=-1)[..., None]
+    return eps * (1.0 / p.sum(axis=-1))[..., None]
 
 
 def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
@@ -285,7 +285,7 @@ def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_c
             eps_c = _mixture_eps(xi, *_level_coefficients(*c_model, a_t[k], b_t[k]), b_t[k])
             eps_u = _mixture_eps(xi, *_level_coefficients(*u_model, a_t[k], b_t[k]), b_t[k])
             eps = eps_u + scales[k] * (eps_c - eps_u)
-            x0 = (xi - b_t[k] * eps) / a_t[k]
+            x0 = (xi - b_t[k] * eps) * (1.0 / a_t[k])
             noise = _normals(particle_keys, base, d * (k + 1), d * (k + 2))
             xi = a_prev[k] * x0 + direction[k] * eps + sigma[k] * noise
         final = _level_coefficients(*c_model, a_prev[-1], np.sqrt(1.0 - abar_prev[-1]))
