@@ -15,21 +15,27 @@ from validate.command import CACHE_FOLDER, validate_runs
 from validate.runs import read_run
 
 
-def write_folder(folder, *, n, sd, rng, size=16, status="complete"):
-    """Grey images whose brightness is N(0.5, sd²); metadata.jsonl and iteration.json as chain.rundir writes."""
+def write_folder(folder, *, n, sd, rng, size=16, status="complete", captions=None):
+    """Grey images whose brightness is N(level, sd²); metadata.jsonl and iteration.json as chain.rundir writes.
+
+    ``captions`` maps each caption to its mean brightness level (default: one caption at 0.5);
+    image ``i`` gets caption ``i mod len(captions)``.
+    """
+    captions = captions or {"a grey square": 0.5}
     folder.mkdir(parents=True)
     lines = []
     for i in range(n):
-        level = np.clip(0.5 + sd * rng.standard_normal(), 0.05, 0.95)
+        caption, centre = list(captions.items())[i % len(captions)]
+        level = np.clip(centre + sd * rng.standard_normal(), 0.05, 0.95)
         pixels = np.clip(level + 0.1 * rng.standard_normal((size, size)), 0, 1)
         Image.fromarray((pixels * 255).astype(np.uint8), mode="L").save(folder / f"{i:06d}-0.png")
-        lines.append(json.dumps({"file_name": f"{i:06d}-0.png", "caption": "a grey square", "seed": i}))
+        lines.append(json.dumps({"file_name": f"{i:06d}-0.png", "caption": caption, "seed": i}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     if status is not None:
         (folder / "iteration.json").write_text(json.dumps({"status": status}))
 
 
-def make_run(root, name, *, cfg, shrink, iterations=4, n=30, finished=None, reference=False, seed=0):
+def make_run(root, name, *, cfg, shrink, iterations=4, n=30, finished=None, reference=False, seed=0, captions=None):
     """A run directory in chain.rundir's layout; the brightness spread shrinks by ``shrink`` per iteration."""
     rng = np.random.default_rng(seed)
     run = root / name
@@ -39,11 +45,11 @@ def make_run(root, name, *, cfg, shrink, iterations=4, n=30, finished=None, refe
     sd = 0.15
     for t in range(iterations):
         status = "complete" if finished is None or t < finished else "running"
-        write_folder(run / f"iter-{t:03d}", n=n, sd=sd, rng=rng, status=status)
+        write_folder(run / f"iter-{t:03d}", n=n, sd=sd, rng=rng, status=status, captions=captions)
         sd *= shrink
     if reference:
-        write_folder(run / "reference" / "cond", n=n, sd=0.15, rng=rng, status=None)
-        write_folder(run / "reference" / "uncond", n=n, sd=0.25, rng=rng, status=None)
+        write_folder(run / "reference" / "cond", n=n, sd=0.15, rng=rng, status=None, captions=captions)
+        write_folder(run / "reference" / "uncond", n=n, sd=0.25, rng=rng, status=None, captions={"": 0.5})
     return run
 
 
@@ -106,6 +112,61 @@ def test_two_runs_one_report(tmp_path):
     stamp = cache.stat().st_mtime_ns
     validate_runs([low, high], report=tmp_path / "again", axes=2, bootstrap=0, warn=messages.append)
     assert cache.stat().st_mtime_ns == stamp
+
+
+TWO_CAPTIONS = {"a dark square": 0.3, "a light square": 0.7}
+
+
+def test_two_captions_within_caption_statistics_and_fit(tmp_path):
+    low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, captions=TWO_CAPTIONS, n=24)
+    high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, captions=TWO_CAPTIONS, n=24)
+    messages = []
+    result = validate_runs([low, high], report=tmp_path / "r", axes=2, bootstrap=30, warn=messages.append)
+    assert result["group"] == "caption"  # the default with several captions
+    assert messages == []
+    stats = pd.read_csv(tmp_path / "r" / "statistics.csv")
+    generated = stats[(stats["population"] == "generated") & (stats["run"] == "cfg5")]
+    assert set(generated["caption"]) == {*TWO_CAPTIONS, "(all)", "(within)"}
+    per_caption = generated[generated["caption"].isin(list(TWO_CAPTIONS))]
+    assert per_caption["n_images"].eq(12).all()
+    assert generated.loc[generated["caption"] == "(within)", "n_images"].eq(24).all()
+    # The summary is the mean of the two captions' variances, row by row.
+    var = per_caption[per_caption["statistic"] == "var"].groupby(["iteration", "axis"])["value"].mean()
+    within = generated[(generated["caption"] == "(within)") & (generated["statistic"] == "var")]
+    assert within.set_index(["iteration", "axis"])["value"].sort_index().to_numpy() == pytest.approx(
+        var.sort_index().to_numpy()
+    )
+    # Brightness 0.3 vs 0.7 between captions: the within-caption total variance is below the pooled one.
+    total = generated[generated["statistic"] == "total_var"].pivot(index="iteration", columns="caption", values="value")
+    assert (total["(within)"] < total["(all)"]).all()
+    # The unconditional reference has no caption: pooled rows only.
+    assert set(stats.loc[stats["population"] == "reference_uncond", "caption"]) == {"(all)"}
+    predictions = pd.read_csv(tmp_path / "r" / "predicted_vs_measured.csv")
+    assert set(predictions["group"]) == set(TWO_CAPTIONS)
+    parameters = pd.read_csv(tmp_path / "r" / "parameters.csv")
+    assert not parameters["parameter"].str.startswith(("uncond_", "cond_")).any()  # p_c, p_u measured per caption
+    # 2 runs x 2 captions x 4 iterations x 2 axes x (mean, log var)
+    assert result["fit"]["n_values"] == 2 * 2 * 4 * 2 * 2
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "**within each caption** (2 captions" in text and "within_var_0" in text
+
+    pooled = validate_runs([low, high], report=tmp_path / "p", axes=2, bootstrap=0, group="none", warn=messages.append)
+    assert pooled["group"] == "none" and pooled["fit"]["n_values"] == 2 * 4 * 2 * 2
+    assert set(pd.read_csv(tmp_path / "p" / "statistics.csv")["caption"]) == {"(all)"}
+    assert "pooled over 2 captions" in (tmp_path / "p" / "report.md").read_text()
+
+
+def test_small_captions_are_refused_or_pooled(tmp_path):
+    run = make_run(tmp_path, "small", cfg=3.0, shrink=0.8, iterations=2, n=4, captions=TWO_CAPTIONS)
+    with pytest.raises(ChainError, match=r"caption 'a dark square' has 2 image\(s\).*--group none"):
+        validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, group="caption", warn=print)
+    assert not (tmp_path / "r").exists()
+    messages = []
+    result = validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, warn=messages.append)
+    assert result["group"] == "none"
+    assert any("only 2 image(s)" in m and "--group none" in m for m in messages)
+    with pytest.raises(ChainError, match="--group 'concept' is not one of: caption, none"):
+        validate_runs([run], report=tmp_path / "x", group="concept")
 
 
 def test_empty_and_unfinished_runs(tmp_path):

@@ -235,9 +235,9 @@ def test_per_caption_trajectories_give_back_the_shared_parameters():
     assert set(fit.predictions["group"]) == set(CAPTION_COND)
     # One p_c pooled over the captions cannot describe them: the same data with a single cond misfits.
     pooled = (np.mean([m for m, _ in CAPTION_COND.values()], axis=0), np.ones(2))
-    assert fit_theory(caption_trajectories(), base=BaseMoments(cond=pooled, uncond=CAPTION_UNCOND)).goodness[
-        "chi2"
-    ] > 100
+    assert (
+        fit_theory(caption_trajectories(), base=BaseMoments(cond=pooled, uncond=CAPTION_UNCOND)).goodness["chi2"] > 100
+    )
 
 
 def test_noisy_per_caption_trajectories_within_their_errors():

@@ -96,9 +96,7 @@ def test_frechet_distance_closed_forms():
     assert frechet_distance([1.0, 2.0], cov, [1.0, 2.0], cov) == pytest.approx(0.0, abs=1e-12)
     # Diagonal covariances: sum of the 1-D distances.
     expected = (1 - 0) ** 2 + 1 + 9 - 2 * 3 + (0 - 2) ** 2 + 4 + 1 - 2 * 2
-    assert frechet_distance([1.0, 0.0], np.diag([1.0, 4.0]), [0.0, 2.0], np.diag([9.0, 1.0])) == pytest.approx(
-        expected
-    )
+    assert frechet_distance([1.0, 0.0], np.diag([1.0, 4.0]), [0.0, 2.0], np.diag([9.0, 1.0])) == pytest.approx(expected)
     # A singular covariance (fewer samples than features) stays real and finite.
     x = np.random.default_rng(0).standard_normal((3, 10))
     assert np.isfinite(frechet_distance(x.mean(0), np.cov(x, rowvar=False), np.zeros(10), np.eye(10)))

@@ -9,12 +9,21 @@ The reference population (axes, Fréchet distance) is the real data when a run h
 it (``RUN/real`` or ``--real``), else the base model's CFG-1 generations
 (``RUN/reference/cond`` or ``--reference DIR/cond``), else iteration 0 of the first
 run given; the report says which.
+
+With ``--group caption`` (the default when the runs have several captions) the
+traits are measured within each caption, as the theory means them: CFG selects
+within a caption, a concept with its own p_c. The axes are then the principal
+components of the reference's within-caption deviations, every population gets
+per-caption rows (``caption`` column) and a within-caption summary, and the fit is
+joint over captions (shared ``w_eff``, ``rho``, ``rho_u`` and p_u; per-caption p_c).
+``--group none`` pools all images of an iteration, as before.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +40,17 @@ from validate.embedders import EMBEDDER_NAMES, get_embedder
 from validate.fitting import BaseMoments, Trajectory, fit_theory
 from validate.report import markdown_table, plot_strength, plot_summary, plot_trajectories, sample_grid
 from validate.runs import ImageSet, Run, read_run
-from validate.statistics import bootstrap_statistics
+from validate.statistics import (
+    ALL_CAPTIONS,
+    MIN_GROUP_SIZE,
+    WITHIN_CAPTIONS,
+    bootstrap_statistics,
+    group_indices,
+    grouped_statistics,
+)
 
 CACHE_FOLDER = ".validate_cache"
+GROUPS = ("caption", "none")
 
 
 def validate_runs(
@@ -51,6 +68,7 @@ def validate_runs(
     reference_backend=None,
     make_reference: bool = False,
     fit_mutation: bool = False,
+    group: str | None = None,
     warn=None,
 ) -> dict:
     """Validate the runs in ``run_dirs`` and write the report into ``report``.
@@ -80,6 +98,10 @@ def validate_runs(
     fit_mutation : bool
         Also fit a per-axis variance added each generation (finetuning error); see
         :func:`validate.fitting.fit_theory`.
+    group : {"caption", "none"}, optional
+        ``caption``: traits within each caption and a joint per-caption fit; ``none``:
+        pooled over captions. Default: ``caption`` when the runs have several captions and
+        every caption at least 3 images per iteration (else ``none``, with a warning).
     reference_backend : chain.backends.base.Backend, optional
         The backend :func:`validate.reference.make_reference` uses (default: built from run.json).
     warn : callable, optional
@@ -104,6 +126,8 @@ def validate_runs(
     bootstrap = check_int(bootstrap, "--bootstrap", minimum=0)
     if forecast_from is not None:
         forecast_from = check_int(forecast_from, "--forecast-from", minimum=1)
+    if group is not None and group not in GROUPS:
+        raise ChainError(f"--group {group!r} is not one of: {', '.join(GROUPS)}")
     if Path(report).exists() and not Path(report).is_dir():
         raise ChainError(f"--report {str(report)!r} is a file; give a folder for the report")
     model = get_embedder(embedder, **(embedder_options or {}))
@@ -126,30 +150,63 @@ def validate_runs(
     if len({run.name for run in runs}) < len(runs):
         raise ChainError("two run directories have the same name; give runs with distinct folder names")
 
+    captions = sorted({c for run in runs for images in run.iterations.values() for c in images.captions})
+    if group is None:
+        group = "caption" if len(captions) > 1 else "none"
+        smallest = min(
+            (min(Counter(images.captions).values()), run.name, index)
+            for run in runs
+            for index, images in run.iterations.items()
+        )
+        if group == "caption" and smallest[0] < MIN_GROUP_SIZE:
+            group = "none"
+            warn(
+                f"{smallest[1]} iteration {smallest[2]} has a caption with only {smallest[0]} image(s); "
+                f"traits are pooled over captions (--group none), since per-caption statistics need at least "
+                f"{MIN_GROUP_SIZE} images per caption"
+            )
+    grouped = group == "caption"
+
     embedded = _embed_all(runs, model, warn)
-    reference_name, reference_features = _reference_population(runs, embedded)
-    trait_axes = fit_axes(reference_features, axes, standardize=model.standardize)
+    reference_name, reference_features, reference_captions = _reference_population(runs, embedded)
+    # Within captions, the axes are the directions in which images of one caption differ: PCA of the
+    # reference's within-caption deviations (grand mean added back, so the map's centre stays the same).
+    axes_features = (
+        _within_caption(reference_features, reference_captions, what=f"reference population ({reference_name})")
+        if grouped
+        else reference_features
+    )
+    trait_axes = fit_axes(axes_features, axes, standardize=model.standardize)
     reference_std = trait_axes.standardise(reference_features)
 
     rows = []
     for run_index, run in enumerate(runs):
         for population, key, data in _populations(run, embedded):
             rng = np.random.default_rng(np.random.SeedSequence([seed, run_index, key + 1]))
-            found = bootstrap_statistics(
-                trait_axes.project(data.features),
-                trait_axes.standardise(data.features),
-                data.alignment,
-                reference_std,
-                n_boot=bootstrap,
-                random_state=rng,
-            )
+            projected = trait_axes.project(data.features)
+            standardised = trait_axes.standardise(data.features)
+            found = [
+                {"caption": ALL_CAPTIONS, "n_images": len(data.features), **row}
+                for row in bootstrap_statistics(
+                    projected, standardised, data.alignment, reference_std, n_boot=bootstrap, random_state=rng
+                )
+            ]
+            # The unconditional branch has no caption: its pooled rows are already its p_u.
+            if grouped and population != "reference_uncond":
+                found += grouped_statistics(
+                    projected,
+                    standardised,
+                    _image_set(run, population, key).captions,
+                    n_boot=bootstrap,
+                    random_state=rng,
+                    what=f"{run.name} {population}" + (f" iteration {key}" if key >= 0 else ""),
+                )
             for row in found:
                 rows.append(
                     {
                         **_run_columns(run),
                         "population": population,
                         "iteration": key,
-                        "n_images": len(data.features),
                         "embedder": model.name,
                         "reference": reference_name,
                         **row,
@@ -168,6 +225,7 @@ def validate_runs(
             "forecast_from": forecast_from,
             "bootstrap": bootstrap,
             "reference": reference_name,
+            "group": group,
         },
         seed=seed,
         software="chain validate",
@@ -179,9 +237,10 @@ def validate_runs(
         ]
     }
 
-    trajectories = _trajectories(runs, statistics)
-    base = _base_moments(statistics)
+    trajectories = _trajectories(runs, statistics, grouped=grouped)
+    base, base_notes = _base_moments(statistics, grouped=grouped, groups={t.group for t in trajectories})
     fit, forecast, fit_note = _fit(trajectories, base, forecast_from, warn, fit_mutation=fit_mutation)
+    fit_note = base_notes + fit_note
     if fit is not None:
         written["parameters"] = write_table(fit.parameters, report / "parameters.csv", provenance=record)
         written["predictions"] = write_table(fit.predictions, report / "predicted_vs_measured.csv", provenance=record)
@@ -194,6 +253,7 @@ def validate_runs(
             "fit": None if fit is None else fit.goodness,
             "forecast": None if forecast is None else forecast.goodness,
             "note": fit_note,
+            "group": group,
             "provenance": record,
         },
     )
@@ -226,8 +286,11 @@ def validate_runs(
         forecast=forecast,
         fit_note=fit_note,
         forecast_from=forecast_from,
+        group=group,
+        captions=captions,
     )
     return {
+        "group": group,
         "written": written,
         "fit": None if fit is None else fit.goodness,
         "forecast": None if forecast is None else forecast.goodness,
@@ -289,14 +352,31 @@ def _populations(run: Run, embedded: dict):
             yield population, key, data
 
 
-def _reference_population(runs: list[Run], embedded: dict) -> tuple[str, np.ndarray]:
+def _image_set(run: Run, population: str, key: int) -> ImageSet:
+    if population == "generated":
+        return run.iterations[key]
+    return run.real if population == "real" else run.reference[population.removeprefix("reference_")]
+
+
+def _reference_population(runs: list[Run], embedded: dict) -> tuple[str, np.ndarray, list[str]]:
+    """Name, features and captions of the reference population."""
     for population, label in (("real", "real data"), ("reference_cond", "base model, CFG 1")):
         for run in runs:
             if (run.name, population, -1) in embedded:
-                return f"{label} ({run.name})", embedded[(run.name, population, -1)].features
+                features = embedded[(run.name, population, -1)].features
+                return f"{label} ({run.name})", features, _image_set(run, population, -1).captions
     first = runs[0]
     index = min(first.iterations)
-    return f"iteration {index} of {first.name}", embedded[(first.name, "generated", index)].features
+    features = embedded[(first.name, "generated", index)].features
+    return f"iteration {index} of {first.name}", features, first.iterations[index].captions
+
+
+def _within_caption(features: np.ndarray, captions, *, what: str) -> np.ndarray:
+    """``features`` with each caption's mean replaced by the grand mean: only within-caption differences remain."""
+    out = np.array(features, dtype=float)
+    for index in group_indices(captions, what=what).values():
+        out[index] -= out[index].mean(axis=0)
+    return out + np.asarray(features, dtype=float).mean(axis=0)
 
 
 def _run_columns(run: Run) -> dict:
@@ -312,45 +392,68 @@ def _run_columns(run: Run) -> dict:
     }
 
 
-def _trajectories(runs: list[Run], statistics: pd.DataFrame) -> list[Trajectory]:
+def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool) -> list[Trajectory]:
+    """One trajectory per run, or per run and caption when ``grouped``."""
     generated = statistics[statistics["population"] == "generated"]
+    generated = generated[~generated["caption"].isin([WITHIN_CAPTIONS] + ([ALL_CAPTIONS] if grouped else []))]
     out = []
     for run in runs:
-        rows = generated[generated["run"] == run.name]
-        table = {
-            name: rows[rows["statistic"] == name].pivot(index="iteration", columns="axis", values="value")
-            for name in ("mean", "var")
-        }
         columns = _run_columns(run)
-        out.append(
-            Trajectory(
-                run=run.name,
-                setting=f"cfg={columns['cfg']:g} {columns['schedule']}",
-                cfg=columns["cfg"],
-                iterations=table["mean"].index.to_numpy(),
-                mean=table["mean"].to_numpy(),
-                var=table["var"].to_numpy(),
-                population=int(rows["n_images"].min()),
-                drop=columns["drop"],
-                real_fraction=columns["real_fraction"],
-                finetune=columns["finetune"],
+        for caption, rows in generated[generated["run"] == run.name].groupby("caption", sort=True):
+            table = {
+                name: rows[rows["statistic"] == name].pivot(index="iteration", columns="axis", values="value")
+                for name in ("mean", "var")
+            }
+            out.append(
+                Trajectory(
+                    run=run.name,
+                    setting=f"cfg={columns['cfg']:g} {columns['schedule']}",
+                    cfg=columns["cfg"],
+                    iterations=table["mean"].index.to_numpy(),
+                    mean=table["mean"].to_numpy(),
+                    var=table["var"].to_numpy(),
+                    population=int(rows["n_images"].min()),
+                    drop=columns["drop"],
+                    real_fraction=columns["real_fraction"],
+                    finetune=columns["finetune"],
+                    group=caption if grouped else "",
+                )
             )
-        )
     return out
 
 
-def _base_moments(statistics: pd.DataFrame) -> BaseMoments:
-    def moments(population):
+def _base_moments(statistics: pd.DataFrame, *, grouped: bool, groups: set[str]) -> tuple[BaseMoments, list[str]]:
+    """Measured base moments (per caption for cond and real data when ``grouped``) and notes on what is missing."""
+    notes = []
+
+    def moments(population, caption=ALL_CAPTIONS):
         rows = statistics[statistics["population"] == population]
         if rows.empty:
             return None
-        first = rows[rows["run"] == rows["run"].iloc[0]]
+        first = rows[(rows["run"] == rows["run"].iloc[0]) & (rows["caption"] == caption)]
+        if first.empty:
+            return None
         values = {
             name: first[first["statistic"] == name].sort_values("axis")["value"].to_numpy() for name in ("mean", "var")
         }
         return values["mean"], values["var"]
 
-    return BaseMoments(cond=moments("reference_cond"), uncond=moments("reference_uncond"), data=moments("real"))
+    def per_caption(population):
+        if not grouped or moments(population) is None:
+            return moments(population)
+        found = {caption: moments(population, caption) for caption in groups}
+        missing = sorted(caption for caption, pair in found.items() if pair is None)
+        if missing:
+            notes.append(
+                f"{population} has no images of caption {missing[0]!r}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + "; its per-caption moments are not used"
+            )
+            return None
+        return found
+
+    base = BaseMoments(cond=per_caption("reference_cond"), uncond=moments("reference_uncond"), data=per_caption("real"))
+    return base, notes
 
 
 def _fit(trajectories, base, forecast_from, warn, *, fit_mutation):
@@ -396,6 +499,8 @@ def _write_markdown(
     forecast,
     fit_note,
     forecast_from,
+    group,
+    captions,
 ) -> Path:
     lines = [
         "# Validation of the theory against chain runs",
@@ -413,6 +518,16 @@ def _write_markdown(
             if model.settings().get("pretrained") == "random"
             else []
         ),
+        (
+            f"Traits are measured **within each caption** ({len(captions)} captions, `--group caption`): the axes "
+            "are the principal components of the reference's within-caption deviations, `statistics.csv` has one "
+            "row set per caption (`caption` column), and the `(within)` rows and `within_*` columns below are the "
+            "mean over captions of the within-caption variance (bootstrap resampling images within captions). "
+            "The fit is joint over captions: shared w_eff per CFG setting, rho, rho_u and p_u; p_c per caption."
+            if group == "caption"
+            else f"Traits are pooled over all images of an iteration (`--group none`; {len(captions)} caption(s))."
+        ),
+        "",
         "The reference sample's own variance on its top principal axes is biased upward (PCA picks the "
         "directions in which that sample happens to vary most), most at small sample sizes; compare iterations "
         "with each other rather than with the reference where that matters.",
@@ -450,12 +565,12 @@ def _write_markdown(
         "## Theory fitted to the trajectories",
         "",
     ]
-    captions = max(len(set(images.captions)) for run in runs for images in run.iterations.values())
-    if captions > 1:
+    if group == "none" and len(captions) > 1:
         fit_note = [
             *fit_note,
-            f"the traits are pooled over {captions} captions, but CFG selects within each caption: pooled over "
-            f"captions p_c is close to p_u, so the tilt model can miss the mean shifts that CFG causes per caption",
+            f"the traits are pooled over {len(captions)} captions, but CFG selects within each caption: pooled over "
+            f"captions p_c is close to p_u, so the tilt model can miss the mean shifts that CFG causes per caption "
+            f"(`--group caption` fits within captions)",
         ]
     lines += [f"- {note}" for note in fit_note]
     if fit is not None:
@@ -505,13 +620,17 @@ def _write_markdown(
 
 
 def _wide(statistics: pd.DataFrame) -> pd.DataFrame:
-    """One row per run and iteration: total variance, Fréchet distance, alignment, first axes' variance."""
+    """One row per run and iteration: total variance, Fréchet distance, alignment, first axes' variance.
+
+    Pooled over captions; with per-caption statistics also their within-caption summary (``within_`` columns).
+    """
     generated = statistics[statistics["population"] != "generated"].assign(iteration=-1)
     rows = pd.concat([statistics[statistics["population"] == "generated"], generated])
-    rows = rows.assign(
-        column=np.where(rows["axis"] >= 0, rows["statistic"] + "_" + rows["axis"].astype(str), rows["statistic"])
-    )
-    keep = ["total_var", "frechet", "alignment"] + [f"var_{a}" for a in range(3)]
+    rows = rows[rows["caption"].isin([ALL_CAPTIONS, WITHIN_CAPTIONS])]
+    column = np.where(rows["axis"] >= 0, rows["statistic"] + "_" + rows["axis"].astype(str), rows["statistic"])
+    rows = rows.assign(column=np.where(rows["caption"] == WITHIN_CAPTIONS, "within_" + column, column))
+    pooled = ["total_var", "frechet", "alignment"] + [f"var_{a}" for a in range(3)]
+    keep = pooled + [f"within_{c}" for c in pooled if c.startswith(("var", "total"))]
     rows = rows[rows["column"].isin(keep)]
     wide = rows.pivot_table(
         index=["run", "population", "iteration"], columns="column", values="value", sort=False
@@ -530,6 +649,11 @@ def validate_command(
     real: Path = typer.Option(None, help="Folder of real-data images (all runs)."),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the 95% intervals (0: none)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    group: str = typer.Option(
+        None,
+        help="caption: traits within each caption, fitted with per-caption p_c (default with several captions); "
+        "none: pooled over captions.",
+    ),
     fit_mutation: bool = typer.Option(
         False, "--fit-mutation", help="Also fit a per-axis variance added each generation (finetuning error)."
     ),
@@ -565,6 +689,7 @@ def validate_command(
             seed=seed,
             make_reference=make_reference,
             fit_mutation=fit_mutation,
+            group=group,
             warn=warn,
             embedder_options={
                 "clip_model": clip_model,
@@ -579,4 +704,4 @@ def validate_command(
             warn(str(item.message))
     fit = result["fit"]
     summary = "no fit" if fit is None else f"fit: reduced chi2 {fit['reduced_chi2']:.3g}, RMS z {fit['fit_rms_z']:.3g}"
-    typer.echo(f"report: {result['written']['report']} ({summary})")
+    typer.echo(f"report: {result['written']['report']} (--group {result['group']}; {summary})")

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from qtm.io import atomic_path
+from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
 #: Trait axes drawn in the trajectory plots (the tables hold all of them).
 PLOTTED_AXES = 3
@@ -78,10 +79,19 @@ def plot_trajectories(
     """Measured ``quantity`` ("var" or "mean") per iteration with intervals vs the theory; one panel per run.
 
     The variance is drawn on a log scale; the theory's curve is the fitted recursion
-    (dashed), absent when no fit was made.
+    (dashed), absent when no fit was made. With per-caption statistics the variance
+    drawn is the within-caption summary (mean over captions of the within-caption
+    variance) and the theory's curve the mean over captions of its per-caption
+    variance; the mean drawn is the pooled one and the theory's the mean over captions.
     """
     path = Path(path)
     generated = statistics[(statistics["population"] == "generated") & (statistics["statistic"] == quantity)]
+    captions = set(generated["caption"]) if "caption" in generated else set()
+    summary = WITHIN_CAPTIONS if WITHIN_CAPTIONS in captions else ALL_CAPTIONS
+    if captions:
+        generated = generated[generated["caption"] == summary]
+    if predictions is not None and len(predictions):
+        predictions = _over_captions(predictions)
     runs = list(dict.fromkeys(generated["run"]))
     figure, panels = _axes_grid(len(runs), f"trait {quantity} per iteration ({embedder} embedding, PCA axes)")
     for panel, run in zip(panels, runs, strict=False):
@@ -121,10 +131,23 @@ def plot_trajectories(
     return path
 
 
+def _over_captions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Predictions per run, iteration and axis: variance and mean averaged over the caption groups."""
+    if "group" not in predictions or predictions["group"].nunique() <= 1:
+        return predictions
+    is_var = predictions["quantity"] == "log_var"
+    rows = predictions.assign(predicted=predictions["predicted"].where(~is_var, np.exp(predictions["predicted"])))
+    out = rows.groupby(["run", "iteration", "axis", "quantity"], as_index=False)["predicted"].mean()
+    is_var = out["quantity"] == "log_var"
+    return out.assign(predicted=out["predicted"].where(~is_var, np.log(out["predicted"].where(is_var, 1.0))))
+
+
 def plot_summary(statistics: pd.DataFrame, *, path, embedder: str) -> Path:
-    """Total variance and Fréchet distance per iteration, all runs in one figure."""
+    """Total variance and Fréchet distance per iteration (pooled over captions), all runs in one figure."""
     path = Path(path)
     generated = statistics[statistics["population"] == "generated"]
+    if "caption" in generated:
+        generated = generated[generated["caption"] == ALL_CAPTIONS]
     figure, panels = _axes_grid(2, f"whole-embedding statistics ({embedder})")
     for panel, statistic in zip(panels, ("total_var", "frechet"), strict=True):
         for run, rows in generated[generated["statistic"] == statistic].groupby("run", sort=False):
