@@ -18,7 +18,8 @@ from scipy import stats
 
 from qtm.errors import QTMError
 from qtm.particles import ChainSetup, Finetune, Fitness, QGSetup, simulate_chain, simulate_qg
-from qtm.particles.kernels import _fill_normals
+from qtm.particles.kernels import _exp_nonpositive, _fill_normals, _resample_indices
+from qtm.particles.reference import _exp_nonpositive as _exp_nonpositive_reference
 from qtm.particles.reference import _normals
 from qtm.recursion import simulate_moments
 
@@ -43,6 +44,33 @@ def test_normals_are_standard_normal_and_shared_with_the_reference():
     assert abs(tail - expected) < 4 * math.sqrt(expected / out.size)
     reference = _normals(np.array([np.uint64(7)]), np.array([np.uint64(3 << 40)]), 0, out.size)[0]
     np.testing.assert_allclose(reference, out, rtol=1e-12, atol=1e-12)
+
+
+def test_polynomial_exp_is_accurate_and_flushes_below_its_floor():
+    x = np.concatenate([-np.linspace(0.0, 699.0, 20_001), -np.random.default_rng(0).exponential(2.0, 5_000)])
+    fast = np.array([_exp_nonpositive(v) for v in x])
+    np.testing.assert_allclose(fast, np.exp(x), rtol=5e-16, atol=0.0)
+    np.testing.assert_allclose(_exp_nonpositive_reference(x), fast, rtol=5e-16, atol=0.0)
+    assert _exp_nonpositive(0.0) == 1.0
+    for v in (-700.5, -1e6, -np.inf, np.nan):
+        assert _exp_nonpositive(v) == 0.0
+        assert _exp_nonpositive_reference(np.array([v]))[0] == 0.0
+
+
+def test_systematic_resampling_gives_each_parent_its_share_rounded():
+    """Systematic resampling: parent j gets floor or ceil of N w_j / Σw children, in order."""
+    n = 1_000
+    rng = np.random.default_rng(4)
+    for iteration in range(20):
+        log_w = rng.normal(0.0, 3.0, n)
+        log_w[rng.random(n) < 0.1] = -np.inf
+        index = np.empty(n, dtype=np.int64)
+        _resample_indices(np.uint64(3), iteration, log_w, True, index, np.empty(n), np.empty(n),
+                          np.empty(n + 1, dtype=np.int64))
+        assert np.all(np.diff(index) >= 0)
+        share = n * np.exp(log_w - log_w.max()) / np.exp(log_w - log_w.max()).sum()
+        counts = np.bincount(index, minlength=n)
+        assert np.all(counts >= np.floor(share - 1e-9)) and np.all(counts <= np.ceil(share + 1e-9))
 
 
 # --- Numba against the NumPy reference --------------------------------------------------
@@ -71,6 +99,20 @@ def test_chain_kernel_matches_reference_draw_for_draw(finetune):
     np.testing.assert_allclose(fast.mean, slow.mean, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fast.var, slow.var, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fast.occupancy, slow.occupancy, atol=1e-12)
+
+
+def test_qg_results_do_not_depend_on_threads():
+    setup = QGSetup(population=300, generations=4, fitness=Fitness("stabilizing", omega2=1.0), mutation=0.1)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = simulate_qg(setup, replicates=6, seed=3)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = simulate_qg(setup, replicates=6, seed=3)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one.var, two.var)
+    np.testing.assert_array_equal(simulate_qg(setup, replicates=3, seed=3, replicate_offset=3).var, one.var[3:])
 
 
 def test_results_do_not_depend_on_threads_or_chunking():

@@ -179,7 +179,9 @@ def _resample_indices(keys, iteration, log_w, systematic):
     index = np.empty((r, n), dtype=np.int64)
     if systematic:  # the kernel's offspring counts; child i descends from the parents whose count is <= i
         shift = _uniform(keys, _block(iteration, P_SYSTEMATIC))
-        counts = np.clip(np.ceil(cdf[:, :-1] * (n / total) - shift[:, None]), 0, n)
+        with np.errstate(invalid="ignore"):
+            counts = cdf[:, :-1] * (n / total) - shift[:, None]
+            counts = np.ceil(np.minimum(np.where(counts > 0.0, counts, 0.0), n))
         children = np.arange(n)
         for row in range(r):
             index[row] = np.searchsorted(counts[row], children, side="right")
