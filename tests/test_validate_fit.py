@@ -266,3 +266,18 @@ def test_per_caption_p_c_as_nuisance_and_missing_captions():
     partial = {"zero": CAPTION_COND["zero"]}
     with pytest.raises(ChainError, match="no cond moments for caption 'one'"):
         fit_theory(runs, base=BaseMoments(cond=partial, uncond=CAPTION_UNCOND))
+
+
+def test_variance_only_fit_ignores_the_means():
+    runs = caption_trajectories()
+    for run in runs:  # means that follow other dynamics (here: a drift the model lacks)
+        run.mean = run.mean + 0.5 * run.iterations[:, None]
+    base = BaseMoments(cond=CAPTION_COND, uncond=CAPTION_UNCOND)
+    fit = fit_theory(runs, base=base, fit_means=False)
+    table = estimates(fit)
+    assert table.loc[("w_eff", "w3"), "estimate"] == pytest.approx(2.5, abs=1e-4)
+    assert table.loc[("fidelity", ""), "estimate"] == pytest.approx(TRUE_RHO, abs=1e-4)
+    assert fit.goodness["n_values"] == 2 * 3 * 5 * 2  # runs x captions x iterations x axes, log variances only
+    assert set(fit.predictions.loc[fit.predictions["quantity"] == "mean", "split"]) == {"not fitted"}
+    assert fit.goodness["chi2"] < 1e-6
+    assert fit_theory(runs, base=base).goodness["chi2"] > 100  # with the means, the drift cannot be fitted

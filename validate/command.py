@@ -69,6 +69,7 @@ def validate_runs(
     make_reference: bool = False,
     fit_mutation: bool = False,
     group: str | None = None,
+    fit_means: bool = True,
     warn=None,
 ) -> dict:
     """Validate the runs in ``run_dirs`` and write the report into ``report``.
@@ -98,6 +99,8 @@ def validate_runs(
     fit_mutation : bool
         Also fit a per-axis variance added each generation (finetuning error); see
         :func:`validate.fitting.fit_theory`.
+    fit_means : bool
+        ``False``: fit the log variances only (:func:`validate.fitting.fit_theory`).
     group : {"caption", "none"}, optional
         ``caption``: traits within each caption and a joint per-caption fit; ``none``:
         pooled over captions. Default: ``caption`` when the runs have several captions and
@@ -226,6 +229,8 @@ def validate_runs(
             "bootstrap": bootstrap,
             "reference": reference_name,
             "group": group,
+            "fit_mutation": fit_mutation,
+            "fit_means": fit_means,
         },
         seed=seed,
         software="chain validate",
@@ -239,7 +244,9 @@ def validate_runs(
 
     trajectories = _trajectories(runs, statistics, grouped=grouped)
     base, base_notes = _base_moments(statistics, grouped=grouped, groups={t.group for t in trajectories})
-    fit, forecast, fit_note = _fit(trajectories, base, forecast_from, warn, fit_mutation=fit_mutation)
+    fit, forecast, fit_note = _fit(
+        trajectories, base, forecast_from, warn, fit_mutation=fit_mutation, fit_means=fit_means
+    )
     fit_note = base_notes + fit_note
     if fit is not None:
         written["parameters"] = write_table(fit.parameters, report / "parameters.csv", provenance=record)
@@ -456,7 +463,7 @@ def _base_moments(statistics: pd.DataFrame, *, grouped: bool, groups: set[str]) 
     return base, notes
 
 
-def _fit(trajectories, base, forecast_from, warn, *, fit_mutation):
+def _fit(trajectories, base, forecast_from, warn, *, fit_mutation, fit_means):
     notes = []
     if base.uncond is None:
         notes.append(
@@ -469,7 +476,7 @@ def _fit(trajectories, base, forecast_from, warn, *, fit_mutation):
         notes.append("some run.json has no cfg; its w_eff is reported without a CFG scale")
     fit = forecast = None
     try:
-        fit = fit_theory(trajectories, base=base, fit_mutation=fit_mutation)
+        fit = fit_theory(trajectories, base=base, fit_mutation=fit_mutation, fit_means=fit_means)
     except ChainError as error:
         warn(f"fit skipped: {error}")
         notes.append(f"fit skipped: {error}")
@@ -479,7 +486,9 @@ def _fit(trajectories, base, forecast_from, warn, *, fit_mutation):
             notes.append("no forecast: nothing to forecast")
         else:
             try:
-                forecast = fit_theory(trajectories, base=base, fit_until=forecast_from, fit_mutation=fit_mutation)
+                forecast = fit_theory(
+                    trajectories, base=base, fit_until=forecast_from, fit_mutation=fit_mutation, fit_means=fit_means
+                )
             except ChainError as error:
                 warn(f"forecast skipped: {error}")
                 notes.append(f"forecast skipped: {error}")
@@ -582,7 +591,9 @@ def _write_markdown(
                 if not g["success"]
                 else []
             ),
-            f"Tilt-sampler chain recursion, least squares on standardised mean and log-variance residuals: "
+            "Tilt-sampler chain recursion, least squares on standardised "
+            + ("mean and log-variance" if fit.predictions["split"].ne("not fitted").all() else "log-variance (only)")
+            + " residuals: "
             f"χ² = {g['chi2']:.4g} on {g['dof']} degrees of freedom (reduced {g['reduced_chi2']:.3g}), "
             f"RMS z = {g['fit_rms_z']:.3g}, RMSE of log variance {g['fit_rmse_log_var']:.3g}, of the mean "
             f"{g['fit_rmse_mean']:.3g}; optimiser: {g['message']}",
@@ -654,6 +665,9 @@ def validate_command(
         help="caption: traits within each caption, fitted with per-caption p_c (default with several captions); "
         "none: pooled over captions.",
     ),
+    variance_only: bool = typer.Option(
+        False, "--variance-only", help="Fit the log variances only (the means are predicted, not fitted)."
+    ),
     fit_mutation: bool = typer.Option(
         False, "--fit-mutation", help="Also fit a per-axis variance added each generation (finetuning error)."
     ),
@@ -690,6 +704,7 @@ def validate_command(
             make_reference=make_reference,
             fit_mutation=fit_mutation,
             group=group,
+            fit_means=not variance_only,
             warn=warn,
             embedder_options={
                 "clip_model": clip_model,

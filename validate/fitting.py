@@ -103,8 +103,11 @@ class FitResult:
 class _Model:
     """Maps the parameter vector to predicted trajectories."""
 
-    def __init__(self, trajectories: list[Trajectory], base: BaseMoments, *, fit_mutation: bool = False):
+    def __init__(
+        self, trajectories: list[Trajectory], base: BaseMoments, *, fit_mutation: bool = False, fit_means: bool = True
+    ):
         self.trajectories = trajectories
+        self.fit_means = fit_means
         self.base = base
         self.k = trajectories[0].mean.shape[1]
         self.groups = list(dict.fromkeys(t.group for t in trajectories))
@@ -266,7 +269,8 @@ class _Model:
             predicted_var = np.moveaxis(var[:, r][..., pick], -1, 1)
             r_mean = (trajectory.mean[mask] - predicted_mean) / se_mean
             r_log = (np.log(trajectory.var[mask]) - np.log(np.maximum(predicted_var, 1e-300))) / se_log
-            out.append(np.concatenate([r_mean.reshape(len(mean), -1), r_log.reshape(len(mean), -1)], axis=1))
+            parts = [r_mean, r_log] if self.fit_means else [r_log]
+            out.append(np.concatenate([part.reshape(len(mean), -1) for part in parts], axis=1))
         return np.concatenate(out, axis=1)
 
     def residuals_batch(self, X, masks) -> np.ndarray:
@@ -287,7 +291,7 @@ class _Model:
         return True
 
     def n_values(self, masks) -> int:
-        return sum(2 * int(m.sum()) * self.k for m in masks)
+        return sum((2 if self.fit_means else 1) * int(m.sum()) * self.k for m in masks)
 
     def residuals(self, x, masks) -> np.ndarray:
         return self.residuals_batch(np.asarray(x)[None], masks)[0]
@@ -312,6 +316,7 @@ def fit_theory(
     base: BaseMoments | None = None,
     fit_until: int | None = None,
     fit_mutation: bool = False,
+    fit_means: bool = True,
 ) -> FitResult:
     """Least-squares fit of the tilt-sampler chain recursion to measured trajectories.
 
@@ -328,6 +333,11 @@ def fit_theory(
         Also fit a variance added to every generated set, per axis (``mutation_var`` of
         the recursion): the finetuning error that the tilt model otherwise lacks, which
         lets the variance grow along a chain even at CFG 1.
+    fit_means : bool
+        Fit the means too (default). ``False`` fits the log variances alone: a diagnostic of
+        whether the model describes the collapse when the means follow dynamics it lacks
+        (e.g. pixel values bounded in [0, 1]); the means are still predicted, under split
+        ``"not fitted"``.
 
     Returns
     -------
@@ -365,7 +375,7 @@ def fit_theory(
                 f"no {name} moments for caption {missing[0]!r}; measure every caption's reference points "
                 "(--make-reference) or fit with --group none"
             )
-    model = _Model(trajectories, base, fit_mutation=fit_mutation)
+    model = _Model(trajectories, base, fit_mutation=fit_mutation, fit_means=fit_means)
     masks = [
         t.iterations < fit_until if fit_until is not None else np.ones(len(t.iterations), bool) for t in trajectories
     ]
@@ -465,7 +475,7 @@ def _prediction_table(model, x, trajectories, masks) -> pd.DataFrame:
                             "predicted": float(predicted),
                             "residual": float(measured - predicted),
                             "z": float((measured - predicted) / se),
-                            "split": split,
+                            "split": split if quantity == "log_var" or model.fit_means else "not fitted",
                         }
                     )
     return pd.DataFrame(rows)
