@@ -21,7 +21,7 @@ Two quirks of diffusers are reproduced on purpose, because the real sampler has 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
@@ -103,6 +103,16 @@ class DiffusionConfig:
     def final_alpha_cumprod(self) -> float:
         """Alpha-bar that the last step lands on."""
         return 1.0 if self.set_alpha_to_one else float(self.alphas_cumprod[0])
+
+    def scheduler_config(self) -> dict:
+        """These settings as keyword arguments of diffusers' schedulers: ``DDIMScheduler(**config.scheduler_config())``.
+
+        Examples
+        --------
+        >>> DiffusionConfig().scheduler_config()["beta_schedule"]
+        'scaled_linear'
+        """
+        return asdict(self)
 
     def timesteps(self, num_inference_steps: int) -> np.ndarray:
         """The K timesteps a sampler visits, noisiest first (diffusers' ``set_timesteps``).

@@ -35,16 +35,7 @@ def _diffusers_cloud(config, steps, eta, particles, seed):
     diffusers = pytest.importorskip("diffusers")
     import torch
 
-    scheduler = diffusers.DDIMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        beta_schedule=config.beta_schedule,
-        timestep_spacing=config.timestep_spacing,
-        steps_offset=config.steps_offset,
-        set_alpha_to_one=config.set_alpha_to_one,
-        clip_sample=False,
-    )
+    scheduler = diffusers.DDIMScheduler(**config.scheduler_config(), clip_sample=False)
     scheduler.set_timesteps(steps)
     abar_steps = scheduler.alphas_cumprod[scheduler.timesteps].double().numpy()
     params = torch.tensor([case[:4] for case in CASES], dtype=torch.float64)
@@ -117,15 +108,7 @@ def test_step_coefficients_are_one_diffusers_step(config, eta):
     diffusers = pytest.importorskip("diffusers")
     import torch
 
-    scheduler = diffusers.DDIMScheduler(
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        beta_schedule=config.beta_schedule,
-        timestep_spacing=config.timestep_spacing,
-        steps_offset=config.steps_offset,
-        set_alpha_to_one=config.set_alpha_to_one,
-        clip_sample=False,
-    )
+    scheduler = diffusers.DDIMScheduler(**config.scheduler_config(), clip_sample=False)
     scheduler.set_timesteps(7)
     coef = step_coefficients(7, eta=eta, config=config)
     generator = torch.Generator().manual_seed(2)

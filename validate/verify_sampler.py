@@ -67,16 +67,7 @@ def sampler_comparison(*, size: float, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     rows, pvalues = [], {}
     for cm, cv, um, uv, cfg, schedule, eta, steps in CASES:
-        scheduler = diffusers.DDIMScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_start=config.beta_start,
-            beta_end=config.beta_end,
-            beta_schedule=config.beta_schedule,
-            timestep_spacing=config.timestep_spacing,
-            steps_offset=config.steps_offset,
-            set_alpha_to_one=config.set_alpha_to_one,
-            clip_sample=False,
-        )
+        scheduler = diffusers.DDIMScheduler(**config.scheduler_config(), clip_sample=False)
         scheduler.set_timesteps(steps)
         abar_steps = scheduler.alphas_cumprod[scheduler.timesteps].double().numpy()
         scales = CFGSchedule.parse(schedule).scales(cfg, steps, alphas_cumprod=abar_steps)
