@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test lint verify figures bench clean
+.PHONY: demo chain-demo test lint verify figures docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,12 +27,16 @@ chain-demo: $(STAMP)
 	$(BIN)/chain run runs/tiny-cfg7.5 --backend tiny --cfg 7.5 --iterations 5
 	$(BIN)/chain validate runs/tiny-cfg7.5 --embedder stats --report runs/tiny-cfg7.5-report
 
-# The statistical verification suite (about 10 minutes on 2 cores); plots land in runs/verify/.
+# The statistical verification suite (about 25 s on 2 idle cores); plots land in runs/verify/.
 verify: $(STAMP)
 	$(BIN)/qtm verify --out runs/verify
 
 figures: $(STAMP)
 	$(BIN)/qtm figures --out figures
+
+# The CLI reference, regenerated from the typer apps (a test keeps it in sync).
+docs: $(STAMP)
+	$(BIN)/python tools/cli_reference.py
 
 # Speed goals: each script prints its figure and the ratio to a baseline measured in the same run.
 bench: $(STAMP)
