@@ -25,7 +25,7 @@ test: $(STAMP)
 # The real chain on a CPU: a 5-iteration tiny-backend chain at CFG 7.5, then its validation report.
 chain-demo: $(STAMP)
 	$(BIN)/chain run runs/tiny-cfg7.5 --backend tiny --cfg 7.5 --iterations 5
-	$(BIN)/chain validate runs/tiny-cfg7.5 --embedder stats --report runs/tiny-cfg7.5-report
+	$(BIN)/chain validate runs/tiny-cfg7.5 --embedder stats --make-reference --report runs/tiny-cfg7.5-report
 
 # The statistical verification suite (about 25 s on 2 idle cores); plots land in runs/verify/.
 verify: $(STAMP)
