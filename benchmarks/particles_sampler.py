@@ -12,10 +12,8 @@ Run: ``NUMBA_CACHE_DIR=.numba_cache .venv/bin/python benchmarks/particles_sample
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
-import numba
+from _kernel_vs_reference import print_first_call, print_machine, report, timed
 
 from qtm.particles import ChainSetup, simulate_chain
 
@@ -36,40 +34,24 @@ def main() -> None:
                                 steps=args.steps, cfg=7.5, schedule="cosine", drop=0.2, fidelity=0.9,
                                 uncond_var=4.0)
 
-    print(f"load before: {os.getloadavg()[0]:.2f} (1-min average), cores: {os.cpu_count()}, "
-          f"numba threads: {numba.get_num_threads()}")
-    start, cpu = time.perf_counter(), time.process_time()
-    simulate_chain(setup(10, 1), replicates=2, seed=0)
-    print(f"first call (compile, or load from the cache at {os.environ.get('NUMBA_CACHE_DIR')}): "
-          f"{time.perf_counter() - start:.2f} s")
+    print_machine()
+    print_first_call(lambda: simulate_chain(setup(10, 1), replicates=2, seed=0))
 
     full = setup(args.population, args.iterations)
     per_replicate = args.population * args.iterations * args.steps
-    start, cpu = time.perf_counter(), time.process_time()
-    simulate_chain(full, replicates=args.replicates, seed=1)
-    fast, fast_cpu = time.perf_counter() - start, time.process_time() - cpu
-    fast_rate = args.replicates * per_replicate / fast
-
-    start, cpu = time.perf_counter(), time.process_time()
-    simulate_chain(full, replicates=args.reference_replicates, seed=1, backend="numpy")
-    slow, slow_cpu = time.perf_counter() - start, time.process_time() - cpu
-    slow_rate = args.reference_replicates * per_replicate / slow
+    fast = timed(lambda: simulate_chain(full, replicates=args.replicates, seed=1))
+    slow = timed(lambda: simulate_chain(full, replicates=args.reference_replicates, seed=1, backend="numpy"))
+    fast_rate = args.replicates * per_replicate / fast[0]
+    slow_rate = args.reference_replicates * per_replicate / slow[0]
 
     print(f"numba: M={args.modes}, d={args.dims}, K={args.steps}, N={args.population}, "
-          f"{args.replicates} replicates x {args.iterations} iterations in {fast:.2f} s = "
+          f"{args.replicates} replicates x {args.iterations} iterations in {fast[0]:.2f} s = "
           f"{fast_rate:.3g} particle-steps/s")
-    print(f"numpy reference: {args.reference_replicates} replicates in {slow:.2f} s = "
+    print(f"numpy reference: {args.reference_replicates} replicates in {slow[0]:.2f} s = "
           f"{slow_rate:.3g} particle-steps/s")
     print(f"ratio numba/numpy: {fast_rate / slow_rate:.1f}x (goal >= 8x)")
-    # On a shared machine the wall-clock rates depend on the load; the CPU time each run
-    # used gives the rate that idle cores would reach (assuming perfect scaling over threads).
-    work_fast, work_slow = fast_rate * fast, slow_rate * slow
-    print(f"CPU time: numba {fast_cpu:.2f} s ({work_fast / fast_cpu:.3g} particle-steps per CPU-second, "
-          f"{numba.get_num_threads() * work_fast / fast_cpu:.3g}/s on {numba.get_num_threads()} idle cores), "
-          f"numpy {slow_cpu:.2f} s ({work_slow / slow_cpu:.3g} per CPU-second); "
-          f"idle-core ratio {numba.get_num_threads() * (work_fast / fast_cpu) / (work_slow / slow_cpu):.1f}x")
-    print(f"load after: {os.getloadavg()[0]:.2f}")
-
+    report(fast=fast, fast_work=args.replicates * per_replicate, slow=slow,
+           slow_work=args.reference_replicates * per_replicate, unit="particle-steps")
 
 if __name__ == "__main__":
     main()
