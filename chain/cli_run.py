@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import tomllib
 from pathlib import Path
 
 import typer
 
-from chain.errors import ChainError
 from chain.runner import Reporter, RunParameters, run_chain
+from qtm.grid import load_config
 
 
 class RichReporter(Reporter):
@@ -32,33 +31,6 @@ class RichReporter(Reporter):
 
     def line(self, text: str) -> None:
         self.console.print(text, highlight=False, soft_wrap=True)
-
-
-def read_config(path: Path) -> dict:
-    """Options from a TOML file, keyed like the command line options (``per-caption`` or ``per_caption``).
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> file = Path(tempfile.mkdtemp()) / "run.toml"
-    >>> _ = file.write_text('cfg = 3.0\\nper-caption = 2\\n')
-    >>> read_config(file)
-    {'cfg': 3.0, 'per_caption': 2}
-    """
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ChainError(f"--config {str(path)!r} cannot be read ({error.strerror or error})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ChainError(f"--config {str(path)!r} is not valid TOML ({error})") from None
-    known = {field.name for field in dataclasses.fields(RunParameters)}
-    options = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ChainError(f"--config {str(path)!r}: unknown option {key!r}; use the names of chain run's options")
-        options[name] = value
-    return options
 
 
 def run(
@@ -103,7 +75,7 @@ def run(
         "train_steps": train_steps, "batch_size": batch_size, "resolution": resolution, "seed": seed,
         "device": device,
     }
-    options = read_config(config) if config is not None else {}
+    options = load_config(config, allowed=[field.name for field in dataclasses.fields(RunParameters)]) if config else {}
     options.update({key: value for key, value in given.items() if value is not None})
     reporter = RichReporter()
     records = run_chain(run_dir, RunParameters(**options), reporter=reporter)

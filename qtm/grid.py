@@ -163,6 +163,8 @@ def load_config(path, *, allowed: Sequence[str]) -> dict:
             raw = tomllib.load(handle)
     except FileNotFoundError:
         raise QTMError(f"--config file {str(path)!r} does not exist") from None
+    except OSError as error:
+        raise QTMError(f"--config file {str(path)!r} cannot be read ({error.strerror or error})") from None
     except tomllib.TOMLDecodeError as error:
         raise QTMError(f"--config file {str(path)!r} is not valid TOML: {error}") from None
     config = {}

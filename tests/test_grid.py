@@ -112,6 +112,8 @@ def test_bad_config(tmp_path, text, pattern):
 def test_missing_config(tmp_path):
     with pytest.raises(QTMError, match="does not exist"):
         load_config(tmp_path / "none.toml", allowed=["cfg"])
+    with pytest.raises(QTMError, match="cannot be read"):
+        load_config(tmp_path, allowed=["cfg"])
 
 
 def test_command_line_overrides_config_overrides_defaults():
