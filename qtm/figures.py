@@ -193,13 +193,19 @@ def chain(fig, *, cfg, variants, fidelity, finetune, iterations):
 # --------------------------------------------------------------------------- 4
 
 
+#: Final variance above this multiple of the real data's marks a phase-diagram point as exploding.
+EXPLOSION_FACTOR = 10.0
+
+
 @figure(
     "phase_diagram",
     title="Phase diagrams: iterations until collapse",
     caption="The first iteration whose variance falls below 0.1 times the real data's (moments engine, "
     "continued finetuning with fidelity 0.5, DDIM with 50 steps, at most 30 iterations; white: no collapse "
-    "within 30). Left: over CFG scale and condition-drop probability; right: over CFG scale and the share "
-    "of real data mixed into every finetuning set.",
+    "within 30; grey: no collapse, and the variance ends above 10 times the real data's: the Gaussian closure of "
+    "the mixed data set lets v_c pass v_u, after which guidance widens the distribution, a limit of the moments "
+    "model rather than a prediction). Left: over CFG scale and condition-drop probability; right: over CFG "
+    "scale and the share of real data mixed into every finetuning set.",
     size=(10.0, 4.2),
     cfg=(1.0, 10.0, 37),
     drop=(0.0, 1.0, 21),
@@ -220,6 +226,10 @@ def phase_diagram(fig, *, cfg, drop, real_fraction, fidelity, finetune, iteratio
                                 finetune=finetune, iterations=iterations)  # fmt: skip
         first = collapse_iteration(traj, threshold=COLLAPSE_THRESHOLD).astype(float)
         first[first < 0] = np.nan
+        # Without collapse the Gaussian closure can also let the variance grow without bound (once
+        # v_c > v_u guidance widens instead of narrowing); those points are shown apart, in grey.
+        explodes = np.isnan(first) & (traj.var[..., -1] > EXPLOSION_FACTOR * traj.data_var)
+        ax.pcolormesh(values, w, np.where(explodes, 1.0, np.nan), shading="nearest", cmap="Greys", vmin=0, vmax=2)
         mesh = ax.pcolormesh(values, w, first, shading="nearest", cmap="viridis", vmin=0, vmax=iterations - 1)
         ax.set(xlabel=label, ylabel="CFG scale w")
     fig.colorbar(mesh, ax=axes, label="iterations until collapse")
