@@ -19,6 +19,15 @@ RUNS = (  # name, setting, CFG scale, drop, finetune
 )
 
 
+def _measured(traj, population, rng):
+    """The theory's (mean, var) per iteration as a sample of ``population`` images measures them (rng None: exact)."""
+    mean, var = traj.mean.T.copy(), traj.var.T.copy()
+    if rng is not None:
+        mean += rng.standard_normal(mean.shape) * np.sqrt(var / population)
+        var *= np.exp(rng.standard_normal(var.shape) * np.sqrt(2 / (population - 1)))
+    return mean, var
+
+
 def theory_trajectories(*, iterations=6, population=400, noise_seed=None):
     """Trajectories of the tilt recursion; with ``noise_seed``, with sampling noise of ``population`` images."""
     rng = None if noise_seed is None else np.random.default_rng(noise_seed)
@@ -40,10 +49,7 @@ def theory_trajectories(*, iterations=6, population=400, noise_seed=None):
             sampler="tilt",
             population=population,
         )
-        mean, var = traj.mean.T.copy(), traj.var.T.copy()
-        if rng is not None:
-            mean += rng.standard_normal(mean.shape) * np.sqrt(var / population)
-            var *= np.exp(rng.standard_normal(var.shape) * np.sqrt(2 / (population - 1)))
+        mean, var = _measured(traj, population, rng)
         out.append(
             Trajectory(
                 run=name,
@@ -205,10 +211,7 @@ def caption_trajectories(*, population=50, iterations=5, noise_seed=None):
                 sampler="tilt",
                 population=population,
             )
-            mean, var = traj.mean.T.copy(), traj.var.T.copy()
-            if rng is not None:
-                mean += rng.standard_normal(mean.shape) * np.sqrt(var / population)
-                var *= np.exp(rng.standard_normal(var.shape) * np.sqrt(2 / (population - 1)))
+            mean, var = _measured(traj, population, rng)
             out.append(
                 Trajectory(
                     run=name,

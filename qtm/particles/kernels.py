@@ -292,6 +292,18 @@ def _refit(x, labels, prior_w, prior_m, prior_v, rho, new_w, new_m, new_v):
 
 
 @njit(cache=True)
+def _finetune(x, labels, continue_prior, base_cw, base_cm, base_cv, base_uw, base_um, base_uv, rho, rho_u,
+              cw, cm, cv, uw, um, uv):
+    """Refit both branches (cw.., uw.. in place) from the base model, or from themselves with ``continue_prior``."""
+    if continue_prior:
+        _refit(x, labels, cw, cm, cv, rho, cw, cm, cv)
+        _refit(x, labels, uw, um, uv, rho_u, uw, um, uv)
+    else:
+        _refit(x, labels, base_cw, base_cm, base_cv, rho, cw, cm, cv)
+        _refit(x, labels, base_uw, base_um, base_uv, rho_u, uw, um, uv)
+
+
+@njit(cache=True)
 def _resample_indices(key, iteration, log_w, systematic, index, cdf, positions, marks):
     """Indices of N offspring drawn with weights exp(log_w) (log space: no underflow at strong selection).
 
@@ -391,12 +403,7 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
             for i in range(n):
                 log_w[i] = 0.0 if z[i, 0] >= threshold else -np.inf
         elif fitness == FIT_TILT:
-            if continue_prior:
-                _refit(g, labels, cw, cm, cv, rho, cw, cm, cv)
-                _refit(g, labels, uw, um, uv, rho_u, uw, um, uv)
-            else:
-                _refit(g, labels, one, c0m, c0v, rho, cw, cm, cv)
-                _refit(g, labels, one, u0m, u0v, rho_u, uw, um, uv)
+            _finetune(g, labels, continue_prior, one, c0m, c0v, one, u0m, u0v, rho, rho_u, cw, cm, cv, uw, um, uv)
             for i in range(n):
                 s = 0.0
                 for a in range(d):
@@ -523,12 +530,8 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
     ll = np.empty(m)
     scaled = np.empty((m, d))
     for t in range(iterations):
-        if continue_prior:
-            _refit(x, labels, cw, cm, cv, rho, cw, cm, cv)
-            _refit(x, labels, uw, um, uv, rho_u, uw, um, uv)
-        else:
-            _refit(x, labels, base_cw, base_cm, base_cv, rho, cw, cm, cv)
-            _refit(x, labels, base_uw, base_um, base_uv, rho_u, uw, um, uv)
+        _finetune(x, labels, continue_prior, base_cw, base_cm, base_cv, base_uw, base_um, base_uv, rho, rho_u,
+                  cw, cm, cv, uw, um, uv)
         for k in range(k_steps):
             _level_coefficients(cw, cm, cv, a_t[k], b_t[k], c_am[k], c_inv[k], c_norm[k])
             _level_coefficients(uw, um, uv, a_t[k], b_t[k], u_am[k], u_inv[k], u_norm[k])
