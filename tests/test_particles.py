@@ -101,30 +101,28 @@ def test_chain_kernel_matches_reference_draw_for_draw(finetune):
     np.testing.assert_allclose(fast.occupancy, slow.occupancy, atol=1e-12)
 
 
-def test_qg_results_do_not_depend_on_threads():
-    setup = QGSetup(population=300, generations=4, fitness=Fitness("stabilizing", omega2=1.0), mutation=0.1)
+def _on_one_and_two_threads(run):
+    """``run()`` with Numba on one thread, then on two (as many as there are, up to two)."""
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = simulate_qg(setup, replicates=6, seed=3)
+        one = run()
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = simulate_qg(setup, replicates=6, seed=3)
+        return one, run()
     finally:
         numba.set_num_threads(before)
+
+
+def test_qg_results_do_not_depend_on_threads():
+    setup = QGSetup(population=300, generations=4, fitness=Fitness("stabilizing", omega2=1.0), mutation=0.1)
+    one, two = _on_one_and_two_threads(lambda: simulate_qg(setup, replicates=6, seed=3))
     np.testing.assert_array_equal(one.var, two.var)
     np.testing.assert_array_equal(simulate_qg(setup, replicates=3, seed=3, replicate_offset=3).var, one.var[3:])
 
 
 def test_results_do_not_depend_on_threads_or_chunking():
     setup = ChainSetup.build(population=50, iterations=2, modes=2, cfg=3.0, steps=5)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = simulate_chain(setup, replicates=4, seed=9)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = simulate_chain(setup, replicates=4, seed=9)
-    finally:
-        numba.set_num_threads(before)
+    one, two = _on_one_and_two_threads(lambda: simulate_chain(setup, replicates=4, seed=9))
     np.testing.assert_array_equal(one.mean, two.mean)
     np.testing.assert_array_equal(one.occupancy, two.occupancy)
     tail = simulate_chain(setup, replicates=2, seed=9, replicate_offset=2)
