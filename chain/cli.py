@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from chain.cli_run import run as run_command
-from qtm._cli_utils import run_app
+from qtm.cli_common import run_app
 from validate.command import validate_command
 
 app = typer.Typer(

@@ -1,4 +1,4 @@
-"""Errors of the chain runner; the command line prints them as one line (see qtm._cli_utils)."""
+"""Errors of the chain runner; the command line prints them as one line (see qtm.cli_common)."""
 
 from qtm.errors import QTMError
 

@@ -26,7 +26,7 @@ from chain.data import Dataset, load_dataset
 from chain.errors import ChainError
 from chain.rundir import METADATA_FILE, RunDirectory, disk_full_error
 from chain.seeds import finetune_seed, image_seed, real_mix_seed
-from qtm._validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
+from qtm.validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
 from qtm.errors import QTMError
 from qtm.io import atomic_path
 from qtm.schedules import REDIFINE_DROP, REDIFINE_SCHEDULE, CFGSchedule

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtm._validation import check_int
+from qtm.validation import check_int
 
 # Distinct tags keep the streams of different purposes apart for the same iteration.
 _IMAGE, _FINETUNE, _REAL_MIX = 0, 1, 2

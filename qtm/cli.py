@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from qtm._cli_utils import run_app
+from qtm.cli_common import run_app
 from qtm.cli_figures import figures_command
 from qtm.cli_map import map_command
 from qtm.cli_simulate import simulate

@@ -12,7 +12,7 @@ import json
 
 import typer
 
-from qtm._validation import check_int
+from qtm.validation import check_int
 from qtm.errors import QTMError
 from qtm.grid import parse_axes, parse_numbers, parse_strings
 

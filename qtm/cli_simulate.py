@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from qtm._validation import check_choice, check_int
+from qtm.validation import check_choice, check_int
 from qtm.cli_map import MODEL_DEFAULTS
 from qtm.errors import QTMError
 from qtm.grid import grid_frame, load_config, merge_options, parse_axes, parse_numbers, parse_strings

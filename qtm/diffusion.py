@@ -26,7 +26,7 @@ from functools import cached_property
 
 import numpy as np
 
-from qtm._validation import check_choice, check_int
+from qtm.validation import check_choice, check_int
 from qtm.errors import QTMError
 
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")

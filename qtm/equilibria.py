@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qtm._validation import (
+from qtm.validation import (
     as_float_array,
     check_int,
     check_nonnegative,

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import special, stats
 
-from qtm._validation import (
+from qtm.validation import (
     as_float_array,
     check_choice,
     check_int,

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from qtm._validation import (
+from qtm.validation import (
     as_float_array,
     check_choice,
     check_int,
@@ -254,7 +254,7 @@ def collapse_iteration(trajectory: ChainTrajectory, *, threshold: float = 0.1) -
 
 
 def _checked(check, value, name: str) -> np.ndarray:
-    """Run a :mod:`qtm._validation` check; on failure, name each distinct value once (a grid repeats them)."""
+    """Run a :mod:`qtm.validation` check; on failure, name each distinct value once (a grid repeats them)."""
     array = np.asarray(value)
     try:
         return check(array, name)

@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qtm._validation import as_float_array, check_choice, check_nonnegative, check_unit_interval
+from qtm.validation import as_float_array, check_choice, check_nonnegative, check_unit_interval
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
 from qtm.gaussian import Moments, cfg_tilt

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize, stats
 
-from qtm._validation import check_positive, check_unit_interval
+from qtm.validation import check_positive, check_unit_interval
 from qtm.errors import QTMError
 
 #: Designed chance that one check fails although simulator and formula are right.

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qtm._validation import check_choice, check_int, check_positive, check_unit_interval
+from qtm.validation import check_choice, check_int, check_positive, check_unit_interval
 from qtm.errors import QTMError
 from qtm.io import atomic_path, read_provenance, write_json, write_table
 from qtm.provenance import provenance

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from chain.errors import ChainError
-from qtm._validation import check_int
+from qtm.validation import check_int
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import pandas as pd
 import typer
 
 from chain.errors import ChainError
-from qtm._validation import check_int
+from qtm.validation import check_int
 from qtm.io import atomic_path, write_json, write_table
 from qtm.provenance import provenance
 from validate.axes import fit_axes

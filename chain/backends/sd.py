@@ -30,7 +30,7 @@ from PIL import Image, ImageOps
 
 from chain.backends.base import Backend, FinetuneResult, Progress
 from chain.errors import ChainError
-from qtm._validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
+from qtm.validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
 from qtm.io import atomic_path, write_json
 from qtm.schedules import CFGSchedule
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from chain.backends.base import Backend, FinetuneResult, Progress
 from chain.errors import ChainError
-from qtm._validation import check_choice, check_int, check_positive, check_unit_interval
+from qtm.validation import check_choice, check_int, check_positive, check_unit_interval
 from qtm.io import atomic_path
 from qtm.schedules import CFGSchedule
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from qtm._validation import check_choice, check_int
+from qtm.validation import check_choice, check_int
 from qtm.errors import QTMError
 from qtm.particles import kernels, reference
 from qtm.particles.model import FITNESS_KINDS, ChainSetup, QGSetup

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtm._validation import (
+from qtm.validation import (
     as_float_array,
     check_choice,
     check_int,

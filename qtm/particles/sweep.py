@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qtm._validation import check_choice, check_int
+from qtm.validation import check_choice, check_int
 from qtm.errors import QTMError
 from qtm.io import atomic_path, check_table_path, json_default, write_json
 from qtm.particles.engine import simulate_chain, simulate_qg
