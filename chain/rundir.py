@@ -1,16 +1,10 @@
-"""The run directory: ``run.json`` plus one folder per iteration, every file written atomically.
+"""Writing and resuming a run directory, every file written atomically.
 
-Layout::
-
-    runs/NAME/run.json                  parameters, seeds, versions, git commit, device
-    runs/NAME/iter-000/000000-0.png     generated images (caption index, copy)
-    runs/NAME/iter-000/metadata.jsonl   file_name, caption, seed, cfg, schedule per image
-    runs/NAME/iter-000/weights/         what the finetuning produced (backend.save_weights)
-    runs/NAME/iter-000/iteration.json   timings, losses, status ("complete" is written last)
-
-An iteration counts as finished only once its ``iteration.json`` says
-``"complete"``; any other iteration folder is the remains of an interrupted
-iteration and is removed before that iteration is redone.
+The layout (``run.json``, ``iter-NNN/`` with images, ``metadata.jsonl`` and
+``iteration.json``) is defined in :mod:`qtm.rundir`, which ``validate`` reads
+too; its names are re-exported here. An iteration counts as finished only once
+its ``iteration.json`` says ``"complete"``; any other iteration folder is the
+remains of an interrupted iteration and is removed before that iteration is redone.
 """
 
 from __future__ import annotations
@@ -23,11 +17,27 @@ from pathlib import Path
 from chain.errors import ChainError
 from qtm.io import write_json
 from qtm.provenance import provenance
+from qtm.rundir import (
+    COMPLETE,
+    ITERATION_FILE,
+    METADATA_FILE,
+    RUN_FILE,
+    iteration_folder,
+    iteration_folders,
+    iteration_status,
+)
 
-RUN_FILE = "run.json"
-ITERATION_FILE = "iteration.json"
-METADATA_FILE = "metadata.jsonl"
-COMPLETE = "complete"
+__all__ = [
+    "COMPLETE",
+    "ITERATION_FILE",
+    "METADATA_FILE",
+    "RESUMABLE",
+    "RUN_FILE",
+    "RunDirectory",
+    "check_same_parameters",
+    "disk_full_error",
+]
+
 #: Parameters that may change when a run is resumed: more iterations extend it; the
 #: device only changes where it runs.
 RESUMABLE = ("iterations", "device")
@@ -52,7 +62,7 @@ class RunDirectory:
         return self.path / RUN_FILE
 
     def iteration_dir(self, iteration: int) -> Path:
-        return self.path / f"iter-{iteration:03d}"
+        return iteration_folder(self.path, iteration)
 
     def open(self, parameters: dict, *, seed: int, extra: dict) -> dict:
         """Create the run (writing run.json) or check that an existing one was made with ``parameters``.
@@ -66,7 +76,7 @@ class RunDirectory:
             return record
         if self.path.exists():
             # A run killed while writing run.json leaves only the temporary file behind.
-            for stale in self.path.glob(".run.json.*.part"):
+            for stale in self.path.glob(f".{RUN_FILE}.*.part"):
                 stale.unlink()
         if self.path.exists() and any(self.path.iterdir()):
             raise ChainError(
@@ -84,20 +94,13 @@ class RunDirectory:
             raise ChainError(f"cannot read {str(self.run_file)!r} ({error}); choose a new run directory") from None
 
     def is_complete(self, iteration: int) -> bool:
-        path = self.iteration_dir(iteration) / ITERATION_FILE
-        try:
-            return json.loads(path.read_text()).get("status") == COMPLETE
-        except (OSError, json.JSONDecodeError):
-            return False
+        return iteration_status(self.iteration_dir(iteration)) == COMPLETE
 
     def completed(self) -> list[int]:
         """Indices of the iterations whose folder is complete, in order."""
-        done = []
-        for folder in sorted(self.path.glob("iter-*")):
-            suffix = folder.name.removeprefix("iter-")
-            if suffix.isdigit() and self.is_complete(int(suffix)):
-                done.append(int(suffix))
-        return done
+        if not self.path.is_dir():
+            return []
+        return [iteration for iteration in iteration_folders(self.path) if self.is_complete(iteration)]
 
     def start_iteration(self, iteration: int) -> Path:
         """Remove what an interrupted attempt left of ``iteration`` and return its fresh, empty folder."""

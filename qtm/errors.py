@@ -12,3 +12,7 @@ class QTMError(ValueError):
 
 class ImproperDistributionError(QTMError):
     """An operator's result is not a proper distribution (e.g. non-positive precision)."""
+
+
+class RunDirectoryError(QTMError):
+    """A run directory (or a folder of images in it) that cannot be read as ``qtm.rundir`` lays it out."""

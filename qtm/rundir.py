@@ -1,0 +1,257 @@
+"""The layout of a chain run directory, and reading one from its files alone.
+
+``chain`` writes run directories (:class:`chain.rundir.RunDirectory`) and
+``validate`` reads them; both take the names from here, so that neither needs the
+other (and reading one needs no torch). Layout::
+
+    RUN/run.json                  parameters, seeds, versions, git commit, device
+    RUN/iter-000/000000-0.png     generated images (caption index, copy)
+    RUN/iter-000/metadata.jsonl   file_name, caption, seed, cfg, schedule per image
+    RUN/iter-000/weights/         what the finetuning produced
+    RUN/iter-000/iteration.json   timings, losses, status ("complete" is written last)
+    RUN/reference/cond/           base-model generations at CFG 1 (the theory's p_c)
+    RUN/reference/uncond/         base-model generations with the empty prompt (p_u)
+    RUN/real/                     real-data images
+
+An iteration counts as finished only once its ``iteration.json`` says
+``"complete"``. Iteration folders named ``iteration_000`` are read too. A folder
+of images holds, optionally, a ``metadata.jsonl`` of captions. Bad input raises
+:class:`qtm.errors.RunDirectoryError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qtm.errors import RunDirectoryError
+
+RUN_FILE = "run.json"
+ITERATION_FILE = "iteration.json"
+METADATA_FILE = "metadata.jsonl"
+COMPLETE = "complete"
+ITERATION_PREFIX = "iter-"
+REFERENCE_FOLDER = "reference"
+#: The reference folders: the base model conditionally at CFG 1, and with the empty prompt.
+REFERENCE_KINDS = ("cond", "uncond")
+REAL_FOLDER = "real"
+
+_ITERATION_NAME = re.compile(r"^iter(?:ation)?[_-]?(\d+)$")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def iteration_folder(run_path, iteration: int) -> Path:
+    """The folder of ``iteration`` in the run directory ``run_path``.
+
+    Examples
+    --------
+    >>> iteration_folder("runs/a", 7).as_posix()
+    'runs/a/iter-007'
+    """
+    return Path(run_path) / f"{ITERATION_PREFIX}{iteration:03d}"
+
+
+def iteration_folders(run_path) -> dict[int, Path]:
+    """The iteration folders of ``run_path``, finished or not, by iteration index in increasing order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> for name in ("iter-001", "iter-000", "notes"):
+    ...     (run / name).mkdir()
+    >>> [(index, folder.name) for index, folder in iteration_folders(run).items()]
+    [(0, 'iter-000'), (1, 'iter-001')]
+    """
+    found = {}
+    for child in Path(run_path).iterdir():
+        match = _ITERATION_NAME.match(child.name)
+        if match and child.is_dir():
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def iteration_status(folder) -> str:
+    """The status an iteration folder records (:data:`COMPLETE` once finished), or why there is none.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> iteration_status(folder)
+    'no iteration.json'
+    >>> _ = (folder / ITERATION_FILE).write_text('{"status": "complete"}')
+    >>> iteration_status(folder) == COMPLETE
+    True
+    """
+    info = Path(folder) / ITERATION_FILE
+    if not info.exists():
+        return f"no {ITERATION_FILE}"
+    try:
+        return str(json.loads(info.read_text()).get("status", "no status"))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return f"unreadable {ITERATION_FILE}"
+
+
+@dataclass
+class ImageSet:
+    """A folder of images with their captions (empty captions where none are recorded)."""
+
+    path: Path
+    files: list[Path]
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+@dataclass
+class Run:
+    """One run directory: its parameters and its finished iterations."""
+
+    path: Path
+    params: dict
+    iterations: dict[int, ImageSet] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    reference: dict[str, ImageSet] = field(default_factory=dict)
+    real: ImageSet | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def cfg(self) -> float:
+        return float(self.params.get("cfg", float("nan")))
+
+    def label(self) -> str:
+        """A short label naming the settings that differ between runs of a sweep."""
+        parts = [f"cfg={self.params.get('cfg', '?')}"]
+        schedule = self.params.get("schedule", "constant")
+        if schedule not in (None, "constant"):
+            parts.append(f"schedule={schedule}")
+        for key in ("drop", "real_fraction"):
+            if self.params.get(key):
+                parts.append(f"{key}={self.params[key]}")
+        if self.params.get("finetune", "base") != "base":
+            parts.append(f"finetune={self.params['finetune']}")
+        return f"{self.name} ({', '.join(parts)})"
+
+
+def read_image_set(path, *, what: str) -> ImageSet:
+    """Read a folder of images; captions come from its ``metadata.jsonl`` when there is one.
+
+    The images are listed, not decoded.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.png").write_bytes(b"")
+    >>> len(read_image_set(folder, what="example"))
+    1
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirectoryError(f"{what} {str(path)!r} is not a directory; give a folder of images")
+    metadata = path / METADATA_FILE
+    files, captions = [], []
+    if metadata.exists():
+        for number, line in enumerate(metadata.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                name = record["file_name"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise RunDirectoryError(
+                    f"{metadata}: line {number} is not a JSON object with a file_name; fix or remove the file"
+                ) from None
+            if not (path / name).exists():
+                raise RunDirectoryError(f"{metadata}: line {number} names {name!r}, which is not in {path}")
+            files.append(path / name)
+            captions.append(str(record.get("caption", "")))
+    else:
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        captions = [""] * len(files)
+    return ImageSet(path=path, files=files, captions=captions)
+
+
+def read_run(path, *, reference=None, real=None) -> Run:
+    """Read a run directory: parameters, finished iterations, reference points and real data.
+
+    Parameters
+    ----------
+    path : path-like
+        The run directory.
+    reference : path-like, optional
+        A folder with ``cond`` and/or ``uncond`` subfolders of base-model generations;
+        defaults to ``RUN/reference`` when it exists.
+    real : path-like, optional
+        A folder of real-data images; defaults to ``RUN/real`` when it exists, else to
+        the run's ``data`` parameter when that is a folder.
+
+    Unfinished iterations (no ``iteration.json`` with status ``complete``, or no
+    images) are listed in :attr:`Run.skipped`, not read.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "run.json").write_text('{"cfg": 3.0}')
+    >>> run = read_run(folder)
+    >>> run.cfg, run.iterations
+    (3.0, {})
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirectoryError(f"run directory {str(path)!r} does not exist; give the folder that `chain run` wrote")
+    run_json = path / RUN_FILE
+    if not run_json.exists():
+        raise RunDirectoryError(f"{path} has no {RUN_FILE}; give a run directory written by `chain run`")
+    try:
+        params = json.loads(run_json.read_text())
+    except json.JSONDecodeError as error:
+        raise RunDirectoryError(f"{run_json} is not valid JSON ({error.msg}); the run directory is damaged") from None
+    if not isinstance(params, dict):
+        raise RunDirectoryError(f"{run_json} must hold a JSON object")
+    run = Run(path=path, params=_flatten_parameters(params))
+    for index, folder in iteration_folders(path).items():
+        status = iteration_status(folder)
+        if status != COMPLETE:
+            run.skipped.append(f"{folder.name} ({status})")
+            continue
+        images = read_image_set(folder, what="iteration folder")
+        if not images.files:
+            run.skipped.append(f"{folder.name} (no images)")
+            continue
+        run.iterations[index] = images
+    reference = Path(reference) if reference is not None else path / REFERENCE_FOLDER
+    for kind in REFERENCE_KINDS:
+        if (reference / kind).is_dir():
+            run.reference[kind] = read_image_set(reference / kind, what=f"reference folder ({kind})")
+    if real is None:
+        # The run's own training data, when it was a folder (``chain run --data DIR``), is the real data.
+        data = run.params.get("data")
+        own = path / REAL_FOLDER
+        real = own if own.is_dir() or not isinstance(data, str) else Path(data)
+    real = Path(real)
+    if real.is_dir():
+        run.real = read_image_set(real, what="real-data folder")
+    return run
+
+
+def _flatten_parameters(params: dict) -> dict:
+    """Lift a nested ``parameters`` (or ``params``) section to the top level, so lookups ignore nesting.
+
+    The nested run parameters win over top-level entries of the same name (``chain run``
+    writes e.g. a ``backend`` description at the top and the backend's name inside).
+    """
+    flat = dict(params)
+    for key in ("config", "params", "parameters"):
+        inner = params.get(key)
+        if isinstance(inner, dict):
+            flat.update(inner)
+    return flat
