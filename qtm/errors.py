@@ -16,3 +16,7 @@ class ImproperDistributionError(QTMError):
 
 class RunDirectoryError(QTMError):
     """A run directory (or a folder of images in it) that cannot be read as ``qtm.rundir`` lays it out."""
+
+
+class FailureError(QTMError):
+    """The command ran on good input but did not succeed (e.g. a verification check failed); exit status 1."""
