@@ -1,12 +1,12 @@
 """The verification suite at tiny sizes: it runs, it writes its outputs, and it can fail.
 
 False-failure rate: every check runs with a fixed seed and is designed to fail a
-correct simulator with probability 0.001, so the smoke run fails by chance with
-probability at most 0.008 over seeds; with the fixed seed the result is
-deterministic (the particle engine does not depend on the thread count). The
-tests that inject a wrong analytic value are expected to fail the check: their
-shifts are 10 or more standard errors at these sizes, so a miss has probability
-far below 1e-6.
+correct simulator with probability 0.001, so the smoke run of the seven ``qtm``
+checks and the sampler-map check of ``chain`` fail by chance with probability at
+most 0.008 over seeds; with the fixed seed the result is deterministic (the
+particle engine does not depend on the thread count). The tests that inject a
+wrong analytic value are expected to fail the check: their shifts are 10 or more
+standard errors at these sizes, so a miss has probability far below 1e-6.
 """
 
 import dataclasses
@@ -37,9 +37,6 @@ def test_every_check_runs_passes_and_writes_its_plot(smoke):
     assert [r.name for r in results] == list(verify.CHECKS)
     assert len(lines) == len(results)
     for result in results:
-        if result.status == "skipped":
-            assert result.name == "sampler_map_diffusers" and "diffusers" in result.note
-            continue
         assert result.status == "pass", verify.format_result(result)
         assert (out / f"{result.name}.png").stat().st_size > 1000
         assert "designed false-failure rate 0.001" in verify.format_result(result)
@@ -52,9 +49,10 @@ def test_every_check_runs_passes_and_writes_its_plot(smoke):
 def test_a_wrong_analytic_value_fails_each_check(smoke, name):
     """Analytic values 10% off (and at least 10 standard errors) are caught by every check."""
     result = next(r for r in smoke[1] if r.name == name)
-    if result.status == "skipped":
-        pytest.skip(result.note)
-    c = result.comparison
+    assert_a_wrong_value_fails(result.comparison)
+
+
+def assert_a_wrong_value_fails(c):
     shift = np.maximum(0.1 * np.abs(c.expected), 10 * c.standard_error)
     verdict = verify.evaluate(dataclasses.replace(c, expected=c.expected + shift))
     assert not verdict.passed
@@ -147,6 +145,35 @@ def test_cli_lists_the_checks():
     done = CliRunner().invoke(app, ["verify", "--list"])
     assert done.exit_code == 0
     assert all(name in done.output for name in verify.CHECKS)
+    assert "sampler_map_diffusers" not in done.output
+
+
+def test_the_suite_stays_on_the_ground_floor():
+    """Importing and listing the qtm suite loads neither torch, diffusers, chain nor validate."""
+    import subprocess
+    import sys
+
+    code = ("import sys, qtm.verify; print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'torch', 'diffusers', 'chain', 'validate'}))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_sampler_map_against_diffusers(tmp_path):
+    """The check moved to chain runs through the qtm runner: it passes (false-failure rate 0.001), writes its
+    outputs and fails a wrong analytic value."""
+    pytest.importorskip("diffusers")
+    from chain import verify_sampler
+
+    lines = []
+    result = verify_sampler.run_check(size=TINY, seed=0, out=tmp_path, echo=lines.append)
+    assert result.name == "sampler_map_diffusers" and result.status == "pass", verify.format_result(result)
+    assert lines == [verify.format_result(result)] and "designed false-failure rate 0.001" in lines[0]
+    assert (tmp_path / "sampler_map_diffusers.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "verify.json").read_text())
+    assert [c["name"] for c in summary["checks"]] == ["sampler_map_diffusers"]
+    assert len(result.comparison.pvalues) == len(verify_sampler.CASES)
+    assert_a_wrong_value_fails(result.comparison)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
-"""Check of the verification suite that needs torch: the exact sampler map against diffusers' scheduler.
+"""Verification check of the exact sampler map against diffusers' own scheduler.
 
-``qtm`` never imports torch, so ``qtm verify`` runs this module in a separate
-process (``python -m validate.verify_sampler --size S --seed N``) when diffusers is
-installed, and reads the comparison it prints as one JSON object on stdout.
+``qtm`` never imports torch nor diffusers, so this check of :mod:`qtm.sampler_map`
+lives with the real chain; it is a :class:`qtm.verify.Check` like those of
+``qtm verify`` and runs through the same :func:`qtm.verify.run_checks` (same
+z-scores, Bonferroni verdict, plot and ``verify.json``).
 
 A cloud of particles ``x_K ~ N(0, 1)`` goes through diffusers' own
 ``DDIMScheduler.step`` with the analytic guided noise prediction of Gaussian
@@ -11,20 +12,21 @@ A cloud of particles ``x_K ~ N(0, 1)`` goes through diffusers' own
 :mod:`qtm.sampler_map`; the guidance scale of each step comes from
 :mod:`qtm.schedules`, the one definition that the real chain uses too. The output's
 mean and variance are compared with :func:`qtm.sampler_map.guided_moments` (z-scores),
-and its shape with the Gaussian the map predicts (Kolmogorov-Smirnov p-values).
+and its shape with the Gaussian the map predicts (Kolmogorov-Smirnov p-values). A
+correct map fails the check with probability at most ``false_failure_rate`` (0.001
+by default) over seeds.
 
 Examples
 --------
->>> result = sampler_comparison(size=0.01, seed=0)  # doctest: +SKIP
->>> sorted(result)[:3]  # doctest: +SKIP
-['expected', 'labels', 'note']
+>>> result = run_check(size=0.01, seed=0)  # doctest: +SKIP
+>>> result.status  # doctest: +SKIP
+'pass'
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy import stats
@@ -32,6 +34,8 @@ from scipy import stats
 from qtm.diffusion import DiffusionConfig
 from qtm.sampler_map import guided_moments
 from qtm.schedules import CFGSchedule
+from qtm.verify import FALSE_FAILURE_RATE, Check, CheckResult, Comparison, run_checks
+from qtm.verify.base import from_rows, mean_se, scaled_count, var_se
 
 #: (cond_mean, cond_var, uncond_mean, uncond_var, cfg, schedule, eta, steps); eta 1 is DDPM.
 CASES = (
@@ -43,28 +47,33 @@ CASES = (
 )
 
 
-def sampler_comparison(*, size: float, seed: int) -> dict:
-    """Run every case through diffusers and return the comparison as a JSON-ready dict.
+def sampler_comparison(*, size: float, rng: np.random.Generator) -> Comparison:
+    """Run every case through diffusers and compare the output with the exact sampler map.
 
     Parameters
     ----------
     size : float
-        Factor on the number of particles (200,000 per case at 1).
-    seed : int
-        Seed of torch's generator.
+        Factor on the number of particles (200,000 per case at 1, never below 2,000).
+    rng : numpy.random.Generator
+        Source of the seed of torch's generator.
 
     Returns
     -------
-    dict
-        ``labels``, ``observed``, ``standard_error``, ``expected``, ``pvalues``, ``note``
-        (the fields of :class:`qtm.verify.Comparison`).
+    qtm.verify.Comparison
+        Mean and variance of every case (z-scores) and a KS p-value of its shape.
+
+    Examples
+    --------
+    >>> c = sampler_comparison(size=0.01, rng=np.random.default_rng(0))  # doctest: +SKIP
+    >>> len(c.labels), len(c.pvalues)  # doctest: +SKIP
+    (10, 5)
     """
     import diffusers
     import torch
 
     config = DiffusionConfig()
-    particles = max(round(200_000 * size), 2_000)
-    generator = torch.Generator().manual_seed(seed)
+    particles = scaled_count(200_000, size, 2_000)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     rows, pvalues = [], {}
     for cm, cv, um, uv, cfg, schedule, eta, steps in CASES:
         scheduler = diffusers.DDIMScheduler(**config.scheduler_config(), clip_sample=False)
@@ -83,34 +92,39 @@ def sampler_comparison(*, size: float, seed: int) -> dict:
         expected = guided_moments(cm, cv, um, uv, cfg=cfg, schedule=schedule, steps=steps, eta=eta, config=config)
         e_mean, e_var = float(expected.mean), float(expected.var)
         name = f"{schedule} w={cfg:g} eta={eta:g} K={steps}"
-        centred = sample - sample.mean()
-        var = float(centred.var(ddof=1))
-        var_se = math.sqrt(max(np.mean(centred**4) - var**2 * (particles - 3) / (particles - 1), 0.0) / particles)
-        rows += [
-            (f"{name} mean", float(sample.mean()), float(sample.std(ddof=1)) / math.sqrt(particles), e_mean),
-            (f"{name} var", var, var_se, e_var),
-        ]
+        rows += [(f"{name} mean", *mean_se(sample), e_mean), (f"{name} var", *var_se(sample), e_var)]
         pvalues[f"{name} KS normal"] = float(stats.kstest(sample, "norm", args=(e_mean, math.sqrt(e_var))).pvalue)
-    labels, observed, se, expected = (list(column) for column in zip(*rows, strict=True))
     note = f"{particles} particles per case through diffusers {diffusers.__version__} DDIMScheduler (SD v1.5 config)"
-    return {
-        "labels": labels,
-        "observed": observed,
-        "standard_error": se,
-        "expected": expected,
-        "pvalues": pvalues,
-        "note": note,
-    }
+    return from_rows(rows, pvalues=pvalues, note=note)
 
 
-def main(argv=None) -> None:
-    """Print :func:`sampler_comparison` as one JSON object (the protocol ``qtm verify`` reads)."""
-    parser = argparse.ArgumentParser(prog="python -m validate.verify_sampler", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(json.dumps(sampler_comparison(size=args.size, seed=args.seed)))
+#: The check, under the name it had in ``qtm verify`` (it names its seed stream and its plot).
+CHECK = Check(
+    "sampler_map_diffusers",
+    "Exact sampler map against diffusers' DDIMScheduler (DDIM, eta 0.5, DDPM)",
+    sampler_comparison,
+)
 
 
-if __name__ == "__main__":
-    main()
+def run_check(
+    *,
+    size: float = 1.0,
+    seed: int = 0,
+    out=None,
+    false_failure_rate: float = FALSE_FAILURE_RATE,
+    echo: Callable[[str], None] | None = None,
+) -> CheckResult:
+    """Run the sampler-map check; with ``out``, write its plot and ``verify.json`` there.
+
+    The options mean what they mean for :func:`qtm.verify.run_checks`.
+
+    Examples
+    --------
+    >>> run_check(size=0.01, seed=0).status  # doctest: +SKIP
+    'pass'
+    """
+    (result,) = run_checks(
+        size=size, seed=seed, out=out, false_failure_rate=false_failure_rate, echo=echo,
+        registry={CHECK.name: CHECK},
+    )  # fmt: skip
+    return result
