@@ -2,21 +2,16 @@
 
 Every random choice of a run is keyed by where it happens (iteration, caption,
 copy), never by the order in which work is done, so a resumed run draws exactly
-what an uninterrupted run draws.
+what an uninterrupted run draws (:func:`qtm.random.derive_seed`).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
+from qtm.random import derive_seed
 from qtm.validation import check_int
 
 # Distinct tags keep the streams of different purposes apart for the same iteration.
 _IMAGE, _FINETUNE, _REAL_MIX = 0, 1, 2
-
-
-def _derive(*entropy: int) -> int:
-    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1, dtype=np.uint32)[0])
 
 
 def image_seed(run_seed: int, iteration: int, caption_index: int, copy: int = 0) -> int:
@@ -28,7 +23,7 @@ def image_seed(run_seed: int, iteration: int, caption_index: int, copy: int = 0)
     True
     """
     check_int(run_seed, "--seed", minimum=0)
-    return _derive(run_seed, _IMAGE, iteration, caption_index, copy)
+    return derive_seed(run_seed, _IMAGE, iteration, caption_index, copy)
 
 
 def finetune_seed(run_seed: int, iteration: int) -> int:
@@ -40,7 +35,7 @@ def finetune_seed(run_seed: int, iteration: int) -> int:
     True
     """
     check_int(run_seed, "--seed", minimum=0)
-    return _derive(run_seed, _FINETUNE, iteration)
+    return derive_seed(run_seed, _FINETUNE, iteration)
 
 
 def real_mix_seed(run_seed: int, iteration: int) -> int:
@@ -52,4 +47,4 @@ def real_mix_seed(run_seed: int, iteration: int) -> int:
     True
     """
     check_int(run_seed, "--seed", minimum=0)
-    return _derive(run_seed, _REAL_MIX, iteration)
+    return derive_seed(run_seed, _REAL_MIX, iteration)

@@ -15,11 +15,13 @@ on disk under ``$CHAIN_TINY_CACHE`` (default ``~/.cache/chain-of-diffusion``),
 keyed by a hash of its configuration.
 
 Everything runs deterministically on the CPU: each phase seeds its own
-generators, so the same seeds give the same weights and images bit for bit.
+generators, so the same seeds give the same weights and images bit for bit, and
+leaves torch's global generator as it found it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -37,9 +39,9 @@ from torch import nn
 
 from chain.backends.base import Backend, FinetuneResult, Progress
 from chain.errors import ChainError
-from qtm.validation import check_choice, check_int, check_positive, check_unit_interval
 from qtm.io import atomic_path
 from qtm.schedules import CFGSchedule
+from qtm.validation import check_choice, check_int, check_positive, check_unit_interval
 
 SAMPLERS = ("ddim", "ddpm")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -330,7 +332,9 @@ class TinyBackend(Backend):
             pin_cpu()
         torch.use_deterministic_algorithms(True)
         self.base_state = load_base_model(self.config, progress=progress)
-        self.model = TinyModel(self.config)
+        # Its random initial weights are replaced at once: drawing them must not move the caller's generator.
+        with torch.random.fork_rng(devices=[]):
+            self.model = TinyModel(self.config)
         self.model.load_state_dict(self.base_state)
         self.model.eval().to(self.device)
 
@@ -348,20 +352,20 @@ class TinyBackend(Backend):
         began = time.perf_counter()
         if start == "base":
             self.model.load_state_dict(self.base_state)
-        torch.manual_seed(seed)
         data = images_to_tensor(images, self.config.resolution).to(self.device)
-        losses = train_diffusion(
-            self.model,
-            data,
-            captions,
-            steps=self.train_steps,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            drop=drop,
-            seed=seed,
-            num_train_timesteps=self.config.num_train_timesteps,
-            progress=progress,
-        )
+        with seeded_global_rng(seed):
+            losses = train_diffusion(
+                self.model,
+                data,
+                captions,
+                steps=self.train_steps,
+                batch_size=self.batch_size,
+                learning_rate=self.learning_rate,
+                drop=drop,
+                seed=seed,
+                num_train_timesteps=self.config.num_train_timesteps,
+                progress=progress,
+            )
         return FinetuneResult(losses=losses, seconds=time.perf_counter() - began)
 
     def generate(self, captions, *, cfg, schedule, seeds, steps, sampler, progress=None) -> list:
@@ -439,20 +443,44 @@ def save_state(state: dict, path: Path) -> None:
 def train_base_model(config: TinyConfig, *, progress: Progress | None = None) -> dict:
     """Train the base model from scratch on all 1797 digits (deterministic for a given config)."""
     pin_cpu()
-    torch.manual_seed(config.base_seed)
-    model = TinyModel(config)
     images, captions = digits_arrays(resolution=config.resolution)
     data = torch.from_numpy(images)[:, None] * 2.0 - 1.0
-    train_diffusion(
-        model,
-        data,
-        captions,
-        steps=config.base_train_steps,
-        batch_size=config.base_batch_size,
-        learning_rate=config.base_learning_rate,
-        drop=config.base_drop,
-        seed=config.base_seed,
-        num_train_timesteps=config.num_train_timesteps,
-        progress=progress,
-    )
+    with seeded_global_rng(config.base_seed):
+        model = TinyModel(config)
+        train_diffusion(
+            model,
+            data,
+            captions,
+            steps=config.base_train_steps,
+            batch_size=config.base_batch_size,
+            learning_rate=config.base_learning_rate,
+            drop=config.base_drop,
+            seed=config.base_seed,
+            num_train_timesteps=config.num_train_timesteps,
+            progress=progress,
+        )
     return copy.deepcopy(model.state_dict())
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int):
+    """Seed torch's global CPU generator with ``seed`` inside the block and restore its state after it.
+
+    The weight initialisation draws from the global generator (anything else of a
+    phase has its own generator); seeding it for good would change what the caller,
+    another backend or a test draws next. Only the CPU generator is touched: the
+    model is built on the CPU, and seeding CUDA would reach every device.
+
+    Examples
+    --------
+    >>> before = torch.random.get_rng_state()
+    >>> with seeded_global_rng(3):
+    ...     first = torch.rand(1)
+    >>> with seeded_global_rng(3):
+    ...     again = torch.rand(1)
+    >>> bool(first == again), bool(torch.equal(before, torch.random.get_rng_state()))
+    (True, True)
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        yield
