@@ -9,7 +9,7 @@ import typer
 
 from chain.cli_run import run as run_command
 from qtm.cli_common import run_app
-from validate.command import validate_command
+from validate.cli_validate import validate_command
 
 app = typer.Typer(
     name="chain",

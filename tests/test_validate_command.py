@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chain.errors import ChainError
-from validate.command import CACHE_FOLDER, validate_runs
-from validate.runs import read_run
+from qtm.errors import RunDirectoryError
+from qtm.rundir import read_run
+from validate.errors import ValidateError
+from validate.pipeline import CACHE_FOLDER, validate_runs
 
 
 def write_folder(folder, *, n, sd, rng, size=16, status="complete", captions=None):
@@ -158,14 +159,14 @@ def test_two_captions_within_caption_statistics_and_fit(tmp_path):
 
 def test_small_captions_are_refused_or_pooled(tmp_path):
     run = make_run(tmp_path, "small", cfg=3.0, shrink=0.8, iterations=2, n=4, captions=TWO_CAPTIONS)
-    with pytest.raises(ChainError, match=r"caption 'a dark square' has 2 image\(s\).*--group none"):
+    with pytest.raises(ValidateError, match=r"caption 'a dark square' has 2 image\(s\).*--group none"):
         validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, group="caption", warn=print)
     assert not (tmp_path / "r").exists()
     messages = []
     result = validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, warn=messages.append)
     assert result["group"] == "none"
     assert any("only 2 image(s)" in m and "--group none" in m for m in messages)
-    with pytest.raises(ChainError, match="--group 'concept' is not one of: caption, none"):
+    with pytest.raises(ValidateError, match="--group 'concept' is not one of: caption, none"):
         validate_runs([run], report=tmp_path / "x", group="concept")
 
 
@@ -175,16 +176,16 @@ def test_empty_and_unfinished_runs(tmp_path):
     (empty / "run.json").write_text(json.dumps({"parameters": {"cfg": 3.0}}))
     unfinished = make_run(tmp_path, "unfinished", cfg=3.0, shrink=1.0, iterations=1, finished=0)
     messages = []
-    with pytest.raises(ChainError, match="no run directory has a finished iteration"):
+    with pytest.raises(ValidateError, match="no run directory has a finished iteration"):
         validate_runs([empty, unfinished], report=tmp_path / "r", warn=messages.append)
     assert "empty: no finished iteration; left out of the report" in messages
     assert not (tmp_path / "r").exists()
     (tmp_path / "afile").write_text("")
-    with pytest.raises(ChainError, match="is a file; give a folder"):
+    with pytest.raises(ValidateError, match="is a file; give a folder"):
         validate_runs([unfinished], report=tmp_path / "afile", warn=messages.append)
-    with pytest.raises(ChainError, match=r"has no run\.json"):
+    with pytest.raises(RunDirectoryError, match=r"has no run\.json"):
         read_run(tmp_path)
-    with pytest.raises(ChainError, match="does not exist"):
+    with pytest.raises(RunDirectoryError, match="does not exist"):
         read_run(tmp_path / "nowhere")
 
 
@@ -275,6 +276,7 @@ def test_reference_points_from_the_base_model(tiny_run, tmp_path):
     import shutil
 
     from chain.backends.tiny import TinyBackend
+    from chain.reference import make_reference
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -285,9 +287,8 @@ def test_reference_points_from_the_base_model(tiny_run, tmp_path):
         report=tmp_path / "r",
         axes=2,
         bootstrap=0,
-        make_reference=True,
         fit_mutation=True,
-        reference_backend=backend,
+        prepare=lambda path: make_reference(path, backend=backend),  # what `chain validate --make-reference` does
         warn=messages.append,
     )
     for kind, caption in (("cond", "a handwritten digit"), ("uncond", "")):
@@ -304,7 +305,5 @@ def test_reference_points_from_the_base_model(tiny_run, tmp_path):
     assert np.isfinite(result["fit"]["chi2"])
     # Existing reference folders are kept as they are.
     stamp = (run / "reference" / "cond" / "000000.png").stat().st_mtime_ns
-    from validate.reference import make_reference
-
     make_reference(run, backend=backend)
     assert (run / "reference" / "cond" / "000000.png").stat().st_mtime_ns == stamp

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chain.errors import ChainError
+from qtm.rundir import read_image_set
 from validate.cache import embed_image_set
 from validate.embed_stats import StatsEmbedder
 from validate.embedders import EMBEDDER_NAMES, get_embedder
-from validate.runs import read_image_set
+from validate.errors import ValidateError
 
 
 def write_images(folder, count=4, size=(8, 8), seed=0):
@@ -25,7 +25,7 @@ def write_images(folder, count=4, size=(8, 8), seed=0):
 
 
 def test_unknown_embedder_names_the_choices():
-    with pytest.raises(ChainError, match="unknown embedder 'vgg'; choose one of: stats, efficientnet, clip"):
+    with pytest.raises(ValidateError, match="unknown embedder 'vgg'; choose one of: stats, efficientnet, clip"):
         get_embedder("vgg")
     assert get_embedder("stats").name == "stats"
     assert EMBEDDER_NAMES == ("stats", "efficientnet", "clip")
@@ -85,7 +85,7 @@ def test_mixed_sizes_are_embedded_and_reported(tmp_path):
 def test_an_image_that_does_not_decode_is_one_line(tmp_path):
     images = write_images(tmp_path / "a", count=1)
     (tmp_path / "a" / "000.png").write_bytes(b"not a png")
-    with pytest.raises(ChainError, match="does not decode"):
+    with pytest.raises(ValidateError, match="does not decode"):
         embed_image_set(images, StatsEmbedder(), cache_dir=tmp_path / "c", key="a")
 
 
@@ -110,16 +110,16 @@ def test_efficientnet_features_are_pretrained_and_deterministic():
 
 
 def test_clip_without_weights_is_a_clear_error(tmp_path):
-    with pytest.raises(ChainError, match="exactly one of --clip-pretrained TAG or --clip-checkpoint PATH"):
+    with pytest.raises(ValidateError, match="exactly one of --clip-pretrained TAG or --clip-checkpoint PATH"):
         get_embedder("clip")
-    with pytest.raises(ChainError, match="is not a file"):
+    with pytest.raises(ValidateError, match="is not a file"):
         get_embedder("clip", clip_checkpoint=tmp_path / "missing.pt")
     # Offline (HF_HUB_OFFLINE=1), a named tag cannot be had: an error, never random weights.
     model = get_embedder("clip", clip_model="ViT-B-32", clip_pretrained="openai")
-    with pytest.raises(ChainError, match="cannot load CLIP weights 'openai' for ViT-B-32"):
+    with pytest.raises(ValidateError, match="cannot load CLIP weights 'openai' for ViT-B-32"):
         model.embed([Image.new("RGB", (8, 8))])
     unknown = get_embedder("clip", clip_model="ViT-S-32", clip_pretrained="no-such-tag")
-    with pytest.raises(ChainError, match="not a known tag"):
+    with pytest.raises(ValidateError, match="not a known tag"):
         unknown.embed([Image.new("RGB", (8, 8))])
 
 

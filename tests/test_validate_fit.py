@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from chain.errors import ChainError
 from qtm.recursion import simulate_moments
+from validate.errors import ValidateError
 from validate.fitting import BaseMoments, Trajectory, fit_theory
 
 COND = (np.array([0.0, 0.5]), np.array([1.0, 0.5]))
@@ -120,13 +120,13 @@ def test_missing_reference_points_become_nuisance_parameters():
 
 def test_too_few_values_for_the_parameters_is_one_line():
     short = theory_trajectories(iterations=2)[:1]
-    with pytest.raises(ChainError, match="parameters but only"):
+    with pytest.raises(ValidateError, match="parameters but only"):
         fit_theory(short, base=BaseMoments(), fit_until=1)
-    with pytest.raises(ChainError, match="no run has a finished iteration"):
+    with pytest.raises(ValidateError, match="no run has a finished iteration"):
         fit_theory([])
     collapsed = theory_trajectories(iterations=3)[:1]
     collapsed[0].var[2, 1] = 0.0
-    with pytest.raises(ChainError, match="iteration 2 has no positive trait variance on axis 1"):
+    with pytest.raises(ValidateError, match="iteration 2 has no positive trait variance on axis 1"):
         fit_theory(collapsed, base=BaseMoments(cond=COND, uncond=UNCOND))
 
 
@@ -267,7 +267,7 @@ def test_per_caption_p_c_as_nuisance_and_missing_captions():
     assert len(nuisance) == 2 * len(CAPTION_COND)
     assert fit.goodness["fit_rmse_log_var"] < 0.05
     partial = {"zero": CAPTION_COND["zero"]}
-    with pytest.raises(ChainError, match="no cond moments for caption 'one'"):
+    with pytest.raises(ValidateError, match="no cond moments for caption 'one'"):
         fit_theory(runs, base=BaseMoments(cond=partial, uncond=CAPTION_UNCOND))
 
 

@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chain.errors import ChainError
 from validate.axes import fit_axes
 from validate.embed_stats import (
     FEATURES,
@@ -17,6 +16,7 @@ from validate.embed_stats import (
     saturation,
     sharpness,
 )
+from validate.errors import ValidateError
 from validate.statistics import (
     WITHIN_CAPTIONS,
     bootstrap_statistics,
@@ -168,9 +168,9 @@ def test_pca_axes_find_the_dominant_direction_and_standardise():
 
 
 def test_pca_axes_bad_requests():
-    with pytest.raises(ChainError, match="--axes 5"):
+    with pytest.raises(ValidateError, match="--axes 5"):
         fit_axes(np.zeros((10, 3)), 5)
-    with pytest.raises(ChainError, match="at least 2 reference images"):
+    with pytest.raises(ValidateError, match="at least 2 reference images"):
         fit_axes(np.zeros((1, 3)), 1)
     constant = np.ones((5, 2))  # a constant feature must not divide by zero
     assert np.isfinite(fit_axes(constant, 1, standardize=True).project(constant)).all()
@@ -231,6 +231,6 @@ def test_grouped_bootstrap_resamples_within_captions():
 
 def test_grouped_statistics_refuses_captions_with_fewer_than_three_images():
     x = np.zeros((5, 1))
-    with pytest.raises(ChainError, match=r"iter 2: caption 'b' has 2 image\(s\).*at least 3.*--group none"):
+    with pytest.raises(ValidateError, match=r"iter 2: caption 'b' has 2 image\(s\).*at least 3.*--group none"):
         grouped_statistics(x, x, ["a", "a", "a", "b", "b"], n_boot=0, what="iter 2")
     assert list(group_indices(["x"] * 3)) == ["x"]

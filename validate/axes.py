@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chain.errors import ChainError
 from qtm.validation import check_int
+from validate.errors import ValidateError
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,9 @@ def fit_axes(reference: np.ndarray, k: int, *, standardize: bool = False) -> Tra
     reference = np.asarray(reference, dtype=float)
     n, d = reference.shape
     if n < 2:
-        raise ChainError(f"the axes need at least 2 reference images, got {n}; generate more images per iteration")
+        raise ValidateError(f"the axes need at least 2 reference images, got {n}; generate more images per iteration")
     if k > min(n - 1, d):
-        raise ChainError(
+        raise ValidateError(
             f"--axes {k} is more than the {min(n - 1, d)} axes that {n} reference images "
             f"of {d} features allow; lower --axes"
         )

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from qtm.io import atomic_path, write_json
+from qtm.rundir import ImageSet
 from validate.embedders import Embedder, load_image
-from validate.runs import ImageSet
 
 BATCH = 16
 
@@ -53,7 +53,7 @@ def embed_image_set(
     --------
     >>> import tempfile, PIL.Image
     >>> from validate.embed_stats import StatsEmbedder
-    >>> from validate.runs import read_image_set
+    >>> from qtm.rundir import read_image_set
     >>> folder = Path(tempfile.mkdtemp())
     >>> PIL.Image.new("RGB", (4, 4), (255, 0, 0)).save(folder / "a.png")
     >>> images = read_image_set(folder, what="example")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chain.errors import ChainError
 from validate.embedders import Embedder
+from validate.errors import ValidateError
 
 #: The ``clip_pretrained`` value that asks for random weights (plumbing tests only).
 RANDOM_WEIGHTS = "random"
@@ -64,9 +64,13 @@ class ClipEmbedder(Embedder):
         device: str = "cpu",
     ):
         if (pretrained is None) == (checkpoint is None):
-            raise ChainError("the clip embedder needs exactly one of --clip-pretrained TAG or --clip-checkpoint PATH")
+            raise ValidateError(
+                "the clip embedder needs exactly one of --clip-pretrained TAG or --clip-checkpoint PATH"
+            )
         if checkpoint is not None and not Path(checkpoint).is_file():
-            raise ChainError(f"--clip-checkpoint {str(checkpoint)!r} is not a file; give a local open_clip checkpoint")
+            raise ValidateError(
+                f"--clip-checkpoint {str(checkpoint)!r} is not a file; give a local open_clip checkpoint"
+            )
         self.model_name = model
         self.pretrained = pretrained
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
@@ -96,13 +100,13 @@ class ClipEmbedder(Embedder):
         import open_clip
 
         if self.model_name not in open_clip.list_models():
-            raise ChainError(f"unknown --clip-model {self.model_name!r}; see open_clip.list_models()")
+            raise ValidateError(f"unknown --clip-model {self.model_name!r}; see open_clip.list_models()")
         if self.pretrained == RANDOM_WEIGHTS:
             warnings.warn("clip embedder with RANDOM weights: the embeddings test the plumbing only", stacklevel=2)
             source = None
         else:
             source = str(self.checkpoint) if self.checkpoint is not None else self.pretrained
-        # open_clip logs its failures on the root logger too; the ChainError below is the one line the user sees.
+        # open_clip logs its failures on the root logger too; the ValidateError below is the one line the user sees.
         logging.disable(logging.ERROR)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -110,7 +114,7 @@ class ClipEmbedder(Embedder):
             )
         except Exception as error:  # open_clip raises many kinds (network, hub, unknown tag, bad file)
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ChainError(
+            raise ValidateError(
                 f"cannot load CLIP weights {source!r} for {self.model_name} ({reason}); "
                 f"give a local file with --clip-checkpoint PATH, or run where the weights can be downloaded"
             ) from None

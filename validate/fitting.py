@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from chain.errors import ChainError
 from qtm.errors import QTMError
+from validate.errors import ValidateError
 
 W_BOUNDS = (0.0, 50.0)
 #: Starting points: w_eff = 1 + scale * (cfg - 1); the best of the local fits is kept. The last
@@ -357,12 +357,12 @@ def fit_theory(
     2.0
     """
     if not trajectories:
-        raise ChainError("nothing to fit: no run has a finished iteration")
+        raise ValidateError("nothing to fit: no run has a finished iteration")
     for trajectory in trajectories:
         bad = ~(np.isfinite(trajectory.mean) & np.isfinite(trajectory.var) & (trajectory.var > 0))
         if bad.any():
             row, axis = np.argwhere(bad)[0]
-            raise ChainError(
+            raise ValidateError(
                 f"{trajectory.run}: iteration {trajectory.iterations[row]} has no positive trait variance on "
                 f"axis {axis} (identical images, or fewer than 2); the log-variance fit needs more images"
             )
@@ -371,7 +371,7 @@ def fit_theory(
         moments = getattr(base, name)
         missing = sorted({t.group for t in trajectories} - set(moments)) if isinstance(moments, dict) else []
         if missing:
-            raise ChainError(
+            raise ValidateError(
                 f"no {name} moments for caption {missing[0]!r}; measure every caption's reference points "
                 "(--make-reference) or fit with --group none"
             )
@@ -381,7 +381,7 @@ def fit_theory(
     ]
     n_fit = model.n_values(masks)
     if n_fit < len(model.names):
-        raise ChainError(
+        raise ValidateError(
             f"the fit has {len(model.names)} parameters but only {n_fit} measured values"
             + (f" before --forecast-from {fit_until}" if fit_until is not None else "")
             + "; use more iterations, more axes, or base-model reference points"
@@ -404,7 +404,7 @@ def fit_theory(
         if model.proper(result.x) and (best is None or result.cost < best.cost):
             best = result
     if best is None:
-        raise ChainError(
+        raise ValidateError(
             "the tilt model is improper (non-positive precision w/v_c + (1-w)/v_u) at every starting point; "
             "the measured p_c is wider than p_u on some axis, which CFG > 1 cannot tilt"
         )

@@ -1,7 +1,9 @@
-"""Plots, tables and the one-page ``report.md`` of ``chain validate``.
+"""The report folder of ``chain validate``: tables, plots and the one-page ``report.md``.
 
-Every file is written atomically (:mod:`qtm.io`), so an interrupted report never
-leaves a half-written file under its final name.
+:func:`write_report` writes everything :func:`validate.pipeline.validate_runs` found;
+the page's text is :mod:`validate.report_markdown`'s. Every file is written
+atomically (:mod:`qtm.io`), so an interrupted report never leaves a half-written
+file under its final name.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qtm.io import atomic_path
+from qtm.io import atomic_path, write_json, write_table
+from validate.report_markdown import markdown_report
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
 #: Trait axes drawn in the trajectory plots (the tables hold all of them).
@@ -20,28 +23,67 @@ PLOTTED_AXES = 3
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
-def markdown_table(frame: pd.DataFrame, *, digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table of ``frame`` (floats to ``digits`` significant digits).
+def write_report(folder, validation) -> dict:
+    """Write the tables, ``fit.json``, the plots and ``report.md`` of a validation into ``folder``.
 
-    Examples
-    --------
-    >>> print(markdown_table(pd.DataFrame({"a": [1.23456], "b": ["x"]}), digits=3))
-    | a | b |
-    | --- | --- |
-    | 1.23 | x |
+    Parameters
+    ----------
+    folder : path-like
+        The report folder (created; every file in it is replaced atomically).
+    validation : validate.pipeline.Validation
+        What was measured and fitted.
+
+    Returns
+    -------
+    dict
+        The paths written, by what they hold (``statistics``, ``parameters``, ``report``, ...).
     """
-
-    def cell(value):
-        if isinstance(value, (float, np.floating)):
-            return "–" if not math.isfinite(value) else f"{value:.{digits}g}"
-        return str(value)
-
-    lines = [
-        "| " + " | ".join(map(str, frame.columns)) + " |",
-        "| " + " | ".join("---" for _ in frame.columns) + " |",
-    ]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    statistics, fit, forecast = validation.statistics, validation.fit, validation.forecast
+    record, embedder = validation.provenance, validation.embedder.name
+    written = {
+        "statistics": [
+            write_table(statistics, folder / "statistics.csv", provenance=record),
+            write_table(statistics, folder / "statistics.parquet", provenance=record),
+        ]
+    }
+    if fit is not None:
+        written["parameters"] = write_table(fit.parameters, folder / "parameters.csv", provenance=record)
+        written["predictions"] = write_table(fit.predictions, folder / "predicted_vs_measured.csv", provenance=record)
+        written["strength_plot"] = plot_strength(fit.parameters, path=folder / "strength.png")
+    if forecast is not None:
+        written["forecast"] = write_table(forecast.predictions, folder / "forecast.csv", provenance=record)
+    write_json(
+        folder / "fit.json",
+        {
+            "fit": None if fit is None else fit.goodness,
+            "forecast": None if forecast is None else forecast.goodness,
+            "note": validation.notes,
+            "group": validation.group,
+            "provenance": record,
+        },
+    )
+    predictions = fit.predictions if fit is not None else None
+    for quantity in ("var", "mean"):
+        written[f"{quantity}_plot"] = plot_trajectories(
+            statistics, predictions, quantity=quantity, path=folder / f"{quantity}.png", embedder=embedder
+        )
+    if forecast is not None:
+        written["forecast_plot"] = plot_trajectories(
+            statistics,
+            forecast.predictions,
+            quantity="var",
+            path=folder / "forecast_var.png",
+            embedder=embedder,
+            forecast_from=validation.forecast_from,
+        )
+    written["summary_plot"] = plot_summary(statistics, path=folder / "summary.png", embedder=embedder)
+    written["grids"] = [sample_grid(run.iterations, path=folder / f"samples_{run.name}.png") for run in validation.runs]
+    with atomic_path(folder / "report.md") as tmp:
+        tmp.write_text(markdown_report(validation))
+    written["report"] = folder / "report.md"
+    return written
 
 
 def _save_figure(figure, path: Path) -> None:

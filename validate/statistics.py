@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from chain.errors import ChainError
 from qtm.random import check_random_state
+from validate.errors import ValidateError
 
 
 def frechet_distance(mean1, cov1, mean2, cov2) -> float:
@@ -198,7 +198,7 @@ WITHIN_CAPTIONS = "(within)"
 
 
 def group_indices(labels, *, min_size: int = MIN_GROUP_SIZE, what: str = "population") -> dict[str, np.ndarray]:
-    """Indices of each distinct label (sorted by label); a ChainError when a group is smaller than ``min_size``.
+    """Indices of each distinct label (sorted by label); a ValidateError when a group is smaller than ``min_size``.
 
     Examples
     --------
@@ -210,7 +210,7 @@ def group_indices(labels, *, min_size: int = MIN_GROUP_SIZE, what: str = "popula
     for label in sorted(set(labels.tolist())):
         index = np.flatnonzero(labels == label)
         if len(index) < min_size:
-            raise ChainError(
+            raise ValidateError(
                 f"{what}: caption {label!r} has {len(index)} image(s); per-caption statistics need at least "
                 f"{min_size} per caption; generate more images per caption or use --group none"
             )

@@ -1,0 +1,102 @@
+"""Base-model reference points: what the base model generates conditionally (CFG 1) and unconditionally.
+
+Embedded (``chain validate``), they measure the theory's p_c and p_u in trait space
+directly, so the fit need not treat them as unknowns. :func:`make_reference`
+generates them for a run directory with the run's own backend and settings, the
+captions of its first finished iteration and seeds of their own, and writes them
+to ``RUN/reference/cond`` (caption, CFG 1) and ``RUN/reference/uncond`` (empty
+prompt, CFG 1: the unconditional branch alone); the layout is :mod:`qtm.rundir`'s.
+Each folder appears under its final name only when complete; existing folders
+are left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from chain.errors import ChainError
+from chain.runner import make_backend
+from qtm.random import derive_seed
+from qtm.rundir import METADATA_FILE, REFERENCE_FOLDER, REFERENCE_KINDS, read_run
+from qtm.schedules import CFGSchedule
+
+#: The stream tag of the reference seeds: reference images never share noise with the run's own images.
+REFERENCE_TAG = 0x5EF
+
+
+def reference_seeds(run_seed: int, count: int) -> list[int]:
+    """Seeds of the ``count`` reference images of a run with seed ``run_seed`` (one per caption).
+
+    Examples
+    --------
+    >>> len(set(reference_seeds(0, 100)))  # all distinct
+    100
+    """
+    return [derive_seed(run_seed, REFERENCE_TAG, i) for i in range(count)]
+
+
+def make_reference(run_dir, *, backend=None, progress=None) -> dict[str, Path]:
+    """Generate the missing reference folders of ``run_dir`` from the base model; return all reference folders.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A run directory with at least one finished iteration.
+    backend : chain.backends.base.Backend, optional
+        A backend holding the base model; by default built from ``run.json`` with
+        :func:`chain.runner.make_backend` (for ``tiny``, the cached base model).
+    progress : callable, optional
+        ``progress(done, total)`` during generation.
+
+    Examples
+    --------
+    >>> make_reference("/nonexistent")
+    Traceback (most recent call last):
+    ...
+    qtm.errors.RunDirectoryError: run directory '/nonexistent' does not exist; give the folder that `chain run` wrote
+    """
+    run = read_run(run_dir)
+    if not run.iterations:
+        raise ChainError(f"{run.name}: no finished iteration to take the captions from; run `chain run` first")
+    folders = {kind: run.path / REFERENCE_FOLDER / kind for kind in REFERENCE_KINDS}
+    wanted = [kind for kind in REFERENCE_KINDS if kind not in run.reference]
+    if not wanted:
+        return folders
+    params = run.params
+    backend = backend if backend is not None else make_backend(params)
+    captions = run.iterations[min(run.iterations)].captions
+    seeds = reference_seeds(int(params.get("seed", 0) or 0), len(captions))
+    for kind in wanted:
+        prompts = list(captions) if kind == "cond" else [""] * len(captions)
+        images = backend.generate(
+            prompts,
+            cfg=1.0,
+            schedule=CFGSchedule.parse("constant"),
+            seeds=seeds,
+            steps=int(params.get("steps", 50) or 50),
+            sampler=str(params.get("sampler", "ddim")),
+            progress=progress,
+        )
+        _write_folder(folders[kind], images, prompts, seeds)
+    return folders
+
+
+def _write_folder(folder: Path, images, prompts, seeds) -> None:
+    """Write the images and their ``metadata.jsonl`` into a staging folder, then rename it onto ``folder``."""
+    staging = folder.with_name(f".{folder.name}.part")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        lines = []
+        for i, (image, prompt, seed) in enumerate(zip(images, prompts, seeds, strict=True)):
+            name = f"{i:06d}.png"
+            image.save(staging / name)
+            lines.append(json.dumps({"file_name": name, "caption": prompt, "seed": seed, "cfg": 1.0}))
+        (staging / METADATA_FILE).write_text("\n".join(lines) + "\n")
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,154 @@
+"""The floors of the code base, with one-way arrows, read from the source (every import, also inside functions).
+
+``qtm`` is the ground (numpy, scipy, numba: never torch); ``chain`` and ``validate`` stand on it side by side and
+never import each other; the command-line modules (``*/cli*.py``) stand on all three, and nothing below imports
+them. A package never imports another package's private modules or names. Deterministic: no false failures.
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("qtm", "chain", "validate")
+#: Libraries the ground floor must not need (they come with the chain extra).
+HEAVY = ("torch", "diffusers", "transformers", "open_clip", "peft", "accelerate")
+#: A string that names a module of an upper floor, e.g. one handed to ``python -m`` or importlib.
+UPPER_MODULE_NAME = re.compile(r"^(chain|validate)(\.[A-Za-z_]\w*)+$")
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_cli(module: str) -> bool:
+    return module.split(".")[-1].startswith("cli")
+
+
+def floor(module: str) -> str:
+    """The floor of a module of the three packages: qtm, chain, validate, or cli."""
+    return "cli" if is_cli(module) else module.split(".")[0]
+
+
+def imports(path: Path, module: str) -> list[tuple[int, str, list[str]]]:
+    """(line, imported module, imported names) for every import statement of the file, at any depth."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.append((node.lineno, base, [alias.name for alias in node.names]))
+    return found
+
+
+def string_constants(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+
+
+def violations(root: Path = REPO) -> list[str]:
+    """Every import (or module-name string) of the three packages under ``root`` that breaks the floors."""
+    found = []
+    edges = set()
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            module = module_name(path, root)
+            where = f"{path.relative_to(root)}"
+            for line, target, names in imports(path, module):
+                top = target.split(".")[0]
+                at = f"{where}:{line} imports {target}"
+                if package == "qtm" and top in (*HEAVY, "chain", "validate"):
+                    found.append(f"{at}: qtm is the ground floor (no chain, validate or torch-like libraries)")
+                if top not in PACKAGES:
+                    continue
+                # `from package import module` imports a module too.
+                targets = [target] + [f"{target}.{name}" for name in names]
+                if not is_cli(module):
+                    if {package, top} == {"chain", "validate"}:
+                        found.append(f"{at}: chain and validate stand side by side and do not import each other")
+                    if any(is_cli(t) and _is_module(root, t) for t in targets):
+                        found.append(f"{at}: only command-line modules import command-line modules")
+                if top != package:
+                    private = [part for part in target.split(".") if part.startswith("_") and part != "__init__"]
+                    private += [name for name in names if name.startswith("_")]
+                    if private:
+                        found.append(f"{at}: {', '.join(private)} is private to {top}")
+                if floor(target) != floor(module):
+                    edges.add((floor(module), floor(target)))
+            if package == "qtm":
+                for line, value in string_constants(path):
+                    if UPPER_MODULE_NAME.match(value):
+                        found.append(f"{where}:{line} names the module {value!r}: qtm does not run upper floors")
+    found += [f"packages import each other in a cycle: {' -> '.join(cycle)}" for cycle in _cycles(edges)]
+    return found
+
+
+def _is_module(root: Path, name: str) -> bool:
+    path = root / Path(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def _cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
+    """One cycle per strongly connected group of floors (depth-first search from each floor)."""
+    graph = {}
+    for source, target in edges:
+        graph.setdefault(source, set()).add(target)
+    cycles, seen = [], set()
+
+    def visit(node, path):
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in path:
+                cycle = [*path[path.index(nxt) :], nxt]
+                if frozenset(cycle) not in seen:
+                    seen.add(frozenset(cycle))
+                    cycles.append(cycle)
+            else:
+                visit(nxt, [*path, nxt])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    return cycles
+
+
+def test_the_floors_have_one_way_arrows():
+    assert violations() == []
+
+
+@pytest.mark.parametrize(
+    ("package", "module", "source", "broken"),
+    [
+        ("qtm", "model.py", "import torch\n", "ground floor"),
+        ("qtm", "model.py", "def f():\n    from validate.fitting import fit\n", "ground floor"),
+        ("qtm", "model.py", "COMMAND = ['python', '-m', 'validate.verify_sampler']\n", "names the module"),
+        ("chain", "runner.py", "def f():\n    from validate.runs import read_run\n", "side by side"),
+        ("validate", "runs.py", "from chain.errors import ChainError\n", "side by side"),
+        ("validate", "fit.py", "from qtm.particles._kernels import step\n", "private to qtm"),
+        ("validate", "fit.py", "from qtm.gaussian import _check\n", "private to qtm"),
+        ("chain", "runner.py", "from qtm import cli_common\n", "only command-line modules"),
+    ],
+)
+def test_each_broken_arrow_is_caught(tmp_path, package, module, source, broken):
+    for name in PACKAGES:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / "qtm" / "cli_common.py").write_text("")
+    (tmp_path / package / module).write_text(source)
+    found = violations(tmp_path)
+    assert len(found) >= 1 and any(broken in message for message in found), found
+
+
+def test_a_cycle_between_floors_is_caught():
+    assert _cycles({("chain", "validate"), ("validate", "chain"), ("cli", "chain")}) == [["chain", "validate", "chain"]]

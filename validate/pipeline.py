@@ -1,0 +1,500 @@
+"""The stages of ``chain validate``: read runs, embed, statistics, fit, forecast; then the report.
+
+Pipeline: read the run directories (finished iterations only, :mod:`qtm.rundir`) →
+embed every image set with the chosen embedder (cached) → fix PCA trait axes on the
+reference population → statistics per iteration with bootstrap intervals → fit the
+tilt-sampler recursion (:mod:`validate.fitting`) → tables, plots and ``report.md``
+(:func:`validate.report.write_report`). :func:`validate_runs` runs it all; the
+command line (:mod:`validate.cli_validate`) only parses options and draws progress.
+
+The reference population (axes, Fréchet distance) is the real data when a run has
+it (``RUN/real`` or ``--real``), else the base model's CFG-1 generations
+(``RUN/reference/cond`` or ``--reference DIR/cond``), else iteration 0 of the first
+run given; the report says which.
+
+With ``--group caption`` (the default when the runs have several captions) the
+traits are measured within each caption, as the theory means them: CFG selects
+within a caption, a concept with its own p_c. The axes are then the principal
+components of the reference's within-caption deviations, every population gets
+per-caption rows (``caption`` column) and a within-caption summary, and the fit is
+joint over captions (shared ``w_eff``, ``rho``, ``rho_u`` and p_u; per-caption p_c).
+``--group none`` pools all images of an iteration, as before.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qtm.provenance import provenance
+from qtm.rundir import ImageSet, Run, read_run
+from qtm.validation import check_int
+from validate.axes import TraitAxes, fit_axes
+from validate.cache import embed_image_set
+from validate.embedders import Embedder, get_embedder
+from validate.errors import ValidateError
+from validate.fitting import BaseMoments, FitResult, Trajectory, fit_theory
+from validate.report import write_report
+from validate.statistics import (
+    ALL_CAPTIONS,
+    MIN_GROUP_SIZE,
+    WITHIN_CAPTIONS,
+    bootstrap_statistics,
+    group_indices,
+    grouped_statistics,
+)
+
+CACHE_FOLDER = ".validate_cache"
+GROUPS = ("caption", "none")
+
+
+@dataclass
+class Validation:
+    """What :func:`validate_runs` measured and fitted: everything the report shows.
+
+    ``statistics`` has one row per run, population, iteration, caption, statistic and
+    axis; ``fit`` and ``forecast`` are None where they were not made (``notes`` say why).
+    """
+
+    runs: list[Run]
+    embedder: Embedder
+    group: str
+    captions: list[str]
+    reference_name: str
+    trait_axes: TraitAxes
+    statistics: pd.DataFrame
+    fit: FitResult | None
+    forecast: FitResult | None
+    notes: list[str]
+    forecast_from: int | None
+    provenance: dict
+
+
+def validate_runs(
+    run_dirs,
+    *,
+    report,
+    embedder: str = "stats",
+    axes: int = 3,
+    forecast_from: int | None = None,
+    reference=None,
+    real=None,
+    bootstrap: int = 200,
+    seed: int = 0,
+    embedder_options: dict | None = None,
+    fit_mutation: bool = False,
+    group: str | None = None,
+    fit_means: bool = True,
+    prepare: Callable[[Path], object] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> dict:
+    """Validate the runs in ``run_dirs`` and write the report into ``report``.
+
+    Parameters
+    ----------
+    run_dirs : list of path-like
+        Run directories written by ``chain run``.
+    report : path-like
+        Output folder (created; files in it are replaced atomically).
+    embedder : {"stats", "efficientnet", "clip"}
+    axes : int
+        Number of PCA trait axes.
+    forecast_from : int, optional
+        Also fit on iterations ``< forecast_from`` only and report the forecast error of the rest.
+    reference, real : path-like, optional
+        Base-model reference folder (``cond``/``uncond`` subfolders) and real-data folder for all runs.
+    bootstrap : int
+        Bootstrap resamples for the intervals (0 for none).
+    seed : int
+        Seed of the bootstrap.
+    embedder_options : dict, optional
+        Options of :func:`validate.embedders.get_embedder`.
+    fit_mutation : bool
+        Also fit a per-axis variance added each generation (finetuning error); see
+        :func:`validate.fitting.fit_theory`.
+    fit_means : bool
+        ``False``: fit the log variances only (:func:`validate.fitting.fit_theory`).
+    group : {"caption", "none"}, optional
+        ``caption``: traits within each caption and a joint per-caption fit; ``none``:
+        pooled over captions. Default: ``caption`` when the runs have several captions and
+        every caption at least 3 images per iteration (else ``none``, with a warning).
+    prepare : callable, optional
+        ``prepare(run_dir)`` is called for every run directory once the options are
+        checked and before it is read (``chain validate --make-reference`` generates the
+        base model's missing reference folders here).
+    progress : callable, optional
+        ``progress(done, total, what)`` while embedding: images embedded so far, of all,
+        and which image set is being embedded.
+    warn : callable, optional
+        Receives each warning as one line (default: :func:`warnings.warn`).
+
+    Returns
+    -------
+    dict
+        ``group``, ``written`` (paths of what was written), ``fit`` and ``forecast``
+        (their goodness, or None) and ``validation`` (the :class:`Validation`).
+
+    Examples
+    --------
+    >>> validate_runs([], report="/tmp/unused")
+    Traceback (most recent call last):
+    ...
+    validate.errors.ValidateError: give at least one run directory
+    """
+    warn = warn if warn is not None else (lambda message: warnings.warn(message, stacklevel=2))
+    if not run_dirs:
+        raise ValidateError("give at least one run directory")
+    axes = check_int(axes, "--axes", minimum=1)
+    bootstrap = check_int(bootstrap, "--bootstrap", minimum=0)
+    if forecast_from is not None:
+        forecast_from = check_int(forecast_from, "--forecast-from", minimum=1)
+    if group is not None and group not in GROUPS:
+        raise ValidateError(f"--group {group!r} is not one of: {', '.join(GROUPS)}")
+    if Path(report).exists() and not Path(report).is_dir():
+        raise ValidateError(f"--report {str(report)!r} is a file; give a folder for the report")
+    model = get_embedder(embedder, **(embedder_options or {}))
+    if prepare is not None:
+        for path in run_dirs:
+            prepare(path)
+    runs = read_runs(run_dirs, reference=reference, real=real, warn=warn)
+    captions = sorted({c for run in runs for images in run.iterations.values() for c in images.captions})
+    group = group if group is not None else _default_group(runs, captions, warn)
+    grouped = group == "caption"
+
+    embedded = embed_runs(runs, model, warn=warn, progress=progress)
+    reference_name, reference_features, reference_captions = _reference_population(runs, embedded)
+    # Within captions, the axes are the directions in which images of one caption differ: PCA of the
+    # reference's within-caption deviations (grand mean added back, so the map's centre stays the same).
+    axes_features = (
+        _within_caption(reference_features, reference_captions, what=f"reference population ({reference_name})")
+        if grouped
+        else reference_features
+    )
+    trait_axes = fit_axes(axes_features, axes, standardize=model.standardize)
+    statistics = _statistics(
+        runs, embedded, trait_axes, reference_features, reference_name, model, bootstrap, seed, grouped=grouped
+    )
+    record = provenance(
+        {
+            "runs": [str(r.path) for r in runs],
+            "embedder": model.name,
+            "embedder_settings": model.settings(),
+            "axes": axes,
+            "forecast_from": forecast_from,
+            "bootstrap": bootstrap,
+            "reference": reference_name,
+            "group": group,
+            "fit_mutation": fit_mutation,
+            "fit_means": fit_means,
+        },
+        seed=seed,
+        software="chain validate",
+    )
+    trajectories = _trajectories(runs, statistics, grouped=grouped)
+    base, base_notes = _base_moments(statistics, grouped=grouped, groups={t.group for t in trajectories})
+    fit, forecast, fit_notes = _fit(
+        trajectories, base, forecast_from, warn, fit_mutation=fit_mutation, fit_means=fit_means
+    )
+    validation = Validation(
+        runs=runs,
+        embedder=model,
+        group=group,
+        captions=captions,
+        reference_name=reference_name,
+        trait_axes=trait_axes,
+        statistics=statistics,
+        fit=fit,
+        forecast=forecast,
+        notes=base_notes + fit_notes,
+        forecast_from=forecast_from,
+        provenance=record,
+    )
+    return {
+        "group": group,
+        "written": write_report(report, validation),
+        "fit": None if fit is None else fit.goodness,
+        "forecast": None if forecast is None else forecast.goodness,
+        "validation": validation,
+    }
+
+
+def read_runs(run_dirs, *, reference=None, real=None, warn: Callable[[str], None]) -> list[Run]:
+    """The runs of ``run_dirs`` that have a finished iteration; ``warn`` hears of what is left out.
+
+    Examples
+    --------
+    >>> read_runs(["/nonexistent"], warn=print)
+    Traceback (most recent call last):
+    ...
+    qtm.errors.RunDirectoryError: run directory '/nonexistent' does not exist; give the folder that `chain run` wrote
+    """
+    runs = []
+    for path in run_dirs:
+        run = read_run(path, reference=reference, real=real)
+        if run.skipped:
+            warn(f"{run.name}: skipped unfinished iterations: {', '.join(run.skipped)}")
+        if not run.iterations:
+            warn(f"{run.name}: no finished iteration; left out of the report")
+            continue
+        runs.append(run)
+    if not runs:
+        raise ValidateError("no run directory has a finished iteration; wait for `chain run` to finish one")
+    if len({run.name for run in runs}) < len(runs):
+        raise ValidateError("two run directories have the same name; give runs with distinct folder names")
+    return runs
+
+
+def _default_group(runs: list[Run], captions: list[str], warn) -> str:
+    """``caption`` with several captions, unless some iteration has too few images of one caption."""
+    if len(captions) <= 1:
+        return "none"
+    smallest = min(
+        (min(Counter(images.captions).values()), run.name, index)
+        for run in runs
+        for index, images in run.iterations.items()
+    )
+    if smallest[0] < MIN_GROUP_SIZE:
+        warn(
+            f"{smallest[1]} iteration {smallest[2]} has a caption with only {smallest[0]} image(s); "
+            f"traits are pooled over captions (--group none), since per-caption statistics need at least "
+            f"{MIN_GROUP_SIZE} images per caption"
+        )
+        return "none"
+    return "caption"
+
+
+def embed_runs(runs: list[Run], model: Embedder, *, warn, progress=None) -> dict:
+    """Embeddings of every image set, keyed by (run name, population, iteration); -1 for non-iterations.
+
+    ``progress(done, total, what)`` follows the images embedded (see :func:`validate_runs`).
+    """
+    jobs = []
+    for run in runs:
+        for index, images in sorted(run.iterations.items()):
+            jobs.append(((run.name, "generated", index), images))
+        for kind, images in run.reference.items():
+            jobs.append(((run.name, f"reference_{kind}", -1), images))
+        if run.real is not None:
+            jobs.append(((run.name, "real", -1), run.real))
+    total = sum(len(images) for _, images in jobs)
+    done = 0
+    out = {}
+    sizes = set()
+    for key, images in jobs:
+        what = f"{model.name}: {key[0]} {key[1]} {key[2] if key[2] >= 0 else ''}".strip()
+
+        def advance(n, what=what):
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total, what)
+
+        advance(0)
+        embedded = embed_image_set(images, model, cache_dir=_cache_dir(images), key=images.path.name, advance=advance)
+        folder_sizes = set(embedded.sizes)
+        if len(folder_sizes) > 1:
+            warn(
+                f"{images.path}: mixed image sizes {sorted(folder_sizes)[:4]}; each is embedded as is "
+                f"(the neural embedders resize; image statistics such as sharpness depend on the size)"
+            )
+        sizes |= folder_sizes
+        out[key] = embedded
+    if len(sizes) > 1 and not any(len(set(d.sizes)) > 1 for d in out.values()):
+        warn(f"image sizes differ between folders: {sorted(sizes)[:4]}; size-dependent statistics may shift")
+    return out
+
+
+def _statistics(
+    runs, embedded, trait_axes, reference_features, reference_name, model, bootstrap, seed, *, grouped
+) -> pd.DataFrame:
+    """Statistics of every population with bootstrap intervals; per caption too when ``grouped``."""
+    reference_std = trait_axes.standardise(reference_features)
+    rows = []
+    for run_index, run in enumerate(runs):
+        for population, key, data in _populations(run, embedded):
+            # Seeded by position (run, population), not by order of work; kept as it was (not
+            # qtm.random.derive_seed, whose 32-bit seed would change every published interval).
+            rng = np.random.default_rng(np.random.SeedSequence([seed, run_index, key + 1]))
+            projected = trait_axes.project(data.features)
+            standardised = trait_axes.standardise(data.features)
+            found = [
+                {"caption": ALL_CAPTIONS, "n_images": len(data.features), **row}
+                for row in bootstrap_statistics(
+                    projected, standardised, data.alignment, reference_std, n_boot=bootstrap, random_state=rng
+                )
+            ]
+            # The unconditional branch has no caption: its pooled rows are already its p_u.
+            if grouped and population != "reference_uncond":
+                found += grouped_statistics(
+                    projected,
+                    standardised,
+                    _image_set(run, population, key).captions,
+                    n_boot=bootstrap,
+                    random_state=rng,
+                    what=f"{run.name} {population}" + (f" iteration {key}" if key >= 0 else ""),
+                )
+            for row in found:
+                rows.append(
+                    {
+                        **_run_columns(run),
+                        "population": population,
+                        "iteration": key,
+                        "embedder": model.name,
+                        "reference": reference_name,
+                        **row,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _cache_dir(images: ImageSet) -> Path:
+    return images.path.parent / CACHE_FOLDER
+
+
+def _populations(run: Run, embedded: dict):
+    for (name, population, key), data in embedded.items():
+        if name == run.name:
+            yield population, key, data
+
+
+def _image_set(run: Run, population: str, key: int) -> ImageSet:
+    if population == "generated":
+        return run.iterations[key]
+    return run.real if population == "real" else run.reference[population.removeprefix("reference_")]
+
+
+def _reference_population(runs: list[Run], embedded: dict) -> tuple[str, np.ndarray, list[str]]:
+    """Name, features and captions of the reference population."""
+    for population, label in (("real", "real data"), ("reference_cond", "base model, CFG 1")):
+        for run in runs:
+            if (run.name, population, -1) in embedded:
+                features = embedded[(run.name, population, -1)].features
+                return f"{label} ({run.name})", features, _image_set(run, population, -1).captions
+    first = runs[0]
+    index = min(first.iterations)
+    features = embedded[(first.name, "generated", index)].features
+    return f"iteration {index} of {first.name}", features, first.iterations[index].captions
+
+
+def _within_caption(features: np.ndarray, captions, *, what: str) -> np.ndarray:
+    """``features`` with each caption's mean replaced by the grand mean: only within-caption differences remain."""
+    out = np.array(features, dtype=float)
+    for index in group_indices(captions, what=what).values():
+        out[index] -= out[index].mean(axis=0)
+    return out + np.asarray(features, dtype=float).mean(axis=0)
+
+
+def _run_columns(run: Run) -> dict:
+    params = run.params
+    return {
+        "run": run.name,
+        "label": run.label(),
+        "cfg": run.cfg,
+        "schedule": str(params.get("schedule", "constant")),
+        "drop": float(params.get("drop", 0.0) or 0.0),
+        "real_fraction": float(params.get("real_fraction", 0.0) or 0.0),
+        "finetune": str(params.get("finetune", "base")),
+    }
+
+
+def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool) -> list[Trajectory]:
+    """One trajectory per run, or per run and caption when ``grouped``."""
+    generated = statistics[statistics["population"] == "generated"]
+    generated = generated[~generated["caption"].isin([WITHIN_CAPTIONS] + ([ALL_CAPTIONS] if grouped else []))]
+    out = []
+    for run in runs:
+        columns = _run_columns(run)
+        for caption, rows in generated[generated["run"] == run.name].groupby("caption", sort=True):
+            table = {
+                name: rows[rows["statistic"] == name].pivot(index="iteration", columns="axis", values="value")
+                for name in ("mean", "var")
+            }
+            out.append(
+                Trajectory(
+                    run=run.name,
+                    setting=f"cfg={columns['cfg']:g} {columns['schedule']}",
+                    cfg=columns["cfg"],
+                    iterations=table["mean"].index.to_numpy(),
+                    mean=table["mean"].to_numpy(),
+                    var=table["var"].to_numpy(),
+                    population=int(rows["n_images"].min()),
+                    drop=columns["drop"],
+                    real_fraction=columns["real_fraction"],
+                    finetune=columns["finetune"],
+                    group=caption if grouped else "",
+                )
+            )
+    return out
+
+
+def _base_moments(statistics: pd.DataFrame, *, grouped: bool, groups: set[str]) -> tuple[BaseMoments, list[str]]:
+    """Measured base moments (per caption for cond and real data when ``grouped``) and notes on what is missing."""
+    notes = []
+
+    def moments(population, caption=ALL_CAPTIONS):
+        rows = statistics[statistics["population"] == population]
+        if rows.empty:
+            return None
+        first = rows[(rows["run"] == rows["run"].iloc[0]) & (rows["caption"] == caption)]
+        if first.empty:
+            return None
+        values = {
+            name: first[first["statistic"] == name].sort_values("axis")["value"].to_numpy() for name in ("mean", "var")
+        }
+        return values["mean"], values["var"]
+
+    def per_caption(population):
+        if not grouped or moments(population) is None:
+            return moments(population)
+        found = {caption: moments(population, caption) for caption in groups}
+        missing = sorted(caption for caption, pair in found.items() if pair is None)
+        if missing:
+            notes.append(
+                f"{population} has no images of caption {missing[0]!r}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + "; its per-caption moments are not used"
+            )
+            return None
+        return found
+
+    base = BaseMoments(cond=per_caption("reference_cond"), uncond=moments("reference_uncond"), data=per_caption("real"))
+    return base, notes
+
+
+def _fit(trajectories, base, forecast_from, warn, *, fit_mutation, fit_means):
+    notes = []
+    if base.uncond is None:
+        notes.append(
+            "no unconditional reference generations: p_u is fitted per axis (nuisance), which leaves "
+            "w_eff weakly identified; add RUN/reference/uncond for a sharper fit"
+        )
+    if base.cond is None and base.data is None:
+        notes.append("no real data or CFG-1 reference: p_c (= the data) is fitted per axis (nuisance)")
+    if any(not np.isfinite(t.cfg) for t in trajectories):
+        notes.append("some run.json has no cfg; its w_eff is reported without a CFG scale")
+    fit = forecast = None
+    try:
+        fit = fit_theory(trajectories, base=base, fit_mutation=fit_mutation, fit_means=fit_means)
+    except ValidateError as error:
+        warn(f"fit skipped: {error}")
+        notes.append(f"fit skipped: {error}")
+    if forecast_from is not None and fit is not None:
+        if all(t.iterations.max() < forecast_from for t in trajectories):
+            warn(f"--forecast-from {forecast_from}: no finished iteration at or after it; no forecast")
+            notes.append("no forecast: nothing to forecast")
+        else:
+            try:
+                forecast = fit_theory(
+                    trajectories, base=base, fit_until=forecast_from, fit_mutation=fit_mutation, fit_means=fit_means
+                )
+            except ValidateError as error:
+                warn(f"forecast skipped: {error}")
+                notes.append(f"forecast skipped: {error}")
+    return fit, forecast, notes

@@ -1,0 +1,184 @@
+"""The Markdown of ``chain validate``'s ``report.md``: its tables and its text.
+
+:func:`markdown_report` turns what :func:`validate.pipeline.validate_runs` measured
+and fitted into the page; :func:`validate.report.write_report` writes it with the
+tables and plots it links to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
+
+
+def markdown_table(frame: pd.DataFrame, *, digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table of ``frame`` (floats to ``digits`` significant digits).
+
+    Examples
+    --------
+    >>> print(markdown_table(pd.DataFrame({"a": [1.23456], "b": ["x"]}), digits=3))
+    | a | b |
+    | --- | --- |
+    | 1.23 | x |
+    """
+
+    def cell(value):
+        if isinstance(value, (float, np.floating)):
+            return "–" if not math.isfinite(value) else f"{value:.{digits}g}"
+        return str(value)
+
+    lines = [
+        "| " + " | ".join(map(str, frame.columns)) + " |",
+        "| " + " | ".join("---" for _ in frame.columns) + " |",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def markdown_report(validation) -> str:
+    """The text of ``report.md`` for a :class:`validate.pipeline.Validation` (links name the report's files)."""
+    runs, model, statistics = validation.runs, validation.embedder, validation.statistics
+    trait_axes, reference_name, group = validation.trait_axes, validation.reference_name, validation.group
+    fit, forecast, fit_note = validation.fit, validation.forecast, validation.notes
+    forecast_from, captions = validation.forecast_from, validation.captions
+    labels = statistics.drop_duplicates("run").set_index("run")["label"].to_dict()
+    lines = [
+        "# Validation of the theory against chain runs",
+        "",
+        f"Embedder: **{model.name}** (`{json.dumps(model.settings())}`). Reference population for the "
+        f"trait axes and the Fréchet distance: **{reference_name}**. "
+        f"Trait axes: top {trait_axes.k} principal components "
+        f"(share of the reference's variance: {', '.join(f'{e:.3f}' for e in trait_axes.explained)}).",
+        "",
+        *(
+            [
+                "**The CLIP model has RANDOM weights: this report tests the plumbing only; its numbers mean nothing.**",
+                "",
+            ]
+            if model.settings().get("pretrained") == "random"
+            else []
+        ),
+        (
+            f"Traits are measured **within each caption** ({len(captions)} captions, `--group caption`): the axes "
+            "are the principal components of the reference's within-caption deviations, `statistics.csv` has one "
+            "row set per caption (`caption` column), and the `(within)` rows and `within_*` columns below are the "
+            "mean over captions of the within-caption variance (bootstrap resampling images within captions). "
+            "The fit is joint over captions: shared w_eff per CFG setting, rho, rho_u and p_u; p_c per caption."
+            if group == "caption"
+            else f"Traits are pooled over all images of an iteration (`--group none`; {len(captions)} caption(s))."
+        ),
+        "",
+        "The reference sample's own variance on its top principal axes is biased upward (PCA picks the "
+        "directions in which that sample happens to vary most), most at small sample sizes; compare iterations "
+        "with each other rather than with the reference where that matters.",
+        "",
+        "## Runs",
+        "",
+        markdown_table(
+            pd.DataFrame(
+                [
+                    {
+                        "run": run.name,
+                        "settings": labels.get(run.name, run.name),
+                        "finished iterations": ", ".join(map(str, sorted(run.iterations))),
+                        "skipped": ", ".join(run.skipped) or "–",
+                        "reference points": ", ".join(sorted(run.reference)) or "–",
+                    }
+                    for run in runs
+                ]
+            )
+        ),
+        "",
+        f"## Statistics per iteration ({model.name} embedding)",
+        "",
+        "Point estimates with 95% bootstrap intervals in [`statistics.csv`](statistics.csv) "
+        "([parquet](statistics.parquet)); total variance is in the standardised feature space.",
+        "",
+        markdown_table(_wide(statistics)),
+        "",
+        "![variance per iteration](var.png)",
+        "",
+        "![mean per iteration](mean.png)",
+        "",
+        "![total variance and Fréchet distance](summary.png)",
+        "",
+        "## Theory fitted to the trajectories",
+        "",
+    ]
+    if group == "none" and len(captions) > 1:
+        fit_note = [
+            *fit_note,
+            f"the traits are pooled over {len(captions)} captions, but CFG selects within each caption: pooled over "
+            f"captions p_c is close to p_u, so the tilt model can miss the mean shifts that CFG causes per caption "
+            f"(`--group caption` fits within captions)",
+        ]
+    lines += [f"- {note}" for note in fit_note]
+    if fit is not None:
+        g = fit.goodness
+        lines += [
+            "",
+            *(
+                ["**The optimiser did not converge** (see `fit.json`); the parameters below are indicative only.", ""]
+                if not g["success"]
+                else []
+            ),
+            "Tilt-sampler chain recursion, least squares on standardised "
+            + ("mean and log-variance" if fit.predictions["split"].ne("not fitted").all() else "log-variance (only)")
+            + " residuals: "
+            f"χ² = {g['chi2']:.4g} on {g['dof']} degrees of freedom (reduced {g['reduced_chi2']:.3g}), "
+            f"RMS z = {g['fit_rms_z']:.3g}, RMSE of log variance {g['fit_rmse_log_var']:.3g}, of the mean "
+            f"{g['fit_rmse_mean']:.3g}; optimiser: {g['message']}",
+            "",
+            markdown_table(
+                fit.parameters.assign(axis=fit.parameters["axis"].map(lambda a: "–" if a < 0 else str(a)))[
+                    ["parameter", "setting", "axis", "cfg", "estimate", "stderr"]
+                ]
+            ),
+            "",
+            "Fitted parameters: [`parameters.csv`](parameters.csv); predicted against measured per "
+            "iteration: "
+            "[`predicted_vs_measured.csv`](predicted_vs_measured.csv).",
+            "",
+            "![fitted selection strength against CFG](strength.png)",
+        ]
+    if forecast is not None:
+        g = forecast.goodness
+        lines += [
+            "",
+            f"## Forecast from the first {forecast_from} iterations",
+            "",
+            f"Fitted on iterations < {forecast_from}, predicted the rest: RMSE of log variance "
+            f"{g['forecast_rmse_log_var']:.3g} (in-sample {g['fit_rmse_log_var']:.3g}), of the mean "
+            f"{g['forecast_rmse_mean']:.3g}, RMS z {g['forecast_rms_z']:.3g}. "
+            "Table: [`forecast.csv`](forecast.csv).",
+            "",
+            "![forecast](forecast_var.png)",
+        ]
+    lines += ["", "## Sample images (one row per iteration)", ""]
+    lines += [f"- {run.name}: ![samples {run.name}](samples_{run.name}.png)" for run in runs]
+    return "\n".join(lines) + "\n"
+
+
+def _wide(statistics: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and iteration: total variance, Fréchet distance, alignment, first axes' variance.
+
+    Pooled over captions; with per-caption statistics also their within-caption summary (``within_`` columns).
+    """
+    generated = statistics[statistics["population"] != "generated"].assign(iteration=-1)
+    rows = pd.concat([statistics[statistics["population"] == "generated"], generated])
+    rows = rows[rows["caption"].isin([ALL_CAPTIONS, WITHIN_CAPTIONS])]
+    column = np.where(rows["axis"] >= 0, rows["statistic"] + "_" + rows["axis"].astype(str), rows["statistic"])
+    rows = rows.assign(column=np.where(rows["caption"] == WITHIN_CAPTIONS, "within_" + column, column))
+    pooled = ["total_var", "frechet", "alignment"] + [f"var_{a}" for a in range(3)]
+    keep = pooled + [f"within_{c}" for c in pooled if c.startswith(("var", "total"))]
+    rows = rows[rows["column"].isin(keep)]
+    wide = rows.pivot_table(
+        index=["run", "population", "iteration"], columns="column", values="value", sort=False
+    ).reset_index()
+    wide["iteration"] = wide["iteration"].map(lambda i: "–" if i < 0 else str(i))
+    return wide[["run", "population", "iteration"] + [c for c in keep if c in wide.columns]]
