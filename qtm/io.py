@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -42,17 +43,115 @@ def _umask() -> int:
 
 
 def write_json(path, data) -> None:
-    """Write ``data`` as indented JSON, atomically."""
+    """Write ``data`` as indented JSON, atomically; NaN or infinity anywhere in it is a :class:`QTMError`."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=json_default) + "\n")
+        tmp.write_text(to_json(data, path=path, indent=2) + "\n")
 
 
-def check_table_path(path) -> Path:
-    """Refuse an output path whose suffix names no table format we write."""
+def to_json(data, *, path, indent: int | None = None) -> str:
+    """``data`` as standard JSON text (numpy values and paths allowed, see :func:`json_default`).
+
+    Raises a one-line :class:`QTMError` naming ``path`` (the file the text is for) and the first
+    NaN or infinite number: standard JSON has no such numbers and many readers reject them.
+
+    Examples
+    --------
+    >>> to_json({"z": [1.5, float("nan")]}, path="verify.json")
+    Traceback (most recent call last):
+    ...
+    qtm.errors.QTMError: cannot write 'verify.json': the value at z/1 is nan and JSON has no NaN or Infinity
+    """
+    try:
+        return json.dumps(data, indent=indent, default=json_default, allow_nan=False)
+    except ValueError as error:
+        where = _first_nonfinite(data)
+        if where is None:
+            raise QTMError(f"cannot write {str(path)!r} as JSON: {error}") from error
+        at, value = where
+        raise QTMError(
+            f"cannot write {str(path)!r}: the value at {at or 'the top'} is {value} and JSON has no NaN or Infinity"
+        ) from error
+
+
+def _first_nonfinite(value, at: str = ""):
+    """(where, value) of the first NaN or infinite number in nested dicts, lists and arrays, else None."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        finite = not isinstance(value, float) or math.isfinite(value)
+        return None if finite else (at, value)
+    for key, item in items:
+        found = _first_nonfinite(item, f"{at}/{key}" if at else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def check_output_dir(path, *, flag: str) -> Path:
+    """Refuse an output folder that could not be written, before any computation starts.
+
+    The folder may exist or not (it is created when the first file is written); an existing
+    file of that name, or a nearest existing parent that is a file or not writable, is a
+    one-line :class:`QTMError` naming ``flag``.
+
+    Examples
+    --------
+    >>> check_output_dir("runs/new-report", flag="--report").name
+    'new-report'
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise QTMError(f"{flag} {str(path)!r} is a file; give a folder")
+    _check_writable_parent(path, flag=flag)
+    return path
+
+
+def check_output_file(path, *, flag: str) -> Path:
+    """Refuse an output file that could not be written, before any computation starts.
+
+    An existing folder of that name, or a nearest existing parent folder that is a file or not
+    writable, is a one-line :class:`QTMError` naming ``flag``. An existing file is fine: it is
+    replaced atomically (:func:`atomic_path`).
+
+    Examples
+    --------
+    >>> check_output_file("runs/report.json", flag="--report").name
+    'report.json'
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise QTMError(f"{flag} {str(path)!r} is a folder; give a file name")
+    _check_writable_parent(path.parent, flag=flag)
+    return path
+
+
+def _check_writable_parent(folder: Path, *, flag: str) -> None:
+    """The nearest existing ancestor of ``folder`` (itself included) is a folder we may create files in."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise QTMError(f"{flag}: {str(existing)!r} is a file, so {str(folder)!r} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise QTMError(f"{flag}: no permission to write in {str(existing)!r}")
+
+
+def check_table_path(path, *, flag: str = "--out") -> Path:
+    """Refuse a table output path before any computation: a suffix we do not write, or a path we cannot write.
+
+    Examples
+    --------
+    >>> check_table_path("sweep.csv").suffix
+    '.csv'
+    """
     path = Path(path)
     if path.suffix not in TABLE_SUFFIXES:
-        raise QTMError(f"--out must end in .parquet or .csv, got {str(path)!r}")
-    return path
+        raise QTMError(f"{flag} must end in .parquet or .csv, got {str(path)!r}")
+    return check_output_file(path, flag=flag)
 
 
 def write_table(frame, path, *, provenance: dict | None = None) -> Path:
@@ -66,7 +165,7 @@ def write_table(frame, path, *, provenance: dict | None = None) -> Path:
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if provenance is not None:
                 meta = dict(table.schema.metadata or {})
-                meta[b"provenance"] = json.dumps(provenance, default=json_default).encode()
+                meta[b"provenance"] = to_json(provenance, path=path).encode()
                 table = table.replace_schema_metadata(meta)
             pq.write_table(table, tmp)
         else:

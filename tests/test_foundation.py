@@ -7,11 +7,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qtm.validation import check_choice, check_int, check_positive, check_unit_interval
 from qtm.errors import QTMError
-from qtm.io import atomic_path, read_provenance, write_json, write_table
+from qtm.io import (
+    atomic_path,
+    check_output_dir,
+    check_output_file,
+    check_table_path,
+    read_provenance,
+    write_json,
+    write_table,
+)
 from qtm.provenance import provenance
 from qtm.random import check_random_state, replicate_seeds
+from qtm.validation import check_choice, check_int, check_positive, check_unit_interval
 
 
 def test_atomic_path_leaves_nothing_behind_on_error(tmp_path):
@@ -50,6 +58,45 @@ def test_table_suffix_is_checked(tmp_path):
     with pytest.raises(QTMError, match=r"\.parquet or \.csv"):
         write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.xlsx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_json_output_refuses_nan_and_infinity_and_names_the_file_and_the_value(tmp_path, bad):
+    target = tmp_path / "x.json"
+    with pytest.raises(QTMError, match=r"x\.json'.*checks/1/z/0 is -?(nan|inf)") as caught:
+        write_json(target, {"checks": [{"z": 1.0}, {"z": np.array([bad, 1.0])}]})
+    assert "\n" not in str(caught.value)
+    with pytest.raises(QTMError, match=r"t\.parquet'.*cfg is"):
+        write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet", provenance={"cfg": np.float32(bad)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    a_file = tmp_path / "file.csv"
+    a_file.write_text("")
+    assert check_output_dir(tmp_path / "new" / "deeper", flag="--out") == tmp_path / "new" / "deeper"
+    assert check_table_path(a_file, flag="--table") == a_file  # an existing file is replaced atomically
+    with pytest.raises(QTMError, match=r"^--report .*file.csv' is a file; give a folder$"):
+        check_output_dir(a_file, flag="--report")
+    with pytest.raises(QTMError, match=r"^--out: .*file.csv' is a file, so .*sub' cannot be created$"):
+        check_output_dir(a_file / "sub", flag="--out")
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(QTMError, match=r"^--table .*dir.csv' is a folder; give a file name$"):
+        check_table_path(tmp_path / "dir.csv", flag="--table")
+    with pytest.raises(QTMError, match=r"^--json: .*file.csv' is a file"):
+        check_output_file(a_file / "x.json", flag="--json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.csv", "file.csv"]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_an_output_folder_without_write_permission_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(QTMError, match=r"^--out: no permission to write in .*locked'$"):
+            check_output_dir(locked / "figures", flag="--out")
+    finally:
+        locked.chmod(0o700)
 
 
 def test_random_state_helper():
