@@ -23,9 +23,11 @@ def figures_command(
 ) -> None:
     """Draw the theory figures (PNG and PDF) from the theory code alone and index them in README.md."""
     from qtm.figures import FIGURES, make_figures
+    from qtm.io import check_output_dir
 
     if list_figures:
         for name, spec in FIGURES.items():
             typer.echo(f"{spec.number}. {name:<22} {spec.title}")
         return
+    check_output_dir(out, flag="--out")
     make_figures(out, names=only or None, formats=parse_strings(formats, name="format"), echo=typer.echo)

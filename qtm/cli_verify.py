@@ -28,12 +28,15 @@ def verify_command(
     list_checks: bool = typer.Option(False, "--list", help="List the checks and exit."),
 ) -> None:
     """Compare the simulators with analytic quantitative genetics and with each other (z-scores, p-values)."""
+    from qtm.errors import FailureError
+    from qtm.io import check_output_dir
     from qtm.verify import run_checks
 
     if list_checks:
         for name, entry in CHECKS.items():
             typer.echo(f"{name:<24} {entry.title}")
         return
+    check_output_dir(out, flag="--out")
     results = run_checks(
         check or None, size=size, seed=seed, out=out, false_failure_rate=false_failure_rate, echo=typer.echo
     )
@@ -42,4 +45,4 @@ def verify_command(
                f"{counts['skipped']} skipped")  # fmt: skip
     typer.echo(f"{summary}; plots and verify.json in {out}")
     if counts["fail"] or counts["error"]:
-        raise typer.Exit(1)
+        raise FailureError(f"{summary}; see {out / 'verify.json'}")
