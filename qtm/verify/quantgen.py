@@ -1,5 +1,7 @@
-"""Checks against analytic quantitative genetics: breeder's equation, Gaussian and truncation selection,
-mutation-selection balance and the Bulmer effect.
+"""Checks against analytic quantitative genetics.
+
+Breeder's equation, Gaussian and truncation selection, mutation-selection balance
+and the Bulmer effect, each simulated and set against its closed form.
 
 Examples
 --------
