@@ -42,13 +42,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qtm.validation import as_float_array, check_choice, check_nonnegative, check_unit_interval
+from qtm.continuous import continuous_moments
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
 from qtm.gaussian import Moments, cfg_tilt
 from qtm.schedules import CFGSchedule
+from qtm.solvers import SAMPLER_NAMES, SOLVERS, SchedulerConfig, solver_moments
+from qtm.validation import as_float_array, check_choice, check_nonnegative, check_unit_interval
 
-SAMPLERS = ("ddim", "ddpm", "tilt")
+#: Every sampler :func:`guided_moments` maps (the same tuple as :data:`qtm.solvers.SAMPLER_NAMES`).
+SAMPLERS = SAMPLER_NAMES
 
 
 class StepCoefficients(NamedTuple):
@@ -147,6 +150,7 @@ def guided_moments(
     steps: int = 50,
     eta: float = 0.0,
     config: DiffusionConfig | None = None,
+    scheduler: SchedulerConfig | str | None = None,
 ):
     """Mean and variance of the output of classifier-free-guided sampling, exactly.
 
@@ -159,17 +163,23 @@ def guided_moments(
         Peak guidance scale w (1: conditional only).
     schedule : str or CFGSchedule
         Shape of the guidance over the steps (see :mod:`qtm.schedules`).
-    sampler : {"ddim", "ddpm", "tilt"}
+    sampler : str, one of :data:`SAMPLERS`
         ``ddim``: diffusers' DDIM with ``eta``. ``ddpm``: the same with ``eta = 1``
         (the DDPM ancestral step, see :func:`step_coefficients`; ``eta`` is ignored). ``tilt``: the idealised
         ``p_c (p_c/p_u)^(w-1)`` of :func:`qtm.gaussian.cfg_tilt` with ``w`` the
         schedule's mean scale over the K steps (no sampler, no residual noise).
+        ``euler``, ``euler-a``, ``dpm++2m``, ``dpm++1s``, ``heun``, ``flow-euler``: diffusers'
+        solvers (:func:`qtm.solvers.solver_moments`). ``ode``, ``sde``: the limits of infinitely
+        many steps from pure noise (:func:`qtm.continuous.continuous_moments`; a constant
+        schedule only, ``steps`` unused).
     steps : int
         Number of inference steps K.
     eta : float in [0, 1]
         DDIM noise weight.
     config : DiffusionConfig, optional
-        Scheduler conventions; SD v1.5's by default.
+        DDIM/DDPM scheduler conventions; SD v1.5's by default.
+    scheduler : SchedulerConfig or preset name ("sd15", "sd21v", "sd3"), optional
+        The scheduler configuration for any sampler (instead of ``config``); SD v1.5's by default.
 
     Returns
     -------
@@ -184,8 +194,27 @@ def guided_moments(
     >>> out = guided_moments(1.0, 0.5, 0.0, 1.0, cfg=[1.0, 7.5], schedule="cosine")
     >>> out.var.shape
     (2,)
+    >>> out = guided_moments(1.0, 0.5, 0.0, 1.0, cfg=7.5, sampler="dpm++2m", steps=25, scheduler="sd15")
+    >>> round(float(out.mean), 3)
+    2.265
     """
     check_choice(sampler, "sampler", SAMPLERS)
+    if config is not None and scheduler is not None:
+        raise QTMError("give the scheduler configuration once: config= (a DiffusionConfig) or scheduler=, not both")
+    if sampler in SOLVERS:
+        return solver_moments(
+            cond_mean, cond_var, uncond_mean, uncond_var,
+            cfg=cfg, schedule=schedule, sampler=sampler, steps=steps, scheduler=scheduler,
+        )
+    if sampler in ("ode", "sde"):
+        if CFGSchedule.parse(schedule).kind != "constant":
+            raise QTMError(f"sampler {sampler!r} takes a constant guidance scale, got schedule {schedule!r}")
+        return continuous_moments(cond_mean, cond_var, uncond_mean, uncond_var, cfg=cfg, sampler=sampler)
+    if scheduler is not None:
+        scheduler = SchedulerConfig.parse(scheduler)
+        if scheduler.prediction_type == "flow":
+            raise QTMError(f"sampler {sampler!r} does not sample flow-matching models; use flow-euler")
+        config = scheduler.diffusion_config(sampler)
     cond_mean = as_float_array(cond_mean, "cond_mean")
     uncond_mean = as_float_array(uncond_mean, "uncond_mean")
     cond_var = check_nonnegative(cond_var, "cond_var")

@@ -232,7 +232,10 @@ def test_broadcasts_over_grids(sampler):
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        (dict(sampler="euler"), "sampler"),
+        (dict(sampler="lms"), "sampler"),
+        (dict(scheduler="sd3"), "flow-euler"),
+        (dict(config=DiffusionConfig(), scheduler="sd15"), "not both"),
+        (dict(sampler="ode", schedule="cosine"), "constant guidance"),
         (dict(cond_var=-1.0), "cond_var"),
         (dict(uncond_var=-0.1), "uncond_var"),
         (dict(eta=1.5), "eta"),

@@ -1,0 +1,179 @@
+"""The exact law of every solver against diffusers' own scheduler stepping a particle cloud."""
+
+import numpy as np
+import pytest
+
+from qtm.errors import QTMError
+from qtm.sampler_map import guided_moments
+from qtm.schedules import CFGSchedule
+from qtm.solvers import SAMPLER_NAMES, SOLVERS, SchedulerConfig, solver_moments, solver_plan
+
+# (cond_mean, cond_var, uncond_mean, uncond_var, cfg, schedule): one row of particles each.
+CASES = [
+    (1.0, 0.5, 0.0, 1.0, 1.0, "constant"),
+    (1.0, 0.5, 0.0, 1.0, 7.5, "cosine"),
+    (-0.5, 2.0, 0.3, 1.5, 3.0, "linear:2"),
+]
+SD15 = SchedulerConfig.preset("sd15")
+SD21V = SchedulerConfig.preset("sd21v")
+KARRAS = SchedulerConfig(use_karras_sigmas=True)
+# (sampler, scheduler configuration, steps): every solver, both prediction types, Karras sigmas,
+# another spacing, and the first-order last step of DPM-Solver++ below 15 steps with sigma_min.
+RUNS = [
+    ("euler", SD15, 20), ("euler", SD21V, 20), ("euler", KARRAS, 20),
+    ("euler", SchedulerConfig(timestep_spacing="leading"), 20),
+    ("euler-a", SD15, 20), ("euler-a", SD21V, 20),
+    ("dpm++2m", SD15, 20), ("dpm++2m", SD21V, 20), ("dpm++2m", KARRAS, 20),
+    ("dpm++2m", SchedulerConfig(final_sigmas_type="sigma_min", timestep_spacing="trailing"), 10),
+    ("dpm++2m", SchedulerConfig(final_sigmas_type="sigma_min"), 20),
+    ("dpm++1s", SD15, 20), ("heun", SD15, 10), ("heun", SD21V, 10), ("heun", KARRAS, 10),
+    ("flow-euler", SchedulerConfig.preset("sd3"), 20), ("ddim", SD21V, 20),
+]
+IDS = [f"{s}-{i}" for i, (s, _, _) in enumerate(RUNS)]
+# |z| bound per comparison: two-sided p = 5.7e-7; 17 runs x 3 cases x 2 statistics = 102 comparisons,
+# so a correct map fails the suite with probability below 6e-5.
+Z_MAX = 5.0
+PARTICLES = 200_000
+
+
+def _scheduler(sampler, config):
+    diffusers = pytest.importorskip("diffusers")
+    cls = {
+        "euler": diffusers.EulerDiscreteScheduler,
+        "euler-a": diffusers.EulerAncestralDiscreteScheduler,
+        "dpm++2m": diffusers.DPMSolverMultistepScheduler,
+        "dpm++1s": diffusers.DPMSolverMultistepScheduler,
+        "heun": diffusers.HeunDiscreteScheduler,
+        "flow-euler": diffusers.FlowMatchEulerDiscreteScheduler,
+        "ddim": diffusers.DDIMScheduler,
+    }[sampler]
+    return cls(**config.scheduler_kwargs(sampler))
+
+
+def _noise_level(scheduler, sampler, i, t):
+    """(alpha, s) of the model's input ``alpha x0 + s eps`` at loop step i, from the scheduler's own tables."""
+    if sampler == "ddim":
+        abar = float(scheduler.alphas_cumprod[t])
+        return abar**0.5, (1 - abar) ** 0.5
+    sigma = float(scheduler.sigmas[i])
+    if sampler == "flow-euler":
+        return 1 - sigma, sigma
+    return 1 / (1 + sigma**2) ** 0.5, sigma / (1 + sigma**2) ** 0.5
+
+
+def diffusers_cloud(sampler, config, steps, particles, seed, cases=CASES):
+    """Run a diffusers scheduler as a pipeline does, with the exact guided predictor written from its definition.
+
+    Per branch ``D(x) = m + alpha v (x - alpha m) / (alpha^2 v + s^2)`` on the model's input
+    ``x = alpha x0 + s eps``; the model returns ``eps = (x - alpha D)/s``, ``v = alpha eps - s D``
+    or the velocity ``eps - D`` and guidance combines the returned outputs,
+    ``out_u + w_i (out_c - out_u)``, with ``w_i`` the schedule over the loop's steps.
+    Returns the output particles, shape (cases, particles).
+    """
+    import torch
+
+    scheduler = _scheduler(sampler, config)
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps
+    levels = [_noise_level(scheduler, sampler, i, t) for i, t in enumerate(timesteps)]
+    abar = np.array([a * a / (a * a + s * s) for a, s in levels])
+    scales = np.stack([CFGSchedule.parse(c[5]).scales(c[4], len(timesteps), alphas_cumprod=abar) for c in cases])
+    params = torch.tensor([c[:4] for c in cases], dtype=torch.float64)
+    cm, cv, um, uv = (params[:, j : j + 1] for j in range(4))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(cases), particles, generator=generator, dtype=torch.float64)
+    # Flow-matching pipelines (SD3) start from N(0, 1); the scheduler has no init_noise_sigma.
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+    kind = "flow" if sampler == "flow-euler" else config.prediction_type
+    # Heun's step draws no noise and takes no generator.
+    extra = {} if sampler == "heun" else {"generator": generator}
+    for i, t in enumerate(timesteps):
+        x_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        alpha, s = levels[i]
+        outputs = []
+        for m, v in ((cm, cv), (um, uv)):
+            d = m + alpha * v * (x_in - alpha * m) / (alpha * alpha * v + s * s)
+            eps = (x_in - alpha * d) / s
+            outputs.append({"epsilon": eps, "v_prediction": alpha * eps - s * d, "flow": eps - d}[kind])
+        w = torch.tensor(scales[:, i : i + 1])
+        out = outputs[1] + w * (outputs[0] - outputs[1])
+        x = scheduler.step(out, t, x, **extra).prev_sample
+    return x.numpy()
+
+
+def _z_scores(sampler, config, steps, particles, seed):
+    out = diffusers_cloud(sampler, config, steps, particles, seed)
+    exact = [
+        guided_moments(*c[:4], cfg=c[4], schedule=c[5], sampler=sampler, steps=steps, scheduler=config)
+        for c in CASES
+    ]
+    mean = np.array([float(m.mean) for m in exact])
+    var = np.array([float(m.var) for m in exact])
+    n = out.shape[1]
+    z_mean = (out.mean(axis=1) - mean) / np.sqrt(var / n)
+    z_var = (out.var(axis=1, ddof=1) - var) / (var * np.sqrt(2 / (n - 1)))
+    return z_mean, z_var
+
+
+@pytest.mark.parametrize(("sampler", "config", "steps"), RUNS, ids=IDS)
+def test_exact_law_matches_diffusers_particles(sampler, config, steps):
+    """2e5 particles per case; the output is exactly Gaussian, so the mean's standard error is
+    sqrt(var/n) and the variance's var sqrt(2/(n-1)). Each of the 102 comparisons of this test
+    (over all parameter sets) passes at |z| < 5: false-failure rate below 6e-5 (fixed seeds)."""
+    pytest.importorskip("diffusers")
+    z_mean, z_var = _z_scores(sampler, config, steps, PARTICLES, seed=11)
+    assert np.all(np.abs(z_mean) < Z_MAX), z_mean
+    assert np.all(np.abs(z_var) < Z_MAX), z_var
+
+
+def test_sampler_names_cover_every_solver():
+    assert set(SOLVERS) < set(SAMPLER_NAMES)
+    assert {"ddim", "ddpm", "tilt", "ode", "sde"} < set(SAMPLER_NAMES)
+
+
+def test_broadcasts_over_grids_and_axes():
+    """A (grid x axes) array of parameters gives the same numbers as one call per point."""
+    cm = np.array([[1.0, -0.5], [0.2, 0.0]])
+    cfg = np.array([[1.0], [4.0]])
+    out = solver_moments(cm, 0.5, 0.1, 1.0, cfg=cfg, sampler="dpm++2m", steps=12, schedule="cosine")
+    assert out.mean.shape == (2, 2)
+    for i in range(2):
+        for j in range(2):
+            one = solver_moments(cm[i, j], 0.5, 0.1, 1.0, cfg=cfg[i, 0], sampler="dpm++2m", steps=12, schedule="cosine")
+            assert float(one.mean) == pytest.approx(out.mean[i, j], rel=1e-12)
+            assert float(one.var) == pytest.approx(out.var[i, j], rel=1e-12)
+
+
+def test_prediction_type_does_not_change_the_law():
+    for sampler in ("euler", "dpm++2m", "heun"):
+        a = solver_moments(1.0, 0.5, 0.0, 1.0, cfg=5.0, sampler=sampler, steps=15, scheduler=SD15)
+        b = solver_moments(1.0, 0.5, 0.0, 1.0, cfg=5.0, sampler=sampler, steps=15, scheduler=SD21V)
+        assert (float(a.mean), float(a.var)) == (float(b.mean), float(b.var))
+
+
+def test_plans_match_diffusers_noise_levels():
+    """Sigmas and starting noise agree with diffusers' (float32) tables to float32 precision."""
+    for sampler, config, steps in RUNS:
+        if sampler == "ddim":
+            continue
+        scheduler = _scheduler(sampler, config)
+        scheduler.set_timesteps(steps)
+        plan = solver_plan(sampler, steps, scheduler=config)
+        sigmas = scheduler.sigmas.double().numpy()
+        if sampler == "heun":
+            sigmas = np.concatenate([sigmas[:1], sigmas[1::2]])
+        np.testing.assert_allclose(plan.sigmas, sigmas, rtol=2e-5, atol=1e-7)
+        assert plan.init_std == pytest.approx(float(getattr(scheduler, "init_noise_sigma", 1.0)), rel=1e-5)
+
+
+def test_bad_pairings_are_one_line_errors():
+    with pytest.raises(QTMError, match="flow-euler"):
+        solver_moments(1.0, 0.5, 0.0, 1.0, cfg=2.0, sampler="flow-euler")
+    with pytest.raises(QTMError, match="flow-euler"):
+        solver_moments(1.0, 0.5, 0.0, 1.0, cfg=2.0, sampler="euler", scheduler="sd3")
+    with pytest.raises(QTMError, match="sampler"):
+        solver_moments(1.0, 0.5, 0.0, 1.0, cfg=2.0, sampler="lms")
+    with pytest.raises(QTMError, match="preset"):
+        SchedulerConfig.parse("sdxl")
+    with pytest.raises(QTMError, match="prediction_type"):
+        SchedulerConfig(prediction_type="sample")
