@@ -177,3 +177,19 @@ def test_bad_pairings_are_one_line_errors():
         SchedulerConfig.parse("sdxl")
     with pytest.raises(QTMError, match="prediction_type"):
         SchedulerConfig(prediction_type="sample")
+
+
+def test_first_order_solvers_coincide_on_one_grid():
+    """With one set of noise levels (trailing spacing, ending on clean data, starting from the same law
+    up to sigma_max^-2; K divides T, so DDIM's step to t - T//K is the grid's next point), deterministic
+    DDIM, Euler and DPM-Solver++ 1S are one map, and so are DDPM and Euler-ancestral: each group is the
+    same exponential-integrator or ancestral step written in other coordinates."""
+    config = SchedulerConfig(
+        beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", steps_offset=0, set_alpha_to_one=True
+    )
+    case = (1.0, 0.5, 0.0, 1.0)
+    for group in (("ddim", "euler", "dpm++1s"), ("ddpm", "euler-a")):
+        outs = [guided_moments(*case, cfg=4.0, schedule="cosine", sampler=s, steps=25, scheduler=config) for s in group]
+        for out in outs[1:]:
+            assert float(out.mean) == pytest.approx(float(outs[0].mean), rel=1e-9)
+            assert float(out.var) == pytest.approx(float(outs[0].var), rel=1e-7)
