@@ -24,120 +24,88 @@ import numpy as np
 from chain.backends.base import Backend, Progress
 from chain.data import Dataset, load_dataset
 from chain.errors import ChainError
-from chain.rundir import METADATA_FILE, RunDirectory, disk_full_error
+from chain.rundir import ITERATION_FILE, METADATA_FILE, RunDirectory, disk_full_error
 from chain.seeds import finetune_seed, image_seed, real_mix_seed
-from qtm.validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
 from qtm.errors import QTMError
 from qtm.io import atomic_path
+from qtm.params import ALL_PARAMETERS, BACKEND_DEFAULTS, RUN_DEFAULTS, RUN_OPTIONS
 from qtm.schedules import REDIFINE_DROP, REDIFINE_SCHEDULE, CFGSchedule
 
-BACKENDS = ("tiny", "sd")
-FINETUNE_STARTS = ("base", "continue")
-SAMPLERS = ("ddim", "ddpm")
 WEIGHTS_DIR = "weights"
-
-#: Settings whose sensible value depends on the backend (None in :class:`RunParameters` means these).
-BACKEND_DEFAULTS = {
-    "tiny": {
-        "model": None, "steps": 25, "learning_rate": 1e-3, "train_steps": 150, "batch_size": 64,
-        "resolution": 8, "lora_rank": None,
-    },
-    "sd": {
-        "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "steps": 50, "learning_rate": 1e-4,
-        "train_steps": 100, "batch_size": 4, "resolution": None, "lora_rank": 4,
-    },
-}
+#: ``chain run`` options that take a backend's own default when not given (:data:`qtm.params.BACKEND_DEFAULTS`),
+#: and the two that ``--redifine`` sets.
+_BY_BACKEND = (*BACKEND_DEFAULTS["tiny"], "schedule", "drop")
 
 
-@dataclasses.dataclass
-class RunParameters:
-    """Everything that decides what a chain run computes (the options of ``chain run``).
+def _resolve(self) -> dict:
+    """Check every parameter and fill in the defaults; the result is what run.json records."""
+    given = {name: getattr(self, name) for name in RUN_OPTIONS}
+    checked = {name: _scalar(ALL_PARAMETERS[name].check(value, label=ALL_PARAMETERS[name].flag))
+               for name, value in given.items() if value is not None}
+    backend = checked["backend"]
+    defaults = BACKEND_DEFAULTS[backend]
+    if checked["redifine"] and ("drop" in checked or "schedule" in checked):
+        raise ChainError("--redifine sets --drop and --schedule itself; give either --redifine or those two")
+    drop = REDIFINE_DROP if checked["redifine"] else checked.get("drop", 0.0)
+    schedule = REDIFINE_SCHEDULE if checked["redifine"] else checked.get("schedule", "constant")
+    try:
+        schedule = CFGSchedule.parse(schedule).spec
+    except QTMError as error:  # qtm's message does not know the option's name
+        raise ChainError(f"--schedule: {error}") from None
+    if checked["full_finetune"] and "lora_rank" in checked:
+        raise ChainError("give either --lora-rank or --full-finetune, not both")
+    if backend == "tiny" and "lora_rank" in checked:
+        raise ChainError("the tiny backend always finetunes the whole model; leave out --lora-rank")
+    if backend == "tiny" and "model" in checked:
+        raise ChainError("--model is for the sd backend; the tiny backend trains its own base model")
+    resolved = {name: checked.get(name, defaults.get(name)) for name in RUN_OPTIONS}
+    resolved.update(
+        schedule=schedule,
+        drop=float(drop),
+        learning_rate=float(resolved["learning_rate"]),
+        lora_rank=None if checked["full_finetune"] else resolved["lora_rank"],
+        device=check_device(checked.get("device")),
+    )
+    resolved.pop("full_finetune")
+    return resolved
 
-    ``None`` means "the backend's default" (:data:`BACKEND_DEFAULTS`; the sd
-    backend's resolution stays None, its model's own) or, for
-    ``drop`` and ``schedule``, "0" and "constant" unless ``redifine`` is set.
+
+def _scalar(value):
+    """A run parameter as run.json records it: a plain float, not a 0-d array."""
+    if isinstance(value, np.ndarray):
+        if value.ndim:
+            raise ChainError(f"a chain run takes one value per option, got {value.tolist()}")
+        return float(value)
+    return value
+
+
+def _run_parameter_fields() -> list:
+    fields = []
+    for name in RUN_OPTIONS:
+        p = ALL_PARAMETERS[name]
+        default = None if name in _BY_BACKEND else RUN_DEFAULTS.get(name, p.default)
+        fields.append((name, object, dataclasses.field(default=default)))
+    return fields
+
+
+_RUN_PARAMETERS_DOC = """Everything that decides what a chain run computes (the options of ``chain run``).
 
     Examples
     --------
-    >>> resolved = RunParameters(cfg=3.0, redifine=True).resolve()
+    >>> resolved = RunParameters(cfg=3.0, redifine=True, device="cpu").resolve()
     >>> resolved["drop"], resolved["schedule"], resolved["steps"]
     (0.2, 'cosine', 25)
     """
 
-    data: str = "digits:500"
-    backend: str = "tiny"
-    model: str | None = None
-    iterations: int = 5
-    cfg: float = 7.5
-    schedule: str | None = None
-    drop: float | None = None
-    redifine: bool = False
-    finetune: str = "base"
-    per_caption: int = 1
-    real_fraction: float = 0.0
-    steps: int | None = None
-    sampler: str = "ddim"
-    lora_rank: int | None = None
-    full_finetune: bool = False
-    learning_rate: float | None = None
-    train_steps: int | None = None
-    batch_size: int | None = None
-    resolution: int | None = None
-    seed: int = 0
-    device: str | None = None
-
-    def resolve(self) -> dict:
-        """Check every parameter and fill in the defaults; the result is what run.json records."""
-        backend = check_choice(self.backend, "--backend", BACKENDS)
-        defaults = BACKEND_DEFAULTS[backend]
-        if self.redifine and (self.drop is not None or self.schedule is not None):
-            raise ChainError("--redifine sets --drop and --schedule itself; give either --redifine or those two")
-        drop = REDIFINE_DROP if self.redifine else (0.0 if self.drop is None else self.drop)
-        schedule = REDIFINE_SCHEDULE if self.redifine else (self.schedule or "constant")
-        try:
-            schedule = CFGSchedule.parse(schedule).spec
-        except QTMError as error:  # qtm's message does not know the option's name
-            raise ChainError(f"--schedule: {error}") from None
-        if self.full_finetune and self.lora_rank is not None:
-            raise ChainError("give either --lora-rank or --full-finetune, not both")
-        if backend == "tiny" and self.lora_rank is not None:
-            raise ChainError("the tiny backend always finetunes the whole model; leave out --lora-rank")
-        if backend == "tiny" and self.model is not None:
-            raise ChainError("--model is for the sd backend; the tiny backend trains its own base model")
-        lora_rank = None if self.full_finetune else (self.lora_rank or defaults["lora_rank"])
-        out = {
-            "data": str(self.data),
-            "backend": backend,
-            "model": self.model or defaults["model"],
-            "iterations": check_int(self.iterations, "--iterations", minimum=1),
-            "cfg": float(check_nonnegative(self.cfg, "--cfg")),
-            "schedule": schedule,
-            "drop": float(check_unit_interval(drop, "--drop", closed_right=False)),
-            "redifine": bool(self.redifine),
-            "finetune": check_choice(self.finetune, "--finetune", FINETUNE_STARTS),
-            "per_caption": check_int(self.per_caption, "--per-caption", minimum=1),
-            "real_fraction": float(check_unit_interval(self.real_fraction, "--real-fraction")),
-            "steps": check_int(_default(self.steps, defaults["steps"]), "--steps", minimum=1),
-            "sampler": check_choice(self.sampler, "--sampler", SAMPLERS),
-            "lora_rank": None if lora_rank is None else check_int(lora_rank, "--lora-rank", minimum=1),
-            "learning_rate": float(check_positive(_default(self.learning_rate, defaults["learning_rate"]),
-                                                  "--learning-rate")),
-            "train_steps": check_int(_default(self.train_steps, defaults["train_steps"]), "--train-steps", minimum=1),
-            "batch_size": check_int(_default(self.batch_size, defaults["batch_size"]), "--batch-size", minimum=1),
-            "resolution": _optional_int(_default(self.resolution, defaults["resolution"]), "--resolution"),
-            "seed": check_int(self.seed, "--seed", minimum=0),
-            "device": check_device(self.device),
-        }
-        return out
-
-
-def _default(value, default):
-    return default if value is None else value
-
-
-def _optional_int(value, name: str) -> int | None:
-    # None stays None: the sd backend then uses its model's own resolution.
-    return None if value is None else check_int(value, name, minimum=1)
+#: Everything that decides what a chain run computes: the options of ``chain run``, one field per
+#: parameter of :data:`qtm.params.RUN_OPTIONS` (a frozen dataclass derived from the parameter model).
+#: ``None`` means "the backend's default" (:data:`qtm.params.BACKEND_DEFAULTS`; the sd backend's
+#: resolution stays None, its model's own) or, for ``drop`` and ``schedule``, "0" and "constant"
+#: unless ``redifine`` is set. :meth:`resolve` checks every value and fills in the defaults.
+RunParameters = dataclasses.make_dataclass(
+    "RunParameters", _run_parameter_fields(), frozen=True,
+    namespace={"resolve": _resolve, "__module__": __name__, "__doc__": _RUN_PARAMETERS_DOC},
+)
 
 
 def check_device(device: str | None) -> str:
@@ -378,7 +346,7 @@ def pixel_std(images) -> float:
 
 
 def _read_record(run: RunDirectory, t: int) -> dict:
-    return json.loads((run.iteration_dir(t) / "iteration.json").read_text())
+    return json.loads((run.iteration_dir(t) / ITERATION_FILE).read_text())
 
 
 def _summary(record: dict, params: dict) -> str:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from qtm.gaussian import Moments, _check_tilt_precision, truncation_selection
 from qtm.validation import (
     as_float_array,
     check_int,
@@ -28,7 +29,6 @@ from qtm.validation import (
     check_positive,
     check_unit_interval,
 )
-from qtm.gaussian import Moments, _check_tilt_precision, truncation_selection
 
 
 class TiltEquilibrium(NamedTuple):

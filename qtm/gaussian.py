@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import special, stats
 
+from qtm.errors import ImproperDistributionError
 from qtm.validation import (
     as_float_array,
     check_choice,
@@ -42,7 +43,6 @@ from qtm.validation import (
     check_positive,
     check_unit_interval,
 )
-from qtm.errors import ImproperDistributionError
 
 REFIT_ESTIMATORS = ("mle", "unbiased")
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from qtm.errors import QTMError
+from qtm.params import Parameter
 
 try:  # Python >= 3.11 ships tomllib; tomli is the same parser for 3.10
     import tomllib
@@ -35,6 +36,10 @@ except ModuleNotFoundError:  # pragma: no cover - depends on the interpreter
 
 #: Relative tolerance under which a range's stop counts as reached.
 RANGE_TOLERANCE = 1e-9
+#: Values one range may expand to, and points one grid may have: beyond these a typo
+#: (``0:1e308:1``) would hang the machine instead of computing anything useful.
+MAX_RANGE_VALUES = 1_000_000
+MAX_GRID_POINTS = 10_000_000
 
 
 def parse_numbers(spec, *, name: str, integer: bool = False) -> list:
@@ -139,19 +144,27 @@ def grid_frame(axes: Mapping[str, Sequence]):
     import pandas as pd
 
     names = list(axes)
+    size = math.prod(len(axes[n]) for n in names)
+    if size > MAX_GRID_POINTS:
+        counts = " x ".join(f"{len(axes[n])} {n}" for n in names if len(axes[n]) > 1)
+        raise QTMError(f"the grid has {size:.3g} points ({counts}), more than {MAX_GRID_POINTS:.0e}; "
+                       "split the sweep into several runs")
     rows = list(itertools.product(*(list(axes[n]) for n in names)))
     return pd.DataFrame(rows, columns=names)
 
 
-def load_config(path, *, allowed: Sequence[str]) -> dict:
+def load_config(path, *, allowed: Mapping[str, Parameter]) -> dict:
     """Read a TOML file of options; keys are option names (``real-fraction`` or ``real_fraction``).
+
+    Each value's TOML type must be its parameter's, exactly as its flag would take it
+    (:meth:`qtm.params.Parameter.read`): ``redifine = "false"`` is an error, not ``True``.
 
     Parameters
     ----------
     path : str or Path
         The ``--config`` file.
-    allowed : sequence of str
-        Option names (with underscores) the command takes; any other key is an error.
+    allowed : mapping of str to Parameter
+        The options the command takes, by name (with underscores); any other key is an error.
 
     Returns
     -------
@@ -167,6 +180,8 @@ def load_config(path, *, allowed: Sequence[str]) -> dict:
         raise QTMError(f"--config file {str(path)!r} cannot be read ({error.strerror or error})") from None
     except tomllib.TOMLDecodeError as error:
         raise QTMError(f"--config file {str(path)!r} is not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise QTMError(f"--config file {str(path)!r} is not UTF-8 text; save it as UTF-8") from None
     config = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
@@ -179,7 +194,7 @@ def load_config(path, *, allowed: Sequence[str]) -> dict:
             raise QTMError(
                 f"--config file {str(path)!r}: option {key!r} must be a value or a list, not a table"
             )
-        config[name] = value
+        config[name] = allowed[name].read(value, label=f"--config file {str(path)!r}: option {key!r}")
     return config
 
 
@@ -205,7 +220,10 @@ def _items(spec, name: str) -> list:
             items.extend(_items(element, name))
         return items
     if isinstance(spec, str):
-        return [part.strip() for part in spec.split(",") if part.strip()]
+        parts = [part.strip() for part in spec.split(",")]
+        if len(parts) > 1 and not all(parts):
+            raise QTMError(f"--{_flag(name)}: {spec!r} has an empty item; separate values by single commas")
+        return [part for part in parts if part]
     return [spec]
 
 
@@ -223,6 +241,9 @@ def _parse_range(item: str, name: str) -> list[float]:
         )
     tolerance = RANGE_TOLERANCE * max(abs(start), abs(stop), abs(step))
     count = math.floor((abs(span) + tolerance) / abs(step)) + 1
+    if count > MAX_RANGE_VALUES:
+        raise QTMError(f"--{_flag(name)}: range {item!r} has {count:.3g} values, more than {MAX_RANGE_VALUES:.0e}; "
+                       "use a larger step")
     # Rounding to 12 significant digits turns 0.30000000000000004 back into the 0.3 the user meant.
     return [float(f"{start + i * step:.12g}") for i in range(count)]
 

@@ -49,20 +49,11 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from qtm.validation import (
-    as_float_array,
-    check_choice,
-    check_int,
-    check_nonnegative,
-    check_positive,
-    check_unit_interval,
-)
 from qtm.diffusion import DiffusionConfig
-from qtm.errors import QTMError
-from qtm.sampler_map import SAMPLERS, step_coefficients
+from qtm.params import PARAMETERS, default_uncond_fidelity, effective_eta
+from qtm.sampler_map import step_coefficients
 from qtm.schedules import CFGSchedule
-
-FINETUNE_MODES = ("base", "continue")
+from qtm.validation import check_unit_interval
 
 
 class ChainTrajectory(NamedTuple):
@@ -102,7 +93,7 @@ def simulate_moments(
     steps=50,
     eta=0.0,
     population: int | None = None,
-    mutation_var=0.0,
+    mutation=0.0,
     config: DiffusionConfig | None = None,
 ) -> ChainTrajectory:
     """Iterate the chain on expected moments, for every point of a broadcast parameter grid.
@@ -138,7 +129,7 @@ def simulate_moments(
     population : int >= 2, optional
         Images per iteration; when given, ``D_{t+1}`` takes the expected moments of the
         maximum-likelihood refit on that many samples (variance times ``(N-1)/N``).
-    mutation_var : float or array >= 0
+    mutation : float or array >= 0
         Variance added to every generated set.
     config : DiffusionConfig, optional
         Scheduler conventions; SD v1.5's by default.
@@ -161,37 +152,29 @@ def simulate_moments(
     >>> traj.var.round(3).tolist()
     [[0.17, 0.024, 0.003], [1.0, 1.0, 1.0]]
     """
-    iterations = check_int(iterations, "iterations", minimum=1)
+    iterations = PARAMETERS["iterations"].check(iterations)
     numeric = {
-        "cond_mean": _checked(as_float_array, cond_mean, "cond_mean"),
-        "cond_var": _checked(check_positive, cond_var, "cond_var"),
-        "uncond_mean": _checked(as_float_array, uncond_mean, "uncond_mean"),
-        "uncond_var": _checked(check_positive, uncond_var, "uncond_var"),
-        "data_mean": _checked(as_float_array, data_mean, "data_mean"),
-        "data_var": _checked(check_positive, data_var, "data_var"),
-        "cfg": _checked(check_nonnegative, cfg, "cfg"),
-        "fidelity": _checked(check_unit_interval, fidelity, "fidelity"),
-        "real_fraction": _checked(check_unit_interval, real_fraction, "real_fraction"),
-        "mutation_var": _checked(check_nonnegative, mutation_var, "mutation_var"),
+        name: PARAMETERS[name].check(value)
+        for name, value in (
+            ("cond_mean", cond_mean), ("cond_var", cond_var), ("uncond_mean", uncond_mean),
+            ("uncond_var", uncond_var), ("data_mean", data_mean), ("data_var", data_var), ("cfg", cfg),
+            ("fidelity", fidelity), ("real_fraction", real_fraction), ("mutation", mutation),
+        )
     }
-    numeric["uncond_fidelity"] = _uncond_fidelity(
-        uncond_fidelity, _checked(check_unit_interval, drop, "drop"), numeric["fidelity"]
-    )
-    if population is not None:
-        population = check_int(population, "population", minimum=2)
+    numeric["uncond_fidelity"] = _uncond_fidelity(uncond_fidelity, PARAMETERS["drop"].check(drop),
+                                                  numeric["fidelity"])
+    population = PARAMETERS["population"].check(population)
     categorical = {
         "schedule": _text_array(schedule),
         "sampler": _text_array(sampler),
         "finetune": _text_array(finetune),
         "steps": np.asarray(steps),
-        "eta": _checked(check_unit_interval, eta, "eta"),
+        "eta": PARAMETERS["eta"].check(eta),
     }
-    for name, choices in (("sampler", SAMPLERS), ("finetune", FINETUNE_MODES)):
+    for name in ("sampler", "finetune", "steps"):
         for value in np.unique(categorical[name]):
-            check_choice(str(value), name, choices)
+            PARAMETERS[name].check(value.item() if hasattr(value, "item") else value)
     schedules = {str(s): CFGSchedule.parse(str(s)) for s in np.unique(categorical["schedule"])}
-    for value in np.unique(categorical["steps"]):
-        check_int(value, "steps", minimum=1)
     config = DiffusionConfig() if config is None else config
 
     shapes = [a.shape for a in numeric.values()] + [a.shape for a in categorical.values()]
@@ -253,24 +236,14 @@ def collapse_iteration(trajectory: ChainTrajectory, *, threshold: float = 0.1) -
     return np.where(below.any(axis=-1), below.argmax(axis=-1), -1)
 
 
-def _checked(check, value, name: str) -> np.ndarray:
-    """Run a :mod:`qtm.validation` check; on failure, name each distinct value once (a grid repeats them)."""
-    array = np.asarray(value)
-    try:
-        return check(array, name)
-    except QTMError:
-        check(np.unique(as_float_array(array, name)), name)
-        raise
-
-
 def _uncond_fidelity(uncond_fidelity, drop: np.ndarray, fidelity: np.ndarray) -> np.ndarray:
     """rho_u: the given value where given, else the model's assumption drop * rho."""
     if uncond_fidelity is None:
-        return drop * fidelity
+        return default_uncond_fidelity(drop, fidelity)
     given = np.asarray(uncond_fidelity, dtype=float)
     # NaN marks grid points that take the default (e.g. a table column with gaps).
-    _checked(check_unit_interval, given[~np.isnan(given)], "uncond_fidelity")
-    return np.where(np.isnan(given), drop * fidelity, given)
+    PARAMETERS["uncond_fidelity"].check(given[~np.isnan(given)])
+    return np.where(np.isnan(given), default_uncond_fidelity(drop, fidelity), given)
 
 
 def _text_array(value) -> np.ndarray:
@@ -329,7 +302,7 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
             *cond, *uncond, cfg=p["cfg"], schedule=schedule, sampler=sampler, steps=steps, eta=eta,
             config=config,
         )
-        generated = add_mutation(*generated, mutation_var=p["mutation_var"])
+        generated = add_mutation(*generated, mutation_var=p["mutation"])
         mean[:, t], var[:, t] = generated
         if population is not None:
             generated = refit_expectation(*generated, population=population, estimator="mle")
@@ -338,7 +311,7 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
 
 def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, population, config, out, **p):
     """The DDIM/DDPM recursion through the fused Numba kernel, written into ``out = (mean, var)``."""
-    coef = step_coefficients(steps, eta=1.0 if sampler == "ddpm" else eta, config=config)
+    coef = step_coefficients(steps, eta=effective_eta(sampler, eta), config=config)
     # Every schedule is affine in the peak scale (scale_k = slope_k * cfg + offset_k), which lets
     # each point compute its own scales without a (points x steps) table.
     offset = schedule.scales(0.0, steps, alphas_cumprod=coef.abar_t)
@@ -351,7 +324,7 @@ def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, populat
     shrink = 1.0 if population is None else (population - 1) / population
     _chain_kernel(
         p["cond_mean"], p["cond_var"], p["uncond_mean"], p["uncond_var"], p["data_mean"], p["data_var"],
-        p["cfg"], p["fidelity"], p["uncond_fidelity"], p["real_fraction"], p["mutation_var"],
+        p["cfg"], p["fidelity"], p["uncond_fidelity"], p["real_fraction"], p["mutation"],
         continue_, shrink,
         coef.abar_t, np.sqrt(coef.abar_t), np.sqrt(1.0 - coef.abar_t),
         coef.x_coef, coef.eps_coef, coef.noise_std**2, slope, offset,

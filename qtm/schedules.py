@@ -119,6 +119,19 @@ class CFGSchedule:
             return f"interval:{_number(self.sigma_low)}:{_number(self.sigma_high)}"
         return "constant"
 
+    def mean_scale(self, cfg, num_steps: int, *, alphas_cumprod=None) -> np.ndarray:
+        """The schedule's mean scale over the steps: the w of the idealised tilt that stands for it.
+
+        The moments engine's ``tilt`` sampler and the particle engine's ``qg`` model both
+        select with (p_c/p_u)^(w-1) at this w, so that they mean the same thing by a schedule.
+
+        Examples
+        --------
+        >>> float(CFGSchedule.parse("cutoff:0.5").mean_scale(5.0, 10))
+        3.0
+        """
+        return self.scales(cfg, num_steps, alphas_cumprod=alphas_cumprod).mean(axis=-1)
+
     def scales(self, cfg, num_steps: int, *, alphas_cumprod=None) -> np.ndarray:
         """Guidance scale of each of ``num_steps`` steps, in sampling order.
 

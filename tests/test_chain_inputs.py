@@ -84,7 +84,7 @@ def test_parameters_resolve_backend_defaults_and_redifine():
     ("options", "message"),
     [
         ({"cfg": -1.0}, "--cfg must be >= 0"),
-        ({"drop": 1.0}, r"--drop must lie in \[0, 1\)"),
+        ({"drop": 1.5}, r"--drop must lie in \[0, 1\]"),
         ({"drop": -0.1}, "--drop must lie in"),
         ({"iterations": 0}, "--iterations must be >= 1"),
         ({"schedule": "wiggly"}, "--schedule: unknown CFG schedule 'wiggly'"),
@@ -160,7 +160,7 @@ def chain_cli(*args, env=None):
     ("args", "message"),
     [
         (["--cfg", "-1"], "--cfg must be >= 0"),
-        (["--drop", "1"], "--drop must lie in"),
+        (["--drop", "1.5"], "--drop must lie in"),
         (["--iterations", "0"], "--iterations must be >= 1"),
         (["--schedule", "wiggly"], "unknown CFG schedule"),
         (["--data", "MISSING"], "is not a folder"),

@@ -60,7 +60,7 @@ def test_table_rows_are_the_recursion(monkeypatch, capsys, tmp_path):
     assert (tmp_path / "sweep.provenance.json").exists()
     traj = simulate_moments(cond_mean=-1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=1.5, data_mean=-1.0,
                             data_var=1.0, cfg=4.0, schedule="cutoff:0.5", drop=0.3, fidelity=0.5,
-                            finetune="continue", iterations=3, steps=20, real_fraction=0.1, mutation_var=0.01)
+                            finetune="continue", iterations=3, steps=20, real_fraction=0.1, mutation=0.01)
     rows = table[(table.cfg == 4.0) & (table.iterations == 3) & (table.axis == 1)].sort_values("iteration")
     np.testing.assert_allclose(rows["mean"], traj.mean, rtol=1e-12)
     np.testing.assert_allclose(rows["var"], traj.var, rtol=1e-12)
@@ -80,6 +80,7 @@ def test_command_line_overrides_config(monkeypatch, capsys, tmp_path):
 
 def test_particle_engine_gets_the_grid_and_options(monkeypatch, capsys, tmp_path):
     import qtm.particles.sweep as sweep
+    from qtm.io import write_table
 
     calls = {}
 
@@ -88,7 +89,7 @@ def test_particle_engine_gets_the_grid_and_options(monkeypatch, capsys, tmp_path
         progress(len(points), len(points))
         rows = points.loc[points.index.repeat(2)].reset_index(drop=True)
         rows = rows.assign(replicate=[0, 1] * len(points), iteration=0, axis=0, mean=1.0, var=0.5)
-        rows.to_parquet(out)
+        write_table(rows, out, provenance={"parameters": {"options": options}})
         return out
 
     monkeypatch.setattr(sweep, "simulate_particles", fake)
@@ -96,39 +97,34 @@ def test_particle_engine_gets_the_grid_and_options(monkeypatch, capsys, tmp_path
     status, stdout, _ = run_qtm(
         monkeypatch, capsys, "simulate", "--engine", "particles", "--cfg", "1,7.5", "--schedule", "cosine",
         "--drop", "0.2", "--iterations", "1", "--population", "64", "--replicates", "2", "--seed", "3",
-        "--dims", "2", "--modes", "1", "--model", "sampler", "--cond-mean", "1,2", "--out", str(out),
+        "--dims", "2", "--modes", "1", "--particle-model", "sampler", "--cond-mean", "1,2", "--out", str(out),
     )  # fmt: skip
     assert status == 0
     assert calls["points"]["cfg"].tolist() == [1.0, 7.5]
     assert calls["points"]["schedule"].tolist() == ["cosine", "cosine"]
     options = calls["options"]
     assert options["population"] == 64 and options["replicates"] == 2 and options["seed"] == 3
-    assert options["dims"] == 2 and options["model"] == "sampler" and "scheduler" not in options
+    assert options["dims"] == 2 and options["particle_model"] == "sampler" and "cluster" not in options
     assert options["cond_mean"] == [1.0, 2.0] and options["data_var"] == [1.0, 1.0]
     assert "particles" in stdout and "0.5" in stdout
-
-
-def test_particle_engine_absent(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(sys.modules, "qtm.particles.sweep", None)
-    status, _, stderr = run_qtm(monkeypatch, capsys, "simulate", "--engine", "particles",
-                                "--out", str(tmp_path / "p.parquet"))
-    assert status == 2 and stderr == "qtm: error: particle engine not available\n"
 
 
 @pytest.mark.parametrize(
     ("args", "pattern"),
     [
-        (["--cond-var", "-1"], "cond_var must be > 0"),
-        (["--data-var", "1,-2", "--cond-mean", "0,0"], "data_var must be > 0"),
+        (["--cond-var", "-1"], "--cond-var must be > 0"),
+        (["--data-var", "1,-2", "--cond-mean", "0,0"], "--data-var must be > 0"),
         (["--fidelity", "0.5,1.5"], "fidelity must lie in [0, 1]"),
         (["--schedule", "constant,wobbly"], "unknown CFG schedule 'wobbly'"),
         (["--cfg", "1:5:0"], "step 0"),
         (["--sampler", "tilt", "--cond-var", "10", "--uncond-var", "1", "--data-var", "10", "--fidelity", "0"],
          "precision"),
         (["--out", "table.txt"], "--out must end in .parquet or .csv"),
-        (["--engine", "quantum"], "unknown engine"),
+        (["--engine", "quantum"], "unknown --engine"),
         (["--replicates", "5"], "--replicates applies to --engine particles only"),
-        (["--population", "1"], "population must be >= 2"),
+        (["--population", "1"], "--population must be >= 2"),
+        (["--cfg", "0:1e308:1"], "more than 1e+06"),
+        (["--cfg", "1,,2"], "empty item"),
         (["--iterations", "2.5"], "--iterations must be whole numbers"),
     ],
 )
@@ -158,7 +154,7 @@ def test_real_exit_status_and_no_traceback(tmp_path):
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["qtm: error: fidelity must lie in [0, 1], got 1.5"]
+    assert done.stderr.strip().splitlines() == ["qtm: error: --fidelity must lie in [0, 1], got 1.5"]
     assert "Traceback" not in done.stderr and not out.exists()
 
 
@@ -180,8 +176,8 @@ def test_map_prints_the_exact_moments(monkeypatch, capsys):
     ("args", "pattern"),
     [
         (["--cfg", "1,2"], "qtm map takes one value of --cfg"),
-        (["--uncond-var", "-1"], "uncond_var must be >= 0"),
-        (["--sampler", "euler"], "unknown sampler 'euler'"),
+        (["--uncond-var", "-1"], "--uncond-var must be > 0"),
+        (["--sampler", "bogus"], "unknown --sampler 'bogus'"),
         (["--sampler", "tilt", "--cond-var", "10", "--uncond-var", "1", "--cfg", "3"], "precision"),
         (["--eta", "2"], "eta must lie in [0, 1]"),
     ],

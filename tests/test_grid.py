@@ -5,6 +5,7 @@ import pytest
 
 from qtm.errors import QTMError
 from qtm.grid import grid_frame, load_config, merge_options, parse_axes, parse_numbers, parse_strings
+from qtm.params import ALL_PARAMETERS, PARAMETERS
 
 
 @pytest.mark.parametrize(
@@ -61,8 +62,10 @@ def test_text_values_keep_their_colons():
         "constant", "cutoff:0.5", "interval:0.3:5",
     ]
     assert parse_strings(["cosine", "linear:2"], name="schedule") == ["cosine", "linear:2"]
-    with pytest.raises(QTMError, match="at least one value"):
+    with pytest.raises(QTMError, match="empty item"):
         parse_strings(" , ", name="schedule")
+    with pytest.raises(QTMError, match="empty item"):
+        parse_numbers("1,,2", name="cfg")
 
 
 def test_grid_is_the_cartesian_product_first_axis_slowest():
@@ -88,7 +91,8 @@ def test_parse_axes_broadcasts_single_values():
 def test_load_config_reads_option_names(tmp_path):
     path = tmp_path / "sweep.toml"
     path.write_text('cfg = [1, 3.5]\nschedule = "constant,cosine"\nreal-fraction = 0.1\niterations = "2:4:1"')
-    config = load_config(path, allowed=["cfg", "schedule", "real_fraction", "iterations"])
+    config = load_config(path, allowed={name: PARAMETERS[name] for name in ("cfg", "schedule", "real_fraction",
+                                                                            "iterations")})
     expected = {"cfg": [1, 3.5], "schedule": "constant,cosine", "real_fraction": 0.1, "iterations": "2:4:1"}
     assert config == expected
     assert parse_numbers(config["iterations"], name="iterations", integer=True) == [2, 3, 4]
@@ -106,7 +110,7 @@ def test_bad_config(tmp_path, text, pattern):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(QTMError, match=pattern):
-        load_config(path, allowed=["cfg"])
+        load_config(path, allowed={"cfg": PARAMETERS["cfg"]})
 
 
 def test_missing_config(tmp_path):
@@ -123,3 +127,28 @@ def test_command_line_overrides_config_overrides_defaults():
         {"cfg": "7.5", "drop": "0", "steps": "50"},
     )
     assert merged == {"cfg": "2", "drop": 0.2, "steps": "50"}
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ('redifine = "false"', "must be true or false"),
+        ("cfg = true", "must be a number"),
+        ("iterations = 2.5", "must be a whole number"),
+        ("schedule = 3", "must be a text"),
+        ("cfg = []", "at least one value"),
+    ],
+)
+def test_config_values_are_type_checked_like_flags(tmp_path, text, pattern):
+    """A value from a file has its parameter's type exactly (bool("false") is True: never convert)."""
+    path = tmp_path / "c.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(QTMError, match=pattern):
+        load_config(path, allowed=ALL_PARAMETERS)
+
+
+def test_config_file_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"cfg = 1\n# \xff\xfe\n")
+    with pytest.raises(QTMError, match=r"UTF-8|not valid TOML"):
+        load_config(path, allowed=ALL_PARAMETERS)

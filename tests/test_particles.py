@@ -202,7 +202,7 @@ def test_drift_under_pure_resampling():
     for t in range(9):
         _z_within(result.var[:, t, 0], ((n - 1) / n) ** (t + 2))
     # systematic resampling with equal weights copies the population: no drift at all
-    still = simulate_qg(QGSetup(population=n, generations=3), replicates=5, seed=5)
+    still = simulate_qg(QGSetup(population=n, generations=3, resampling="systematic"), replicates=5, seed=5)
     np.testing.assert_allclose(still.var[:, 2], still.var[:, 0], rtol=1e-12)
 
 
@@ -260,7 +260,7 @@ def test_particle_means_agree_with_moments_engine(case):
         schedule=case.get("schedule", "constant"), drop=case.get("drop", 0.0), fidelity=case.get("fidelity", 1.0),
         iterations=iterations, finetune=case.get("finetune", "base"), real_fraction=case.get("real_fraction", 0.0),
         sampler=case.get("sampler", "ddim"), steps=steps, eta=case.get("eta", 0.0), population=n,
-        mutation_var=case.get("mutation", 0.0),
+        mutation=case.get("mutation", 0.0),
     )
     setup = ChainSetup.build(population=n, iterations=iterations, steps=steps, **case)
     result = simulate_chain(setup, replicates=150, seed=21)

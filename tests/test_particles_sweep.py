@@ -16,7 +16,9 @@ from qtm.particles.sweep import simulate_particles
 
 POINTS = pd.DataFrame({"cfg": [1.0, 4.0], "schedule": ["constant", "cosine"], "iterations": [2, 2],
                        "steps": [6, 6], "drop": [0.0, 0.2]})
-OPTIONS = {"population": 40, "replicates": 3, "seed": 3, "dims": 2}
+OPTIONS = {"population": 40, "replicates": 3, "seed": 3, "dims": 2, "data_mean": 0.0, "data_var": 1.0,
+           "cond_mean": 0.0, "cond_var": 1.0, "uncond_mean": 0.0, "uncond_var": 1.0}
+QG = {**OPTIONS, "particle_model": "qg", "dims": 1}
 
 
 def test_parquet_rows_match_the_engine_and_carry_provenance(tmp_path):
@@ -42,12 +44,12 @@ def test_parquet_rows_match_the_engine_and_carry_provenance(tmp_path):
 
 def test_csv_and_qg_model_and_small_task_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module, "TASK_INDIVIDUALS", 2 * 40)  # two replicates per task: chunked writes
-    out = simulate_particles(POINTS, options={**OPTIONS, "model": "qg", "dims": 1}, out=tmp_path / "qg.csv")
+    out = simulate_particles(POINTS.assign(sampler="tilt"), options=QG, out=tmp_path / "qg.csv")
     table = pd.read_csv(out)
     assert len(table) == 2 * 3 * 2
     assert table.groupby("cfg")["replicate"].apply(lambda r: sorted(set(r))).tolist() == [[0, 1, 2], [0, 1, 2]]
-    assert read_provenance(out)["parameters"]["options"]["model"] == "qg"
-    whole = pd.read_csv(simulate_particles(POINTS, options={**OPTIONS, "model": "qg", "dims": 1},
+    assert read_provenance(out)["parameters"]["options"]["particle_model"] == "qg"
+    whole = pd.read_csv(simulate_particles(POINTS.assign(sampler="tilt"), options=QG,
                                            out=tmp_path / "qg_whole.csv"))
     pd.testing.assert_frame_equal(table, whole)  # chunking changes nothing
 
@@ -66,7 +68,7 @@ def test_dask_cluster_on_loopback_gives_the_same_table(tmp_path):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                                   host="127.0.0.1",
                                   dashboard_address=None) as cluster:
-        remote = simulate_particles(POINTS, options={**OPTIONS, "scheduler": cluster.scheduler_address},
+        remote = simulate_particles(POINTS, options={**OPTIONS, "cluster": cluster.scheduler_address},
                                     out=tmp_path / "dask.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(local), pd.read_parquet(remote))
 
@@ -74,7 +76,7 @@ def test_dask_cluster_on_loopback_gives_the_same_table(tmp_path):
 def test_unreachable_scheduler_is_a_quick_one_line_error(tmp_path):
     start = time.monotonic()
     with pytest.raises(QTMError, match="cannot reach the Dask scheduler") as caught:
-        simulate_particles(POINTS, options={**OPTIONS, "scheduler": "tcp://127.0.0.1:9"},
+        simulate_particles(POINTS, options={**OPTIONS, "cluster": "tcp://127.0.0.1:9"},
                            out=tmp_path / "never.parquet")
     assert time.monotonic() - start < 30
     assert "\n" not in str(caught.value)
@@ -87,7 +89,8 @@ def test_unreachable_scheduler_is_a_quick_one_line_error(tmp_path):
         (POINTS, {**OPTIONS, "population": 1}, "population must be >= 2"),
         (POINTS, {**OPTIONS, "replicates": 0}, "replicates must be >= 1"),
         (POINTS, {**OPTIONS, "modes": 0}, "modes must be >= 1"),
-        (POINTS, {**OPTIONS, "model": "qg", "modes": 2}, "model 'qg'"),
+        (POINTS, {**OPTIONS, "particle_model": "qg", "modes": 2}, "model 'qg'"),
+        (POINTS, QG, "give --sampler tilt"),
         (POINTS, {**OPTIONS, "colour": 1}, "unknown particle option"),
         (POINTS.assign(fidelity=[1.0, 2.0]), OPTIONS, "fidelity must lie in [0, 1]"),
         (POINTS.assign(speed=1), OPTIONS, "unknown grid column"),
@@ -115,8 +118,29 @@ def test_failure_during_the_sweep_leaves_no_file(tmp_path, monkeypatch):
 
 def test_missing_uncond_fidelity_and_axes_from_per_axis_options(tmp_path):
     points = pd.DataFrame({"uncond_fidelity": pd.Series([None, 0.1], dtype=object), "iterations": [1, 1],
-                           "steps": [4, 4]})
-    options = {"population": 20, "replicates": 2, "data_mean": [0.0, 1.0], "data_var": 2.0, "model": "qg"}
+                           "steps": [4, 4], "sampler": ["tilt", "tilt"]})
+    options = {"population": 20, "replicates": 2, "data_mean": [0.0, 1.0], "data_var": 2.0, "particle_model": "qg"}
     table = pd.read_parquet(simulate_particles(points, options=options, out=tmp_path / "t.parquet"))
     assert sorted(table["axis"].unique()) == [0, 1]
     assert table["uncond_fidelity"].isna().sum() == len(table) // 2
+
+
+def test_qg_model_honours_the_schedule_as_the_moments_tilt_does(tmp_path):
+    """qg and the moments engine's tilt take a schedule as its mean scale: with N large and many
+    replicates, their variances agree; a cutoff schedule (mean scale 4 of peak 7) differs from
+    the constant one. Monte-Carlo z-test at 4 SE: false-failure rate < 1e-4 per comparison."""
+    from qtm.recursion import simulate_moments
+
+    points = pd.DataFrame({"cfg": [7.0, 7.0], "schedule": ["constant", "cutoff:0.5"], "iterations": [2, 2],
+                           "steps": [10, 10], "sampler": ["tilt", "tilt"], "fidelity": [1.0, 1.0]})
+    options = {**QG, "population": 2000, "replicates": 40, "data_mean": 1.0, "data_var": 1.0, "cond_mean": 1.0,
+               "cond_var": 1.0, "uncond_mean": 0.0, "uncond_var": 2.0}
+    table = pd.read_parquet(simulate_particles(points, options=options, out=tmp_path / "qg.parquet"))
+    first = table[table.iteration == 0].groupby("schedule")["var"]
+    expected = simulate_moments(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=2.0, data_mean=1.0,
+                                data_var=1.0, cfg=7.0, schedule=np.array(["constant", "cutoff:0.5"]),
+                                iterations=1, steps=10, sampler="tilt").var[:, 0]
+    measured, spread = first.mean(), first.std() / np.sqrt(40)
+    for schedule, value in zip(["constant", "cutoff:0.5"], expected, strict=True):
+        assert abs(measured[schedule] - value) < 4 * spread[schedule] + 2 * value / 2000, (schedule, measured)
+    assert expected[1] > 1.5 * expected[0]

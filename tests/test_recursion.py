@@ -30,7 +30,7 @@ def hand_iterated(point, *, iterations):
             *cond, *uncond, cfg=point["cfg"], schedule=point["schedule"], sampler=point["sampler"],
             steps=point["steps"], eta=point["eta"],
         )
-        generated = add_mutation(*generated, mutation_var=point["mutation_var"])
+        generated = add_mutation(*generated, mutation_var=point["mutation"])
         means.append(float(generated.mean))
         variances.append(float(generated.var))
         if point.get("population") is not None:
@@ -41,16 +41,16 @@ def hand_iterated(point, *, iterations):
 
 POINTS = [
     dict(BASE, cfg=7.5, schedule="constant", sampler="ddim", steps=20, eta=0.0, fidelity=1.0, drop=0.0,
-         finetune="base", real_fraction=0.0, mutation_var=0.0),
+         finetune="base", real_fraction=0.0, mutation=0.0),
     dict(BASE, cfg=3.0, schedule="cosine", sampler="ddim", steps=15, eta=0.5, fidelity=0.6, drop=0.2,
-         finetune="continue", real_fraction=0.1, mutation_var=0.01),
+         finetune="continue", real_fraction=0.1, mutation=0.01),
     dict(BASE, cfg=5.0, schedule="cutoff:0.4", sampler="ddpm", steps=10, eta=0.0, fidelity=0.8, drop=0.5,
-         finetune="base", real_fraction=0.3, mutation_var=0.0, population=50),
+         finetune="base", real_fraction=0.3, mutation=0.0, population=50),
     dict(cond_mean=0.5, cond_var=2.0, uncond_mean=-1.0, uncond_var=3.0, data_mean=0.0, data_var=0.5,
          cfg=2.0, schedule="linear:1.5", sampler="tilt", steps=10, eta=0.0, fidelity=0.7,
-         uncond_fidelity=0.3, finetune="continue", real_fraction=0.2, mutation_var=0.05),
+         uncond_fidelity=0.3, finetune="continue", real_fraction=0.2, mutation=0.05),
     dict(BASE, cfg=0.5, schedule="interval:0.5:20", sampler="ddim", steps=12, eta=1.0, fidelity=0.9,
-         drop=0.0, finetune="continue", real_fraction=0.0, mutation_var=0.0, population=10),
+         drop=0.0, finetune="continue", real_fraction=0.0, mutation=0.0, population=10),
 ]
 
 
@@ -179,7 +179,7 @@ def test_collapse_iteration():
         ({"steps": 0}, "steps"),
         ({"eta": 1.5}, "eta"),
         ({"population": 1}, "population"),
-        ({"mutation_var": -0.1}, "mutation_var"),
+        ({"mutation": -0.1}, "mutation"),
     ],
 )
 def test_bad_input_names_the_parameter(override, pattern):

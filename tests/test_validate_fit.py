@@ -149,7 +149,7 @@ def test_mutation_variance_is_recovered_when_asked_for():
             iterations=6,
             sampler="tilt",
             population=400,
-            mutation_var=mutation,
+            mutation=mutation,
         )
         runs.append(
             Trajectory(

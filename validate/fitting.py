@@ -248,7 +248,7 @@ class _Model:
                     None, :, None
                 ],
                 real_fraction=np.array([t.real_fraction for t in chosen])[None, :, None],
-                mutation_var=mutation,
+                mutation=mutation,
                 iterations=self.iterations,
                 sampler="tilt",
                 population=population if population >= 2 else None,

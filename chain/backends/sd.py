@@ -30,9 +30,9 @@ from PIL import Image, ImageOps
 
 from chain.backends.base import Backend, FinetuneResult, Progress
 from chain.errors import ChainError
-from qtm.validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
 from qtm.io import atomic_path, write_json
 from qtm.schedules import CFGSchedule
+from qtm.validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
 
 #: The model used when none is named (needs the network once, or a local copy).
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"

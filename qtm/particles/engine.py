@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from qtm.validation import check_choice, check_int
 from qtm.errors import QTMError
 from qtm.particles import kernels, reference
 from qtm.particles.model import FITNESS_KINDS, ChainSetup, QGSetup
 from qtm.random import replicate_seeds
+from qtm.validation import check_choice, check_int
 
 BACKENDS = ("numba", "numpy")
 

@@ -7,27 +7,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qtm.validation import (
-    as_float_array,
-    check_choice,
-    check_int,
-    check_nonnegative,
-    check_positive,
-    check_unit_interval,
-)
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
+from qtm.params import NETWORK_SAMPLERS, PARAMETERS, default_uncond_fidelity, effective_eta
 from qtm.particles.kernels import MAX_BLOCK, MAX_ITERATIONS
 from qtm.schedules import CFGSchedule
+from qtm.validation import as_float_array, check_choice, check_int, check_positive, check_unit_interval
 
 #: Distance between neighbouring modes, in data standard deviations, when a mixture is
 #: built from one mean for all its modes (well separated, so the labels are meaningful).
 MODE_SPACING = 4.0
 
 FITNESS_KINDS = ("neutral", "stabilizing", "truncation", "tilt")
-FINETUNE_MODES = ("base", "continue")
-RESAMPLING = ("systematic", "multinomial")
-PARTICLE_SAMPLERS = ("ddim", "ddpm")
 
 
 @dataclass(frozen=True)
@@ -122,16 +113,15 @@ class Finetune:
     finetune: str = "base"
 
     def __post_init__(self):
-        check_unit_interval(self.fidelity, "fidelity")
-        check_unit_interval(self.drop, "drop")
-        if self.uncond_fidelity is not None and not _is_missing(self.uncond_fidelity):
-            check_unit_interval(self.uncond_fidelity, "uncond_fidelity")
-        check_choice(self.finetune, "finetune", FINETUNE_MODES)
+        for name in ("fidelity", "drop", "finetune"):
+            PARAMETERS[name].check(getattr(self, name))
+        if not _is_missing(self.uncond_fidelity):
+            PARAMETERS["uncond_fidelity"].check(self.uncond_fidelity)
 
     @property
     def rho_u(self) -> float:
-        if self.uncond_fidelity is None or _is_missing(self.uncond_fidelity):
-            return float(self.drop * self.fidelity)
+        if _is_missing(self.uncond_fidelity):
+            return float(default_uncond_fidelity(self.drop, self.fidelity))
         return float(self.uncond_fidelity)
 
 
@@ -154,7 +144,7 @@ class QGSetup:
     fitness: Fitness = field(default_factory=Fitness)
     environmental_var: np.ndarray | float = 0.0
     mutation: np.ndarray | float = 0.0
-    resampling: str = "systematic"
+    resampling: str = PARAMETERS["resampling"].default
     real_fraction: float = 0.0
     finetune: Finetune = field(default_factory=Finetune)
     cond_mean: np.ndarray | float = 0.0
@@ -174,9 +164,9 @@ class QGSetup:
         for name in ("cond_mean", "uncond_mean"):
             set_(self, name, _axes(as_float_array(getattr(self, name), name), dims, name))
         for name in ("environmental_var", "mutation"):
-            set_(self, name, _axes(check_nonnegative(getattr(self, name), name), dims, name))
-        check_choice(self.resampling, "resampling", RESAMPLING)
-        check_unit_interval(self.real_fraction, "real_fraction", closed_right=False)
+            set_(self, name, _axes(PARAMETERS["mutation"].check(getattr(self, name), label=name), dims, name))
+        PARAMETERS["resampling"].check(self.resampling)
+        PARAMETERS["real_fraction"].check(self.real_fraction)
         if self.fitness.kind == "truncation" and self.kept < 1:
             raise QTMError(f"keep={self.fitness.keep:g} keeps nobody of {self.population}; raise keep")
 
@@ -232,23 +222,20 @@ class ChainSetup:
         uncond = Mixture.build(data_mean if uncond_mean is None else uncond_mean,
                                data_var if uncond_var is None else uncond_var, modes=modes, dims=dims,
                                name="uncond")
-        if sampler == "tilt":
-            raise QTMError("sampler 'tilt' has no particle version in model 'sampler'; use model 'qg' for it")
-        check_choice(sampler, "sampler", PARTICLE_SAMPLERS)
-        steps = check_int(steps, "steps", minimum=1)
-        eta = float(check_nonnegative(eta, "eta"))
-        if sampler == "ddpm":
-            eta = 1.0
+        if PARAMETERS["sampler"].check(sampler) not in NETWORK_SAMPLERS:
+            raise QTMError(f"sampler {sampler!r} has no particle version in model 'sampler'; use model 'qg' for it")
+        steps = PARAMETERS["steps"].check(steps)
+        eta = effective_eta(sampler, PARAMETERS["eta"].check(eta))
         if dims * (steps + 2) >= MAX_BLOCK:
             raise QTMError(f"dims x (steps + 2) must be < {MAX_BLOCK} (the random-number layout), got "
                            f"{dims * (steps + 2)}")
         return cls(
             population=population, iterations=iterations, data=data, cond=cond, uncond=uncond,
             finetune=Finetune(fidelity, drop, uncond_fidelity, finetune),
-            cfg=float(as_float_array(cfg, "cfg")),
+            cfg=float(PARAMETERS["cfg"].check(cfg)),
             schedule=CFGSchedule.parse(schedule), sampler=sampler, steps=steps, eta=eta,
-            mutation=_axes(check_nonnegative(mutation, "mutation"), dims, "mutation"),
-            real_fraction=float(check_unit_interval(real_fraction, "real_fraction", closed_right=False)),
+            mutation=_axes(PARAMETERS["mutation"].check(mutation), dims, "mutation"),
+            real_fraction=float(PARAMETERS["real_fraction"].check(real_fraction)),
             diffusion=diffusion or DiffusionConfig(),
         )
 
@@ -281,4 +268,5 @@ def _axes(value: np.ndarray, dims: int, name: str) -> np.ndarray:
 
 
 def _is_missing(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+    """None or NaN: the parameter takes its default (a table column of a grid marks gaps with NaN)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))

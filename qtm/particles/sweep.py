@@ -6,7 +6,7 @@ written in task order as soon as each task is done; a window of at most two task
 worker is in flight at a time. The output appears under its name only when complete
 (:func:`qtm.io.atomic_path`).
 
-Where the tasks run (``options["scheduler"]``):
+Where the tasks run (``options["cluster"]``):
 
 - an address (``tcp://host:8786``): a Dask ``distributed`` cluster; an unreachable
   address is a one-line :class:`QTMError` after :data:`CONNECT_TIMEOUT_S` seconds;
@@ -26,33 +26,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qtm.validation import check_choice, check_int
+from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
 from qtm.io import atomic_path, check_table_path, json_default, write_json
+from qtm.params import GRID_PARAMETERS, MODEL_PARAMETERS, PARAMETERS, PARTICLE_POPULATION
 from qtm.particles.engine import simulate_chain, simulate_qg
 from qtm.particles.model import ChainSetup, Finetune, Fitness, QGSetup
 from qtm.provenance import provenance
+from qtm.schedules import CFGSchedule
 
-MODELS = ("sampler", "qg")
 #: Individuals (population x replicates) one task holds at most.
 TASK_INDIVIDUALS = 1 << 21
 #: Particle-steps (replicates x population x iterations x steps) up to which a sweep runs in-process.
 LOCAL_WORK_LIMIT = 5e9
 CONNECT_TIMEOUT_S = 5
 
-#: The grid columns and their values when ``points`` leaves a column out.
-POINT_DEFAULTS = {
-    "cfg": 7.5, "schedule": "constant", "drop": 0.0, "fidelity": 1.0, "uncond_fidelity": None,
-    "iterations": 10, "finetune": "base", "real_fraction": 0.0, "sampler": "ddim", "steps": 25, "eta": 0.0,
-    "mutation": 0.0,
-}
-#: The non-grid options and their defaults (``None`` base models mean "the data distribution").
-OPTION_DEFAULTS = {
-    "population": 1000, "replicates": 100, "seed": 0, "dims": 1, "modes": 1, "model": "sampler",
-    "scheduler": None, "cond_mean": None, "cond_var": None, "uncond_mean": None, "uncond_var": None,
-    "data_mean": 0.0, "data_var": 1.0, "resampling": "multinomial",
-}
-MODEL_KEYS = ("cond_mean", "cond_var", "uncond_mean", "uncond_var", "data_mean", "data_var")
+#: The options that are not grid columns: the base model, the data and the particle engine's own.
+OPTIONS = (*MODEL_PARAMETERS, "population", "replicates", "seed", "dims", "modes", "particle_model",
+           "resampling", "cluster")
 
 
 def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=None) -> Path:
@@ -61,14 +52,16 @@ def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=Non
     Parameters
     ----------
     points : pandas.DataFrame
-        One row per grid point; columns among :data:`POINT_DEFAULTS` (the others take
-        their defaults). Every column is copied into the output rows.
+        One row per grid point; columns among :data:`qtm.params.GRID_PARAMETERS` (the
+        others take their defaults, :mod:`qtm.params`). Every column is copied into the output rows.
     options : dict
-        Non-grid options, keys among :data:`OPTION_DEFAULTS`; ``dims`` defaults to the length
-        of the per-axis lists among the model options (else 1). ``model="sampler"`` runs the
-        guided-sampler chain; ``model="qg"`` the classic loop whose fitness is the CFG tilt
-        (p_c/p_u)^(w-1) of the refitted Gaussian models (one mode only; ``resampling``
-        ``multinomial`` or ``systematic``).
+        Non-grid options, keys among :data:`OPTIONS`, defaults from :mod:`qtm.params`
+        (``population`` :data:`qtm.params.PARTICLE_POPULATION`); ``dims`` defaults to the length
+        of the per-axis lists among the model options (else 1). ``particle_model="sampler"`` runs
+        the guided-sampler chain; ``particle_model="qg"`` the classic loop whose fitness is the CFG
+        tilt (p_c/p_u)^(w-1) of the refitted Gaussian models at the schedule's mean scale, as the
+        moments engine's ``tilt`` sampler (one mode only; ``resampling`` ``multinomial`` or
+        ``systematic``). ``cluster`` is a Dask scheduler's address.
     out : str or Path
         ``.parquet`` (provenance in its metadata) or ``.csv`` (provenance beside it).
     progress : callable, optional
@@ -96,7 +89,7 @@ def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=Non
     setups = [_setup(row, opts) for row in _point_rows(points)]
     tasks = _tasks(setups, opts)
     work = sum(_work(setups[p], count) for p, _, count in tasks)
-    client, cluster = _connect(opts["scheduler"], local=work > LOCAL_WORK_LIMIT and len(tasks) > 1)
+    client, cluster = _connect(opts["cluster"], local=work > LOCAL_WORK_LIMIT and len(tasks) > 1)
     record = provenance({"options": opts, "points": points.to_dict(orient="list")}, seed=opts["seed"])
     try:
         with atomic_path(out) as tmp:
@@ -116,37 +109,33 @@ def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=Non
 
 
 def _options(options: dict) -> dict:
-    unknown = set(options) - set(OPTION_DEFAULTS)
+    unknown = set(options) - set(OPTIONS)
     if unknown:
-        raise QTMError(
-            f"unknown particle option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTION_DEFAULTS)}"
-        )
-    opts = {**OPTION_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
-    if options.get("dims") is None:  # one value per axis given for some option: that many axes
-        lengths = [np.ndim(opts[k]) and np.shape(opts[k])[-1] for k in MODEL_KEYS if opts[k] is not None]
+        raise QTMError(f"unknown particle option(s) {', '.join(sorted(unknown))}; known: {', '.join(OPTIONS)}")
+    defaults = {name: PARAMETERS[name].default for name in OPTIONS}
+    defaults["population"] = PARTICLE_POPULATION
+    opts = {**defaults, **{k: v for k, v in options.items() if v is not None}}
+    if opts["dims"] is None:  # one value per axis given for some option: that many axes
+        lengths = [np.ndim(opts[k]) and np.shape(opts[k])[-1] for k in MODEL_PARAMETERS]
         opts["dims"] = max([1, *lengths])
-    opts["population"] = check_int(opts["population"], "population", minimum=2)
-    opts["replicates"] = check_int(opts["replicates"], "replicates", minimum=1)
-    opts["seed"] = check_int(opts["seed"], "seed", minimum=0)
-    opts["dims"] = check_int(opts["dims"], "dims", minimum=1)
-    opts["modes"] = check_int(opts["modes"], "modes", minimum=1)
-    check_choice(opts["model"], "model", MODELS)
-    if opts["model"] == "qg" and opts["modes"] != 1:
-        raise QTMError(f"model 'qg' fits one Gaussian (modes=1), got modes={opts['modes']}; use 'sampler'")
+    for name in ("population", "replicates", "seed", "dims", "modes", "particle_model", "resampling", "cluster"):
+        opts[name] = PARAMETERS[name].check(opts[name])
+    if opts["particle_model"] == "qg" and opts["modes"] != 1:
+        raise QTMError(f"particle model 'qg' fits one Gaussian (modes=1), got modes={opts['modes']}; use 'sampler'")
     return opts
 
 
 def _point_rows(points: pd.DataFrame) -> list[dict]:
-    unknown = set(points.columns) - set(POINT_DEFAULTS)
+    unknown = set(points.columns) - set(GRID_PARAMETERS)
     if unknown:
         raise QTMError(
-            f"unknown grid column(s) {', '.join(sorted(unknown))}; known: {', '.join(POINT_DEFAULTS)}"
+            f"unknown grid column(s) {', '.join(sorted(unknown))}; known: {', '.join(GRID_PARAMETERS)}"
         )
     if len(points) == 0:
         raise QTMError("the grid has no points; give at least one value per option")
     rows = []
     for record in points.to_dict(orient="records"):
-        row = {**POINT_DEFAULTS, **record}
+        row = {**{name: PARAMETERS[name].default for name in GRID_PARAMETERS}, **record}
         if row["uncond_fidelity"] is not None and pd.isna(row["uncond_fidelity"]):
             row["uncond_fidelity"] = None
         rows.append(row)
@@ -155,8 +144,8 @@ def _point_rows(points: pd.DataFrame) -> list[dict]:
 
 def _setup(row: dict, opts: dict) -> ChainSetup | QGSetup:
     """Validate one grid point (all points are checked before anything runs or is written)."""
-    base = {k: opts[k] for k in MODEL_KEYS[:4]}
-    if opts["model"] == "sampler":
+    base = {k: opts[k] for k in MODEL_PARAMETERS[:4]}
+    if opts["particle_model"] == "sampler":
         return ChainSetup.build(
             population=opts["population"], iterations=row["iterations"], modes=opts["modes"],
             dims=opts["dims"], data_mean=opts["data_mean"], data_var=opts["data_var"],
@@ -165,15 +154,23 @@ def _setup(row: dict, opts: dict) -> ChainSetup | QGSetup:
             schedule=row["schedule"], sampler=row["sampler"], steps=row["steps"], eta=row["eta"],
             mutation=row["mutation"], real_fraction=row["real_fraction"], **base,
         )
-    defaults = {"cond_mean": opts["data_mean"], "cond_var": opts["data_var"],
-                "uncond_mean": opts["data_mean"], "uncond_var": opts["data_var"]}
+    if PARAMETERS["sampler"].check(row["sampler"]) != "tilt":
+        raise QTMError(
+            f"particle model 'qg' selects with the idealised CFG tilt; give --sampler tilt (got {row['sampler']!r}) "
+            "or use --particle-model sampler for the guided sampler"
+        )
+    steps = PARAMETERS["steps"].check(row["steps"])
+    cfg = float(PARAMETERS["cfg"].check(row["cfg"]))
+    # The schedule's mean scale over the steps, as the moments engine's tilt takes it (qtm.sampler_map).
+    tilt_scale = float(CFGSchedule.parse(row["schedule"]).mean_scale(
+        cfg, steps, alphas_cumprod=DiffusionConfig().step_alphas(steps)[0]))
     return QGSetup(
-        population=opts["population"], generations=check_int(row["iterations"], "iterations", minimum=1),
+        population=opts["population"], generations=PARAMETERS["iterations"].check(row["iterations"]),
         dims=opts["dims"], data_mean=opts["data_mean"], data_var=opts["data_var"],
-        fitness=Fitness("tilt", cfg=row["cfg"]), mutation=row["mutation"], resampling=opts["resampling"],
+        fitness=Fitness("tilt", cfg=tilt_scale), mutation=row["mutation"], resampling=opts["resampling"],
         real_fraction=row["real_fraction"],
         finetune=Finetune(row["fidelity"], row["drop"], row["uncond_fidelity"], row["finetune"]),
-        **{k: defaults[k] if v is None else v for k, v in base.items()},
+        **base,
     )
 
 
@@ -206,8 +203,8 @@ def _connect(address, *, local: bool):
         return distributed.Client(str(address), timeout=CONNECT_TIMEOUT_S), None
     except (OSError, TimeoutError, ValueError) as error:
         raise QTMError(
-            f"cannot reach the Dask scheduler at --scheduler {address!r} within {CONNECT_TIMEOUT_S} s "
-            f"({type(error).__name__}); check the address or leave --scheduler out to run locally"
+            f"cannot reach the Dask scheduler at --cluster {address!r} within {CONNECT_TIMEOUT_S} s "
+            f"({type(error).__name__}); check the address or leave --cluster out to run locally"
         ) from None
 
 
@@ -224,7 +221,7 @@ def _run(tasks, setups, points, opts, client, writer, progress) -> None:
             if progress is not None:
                 progress(done, len(setups))
 
-    args = [(setups[p], points.iloc[p].to_dict(), opts["model"], opts["seed"], offset, count)
+    args = [(setups[p], points.iloc[p].to_dict(), opts["particle_model"], opts["seed"], offset, count)
             for p, offset, count in tasks]
     if client is None:
         for task, arg in zip(tasks, args, strict=True):
@@ -233,7 +230,7 @@ def _run(tasks, setups, points, opts, client, writer, progress) -> None:
     window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
     pending = deque()
     for task, arg in zip(tasks, args, strict=True):
-        pending.append((task, client.submit(_task_rows, *arg, threads=None if opts["scheduler"] else 1,
+        pending.append((task, client.submit(_task_rows, *arg, threads=None if opts["cluster"] else 1,
                                             pure=False)))
         if len(pending) >= window:
             task_done, future = pending.popleft()

@@ -1,0 +1,83 @@
+"""Command-line options derived from the one parameter model (:mod:`qtm.params`).
+
+A command declares which parameters it takes; :func:`parameter_options` appends one
+typer option per parameter to the command's signature, with the parameter's flag,
+type, help text (range included) and default. Every option defaults to ``None`` on the
+command line, so that a ``--config`` file can set it and the command line still wins
+(:func:`qtm.grid.merge_options`); ``--help`` shows the real default.
+
+Examples
+--------
+>>> import typer
+>>> @parameter_options("cfg", "steps")
+... def command(**options):
+...     print(options)
+>>> app = typer.Typer()
+>>> _ = app.command()(command)
+>>> from typer.testing import CliRunner
+>>> CliRunner().invoke(app, ["--cfg", "3"]).output
+"{'cfg': 3.0, 'steps': None}\\n"
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+
+import typer
+
+from qtm.params import ALL_PARAMETERS, Parameter
+
+_TYPES = {"float": float, "int": int, "text": str, "flag": bool}
+
+
+def parameter_options(
+    *names: str,
+    text: bool = False,
+    defaults: Mapping[str, object] | None = None,
+    registry: Mapping[str, Parameter] = ALL_PARAMETERS,
+):
+    """Decorate a command that takes ``**options``: add one typer option per named parameter.
+
+    Parameters
+    ----------
+    *names : str
+        The parameters, in the order ``--help`` lists them.
+    text : bool
+        Take every value as text (a comma list or ``start:stop:step`` range of a grid, parsed
+        by :mod:`qtm.grid`), instead of one typed value.
+    defaults : mapping, optional
+        Defaults to show where the command's differ from :attr:`Parameter.default` (a preset).
+    registry : mapping, optional
+        Where the names are looked up (a command's own options may be added to the model's).
+    """
+    shown = dict(defaults or {})
+
+    def decorate(function):
+        own = [p for p in inspect.signature(function).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+        arguments = [p for p in own if isinstance(p.default, typer.models.ArgumentInfo)]
+        others = [p for p in own if p not in arguments]
+        annotations = {p.name: p.annotation for p in own}
+        added = []
+        for name in names:
+            p = registry[name]
+            default = shown.get(name, p.default)
+            if p.kind == "flag":
+                info = typer.Option(None, f"{p.flag}/--no-{p.flag[2:]}", help=p.help_text(),
+                                    show_default=str(bool(default)).lower())
+                annotation = bool | None
+            else:
+                info = typer.Option(None, p.flag, help=p.help_text(),
+                                    show_default=False if default is None else str(default))
+                annotation = (str if text else _TYPES[p.kind]) | None
+            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info,
+                                           annotation=annotation))
+            annotations[name] = annotation
+        function.__signature__ = inspect.Signature(
+            [*arguments, *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in added],
+             *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in others]]
+        )
+        function.__annotations__ = annotations
+        return function
+
+    return decorate
