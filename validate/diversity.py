@@ -1,0 +1,314 @@
+"""Fidelity and diversity of a generated image set against the real one: precision, recall, density, coverage, Vendi.
+
+Precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et al.
+2020) compare the two sets through k-nearest-neighbour balls in a feature space, with the
+definitions of the ``prdc`` package: a point's ball reaches (Euclidean) to its k-th nearest
+neighbour in its own set, and a point lies inside a ball when strictly closer than its radius.
+
+- precision: the fraction of generated points inside some real ball (fidelity);
+- recall: the fraction of real points inside some generated ball (diversity);
+- density: the mean over generated points of the number of real balls holding them, over k;
+- coverage: the fraction of real points whose ball holds some generated point.
+
+The Vendi score (Friedman and Dieng 2023) of a set is the exponential of the Shannon entropy
+of the eigenvalues of K/n, K the n x n similarity matrix with K_ii = 1: the effective number
+of distinct points, 1 for n identical points and n for n mutually dissimilar ones. The
+default kernel is the cosine similarity of the features (the paper's choice for embeddings);
+``kernel="rbf"`` takes exp(-|x - y|² / (2 h²)), h the median pairwise distance unless given.
+
+A collapse of diversity shows as recall, coverage and Vendi falling while precision stays.
+Within a caption (one concept) is where it should be read: pooled over captions, the spread
+between concepts hides it.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+from scipy.spatial.distance import cdist, pdist
+
+from qtm.random import check_random_state, derive_seed
+from qtm.validation import check_choice, check_int, check_unit_interval
+from validate.errors import ValidateError
+from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS, group_indices
+
+PRDC = ("precision", "recall", "density", "coverage")
+#: Statistics of :func:`diversity_metrics`: the four above, then the Vendi scores of the generated and the real set.
+STATISTICS = (*PRDC, "vendi", "vendi_real")
+KERNELS = ("cosine", "rbf")
+# Stream tag of the bootstrap draws under the caller's seed (qtm.random.derive_seed); keyed by caption below.
+_BOOTSTRAP_STREAM = 17
+
+
+def prdc(real, generated, *, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage of ``generated`` (m, d) against ``real`` (n, d).
+
+    Parameters
+    ----------
+    real, generated : array_like, shape (n, d) and (m, d)
+        Features of the real and the generated images; both sets need more than ``k`` points.
+    k : int
+        Neighbour count of the balls (5, as in both papers).
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((30, 2))
+    >>> same, far = prdc(x, x, k=3), prdc(x, x + 100.0, k=3)
+    >>> same["precision"], same["recall"], same["coverage"], far["precision"], far["recall"]
+    (1.0, 1.0, 1.0, 0.0, 0.0)
+    """
+    real, generated = _features(real, generated, k=k)
+    d_real, d_generated = cdist(real, real), cdist(generated, generated)
+    cross = cdist(real, generated)
+    return _prdc(d_real, d_generated, cross, np.arange(len(real)), np.arange(len(generated)), k)
+
+
+def vendi_score(features, *, kernel: str = "cosine", bandwidth: float | None = None) -> float:
+    """The Vendi score of a set: exp of the entropy of the eigenvalues of K/n (see the module docstring).
+
+    Parameters
+    ----------
+    features : array_like, shape (n, d)
+    kernel : {"cosine", "rbf"}
+        Cosine similarity (default) or the Gaussian kernel of width ``bandwidth``.
+    bandwidth : float, optional
+        Width h of the RBF kernel; the median pairwise distance of ``features`` when not given.
+
+    Examples
+    --------
+    >>> round(vendi_score(np.ones((4, 3))), 6), round(vendi_score(np.eye(4)), 6)
+    (1.0, 4.0)
+    """
+    gram = _similarity(_matrix(features, "features"), kernel, bandwidth)
+    return _vendi(gram, np.arange(len(gram)))
+
+
+def diversity_metrics(
+    real,
+    generated,
+    *,
+    real_captions=None,
+    generated_captions=None,
+    k: int = 5,
+    kernel: str = "cosine",
+    bandwidth: float | None = None,
+    bootstrap: int = 200,
+    level: float = 0.95,
+    pooled: bool = False,
+    random_state: int = 0,
+) -> list[dict]:
+    """Precision, recall, density, coverage and Vendi scores, per caption, as tidy rows with bootstrap intervals.
+
+    Without captions the two sets are compared as one (``caption`` :data:`ALL_CAPTIONS`). With
+    them, each caption of the generated set is compared with the real images of that caption,
+    and the rows with ``caption`` :data:`WITHIN_CAPTIONS` give the mean over captions; the
+    comparison of the pooled sets (``caption`` :data:`ALL_CAPTIONS`) is added when ``pooled``.
+
+    The bootstrap resamples real and generated images with replacement within each caption;
+    a resample's kNN radii leave out a point's own copies (and count the other points'
+    copies), so without resampling they are ``prdc``'s. Vendi falls under resampling (copies
+    are identical points), so its interval shows the spread, not a corrected value. Cost:
+    O(bootstrap (n m + n³ + m³)) per caption; measured on 2 cores with 1280-d features and
+    200 resamples, 3 s for 41 captions of 1509 images in all, against about 90 s for the
+    pooled comparison of the same images.
+
+    Parameters
+    ----------
+    real, generated : array_like, shape (n, d) and (m, d)
+        Features of the real and the generated images.
+    real_captions, generated_captions : sequence of str, optional
+        Captions of the images, both or neither; every generated caption needs more than ``k``
+        real and more than ``k`` generated images.
+    k : int
+        Neighbour count of the kNN balls.
+    kernel, bandwidth
+        The Vendi kernel, as in :func:`vendi_score`.
+    bootstrap : int
+        Resamples for the percentile intervals (0: none, the intervals are NaN).
+    level : float
+        Coverage of the intervals.
+    pooled : bool
+        With captions, whether to add the comparison of the pooled sets.
+    random_state : int >= 0
+        Seed; each caption draws from its own stream (``qtm.random.derive_seed``, keyed by the
+        caption), so its intervals do not depend on which other captions there are.
+
+    Returns
+    -------
+    list of dict
+        Rows with ``caption``, ``statistic`` (one of :data:`STATISTICS`), ``value``, ``ci_low``,
+        ``ci_high``, ``n_real`` and ``n_generated``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> real, generated = rng.standard_normal((40, 3)), 0.3 * rng.standard_normal((40, 3))
+    >>> rows = diversity_metrics(real, generated, bootstrap=50)
+    >>> {r["statistic"]: round(r["value"], 2) for r in rows}["recall"] < 0.5  # a narrowed set misses real images
+    True
+    """
+    k = check_int(k, "k", minimum=1)
+    bootstrap = check_int(bootstrap, "bootstrap", minimum=0)
+    check_unit_interval(level, "level", closed_left=False, closed_right=False)
+    check_choice(kernel, "kernel", KERNELS)
+    if (real_captions is None) != (generated_captions is None):
+        raise ValidateError("give the captions of both the real and the generated images, or of neither")
+    real, generated = _features(real, generated, k=k if real_captions is None else None)
+    if real_captions is None:
+        groups = {ALL_CAPTIONS: (np.arange(len(real)), np.arange(len(generated)))}
+    else:
+        groups = _caption_groups(real, generated, real_captions, generated_captions, k)
+        if pooled:
+            groups[ALL_CAPTIONS] = (np.arange(len(real)), np.arange(len(generated)))
+    tail = 100 * (1 - level) / 2
+    rows, replicates = [], {}
+    for caption, (real_index, generated_index) in groups.items():
+        seed = derive_seed(random_state, _BOOTSTRAP_STREAM, zlib.crc32(caption.encode()))
+        values, samples = _group_metrics(
+            real[real_index],
+            generated[generated_index],
+            k=k,
+            kernel=kernel,
+            bandwidth=bandwidth,
+            bootstrap=bootstrap,
+            seed=seed,
+        )
+        replicates[caption] = samples
+        rows += _rows(caption, values, samples, tail, len(real_index), len(generated_index))
+    captions = [caption for caption in groups if caption != ALL_CAPTIONS]
+    if captions:
+        # Each caption's resamples are independent, so averaging replicate b over captions is a
+        # (stratified) bootstrap replicate of the mean over captions.
+        per_caption = [row for row in rows if row["caption"] != ALL_CAPTIONS]
+        mean_values = {s: np.mean([row["value"] for row in per_caption if row["statistic"] == s]) for s in STATISTICS}
+        mean_samples = np.mean([replicates[caption] for caption in captions], axis=0)
+        rows += _rows(WITHIN_CAPTIONS, mean_values, mean_samples, tail, len(real), len(generated))
+    return rows
+
+
+def _group_metrics(real, generated, *, k, kernel, bandwidth, bootstrap, seed):
+    """Point values of :data:`STATISTICS` and their (bootstrap, 6) resampled values for one pair of sets."""
+    d_real, d_generated, cross = cdist(real, real), cdist(generated, generated), cdist(real, generated)
+    # One bandwidth for both sets and every resample, so that their Vendi scores compare.
+    if kernel == "rbf" and bandwidth is None:
+        bandwidth = float(np.median(pdist(np.concatenate([real, generated]))))
+    k_real, k_generated = _similarity(real, kernel, bandwidth), _similarity(generated, kernel, bandwidth)
+    every_real, every_generated = np.arange(len(real)), np.arange(len(generated))
+
+    def metrics(real_index, generated_index):
+        found = _prdc(d_real, d_generated, cross, real_index, generated_index, k)
+        return [*(found[name] for name in PRDC), _vendi(k_generated, generated_index), _vendi(k_real, real_index)]
+
+    values = dict(zip(STATISTICS, metrics(every_real, every_generated), strict=True))
+    rng = check_random_state(seed)
+    samples = np.array(
+        [
+            metrics(rng.integers(0, len(real), len(real)), rng.integers(0, len(generated), len(generated)))
+            for _ in range(bootstrap)
+        ]
+    ).reshape(bootstrap, len(STATISTICS))
+    return values, samples
+
+
+def _rows(caption, values, samples, tail, n_real, n_generated) -> list[dict]:
+    if len(samples):
+        low, high = np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
+    else:
+        low = high = np.full(len(STATISTICS), np.nan)
+    return [
+        {
+            "caption": caption,
+            "statistic": statistic,
+            "value": float(values[statistic]),
+            "ci_low": float(low[i]),
+            "ci_high": float(high[i]),
+            "n_real": n_real,
+            "n_generated": n_generated,
+        }
+        for i, statistic in enumerate(STATISTICS)
+    ]
+
+
+def _prdc(d_real, d_generated, cross, real_index, generated_index, k) -> dict[str, float]:
+    """prdc's four metrics of the (re)sampled sets, from the distance matrices of the full sets."""
+    real_radii = _radii(d_real, real_index, k)
+    generated_radii = _radii(d_generated, generated_index, k)
+    distances = cross[np.ix_(real_index, generated_index)]
+    in_real_ball = distances < real_radii[:, None]
+    return {
+        "precision": float(in_real_ball.any(axis=0).mean()),
+        "recall": float((distances < generated_radii[None, :]).any(axis=1).mean()),
+        "density": float(in_real_ball.sum(axis=0).mean() / k),
+        "coverage": float(in_real_ball.any(axis=1).mean()),
+    }
+
+
+def _radii(distances, index, k) -> np.ndarray:
+    """Distance from each sampled point to its k-th nearest other sampled point, its own copies left out."""
+    within = distances[np.ix_(index, index)]
+    within[index[:, None] == index[None, :]] = np.inf
+    return np.partition(within, k - 1, axis=1)[:, k - 1]
+
+
+def _similarity(features, kernel, bandwidth) -> np.ndarray:
+    if kernel == "cosine":
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        if not np.all(norms > 0):
+            raise ValidateError("the cosine kernel needs nonzero feature vectors; use kernel='rbf'")
+        unit = features / norms
+        return unit @ unit.T
+    if bandwidth is None:
+        bandwidth = float(np.median(pdist(features))) if len(features) > 1 else 1.0
+    if not bandwidth > 0:
+        raise ValidateError(f"the RBF bandwidth must be > 0, got {bandwidth}; give one, or features that differ")
+    return np.exp(-cdist(features, features, "sqeuclidean") / (2.0 * bandwidth**2))
+
+
+def _vendi(similarity, index) -> float:
+    """The Vendi score of the sample ``index`` (with repeats) of the points whose similarities are given.
+
+    A resample's K/n has the nonzero eigenvalues of W^½ S W^½, S the similarities of its distinct
+    points and W their multiplicities over n: an eigenproblem on about 63% of the points.
+    """
+    distinct, counts = np.unique(index, return_counts=True)
+    root = np.sqrt(counts / len(index))
+    eigenvalues = np.linalg.eigvalsh(root[:, None] * similarity[np.ix_(distinct, distinct)] * root[None, :])
+    # Rounding leaves the zero eigenvalues of a rank-deficient K a hair either side of 0; 0 log 0 = 0.
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    return float(np.exp(-np.sum(eigenvalues * np.log(eigenvalues))))
+
+
+def _caption_groups(real, generated, real_captions, generated_captions, k) -> dict[str, tuple]:
+    if len(real_captions) != len(real) or len(generated_captions) != len(generated):
+        raise ValidateError(
+            f"{len(real_captions)} real and {len(generated_captions)} generated captions for "
+            f"{len(real)} real and {len(generated)} generated images; give one caption per image"
+        )
+    real_groups = group_indices(real_captions, min_size=k + 1, what="real images")
+    groups = {}
+    for caption, generated_index in group_indices(generated_captions, min_size=k + 1, what="generated images").items():
+        if caption not in real_groups:
+            raise ValidateError(f"generated caption {caption!r} has no real images to compare with")
+        groups[caption] = (real_groups[caption], generated_index)
+    return groups
+
+
+def _matrix(values, name) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 2 or len(array) == 0 or not np.isfinite(array).all():
+        raise ValidateError(f"{name} must be a nonempty finite (n, d) array, got shape {array.shape}")
+    return array
+
+
+def _features(real, generated, *, k):
+    """Both sets as float (n, d) arrays of one width, each with more than ``k`` points when ``k`` is given."""
+    real, generated = _matrix(real, "real features"), _matrix(generated, "generated features")
+    if real.shape[1] != generated.shape[1]:
+        raise ValidateError(f"real features are {real.shape[1]}-d, generated ones {generated.shape[1]}-d")
+    if k is not None and min(len(real), len(generated)) <= k:
+        raise ValidateError(
+            f"k={k} nearest neighbours need more than {k} images in each set, got {len(real)} real "
+            f"and {len(generated)} generated; lower k or use more images"
+        )
+    return real, generated
