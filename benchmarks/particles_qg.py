@@ -37,7 +37,7 @@ def main() -> None:
     full = setup(args.population, args.generations)
     per_replicate = args.population * args.generations
     fast = timed(lambda: simulate_qg(full, replicates=args.replicates, seed=1))
-    slow = timed(lambda: simulate_qg(full, replicates=args.reference_replicates, seed=1, backend="numpy"))
+    slow = timed(lambda: simulate_qg(full, replicates=args.reference_replicates, seed=1, kernel="numpy"))
     fast_rate = args.replicates * per_replicate / fast[0]
     slow_rate = args.reference_replicates * per_replicate / slow[0]
 

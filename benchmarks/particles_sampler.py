@@ -40,7 +40,7 @@ def main() -> None:
     full = setup(args.population, args.iterations)
     per_replicate = args.population * args.iterations * args.steps
     fast = timed(lambda: simulate_chain(full, replicates=args.replicates, seed=1))
-    slow = timed(lambda: simulate_chain(full, replicates=args.reference_replicates, seed=1, backend="numpy"))
+    slow = timed(lambda: simulate_chain(full, replicates=args.reference_replicates, seed=1, kernel="numpy"))
     fast_rate = args.replicates * per_replicate / fast[0]
     slow_rate = args.reference_replicates * per_replicate / slow[0]
 

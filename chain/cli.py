@@ -1,4 +1,4 @@
-"""The ``chain`` command line program: ``chain run`` and ``chain validate``.
+"""The ``chain`` command line program: ``chain run``, ``chain validate``, ``chain data``, ``chain verify-sampler``.
 
 Each command lives in its own module; this file only registers them.
 """
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import typer
 
+from chain.cli_data import data_command
 from chain.cli_run import run as run_command
+from chain.cli_verify_sampler import verify_sampler_command
 from qtm.cli_common import run_app
 from validate.cli_validate import validate_command
 
@@ -20,6 +22,8 @@ app = typer.Typer(
 )
 app.command("run")(run_command)
 app.command("validate")(validate_command)
+app.command("data")(data_command)
+app.command("verify-sampler")(verify_sampler_command)
 
 
 def main() -> None:

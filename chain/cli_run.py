@@ -45,6 +45,9 @@ def run(
     Rerunning the same command on the same run directory resumes it: finished
     iterations are kept, an unfinished one is redone. More --iterations extend a finished run.
     """
+    from qtm.io import check_output_dir
+
+    check_output_dir(run_dir, flag="RUN_DIR")
     allowed = {name: ALL_PARAMETERS[name] for name in RUN_OPTIONS}
     options = load_config(config, allowed=allowed) if config else {}
     options.update({key: value for key, value in given.items() if value is not None})

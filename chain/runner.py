@@ -252,12 +252,15 @@ def _iteration(run, t, params, data, backend, reporter, model_from) -> dict:
     run.write_iteration_record(t, record)
 
     images, captions, real_used = _training_set(run, t, params, data)
-    start = "base" if params["finetune"] == "base" or t == 0 else "previous"
-    if start == "previous" and model_from != t - 1:
+    start = "base" if params["finetune"] == "base" or t == 0 else "continue"
+    if start == "continue" and model_from != t - 1:
         backend.load_weights(run.iteration_dir(t - 1) / WEIGHTS_DIR)
     seed = finetune_seed(params["seed"], t)
     with reporter.task(f"iteration {t}: finetuning", params["train_steps"]) as progress:
         result = backend.finetune(images, captions, drop=params["drop"], start=start, seed=seed, progress=progress)
+    if not np.all(np.isfinite(result.losses)):
+        raise ChainError(f"iteration {t}: the finetuning diverged (its loss became inf or NaN); "
+                         "lower --learning-rate and rerun the same command to resume")
     weights = backend.save_weights(folder / WEIGHTS_DIR)
 
     gen_captions, seeds, caption_index, copies = [], [], [], []

@@ -284,7 +284,7 @@ def test_save_load_and_start_from_base(model_dir, images, tmp_path, full):
     fresh.load_weights(tmp_path / "weights")
     assert np.array_equal(_generate(fresh), tuned)
 
-    backend.finetune(images, CAPTIONS, drop=0.2, start="previous", seed=2)
+    backend.finetune(images, CAPTIONS, drop=0.2, start="continue", seed=2)
     assert not np.array_equal(_generate(backend), tuned)
     again = backend.finetune(images, CAPTIONS, drop=0.2, start="base", seed=1)
     assert again.losses == first.losses

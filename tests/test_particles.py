@@ -84,7 +84,7 @@ def test_qg_kernel_matches_reference_draw_for_draw(kind, resampling):
                     mutation=[0.1, 0.0], resampling=resampling, real_fraction=0.2,
                     finetune=Finetune(0.7, 0.3, None, "continue"), uncond_var=3.0)
     fast = simulate_qg(setup, replicates=5, seed=11)
-    slow = simulate_qg(setup, replicates=5, seed=11, backend="numpy")
+    slow = simulate_qg(setup, replicates=5, seed=11, kernel="numpy")
     np.testing.assert_allclose(fast.mean, slow.mean, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fast.var, slow.var, rtol=1e-9, atol=1e-12)
 
@@ -95,7 +95,7 @@ def test_chain_kernel_matches_reference_draw_for_draw(finetune):
                              eta=0.5, drop=0.3, fidelity=0.8, finetune=finetune, mutation=0.01,
                              real_fraction=0.25, uncond_var=2.0)
     fast = simulate_chain(setup, replicates=3, seed=5)
-    slow = simulate_chain(setup, replicates=3, seed=5, backend="numpy")
+    slow = simulate_chain(setup, replicates=3, seed=5, kernel="numpy")
     np.testing.assert_allclose(fast.mean, slow.mean, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fast.var, slow.var, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fast.occupancy, slow.occupancy, atol=1e-12)

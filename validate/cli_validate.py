@@ -52,6 +52,9 @@ def validate_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from qtm.io import check_output_dir
+
+    check_output_dir(report, flag="--report")  # before any embedding: a bad path must not cost the work
     console = Console(stderr=True)
 
     def warn(message):

@@ -46,7 +46,7 @@ class Backend(ABC):
         """Finetune on ``images`` (PIL images) with ``captions``.
 
         ``start`` is ``"base"`` (reset to the pretrained model first, the reference
-        setup) or ``"previous"`` (continue from the current model). With
+        setup) or ``"continue"`` (continue from the current model; :data:`qtm.params.FINETUNE_STARTS`). With
         probability ``drop`` each example's caption is replaced by the empty
         prompt, redrawn every time the example is seen (condition-drop finetuning).
         """

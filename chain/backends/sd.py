@@ -31,12 +31,13 @@ from PIL import Image, ImageOps
 from chain.backends.base import Backend, FinetuneResult, Progress
 from chain.errors import ChainError
 from qtm.io import atomic_path, write_json
+from qtm.params import BACKEND_DEFAULTS, FINETUNE_STARTS, NETWORK_SAMPLERS, effective_eta
 from qtm.schedules import CFGSchedule
 from qtm.validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
 
 #: The model used when none is named (needs the network once, or a local copy).
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SAMPLERS = ("ddim", "ddpm")
+_DEFAULTS = BACKEND_DEFAULTS["sd"]
+DEFAULT_MODEL = _DEFAULTS["model"]
 #: The UNet attention projections that carry the LoRA adapter.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,11 +104,11 @@ class StableDiffusionBackend(Backend):
         self,
         model: str = DEFAULT_MODEL,
         *,
-        lora_rank: int | None = 4,
+        lora_rank: int | None = _DEFAULTS["lora_rank"],
         full_finetune: bool = False,
-        learning_rate: float = 1e-4,
-        train_steps: int = 100,
-        batch_size: int = 4,
+        learning_rate: float = _DEFAULTS["learning_rate"],
+        train_steps: int = _DEFAULTS["train_steps"],
+        batch_size: int = _DEFAULTS["batch_size"],
         resolution: int | None = None,
         device: str | None = None,
         dtype: str | None = None,
@@ -117,7 +118,7 @@ class StableDiffusionBackend(Backend):
         if self.full_finetune:
             self.lora_rank = None
         else:
-            self.lora_rank = check_int(4 if lora_rank is None else lora_rank, "--lora-rank", minimum=1)
+            self.lora_rank = check_int(_DEFAULTS["lora_rank"] if lora_rank is None else lora_rank, "--lora-rank", minimum=1)
         self.learning_rate = float(check_positive(learning_rate, "--learning-rate"))
         self.train_steps = check_int(train_steps, "--train-steps", minimum=1)
         self.batch_size = check_int(batch_size, "--batch-size", minimum=1)
@@ -189,7 +190,7 @@ class StableDiffusionBackend(Backend):
         if not images:
             raise ChainError("the finetuning data set is empty; give at least one image with its caption")
         drop = float(check_unit_interval(drop, "--drop", closed_right=False))
-        check_choice(start, "finetune start", ("base", "previous"))
+        check_choice(start, "finetune start", FINETUNE_STARTS)
         seed = check_int(seed, "seed", minimum=0)
         began = time.perf_counter()
 
@@ -324,7 +325,7 @@ class StableDiffusionBackend(Backend):
             )
         cfg = float(check_nonnegative(cfg, "--cfg"))
         steps = check_int(steps, "--steps", minimum=1)
-        check_choice(sampler, "--sampler", SAMPLERS)
+        check_choice(sampler, "--sampler", NETWORK_SAMPLERS)
         schedule = CFGSchedule.parse(schedule)
 
         scheduler = DDIMScheduler.from_config(self._scheduler_config)
@@ -352,7 +353,7 @@ class StableDiffusionBackend(Backend):
                     width=self.resolution,
                     num_inference_steps=steps,
                     guidance_scale=float(scales[0]),
-                    eta=0.0 if sampler == "ddim" else 1.0,
+                    eta=effective_eta(sampler, 0.0),
                     generator=generators,
                     callback_on_step_end=next_scale,
                     output_type="pil",
@@ -528,4 +529,4 @@ def _epoch_batches(count: int, batch_size: int, generator: torch.Generator):
         pending = pending[batch_size:]
 
 
-__all__ = ["DEFAULT_MODEL", "LORA_TARGETS", "SAMPLERS", "StableDiffusionBackend"]
+__all__ = ["DEFAULT_MODEL", "LORA_TARGETS", "StableDiffusionBackend"]

@@ -40,10 +40,11 @@ from torch import nn
 from chain.backends.base import Backend, FinetuneResult, Progress
 from chain.errors import ChainError
 from qtm.io import atomic_path
+from qtm.params import BACKEND_DEFAULTS, FINETUNE_STARTS, NETWORK_SAMPLERS, effective_eta
 from qtm.schedules import CFGSchedule
 from qtm.validation import check_choice, check_int, check_positive, check_unit_interval
 
-SAMPLERS = ("ddim", "ddpm")
+_DEFAULTS = BACKEND_DEFAULTS["tiny"]
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _WORD = re.compile(r"[a-z0-9]+")
 _WEIGHTS_FILE = "model.pt"
@@ -250,7 +251,7 @@ def sample(
     Image ``i`` draws its initial noise and (``ddpm``) its step noise from its own
     generator seeded with ``seeds[i]``, so its noise does not depend on its batch.
     """
-    eta = {"ddim": 0.0, "ddpm": 1.0}[check_choice(sampler, "--sampler", SAMPLERS)]
+    eta = effective_eta(check_choice(sampler, "--sampler", NETWORK_SAMPLERS), 0.0)
     steps = len(scales)
     total = len(captions) * steps
     out = []
@@ -314,9 +315,9 @@ class TinyBackend(Backend):
         self,
         *,
         config: TinyConfig | None = None,
-        learning_rate: float = 1e-3,
-        train_steps: int = 150,
-        batch_size: int = 64,
+        learning_rate: float = _DEFAULTS["learning_rate"],
+        train_steps: int = _DEFAULTS["train_steps"],
+        batch_size: int = _DEFAULTS["batch_size"],
         lora_rank: int | None = None,
         device: str = "cpu",
         progress: Progress | None = None,
@@ -348,7 +349,7 @@ class TinyBackend(Backend):
 
     def finetune(self, images, captions, *, drop, start, seed, progress=None) -> FinetuneResult:
         check_unit_interval(drop, "--drop", closed_right=False)
-        check_choice(start, "finetune start", ("base", "previous"))
+        check_choice(start, "finetune start", FINETUNE_STARTS)
         began = time.perf_counter()
         if start == "base":
             self.model.load_state_dict(self.base_state)

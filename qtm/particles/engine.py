@@ -2,8 +2,8 @@
 
 Both functions return a :class:`ParticleResult` with per replicate, iteration and axis the
 trait mean and the population's (MLE) variance; the chain also returns the occupancy of
-each mixture component. ``backend="numba"`` runs the compiled kernels (parallel over
-replicates), ``backend="numpy"`` the vectorised reference; both draw the same random
+each mixture component. ``kernel="numba"`` runs the compiled kernels (parallel over
+replicates), ``kernel="numpy"`` the vectorised reference; both draw the same random
 numbers, and replicate ``r`` depends only on ``(seed, replicate_offset + r)``.
 """
 
@@ -20,7 +20,7 @@ from qtm.particles.model import FITNESS_KINDS, ChainSetup, QGSetup
 from qtm.random import replicate_seeds
 from qtm.validation import check_choice, check_int
 
-BACKENDS = ("numba", "numpy")
+KERNELS = ("numba", "numpy")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _keys(seed, replicates, offset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def simulate_qg(setup: QGSetup, *, replicates: int, seed: int, replicate_offset: int = 0,
-                backend: str = "numba") -> ParticleResult:
+                kernel: str = "numba") -> ParticleResult:
     """Run ``replicates`` independent populations of the classic selection loop.
 
     Examples
@@ -62,13 +62,13 @@ def simulate_qg(setup: QGSetup, *, replicates: int, seed: int, replicate_offset:
     >>> round(float(result.var[:, 0, 0].mean()), 1)  # v ω² / (v + ω²) = 0.5
     0.5
     """
-    check_choice(backend, "backend", BACKENDS)
+    check_choice(kernel, "kernel", KERNELS)
     keys, index = _keys(seed, replicates, replicate_offset)
     fit = setup.fitness
     d = setup.dims
     shape = (len(keys), setup.generations, d)
     mean, var = np.empty(shape), np.empty(shape)
-    run = kernels.qg_kernel if backend == "numba" else reference.qg_reference
+    run = kernels.qg_kernel if kernel == "numba" else reference.qg_reference
     with numba.parallel_chunksize(1):  # see simulate_chain
         run(keys, setup.population, setup.generations, setup.data_mean, setup.data_var,
             FITNESS_KINDS.index(fit.kind),  # the kernels' FIT_* codes
@@ -83,7 +83,7 @@ def simulate_qg(setup: QGSetup, *, replicates: int, seed: int, replicate_offset:
 
 
 def simulate_chain(setup: ChainSetup, *, replicates: int, seed: int, replicate_offset: int = 0,
-                   backend: str = "numba") -> ParticleResult:
+                   kernel: str = "numba") -> ParticleResult:
     """Run ``replicates`` independent chains: refit, then the K-step guided sampler on every particle.
 
     Examples
@@ -94,13 +94,13 @@ def simulate_chain(setup: ChainSetup, *, replicates: int, seed: int, replicate_o
     >>> result.mean.shape, result.occupancy.shape
     ((4, 2, 1), (4, 2, 1))
     """
-    check_choice(backend, "backend", BACKENDS)
+    check_choice(kernel, "kernel", KERNELS)
     keys, index = _keys(seed, replicates, replicate_offset)
     abar_t, abar_prev = setup.step_alphas
     m, d = setup.data.modes, setup.data.dims
     shape = (len(keys), setup.iterations)
     mean, var, occupancy = np.empty((*shape, d)), np.empty((*shape, d)), np.empty((*shape, m))
-    run = kernels.chain_kernel if backend == "numba" else reference.chain_reference
+    run = kernels.chain_kernel if kernel == "numba" else reference.chain_reference
     # Replicates are handed to the threads one at a time (not in equal blocks), so that a
     # thread slowed down on a shared machine does not hold the others up.
     with numba.parallel_chunksize(1):

@@ -72,7 +72,7 @@ def _breeders_equation(*, size: float, rng) -> Comparison:
     rows = []
     for name, (fitness, selected) in cases.items():
         setup = QGSetup(population=n, generations=1, data_mean=mean, data_var=genetic_var, fitness=fitness,
-                        environmental_var=env_var)
+                        environmental_var=env_var, resampling="systematic")
         result = simulate_qg(setup, replicates=replicates, seed=int(rng.integers(2**31)))
         response = float(inherit(mean, var, selected.mean, selected.var, fidelity=h2).mean) - mean
         observed, se = mean_se(result.mean[:, 0, 0])
@@ -161,7 +161,7 @@ def _mutation_selection(*, size: float, rng) -> Comparison:
     rows = []
     for width2, mutation_var in ((1.0, 0.1), (0.5, 0.2)):
         setup = QGSetup(population=n, generations=generations, fitness=Fitness("stabilizing", omega2=width2),
-                        mutation=mutation_var)
+                        mutation=mutation_var, resampling="systematic")
         result = simulate_qg(setup, replicates=replicates, seed=int(rng.integers(2**31)))
         observed, se = mean_se(result.var[:, burn_in:, 0].mean(axis=1))
         expected = float(stabilizing_mutation_equilibrium(width2=width2, mutation_var=mutation_var))
