@@ -78,8 +78,15 @@ EMOJI_RECORDS = [
     emoji_record("red apple", "food-fruit", "1f34e.png", 4),
     emoji_record("mouse face", "animal-mammal", "1f42d.png", 1),
 ]
-EMOJI_COLOURS = {"1f436.png": RED, "1f431.png": GREEN, "1f42d.png": BLUE, "1f44b.png": RED,
-                 "1f44b-1f3fb.png": GREEN, "1f44b-1f3ff.png": BLUE, "1f34e.png": RED}
+EMOJI_COLOURS = {
+    "1f436.png": RED,
+    "1f431.png": GREEN,
+    "1f42d.png": BLUE,
+    "1f44b.png": RED,
+    "1f44b-1f3fb.png": GREEN,
+    "1f44b-1f3ff.png": BLUE,
+    "1f34e.png": RED,
+}
 
 DEX_SCRIPT = """var _49 = {
   bulbasaur: {
@@ -166,7 +173,9 @@ def test_emoji_captions_sizes_white_ground_and_concept_rule(fixtures):
     assert data.labels[2]["short_names"] == ["dog_face"] and data.labels[2]["category"] == "Animals & Nature"
     assert all(image.mode == "RGB" and image.size == (16, 16) for image in data.images)
     assert [corner_and_centre(image) for image in data.images] == [
-        ((255, 255, 255), BLUE), ((255, 255, 255), GREEN), ((255, 255, 255), RED)
+        ((255, 255, 255), BLUE),
+        ((255, 255, 255), GREEN),
+        ((255, 255, 255), RED),
     ]
     assert "Apache" in data.notice
 
