@@ -34,6 +34,8 @@ IDS = [f"{s}-{i}" for i, (s, _, _) in enumerate(RUNS)]
 # so a correct map fails the suite with probability below 6e-5.
 Z_MAX = 5.0
 PARTICLES = 200_000
+STOCHASTIC = ("euler-a",)
+RTOL_AFFINE = 1e-4
 
 
 def _scheduler(sampler, config):
@@ -68,7 +70,7 @@ def diffusers_cloud(sampler, config, steps, particles, seed, cases=CASES):
     ``x = alpha x0 + s eps``; the model returns ``eps = (x - alpha D)/s``, ``v = alpha eps - s D``
     or the velocity ``eps - D`` and guidance combines the returned outputs,
     ``out_u + w_i (out_c - out_u)``, with ``w_i`` the schedule over the loop's steps.
-    Returns the output particles, shape (cases, particles).
+    Returns the starting and the output particles, each of shape (cases, particles).
     """
     import torch
 
@@ -84,6 +86,7 @@ def diffusers_cloud(sampler, config, steps, particles, seed, cases=CASES):
     x = torch.randn(len(cases), particles, generator=generator, dtype=torch.float64)
     # Flow-matching pipelines (SD3) start from N(0, 1); the scheduler has no init_noise_sigma.
     x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+    start = x.numpy().copy()
     kind = "flow" if sampler == "flow-euler" else config.prediction_type
     # Heun's step draws no noise and takes no generator.
     extra = {} if sampler == "heun" else {"generator": generator}
@@ -98,17 +101,18 @@ def diffusers_cloud(sampler, config, steps, particles, seed, cases=CASES):
         w = torch.tensor(scales[:, i : i + 1])
         out = outputs[1] + w * (outputs[0] - outputs[1])
         x = scheduler.step(out, t, x, **extra).prev_sample
-    return x.numpy()
+    return start, x.numpy()
 
 
-def _z_scores(sampler, config, steps, particles, seed):
-    out = diffusers_cloud(sampler, config, steps, particles, seed)
+def _exact(sampler, config, steps):
     exact = [
         guided_moments(*c[:4], cfg=c[4], schedule=c[5], sampler=sampler, steps=steps, scheduler=config)
         for c in CASES
     ]
-    mean = np.array([float(m.mean) for m in exact])
-    var = np.array([float(m.var) for m in exact])
+    return np.array([float(m.mean) for m in exact]), np.array([float(m.var) for m in exact])
+
+
+def _z_scores(out, mean, var):
     n = out.shape[1]
     z_mean = (out.mean(axis=1) - mean) / np.sqrt(var / n)
     z_var = (out.var(axis=1, ddof=1) - var) / (var * np.sqrt(2 / (n - 1)))
@@ -121,9 +125,21 @@ def test_exact_law_matches_diffusers_particles(sampler, config, steps):
     sqrt(var/n) and the variance's var sqrt(2/(n-1)). Each of the 102 comparisons of this test
     (over all parameter sets) passes at |z| < 5: false-failure rate below 6e-5 (fixed seeds)."""
     pytest.importorskip("diffusers")
-    z_mean, z_var = _z_scores(sampler, config, steps, PARTICLES, seed=11)
+    start, out = diffusers_cloud(sampler, config, steps, PARTICLES, seed=11)
+    mean, var = _exact(sampler, config, steps)
+    z_mean, z_var = _z_scores(out, mean, var)
     assert np.all(np.abs(z_mean) < Z_MAX), z_mean
     assert np.all(np.abs(z_var) < Z_MAX), z_var
+    if sampler not in STOCHASTIC:
+        # A deterministic solver maps each particle by x -> A x + B: the fitted A, B (no sampling error)
+        # must give the law exactly, up to diffusers' float32 sigmas and arithmetic.
+        centred = start - start.mean(axis=1, keepdims=True)
+        slope = (centred * out).sum(axis=1) / (centred * centred).sum(axis=1)
+        intercept = out.mean(axis=1) - slope * start.mean(axis=1)
+        np.testing.assert_allclose(out, slope[:, None] * start + intercept[:, None], atol=1e-4)
+        init_var = float(solver_plan(sampler, steps, scheduler=config).init_std) ** 2 if sampler != "ddim" else 1.0
+        np.testing.assert_allclose(slope**2 * init_var, var, rtol=RTOL_AFFINE)
+        np.testing.assert_allclose(intercept, mean, rtol=RTOL_AFFINE, atol=1e-5)
 
 
 def test_sampler_names_cover_every_solver():
@@ -193,3 +209,11 @@ def test_first_order_solvers_coincide_on_one_grid():
         for out in outs[1:]:
             assert float(out.mean) == pytest.approx(float(outs[0].mean), rel=1e-9)
             assert float(out.var) == pytest.approx(float(outs[0].var), rel=1e-7)
+
+
+def test_solver_limits_figure_draws(tmp_path):
+    from qtm.figures_solvers import draw_solver_limits
+
+    written = draw_solver_limits(tmp_path, formats=("png",))
+    assert [p.name for p in written] == ["solver_limits.png"]
+    assert written[0].stat().st_size > 10_000
