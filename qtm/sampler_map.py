@@ -1,4 +1,9 @@
-"""The exact distribution that a guided DDIM/DDPM sampler produces when p_c and p_u are Gaussian.
+"""The exact distribution that a guided sampler produces when p_c and p_u are Gaussian.
+
+:func:`guided_moments` is the one entry point for every sampler name in :data:`SAMPLERS`: DDIM and
+DDPM are mapped here, diffusers' other solvers (Euler, Euler-ancestral, DPM-Solver++, Heun,
+flow-matching Euler) in :mod:`qtm.solvers`, the continuous-time ODE and SDE limits in
+:mod:`qtm.continuous`. The rest of this docstring is about DDIM and DDPM.
 
 For a trait axis with ``p_c = N(m_c, v_c)`` and ``p_u = N(m_u, v_u)``, the noised data
 ``x_t = a x_0 + b eps`` (``a = sqrt(abar)``, ``b = sqrt(1 - abar)``) has ``Cov(eps, x_t) = b``

@@ -148,3 +148,11 @@ def test_bad_input_is_a_one_line_error():
         continuous_moments(0.0, 1e-300, 0.0, 1e300, cfg=-50.0, sampler="sde")
     with pytest.raises(QTMError, match="iterations"):
         ode_chain_variance(0.5, 1.0, cfg=2.0, iterations=-1)
+
+
+def test_guided_moments_dispatches_to_the_limits():
+    for sampler in ("ode", "sde"):
+        direct = continuous_moments([1.0, -1.0], 0.5, 0.0, 1.0, cfg=3.0, sampler=sampler)
+        via = guided_moments([1.0, -1.0], 0.5, 0.0, 1.0, cfg=3.0, sampler=sampler, steps=7)
+        np.testing.assert_array_equal(via.mean, direct.mean)
+        np.testing.assert_array_equal(via.var, direct.var)
