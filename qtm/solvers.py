@@ -329,7 +329,8 @@ def _ve_sigmas(config: SchedulerConfig, sampler: str, k: int) -> np.ndarray:
         karras_range = (sigmas[-1], sigmas[0])
     if config.use_karras_sigmas and sampler in _KARRAS_SOLVERS:
         sigmas = _karras(*karras_range, k)
-    if sampler == "euler-a" or config.final_sigmas_type == "zero":
+    # Only Euler and DPM-Solver++ have a final_sigmas_type; Euler-ancestral and Heun always end at 0.
+    if sampler in ("euler-a", "heun") or config.final_sigmas_type == "zero":
         last = 0.0
     else:
         last = float(train[0])

@@ -26,7 +26,8 @@ RUNS = [
     ("dpm++2m", SD15, 20), ("dpm++2m", SD21V, 20), ("dpm++2m", KARRAS, 20),
     ("dpm++2m", SchedulerConfig(final_sigmas_type="sigma_min", timestep_spacing="trailing"), 10),
     ("dpm++2m", SchedulerConfig(final_sigmas_type="sigma_min"), 20),
-    ("dpm++1s", SD15, 20), ("heun", SD15, 10), ("heun", SD21V, 10), ("heun", KARRAS, 10),
+    ("dpm++1s", SD15, 20), ("heun", SD15, 10), ("heun", SD21V, 10),
+    ("heun", SchedulerConfig(use_karras_sigmas=True, final_sigmas_type="sigma_min"), 10),
     ("flow-euler", SchedulerConfig.preset("sd3"), 20), ("ddim", SD21V, 20),
 ]
 IDS = [f"{s}-{i}" for i, (s, _, _) in enumerate(RUNS)]
