@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test lint verify figures docs bench clean
+.PHONY: demo chain-demo test lint verify figures docs bench clean study-runs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,18 @@ test: $(STAMP)
 chain-demo: $(STAMP)
 	$(BIN)/chain run runs/tiny-cfg7.5 --backend tiny --cfg 7.5 --iterations 5
 	$(BIN)/chain validate runs/tiny-cfg7.5 --embedder stats --make-reference --report runs/tiny-cfg7.5-report
+
+# The tiny chains of the measurement study (docs/study.md): CFG 1, 3, 7.5 and ReDiFine, replicate seeds,
+# 5 iterations each (about 2.5 min per run on 2 idle cores; resumable: rerun to continue).
+STUDY := runs/study
+STUDY_SEEDS := 0 1 2
+study-runs: $(STAMP)
+	for seed in $(STUDY_SEEDS); do \
+	  $(BIN)/chain run $(STUDY)/cfg1-s$$seed --cfg 1 --seed $$seed --iterations 5 && \
+	  $(BIN)/chain run $(STUDY)/cfg3-s$$seed --cfg 3 --seed $$seed --iterations 5 && \
+	  $(BIN)/chain run $(STUDY)/cfg7.5-s$$seed --cfg 7.5 --seed $$seed --iterations 5 && \
+	  $(BIN)/chain run $(STUDY)/redifine-s$$seed --cfg 7.5 --redifine --seed $$seed --iterations 5 || exit 1; \
+	done
 
 # The statistical verification suite (about 25 s on 2 idle cores); plots land in runs/verify/.
 verify: $(STAMP)
