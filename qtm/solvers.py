@@ -224,7 +224,8 @@ class SolverPlan(NamedTuple):
     @property
     def abar(self) -> np.ndarray:
         """The VP alpha-bar of each evaluation (what an ``interval`` CFG schedule reads)."""
-        return self.alpha**2 / (self.alpha**2 + self.noise**2)
+        # Flow matching's first evaluation is pure noise (alpha-bar 0): floor it so that its sigma is huge, not inf.
+        return np.maximum(self.alpha**2 / (self.alpha**2 + self.noise**2), np.finfo(float).tiny)
 
 
 def solver_plan(sampler: str, steps: int = 50, *, scheduler: SchedulerConfig | str | None = None) -> SolverPlan:
