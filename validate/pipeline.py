@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from qtm.provenance import provenance
+from qtm.random import derive_seed
 from qtm.rundir import ImageSet, Run, read_run
 from qtm.validation import check_int
 from validate.axes import TraitAxes, fit_axes
@@ -52,6 +53,8 @@ from validate.statistics import (
 
 CACHE_FOLDER = ".validate_cache"
 GROUPS = ("caption", "none")
+#: The stream tag of the bootstrap resamples (qtm.random.derive_seed).
+BOOTSTRAP_TAG = 0xB007
 
 
 @dataclass
@@ -319,9 +322,8 @@ def _statistics(
     rows = []
     for run_index, run in enumerate(runs):
         for population, key, data in _populations(run, embedded):
-            # Seeded by position (run, population), not by order of work; kept as it was (not
-            # qtm.random.derive_seed, whose 32-bit seed would change every published interval).
-            rng = np.random.default_rng(np.random.SeedSequence([seed, run_index, key + 1]))
+            # Seeded by position (run, population), not by order of work.
+            rng = np.random.default_rng(derive_seed(seed, BOOTSTRAP_TAG, run_index, key + 1))
             projected = trait_axes.project(data.features)
             standardised = trait_axes.standardise(data.features)
             found = [
