@@ -73,6 +73,10 @@ def _row(param) -> str:
 
 def _default(param) -> str:
     value = param.default
+    # Options that a --config file may set default to None and show their real default instead.
+    shown = getattr(param, "show_default", None)
+    if value is None and isinstance(shown, str) and shown:
+        return f"`{shown}`"
     if value is None or callable(value) or (param.multiple and not value):
         return ""
     if isinstance(value, (list, tuple)):
