@@ -26,8 +26,8 @@ from functools import cached_property
 
 import numpy as np
 
-from qtm.validation import check_choice, check_int
 from qtm.errors import QTMError
+from qtm.validation import check_choice, check_int
 
 BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
