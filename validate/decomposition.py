@@ -1,0 +1,364 @@
+"""Each iteration of a chain split into selection and response, as a breeder measures a population.
+
+Price's and the breeder's equation separate what one generation does: guidance *selects*
+within the current model's output, finetuning *transmits* the selected set to the next model.
+Per iteration ``t`` of a run this module measures, from trait arrays alone (numpy only):
+
+- the selection differential ``S_t``: the guided samples (the run's own images) minus the
+  CFG-1 samples of the same model ``t``, per caption and trait axis, for the mean
+  (``S_mean``) and the log variance (``S_log_var``);
+- the response ``R_t``: the CFG-1 moments of model ``t + 1`` minus those of model ``t``
+  (``R_mean``, ``R_log_var``), and the realised heritability ``h2 = R / S`` per caption and
+  axis, and pooled (the slope through the origin of R on S across captions and axes);
+- the unconditional drift: model ``t``'s unconditional samples (empty prompt) minus the
+  base model's (``uncond_drift_mean``, ``uncond_drift_log_var``, per axis);
+- the inheritance slopes against the training set ``D_t`` (the real data at ``t = 0``,
+  else iteration ``t - 1``'s images, mixed with the real data by ``real_fraction``),
+  regressions across captions and axes of the model's moments on the training set's,
+  both measured from the finetuning's prior (the base model, or model ``t - 1`` with
+  ``finetune=continue``): ``rho`` from the CFG-1 means, ``rho_v`` (slope) and ``mu``
+  (intercept) from the CFG-1 log variances (``ln v = ln v_prior + rho_v (ln v_D - ln v_prior) + mu``),
+  ``rho_u`` from the unconditional means against the pooled training set.
+
+Every value has a percentile bootstrap interval: the images of every set are resampled
+within captions, all sets independently, and every quantity is recomputed from the same
+resample, so the intervals carry the sampling noise of all the sets a quantity uses.
+Iteration ``-1`` rows pool all iterations. :func:`finetune_noise` measures the spread of
+the caption means of K finetunes of one training set, in within-caption SDs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from qtm.random import check_random_state
+from validate.errors import ValidateError
+from validate.statistics import ALL_CAPTIONS
+
+#: ``caption`` of the rows that describe the unconditional branch (it has no caption).
+UNCOND = "(uncond)"
+#: ``iteration`` of the rows pooled over all iterations.
+ALL_ITERATIONS = -1
+COLUMNS = ("run", "cfg", "caption", "axis", "iteration", "quantity", "value", "lo", "hi")
+
+
+@dataclass
+class TraitSet:
+    """Trait coordinates ``traits`` (n, k) of one image set and each image's caption ("" without one)."""
+
+    traits: np.ndarray
+    captions: np.ndarray
+
+    def __post_init__(self):
+        self.traits = np.atleast_2d(np.asarray(self.traits, dtype=float))
+        self.captions = np.asarray([str(c) for c in self.captions])
+        if len(self.captions) != len(self.traits):
+            raise ValidateError(f"{len(self.traits)} trait rows but {len(self.captions)} captions")
+
+
+@dataclass
+class RunTraits:
+    """The image sets of one run that the decomposition reads, by iteration.
+
+    ``guided`` are the run's own images; ``cfg1`` and ``uncond`` the same models sampled at
+    CFG 1 and with the empty prompt. ``guided_is_cfg1``: the run itself sampled at CFG 1
+    (constant schedule), so its images are its CFG-1 samples and ``S`` is zero by construction.
+    """
+
+    run: str
+    cfg: float
+    guided: dict[int, TraitSet]
+    cfg1: dict[int, TraitSet]
+    uncond: dict[int, TraitSet] = field(default_factory=dict)
+    data: TraitSet | None = None
+    base_cond: TraitSet | None = None
+    base_uncond: TraitSet | None = None
+    finetune: str = "base"
+    real_fraction: float = 0.0
+    guided_is_cfg1: bool = False
+
+
+class _Moments:
+    """Per-caption and pooled moments of one set, row 0 the point estimate, rows 1.. bootstrap resamples."""
+
+    def __init__(self, sample: TraitSet, captions: list[str], n_boot: int, rng: np.random.Generator):
+        x = sample.traits - sample.traits.mean(axis=0)  # centred: the sums of squares stay well conditioned
+        shift = sample.traits.mean(axis=0)
+        k = x.shape[1]
+        self.mean = np.full((n_boot + 1, len(captions), k), np.nan)
+        self.var = np.full_like(self.mean, np.nan)
+        total_n, total_s, total_q = 0, np.zeros((n_boot + 1, k)), np.zeros((n_boot + 1, k))
+        for c, index in _groups(sample.captions, captions).items():
+            n = len(index)
+            counts = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
+            sums, squares = counts @ x[index], counts @ x[index] ** 2
+            total_n, total_s, total_q = total_n + n, total_s + sums, total_q + squares
+            if c is not None and n >= 2:
+                self.mean[:, c] = shift + sums / n
+                self.var[:, c] = (squares - sums**2 / n) / (n - 1)
+        if total_n < 2:
+            raise ValidateError("an image set of the decomposition has fewer than 2 images")
+        self.pooled_mean = shift + total_s / total_n
+        self.pooled_var = (total_q - total_s**2 / total_n) / (total_n - 1)
+
+
+def _groups(labels: np.ndarray, captions: list[str]) -> dict:
+    """Image indices per caption position; images of captions not in ``captions`` under key None."""
+    out = {}
+    for label in np.unique(labels):
+        index = np.flatnonzero(labels == label)
+        key = captions.index(label) if label in captions else None
+        out[key] = np.concatenate([out[key], index]) if key in out else index
+    return out
+
+
+def _mixture(a: _Moments, b: _Moments, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-caption moments of a set that is ``a`` with the fraction ``fraction`` replaced by ``b``."""
+    mean = (1 - fraction) * a.mean + fraction * b.mean
+    var = (1 - fraction) * a.var + fraction * b.var + fraction * (1 - fraction) * (a.mean - b.mean) ** 2
+    return mean, var
+
+
+def _pooled_mixture(a: _Moments, b: _Moments, fraction: float) -> np.ndarray:
+    return (1 - fraction) * a.pooled_mean + fraction * b.pooled_mean
+
+
+def _slope(x, y) -> np.ndarray:
+    """Least-squares slope through the origin of y on x, per bootstrap row (x, y: (B+1, ...))."""
+    x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x * y).sum(axis=1) / (x * x).sum(axis=1)
+
+
+def _line(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and intercept of y on x, per bootstrap row."""
+    x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    ok = np.isfinite(x) & np.isfinite(y)
+    count = ok.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = np.where(ok, x, 0.0).sum(axis=1) / count
+        my = np.where(ok, y, 0.0).sum(axis=1) / count
+        dx, dy = np.where(ok, x - mx[:, None], 0.0), np.where(ok, y - my[:, None], 0.0)
+        slope = (dx * dy).sum(axis=1) / (dx * dx).sum(axis=1)
+    return slope, my - slope * mx
+
+
+def decompose(runs: list[RunTraits], *, n_boot: int = 200, level: float = 0.95, random_state=None) -> pd.DataFrame:
+    """The decomposition of every run's iterations as a tidy table (see the module docstring).
+
+    Parameters
+    ----------
+    runs : list of RunTraits
+    n_boot : int
+        Bootstrap resamples (0: no intervals, ``lo`` and ``hi`` NaN).
+    level : float
+        Coverage of the percentile intervals.
+    random_state : int or Generator, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`COLUMNS`: ``caption`` is a caption, ``(all)`` (pooled over captions)
+        or ``(uncond)``; ``axis`` -1 for pooled over axes; ``iteration`` -1 for pooled over iterations.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> def sample(shift):
+    ...     return TraitSet(rng.standard_normal((400, 1)) + shift, ["a", "b"] * 200)
+    >>> run = RunTraits("r", 3.0, guided={0: sample(1.0)}, cfg1={0: sample(0.0), 1: sample(0.5)})
+    >>> table = decompose([run], n_boot=0)
+    >>> row = table[(table.quantity == "h2_mean") & (table.caption == "(all)") & (table.iteration == 0)]
+    >>> round(float(row.value.iloc[0]), 1)
+    0.5
+    """
+    rng = check_random_state(random_state)
+    rows = []
+    for run in runs:
+        rows += _decompose_run(run, n_boot, level, rng)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _decompose_run(run: RunTraits, n_boot: int, level: float, rng) -> list[dict]:
+    captions = sorted({c for s in run.cfg1.values() for c in s.captions.tolist()} - {""})
+    if not captions:
+        raise ValidateError(f"{run.run}: the CFG-1 samples have no captions; the decomposition is per caption")
+    tail = 100 * (1 - level) / 2
+    out = []
+
+    def measure(sample):
+        return None if sample is None else _Moments(sample, captions, n_boot, rng)
+
+    def emit(quantity, iteration, values, *, caption=None, axis=None, exact=False):
+        """Rows of one quantity: values (B+1,) pooled, (B+1, k) per axis or (B+1, C, k) per caption and axis."""
+        values = np.asarray(values, dtype=float)
+        if values.ndim == 1:
+            values = values[:, None, None]
+        elif values.ndim == 2:
+            values = values[:, None, :]
+        names = captions if values.shape[1] == len(captions) and caption is None else [caption or ALL_CAPTIONS]
+        for c, name in enumerate(names):
+            for a in range(values.shape[2]):
+                column = values[:, c, a]
+                boot = column[1:][np.isfinite(column[1:])]
+                if exact:
+                    low = high = column[0]
+                elif n_boot and len(boot) >= 0.9 * n_boot:
+                    low, high = np.percentile(boot, [tail, 100 - tail])
+                else:
+                    low = high = np.nan
+                out.append(
+                    {
+                        "run": run.run,
+                        "cfg": run.cfg,
+                        "caption": name,
+                        "axis": a if axis is None else axis,
+                        "iteration": iteration,
+                        "quantity": quantity,
+                        "value": float(column[0]),
+                        "lo": float(low),
+                        "hi": float(high),
+                    }
+                )
+
+    cfg1 = {t: measure(s) for t, s in sorted(run.cfg1.items())}
+    guided = cfg1 if run.guided_is_cfg1 else {t: measure(s) for t, s in sorted(run.guided.items())}
+    uncond = {t: measure(s) for t, s in sorted(run.uncond.items())}
+    data, base_cond, base_uncond = measure(run.data), measure(run.base_cond), measure(run.base_uncond)
+    selection, response, inherit_x, inherit_y, var_x, var_y, uncond_x, uncond_y = ([] for _ in range(8))
+    for t in cfg1:
+        if t in guided:
+            s_mean = guided[t].mean - cfg1[t].mean
+            s_log = np.log(guided[t].var) - np.log(cfg1[t].var)
+            emit("S_mean", t, s_mean, exact=run.guided_is_cfg1)
+            emit("S_log_var", t, s_log, exact=run.guided_is_cfg1)
+        if t + 1 in cfg1:
+            r_mean = cfg1[t + 1].mean - cfg1[t].mean
+            r_log = np.log(cfg1[t + 1].var) - np.log(cfg1[t].var)
+            emit("R_mean", t, r_mean)
+            emit("R_log_var", t, r_log)
+            if t in guided and not run.guided_is_cfg1:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    emit("h2_mean", t, r_mean / s_mean)
+                    emit("h2_log_var", t, r_log / s_log)
+                emit("h2_mean", t, _slope(s_mean, r_mean), caption=ALL_CAPTIONS, axis=-1)
+                emit("h2_log_var", t, _slope(s_log, r_log), caption=ALL_CAPTIONS, axis=-1)
+                selection.append((s_mean, s_log))
+                response.append((r_mean, r_log))
+        if t in uncond and base_uncond is not None:
+            emit("uncond_drift_mean", t, uncond[t].pooled_mean - base_uncond.pooled_mean, caption=UNCOND)
+            drift = np.log(uncond[t].pooled_var) - np.log(base_uncond.pooled_var)
+            emit("uncond_drift_log_var", t, drift, caption=UNCOND)
+        # The training set D_t and the prior the finetuning starts from.
+        source = data if t == 0 else guided.get(t - 1)
+        if source is None or (t > 0 and run.real_fraction > 0 and data is None):
+            continue
+        mixed = run.real_fraction if t > 0 and data is not None else 0.0
+        train_mean, train_var = _mixture(source, data, mixed) if mixed else (source.mean, source.var)
+        continuing = run.finetune == "continue" and t > 0 and t - 1 in cfg1
+        prior = cfg1[t - 1] if continuing else base_cond
+        if prior is not None:
+            x, y = train_mean - prior.mean, cfg1[t].mean - prior.mean
+            emit("rho", t, _slope(x, y), caption=ALL_CAPTIONS, axis=-1)
+            lx, ly = np.log(train_var) - np.log(prior.var), np.log(cfg1[t].var) - np.log(prior.var)
+            slope, intercept = _line(lx, ly)
+            emit("rho_v", t, slope, caption=ALL_CAPTIONS, axis=-1)
+            emit("mu", t, intercept, caption=ALL_CAPTIONS, axis=-1)
+            inherit_x.append(x), inherit_y.append(y), var_x.append(lx), var_y.append(ly)
+        prior_u = uncond.get(t - 1) if continuing else base_uncond
+        if t in uncond and prior_u is not None:
+            pooled = _pooled_mixture(source, data, mixed) if mixed else source.pooled_mean
+            x, y = pooled - prior_u.pooled_mean, uncond[t].pooled_mean - prior_u.pooled_mean
+            emit("rho_u", t, _slope(x, y), caption=ALL_CAPTIONS, axis=-1)
+            uncond_x.append(x), uncond_y.append(y)
+
+    def joined(parts):
+        return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
+
+    if selection:
+        for i, name in enumerate(("h2_mean", "h2_log_var")):
+            s, r = joined([p[i] for p in selection]), joined([p[i] for p in response])
+            emit(name, ALL_ITERATIONS, _slope(s, r), caption=ALL_CAPTIONS, axis=-1)
+    if inherit_x:
+        emit("rho", ALL_ITERATIONS, _slope(joined(inherit_x), joined(inherit_y)), caption=ALL_CAPTIONS, axis=-1)
+        slope, intercept = _line(joined(var_x), joined(var_y))
+        emit("rho_v", ALL_ITERATIONS, slope, caption=ALL_CAPTIONS, axis=-1)
+        emit("mu", ALL_ITERATIONS, intercept, caption=ALL_CAPTIONS, axis=-1)
+    if uncond_x:
+        emit("rho_u", ALL_ITERATIONS, _slope(joined(uncond_x), joined(uncond_y)), caption=ALL_CAPTIONS, axis=-1)
+    return out
+
+
+def finetune_noise(
+    replicates: list[TraitSet],
+    *,
+    run: str = "",
+    iteration: int = 0,
+    n_boot: int = 200,
+    level: float = 0.95,
+    random_state=None,
+) -> pd.DataFrame:
+    """Spread of the caption means of K finetunes of one training set, in within-caption SDs.
+
+    ``replicates`` are the CFG-1 samples of K models finetuned on the same data with K
+    seeds. Per caption and axis: ``finetune_noise_mean`` is the SD across the K models of
+    the caption mean over the within-caption SD (mean over the models of their variance);
+    ``finetune_noise_excess`` the same after subtracting the sampling variance of a mean
+    (``v / n``), i.e. the finetuning-seed noise alone (0 where sampling explains it all);
+    ``finetune_noise_log_var`` the SD across the models of the log variance. Pooled rows
+    (``caption`` ``(all)``, ``axis`` -1) are root-mean-squares over captions and axes.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> sets = [TraitSet(rng.standard_normal((2000, 1)) + 0.3 * rng.standard_normal(), ["a"] * 2000)
+    ...         for _ in range(8)]
+    >>> table = finetune_noise(sets, n_boot=0)
+    >>> excess = table[(table.quantity == "finetune_noise_excess") & (table.caption == "(all)")]
+    >>> 0.1 < float(excess.value.iloc[0]) < 0.6
+    True
+    """
+    if len(replicates) < 2:
+        raise ValidateError("finetuning-seed noise needs at least 2 finetunes of the same data")
+    rng = check_random_state(random_state)
+    captions = sorted({c for s in replicates for c in s.captions.tolist()} - {""})
+    if not captions:
+        raise ValidateError("the finetune replicates have no captions; the noise is measured per caption")
+    moments = [_Moments(s, captions, n_boot, rng) for s in replicates]
+    mean = np.stack([m.mean for m in moments])  # (K, B+1, C, k)
+    var = np.stack([m.var for m in moments])
+    sizes = np.stack([[np.sum(s.captions == c) for c in captions] for s in replicates])  # (K, C)
+    within = var.mean(axis=0)
+    spread = mean.var(axis=0, ddof=1)
+    sampling = (var / sizes[:, None, :, None]).mean(axis=0)
+    values = {
+        "finetune_noise_mean": np.sqrt(spread / within),
+        "finetune_noise_excess": np.sqrt(np.clip(spread - sampling, 0, None) / within),
+        "finetune_noise_log_var": np.log(var).std(axis=0, ddof=1),
+    }
+    tail = 100 * (1 - level) / 2
+    rows = []
+    for quantity, value in values.items():
+        pooled = np.sqrt(np.nanmean(value.reshape(len(value), -1) ** 2, axis=1))
+        parts = [(c, a, value[:, i, a]) for i, c in enumerate(captions) for a in range(value.shape[2])]
+        for caption, axis, column in [*parts, (ALL_CAPTIONS, -1, pooled)]:
+            low, high = np.percentile(column[1:], [tail, 100 - tail]) if n_boot else (np.nan, np.nan)
+            rows.append(
+                {
+                    "run": run,
+                    "cfg": 1.0,
+                    "caption": caption,
+                    "axis": axis,
+                    "iteration": iteration,
+                    "quantity": quantity,
+                    "value": float(column[0]),
+                    "lo": float(low),
+                    "hi": float(high),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(COLUMNS))
