@@ -22,18 +22,92 @@ def atomic_path(path):
     so a reader never sees a half-written file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); the finished file gets the permissions any new file would.
-    os.chmod(tmp, 0o666 & ~_umask())
+    tmp = _temporary(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _temporary(path: Path) -> Path:
+    """A new, empty ``.NAME.*.part`` file beside ``path``, with a new file's permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    # mkstemp makes the file private (0600); the finished file gets the permissions any new file would.
+    os.chmod(tmp, 0o666 & ~_umask())
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_table(path, *, provenance: dict | None = None):
+    """Yield a temporary path for the table ``path``; make the table and its provenance appear together.
+
+    A ``.parquet`` table holds its provenance in its metadata (the caller writes it there).
+    For a ``.csv`` table the provenance goes to :func:`provenance_path`: both are written to
+    temporary files first; on success the old table (if any) is removed, the provenance
+    renamed into place and the table last. So a table is never seen beside another
+    table's provenance, and a table without its provenance (a process killed between the
+    two renames) is refused by :func:`read_provenance`. On error both temporaries are
+    removed and the old files are left as they were.
+    """
+    path = Path(path)
+    side = provenance_path(path) if path.suffix == ".csv" else None
+    text = to_json(provenance, path=side, indent=2) + "\n" if side is not None and provenance is not None else None
+    tmp = _temporary(path)
+    side_tmp = None
+    try:
+        yield tmp
+        if side is not None:
+            if text is not None:
+                side_tmp = _temporary(side)
+                side_tmp.write_text(text)
+            # From here on only renames and removals: no old table beside a new provenance, ever.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            if side_tmp is None:  # an old table's provenance must not pass for this one's
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(side)
+            else:
+                os.replace(side_tmp, side)
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, side_tmp):
+            if leftover is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+        raise
+
+
+def provenance_path(path) -> Path:
+    """Where the provenance of the ``.csv`` table ``path`` is kept.
+
+    Examples
+    --------
+    >>> provenance_path("runs/sweep.csv").name
+    'sweep.provenance.json'
+    """
+    return Path(path).with_suffix(".provenance.json")
+
+
+def stale_parts(folder) -> list[Path]:
+    """The temporary files (``.NAME.*.part``) and staging folders (``.NAME.part``) directly in ``folder``.
+
+    Only a process killed outright leaves them behind; a writer that may still be running
+    must not be cleaned up after, so call this only when no writer can be at work (a lock).
+
+    Examples
+    --------
+    >>> stale_parts("runs/does-not-exist")
+    []
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".part"))
 
 
 def _umask() -> int:
@@ -155,9 +229,12 @@ def check_table_path(path, *, flag: str = "--out") -> Path:
 
 
 def write_table(frame, path, *, provenance: dict | None = None) -> Path:
-    """Write a pandas table to .parquet (provenance in its metadata) or .csv (provenance in a JSON beside it)."""
+    """Write a pandas table to .parquet (provenance in its metadata) or .csv (provenance in a JSON beside it).
+
+    The table and its provenance appear together (:func:`atomic_table`).
+    """
     path = check_table_path(path)
-    with atomic_path(path) as tmp:
+    with atomic_table(path, provenance=provenance) as tmp:
         if path.suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -170,22 +247,31 @@ def write_table(frame, path, *, provenance: dict | None = None) -> Path:
             pq.write_table(table, tmp)
         else:
             frame.to_csv(tmp, index=False)
-    if provenance is not None and path.suffix == ".csv":
-        write_json(path.with_suffix(".provenance.json"), provenance)
     return path
 
 
-def read_provenance(path) -> dict | None:
-    """The provenance stored with a table written by :func:`write_table`."""
+def read_provenance(path) -> dict:
+    """The provenance stored with a table written by :func:`write_table`.
+
+    A table without its provenance (an interrupted write, or a file from elsewhere) is a
+    one-line :class:`QTMError`: a result whose origin is unknown is not used.
+    """
     path = Path(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         meta = pq.read_schema(path).metadata or {}
         raw = meta.get(b"provenance")
-        return json.loads(raw) if raw else None
-    side = path.with_suffix(".provenance.json")
-    return json.loads(side.read_text()) if side.exists() else None
+        if not raw:
+            raise QTMError(f"{str(path)!r} holds no provenance; rerun the command that wrote it")
+        return json.loads(raw)
+    side = provenance_path(path)
+    if not side.exists():
+        raise QTMError(
+            f"{str(path)!r} has no provenance file {side.name!r} beside it (an interrupted write?); "
+            "rerun the command that wrote it"
+        )
+    return json.loads(side.read_text())
 
 
 def json_default(value):

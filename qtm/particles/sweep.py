@@ -3,13 +3,14 @@
 The work is split into tasks of one grid point and a block of replicates (at most
 :data:`TASK_INDIVIDUALS` individuals each, so memory stays bounded), and the rows are
 written in task order as soon as each task is done; a window of at most two tasks per
-worker is in flight at a time. The output appears under its name only when complete
-(:func:`qtm.io.atomic_path`).
+worker is in flight at a time. The output appears under its name only when complete, and
+together with its provenance (:func:`qtm.io.atomic_table`).
 
 Where the tasks run (``options["cluster"]``):
 
 - an address (``tcp://host:8786``): a Dask ``distributed`` cluster; an unreachable
-  address is a one-line :class:`QTMError` after :data:`CONNECT_TIMEOUT_S` seconds;
+  address, or one where no scheduler answers, is a one-line :class:`QTMError` after
+  :data:`CONNECT_TIMEOUT_S` seconds, and a scheduler without workers after :data:`WORKER_TIMEOUT_S`;
 - ``None``: in this process (the Numba kernels use all cores) when the sweep has at most
   :data:`LOCAL_WORK_LIMIT` particle-steps, else a ``distributed.LocalCluster`` of one
   single-threaded worker process per core. Results are the same either way: a
@@ -18,7 +19,6 @@ Where the tasks run (``options["cluster"]``):
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from pathlib import Path
@@ -28,7 +28,7 @@ import pandas as pd
 
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
-from qtm.io import atomic_path, check_table_path, json_default, write_json
+from qtm.io import atomic_table, check_table_path, to_json
 from qtm.params import GRID_PARAMETERS, MODEL_PARAMETERS, PARAMETERS, PARTICLE_POPULATION
 from qtm.particles.engine import simulate_chain, simulate_qg
 from qtm.particles.model import ChainSetup, Finetune, Fitness, QGSetup
@@ -40,6 +40,8 @@ TASK_INDIVIDUALS = 1 << 21
 #: Particle-steps (replicates x population x iterations x steps) up to which a sweep runs in-process.
 LOCAL_WORK_LIMIT = 5e9
 CONNECT_TIMEOUT_S = 5
+#: Seconds a scheduler may take to have its first worker.
+WORKER_TIMEOUT_S = 30
 
 #: The options that are not grid columns: the base model, the data and the particle engine's own.
 OPTIONS = (*MODEL_PARAMETERS, "population", "replicates", "seed", "dims", "modes", "particle_model",
@@ -92,14 +94,13 @@ def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=Non
     client, cluster = _connect(opts["cluster"], local=work > LOCAL_WORK_LIMIT and len(tasks) > 1)
     record = provenance({"options": opts, "points": points.to_dict(orient="list")}, seed=opts["seed"])
     try:
-        with atomic_path(out) as tmp:
+        # The table and its provenance appear together, once every row is written.
+        with atomic_table(out, provenance=record) as tmp:
             writer = _Writer(tmp, out.suffix, record)
             try:
                 _run(tasks, setups, points, opts, client, writer, progress)
             finally:
                 writer.close()
-        if out.suffix == ".csv":
-            write_json(out.with_suffix(".provenance.json"), record)
     finally:
         if client is not None:
             client.close()
@@ -145,6 +146,7 @@ def _point_rows(points: pd.DataFrame) -> list[dict]:
 def _setup(row: dict, opts: dict) -> ChainSetup | QGSetup:
     """Validate one grid point (all points are checked before anything runs or is written)."""
     base = {k: opts[k] for k in MODEL_PARAMETERS[:4]}
+    errors = {k: row[k] for k in ("var_fidelity", "var_shift", "process_noise")}  # finetuning's, issue 13
     if opts["particle_model"] == "sampler":
         return ChainSetup.build(
             population=opts["population"], iterations=row["iterations"], modes=opts["modes"],
@@ -152,7 +154,7 @@ def _setup(row: dict, opts: dict) -> ChainSetup | QGSetup:
             fidelity=row["fidelity"], drop=row["drop"],
             uncond_fidelity=row["uncond_fidelity"], finetune=row["finetune"], cfg=row["cfg"],
             schedule=row["schedule"], sampler=row["sampler"], steps=row["steps"], eta=row["eta"],
-            mutation=row["mutation"], real_fraction=row["real_fraction"], **base,
+            mutation=row["mutation"], real_fraction=row["real_fraction"], **errors, **base,
         )
     if PARAMETERS["sampler"].check(row["sampler"]) != "tilt":
         raise QTMError(
@@ -169,7 +171,7 @@ def _setup(row: dict, opts: dict) -> ChainSetup | QGSetup:
         dims=opts["dims"], data_mean=opts["data_mean"], data_var=opts["data_var"],
         fitness=Fitness("tilt", cfg=tilt_scale), mutation=row["mutation"], resampling=opts["resampling"],
         real_fraction=row["real_fraction"],
-        finetune=Finetune(row["fidelity"], row["drop"], row["uncond_fidelity"], row["finetune"]),
+        finetune=Finetune(row["fidelity"], row["drop"], row["uncond_fidelity"], row["finetune"], **errors),
         **base,
     )
 
@@ -190,7 +192,11 @@ def _work(setup, count) -> float:
 
 
 def _connect(address, *, local: bool):
-    """A Dask client for ``address``, a LocalCluster's when ``local``, or none (run in-process)."""
+    """A Dask client for ``address``, a LocalCluster's when ``local``, or none (run in-process).
+
+    A scheduler must answer within :data:`CONNECT_TIMEOUT_S` seconds and have a worker within
+    :data:`WORKER_TIMEOUT_S` seconds; otherwise a one-line :class:`QTMError`.
+    """
     if address is None and not local:
         return None, None
     import distributed
@@ -199,13 +205,55 @@ def _connect(address, *, local: bool):
         cluster = distributed.LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True,
                                            dashboard_address=None)
         return distributed.Client(cluster), cluster
+    _probe_scheduler(str(address))
     try:
-        return distributed.Client(str(address), timeout=CONNECT_TIMEOUT_S), None
+        client = distributed.Client(str(address), timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError) as error:
+        raise _unreachable(address, error) from None
+    try:
+        client.wait_for_workers(1, timeout=WORKER_TIMEOUT_S)
+    except (OSError, TimeoutError) as error:  # distributed's WorkerStartTimeoutError is a TimeoutError
+        client.close()
         raise QTMError(
-            f"cannot reach the Dask scheduler at --cluster {address!r} within {CONNECT_TIMEOUT_S} s "
-            f"({type(error).__name__}); check the address or leave --cluster out to run locally"
+            f"the Dask scheduler at --cluster {address!r} has no worker after {WORKER_TIMEOUT_S} s "
+            f"({type(error).__name__}); start workers (dask worker {address}) or leave --cluster out to run locally"
         ) from None
+    return client, None
+
+
+def _probe_scheduler(address: str) -> None:
+    """Ask ``address`` who it is: a Dask scheduler answers at once, a silent listener would hang a Client."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+
+    async def identity():
+        comm = await connect(address, timeout=CONNECT_TIMEOUT_S)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    def ask():
+        return asyncio.run(asyncio.wait_for(identity(), CONNECT_TIMEOUT_S))
+
+    # In a thread of its own: the caller may already run an event loop (a notebook).
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            answer = pool.submit(ask).result()
+        except (OSError, TimeoutError, ValueError) as error:
+            raise _unreachable(address, error) from None
+    if not isinstance(answer, dict) or answer.get("type") != "Scheduler":
+        raise QTMError(f"--cluster {address!r} answers but is not a Dask scheduler; check the address")
+
+
+def _unreachable(address, error: BaseException) -> QTMError:
+    return QTMError(
+        f"cannot reach the Dask scheduler at --cluster {address!r} within {CONNECT_TIMEOUT_S} s "
+        f"({type(error).__name__}); check the address or leave --cluster out to run locally"
+    )
 
 
 def _run(tasks, setups, points, opts, client, writer, progress) -> None:
@@ -297,7 +345,7 @@ class _Writer:
         if self.parquet is None:
             table = pa.Table.from_pandas(frame, preserve_index=False)
             meta = dict(table.schema.metadata or {})
-            meta[b"provenance"] = json.dumps(self.record, default=json_default).encode()
+            meta[b"provenance"] = to_json(self.record, path=self.path).encode()
             self.schema = table.schema.with_metadata(meta)
             self.parquet = pq.ParquetWriter(self.path, self.schema)
         self.parquet.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
