@@ -9,6 +9,9 @@ other (and reading one needs no torch). Layout::
     RUN/iter-000/metadata.jsonl   file_name, caption, seed, cfg, schedule per image
     RUN/iter-000/weights/         what the finetuning produced
     RUN/iter-000/iteration.json   timings, losses, status ("complete" is written last)
+    RUN/iter-000/samples/cfg1/    that iteration's model at CFG 1 (the decomposition; not for CFG-1 runs)
+    RUN/iter-000/samples/uncond/  that iteration's model with the empty prompt
+    RUN/iter-000/samples/replicate-00/  CFG 1, the model refinetuned on the same data with another seed
     RUN/reference/cond/           base-model generations at CFG 1 (the theory's p_c)
     RUN/reference/uncond/         base-model generations with the empty prompt (p_u)
     RUN/real/                     real-data images
@@ -37,6 +40,13 @@ REFERENCE_FOLDER = "reference"
 #: The reference folders: the base model conditionally at CFG 1, and with the empty prompt.
 REFERENCE_KINDS = ("cond", "uncond")
 REAL_FOLDER = "real"
+#: The decomposition's samples of each iteration's model (written by ``chain.decomposition_samples``): at CFG 1
+#: with the iteration's captions and with the empty prompt. The guided samples are the iteration's own images.
+SAMPLES_FOLDER = "samples"
+SAMPLE_KINDS = ("cfg1", "uncond")
+#: Folders ``replicate-00``, ``replicate-01``, ...: CFG-1 samples of models finetuned on the iteration's training
+#: set with other seeds (finetuning-seed noise).
+REPLICATE_PREFIX = "replicate-"
 
 _ITERATION_NAME = re.compile(r"^iter(?:ation)?[_-]?(\d+)$")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -93,6 +103,50 @@ def iteration_status(folder) -> str:
         return str(json.loads(info.read_text()).get("status", "no status"))
     except (OSError, json.JSONDecodeError, AttributeError):
         return f"unreadable {ITERATION_FILE}"
+
+
+def samples_folder(run_path, iteration: int, kind: str) -> Path:
+    """The folder of the decomposition samples ``kind`` (``cfg1``, ``uncond`` or ``replicate-NN``) of ``iteration``.
+
+    Each such folder appears under its final name only once complete.
+
+    Examples
+    --------
+    >>> samples_folder("runs/a", 2, "uncond").as_posix()
+    'runs/a/iter-002/samples/uncond'
+    """
+    return iteration_folder(run_path, iteration) / SAMPLES_FOLDER / kind
+
+
+def replicate_name(index: int) -> str:
+    """The samples folder name of finetuning replicate ``index``.
+
+    Examples
+    --------
+    >>> replicate_name(3)
+    'replicate-03'
+    """
+    return f"{REPLICATE_PREFIX}{index:02d}"
+
+
+def read_samples(run_path, iteration: int) -> dict[str, ImageSet]:
+    """The complete decomposition sample folders of ``iteration``, by kind (replicates by their folder name).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> read_samples(run, 0)
+    {}
+    """
+    folder = iteration_folder(run_path, iteration) / SAMPLES_FOLDER
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and (child.name in SAMPLE_KINDS or child.name.startswith(REPLICATE_PREFIX)):
+            found[child.name] = read_image_set(child, what=f"samples folder ({child.name})")
+    return found
 
 
 @dataclass
