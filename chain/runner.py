@@ -28,7 +28,7 @@ from chain.rundir import ITERATION_FILE, METADATA_FILE, RunDirectory, disk_full_
 from chain.seeds import finetune_seed, image_seed, real_mix_seed
 from qtm.errors import QTMError
 from qtm.io import atomic_path
-from qtm.params import ALL_PARAMETERS, BACKEND_DEFAULTS, RUN_DEFAULTS, RUN_OPTIONS
+from qtm.params import ALL_PARAMETERS, BACKEND_DEFAULTS, NETWORK_SAMPLERS, RUN_DEFAULTS, RUN_OPTIONS
 from qtm.schedules import REDIFINE_DROP, REDIFINE_SCHEDULE, CFGSchedule
 
 WEIGHTS_DIR = "weights"
@@ -56,6 +56,9 @@ def _resolve(self) -> dict:
         raise ChainError("give either --lora-rank or --full-finetune, not both")
     if backend == "tiny" and "lora_rank" in checked:
         raise ChainError("the tiny backend always finetunes the whole model; leave out --lora-rank")
+    if checked.get("sampler", "ddim") not in NETWORK_SAMPLERS:
+        raise ChainError(f"--sampler {checked['sampler']}: the chain's backends sample with "
+                         f"{' or '.join(NETWORK_SAMPLERS)}; the others are the theory's (qtm map, qtm simulate)")
     if backend == "tiny" and "model" in checked:
         raise ChainError("--model is for the sd backend; the tiny backend trains its own base model")
     resolved = {name: checked.get(name, defaults.get(name)) for name in RUN_OPTIONS}

@@ -16,7 +16,7 @@ from qtm.cli_options import parameter_options
 from qtm.errors import QTMError
 from qtm.grid import parse_axes, parse_numbers, parse_strings
 from qtm.io import to_json
-from qtm.params import PARAMETERS
+from qtm.params import PARAMETERS, SCHEDULER_PARAMETERS
 
 #: The base model ``qtm map`` samples from (one value per trait axis).
 MODEL_OPTIONS = ("cond_mean", "cond_var", "uncond_mean", "uncond_var")
@@ -24,25 +24,28 @@ MODEL_OPTIONS = ("cond_mean", "cond_var", "uncond_mean", "uncond_var")
 SAMPLING_OPTIONS = ("cfg", "schedule", "sampler", "steps", "eta")
 
 
-@parameter_options(*MODEL_OPTIONS, *SAMPLING_OPTIONS, text=True)
+@parameter_options(*MODEL_OPTIONS, *SAMPLING_OPTIONS, *SCHEDULER_PARAMETERS, text=True)
 def map_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     **given,
 ) -> None:
     """Mean and variance of one CFG-guided sampling from Gaussian p_c and p_u, per trait axis."""
     from qtm.sampler_map import guided_moments
+    from qtm.solvers import SchedulerConfig
 
     model = parse_axes({name: given[name] or PARAMETERS[name].default for name in MODEL_OPTIONS})
     for name, values in model.items():
         PARAMETERS[name].check(values, label=PARAMETERS[name].flag)
     sampling = {name: _single(name, given[name]) for name in SAMPLING_OPTIONS}
-    out = guided_moments(*(model[name] for name in MODEL_OPTIONS), **sampling)
+    scheduler = {name: _single(name, given[name]) for name in SCHEDULER_PARAMETERS}
+    out = guided_moments(*(model[name] for name in MODEL_OPTIONS), **sampling,
+                         scheduler=SchedulerConfig.from_parameters(**scheduler))
     axes = [{"axis": a, "mean": float(m), "var": float(v)} for a, (m, v) in enumerate(zip(*out, strict=True))]
     if any(not (abs(row["mean"]) < float("inf") and abs(row["var"]) < float("inf")) for row in axes):
         raise QTMError("the sampler's output overflowed to inf or NaN; use a smaller --cfg")
     if as_json:
         parameters = {name: values.tolist() for name, values in model.items()}
-        parameters.update(sampling)
+        parameters.update(sampling, **scheduler)
         typer.echo(to_json({"parameters": parameters, "axes": axes}, path="standard output"))
         return
     from rich.console import Console
@@ -62,6 +65,8 @@ def _single(name: str, spec):
     p = PARAMETERS[name]
     if spec is None:
         return p.default
+    if p.kind == "flag":
+        return p.check(spec, label=p.flag)
     if p.kind == "text":
         values = parse_strings(spec, name=name)
     else:

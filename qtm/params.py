@@ -21,10 +21,10 @@ Examples
 '--real-fraction'
 >>> PARAMETERS["eta"].check(0.5).item()
 0.5
->>> PARAMETERS["sampler"].check("euler")
+>>> PARAMETERS["finetune"].check("restart")
 Traceback (most recent call last):
 ...
-qtm.errors.QTMError: unknown sampler 'euler'; choose one of: ddim, ddpm, tilt
+qtm.errors.QTMError: unknown finetune 'restart'; choose one of: base, continue
 """
 
 from __future__ import annotations
@@ -35,12 +35,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qtm.diffusion import BETA_SCHEDULES, TIMESTEP_SPACINGS
 from qtm.errors import QTMError
 from qtm.validation import as_float_array, check_choice
 
-#: Samplers the theory knows. ``ddpm`` is DDIM with eta = 1 (:func:`effective_eta`); ``tilt`` is
-#: the idealised p_c (p_c/p_u)^(w-1) with the schedule's mean scale (:func:`qtm.schedules.CFGSchedule.mean_scale`).
-SAMPLERS = ("ddim", "ddpm", "tilt")
+#: Samplers the theory maps exactly (:func:`qtm.sampler_map.guided_moments`): diffusers' DDIM (eta), DDPM
+#: (DDIM with eta = 1, :func:`effective_eta`), Euler, Euler-ancestral, DPM-Solver++ 2M and 1S, Heun and
+#: flow-matching Euler (:mod:`qtm.solvers`); the continuous-time limits ``ode`` and ``sde``
+#: (:mod:`qtm.continuous`); and ``tilt``, the idealised p_c (p_c/p_u)^(w-1) at the schedule's mean scale
+#: (:meth:`qtm.schedules.CFGSchedule.mean_scale`).
+SAMPLERS = ("ddim", "ddpm", "euler", "euler-a", "dpm++2m", "dpm++1s", "heun", "flow-euler", "ode", "sde", "tilt")
+#: Scheduler presets: SD v1.5, SD 2.1 (v-prediction), SD3 (flow matching, shift 3).
+SCHEDULER_PRESETS = ("sd15", "sd21v", "sd3")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 #: Samplers a real network runs (``chain run``) and the particle engine's sampler model draws through.
 NETWORK_SAMPLERS = ("ddim", "ddpm")
 #: The prior each finetuning starts from: the base model (the reference setup) or the previous model.
@@ -50,6 +57,9 @@ PARTICLE_MODELS = ("sampler", "qg")
 RESAMPLING = ("multinomial", "systematic")
 #: Backends of the real chain.
 BACKENDS = ("tiny", "sd")
+#: The scheduler's configuration (:meth:`qtm.solvers.SchedulerConfig.from_parameters`).
+SCHEDULER_PARAMETERS = ("scheduler", "beta_schedule", "timestep_spacing", "train_timesteps", "prediction_type",
+                        "shift", "karras")
 #: The base model and the real data: one value per trait axis.
 MODEL_PARAMETERS = ("cond_mean", "cond_var", "uncond_mean", "uncond_var", "data_mean", "data_var")
 
@@ -222,12 +232,38 @@ PARAMETERS: dict[str, Parameter] = _registry(
               choices=FINETUNE_STARTS, grid=True),
     Parameter("real_fraction", "float", 0.0, "Share of real data mixed into each training set.",
               low=0, high=1, grid=True),
-    Parameter("sampler", "text", "ddim", "Sampler: ddim, ddpm (DDIM with eta 1) or tilt (the idealised CFG tilt).",
+    Parameter("sampler", "text", "ddim",
+              "Sampler: a diffusers solver, ode/sde (infinitely many steps) or tilt (the idealised CFG tilt).",
               choices=SAMPLERS, grid=True),
     Parameter("steps", "int", 50, "Denoising steps per sample.", low=1, grid=True),
     Parameter("eta", "float", 0.0, "DDIM noise weight (ddpm uses 1).", low=0, high=1, grid=True),
     Parameter("mutation", "float", 0.0, "Variance added to each generated set (finetuning error).", low=0,
               grid=True),
+    # The measured structure of finetuning (issue 13; docs/theory.md, "What finetuning really does").
+    Parameter("var_fidelity", "float", None,
+              "Variance fidelity rho_v: finetuning moves ln var this fraction from the prior toward the data's "
+              "(default: the variance moves linearly with fidelity).", low=0, high=1, grid=True),
+    Parameter("var_shift", "float", 0.0,
+              "Log-space finetuning error mu of the variance: every finetuned variance is multiplied by exp(mu).",
+              grid=True),
+    Parameter("process_noise", "float", 0.0,
+              "SD of the per-iteration finetuning noise on the conditional model's mean, in trait units "
+              "(particle engine; the moments engine gives expectations).", low=0, grid=True),
+    # The noise scheduler the sampler steps with (diffusers' configuration; a preset, then overrides).
+    Parameter("scheduler", "text", "sd15",
+              "Scheduler preset: sd15 (SD v1.5), sd21v (SD 2.1, v-prediction), sd3 (flow matching, shift 3).",
+              choices=SCHEDULER_PRESETS),
+    Parameter("beta_schedule", "text", None, "Scheduler: beta schedule (default: the preset's).",
+              choices=BETA_SCHEDULES),
+    Parameter("timestep_spacing", "text", None, "Scheduler: timestep spacing (default: each solver's own).",
+              choices=TIMESTEP_SPACINGS),
+    Parameter("train_timesteps", "int", None, "Scheduler: number of training timesteps (default: the preset's).",
+              low=2),
+    Parameter("prediction_type", "text", None, "Scheduler: what the model predicts (default: the preset's).",
+              choices=PREDICTION_TYPES),
+    Parameter("shift", "float", None, "Scheduler: flow matching's time shift (default: the preset's).", low=0,
+              open_low=True),
+    Parameter("karras", "flag", False, "Scheduler: Karras sigmas (euler, heun, dpm++)."),
     # The base model and the real data of the theory, one value per trait axis.
     Parameter("cond_mean", "float", 1.0, "Base conditional mean, one per trait axis.", per_axis=True),
     Parameter("cond_var", "float", 1.0, "Base conditional variance, one per axis.", low=0, open_low=True,
@@ -329,7 +365,7 @@ def effective_eta(sampler: str, eta: float) -> float:
     >>> effective_eta("ddpm", 0.0), effective_eta("ddim", 0.3)
     (1.0, 0.3)
     """
-    return 1.0 if sampler == "ddpm" else float(eta)
+    return 1.0 if sampler == "ddpm" else eta
 
 
 def default_uncond_fidelity(drop, fidelity):
@@ -341,6 +377,25 @@ def default_uncond_fidelity(drop, fidelity):
     0.1
     """
     return drop * fidelity
+
+
+def uncond_share(fidelity, uncond_fidelity):
+    """The share s = min(1, rho_u / rho) of the finetuning's variance terms the unconditional branch takes.
+
+    The unconditional branch's variance fidelity is ``s * var_fidelity`` and its log shift
+    ``s * var_shift``: it sees the finetuning in the proportion its mean does (rho_u / rho),
+    capped at the conditional branch's. ``rho_u = 0`` gives 0 (the branch is not finetuned),
+    ``rho = 0 < rho_u`` gives 1 (the cap). See docs/theory.md.
+
+    Examples
+    --------
+    >>> uncond_share([0.5, 0.5, 0.7, 0.0], [0.1, 0.0, 0.88, 0.3]).tolist()
+    [0.2, 0.0, 1.0, 1.0]
+    """
+    rho = np.asarray(fidelity, dtype=float)
+    rho_u = np.asarray(uncond_fidelity, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(rho_u == 0, 0.0, np.minimum(1.0, rho_u / rho))
 
 
 def check_options(options: Mapping[str, object], *, names: Iterable[str] | None = None, flags: bool = False) -> dict:

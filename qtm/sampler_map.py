@@ -51,12 +51,10 @@ from qtm.continuous import continuous_moments
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
 from qtm.gaussian import Moments, cfg_tilt
+from qtm.params import SAMPLERS, effective_eta
 from qtm.schedules import CFGSchedule
-from qtm.solvers import SAMPLER_NAMES, SOLVERS, SchedulerConfig, solver_moments
+from qtm.solvers import SOLVERS, SchedulerConfig, solver_moments
 from qtm.validation import as_float_array, check_choice, check_nonnegative, check_unit_interval
-
-#: Every sampler :func:`guided_moments` maps (the same tuple as :data:`qtm.solvers.SAMPLER_NAMES`).
-SAMPLERS = SAMPLER_NAMES
 
 
 class StepCoefficients(NamedTuple):
@@ -227,7 +225,7 @@ def guided_moments(
     cfg = as_float_array(cfg, "cfg")
     schedule = CFGSchedule.parse(schedule)
     config = DiffusionConfig() if config is None else config
-    coef = step_coefficients(steps, eta=1.0 if sampler == "ddpm" else eta, config=config)
+    coef = step_coefficients(steps, eta=effective_eta(sampler, eta), config=config)
     values, inverse = np.unique(cfg, return_inverse=True)
     table = schedule.scales(values, len(coef.abar_t), alphas_cumprod=coef.abar_t)
 

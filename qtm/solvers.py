@@ -34,6 +34,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -43,18 +44,14 @@ import numpy as np
 from qtm.diffusion import BETA_SCHEDULES, TIMESTEP_SPACINGS, DiffusionConfig, _cosine_betas
 from qtm.errors import QTMError
 from qtm.gaussian import Moments
+from qtm.params import PREDICTION_TYPES, SCHEDULER_PRESETS
 from qtm.schedules import CFGSchedule
 from qtm.validation import as_float_array, check_choice, check_int, check_nonnegative
 
-#: Every sampler name :func:`qtm.sampler_map.guided_moments` accepts.
-SAMPLER_NAMES = (
-    "ddim", "ddpm", "euler", "euler-a", "dpm++2m", "dpm++1s", "heun", "flow-euler", "ode", "sde", "tilt"
-)
-#: The discrete solvers this module maps (``ddim`` and ``ddpm`` live in :mod:`qtm.sampler_map`).
+#: The discrete solvers this module maps (``ddim`` and ``ddpm`` live in :mod:`qtm.sampler_map`); every
+#: sampler name is :data:`qtm.params.SAMPLERS`.
 SOLVERS = ("euler", "euler-a", "dpm++2m", "dpm++1s", "heun", "flow-euler")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
-PRESETS = ("sd15", "sd21v", "sd3")
 
 # Each diffusers scheduler's own default spacing: a pipeline's scheduler config (SD v1.5's, SD 2.1's)
 # does not set one, so ``from_config`` leaves every scheduler at its default.
@@ -127,7 +124,7 @@ class SchedulerConfig:
     @classmethod
     def preset(cls, name: str) -> SchedulerConfig:
         """``sd15`` (SD v1.5), ``sd21v`` (SD 2.1, v-prediction) or ``sd3`` (flow matching, shift 3)."""
-        check_choice(name, "scheduler preset", PRESETS)
+        check_choice(name, "scheduler preset", SCHEDULER_PRESETS)
         if name == "sd21v":
             return cls(prediction_type="v_prediction")
         if name == "sd3":
@@ -143,7 +140,26 @@ class SchedulerConfig:
             return spec
         if isinstance(spec, str):
             return cls.preset(spec)
-        raise QTMError(f"scheduler must be a SchedulerConfig or one of {', '.join(PRESETS)}, got {spec!r}")
+        raise QTMError(f"scheduler must be a SchedulerConfig or one of {', '.join(SCHEDULER_PRESETS)}, got {spec!r}")
+
+    @classmethod
+    def from_parameters(cls, *, scheduler="sd15", beta_schedule=None, timestep_spacing=None, train_timesteps=None,
+                        prediction_type=None, shift=None, karras=False) -> SchedulerConfig:
+        """A preset with the overrides given (the parameters of :data:`qtm.params.SCHEDULER_PARAMETERS`).
+
+        Examples
+        --------
+        >>> config = SchedulerConfig.from_parameters(scheduler="sd21v", timestep_spacing="trailing")
+        >>> config.prediction_type, config.timestep_spacing
+        ('v_prediction', 'trailing')
+        """
+        base = cls.preset(scheduler)
+        overrides = {"beta_schedule": beta_schedule, "timestep_spacing": timestep_spacing,
+                     "num_train_timesteps": train_timesteps, "prediction_type": prediction_type, "shift": shift}
+        changed = {name: value for name, value in overrides.items() if value is not None}
+        if karras:
+            changed["use_karras_sigmas"] = True
+        return dataclasses.replace(base, **changed)
 
     def spacing(self, sampler: str) -> str:
         """The timestep spacing ``sampler``'s scheduler uses under this configuration."""

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from qtm.errors import QTMError
+from qtm.params import SAMPLERS as SAMPLER_NAMES
 from qtm.sampler_map import guided_moments
 from qtm.schedules import CFGSchedule
-from qtm.solvers import SAMPLER_NAMES, SOLVERS, SchedulerConfig, solver_moments, solver_plan
+from qtm.solvers import SOLVERS, SchedulerConfig, solver_moments, solver_plan
 
 # (cond_mean, cond_var, uncond_mean, uncond_var, cfg, schedule): one row of particles each.
 CASES = [
