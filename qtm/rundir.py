@@ -129,6 +129,19 @@ def replicate_name(index: int) -> str:
     return f"{REPLICATE_PREFIX}{index:02d}"
 
 
+def sampled_at_cfg1(params: dict) -> bool:
+    """Whether a run with parameters ``params`` sampled at CFG 1 (constant): its images are its CFG-1 samples.
+
+    Such a run has no ``samples/cfg1`` folders; the decomposition reads its iterations' images instead.
+
+    Examples
+    --------
+    >>> sampled_at_cfg1({"cfg": 1.0, "schedule": "constant"}), sampled_at_cfg1({"cfg": 3.0})
+    (True, False)
+    """
+    return float(params.get("cfg", 1.0)) == 1.0 and str(params.get("schedule", "constant")) == "constant"
+
+
 def read_samples(run_path, iteration: int) -> dict[str, ImageSet]:
     """The complete decomposition sample folders of ``iteration``, by kind (replicates by their folder name).
 
