@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qtm import figures_solvers as _solver_figure
 from qtm.errors import QTMError
 
 FORMATS = ("png", "pdf")
@@ -352,6 +353,12 @@ def base_vs_continue(fig, *, cfg, fidelity, iterations):
     var_ax.set(yscale="log", ylim=(1e-6, 2.0), xlabel="iteration", ylabel="variance / real variance")
     mean_ax.set(xlabel="iteration", ylabel="mean")
     var_ax.legend(fontsize=7, ncol=2)
+
+
+figure(
+    _solver_figure.NAME, title=_solver_figure.TITLE, caption=_solver_figure.CAPTION, size=(11.0, 4.5),
+    **_solver_figure.PARAMETERS,
+)(_solver_figure.solver_limits)
 
 
 def _colours(count: int):

@@ -1,7 +1,7 @@
 """Figure: how far 25 and 50 steps of each diffusers solver are from the continuous-time limits.
 
 :func:`solver_limits` draws on a matplotlib figure with the parameters of :data:`PARAMETERS` (the signature
-:func:`qtm.figures.figure` registers); :func:`draw_solver_limits` draws it into PNG and PDF files on its own.
+:func:`qtm.figures.figure` registers; ``qtm figures`` draws it).
 
 Examples
 --------
@@ -10,8 +10,6 @@ Examples
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -74,44 +72,3 @@ def solver_limits(fig, *, cfg, samplers, steps, model):
                  title="distance from the limit (dashed: 25 steps, solid: 50)")  # fmt: skip
     var_ax.legend(fontsize=7)
     ratio_ax.legend(fontsize=6, ncol=2)
-
-
-def draw_solver_limits(out_dir, *, formats=("png", "pdf")) -> list[Path]:
-    """Draw :func:`solver_limits` with :data:`PARAMETERS` into ``out_dir/solver_limits.{png,pdf}``.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The files written.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     [p.name for p in draw_solver_limits(tmp, formats=("png",))]
-    ['solver_limits.png']
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from qtm.io import atomic_path
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fig = plt.figure(figsize=(11.0, 4.5), layout="constrained")
-    written = []
-    try:
-        solver_limits(fig, **PARAMETERS)
-        fig.suptitle(TITLE, fontsize=10)
-        for fmt in formats:
-            path = out / f"{NAME}.{fmt}"
-            with atomic_path(path) as tmp:
-                # No dates or versions in the files: the same code draws the same bytes.
-                metadata = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None}
-                fig.savefig(tmp, format=fmt, dpi=110, metadata=metadata)
-            written.append(path)
-    finally:
-        plt.close(fig)
-    return written

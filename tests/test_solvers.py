@@ -217,8 +217,8 @@ def test_first_order_solvers_coincide_on_one_grid():
 
 
 def test_solver_limits_figure_draws(tmp_path):
-    from qtm.figures_solvers import draw_solver_limits
+    from qtm.figures import make_figures
 
-    written = draw_solver_limits(tmp_path, formats=("png",))
-    assert [p.name for p in written] == ["solver_limits.png"]
-    assert written[0].stat().st_size > 10_000
+    written = make_figures(tmp_path, names=["solver_limits"], formats=("png",))
+    assert [p.name for p in written if p.suffix == ".png"] == ["solver_limits.png"]
+    assert (tmp_path / "solver_limits.png").stat().st_size > 10_000
