@@ -6,6 +6,10 @@ the mean caption alignment (NaN for embedders without a text side) and the
 Fréchet distance to the reference population in the full feature space (FID's
 formula, on whichever embedder was chosen).
 
+The excess kurtosis per axis (``kurtosis``) is what the fit needs for the standard
+error of a log variance: traits are heavy-tailed, and the SE of a sample variance is
+``sqrt((kurtosis + 2) / (n - 1)) * var``, not the Gaussian ``sqrt(2 / (n - 1)) * var``.
+
 Per caption (:func:`grouped_statistics`): the same moments within each caption, and
 their within-caption summary. CFG selects within a caption (one concept, one p_c),
 so that is where the theory's trait moments live; pooled over captions the
@@ -13,6 +17,8 @@ between-caption spread hides the within-caption collapse.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -81,6 +87,21 @@ def frechet_distance_samples(x, y) -> float:
     return float(max(distance, 0.0))
 
 
+def excess_kurtosis(values) -> np.ndarray:
+    """Excess kurtosis per column, ``m4 / m2² - 3`` with central sample moments (0 for a Gaussian, NaN if constant).
+
+    Examples
+    --------
+    >>> excess_kurtosis(np.array([[-1.0], [1.0]])).tolist()
+    [-2.0]
+    """
+    x = np.asarray(values, dtype=float)
+    x = x - x.mean(axis=0)
+    m2 = (x**2).mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x**4).mean(axis=0) / m2**2 - 3.0
+
+
 def population_statistics(projected, standardised, alignment, reference_standardised) -> dict:
     """Point estimates for one population.
 
@@ -109,6 +130,7 @@ def population_statistics(projected, standardised, alignment, reference_standard
     return {
         "mean": projected.mean(axis=0),
         "var": projected.var(axis=0, ddof=1),
+        "kurtosis": excess_kurtosis(projected),
         "total_var": float(standardised.var(axis=0, ddof=1).sum()),
         "alignment": float(np.nanmean(alignment)) if np.isfinite(alignment).any() else float("nan"),
         "frechet": frechet_distance_samples(standardised, reference),
@@ -145,11 +167,12 @@ def bootstrap_statistics(
     alignment = np.asarray(alignment, dtype=float)
     n, k = projected.shape
     point = population_statistics(projected, standardised, alignment, reference_standardised)
-    samples = {"mean": [], "var": [], "total_var": [], "alignment": [], "frechet": []}
+    samples = {"mean": [], "var": [], "kurtosis": [], "total_var": [], "alignment": [], "frechet": []}
     for _ in range(n_boot):
         pick = rng.integers(0, n, size=n)
         samples["mean"].append(projected[pick].mean(axis=0))
         samples["var"].append(projected[pick].var(axis=0, ddof=1))
+        samples["kurtosis"].append(excess_kurtosis(projected[pick]))
         samples["total_var"].append(standardised[pick].var(axis=0, ddof=1).sum())
         chosen = alignment[pick]
         samples["alignment"].append(np.nanmean(chosen) if np.isfinite(chosen).any() else np.nan)
@@ -163,8 +186,17 @@ def bootstrap_statistics(
             return np.full(values.shape[1:], np.nan), np.full(values.shape[1:], np.nan)
         return np.percentile(values, tail, axis=0), np.percentile(values, 100 - tail, axis=0)
 
-    for name in ("mean", "var"):
-        low, high = interval(samples[name]) if n_boot else (np.full(k, np.nan), np.full(k, np.nan))
+    def kurtosis_interval(values):
+        # A resample of identical values has no kurtosis; the others still say how uncertain it is.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanpercentile(values, tail, axis=0), np.nanpercentile(values, 100 - tail, axis=0)
+
+    for name in ("mean", "var", "kurtosis"):
+        if not n_boot:
+            low, high = np.full(k, np.nan), np.full(k, np.nan)
+        else:
+            low, high = (kurtosis_interval if name == "kurtosis" else interval)(samples[name])
         rows += [
             {
                 "statistic": name,
@@ -259,7 +291,10 @@ def grouped_statistics(
     def interval(samples):  # samples: (n_boot, ...) -> (low, high)
         if n_boot == 0:
             return np.full(samples.shape[1:], np.nan), np.full(samples.shape[1:], np.nan)
-        return np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
+        # nan-aware: a resample of identical images has no kurtosis (the moments have no NaN).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)
 
     def row(caption, statistic, axis, value, low, high, n):
         return {
@@ -285,10 +320,15 @@ def grouped_statistics(
         sums = counts @ x
         means = centre + sums / n
         variances = (counts @ x**2 - sums**2 / n) / (n - 1)
+        kurtoses = _kurtosis_from_counts(counts, x)
         totals = (counts @ np.diag(gram) - np.einsum("bi,ij,bj->b", counts, gram, counts) / n) / (n - 1)
         var = x.var(axis=0, ddof=1)
         total = float(np.trace(gram) / (n - 1))
-        for statistic, point, samples in (("mean", centre, means), ("var", var, variances)):
+        for statistic, point, samples in (
+            ("mean", centre, means),
+            ("var", var, variances),
+            ("kurtosis", excess_kurtosis(x), kurtoses),
+        ):
             low, high = interval(samples)
             rows += [row(caption, statistic, a, point[a], low[a], high[a], n) for a in range(k)]
         low, high = interval(totals)
@@ -304,3 +344,13 @@ def grouped_statistics(
     low, high = interval(np.mean(boot_total, axis=0))
     rows.append(row(WITHIN_CAPTIONS, "total_var", -1, np.mean(point_total), low, high, n_all))
     return rows
+
+
+def _kurtosis_from_counts(counts: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Excess kurtosis of each resample (rows of multiplicities ``counts``) of the centred ``x``, from power sums."""
+    n = counts.sum(axis=1, keepdims=True)
+    s1, s2, s3, s4 = ((counts @ x**p) / n for p in (1, 2, 3, 4))
+    m2 = s2 - s1**2
+    m4 = s4 - 4 * s1 * s3 + 6 * s1**2 * s2 - 3 * s1**4
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(m2 > 1e-12 * np.maximum(s2, 1e-300), m4 / m2**2 - 3.0, np.nan)
