@@ -20,7 +20,8 @@ operator                          result for ``N(mu, v)``
                                   ``v' = v (1 - 2 a phi(a) / (2 Phi(a) - 1))``
 ``cfg_tilt``                      ``p_c (p_c / p_u)^(w-1)``: precision
                                   ``w / v_c + (1-w) / v_u``
-``inherit``                       move the fraction ``rho`` from prior to data
+``inherit``                       move the fraction ``rho`` from prior to data (the
+                                  variance optionally in log space, ``rho_v``)
 ``add_mutation``                  ``v' = v + v_m``
 ``mix``                           moments of ``(1-m) N1 + m N2``
 ``refit_expectation``             expected moments of a fit to ``N`` samples
@@ -274,7 +275,7 @@ def _check_tilt_precision(precision, cfg, cond_var, uncond_var, *, where: str = 
     )
 
 
-def inherit(prior_mean, prior_var, data_mean, data_var, *, fidelity) -> Moments:
+def inherit(prior_mean, prior_var, data_mean, data_var, *, fidelity, var_fidelity=None, var_shift=0.0) -> Moments:
     """Finetuning as inheritance: move the fraction ``fidelity`` from the prior to the data.
 
     ``mean = prior_mean + rho (data_mean - prior_mean)`` and likewise for ``var``.
@@ -284,6 +285,12 @@ def inherit(prior_mean, prior_var, data_mean, data_var, *, fidelity) -> Moments:
     response of the next generation's mean is ``R = rho S``. (The same linear move
     of the variance is the model's assumption about finetuning, fitted by ``validate``.)
 
+    With ``var_fidelity`` rho_v the variance moves in log space instead, the structure
+    measured on real chains (docs/theory.md): ``ln var = ln prior_var + rho_v (ln data_var
+    - ln prior_var) + var_shift``, computed as ``prior_var^(1-rho_v) data_var^rho_v
+    exp(var_shift)`` so that a zero variance stays finite. ``var_shift`` mu, the log-space
+    finetuning error, multiplies the linear variance by ``exp(mu)`` too.
+
     Parameters
     ----------
     prior_mean, prior_var : array_like
@@ -292,6 +299,11 @@ def inherit(prior_mean, prior_var, data_mean, data_var, *, fidelity) -> Moments:
         Moments of the finetuning data (``data_var >= 0``).
     fidelity : array_like
         ``rho`` in ``[0, 1]``: 0 keeps the prior, 1 copies the data.
+    var_fidelity : None or array_like
+        ``rho_v`` in ``[0, 1]`` for the log-space move of the variance; ``None`` (or NaN
+        entries, a grid's gaps) moves it linearly with ``fidelity``.
+    var_shift : array_like
+        ``mu``, any real number (0: no error).
 
     Returns
     -------
@@ -302,13 +314,24 @@ def inherit(prior_mean, prior_var, data_mean, data_var, *, fidelity) -> Moments:
     >>> m = inherit(0.0, 1.0, 2.0, 0.5, fidelity=0.25)
     >>> float(m.mean), float(m.var)
     (0.5, 0.875)
+    >>> float(inherit(0.0, 1.0, 2.0, 0.25, fidelity=0.25, var_fidelity=0.5).var)
+    0.5
+    >>> round(float(inherit(0.0, 1.0, 2.0, 0.25, fidelity=0.25, var_fidelity=0.5, var_shift=np.log(2)).var), 12)
+    1.0
     """
     prior_mean = as_float_array(prior_mean, "prior_mean")
     prior_var = check_nonnegative(prior_var, "prior_var")
     data_mean = as_float_array(data_mean, "data_mean")
     data_var = check_nonnegative(data_var, "data_var")
     rho = check_unit_interval(fidelity, "fidelity")
-    return _moments(prior_mean + rho * (data_mean - prior_mean), prior_var + rho * (data_var - prior_var))
+    var = prior_var + rho * (data_var - prior_var)
+    if var_fidelity is not None:
+        rho_v = np.asarray(var_fidelity, dtype=float)
+        linear = np.isnan(rho_v)
+        check_unit_interval(rho_v[~linear], "var_fidelity")
+        var = np.where(linear, var, prior_var ** (1 - rho_v) * data_var**rho_v)
+    var = var * np.exp(as_float_array(var_shift, "var_shift"))
+    return _moments(prior_mean + rho * (data_mean - prior_mean), var)
 
 
 def add_mutation(mean, var, *, mutation_var) -> Moments:

@@ -4,10 +4,12 @@ The model's conventions (``CONTRIBUTING.md``): the base model has a conditional
 branch ``N(cond_mean, cond_var)`` and an unconditional one ``N(uncond_mean, uncond_var)``;
 ``D_0`` is the real data ``N(data_mean, data_var)``. Iteration ``t = 0, 1, ...``:
 
-1. finetune on ``D_t``: ``c_t = inherit(prior_c, D_t, rho)`` and
-   ``u_t = inherit(prior_u, D_t, rho_u)``, with the prior the base model
+1. finetune on ``D_t``: ``c_t = inherit(prior_c, D_t, rho, rho_v, mu)`` and
+   ``u_t = inherit(prior_u, D_t, rho_u, s rho_v, s mu)``, with the prior the base model
    (``finetune="base"``, the reference setup) or the model of iteration ``t-1``
-   (``finetune="continue"``);
+   (``finetune="continue"``); the variance moves linearly with the fidelity unless
+   ``var_fidelity`` rho_v is given (then in log space), ``var_shift`` mu is the log-space
+   finetuning error and ``s = min(1, rho_u / rho)`` (:func:`qtm.params.uncond_share`);
 2. generate: ``G_t = guided_moments(c_t, u_t, cfg, schedule, sampler, ...)``, then add
    the mutation variance;
 3. build the next data set: the expected refit moments of ``population`` samples of
@@ -21,7 +23,16 @@ condition-drop probability ``p`` shows the unconditional branch the data in a
 fraction ``p`` of the examples, so it moves with fidelity ``rho_u = p * rho``
 unless ``uncond_fidelity`` says otherwise. This is an assumption of the model,
 to be fitted on real chains by ``validate``; ``p = 0`` keeps the base
-unconditional model for ever.
+unconditional model for ever. Real networks share the branches' weights and move
+the unconditional branch even without condition drop (issue 13): give
+``uncond_fidelity`` to model that.
+
+**Expectations only.** The engine computes expected moments. Finetuning's process
+noise (``process_noise``, a random shift of the model's mean each iteration) has mean
+zero and, without real data (``real_fraction = 0``), no variance ever depends on a mean,
+so the expected trajectory is exactly that without the noise; with real data the mixture's
+gap term ``f (1-f) (m - m_d)^2`` gains ``f (1-f) Var(m)``, which the engine leaves out.
+The noise enters the particle engine (:mod:`qtm.particles`), and the ``validate`` fit.
 
 Every parameter broadcasts, so a parameter grid is just broadcasting (a trait
 axis is one more dimension). The text parameters (``schedule``, ``sampler``,
@@ -44,13 +55,14 @@ Examples
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
 from qtm.diffusion import DiffusionConfig
-from qtm.params import PARAMETERS, default_uncond_fidelity, effective_eta
+from qtm.params import PARAMETERS, default_uncond_fidelity, effective_eta, uncond_share
 from qtm.sampler_map import step_coefficients
 from qtm.schedules import CFGSchedule
 from qtm.validation import check_unit_interval
@@ -94,6 +106,9 @@ def simulate_moments(
     eta=0.0,
     population: int | None = None,
     mutation=0.0,
+    var_fidelity=None,
+    var_shift=0.0,
+    process_noise=0.0,
     config: DiffusionConfig | None = None,
 ) -> ChainTrajectory:
     """Iterate the chain on expected moments, for every point of a broadcast parameter grid.
@@ -131,6 +146,17 @@ def simulate_moments(
         maximum-likelihood refit on that many samples (variance times ``(N-1)/N``).
     mutation : float or array >= 0
         Variance added to every generated set.
+    var_fidelity : None, float or array in [0, 1]
+        rho_v: finetuning moves each branch's variance in log space,
+        ``ln v = ln v_prior + rho_v (ln v_data - ln v_prior) + mu`` (the unconditional branch
+        with ``s rho_v``, ``s = min(1, rho_u / rho)``); ``None`` (or NaN entries) moves the
+        variance linearly with the fidelity, as before.
+    var_shift : float or array
+        mu: log-space finetuning error; every finetuned conditional variance is multiplied by
+        ``exp(mu)``, the unconditional one by ``exp(s mu)``.
+    process_noise : float or array >= 0
+        SD of finetuning's noise on the model's mean. Checked, but it does not change the
+        expected moments this engine computes (see the module's docstring).
     config : DiffusionConfig, optional
         Scheduler conventions; SD v1.5's by default.
 
@@ -163,6 +189,12 @@ def simulate_moments(
     }
     numeric["uncond_fidelity"] = _uncond_fidelity(uncond_fidelity, PARAMETERS["drop"].check(drop),
                                                   numeric["fidelity"])
+    PARAMETERS["process_noise"].check(process_noise)
+    share = uncond_share(numeric["fidelity"], numeric["uncond_fidelity"])
+    numeric["var_fidelity"] = _var_fidelity(var_fidelity)
+    numeric["uncond_var_fidelity"] = share * numeric["var_fidelity"]
+    numeric["var_shift"] = PARAMETERS["var_shift"].check(var_shift)
+    numeric["uncond_var_shift"] = share * numeric["var_shift"]
     population = PARAMETERS["population"].check(population)
     categorical = {
         "schedule": _text_array(schedule),
@@ -246,6 +278,15 @@ def _uncond_fidelity(uncond_fidelity, drop: np.ndarray, fidelity: np.ndarray) ->
     return np.where(np.isnan(given), default_uncond_fidelity(drop, fidelity), given)
 
 
+def _var_fidelity(var_fidelity) -> np.ndarray:
+    """rho_v with NaN where the variance moves linearly (not given, or a grid point's gap)."""
+    if var_fidelity is None:
+        return np.array(np.nan)
+    given = np.asarray(var_fidelity, dtype=float)
+    PARAMETERS["var_fidelity"].check(given[~np.isnan(given)])
+    return given
+
+
 def _text_array(value) -> np.ndarray:
     return np.asarray(value, dtype=object)
 
@@ -296,8 +337,10 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
     cond, uncond, data = base_c, base_u, real
     for t in range(iterations):
         prior_c, prior_u = (cond, uncond) if continue_ else (base_c, base_u)
-        cond = inherit(*prior_c, *data, fidelity=p["fidelity"])
-        uncond = inherit(*prior_u, *data, fidelity=p["uncond_fidelity"])
+        cond = inherit(*prior_c, *data, fidelity=p["fidelity"], var_fidelity=p["var_fidelity"],
+                       var_shift=p["var_shift"])
+        uncond = inherit(*prior_u, *data, fidelity=p["uncond_fidelity"], var_fidelity=p["uncond_var_fidelity"],
+                         var_shift=p["uncond_var_shift"])
         generated = guided_moments(
             *cond, *uncond, cfg=p["cfg"], schedule=schedule, sampler=sampler, steps=steps, eta=eta,
             config=config,
@@ -325,6 +368,7 @@ def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, populat
     _chain_kernel(
         p["cond_mean"], p["cond_var"], p["uncond_mean"], p["uncond_var"], p["data_mean"], p["data_var"],
         p["cfg"], p["fidelity"], p["uncond_fidelity"], p["real_fraction"], p["mutation"],
+        p["var_fidelity"], p["uncond_var_fidelity"], p["var_shift"], p["uncond_var_shift"],
         continue_, shrink,
         coef.abar_t, np.sqrt(coef.abar_t), np.sqrt(1.0 - coef.abar_t),
         coef.x_coef, coef.eps_coef, coef.noise_std**2, slope, offset,
@@ -340,6 +384,7 @@ _BLOCK = 16
 def _chain_kernel(
     cond_mean, cond_var, uncond_mean, uncond_var, data_mean, data_var,
     cfg, fidelity, uncond_fidelity, real_fraction, mutation_var,
+    var_fidelity, uncond_var_fidelity, var_shift, uncond_var_shift,
     continue_, shrink,
     abar, sqrt_abar, sqrt_beta, x_coef, eps_coef, noise_var, scale_slope, scale_offset,
     out_mean, out_var,
@@ -359,6 +404,7 @@ def _chain_kernel(
         base_cm, base_cv, base_um, base_uv = _empty4()
         real_m, real_v, w_peak, rho = _empty4()
         rho_u, f, mut, m = _empty4()
+        rho_v, rho_vu, factor_c, factor_u = _empty4()
         v = np.empty(_BLOCK)
         for j in range(_BLOCK):
             i = lo + min(j, size - 1)
@@ -367,6 +413,8 @@ def _chain_kernel(
             real_m[j], real_v[j], w_peak[j] = _at(data_mean, i), _at(data_var, i), _at(cfg, i)
             rho[j], rho_u[j] = _at(fidelity, i), _at(uncond_fidelity, i)
             f[j], mut[j] = _at(real_fraction, i), _at(mutation_var, i)
+            rho_v[j], rho_vu[j] = _at(var_fidelity, i), _at(uncond_var_fidelity, i)
+            factor_c[j], factor_u[j] = math.exp(_at(var_shift, i)), math.exp(_at(uncond_var_shift, i))
         cm, cv, um, uv = base_cm.copy(), base_cv.copy(), base_um.copy(), base_uv.copy()
         dm, dv = real_m.copy(), real_v.copy()
         for t in range(n_iter):
@@ -374,9 +422,16 @@ def _chain_kernel(
                 cm[:], cv[:], um[:], uv[:] = base_cm, base_cv, base_um, base_uv
             for j in range(_BLOCK):
                 cm[j] += rho[j] * (dm[j] - cm[j])
-                cv[j] += rho[j] * (dv[j] - cv[j])
                 um[j] += rho_u[j] * (dm[j] - um[j])
-                uv[j] += rho_u[j] * (dv[j] - uv[j])
+                # NaN rho_v: the linear move (bit for bit the engine before var_fidelity existed).
+                if math.isnan(rho_v[j]):
+                    cv[j] += rho[j] * (dv[j] - cv[j])
+                    uv[j] += rho_u[j] * (dv[j] - uv[j])
+                else:
+                    cv[j] = cv[j] ** (1.0 - rho_v[j]) * dv[j] ** rho_v[j]
+                    uv[j] = uv[j] ** (1.0 - rho_vu[j]) * dv[j] ** rho_vu[j]
+                cv[j] *= factor_c[j]
+                uv[j] *= factor_u[j]
                 m[j] = 0.0
                 v[j] = 1.0
             for k in range(n_steps):
