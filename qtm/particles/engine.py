@@ -74,10 +74,9 @@ def simulate_qg(setup: QGSetup, *, replicates: int, seed: int, replicate_offset:
             FITNESS_KINDS.index(fit.kind),  # the kernels' FIT_* codes
             np.broadcast_to(np.asarray(fit.theta, float), (d,)).copy(),
             np.broadcast_to(np.asarray(fit.omega2, float), (d,)).copy(),
-            setup.kept, float(fit.cfg), float(setup.finetune.fidelity), setup.finetune.rho_u,
-            setup.finetune.finetune == "continue", setup.cond_mean, setup.cond_var, setup.uncond_mean,
-            setup.uncond_var, setup.environmental_var, setup.mutation, setup.resampling == "systematic",
-            setup.n_real, mean, var)
+            setup.kept, float(fit.cfg), setup.finetune.terms, setup.finetune.finetune == "continue",
+            setup.cond_mean, setup.cond_var, setup.uncond_mean, setup.uncond_var, setup.environmental_var,
+            setup.mutation, setup.resampling == "systematic", setup.n_real, mean, var)
     _check_finite(mean, var)
     return ParticleResult(index, mean, var, np.ones((*shape[:2], 1)))
 
@@ -106,8 +105,8 @@ def simulate_chain(setup: ChainSetup, *, replicates: int, seed: int, replicate_o
     with numba.parallel_chunksize(1):
         run(keys, setup.population, setup.iterations, setup.data.weights, setup.data.means,
             setup.data.variances, setup.cond.weights, setup.cond.means, setup.cond.variances,
-            setup.uncond.weights, setup.uncond.means, setup.uncond.variances, float(setup.finetune.fidelity),
-            setup.finetune.rho_u, setup.finetune.finetune == "continue", np.ascontiguousarray(abar_t),
+            setup.uncond.weights, setup.uncond.means, setup.uncond.variances, setup.finetune.terms,
+            setup.finetune.finetune == "continue", np.ascontiguousarray(abar_t),
             np.ascontiguousarray(abar_prev), np.ascontiguousarray(setup.scales), setup.eta, setup.mutation,
             setup.n_real, mean, var, occupancy)
     _check_finite(mean, var)

@@ -53,7 +53,14 @@ MAX_BLOCK = 1 << PARTICLE_SHIFT
 
 # The purposes of draws (one counter block each per iteration).
 (P_INIT_LABEL, P_INIT_TRAIT, P_ENV, P_SYSTEMATIC, P_MULTINOMIAL, P_MUTATION, P_REAL_LABEL, P_REAL_TRAIT,
- P_GEN) = range(9)
+ P_GEN, P_PROCESS) = range(10)
+
+#: The kernels' ``finetune`` argument: one float per term, in this order (built by
+#: :attr:`qtm.particles.model.Finetune.terms`). The variance fidelities are NaN for the linear
+#: move; the factors are exp(var_shift) of each branch.
+FINETUNE_TERMS = ("fidelity", "uncond_fidelity", "var_fidelity", "uncond_var_fidelity", "var_factor",
+                  "uncond_var_factor", "process_noise")
+(F_RHO, F_RHO_U, F_RHO_V, F_RHO_VU, F_FACTOR_C, F_FACTOR_U, F_PROCESS) = range(len(FINETUNE_TERMS))
 
 FIT_NEUTRAL, FIT_STABILIZING, FIT_TRUNCATION, FIT_TILT = range(4)
 
@@ -261,11 +268,14 @@ def _moments(x, out_mean, out_var):
 
 
 @njit(cache=True)
-def _refit(x, labels, prior_w, prior_m, prior_v, rho, new_w, new_m, new_v):
+def _refit(x, labels, prior_w, prior_m, prior_v, rho, rho_v, factor, shift, new_w, new_m, new_v):
     """Move a mixture the fraction ``rho`` from its prior toward the labelled sample's moments.
 
-    A component with fewer than two members has no variance estimate: its mean and
-    variance stay at the prior (only its weight moves, toward its share of the sample).
+    The variance moves linearly (``rho_v`` NaN) or by ``prior^(1-rho_v) sample^rho_v``
+    (:func:`qtm.gaussian.inherit`), then is multiplied by ``factor`` = exp(var_shift); the
+    mean gets the process noise ``shift`` (M, d). A component with fewer than two members has
+    no variance estimate: it is not refitted, its mean and variance stay at the prior (only its
+    weight moves, toward its share of the sample).
     """
     m, d = prior_m.shape
     n = x.shape[0]
@@ -284,23 +294,43 @@ def _refit(x, labels, prior_w, prior_m, prior_v, rho, new_w, new_m, new_v):
         new_w[j] = prior_w[j] + rho * (counts[j] / n - prior_w[j])
         for a in range(d):
             if counts[j] >= 2.0:
-                new_m[j, a] = prior_m[j, a] + rho * (sums[j, a] / counts[j] - prior_m[j, a])
-                new_v[j, a] = prior_v[j, a] + rho * (sq[j, a] / counts[j] - prior_v[j, a])
+                new_m[j, a] = prior_m[j, a] + rho * (sums[j, a] / counts[j] - prior_m[j, a]) + shift[j, a]
+                if math.isnan(rho_v):
+                    moved = prior_v[j, a] + rho * (sq[j, a] / counts[j] - prior_v[j, a])
+                else:
+                    moved = prior_v[j, a] ** (1.0 - rho_v) * (sq[j, a] / counts[j]) ** rho_v
+                new_v[j, a] = moved * factor
             else:
                 new_m[j, a] = prior_m[j, a]
                 new_v[j, a] = prior_v[j, a]
 
 
 @njit(cache=True)
-def _finetune(x, labels, continue_prior, base_cw, base_cm, base_cv, base_uw, base_um, base_uv, rho, rho_u,
-              cw, cm, cv, uw, um, uv):
-    """Refit both branches (cw.., uw.. in place) from the base model, or from themselves with ``continue_prior``."""
+def _finetune(x, labels, continue_prior, base_cw, base_cm, base_cv, base_uw, base_um, base_uv, finetune,
+              shift, no_shift, cw, cm, cv, uw, um, uv):
+    """Refit both branches (cw.., uw.. in place) from the base model, or from themselves with ``continue_prior``.
+
+    ``finetune`` holds the :data:`FINETUNE_TERMS`; the process noise ``shift`` moves the
+    conditional branch's means only (``no_shift``: zeros for the unconditional branch).
+    """
+    rho, rho_v, factor_c = finetune[F_RHO], finetune[F_RHO_V], finetune[F_FACTOR_C]
+    rho_u, rho_vu, factor_u = finetune[F_RHO_U], finetune[F_RHO_VU], finetune[F_FACTOR_U]
     if continue_prior:
-        _refit(x, labels, cw, cm, cv, rho, cw, cm, cv)
-        _refit(x, labels, uw, um, uv, rho_u, uw, um, uv)
+        _refit(x, labels, cw, cm, cv, rho, rho_v, factor_c, shift, cw, cm, cv)
+        _refit(x, labels, uw, um, uv, rho_u, rho_vu, factor_u, no_shift, uw, um, uv)
     else:
-        _refit(x, labels, base_cw, base_cm, base_cv, rho, cw, cm, cv)
-        _refit(x, labels, base_uw, base_um, base_uv, rho_u, uw, um, uv)
+        _refit(x, labels, base_cw, base_cm, base_cv, rho, rho_v, factor_c, shift, cw, cm, cv)
+        _refit(x, labels, base_uw, base_um, base_uv, rho_u, rho_vu, factor_u, no_shift, uw, um, uv)
+
+
+@njit(cache=True)
+def _process_noise(key, iteration, sd, normals, shift):
+    """The finetuning's noise on the conditional means of one iteration: ``shift`` (M, d) = sd x normals."""
+    m, d = shift.shape
+    _fill_normals(key, _block(iteration, P_PROCESS), normals)
+    for j in range(m):
+        for a in range(d):
+            shift[j, a] = sd * normals[j * d + a]
 
 
 @njit(cache=True)
@@ -357,7 +387,7 @@ def _resample_indices(key, iteration, log_w, systematic, index, cdf, positions, 
 
 @njit(cache=True)
 def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
-                  rho, rho_u, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
+                  finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
                   env_var, mutation_var, systematic, n_real, out_mean, out_var):
     """One replicate of :func:`qg_kernel` (out_mean, out_var of shape (T, d))."""
     d = data_mean.shape[0]
@@ -384,6 +414,7 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
     u0m, u0v = base_u_mean.reshape(1, d), base_u_var.reshape(1, d)
     cw, cm, cv = np.ones(1), c0m.copy(), c0v.copy()
     uw, um, uv = np.ones(1), u0m.copy(), u0v.copy()
+    shift, no_shift, process = np.zeros((1, d)), np.zeros((1, d)), np.empty(d)
     for t in range(generations):
         z = g
         if use_env:
@@ -403,7 +434,10 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
             for i in range(n):
                 log_w[i] = 0.0 if z[i, 0] >= threshold else -np.inf
         elif fitness == FIT_TILT:
-            _finetune(g, labels, continue_prior, one, c0m, c0v, one, u0m, u0v, rho, rho_u, cw, cm, cv, uw, um, uv)
+            if finetune[F_PROCESS] > 0.0:
+                _process_noise(key, t, finetune[F_PROCESS], process, shift)
+            _finetune(g, labels, continue_prior, one, c0m, c0v, one, u0m, u0v, finetune, shift, no_shift,
+                      cw, cm, cv, uw, um, uv)
             for i in range(n):
                 s = 0.0
                 for a in range(d):
@@ -431,7 +465,7 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
 
 @njit(parallel=True, cache=True)
 def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
-              rho, rho_u, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
+              finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
               env_var, mutation_var, systematic, n_real, out_mean, out_var):
     """The classic loop: phenotype, log fitness, resample N offspring, mutate, record, mix in real data.
 
@@ -440,13 +474,13 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
     phenotype and offspring inherit g. Fitness kinds: neutral, Gaussian stabilizing
     (``theta``, ``omega2``), truncation (keep the top ``keep`` individuals on axis 0), or
     the CFG tilt (p_c/p_u)^(w-1) of Gaussian models refitted to the population each
-    generation (fidelities ``rho``, ``rho_u``; prior the base or the previous model).
+    generation (the :data:`FINETUNE_TERMS` in ``finetune``; prior the base or the previous model).
     """
     # The parallel loop only calls the sequential body: Numba's parallel passes then see a
     # small function, which cuts the compile time.
     for r in prange(keys.shape[0]):
         _qg_replicate(keys[r], n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
-                      rho, rho_u, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
+                      finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
                       env_var, mutation_var, systematic, n_real, out_mean[r], out_var[r])
 
 
@@ -499,7 +533,7 @@ def _level_coefficients(w, mean, var, a_level, b_level, am, inv_s, log_norm):
 
 @njit(cache=True)
 def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
-                     base_uv, rho, rho_u, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
+                     base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
                      out_mean, out_var, out_occupancy):
     """One replicate of :func:`chain_kernel` (outputs of shape (T, d) and (T, M))."""
     m, d = data_m.shape
@@ -529,9 +563,12 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
     eps_u = np.empty(d)
     ll = np.empty(m)
     scaled = np.empty((m, d))
+    shift, no_shift, process = np.zeros((m, d)), np.zeros((m, d)), np.empty(m * d)
     for t in range(iterations):
-        _finetune(x, labels, continue_prior, base_cw, base_cm, base_cv, base_uw, base_um, base_uv, rho, rho_u,
-                  cw, cm, cv, uw, um, uv)
+        if finetune[F_PROCESS] > 0.0:
+            _process_noise(key, t, finetune[F_PROCESS], process, shift)
+        _finetune(x, labels, continue_prior, base_cw, base_cm, base_cv, base_uw, base_um, base_uv, finetune,
+                  shift, no_shift, cw, cm, cv, uw, um, uv)
         for k in range(k_steps):
             _level_coefficients(cw, cm, cv, a_t[k], b_t[k], c_am[k], c_inv[k], c_norm[k])
             _level_coefficients(uw, um, uv, a_t[k], b_t[k], u_am[k], u_inv[k], u_norm[k])
@@ -574,11 +611,13 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
 
 @njit(parallel=True, cache=True)
 def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
-                 base_uv, rho, rho_u, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
+                 base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
                  out_mean, out_var, out_occupancy):
     """The guided-sampler chain: refit (labels), run the K-step guided DDIM sampler on each particle, record.
 
-    Per iteration: both branches are refitted to the labelled training set; each of the N
+    Per iteration: both branches are refitted to the labelled training set (the
+    :data:`FINETUNE_TERMS` in ``finetune``: fidelities, log-space variance terms, and the
+    process noise drawn per replicate and iteration on the conditional means); each of the N
     new particles starts at x_K ~ N(0, I) and takes K DDIM steps (diffusers' update, no
     clipping) with the guided ε̂ = ε̂_u + w_k (ε̂_c - ε̂_u) of the two fitted mixtures; it is
     labelled by its most probable component of the conditional mixture at the last noise
@@ -587,5 +626,5 @@ def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, 
     """
     for r in prange(keys.shape[0]):
         _chain_replicate(keys[r], n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw,
-                         base_um, base_uv, rho, rho_u, continue_prior, abar_t, abar_prev, scales, eta,
+                         base_um, base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta,
                          mutation_var, n_real, out_mean[r], out_var[r], out_occupancy[r])

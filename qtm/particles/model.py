@@ -9,8 +9,8 @@ import numpy as np
 
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
-from qtm.params import NETWORK_SAMPLERS, PARAMETERS, default_uncond_fidelity, effective_eta
-from qtm.particles.kernels import MAX_BLOCK, MAX_ITERATIONS
+from qtm.params import NETWORK_SAMPLERS, PARAMETERS, default_uncond_fidelity, effective_eta, uncond_share
+from qtm.particles.kernels import FINETUNE_TERMS, MAX_BLOCK, MAX_ITERATIONS
 from qtm.schedules import CFGSchedule
 from qtm.validation import as_float_array, check_choice, check_int, check_positive, check_unit_interval
 
@@ -102,27 +102,55 @@ class Fitness:
 
 @dataclass(frozen=True)
 class Finetune:
-    """How a model is refitted: fidelities of the two branches and the prior they move from.
+    """How a model is refitted: fidelities of the two branches, the prior they move from, and finetuning's errors.
 
     ``uncond_fidelity`` defaults to ``drop * fidelity`` (condition drop p: the model's assumption).
+    ``var_fidelity`` (None or NaN: the variance moves linearly with the fidelity) and ``var_shift``
+    move each variance in log space, the unconditional branch's with the share
+    ``s = min(1, rho_u / rho)`` of both (:func:`qtm.gaussian.inherit`, :func:`qtm.params.uncond_share`);
+    ``process_noise`` is the SD of the noise on the conditional means, drawn per replicate and
+    iteration (docs/theory.md).
+
+    Examples
+    --------
+    >>> Finetune(0.5, var_fidelity=0.4, var_shift=0.2, uncond_fidelity=0.25).terms.round(3).tolist()
+    [0.5, 0.25, 0.4, 0.2, 1.221, 1.105, 0.0]
     """
 
     fidelity: float = 1.0
     drop: float = 0.0
     uncond_fidelity: float | None = None
     finetune: str = "base"
+    var_fidelity: float | None = None
+    var_shift: float = 0.0
+    process_noise: float = 0.0
 
     def __post_init__(self):
-        for name in ("fidelity", "drop", "finetune"):
+        for name in ("fidelity", "drop", "finetune", "var_shift", "process_noise"):
             PARAMETERS[name].check(getattr(self, name))
-        if not _is_missing(self.uncond_fidelity):
-            PARAMETERS["uncond_fidelity"].check(self.uncond_fidelity)
+        for name in ("uncond_fidelity", "var_fidelity"):
+            if not _is_missing(getattr(self, name)):
+                PARAMETERS[name].check(getattr(self, name))
 
     @property
     def rho_u(self) -> float:
         if _is_missing(self.uncond_fidelity):
             return float(default_uncond_fidelity(self.drop, self.fidelity))
         return float(self.uncond_fidelity)
+
+    @property
+    def terms(self) -> np.ndarray:
+        """The kernels' ``finetune`` argument (:data:`qtm.particles.kernels.FINETUNE_TERMS`)."""
+        share = float(uncond_share(self.fidelity, self.rho_u))
+        rho_v = math.nan if _is_missing(self.var_fidelity) else float(self.var_fidelity)
+        mu = float(self.var_shift)
+        values = {
+            "fidelity": float(self.fidelity), "uncond_fidelity": self.rho_u,
+            "var_fidelity": rho_v, "uncond_var_fidelity": share * rho_v,
+            "var_factor": math.exp(mu), "uncond_var_factor": math.exp(share * mu),
+            "process_noise": float(self.process_noise),
+        }
+        return np.array([values[name] for name in FINETUNE_TERMS])
 
 
 @dataclass(frozen=True)
@@ -210,7 +238,8 @@ class ChainSetup:
     def build(cls, *, population=1000, iterations=10, modes=1, dims=1, data_mean=0.0, data_var=1.0,
               cond_mean=None, cond_var=None, uncond_mean=None, uncond_var=None, fidelity=1.0, drop=0.0,
               uncond_fidelity=None, finetune="base", cfg=7.5, schedule="constant", sampler="ddim", steps=25,
-              eta=0.0, mutation=0.0, real_fraction=0.0, diffusion=None) -> ChainSetup:
+              eta=0.0, mutation=0.0, real_fraction=0.0, var_fidelity=None, var_shift=0.0, process_noise=0.0,
+              diffusion=None) -> ChainSetup:
         """Validate and assemble a setup; base models default to the data distribution."""
         population = check_int(population, "population", minimum=2)
         iterations = _check_iterations(iterations, "iterations")
@@ -231,7 +260,7 @@ class ChainSetup:
                            f"{dims * (steps + 2)}")
         return cls(
             population=population, iterations=iterations, data=data, cond=cond, uncond=uncond,
-            finetune=Finetune(fidelity, drop, uncond_fidelity, finetune),
+            finetune=Finetune(fidelity, drop, uncond_fidelity, finetune, var_fidelity, var_shift, process_noise),
             cfg=float(PARAMETERS["cfg"].check(cfg)),
             schedule=CFGSchedule.parse(schedule), sampler=sampler, steps=steps, eta=eta,
             mutation=_axes(PARAMETERS["mutation"].check(mutation), dims, "mutation"),

@@ -28,6 +28,13 @@ from qtm.particles.kernels import (
     EXP_C12,
     EXP_FLOOR,
     EXP_SHIFTER,
+    F_FACTOR_C,
+    F_FACTOR_U,
+    F_PROCESS,
+    F_RHO,
+    F_RHO_U,
+    F_RHO_V,
+    F_RHO_VU,
     FIT_STABILIZING,
     FIT_TILT,
     FIT_TRUNCATION,
@@ -45,6 +52,7 @@ from qtm.particles.kernels import (
     P_INIT_TRAIT,
     P_MULTINOMIAL,
     P_MUTATION,
+    P_PROCESS,
     P_REAL_LABEL,
     P_REAL_TRAIT,
     P_SYSTEMATIC,
@@ -140,8 +148,8 @@ def _draw_mixture(keys, iteration, p_label, p_trait, weights, means, variances, 
     return means[labels] + np.sqrt(variances[labels]) * noise, labels
 
 
-def _refit(x, labels, prior_w, prior_m, prior_v, rho):
-    """Batched kernel refit: priors (R, M[, d]) or (M[, d]); returns (w, m, v) per replicate."""
+def _refit(x, labels, prior_w, prior_m, prior_v, rho, rho_v, factor, shift):
+    """Batched kernel refit: priors (R, M[, d]) or (M[, d]), ``shift`` (R, M, d) or 0; returns (w, m, v)."""
     r, n, d = x.shape
     m = prior_m.shape[-2]
     onehot = labels[..., None] == np.arange(m)
@@ -152,9 +160,26 @@ def _refit(x, labels, prior_w, prior_m, prior_v, rho):
         var = np.einsum("rnm,rnd->rmd", onehot, centred**2) / counts[..., None]
     enough = (counts >= 2.0)[..., None]
     new_w = prior_w + rho * (counts / n - prior_w)
-    new_m = np.where(enough, prior_m + rho * (mean - prior_m), prior_m)
-    new_v = np.where(enough, prior_v + rho * (var - prior_v), prior_v)
+    new_m = np.where(enough, prior_m + rho * (mean - prior_m) + shift, prior_m)
+    with np.errstate(invalid="ignore"):  # components without members: NaN, not taken
+        moved = prior_v + rho * (var - prior_v) if np.isnan(rho_v) else prior_v ** (1.0 - rho_v) * var**rho_v
+    new_v = np.where(enough, moved * factor, prior_v)
     return new_w, np.broadcast_to(new_m, (r, m, d)), np.broadcast_to(new_v, (r, m, d))
+
+
+def _finetune(x, labels, c_prior, u_prior, finetune, shift):
+    """Both branches refitted (the kernels' ``_finetune``); the process noise ``shift`` moves the conditional means."""
+    c_model = _refit(x, labels, *c_prior, finetune[F_RHO], finetune[F_RHO_V], finetune[F_FACTOR_C], shift)
+    u_model = _refit(x, labels, *u_prior, finetune[F_RHO_U], finetune[F_RHO_VU], finetune[F_FACTOR_U], 0.0)
+    return c_model, u_model
+
+
+def _process_noise(keys, iteration, finetune, m, d):
+    """The kernels' ``_process_noise`` for every replicate: (R, M, d), or 0 without process noise."""
+    if not finetune[F_PROCESS] > 0.0:
+        return 0.0
+    normals = _normals(keys, np.full(keys.shape, _block(iteration, P_PROCESS)), 0, m * d)
+    return finetune[F_PROCESS] * normals.reshape(keys.shape[0], m, d)
 
 
 def _exp_nonpositive(x):
@@ -197,7 +222,7 @@ def _resample_indices(keys, iteration, log_w, systematic):
 
 
 def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
-                 rho, rho_u, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
+                 finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
                  env_var, mutation_var, systematic, n_real, out_mean, out_var):
     """NumPy version of :func:`qtm.particles.kernels.qg_kernel` (same arguments)."""
     reps, d = keys.shape[0], data_mean.shape[0]
@@ -218,8 +243,8 @@ def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omeg
         elif fitness == FIT_TILT:
             c_prior = c_model if continue_prior else (one, base_c_mean[None], base_c_var[None])
             u_prior = u_model if continue_prior else (one, base_u_mean[None], base_u_var[None])
-            c_model = _refit(g, labels, *c_prior, rho)
-            u_model = _refit(g, labels, *u_prior, rho_u)
+            c_model, u_model = _finetune(g, labels, c_prior, u_prior, finetune,
+                                         _process_noise(keys, t, finetune, 1, d))
             vc = np.maximum(c_model[2], 1e-300)
             vu = np.maximum(u_model[2], 1e-300)
             s = -((z - c_model[1]) ** 2) / vc - np.log(vc) + (z - u_model[1]) ** 2 / vu + np.log(vu)
@@ -262,7 +287,7 @@ def _mixture_eps(x, am, inv_s, log_norm, b_level):
 
 
 def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
-                    base_uv, rho, rho_u, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
+                    base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
                     out_mean, out_var, out_occupancy):
     """NumPy version of :func:`qtm.particles.kernels.chain_kernel` (same arguments)."""
     reps = keys.shape[0]
@@ -279,8 +304,7 @@ def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_c
     for t in range(iterations):
         c_prior = c_model if continue_prior else (base_cw, base_cm, base_cv)
         u_prior = u_model if continue_prior else (base_uw, base_um, base_uv)
-        c_model = _refit(x, labels, *c_prior, rho)
-        u_model = _refit(x, labels, *u_prior, rho_u)
+        c_model, u_model = _finetune(x, labels, c_prior, u_prior, finetune, _process_noise(keys, t, finetune, m, d))
         base = np.broadcast_to(_block(t, P_GEN) + particle_base, (reps, n))
         xi = _normals(particle_keys, base, 0, d)
         for k in range(k_steps):
