@@ -40,8 +40,9 @@ axis is one more dimension). The text parameters (``schedule``, ``sampler``,
 by them. The DDIM/DDPM samplers run in one fused Numba kernel per group (all
 iterations and all K steps of a block of 16 points in L1 cache, the block's points in
 SIMD lanes, blocks on all cores), which does 10^6 points x 20 iterations x 50 steps in
-a few seconds on two cores (``benchmarks/moments_grid.py``); the tilt runs through the
-:mod:`qtm.gaussian` operators, vectorised over the grid.
+a few seconds on two cores (``benchmarks/moments_grid.py``); every other sampler (the
+tilt, diffusers' other solvers, the ODE/SDE limits) runs through the :mod:`qtm.gaussian`
+operators and :func:`qtm.sampler_map.guided_moments`, vectorised over the grid.
 
 Examples
 --------
@@ -135,8 +136,9 @@ def simulate_moments(
         The prior of each finetuning.
     real_fraction : float or array in [0, 1]
         Share of real data mixed into each data set ``D_{t+1}``.
-    sampler : {"ddim", "ddpm", "tilt"} or array of them
-        See :func:`qtm.sampler_map.guided_moments` (``ddpm`` ignores ``eta``).
+    sampler : str (:data:`qtm.params.SAMPLERS`) or array of them
+        See :func:`qtm.sampler_map.guided_moments` (``ddpm`` ignores ``eta``; samplers other
+        than DDIM and DDPM take SD v1.5's scheduler and ignore ``config``).
     steps : int or array of int
         Sampler steps K.
     eta : float or array in [0, 1]
@@ -228,7 +230,7 @@ def simulate_moments(
             population=population,
             config=config,
         )
-        runner = _run_operators if sampler_name == "tilt" else _run_kernel
+        runner = _run_kernel if sampler_name in _KERNEL_SAMPLERS else _run_operators
         if index is None:
             runner(**run, out=(mean, var))
         else:
@@ -375,6 +377,9 @@ def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, populat
         mean, var,
     )  # fmt: skip
 
+
+#: The samplers of the fused kernel: diffusers' DDIM step, whose exact map is :func:`qtm.sampler_map.step_coefficients`.
+_KERNEL_SAMPLERS = ("ddim", "ddpm")
 
 #: Points per block of the kernel: the inner loops run over a block, so that they vectorise (SIMD).
 _BLOCK = 16

@@ -51,6 +51,8 @@ POINTS = [
          uncond_fidelity=0.3, finetune="continue", real_fraction=0.2, mutation=0.05),
     dict(BASE, cfg=0.5, schedule="interval:0.5:20", sampler="ddim", steps=12, eta=1.0, fidelity=0.9,
          drop=0.0, finetune="continue", real_fraction=0.0, mutation=0.0, population=10),
+    dict(BASE, cfg=3.0, schedule="cosine", sampler="dpm++2m", steps=12, eta=0.0, fidelity=0.6, drop=0.2,
+         finetune="continue", real_fraction=0.1, mutation=0.01),
 ]
 
 
@@ -173,7 +175,7 @@ def test_collapse_iteration():
         ({"drop": -0.1}, "drop"),
         ({"uncond_fidelity": 2.0}, "uncond_fidelity"),
         ({"schedule": "wobbly"}, "schedule"),
-        ({"sampler": "euler"}, "sampler"),
+        ({"sampler": "euler-b"}, "sampler"),
         ({"finetune": "scratch"}, "finetune"),
         ({"iterations": 0}, "iterations"),
         ({"steps": 0}, "steps"),
