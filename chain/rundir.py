@@ -5,23 +5,31 @@ The layout (``run.json``, ``iter-NNN/`` with images, ``metadata.jsonl`` and
 too; its names are re-exported here. An iteration counts as finished only once
 its ``iteration.json`` says ``"complete"``; any other iteration folder is the
 remains of an interrupted iteration and is removed before that iteration is redone.
+One process at a time works in a run directory: it holds the lock ``RUN/.lock``
+(:meth:`RunDirectory.lock`), under which the temporary files of killed runs are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
 from chain.errors import ChainError
-from qtm.io import write_json
+from qtm.io import stale_parts, write_json
 from qtm.provenance import provenance
 from qtm.rundir import (
     COMPLETE,
     ITERATION_FILE,
     METADATA_FILE,
+    REFERENCE_FOLDER,
     RUN_FILE,
+    image_problem,
     iteration_folder,
     iteration_folders,
     iteration_status,
@@ -30,6 +38,7 @@ from qtm.rundir import (
 __all__ = [
     "COMPLETE",
     "ITERATION_FILE",
+    "LOCK_FILE",
     "METADATA_FILE",
     "RESUMABLE",
     "RUN_FILE",
@@ -41,6 +50,8 @@ __all__ = [
 #: Parameters that may change when a run is resumed: more iterations extend it; the
 #: device only changes where it runs.
 RESUMABLE = ("iterations", "device")
+#: The lock file of a run directory: the pid and host of the process working in it.
+LOCK_FILE = ".lock"
 
 
 class RunDirectory:
@@ -64,24 +75,84 @@ class RunDirectory:
     def iteration_dir(self, iteration: int) -> Path:
         return iteration_folder(self.path, iteration)
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory's lock (created with the folder if needed) for the block.
+
+        Another process holding it is a one-line :class:`ChainError` naming that process. The
+        lock is an ``fcntl.flock`` on :data:`LOCK_FILE`, which the system releases when its holder
+        dies, so the lock of a killed run is simply taken over. A folder this call created is
+        removed again if it is still empty at the end.
+        """
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK_FILE
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+                os.close(fd)
+                raise ChainError(
+                    f"{str(self.path)!r} is in use by another chain run ({holder}); "
+                    "wait for it to finish or stop it, then rerun"
+                ) from None
+            # The holder removes the file when it lets go: a lock on a removed file locks nothing.
+            try:
+                if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+            yield self
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            os.close(fd)
+            if created:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+
+    def check(self, parameters: dict) -> None:
+        """Refuse, before any slow work, a run made with other parameters or a folder that is no run."""
+        if self.run_file.exists():
+            check_same_parameters(self.read_run().get("parameters", {}), parameters, self.path)
+        elif self.path.is_dir():
+            leftovers = {LOCK_FILE, *(p.name for p in stale_parts(self.path))}
+            if any(p.name not in leftovers for p in self.path.iterdir()):
+                raise ChainError(
+                    f"{str(self.path)!r} exists, is not empty and has no {RUN_FILE}; choose a new run directory"
+                )
+
     def open(self, parameters: dict, *, seed: int, extra: dict) -> dict:
         """Create the run (writing run.json) or check that an existing one was made with ``parameters``.
 
-        Raises :class:`ChainError` naming the first parameters that differ.
-        Returns the stored (or new) run record.
+        Call it holding :meth:`lock`: it removes what killed runs left behind (temporary files,
+        staging folders). Raises :class:`ChainError` naming the first parameters that differ; the
+        ones that may differ (:data:`RESUMABLE`) are updated in run.json. Returns the stored (or new)
+        run record.
         """
+        for folder in (self.path, self.path / REFERENCE_FOLDER):
+            for stale in stale_parts(folder):
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+        self.check(parameters)
         if self.run_file.exists():
             record = self.read_run()
-            check_same_parameters(record.get("parameters", {}), parameters, self.path)
+            stored = record.get("parameters", {})
+            changed = {key: parameters[key] for key in RESUMABLE
+                       if key in parameters and stored.get(key) != parameters[key]}
+            if changed:
+                record["parameters"] = {**stored, **changed}
+                record.update({key: value for key, value in extra.items() if key in changed})
+                write_json(self.run_file, record)
             return record
-        if self.path.exists():
-            # A run killed while writing run.json leaves only the temporary file behind.
-            for stale in self.path.glob(f".{RUN_FILE}.*.part"):
-                stale.unlink()
-        if self.path.exists() and any(self.path.iterdir()):
-            raise ChainError(
-                f"{str(self.path)!r} exists, is not empty and has no {RUN_FILE}; choose a new run directory"
-            )
         record = provenance(parameters, seed=seed, software="chain")
         record.update(extra)
         write_json(self.run_file, record)
@@ -108,6 +179,46 @@ class RunDirectory:
         self.discard(iteration)
         folder.mkdir(parents=True)
         return folder
+
+    def damaged(self, iteration: int) -> str | None:
+        """Why the images of a finished ``iteration`` are not all there and whole, or None if they are.
+
+        Each image its metadata lists must exist and decode (PNG chunks' checksums included).
+        """
+        from PIL import Image
+
+        folder = self.iteration_dir(iteration)
+        try:
+            rows = self.read_metadata(iteration)
+        except (OSError, json.JSONDecodeError) as error:
+            return f"{folder / METADATA_FILE} cannot be read ({type(error).__name__})"
+        for row in rows:
+            path = folder / str(row.get("file_name", "")) if isinstance(row, dict) else folder
+            problem = image_problem(path)
+            if problem is None:
+                try:
+                    with Image.open(path) as image:
+                        image.verify()
+                except Exception as error:  # PIL reports a damaged file with many exception types
+                    problem = f"does not decode ({type(error).__name__})"
+            if problem is not None:
+                return f"{path} {problem}"
+        return None
+
+    def invalidate(self, iteration: int) -> None:
+        """Delete ``iteration`` and every later one, finished or not (each depends on the one before).
+
+        The last goes first and each loses its ``iteration.json`` before anything else, so an
+        interruption never leaves a finished iteration after an unfinished one.
+        """
+        if not self.path.is_dir():
+            return
+        for index, folder in reversed(iteration_folders(self.path).items()):
+            if index < iteration:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                (folder / ITERATION_FILE).unlink()
+            shutil.rmtree(folder, ignore_errors=True)
 
     def discard(self, iteration: int) -> None:
         """Delete an unfinished iteration's folder (never a complete one)."""

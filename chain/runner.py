@@ -70,7 +70,37 @@ def _resolve(self) -> dict:
         device=check_device(checked.get("device")),
     )
     resolved.pop("full_finetune")
+    limit = training_timesteps(backend, resolved["model"])
+    if resolved["steps"] > limit:
+        raise ChainError(f"--steps {resolved['steps']}: the {backend} model was trained with {limit} diffusion "
+                         f"timesteps, so it samples with at most {limit} steps")
     return resolved
+
+
+#: The diffusion timesteps Stable Diffusion models are trained with (their schedulers' ``num_train_timesteps``).
+SD_TRAINING_TIMESTEPS = 1000
+
+
+def training_timesteps(backend: str, model: str | None = None) -> int:
+    """The diffusion timesteps ``backend``'s model was trained with: the most denoising steps it can sample with.
+
+    Known without loading the model: the tiny backend's configuration, a local Stable Diffusion
+    folder's scheduler configuration, else :data:`SD_TRAINING_TIMESTEPS`.
+
+    Examples
+    --------
+    >>> training_timesteps("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    1000
+    """
+    if backend == "tiny":
+        from chain.backends.tiny import TinyConfig
+
+        return TinyConfig().num_train_timesteps
+    config = Path(model) / "scheduler" / "scheduler_config.json" if model else None
+    if config is not None and config.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return int(json.loads(config.read_text())["num_train_timesteps"])
+    return SD_TRAINING_TIMESTEPS
 
 
 def _scalar(value):
@@ -154,16 +184,21 @@ class Reporter:
 def make_backend(parameters: dict, *, progress: Progress | None = None) -> Backend:
     """Build the backend that ``parameters`` (resolved) name; ``progress`` follows a base-model training."""
     if parameters["backend"] == "tiny":
-        from chain.backends.tiny import TinyBackend, TinyConfig
+        from chain.backends.tiny import TinyBackend, preset_config
 
+        config = preset_config(parameters.get("preset"), text_encoder=parameters.get("text_encoder"),
+                               resolution=parameters["resolution"], data=parameters["data"])
         return TinyBackend(
-            config=TinyConfig(resolution=parameters["resolution"]),
+            config=config,
             learning_rate=parameters["learning_rate"],
             train_steps=parameters["train_steps"],
             batch_size=parameters["batch_size"],
             device=parameters["device"],
             progress=progress,
         )
+    for name in ("preset", "text_encoder"):
+        if parameters.get(name) is not None:
+            raise ChainError(f"--{name.replace('_', '-')} is for the tiny backend; the sd backend uses its model's own")
     # Imported only when asked for: the Stable Diffusion pipelines are slow to import.
     from chain.backends.sd import StableDiffusionBackend
 
@@ -210,18 +245,19 @@ def run_chain(
     params = parameters.resolve()
     data = load_dataset(params["data"])
     run = RunDirectory(run_dir)
-    if run.run_file.exists():  # refuse a mismatch before any slow work
-        run.open(params, seed=params["seed"], extra={})
-    if backend is None:
-        with reporter.task("preparing the base model (tiny: trained once, then cached)", 1) as progress:
-            backend = make_backend(params, progress=progress)
+    run.check(params)  # refuse a mismatch before any slow work (and before the folder is touched)
     try:
-        run.open(
-            params,
-            seed=params["seed"],
-            extra={"device": params["device"], "backend": backend.describe(), "data_size": len(data)},
-        )
-        return _loop(run, params, data, backend, reporter)
+        with run.lock():
+            run.check(params)  # again, now that no other process can be writing run.json
+            if backend is None:
+                with reporter.task("preparing the base model (tiny: trained once, then cached)", 1) as progress:
+                    backend = make_backend(params, progress=progress)
+            run.open(
+                params,
+                seed=params["seed"],
+                extra={"device": params["device"], "backend": backend.describe(), "data_size": len(data)},
+            )
+            return _loop(run, params, data, backend, reporter)
     except OSError as error:
         full = disk_full_error(error, run.path)
         if full is None:
@@ -230,6 +266,7 @@ def run_chain(
 
 
 def _loop(run: RunDirectory, params: dict, data: Dataset, backend: Backend, reporter: Reporter) -> list[dict]:
+    _repair(run, params, reporter)
     records = []
     model_from = None  # the iteration whose finetuned model the backend holds now
     for t in range(params["iterations"]):
@@ -246,6 +283,18 @@ def _loop(run: RunDirectory, params: dict, data: Dataset, backend: Backend, repo
         records.append(record)
         reporter.line(_summary(record, params))
     return records
+
+
+def _repair(run: RunDirectory, params: dict, reporter: Reporter) -> None:
+    """Redo from the first finished iteration whose images are damaged (a deleted or truncated file)."""
+    for t in run.completed():
+        if t >= params["iterations"]:
+            break
+        problem = run.damaged(t)
+        if problem is not None:
+            reporter.line(f"chain: warning: {problem}; redoing iteration {t} and the later ones")
+            run.invalidate(t)
+            return
 
 
 def _iteration(run, t, params, data, backend, reporter, model_from) -> dict:

@@ -162,6 +162,41 @@ def read_samples(run_path, iteration: int) -> dict[str, ImageSet]:
     return found
 
 
+#: How a complete PNG file ends: its IEND chunk (length 0, type, CRC).
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def image_problem(path) -> str | None:
+    """Why the image file ``path`` is not whole, or None: missing, empty, or a PNG cut short.
+
+    A cheap check (no decoding): it reads the last bytes of a PNG, enough to see a file
+    truncated by a crash or a full disk.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> image_problem(folder / "gone.png")
+    'is missing'
+    >>> _ = (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    >>> image_problem(folder / "cut.png")
+    'is truncated (no PNG end chunk)'
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "is missing"
+    if size == 0:
+        return "is empty"
+    if path.suffix.lower() == ".png":
+        with open(path, "rb") as file:
+            file.seek(max(0, size - len(_PNG_END)))
+            if file.read() != _PNG_END:
+                return "is truncated (no PNG end chunk)"
+    return None
+
+
 @dataclass
 class ImageSet:
     """A folder of images with their captions (empty captions where none are recorded)."""
@@ -207,10 +242,12 @@ class Run:
         return f"{self.name} ({', '.join(parts)})"
 
 
-def read_image_set(path, *, what: str) -> ImageSet:
+def read_image_set(path, *, what: str, finished: bool = False) -> ImageSet:
     """Read a folder of images; captions come from its ``metadata.jsonl`` when there is one.
 
-    The images are listed, not decoded.
+    The images are listed, not decoded. ``finished``: the folder is a finished iteration
+    of ``chain run``, whose every image must be whole (:func:`image_problem`); a damaged one
+    is an error that says how to repair the run.
 
     Examples
     --------
@@ -236,6 +273,12 @@ def read_image_set(path, *, what: str) -> ImageSet:
                 raise RunDirectoryError(
                     f"{metadata}: line {number} is not a JSON object with a file_name; fix or remove the file"
                 ) from None
+            problem = image_problem(path / name) if finished else None
+            if problem is not None:
+                raise RunDirectoryError(
+                    f"{path / name} {problem}; rerun `chain run` on {str(path.parent)!r} with its options to "
+                    "repair it (that iteration and the later ones are redone)"
+                )
             if not (path / name).exists():
                 raise RunDirectoryError(f"{metadata}: line {number} names {name!r}, which is not in {path}")
             files.append(path / name)
@@ -290,7 +333,7 @@ def read_run(path, *, reference=None, real=None) -> Run:
         if status != COMPLETE:
             run.skipped.append(f"{folder.name} ({status})")
             continue
-        images = read_image_set(folder, what="iteration folder")
+        images = read_image_set(folder, what="iteration folder", finished=True)
         if not images.files:
             run.skipped.append(f"{folder.name} (no images)")
             continue

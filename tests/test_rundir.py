@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from chain import rundir as chain_rundir
 from chain.reference import REFERENCE_TAG, reference_seeds
@@ -23,7 +24,7 @@ def test_what_chain_writes_qtm_reads(tmp_path):
     run.open({"cfg": 5.0, "schedule": "constant"}, seed=3, extra={})
     for t, status in ((0, rundir.COMPLETE), (1, rundir.COMPLETE), (2, "running")):
         folder = run.start_iteration(t)
-        (folder / "000000-0.png").write_bytes(b"")
+        Image.new("L", (2, 2)).save(folder / "000000-0.png")
         (folder / rundir.METADATA_FILE).write_text(json.dumps({"file_name": "000000-0.png", "caption": "a cat"}))
         run.write_iteration_record(t, {"status": status})
     assert run.completed() == [0, 1]

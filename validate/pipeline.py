@@ -162,6 +162,10 @@ def validate_runs(
         raise ValidateError(f"--group {group!r} is not one of: {', '.join(GROUPS)}")
     if Path(report).exists() and not Path(report).is_dir():
         raise ValidateError(f"--report {str(report)!r} is a file; give a folder for the report")
+    for flag, folder in (("--real", real), ("--reference", reference)):
+        if folder is not None and not Path(folder).is_dir():
+            what = "is not a folder" if Path(folder).exists() else "does not exist"
+            raise ValidateError(f"{flag} {str(folder)!r} {what}; give a folder of images")
     model = get_embedder(embedder, **(embedder_options or {}))
     if prepare is not None:
         for path in run_dirs:
@@ -251,6 +255,17 @@ def read_runs(run_dirs, *, reference=None, real=None, warn: Callable[[str], None
         raise ValidateError("no run directory has a finished iteration; wait for `chain run` to finish one")
     if len({run.name for run in runs}) < len(runs):
         raise ValidateError("two run directories have the same name; give runs with distinct folder names")
+    for run in runs:
+        for what, images in (("real-data folder", run.real), *((f"reference folder ({kind})", images)
+                                                              for kind, images in run.reference.items())):
+            if images is not None and not images.files:
+                raise ValidateError(f"the {what} {str(images.path)!r} has no images (png, jpg, webp); "
+                                    "give a folder of images")
+    differ = [f"{key}s {', '.join(sorted(values))}" for key in ("data", "backend")
+              if len(values := {str(run.params.get(key)) for run in runs}) > 1]
+    if differ:
+        warn(f"the runs were made with different {' and '.join(differ)}; their statistics are compared "
+             "and fitted together as if they were one setup")
     return runs
 
 
