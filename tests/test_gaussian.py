@@ -212,6 +212,25 @@ def test_inherit_formula_and_breeders_equation_monte_carlo():
     assert abs((g[parents].mean() - predicted) / standard_error) < Z_LIMIT
 
 
+def test_inherit_log_variance_is_a_weighted_geometric_mean_times_the_error():
+    """ln v = ln v_prior + rho_v (ln v_data - ln v_prior) + mu; NaN rho_v is the linear move; the mean
+    moves with rho either way, and mu also scales the linear variance."""
+    prior_var, data_var, rho_v, mu = 2.0, 0.02, np.array([0.0, 0.3, 1.0, np.nan]), 0.4
+    result = inherit(1.0, prior_var, 3.0, data_var, fidelity=0.5, var_fidelity=rho_v, var_shift=mu)
+    log_move = np.log(prior_var) + rho_v[:3] * (np.log(data_var) - np.log(prior_var)) + mu
+    np.testing.assert_allclose(result.var[:3], np.exp(log_move), rtol=1e-14)
+    np.testing.assert_allclose(result.var[3], (prior_var + 0.5 * (data_var - prior_var)) * np.exp(mu), rtol=1e-14)
+    np.testing.assert_array_equal(result.mean, 2.0)
+    assert inherit(0.0, 1.5, 0.0, 0.7, fidelity=0.3, var_fidelity=None).var == inherit(0.0, 1.5, 0.0, 0.7,
+                                                                                        fidelity=0.3).var
+    # A collapsed data set pulls the variance to 0 unless rho_v = 0 (no NaN from 0 * log 0).
+    np.testing.assert_array_equal(inherit(0.0, 1.0, 0.0, 0.0, fidelity=1.0, var_fidelity=[0.0, 0.5]).var, [1.0, 0.0])
+    with pytest.raises(QTMError, match="var_fidelity"):
+        inherit(0.0, 1.0, 0.0, 1.0, fidelity=0.5, var_fidelity=1.5)
+    with pytest.raises(QTMError, match="var_shift"):
+        inherit(0.0, 1.0, 0.0, 1.0, fidelity=0.5, var_shift=np.inf)
+
+
 def test_add_mutation_monte_carlo():
     """Adding independent noise; 2 checks at |z| < 5, false-failure rate 1.2e-6."""
     rng = np.random.default_rng(16)
