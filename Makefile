@@ -50,11 +50,20 @@ figures: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python tools/cli_reference.py
 
-# Speed goals: each script prints its figure and the ratio to a baseline measured in the same run.
+# Speed goals: each script prints its figure and the ratio to a baseline measured in the same run. All CPU
+# benchmarks, in one results file per machine and day, with the load average before and after each script.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/moments_grid.py
-	$(BIN)/python benchmarks/particles_qg.py
-	$(BIN)/python benchmarks/particles_sampler.py
+	@mkdir -p benchmarks/results; \
+	cpu=$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$$//'); \
+	out=benchmarks/results/cpu_$$(date +%F)_$${cpu:-$$(hostname -s)}_$$(nproc)cores.txt; \
+	status=$$(mktemp); echo "make bench on $$(hostname), $$(date -u '+%F %T') UTC, $$(nproc) cores" > $$out; \
+	for script in moments_grid particles_qg particles_sampler tiny_chain scaling; do \
+	  args=; if [ $$script = scaling ]; then args="--plot docs/img/scaling.png"; fi; \
+	  { echo; echo "=== benchmarks/$$script.py ($$(date -u +%T) UTC), load average before: $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	    $(BIN)/python benchmarks/$$script.py $$args 2>&1; echo $$? > $$status; \
+	    echo "=== load average after: $$(cut -d' ' -f1-3 /proc/loadavg)"; } | tee -a $$out; \
+	  test "$$(cat $$status)" = 0 || { echo "benchmarks/$$script.py failed; output so far in $$out"; rm -f $$status; exit 1; }; \
+	done; rm -f $$status; echo "results: $$out"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

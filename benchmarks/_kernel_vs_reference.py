@@ -6,6 +6,7 @@ import os
 import time
 
 import numba
+from _memory import peak_line
 
 
 def print_machine() -> None:
@@ -30,7 +31,7 @@ def timed(call) -> tuple[float, float]:
 
 def report(*, fast: tuple[float, float], fast_work: float, slow: tuple[float, float], slow_work: float,
            unit: str) -> None:
-    """Print the CPU-time figures of both runs (``fast``, ``slow``: wall and CPU seconds) and the load after.
+    """Print the CPU-time figures of both runs (``fast``, ``slow``: wall and CPU seconds), load and peak memory.
 
     On a shared machine the wall-clock rates depend on the load; the CPU time each run used
     gives the rate that idle cores would reach (assuming perfect scaling over threads).
@@ -43,3 +44,4 @@ def report(*, fast: tuple[float, float], fast_work: float, slow: tuple[float, fl
           f"numpy {slow_cpu:.2f} s ({slow_per_cpu:.3g} per CPU-second); "
           f"idle-core ratio {threads * fast_per_cpu / slow_per_cpu:.1f}x")
     print(f"load after: {os.getloadavg()[0]:.2f}")
+    print(peak_line())

@@ -25,6 +25,7 @@ import time
 
 import numba
 import numpy as np
+from _memory import peak_line
 
 from qtm.gaussian import add_mutation, inherit, mix
 from qtm.recursion import _run_operators, simulate_moments
@@ -129,6 +130,8 @@ def main() -> None:
           f"-> engine is {naive_time / best:.3g}x faster")
     print(f"NumPy operators vectorised over the grid: {numpy_time:.3g} s extrapolated from {len(subset):,} "
           f"points -> engine is {numpy_time / best:.3g}x faster")
+    print(f"load after: {os.getloadavg()[0]:.1f}; {peak_line()} (engine and both baselines; benchmarks/scaling.py "
+          "measures the engine alone per size)")
 
 
 def _cpu_name() -> str:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _memory import peak_line
+
 GOAL_SECONDS = 600.0
 
 
@@ -71,6 +73,7 @@ def main() -> None:
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (1-minute), {load_after[2]:.1f} (15-minute)")
     print(f"{args.iterations}-iteration tiny chain on {args.data} incl. base training: {seconds:.0f} s "
           f"(iterations {per_iteration} s); ratio to the {GOAL_SECONDS:.0f} s goal {seconds / GOAL_SECONDS:.2f}")
+    print(peak_line())
 
 
 if __name__ == "__main__":
