@@ -57,6 +57,9 @@ PARTICLE_MODELS = ("sampler", "qg")
 RESAMPLING = ("multinomial", "systematic")
 #: Backends of the real chain.
 BACKENDS = ("tiny", "sd")
+#: The tiny backend's models (``chain.backends.tiny.PRESETS``) and caption encoders.
+TINY_PRESETS = ("digits8", "rgb16", "rgb32", "rgb64")
+TEXT_ENCODERS = ("hashed", "minilm")
 #: The scheduler's configuration (:meth:`qtm.solvers.SchedulerConfig.from_parameters`).
 SCHEDULER_PARAMETERS = ("scheduler", "beta_schedule", "timestep_spacing", "train_timesteps", "prediction_type",
                         "shift", "karras")
@@ -310,18 +313,24 @@ RUN_PARAMETERS: dict[str, Parameter] = _registry(
     Parameter("batch_size", "int", None, "Finetuning batch size.", low=1),
     Parameter("resolution", "int", None, "Image side in pixels.", low=1),
     Parameter("device", "text", None, "cpu, cuda or cuda:N (default: cuda when present)."),
+    Parameter("preset", "text", None,
+              "tiny: the model, which fixes the image side: digits8 (default; grey 8 px, base model learnt from the "
+              "digits) or rgb16, rgb32, rgb64 (RGB, base model learnt from --data).", choices=TINY_PRESETS),
+    Parameter("text_encoder", "text", None,
+              "tiny: caption encoder: hashed (digits8's, no download) or minilm (frozen all-MiniLM-L6-v2; "
+              "default of the rgb presets).", choices=TEXT_ENCODERS),
 )
 
 #: The parameters ``chain run`` takes, in order: what each iteration does, then the real chain's own.
 RUN_OPTIONS = ("data", "backend", "model", "iterations", "cfg", "schedule", "drop", "redifine", "finetune",
                "per_caption", "real_fraction", "steps", "sampler", "lora_rank", "full_finetune", "learning_rate",
-               "train_steps", "batch_size", "resolution", "seed", "device")
+               "train_steps", "batch_size", "resolution", "seed", "device", "preset", "text_encoder")
 
 #: ``chain run`` settings whose sensible value depends on the backend (None in the run's options means these).
 BACKEND_DEFAULTS = {
     "tiny": {
         "model": None, "steps": 25, "learning_rate": 1e-3, "train_steps": 150, "batch_size": 64,
-        "resolution": 8, "lora_rank": None,
+        "resolution": None, "lora_rank": None,
     },
     "sd": {
         "model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "steps": 50, "learning_rate": 1e-4,

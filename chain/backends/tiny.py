@@ -1,18 +1,28 @@
-"""The offline ``tiny`` backend: a small caption-conditioned pixel diffusion model that runs on a CPU.
+"""The offline ``tiny`` backend: small caption-conditioned pixel diffusion models that run on a CPU.
 
-The model is a diffusers :class:`~diffusers.UNet2DModel` (grey images, by default
-8×8, the digits' own resolution) whose class embedding is fed by a tiny "text encoder": each word of the
-caption is hashed into one of ``vocabulary`` buckets and the bucket embeddings are
-averaged (:class:`torch.nn.EmbeddingBag`). The empty prompt has no words and so
-maps to the zero vector, the null condition: condition-drop finetuning and the
+One model family, chosen by a preset (:data:`PRESETS`, ``chain run --preset``):
+
+``digits8`` (the default)
+    A diffusers :class:`~diffusers.UNet2DModel` on grey 8×8 images whose class embedding
+    is fed by the hashed-word encoder (:class:`chain.text_encoders.HashTextEncoder`: each
+    word hashed into one of ``vocabulary`` buckets, the bucket embeddings averaged). Its
+    base model is trained on scikit-learn's handwritten digits, captioned like
+    ``"a handwritten digit seven"``, whatever the run's data.
+``rgb16``, ``rgb32``, ``rgb64``
+    A :class:`~diffusers.UNet2DConditionModel` on RGB images of that side, on pixel
+    patches (:func:`torch.nn.functional.pixel_unshuffle`) so that its top level runs at
+    16×16, with self- and cross-attention only at its lowest resolutions. The caption's
+    per-token states are the cross-attention context and its pooled vector the class
+    embedding; they come from the frozen MiniLM (``--text-encoder minilm``, the default
+    here) or from hashed words (``hashed``, no download). Its base model is trained on the
+    run's own data set.
+
+The empty prompt is the null condition: condition-drop finetuning and the
 unconditional branch of classifier-free guidance use the very same input, as in
-Stable Diffusion.
-
-The base ("pretrained") model is trained once from scratch on scikit-learn's
-handwritten digits with captions such as ``"a handwritten digit seven"``, with the
-condition dropped at random so that the unconditional branch exists, and cached
+Stable Diffusion. The base ("pretrained") model is trained once from scratch, with
+the condition dropped at random so that the unconditional branch exists, and cached
 on disk under ``$CHAIN_TINY_CACHE`` (default ``~/.cache/chain-of-diffusion``),
-keyed by a hash of its configuration.
+keyed by a hash of its configuration (and of its training data's content).
 
 Everything runs deterministically on the CPU: each phase seeds its own
 generators, so the same seeds give the same weights and images bit for bit, and
@@ -24,12 +34,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
-import re
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,15 +48,22 @@ from torch import nn
 
 from chain.backends.base import Backend, FinetuneResult, Progress
 from chain.errors import ChainError
+from chain.text_encoders import (
+    TEXT_ENCODERS,
+    HashTextEncoder,
+    MiniLMEncoder,
+    caption_words,  # noqa: F401 - where the tiny model's users have always found it
+)
 from qtm.io import atomic_path
-from qtm.params import BACKEND_DEFAULTS, FINETUNE_STARTS, NETWORK_SAMPLERS, effective_eta
+from qtm.params import BACKEND_DEFAULTS, FINETUNE_STARTS, NETWORK_SAMPLERS, TINY_PRESETS, effective_eta
 from qtm.schedules import CFGSchedule
 from qtm.validation import check_choice, check_int, check_positive, check_unit_interval
 
 _DEFAULTS = BACKEND_DEFAULTS["tiny"]
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_WORD = re.compile(r"[a-z0-9]+")
 _WEIGHTS_FILE = "model.pt"
+#: ``base_data`` of the digits: scikit-learn's 1797 digits at the model's resolution.
+DIGITS_BASE = "digits"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +85,92 @@ class TinyConfig:
     base_learning_rate: float = 2e-3
     base_drop: float = 0.15
     base_seed: int = 0
+    #: Colour channels of the images (1 grey, 3 RGB).
+    image_channels: int = 1
+    #: One flag per UNet level: self- and cross-attention there. Empty: the digits design, the
+    #: caption's average embedding as the class embedding and self-attention in the middle block only.
+    cross_attention: tuple[bool, ...] = ()
+    #: Side of the pixel patches the UNet sees as channels (its top level runs at resolution / patch).
+    patch: int = 1
+    layers_per_block: int = 1
+    text_encoder: str = "hashed"
+    #: Tokens of the cross-attention context (longer captions are cut).
+    context_length: int = 16
+    #: What the base model learns from: ``"digits"`` or a ``--data`` spec (:func:`chain.data.load_dataset`).
+    base_data: str = DIGITS_BASE
 
     def key(self) -> str:
-        """A short hash of the configuration, the name of the cached base model."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A short hash of the configuration, the name of the cached base model.
+
+        Fields added after the first release count only where they differ from their
+        default, so that the digits model keeps the name of its cached base.
+        """
+        defaults = dataclasses.asdict(TinyConfig())
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k in _FIRST_FIELDS or v != defaults[k]}
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+_FIRST_FIELDS = ("resolution", "channels", "vocabulary", "num_train_timesteps", "base_train_steps",
+                 "base_batch_size", "base_learning_rate", "base_drop", "base_seed")
+
+#: The RGB design at 16 and 32 px: its top level runs at 16×16, attention only at 4×4 (chosen by measurement,
+#: see benchmarks/rgb_chain.py).
+_RGB = {"channels": (24, 48, 96), "cross_attention": (False, False, True), "base_train_steps": 2000,
+        "base_batch_size": 32, "base_learning_rate": 1e-3}
+
+#: The presets of ``chain run --preset`` (:data:`qtm.params.TINY_PRESETS`): the settings each changes from
+#: :class:`TinyConfig`'s defaults.
+PRESETS: dict[str, dict] = {
+    "digits8": {},
+    "rgb16": {"resolution": 16, "image_channels": 3, "patch": 1, **_RGB},
+    "rgb32": {"resolution": 32, "image_channels": 3, "patch": 2, **_RGB},
+    "rgb64": {"resolution": 64, "image_channels": 3, "patch": 2, "channels": (32, 64, 128, 128),
+              "cross_attention": (False, False, True, True), "base_train_steps": 4000},
+}
+DEFAULT_PRESET = "digits8"
+
+
+def preset_config(
+    preset: str | None = None,
+    *,
+    text_encoder: str | None = None,
+    resolution: int | None = None,
+    data: str | None = None,
+    **overrides,
+) -> TinyConfig:
+    """The configuration of a preset: the rule that ties it to ``--resolution``, ``--text-encoder`` and ``--data``.
+
+    The preset fixes the image side; ``resolution`` may be left out (None) or must equal
+    it, and images of another size are resized to it. ``digits8`` reads captions with
+    the hashed encoder and learns its base model from the digits; the RGB presets read
+    them with ``text_encoder`` (default ``minilm``) and learn it from ``data``.
+    ``overrides`` change any other field (a smaller training budget in tests).
+
+    Examples
+    --------
+    >>> preset_config().key() == TinyConfig().key()
+    True
+    >>> config = preset_config("rgb32", text_encoder="hashed", data="emoji:32")
+    >>> config.resolution, config.image_channels, config.base_data
+    (32, 3, 'emoji:32')
+    >>> preset_config("rgb32", resolution=16)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    chain.errors.ChainError: --resolution 16 does not match --preset rgb32 (32 px); leave out --resolution ...
+    """
+    name = check_choice(preset or DEFAULT_PRESET, "--preset", TINY_PRESETS)
+    config = dataclasses.replace(TinyConfig(), **PRESETS[name])
+    if resolution is not None and resolution != config.resolution:
+        raise ChainError(f"--resolution {resolution} does not match --preset {name} ({config.resolution} px); "
+                         "leave out --resolution or choose the preset of that size")
+    if not config.cross_attention:
+        if text_encoder not in (None, "hashed"):
+            raise ChainError(f"--preset {name} reads captions with the hashed encoder; "
+                             f"--text-encoder {text_encoder} needs an rgb preset")
+        return dataclasses.replace(config, **overrides)
+    encoder = check_choice(text_encoder or "minilm", "--text-encoder", TEXT_ENCODERS)
+    return dataclasses.replace(config, text_encoder=encoder, base_data=data or DIGITS_BASE, **overrides)
 
 
 def cache_dir() -> Path:
@@ -81,65 +178,75 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CHAIN_TINY_CACHE") or Path.home() / ".cache" / "chain-of-diffusion")
 
 
-def caption_words(caption: str) -> list[str]:
-    """The words of a caption as the tiny text encoder sees them (lower case, letters and digits).
-
-    Examples
-    --------
-    >>> caption_words("A handwritten digit Seven.")
-    ['a', 'handwritten', 'digit', 'seven']
-    """
-    return _WORD.findall(caption.lower())
-
-
-class HashTextEncoder(nn.Module):
-    """Average of hashed word embeddings; the empty prompt gives the zero vector (the null condition)."""
-
-    def __init__(self, vocabulary: int, dim: int):
-        super().__init__()
-        self.vocabulary = vocabulary
-        self.embedding = nn.EmbeddingBag(vocabulary, dim, mode="mean")
-
-    def forward(self, captions: Sequence[str]) -> torch.Tensor:
-        ids, offsets = [], []
-        for caption in captions:
-            offsets.append(len(ids))
-            ids.extend(zlib.crc32(word.encode()) % self.vocabulary for word in caption_words(caption))
-        device = self.embedding.weight.device
-        return self.embedding(
-            torch.tensor(ids, dtype=torch.long, device=device),
-            torch.tensor(offsets, dtype=torch.long, device=device),
-        )
-
-
 class TinyModel(nn.Module):
-    """UNet + hashed text encoder: ``model(x, t, captions)`` predicts the noise."""
+    """UNet + caption encoder: ``model(x, t, model.condition(captions))`` predicts the noise."""
 
     def __init__(self, config: TinyConfig):
         super().__init__()
-        from diffusers import UNet2DModel
-
+        self.config = config
         channels = tuple(config.channels)
-        # Self-attention only in the middle block, at the lowest resolution: at the top
-        # level it would dominate the CPU cost.
-        down = ("DownBlock2D",) * len(channels)
-        up = ("UpBlock2D",) * len(channels)
-        self.unet = UNet2DModel(
-            sample_size=config.resolution,
-            in_channels=1,
-            out_channels=1,
-            block_out_channels=channels,
-            down_block_types=down,
-            up_block_types=up,
-            layers_per_block=1,
-            norm_num_groups=8,
-            attention_head_dim=16,
-            class_embed_type="identity",
-        )
-        self.text = HashTextEncoder(config.vocabulary, channels[0] * 4)
+        if not config.cross_attention:
+            from diffusers import UNet2DModel
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, class_labels=condition).sample
+            # Self-attention only in the middle block, at the lowest resolution: at the top
+            # level it would dominate the CPU cost.
+            self.unet = UNet2DModel(
+                sample_size=config.resolution,
+                in_channels=config.image_channels,
+                out_channels=config.image_channels,
+                block_out_channels=channels,
+                down_block_types=("DownBlock2D",) * len(channels),
+                up_block_types=("UpBlock2D",) * len(channels),
+                layers_per_block=config.layers_per_block,
+                norm_num_groups=8,
+                attention_head_dim=16,
+                class_embed_type="identity",
+            )
+            self.text = HashTextEncoder(config.vocabulary, channels[0] * 4)
+            return
+        from diffusers import UNet2DConditionModel
+
+        if config.text_encoder == "minilm":
+            self.frozen_text = MiniLMEncoder(length=config.context_length)  # a plain attribute: never trained
+            dim = self.frozen_text.dim
+        else:
+            self.text = HashTextEncoder(config.vocabulary, channels[0] * 4)
+            dim = channels[0] * 4
+        if len(config.cross_attention) != len(channels):
+            raise ChainError(f"cross_attention needs one flag per UNet level, {len(channels)}; "
+                             f"got {config.cross_attention}")
+        pixels = config.image_channels * config.patch**2
+        self.unet = UNet2DConditionModel(
+            sample_size=config.resolution // config.patch,
+            in_channels=pixels,
+            out_channels=pixels,
+            block_out_channels=channels,
+            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.cross_attention),
+            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in config.cross_attention[::-1]),
+            layers_per_block=config.layers_per_block,
+            norm_num_groups=8,
+            attention_head_dim=4,  # diffusers reads this as the number of heads
+            cross_attention_dim=dim,
+            class_embed_type="projection",
+            projection_class_embeddings_input_dim=dim,
+        )
+
+    def condition(self, captions: Sequence[str]) -> tuple[torch.Tensor, ...]:
+        """What the UNet reads of ``captions``: ``(embedding,)`` or ``(context, pooled)``; cat-able along batch."""
+        if not self.config.cross_attention:
+            return (self.text(captions),)
+        if self.config.text_encoder == "minilm":
+            return self.frozen_text.encode(captions, device=self.unet.device)
+        return self.text.encode(captions, length=self.config.context_length)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if not self.config.cross_attention:
+            return self.unet(x, t, class_labels=condition[0]).sample
+        context, pooled = condition
+        patch = self.config.patch
+        x = nn.functional.pixel_unshuffle(x, patch) if patch > 1 else x
+        out = self.unet(x, t, encoder_hidden_states=context, class_labels=pooled).sample
+        return nn.functional.pixel_shuffle(out, patch) if patch > 1 else out
 
 
 def digits_arrays(*, resolution: int) -> tuple[np.ndarray, list[str]]:
@@ -161,25 +268,28 @@ def digits_arrays(*, resolution: int) -> tuple[np.ndarray, list[str]]:
     return images[:, 0].clamp(0, 1).numpy(), captions
 
 
-def images_to_tensor(images: Sequence, resolution: int) -> torch.Tensor:
-    """PIL images -> grey ``(N, 1, R, R)`` tensor in [-1, 1] (resized if needed)."""
+def images_to_tensor(images: Sequence, resolution: int, *, channels: int = 1) -> torch.Tensor:
+    """PIL images -> grey ``(N, 1, R, R)`` or RGB ``(N, 3, R, R)`` tensor in [-1, 1] (resized if needed)."""
     from PIL import Image
 
     arrays = []
     for image in images:
-        grey = image.convert("L")
-        if grey.size != (resolution, resolution):
-            grey = grey.resize((resolution, resolution), Image.BILINEAR)
-        arrays.append(np.asarray(grey, dtype=np.float32) / 127.5 - 1.0)
-    return torch.from_numpy(np.stack(arrays))[:, None]
+        converted = image.convert("L" if channels == 1 else "RGB")
+        if converted.size != (resolution, resolution):
+            converted = converted.resize((resolution, resolution), Image.BILINEAR)
+        arrays.append(np.asarray(converted, dtype=np.float32) / 127.5 - 1.0)
+    stacked = torch.from_numpy(np.stack(arrays))
+    return stacked[:, None] if channels == 1 else stacked.permute(0, 3, 1, 2).contiguous()
 
 
 def tensor_to_images(x: torch.Tensor) -> list:
-    """``(N, 1, R, R)`` tensor in [-1, 1] -> grey PIL images."""
+    """``(N, 1, R, R)`` or ``(N, 3, R, R)`` tensor in [-1, 1] -> grey or RGB PIL images."""
     from PIL import Image
 
-    pixels = ((x[:, 0].clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
-    return [Image.fromarray(p, mode="L") for p in pixels]
+    pixels = ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu()
+    if x.shape[1] == 1:
+        return [Image.fromarray(p, mode="L") for p in pixels[:, 0].numpy()]
+    return [Image.fromarray(p, mode="RGB") for p in pixels.permute(0, 2, 3, 1).numpy()]
 
 
 def train_diffusion(
@@ -220,7 +330,7 @@ def train_diffusion(
         noise = torch.randn(clean.shape, generator=generator)
         t = torch.randint(num_train_timesteps, (batch_size,), generator=generator)
         noisy = noise_scheduler.add_noise(clean, noise, t)
-        loss = nn.functional.mse_loss(model(noisy, t, model.text(text)), noise)
+        loss = nn.functional.mse_loss(model(noisy, t, model.condition(text)), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -243,6 +353,7 @@ def sample(
     sampler: str,
     num_train_timesteps: int,
     resolution: int,
+    channels: int = 1,
     batch_size: int = 256,
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -260,8 +371,9 @@ def sample(
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
         scheduler = make_sampler(num_train_timesteps)
         scheduler.set_timesteps(steps)
-        x = torch.stack([torch.randn((1, resolution, resolution), generator=g) for g in generators])
-        condition = torch.cat([model.text([""] * len(chunk)), model.text(chunk)])
+        x = torch.stack([torch.randn((channels, resolution, resolution), generator=g) for g in generators])
+        condition = tuple(torch.cat(pair) for pair in zip(model.condition([""] * len(chunk)), model.condition(chunk),
+                                                          strict=True))
         for k, t in enumerate(scheduler.timesteps):
             eps_u, eps_c = model(torch.cat([x, x]), t.expand(2 * len(chunk)), condition).chunk(2)
             eps = eps_u + float(scales[k]) * (eps_c - eps_u)
@@ -289,12 +401,13 @@ def make_sampler(num_train_timesteps: int):
 
 
 class TinyBackend(Backend):
-    """The tiny digits diffusion model behind the :class:`~chain.backends.base.Backend` interface.
+    """The tiny diffusion models behind the :class:`~chain.backends.base.Backend` interface.
 
     Parameters
     ----------
     config : TinyConfig, optional
-        Architecture and base training; the base model is trained once per config and cached.
+        Architecture and base training (:func:`preset_config`; default the ``digits8`` preset);
+        the base model is trained once per config (and training data) and cached.
     learning_rate, train_steps, batch_size : finetuning settings.
     lora_rank : None
         The tiny model is always finetuned fully; a LoRA rank is refused.
@@ -343,7 +456,7 @@ class TinyBackend(Backend):
         return {
             "name": self.name,
             "config": dataclasses.asdict(self.config),
-            "base_model": self.config.key(),
+            "base_model": base_model_path(self.config).stem,
             "finetune": "full",
         }
 
@@ -353,7 +466,7 @@ class TinyBackend(Backend):
         began = time.perf_counter()
         if start == "base":
             self.model.load_state_dict(self.base_state)
-        data = images_to_tensor(images, self.config.resolution).to(self.device)
+        data = images_to_tensor(images, self.config.resolution, channels=self.config.image_channels).to(self.device)
         with seeded_global_rng(seed):
             losses = train_diffusion(
                 self.model,
@@ -384,6 +497,7 @@ class TinyBackend(Backend):
             sampler=sampler,
             num_train_timesteps=self.config.num_train_timesteps,
             resolution=self.config.resolution,
+            channels=self.config.image_channels,
             progress=progress,
         )
         return tensor_to_images(x)
@@ -418,9 +532,33 @@ def pin_cpu() -> None:
     torch.set_num_threads(1)
 
 
+def base_model_path(config: TinyConfig) -> Path:
+    """The cache file of the base model: named by the config's key and, unless it learns from the digits,
+    by a hash of its training data's content (a folder's images can change under the same name)."""
+    if config.base_data == DIGITS_BASE:
+        return cache_dir() / f"tiny-{config.key()}.pt"
+    images, captions = base_training_set(config)
+    digest = hashlib.sha256(images.numpy().tobytes())
+    digest.update(json.dumps(captions).encode())
+    return cache_dir() / f"tiny-{config.key()}-{digest.hexdigest()[:12]}.pt"
+
+
+@functools.lru_cache(maxsize=2)
+def base_training_set(config: TinyConfig) -> tuple[torch.Tensor, list[str]]:
+    """The base model's training images, ``(N, C, R, R)`` in [-1, 1], and their captions (read once per config)."""
+    if config.base_data == DIGITS_BASE:
+        images, captions = digits_arrays(resolution=config.resolution)
+        data = torch.from_numpy(images)[:, None] * 2.0 - 1.0
+        return data.expand(-1, config.image_channels, -1, -1).contiguous(), captions
+    from chain.data import load_dataset
+
+    dataset = load_dataset(config.base_data)
+    return images_to_tensor(dataset.images, config.resolution, channels=config.image_channels), list(dataset.captions)
+
+
 def load_base_model(config: TinyConfig, *, progress: Progress | None = None) -> dict:
-    """The base model's state dict: read from the cache, or trained once on the digits and cached."""
-    path = cache_dir() / f"tiny-{config.key()}.pt"
+    """The base model's state dict: read from the cache, or trained once and cached."""
+    path = base_model_path(config)
     if path.exists():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -442,10 +580,9 @@ def save_state(state: dict, path: Path) -> None:
 
 
 def train_base_model(config: TinyConfig, *, progress: Progress | None = None) -> dict:
-    """Train the base model from scratch on all 1797 digits (deterministic for a given config)."""
+    """Train the base model from scratch on its data set, by default all 1797 digits (deterministic for a config)."""
     pin_cpu()
-    images, captions = digits_arrays(resolution=config.resolution)
-    data = torch.from_numpy(images)[:, None] * 2.0 - 1.0
+    data, captions = base_training_set(config)
     with seeded_global_rng(config.base_seed):
         model = TinyModel(config)
         train_diffusion(
