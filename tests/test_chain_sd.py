@@ -271,16 +271,16 @@ def test_drop_replaces_captions_by_the_empty_prompt(model_dir, images, monkeypat
     assert seen == [False] * 12
 
 
-@pytest.mark.parametrize("full", [False, True])
-def test_save_load_and_start_from_base(model_dir, images, tmp_path, full):
-    backend = _backend(model_dir, full_finetune=full)
+@pytest.mark.parametrize(("full", "optimise"), [(False, False), (True, False), (False, True), (True, True)])
+def test_save_load_and_start_from_base(model_dir, images, tmp_path, full, optimise):
+    backend = _backend(model_dir, full_finetune=full, optimise=optimise, compile_unet=False)
     first = backend.finetune(images, CAPTIONS, drop=0.2, start="base", seed=1)
     tuned = _generate(backend)
     info = backend.save_weights(tmp_path / "weights")
     assert info["kind"] == ("full" if full else "lora")
     assert not list((tmp_path / "weights").glob(".*"))
 
-    fresh = _backend(model_dir, full_finetune=full)
+    fresh = _backend(model_dir, full_finetune=full, optimise=optimise, compile_unet=False)
     fresh.load_weights(tmp_path / "weights")
     assert np.array_equal(_generate(fresh), tuned)
 

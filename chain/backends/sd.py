@@ -13,8 +13,8 @@ autocast. Samplers follow the project's convention: ``ddim`` is DDIM with eta 0,
 
 The optimised path (``optimise``, on by default on a GPU) uses what diffusers documents
 for speed: a compiled UNet (``torch.compile``; the pipeline loop and the CFG step
-callback stay in Python), channels-last weights, fused QKV projections with SDPA
-attention for generation; for finetuning, random numbers drawn on the device and a
+callback stay in Python), channels-last weights, fused QKV projections (LoRA only) with
+SDPA attention for generation; for finetuning, random numbers drawn on the device and a
 fused AdamW. Losses are read from the device once per :meth:`finetune` call on
 either path.
 """
@@ -22,6 +22,7 @@ either path.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -105,8 +106,8 @@ class StableDiffusionBackend(Backend):
         Use the optimised path (see the module docstring): on a GPU by default, off on a CPU, where
         the compiled UNet takes longer to build than a tiny chain takes to run.
     compile_unet : bool, optional
-        Compile the UNet on the optimised path (the default there); off leaves every other
-        optimisation on.
+        Compile the UNet on the optimised path (the default there, where triton is installed on a
+        GPU); off leaves every other optimisation on.
 
     Examples
     --------
@@ -145,7 +146,9 @@ class StableDiffusionBackend(Backend):
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
         self.optimise = self.device.type == "cuda" if optimise is None else bool(optimise)
-        self.compile_unet = self.optimise and (compile_unet is None or bool(compile_unet))
+        # torch.compile builds GPU kernels with triton; without it the optimised path runs uncompiled.
+        can_compile = self.device.type != "cuda" or importlib.util.find_spec("triton") is not None
+        self.compile_unet = self.optimise and (can_compile if compile_unet is None else bool(compile_unet))
 
         # A full finetune trains the UNet in fp32 (AdamW steps on bf16 weights round away), so it is
         # loaded in fp32 rather than rounded to bf16 first; autocast computes in the lower precision.
@@ -388,7 +391,9 @@ class StableDiffusionBackend(Backend):
             return tensors
 
         images = []
-        with self._fused_attention() if self.optimise else contextlib.nullcontext():
+        # Not for a full finetune: its state dict (saved, reset to the base model) must not gain the fused copies.
+        fuse = self.optimise and not self.full_finetune
+        with self._fused_attention() if fuse else contextlib.nullcontext():
             for first in range(0, len(captions), self.batch_size):
                 chunk = slice(first, first + self.batch_size)
                 generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
