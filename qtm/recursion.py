@@ -420,21 +420,23 @@ def _chain_kernel(
             f[j], mut[j] = _at(real_fraction, i), _at(mutation_var, i)
             rho_v[j], rho_vu[j] = _at(var_fidelity, i), _at(uncond_var_fidelity, i)
             factor_c[j], factor_u[j] = math.exp(_at(var_shift, i)), math.exp(_at(uncond_var_shift, i))
+        log_block = not np.all(np.isnan(rho_v))
         cm, cv, um, uv = base_cm.copy(), base_cv.copy(), base_um.copy(), base_uv.copy()
         dm, dv = real_m.copy(), real_v.copy()
         for t in range(n_iter):
             if not continue_:
                 cm[:], cv[:], um[:], uv[:] = base_cm, base_cv, base_um, base_uv
+            # A block without var_fidelity keeps the branch-free linear loop (bit for bit the engine
+            # before var_fidelity existed); the log-space move is a call of its own.
+            if log_block:
+                _inherit_variances(cv, uv, dv, rho, rho_u, rho_v, rho_vu)
+            else:
+                for j in range(_BLOCK):
+                    cv[j] += rho[j] * (dv[j] - cv[j])
+                    uv[j] += rho_u[j] * (dv[j] - uv[j])
             for j in range(_BLOCK):
                 cm[j] += rho[j] * (dm[j] - cm[j])
                 um[j] += rho_u[j] * (dm[j] - um[j])
-                # NaN rho_v: the linear move (bit for bit the engine before var_fidelity existed).
-                if math.isnan(rho_v[j]):
-                    cv[j] += rho[j] * (dv[j] - cv[j])
-                    uv[j] += rho_u[j] * (dv[j] - uv[j])
-                else:
-                    cv[j] = cv[j] ** (1.0 - rho_v[j]) * dv[j] ** rho_v[j]
-                    uv[j] = uv[j] ** (1.0 - rho_vu[j]) * dv[j] ** rho_vu[j]
                 cv[j] *= factor_c[j]
                 uv[j] *= factor_u[j]
                 m[j] = 0.0
@@ -465,6 +467,18 @@ def _chain_kernel(
                 gap = m[j] - real_m[j]
                 dv[j] = (1.0 - f[j]) * gen_v + f[j] * real_v[j] + f[j] * (1.0 - f[j]) * gap * gap
                 dm[j] = (1.0 - f[j]) * m[j] + f[j] * real_m[j]
+
+
+@njit(cache=True)
+def _inherit_variances(cv, uv, dv, rho, rho_u, rho_v, rho_vu):
+    """Both branches' variances finetuned in place: in log space where rho_v is given, linearly where it is NaN."""
+    for j in range(cv.size):
+        if math.isnan(rho_v[j]):
+            cv[j] += rho[j] * (dv[j] - cv[j])
+            uv[j] += rho_u[j] * (dv[j] - uv[j])
+        else:
+            cv[j] = cv[j] ** (1.0 - rho_v[j]) * dv[j] ** rho_v[j]
+            uv[j] = uv[j] ** (1.0 - rho_vu[j]) * dv[j] ** rho_vu[j]
 
 
 @njit(inline="always")
