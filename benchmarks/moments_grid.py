@@ -116,7 +116,10 @@ def main() -> None:
         **{k: np.array([v]) for k, v in MODEL.items()},
         "cfg": flat["cfg"][subset], "fidelity": flat["fidelity"][subset],
         "uncond_fidelity": flat["drop"][subset] * flat["fidelity"][subset],
-        "real_fraction": np.zeros(1), "mutation_var": np.zeros(1),
+        "real_fraction": np.zeros(1), "mutation": np.zeros(1),
+        # NaN variance fidelities: the linear move (no var_fidelity), as simulate_moments passes them.
+        "var_fidelity": np.full(1, np.nan), "uncond_var_fidelity": np.full(1, np.nan),
+        "var_shift": np.zeros(1), "uncond_var_shift": np.zeros(1),
     }  # fmt: skip
     numpy_mean, numpy_var = np.empty((len(subset), args.iterations)), np.empty((len(subset), args.iterations))
     start = time.perf_counter()
