@@ -5,24 +5,33 @@ The model is built from the published SD v1.5 component configs in
 values; the tokenizer is a small stand-in, prompts are still padded to 77 tokens),
 saved as a diffusers directory and loaded through the backend's real loading code.
 
-Measured in one run, on one device, in bf16:
+Measured in one run, on one device, in bf16 (fp32 on a CPU), each with its peak
+``torch.cuda.max_memory_allocated`` (and the memory already allocated when the case began):
 
-(a) images/s for 512x512 generation, CFG 7.5, 50 DDIM steps, through
-    ``StableDiffusionBackend.generate`` with a decaying (cosine) CFG schedule
-    applied per step by the step-end callback, against a plain
-    ``StableDiffusionPipeline`` call with default settings (its PNDM scheduler)
-    and the same plain call with the DDIM scheduler (same sampler: the ratio to
-    this one is the cost of the backend's machinery);
-(b) LoRA finetuning steps/s at batch 4 and 8 through ``StableDiffusionBackend.finetune``
-    (latents and text embeddings computed once per data set), against a
-    reference step written as diffusers' LoRA training example does it (VAE and
-    text encoder run at every step), on the same UNet and adapter.
+(a) images/s for 512x512 generation, CFG 7.5, 50 DDIM steps, batch 4: the backend's
+    optimised path (compiled UNet, channels-last, fused QKV, SDPA) with a decaying
+    (cosine) CFG schedule applied per step by the step-end callback, against a plain
+    ``StableDiffusionPipeline`` call with the same DDIM scheduler (constant CFG). The
+    first call's extra time (the UNet's compilation) is printed apart and amortised over
+    one chain iteration (``--chain-images`` images). Then the largest pixel difference
+    between the optimised backend and the plain pipeline from the same seeds (constant
+    CFG on both, so that the computations agree).
+(b) LoRA finetuning steps/s at batch 4 and 8: the backend's optimised path (compiled
+    UNet, draws on the device, fused AdamW, no per-step synchronisation; latents and
+    text embeddings computed once per data set) and its plain path, against a reference
+    step written as diffusers' LoRA training example takes it (VAE and text encoder at
+    every step, ``loss.item()`` each step) on the plain backend's uncompiled UNet and
+    adapter. Compilation is printed apart and amortised over one chain iteration
+    (``--chain-train-steps`` steps).
 
-``--tiny`` uses the tiny configs and a few steps so that the script can be checked on
-a CPU; its figures mean nothing. ``--chain-smoke`` instead runs a 2-iteration chain
-at 256 px through the backend (random weights: plumbing only, no image quality).
+``--part`` runs (a) or (b) alone (``benchmarks/gpu_check.sh`` gives each its own time
+limit). ``--tiny`` uses the tiny configs and a few steps so that the script can be
+checked on a CPU (there ``--compile auto`` leaves the UNet uncompiled: building it takes
+minutes on 2 cores); its figures mean nothing. ``--chain-smoke`` instead runs a
+2-iteration chain through the optimised backend (random weights: plumbing only) and
+says whether the second iteration had to compile anything again.
 
-Run: ``python benchmarks/sd_throughput.py [--tiny] [--json OUT.json]``.
+Run: ``python benchmarks/sd_throughput.py [--tiny] [--part generation|training] [--json OUT.json]``.
 """
 
 from __future__ import annotations
@@ -40,11 +49,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for folder in (REPO, HERE):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 import diffusers  # noqa: E402
+from _memory import peak_line  # noqa: E402
 from diffusers import (  # noqa: E402
     AutoencoderKL,
     DDIMScheduler,
@@ -90,15 +102,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(function, device, repeats: int) -> float:
-    """Seconds per call of ``function`` (after one untimed warm-up call)."""
+class _Memory:
+    """Peak GPU memory of one case: ``max_memory_allocated`` from its start, and what was allocated then."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.before = self.peak = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            _sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device) / 2**30
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            _sync(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+
+    def figures(self) -> dict:
+        return {} if self.peak is None else {"peak_gib": self.peak, "allocated_before_gib": self.before}
+
+
+def _timed(function, device, repeats: int) -> tuple[float, float]:
+    """Seconds of the first call (warm-up: compilation, caches) and per call of ``repeats`` further calls."""
+    began = time.perf_counter()
     function()
     _sync(device)
+    first = time.perf_counter() - began
     began = time.perf_counter()
     for _ in range(repeats):
         function()
     _sync(device)
-    return (time.perf_counter() - began) / repeats
+    return first, (time.perf_counter() - began) / repeats
 
 
 def _random_images(count: int, size: int, seed: int) -> list:
@@ -110,59 +147,89 @@ def _captions(count: int) -> list[str]:
     return [f"object {i}" for i in range(count)]
 
 
-def bench_generation(model_dir, backend, settings, device, dtype) -> dict:
-    batch, steps, cfg, repeats = settings["batch"], settings["steps"], settings["cfg"], settings["repeats"]
-    captions = _captions(batch)
-    backend.batch_size = batch
-    schedule = CFGSchedule.parse("cosine")
+def _pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
 
-    def ours():
-        backend.generate(captions, cfg=cfg, schedule=schedule, seeds=list(range(batch)), steps=steps, sampler="ddim")
+
+def bench_generation(model_dir, backend, settings, device, dtype) -> dict:
+    """(a): the optimised backend with the cosine schedule against the plain pipeline with DDIM."""
+    batch, steps, cfg, repeats = settings["batch"], settings["steps"], settings["cfg"], settings["repeats"]
+    captions, seeds = _captions(batch), list(range(batch))
+    backend.batch_size = batch
+    size = backend.resolution
 
     plain = StableDiffusionPipeline.from_pretrained(
         model_dir, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
     ).to(device)
-    plain.set_progress_bar_config(disable=True)
-    size = backend.resolution
-
-    def default_call():
-        plain(captions, height=size, width=size, num_inference_steps=steps, guidance_scale=cfg)
-
-    seconds = {
-        "backend_ddim_cosine": _timed(ours, device, repeats),
-        "plain_default": _timed(default_call, device, repeats),
-    }
     plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
-    seconds["plain_ddim"] = _timed(default_call, device, repeats)
-    return {name: batch / value for name, value in seconds.items()}
+    plain.set_progress_bar_config(disable=True)
 
+    def plain_call():
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        return plain(captions, height=size, width=size, num_inference_steps=steps, guidance_scale=cfg,
+                     generator=generators).images
 
-def bench_training(backend, settings, device) -> dict:
+    def ours(schedule="cosine"):
+        return backend.generate(captions, cfg=cfg, schedule=CFGSchedule.parse(schedule), seeds=seeds, steps=steps,
+                                sampler="ddim")
+
     results = {}
+    for name, call in (("plain_ddim", plain_call), ("backend_optimised_cosine", ours)):
+        with _Memory(device) as memory:
+            first, per_call = _timed(call, device, repeats)
+        results[name] = {"images_per_s": batch / per_call, "first_call_extra_s": max(first - per_call, 0.0),
+                         **memory.figures()}
+        print(f"    {name:26s} {batch / per_call:8.3f} images/s; first call {first - per_call:+.1f} s", flush=True)
+    # Constant CFG on both sides: the same computation, so any difference is the optimised path's own.
+    difference = np.abs(_pixels(ours("constant")) - _pixels(plain_call())).max()
+    results["max_pixel_difference"] = int(difference)
+    return results
+
+
+def bench_training(fast, plain, settings, device) -> dict:
+    """(b): the optimised and plain backends and the diffusers-example reference step, per batch size."""
+    results = {}
+    steps = settings["train_steps"]
+    for batch in settings["train_batches"]:
+        images = _random_images(2 * batch, fast.resolution, seed=batch)
+        captions = _captions(2 * batch)
+        row = {}
+        for name, backend in (("backend_optimised", fast), ("backend_plain", plain)):
+            row[name] = _backend_training(backend, images, captions, batch, steps, device)
+        with _Memory(device) as memory:
+            rate = _reference_lora_steps_per_s(plain, images, captions, steps, device)
+        row["reference"] = {"steps_per_s": rate, **memory.figures()}
+        results[batch] = row
+        line = ", ".join(f"{name} {figures['steps_per_s']:.3f}" for name, figures in row.items())
+        print(f"    batch {batch}: {line} steps/s", flush=True)
+    return results
+
+
+def _backend_training(backend, images, captions, batch, steps, device) -> dict:
+    """Steps/s of ``backend.finetune`` after a 3-step warm-up; the warm-up's extra time is the compilation."""
+    backend.batch_size = batch
     stamps = []
 
     def stamp(done, total):
-        _sync(device)
-        stamps.append(time.perf_counter())
+        # One synchronisation, after the first step: the steps after it run without any.
+        if done == 1:
+            _sync(device)
+            stamps.append(time.perf_counter())
 
-    for batch in settings["train_batches"]:
-        backend.batch_size = batch
-        images = _random_images(2 * batch, backend.resolution, seed=batch)
-        captions = _captions(2 * batch)
+    with _Memory(device) as memory:
         backend.train_steps = 3
-        backend.finetune(images, captions, drop=0.1, start="base", seed=0)
-        stamps.clear()
-        backend.train_steps = settings["train_steps"]
         began = time.perf_counter()
-        backend.finetune(images, captions, drop=0.1, start="previous", seed=1, progress=stamp)
-        whole = time.perf_counter() - began
-        ours = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-        reference = _reference_lora_steps_per_s(backend, images, captions, settings["train_steps"], device)
-        results[batch] = {"backend": ours, "backend_with_encoding": len(stamps) / whole, "reference": reference}
-        if device.type == "cuda":
-            results[batch]["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            torch.cuda.reset_peak_memory_stats(device)
-    return results
+        backend.finetune(images, captions, drop=0.1, start="base", seed=0)
+        _sync(device)
+        warm = time.perf_counter() - began
+        backend.train_steps = steps
+        began = time.perf_counter()
+        backend.finetune(images, captions, drop=0.1, start="continue", seed=1, progress=stamp)
+        _sync(device)
+        ended = time.perf_counter()
+    rate = (steps - 1) / (ended - stamps[0])
+    encoding = max((ended - began) - steps / rate, 0.0)
+    return {"steps_per_s": rate, "first_call_extra_s": max(warm - encoding - 3 / rate, 0.0), **memory.figures()}
 
 
 def _reference_lora_steps_per_s(backend, images, captions, steps, device) -> float:
@@ -196,7 +263,7 @@ def _reference_lora_steps_per_s(backend, images, captions, steps, device) -> flo
         loss.item()
 
     unet.train()
-    seconds = _timed(step, device, steps)
+    _, seconds = _timed(step, device, steps)
     unet.eval()
     return 1.0 / seconds
 
@@ -204,6 +271,8 @@ def _reference_lora_steps_per_s(backend, images, captions, steps, device) -> flo
 def chain_smoke(backend, settings) -> None:
     """Two chain iterations through the backend: finetune, generate, save, reload (random weights)."""
     print("== chain smoke test: PLUMBING ONLY (random weights; says nothing about images or collapse) ==")
+    from torch._dynamo.utils import counters
+
     count = settings["batch"] * 2
     captions = _captions(count)
     data = _random_images(count, backend.resolution, seed=7)
@@ -218,12 +287,14 @@ def chain_smoke(backend, settings) -> None:
             info = backend.save_weights(Path(tmp) / f"it{iteration}")
             print(f"iteration {iteration}: {len(result.losses)} steps, loss {result.losses[0]:.4f} -> "
                   f"{result.losses[-1]:.4f}, {len(images)} images {images[0].size}, weights {info['kind']}, "
-                  f"{time.perf_counter() - began:.1f} s")
+                  f"{time.perf_counter() - began:.1f} s; compiled graphs so far: "
+                  f"{counters['stats']['unique_graphs']}", flush=True)
             data = images
         backend.load_weights(Path(tmp) / "it0")
         again = backend.generate(captions[:1], cfg=7.5, schedule=schedule, seeds=[0], steps=settings["steps"],
                                  sampler="ddim")
-        print(f"reloaded iteration 0 weights and regenerated image 0: size {again[0].size}")
+        print(f"reloaded iteration 0 weights and regenerated image 0: size {again[0].size} (a batch of a new "
+              f"size: compiled graphs now {counters['stats']['unique_graphs']})")
     print("chain smoke test: OK")
 
 
@@ -243,16 +314,59 @@ def environment(device: torch.device) -> dict:
     return info
 
 
+def _report_generation(results, settings, size) -> None:
+    plain, ours = results["plain_ddim"], results["backend_optimised_cosine"]
+    print(f"(a) generation {size}x{size}, CFG {settings['cfg']}, {settings['steps']} DDIM steps, "
+          f"batch {settings['batch']}:")
+    for name in ("plain_ddim", "backend_optimised_cosine"):
+        figures = results[name]
+        memory = (f"; peak {figures['peak_gib']:.2f} GiB ({figures['allocated_before_gib']:.2f} allocated before)"
+                  if "peak_gib" in figures else "")
+        print(f"    {name:26s} {figures['images_per_s']:8.3f} images/s{memory}")
+    ratio = ours["images_per_s"] / plain["images_per_s"]
+    print(f"    ratio optimised backend (cosine schedule) / plain pipeline (DDIM) = {ratio:.3f} (goal >= 1.5)")
+    images = settings["chain_images"]
+    amortised = images / (images / ours["images_per_s"] + ours["first_call_extra_s"])
+    print(f"    compilation (first call's extra time) {ours['first_call_extra_s']:.1f} s; amortised over one chain "
+          f"iteration of {images} images: {amortised:.3f} images/s, ratio {amortised / plain['images_per_s']:.3f}")
+    print(f"    largest pixel difference, optimised backend vs plain pipeline, same seeds, constant CFG: "
+          f"{results['max_pixel_difference']}/255")
+
+
+def _report_training(results, settings, size) -> None:
+    print(f"(b) LoRA finetuning, rank {settings['rank']}, {size}x{size}, {settings['train_steps']} timed steps:")
+    for batch, row in results.items():
+        reference = row["reference"]["steps_per_s"]
+        for name, figures in row.items():
+            memory = (f"; peak {figures['peak_gib']:.2f} GiB ({figures['allocated_before_gib']:.2f} allocated "
+                      "before)" if "peak_gib" in figures else "")
+            print(f"    batch {batch} {name:18s} {figures['steps_per_s']:8.3f} steps/s "
+                  f"({figures['steps_per_s'] * batch:.1f} images/s), ratio to the reference "
+                  f"{figures['steps_per_s'] / reference:.3f}{memory}")
+        ours = row["backend_optimised"]
+        steps = settings["chain_train_steps"]
+        amortised = steps / (steps / ours["steps_per_s"] + ours["first_call_extra_s"])
+        print(f"    batch {batch}: compilation {ours['first_call_extra_s']:.1f} s; amortised over one chain "
+              f"iteration of {steps} steps: {amortised:.3f} steps/s, ratio to the reference "
+              f"{amortised / reference:.3f} (goal >= 1.5 without compilation)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny configs and few steps (a CPU check)")
-    parser.add_argument("--chain-smoke", action="store_true", help="run a 2-iteration chain at 256 px instead")
+    parser.add_argument("--chain-smoke", action="store_true", help="run a 2-iteration chain instead")
+    parser.add_argument("--part", choices=("all", "generation", "training"), default="all")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="compile the optimised backend's UNet (auto: on a GPU only)")
     parser.add_argument("--batch", type=int, default=4, help="images per generation call")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (50; 4 with --tiny)")
     parser.add_argument("--train-batches", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--train-steps", type=int, default=None, help="timed steps (20; 4 with --tiny)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
     parser.add_argument("--repeats", type=int, default=None, help="timed generation calls (3; 1 with --tiny)")
+    parser.add_argument("--chain-images", type=int, default=500, help="images of one chain iteration")
+    parser.add_argument("--chain-train-steps", type=int, default=100, help="finetuning steps of one chain iteration")
+    parser.add_argument("--resolution", type=int, default=None, help="image side (the model's own by default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="keep the random model here and reuse it if it is there (default: a temporary folder)")
@@ -261,7 +375,11 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.tiny:
         parser.error("the full-size benchmark needs a CUDA GPU; use --tiny to check the script on a CPU")
+    if device.type != "cuda":
+        # Tiny tensors: on a shared CPU, waking a second thread per operator costs more than it saves.
+        torch.set_num_threads(1)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    compile_unet = device.type == "cuda" if args.compile == "auto" else args.compile == "on"
     settings = {
         "batch": args.batch,
         "steps": args.steps or (4 if args.tiny else 50),
@@ -270,6 +388,9 @@ def main(argv=None) -> int:
         "train_batches": [2, 4] if args.tiny and args.train_batches == [4, 8] else args.train_batches,
         "train_steps": args.train_steps or (4 if args.tiny else 20),
         "rank": args.rank,
+        "compile_unet": compile_unet,
+        "chain_images": args.chain_images,
+        "chain_train_steps": args.chain_train_steps,
     }
     if args.chain_smoke and not args.tiny:
         settings["steps"] = args.steps or 20
@@ -277,44 +398,41 @@ def main(argv=None) -> int:
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     configs = CONFIGS / ("tiny" if args.tiny else "sd15")
     print(f"model: random weights from {configs.relative_to(REPO)}; dtype {str(dtype).removeprefix('torch.')}; "
-          f"settings {settings}")
+          f"settings {settings}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
         model_dir = args.model_dir or Path(tmp) / "model"
         if not (model_dir / "model_index.json").is_file():
             build_random_model(configs, model_dir, device=device, dtype=dtype)
-        resolution = 256 if args.chain_smoke and not args.tiny else None
-        backend = StableDiffusionBackend(
-            str(model_dir), lora_rank=args.rank, batch_size=args.batch, device=str(device),
-            dtype="bf16" if dtype == torch.bfloat16 else "fp32", resolution=resolution, learning_rate=1e-4,
-            train_steps=settings["train_steps"],
-        )
-        print(f"built and loaded in {time.perf_counter() - began:.1f} s; resolution {backend.resolution}")
-        if args.chain_smoke:
-            chain_smoke(backend, settings)
-            return 0
-        generation = bench_generation(model_dir, backend, settings, device, dtype)
-        training = bench_training(backend, settings, device)
 
-    size = backend.resolution
-    print(f"(a) generation {size}x{size}, CFG {settings['cfg']}, {settings['steps']} steps, batch {args.batch}:")
-    for name, rate in generation.items():
-        print(f"    {name:22s} {rate:8.3f} images/s")
-    print(f"    ratio backend / plain_ddim    = {generation['backend_ddim_cosine'] / generation['plain_ddim']:.3f}")
-    print(f"    ratio backend / plain_default = {generation['backend_ddim_cosine'] / generation['plain_default']:.3f}")
-    print(f"(b) LoRA finetuning, rank {args.rank}, {size}x{size}:")
-    for batch, rates in training.items():
-        memory = f", peak {rates['peak_gib']:.1f} GiB" if "peak_gib" in rates else ""
-        print(f"    batch {batch}: backend {rates['backend']:.3f} steps/s "
-              f"({rates['backend'] * batch:.1f} images/s; {rates['backend_with_encoding']:.3f} steps/s with the "
-              f"one-time encoding), reference {rates['reference']:.3f} steps/s, "
-              f"ratio {rates['backend'] / rates['reference']:.3f}{memory}")
+        def backend(optimise):
+            return StableDiffusionBackend(
+                str(model_dir), lora_rank=args.rank, batch_size=args.batch, device=str(device),
+                dtype="bf16" if dtype == torch.bfloat16 else "fp32", resolution=args.resolution,
+                learning_rate=1e-4, train_steps=settings["train_steps"], optimise=optimise, compile_unet=compile_unet,
+            )
+
+        fast = backend(True)
+        size = fast.resolution
+        print(f"built and loaded in {time.perf_counter() - began:.1f} s; resolution {size}", flush=True)
+        if args.chain_smoke:
+            chain_smoke(fast, settings)
+            print(peak_line())
+            return 0
+        figures = {}
+        if args.part in ("all", "generation"):
+            figures["generation"] = bench_generation(model_dir, fast, settings, device, dtype)
+            _report_generation(figures["generation"], settings, size)
+        if args.part in ("all", "training"):
+            figures["training"] = bench_training(fast, backend(False), settings, device)
+            _report_training(figures["training"], settings, size)
+
     if args.tiny:
         print("(--tiny: tiny configs; these figures check the script, they measure nothing)")
+    print(peak_line())
     if args.json:
-        args.json.write_text(json.dumps({"environment": env, "settings": settings, "generation_images_per_s":
-                                         generation, "training_steps_per_s": training}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"environment": env, "settings": settings, **figures}, indent=2) + "\n")
     return 0
 
 
