@@ -24,13 +24,22 @@ import numpy as np
 import typer
 
 from qtm.cli_options import parameter_options
+from qtm.errors import QTMError
 from qtm.grid import load_config, merge_options, parse_numbers
-from qtm.params import ALL_PARAMETERS, DEFAULT_SWEEP, GRID_PARAMETERS, MODEL_PARAMETERS, Parameter
+from qtm.params import (
+    ALL_PARAMETERS,
+    DEFAULT_SWEEP,
+    GRID_PARAMETERS,
+    MODEL_PARAMETERS,
+    SCHEDULER_PARAMETERS,
+    Parameter,
+)
 from qtm.simulate import ENGINE, PARTICLE_ONLY, build_grid, simulate_grid
 
 OUT = Parameter("out", "text", "runs/qtm-simulate.parquet", "Output table (.parquet, .csv).")
 #: The options of ``qtm simulate`` and of its ``--config`` files, by name.
 OPTIONS = {"engine": ENGINE, **{name: ALL_PARAMETERS[name] for name in (*GRID_PARAMETERS, *MODEL_PARAMETERS)},
+           **{name: ALL_PARAMETERS[name] for name in SCHEDULER_PARAMETERS},
            "population": ALL_PARAMETERS["population"], **{name: ALL_PARAMETERS[name] for name in PARTICLE_ONLY},
            "out": OUT}
 #: Collapse: the variance falls below this fraction of the real data's.
@@ -56,14 +65,16 @@ def simulate(
                                if options[name] is not None})
     population = _single_int(options, "population")
     particle_options = {name: _single(options, name) for name in PARTICLE_ONLY}
+    scheduler = {name: _single(options, name) for name in SCHEDULER_PARAMETERS}
     if engine == "moments":
-        table = simulate_grid(points, axes, population=population, particle_options=particle_options, out=out_path)
+        table = simulate_grid(points, axes, population=population, scheduler=scheduler,
+                              particle_options=particle_options, out=out_path)
     else:
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
             task = bar.add_task("grid points", total=len(points))
-            table = simulate_grid(points, axes, engine="particles", population=population,
+            table = simulate_grid(points, axes, engine="particles", population=population, scheduler=scheduler,
                                   particle_options=particle_options, out=out_path,
                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
     _print_summary(table.frame, points, axes, engine, out_path)
@@ -74,8 +85,15 @@ def _single(options: dict, name: str):
     p = OPTIONS[name]
     if options[name] is None:
         return None
+    if p.kind == "flag":
+        return p.check(options[name], label=p.flag)
     if p.kind == "text":
         return p.check(str(options[name]), label=p.flag)
+    if p.kind == "float":
+        values = parse_numbers(options[name], name=name)
+        if len(values) != 1:
+            raise QTMError(f"{p.flag} takes one value, got {len(values)}")
+        return float(p.check(values[0], label=p.flag))
     return _single_int(options, name)
 
 
@@ -84,7 +102,7 @@ def _single_int(options: dict, name: str) -> int | None:
         return None
     values = parse_numbers(options[name], name=name, integer=True)
     if len(values) != 1:
-        raise typer.BadParameter(f"takes one value, got {len(values)}", param_hint=OPTIONS[name].flag)
+        raise QTMError(f"{OPTIONS[name].flag} takes one value, got {len(values)}")
     return OPTIONS[name].check(values[0], label=OPTIONS[name].flag)
 
 

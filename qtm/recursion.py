@@ -62,10 +62,10 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from qtm.diffusion import DiffusionConfig
 from qtm.params import PARAMETERS, default_uncond_fidelity, effective_eta, uncond_share
 from qtm.sampler_map import step_coefficients
 from qtm.schedules import CFGSchedule
+from qtm.solvers import SchedulerConfig
 from qtm.validation import check_unit_interval
 
 
@@ -110,7 +110,7 @@ def simulate_moments(
     var_fidelity=None,
     var_shift=0.0,
     process_noise=0.0,
-    config: DiffusionConfig | None = None,
+    scheduler: SchedulerConfig | str | None = None,
 ) -> ChainTrajectory:
     """Iterate the chain on expected moments, for every point of a broadcast parameter grid.
 
@@ -137,8 +137,7 @@ def simulate_moments(
     real_fraction : float or array in [0, 1]
         Share of real data mixed into each data set ``D_{t+1}``.
     sampler : str (:data:`qtm.params.SAMPLERS`) or array of them
-        See :func:`qtm.sampler_map.guided_moments` (``ddpm`` ignores ``eta``; samplers other
-        than DDIM and DDPM take SD v1.5's scheduler and ignore ``config``).
+        See :func:`qtm.sampler_map.guided_moments` (``ddpm`` ignores ``eta``).
     steps : int or array of int
         Sampler steps K.
     eta : float or array in [0, 1]
@@ -159,8 +158,9 @@ def simulate_moments(
     process_noise : float or array >= 0
         SD of finetuning's noise on the model's mean. Checked, but it does not change the
         expected moments this engine computes (see the module's docstring).
-    config : DiffusionConfig, optional
-        Scheduler conventions; SD v1.5's by default.
+    scheduler : qtm.solvers.SchedulerConfig or preset name, optional
+        The noise scheduler every sampler steps with (diffusers' conventions; SD v1.5's by
+        default, :meth:`qtm.solvers.SchedulerConfig.from_parameters` builds one from the parameters).
 
     Returns
     -------
@@ -209,7 +209,7 @@ def simulate_moments(
         for value in np.unique(categorical[name]):
             PARAMETERS[name].check(value.item() if hasattr(value, "item") else value)
     schedules = {str(s): CFGSchedule.parse(str(s)) for s in np.unique(categorical["schedule"])}
-    config = DiffusionConfig() if config is None else config
+    scheduler = SchedulerConfig.parse(scheduler)
 
     shapes = [a.shape for a in numeric.values()] + [a.shape for a in categorical.values()]
     shape = np.broadcast_shapes(*shapes)
@@ -228,7 +228,7 @@ def simulate_moments(
             steps=int(num_steps),
             eta=float(eta_value),
             population=population,
-            config=config,
+            scheduler=scheduler,
         )
         runner = _run_kernel if sampler_name in _KERNEL_SAMPLERS else _run_operators
         if index is None:
@@ -324,7 +324,7 @@ def _flat(values: np.ndarray, shape: tuple, index) -> np.ndarray:
     return np.require(flat, dtype=np.float64, requirements=["C", "W"])
 
 
-def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, population, config, out, **p):
+def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, population, scheduler, out, **p):
     """The recursion written with the :mod:`qtm.gaussian` operators, vectorised over the points.
 
     Writes the moments of each point and iteration into ``out = (mean, var)``, arrays of
@@ -345,7 +345,7 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
                          var_shift=p["uncond_var_shift"])
         generated = guided_moments(
             *cond, *uncond, cfg=p["cfg"], schedule=schedule, sampler=sampler, steps=steps, eta=eta,
-            config=config,
+            scheduler=scheduler,
         )
         generated = add_mutation(*generated, mutation_var=p["mutation"])
         mean[:, t], var[:, t] = generated
@@ -354,9 +354,9 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
         data = mix(*generated, *real, rate=p["real_fraction"])
 
 
-def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, population, config, out, **p):
+def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, population, scheduler, out, **p):
     """The DDIM/DDPM recursion through the fused Numba kernel, written into ``out = (mean, var)``."""
-    coef = step_coefficients(steps, eta=effective_eta(sampler, eta), config=config)
+    coef = step_coefficients(steps, eta=effective_eta(sampler, eta), config=scheduler.diffusion_config(sampler))
     # Every schedule is affine in the peak scale (scale_k = slope_k * cfg + offset_k), which lets
     # each point compute its own scales without a (points x steps) table.
     offset = schedule.scales(0.0, steps, alphas_cumprod=coef.abar_t)

@@ -13,6 +13,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +24,7 @@ from qtm.errors import QTMError
 from qtm.grid import grid_frame, parse_axes, parse_numbers, parse_strings
 from qtm.params import GRID_PARAMETERS, MODEL_PARAMETERS, PARAMETERS, Parameter
 from qtm.provenance import provenance
+from qtm.solvers import SchedulerConfig
 
 ENGINES = ("moments", "particles")
 #: The engine is an option of a sweep, not of the chain: it lives beside the parameter model, in its form.
@@ -79,7 +81,8 @@ def build_grid(options: Mapping[str, object]):
 
 
 def simulate_grid(points, axes: Mapping[str, np.ndarray], *, engine: str = "moments", population: int | None = None,
-                  particle_options: Mapping[str, object] | None = None, out=None, progress=None) -> SimulationTable:
+                  scheduler: Mapping[str, object] | None = None, particle_options: Mapping[str, object] | None = None,
+                  out=None, progress=None) -> SimulationTable:
     """Run the chain at every grid point with one engine; optionally write the table with its provenance.
 
     Parameters
@@ -93,6 +96,9 @@ def simulate_grid(points, axes: Mapping[str, np.ndarray], *, engine: str = "mome
         (:func:`qtm.particles.sweep.simulate_particles`, which needs ``out``: it streams its rows).
     population : int, optional
         Images per iteration (moments: the expected finite-N refit; particles: default 1000).
+    scheduler : mapping, optional
+        The scheduler's parameters (:data:`qtm.params.SCHEDULER_PARAMETERS`; SD v1.5 by default).
+        The particle engine samples with SD v1.5's scheduler only.
     particle_options : mapping, optional
         The particle engine's own options (:data:`PARTICLE_ONLY`).
     out : path, optional
@@ -102,17 +108,22 @@ def simulate_grid(points, axes: Mapping[str, np.ndarray], *, engine: str = "mome
     """
     engine = ENGINE.check(engine)
     particle_options = {k: v for k, v in dict(particle_options or {}).items() if v is not None}
+    scheduler = {k: v for k, v in dict(scheduler or {}).items() if v is not None and v != PARAMETERS[k].default}
     if engine == "moments":
         if particle_options:
-            raise QTMError(f"--{next(iter(particle_options)).replace('_', '-')} applies to --engine particles only")
-        return _moments_table(points, axes, population=PARAMETERS["population"].check(population), out=out)
+            raise QTMError(f"{PARAMETERS[next(iter(particle_options))].flag} applies to --engine particles only")
+        return _moments_table(points, axes, population=PARAMETERS["population"].check(population),
+                              scheduler=SchedulerConfig.from_parameters(**scheduler), out=out)
+    if scheduler:
+        raise QTMError(f"{PARAMETERS[next(iter(scheduler))].flag} applies to --engine moments only; the particle "
+                       "engine samples with SD v1.5's scheduler")
     if out is None:
         raise QTMError("the particle engine streams its rows to a file; give an output path")
     return _particles_table(points, axes, population=population, options=particle_options, out=out,
                             progress=progress)
 
 
-def _moments_table(points, axes, *, population, out) -> SimulationTable:
+def _moments_table(points, axes, *, population, scheduler, out) -> SimulationTable:
     from qtm.io import write_table
     from qtm.recursion import simulate_moments
 
@@ -122,7 +133,7 @@ def _moments_table(points, axes, *, population, out) -> SimulationTable:
         **{name: values[None, :] for name, values in axes.items()},
         **{name: column[name] for name in GRID_PARAMETERS if name not in ("iterations", "steps", "uncond_fidelity")},
         uncond_fidelity=column["uncond_fidelity"].astype(float), steps=column["steps"].astype(int),
-        iterations=longest, population=population,
+        iterations=longest, population=population, scheduler=scheduler,
     )
     n_points, n_axes = trajectory.mean.shape[:2]
     point, axis, iteration = np.meshgrid(np.arange(n_points), np.arange(n_axes), np.arange(longest), indexing="ij")
@@ -140,6 +151,7 @@ def _moments_table(points, axes, *, population, out) -> SimulationTable:
         "grid": {name: _plain(points[name].unique()) for name in points.columns},
         "model": {name: values.tolist() for name, values in axes.items()},
         "population": population,
+        "scheduler": dataclasses.asdict(scheduler),
     }
     record = provenance(parameters)
     if out is not None:

@@ -34,7 +34,7 @@ def test_default_sweep_shows_collapse_and_redifine(monkeypatch, capsys, tmp_path
     table = pd.read_parquet(out)
     assert list(table.columns) == [
         "cfg", "schedule", "drop", "fidelity", "uncond_fidelity", "iterations", "finetune", "real_fraction",
-        "sampler", "steps", "eta", "mutation", "iteration", "axis", "mean", "var",
+        "sampler", "steps", "eta", "mutation", "var_fidelity", "var_shift", "process_noise", "iteration", "axis", "mean", "var",
     ]
     assert len(table) == 3 * 2 * 2 * 10
     final = table[table.iteration == 9].set_index(["cfg", "schedule", "drop"])["var"]
@@ -186,3 +186,27 @@ def test_map_bad_input(monkeypatch, capsys, args, pattern):
     status, _, stderr = run_qtm(monkeypatch, capsys, "map", *args)
     assert status == 2 and stderr.startswith("qtm: error: ") and stderr.count("\n") == 1
     assert pattern in stderr
+
+
+def test_simulate_takes_the_scheduler_and_every_solver(monkeypatch, capsys, tmp_path):
+    """The scheduler parameters reach the engine: a v-prediction preset gives the same law (the
+    prediction type never changes it) and trailing spacing a different one; a DPM-Solver++ grid runs."""
+    from qtm.solvers import SchedulerConfig
+
+    rows = {}
+    for name, extra in {"sd15": [], "sd21v": ["--scheduler", "sd21v"],
+                        "trailing": ["--timestep-spacing", "trailing"]}.items():
+        out = tmp_path / f"{name}.parquet"
+        status, _, _ = run_qtm(monkeypatch, capsys, "simulate", "--cfg", "3", "--schedule", "constant", "--drop", "0",
+                               "--sampler", "dpm++2m", "--steps", "10", "--iterations", "2", "--out", str(out), *extra)
+        assert status == 0
+        rows[name] = pd.read_parquet(out)["var"].to_numpy()
+    expected = simulate_moments(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=1.5, data_mean=1.0,
+                                data_var=1.0, cfg=3.0, fidelity=0.5, iterations=2, sampler="dpm++2m", steps=10,
+                                scheduler=SchedulerConfig.from_parameters(timestep_spacing="trailing")).var
+    np.testing.assert_allclose(rows["sd21v"], rows["sd15"], rtol=1e-9)
+    np.testing.assert_allclose(rows["trailing"], expected, rtol=1e-12)
+    assert not np.allclose(rows["trailing"], rows["sd15"])
+    status, _, stderr = run_qtm(monkeypatch, capsys, "simulate", "--engine", "particles", "--scheduler", "sd3",
+                                "--out", str(tmp_path / "p.parquet"))
+    assert status == 2 and "--scheduler applies to --engine moments only" in stderr

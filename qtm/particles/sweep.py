@@ -92,7 +92,9 @@ def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=Non
     tasks = _tasks(setups, opts)
     work = sum(_work(setups[p], count) for p, _, count in tasks)
     client, cluster = _connect(opts["cluster"], local=work > LOCAL_WORK_LIMIT and len(tasks) > 1)
-    record = provenance({"options": opts, "points": points.to_dict(orient="list")}, seed=opts["seed"])
+    # NaN marks a default in a grid column (e.g. uncond_fidelity); JSON has no NaN, so it is recorded as null.
+    listed = points.astype(object).where(points.notna(), None).to_dict(orient="list")
+    record = provenance({"options": opts, "points": listed}, seed=opts["seed"])
     try:
         # The table and its provenance appear together, once every row is written.
         with atomic_table(out, provenance=record) as tmp:
