@@ -78,7 +78,8 @@ def make_decomposition_samples(
     backend : chain.backends.base.Backend, optional
         Built from ``run.json`` with :func:`chain.runner.make_backend` by default.
     uncond : int, optional
-        Unconditional samples per iteration (default: as many as the iteration's images).
+        Unconditional samples per iteration (default: half as many as the iteration's images; they are pooled
+        over captions, so half suffices).
     finetune_noise : int
         K: also finetune K more models on the training set of ``noise_iteration`` and sample each at CFG 1.
     noise_iteration : int
@@ -104,6 +105,8 @@ def make_decomposition_samples(
     if finetune_noise and noise_iteration not in run.iterations:
         raise ChainError(f"--finetune-noise: iteration {noise_iteration} of {run.name} is not finished")
     params = run.params
+    if backend is None and "backend" not in params:
+        raise ChainError(f"{run.path / 'run.json'} names no backend; it was not written by `chain run`")
     seed = int(params.get("seed", 0) or 0)
     settings = {
         "steps": int(params.get("steps", 50) or 50),
@@ -131,7 +134,7 @@ def make_decomposition_samples(
             continue
         get_backend().load_weights(iteration_folder(run.path, t) / WEIGHTS_DIR)
         for kind in wanted:
-            prompts = list(images.captions) if kind == "cfg1" else [""] * (uncond or len(images))
+            prompts = list(images.captions) if kind == "cfg1" else [""] * (uncond or max(len(images) // 2, 2))
             seeds = sample_seeds(seed, t, _KIND_INDEX[kind], len(prompts))
             generated = backend.generate(prompts, seeds=seeds, progress=progress, **settings)
             _write_folder(samples_folder(run.path, t, kind), generated, prompts, seeds)

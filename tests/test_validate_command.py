@@ -106,8 +106,18 @@ def test_two_runs_one_report(tmp_path):
         assert f"({link})" in text, link
     assert "**stats**" in text and "iter-003 (running)" in text
     parameters = pd.read_csv(report / "parameters.csv")
-    assert set(parameters.loc[parameters["parameter"] == "w_eff", "cfg"]) == {1.0, 5.0}
-    assert result["fit"]["n_values"] == 2 * 2 * (4 + 3)  # (mean, log var) x axes x finished iterations
+    assert set(parameters.loc[parameters["parameter"] == "w_eff", "cfg"]) == {5.0}  # CFG-1 settings have w = 1
+    # (mean, log var) x axes x transitions (no real data: iteration 0 is the first state, not a transition)
+    assert result["fit"]["n_values"] == 2 * 2 * (3 + 2)
+    summary = json.loads((report / "fit.json").read_text())
+    assert summary["reduced_chi2"] == pytest.approx(result["fit"]["reduced_chi2"])
+    assert {p["parameter"] for p in summary["parameters"]} >= {"fidelity", "uncond_fidelity", "var_fidelity"}
+    assert all({"estimate", "lo", "hi"} <= set(p) for p in summary["parameters"])
+    held_out = summary["forecast"]["held_out"]
+    assert [(h["run"], h["iteration"]) for h in held_out] == [("cfg1", 2), ("cfg1", 3), ("cfg5", 2)]
+    assert all(h["measured_var"] > 0 and h["lo"] <= h["predicted_var"] <= h["hi"] for h in held_out)
+    assert 0 <= summary["forecast"]["forecast_caption_coverage"] <= 1
+    assert result["forecast"]["forecast_run_coverage"] == summary["forecast"]["forecast_run_coverage"]
     # A second call reuses the cache: no cache file is rewritten.
     cache = low / CACHE_FOLDER / "iter-000.stats.npy"
     stamp = cache.stat().st_mtime_ns
@@ -145,14 +155,14 @@ def test_two_captions_within_caption_statistics_and_fit(tmp_path):
     predictions = pd.read_csv(tmp_path / "r" / "predicted_vs_measured.csv")
     assert set(predictions["group"]) == set(TWO_CAPTIONS)
     parameters = pd.read_csv(tmp_path / "r" / "parameters.csv")
-    assert not parameters["parameter"].str.startswith(("uncond_", "cond_")).any()  # p_c, p_u measured per caption
-    # 2 runs x 2 captions x 4 iterations x 2 axes x (mean, log var)
-    assert result["fit"]["n_values"] == 2 * 2 * 4 * 2 * 2
+    assert not parameters["parameter"].str.endswith(("_mean", "_log_var")).any()  # p_c, p_u measured, not fitted
+    # 2 runs x 2 captions x 3 transitions x 2 axes x (mean, log var)
+    assert result["fit"]["n_values"] == 2 * 2 * 3 * 2 * 2
     text = (tmp_path / "r" / "report.md").read_text()
     assert "**within each caption** (2 captions" in text and "within_var_0" in text
 
     pooled = validate_runs([low, high], report=tmp_path / "p", axes=2, bootstrap=0, group="none", warn=messages.append)
-    assert pooled["group"] == "none" and pooled["fit"]["n_values"] == 2 * 4 * 2 * 2
+    assert pooled["group"] == "none" and pooled["fit"]["n_values"] == 2 * 3 * 2 * 2
     assert set(pd.read_csv(tmp_path / "p" / "statistics.csv")["caption"]) == {"(all)"}
     assert "pooled over 2 captions" in (tmp_path / "p" / "report.md").read_text()
 
@@ -215,7 +225,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
             "cannot load CLIP weights 'openai' for ViT-B-32",
         ),
     ):
-        done = chain_cli("validate", *args, "--report", tmp_path / "r")
+        done = chain_cli("validate", *args, "--no-decompose", "--report", tmp_path / "r")
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr
         assert done.stderr.strip().splitlines() == [f"chain: error: {done.stderr.split('error: ', 1)[1].strip()}"]
@@ -268,7 +278,8 @@ def test_a_real_tiny_run(tiny_run, tmp_path, embedder):
     assert set(stats["embedder"]) == {embedder}
     assert sorted(stats["iteration"].unique()) == [0, 1, 2]
     assert stats["n_images"].eq(16).all()
-    assert result["fit"] is not None and np.isfinite(result["fit"]["chi2"])
+    # No base-model reference points: the one-step fit has no prior to finetune from, and says so.
+    assert result["fit"] is None and any("fit skipped" in m and "--make-reference" in m for m in messages)
     assert f"**{embedder}**" in (tmp_path / embedder / "report.md").read_text()
 
 
@@ -287,7 +298,6 @@ def test_reference_points_from_the_base_model(tiny_run, tmp_path):
         report=tmp_path / "r",
         axes=2,
         bootstrap=0,
-        fit_mutation=True,
         prepare=lambda path: make_reference(path, backend=backend),  # what `chain validate --make-reference` does
         warn=messages.append,
     )
@@ -299,11 +309,83 @@ def test_reference_points_from_the_base_model(tiny_run, tmp_path):
     stats = pd.read_csv(tmp_path / "r" / "statistics.csv")
     assert set(stats["reference"]) == {"base model, CFG 1 (run)"}
     parameters = pd.read_csv(tmp_path / "r" / "parameters.csv")
-    assert not parameters["parameter"].str.startswith(("uncond_", "cond_")).any()  # measured, not fitted
-    assert set(parameters.loc[parameters["parameter"] == "mutation_var", "axis"]) == {0, 1}
+    assert {"var_shift", "uncond_fidelity", "w_eff"} <= set(parameters["parameter"])
     assert read_run(run).params["backend"] == "tiny"  # run.json's parameters win over its top-level entries
     assert np.isfinite(result["fit"]["chi2"])
     # Existing reference folders are kept as they are.
     stamp = (run / "reference" / "cond" / "000000.png").stat().st_mtime_ns
     make_reference(run, backend=backend)
     assert (run / "reference" / "cond" / "000000.png").stat().st_mtime_ns == stamp
+
+
+def add_samples(run, *, iterations, n, seed, captions, replicates=0):
+    """Decomposition samples as chain.decomposition_samples writes them: CFG 1 wider than the run's, uncond wider."""
+    rng = np.random.default_rng(seed)
+    for t in range(iterations):
+        samples = run / f"iter-{t:03d}" / "samples"
+        write_folder(samples / "cfg1", n=n, sd=0.2, rng=rng, status=None, captions=captions)
+        write_folder(samples / "uncond", n=n, sd=0.3, rng=rng, status=None, captions={"": 0.5})
+    for k in range(replicates):
+        write_folder(
+            run / "iter-000" / "samples" / f"replicate-{k:02d}", n=n, sd=0.2, rng=rng, status=None, captions=captions
+        )
+
+
+def test_decomposition_from_image_folders(tmp_path):
+    high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, captions=TWO_CAPTIONS, n=24)
+    add_samples(high, iterations=4, n=24, seed=3, captions=TWO_CAPTIONS, replicates=2)
+    low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, captions=TWO_CAPTIONS, n=24)
+    messages = []
+    validate_runs([high, low], report=tmp_path / "r", axes=2, bootstrap=20, warn=messages.append)
+    table = pd.read_csv(tmp_path / "r" / "decomposition.csv")
+    assert list(table.columns)[:9] == ["run", "cfg", "caption", "axis", "iteration", "quantity", "value", "lo", "hi"]
+    five = table[table["run"] == "cfg5"]
+    selection = five[five["quantity"] == "S_log_var"]
+    assert set(selection["caption"]) == set(TWO_CAPTIONS) and sorted(selection["iteration"].unique()) == [0, 1, 2, 3]
+    # The guided sets are narrower than the CFG-1 samples at every iteration (sd 0.15 * 0.6^t against 0.2).
+    assert (selection["value"] < 0).all()
+    assert set(five.loc[five["quantity"] == "R_mean", "iteration"]) == {0, 1, 2}
+    assert {"rho", "rho_v", "mu", "rho_u", "h2_mean", "uncond_drift_mean", "finetune_noise_excess"} <= set(
+        five["quantity"]
+    )
+    assert set(five.loc[five["quantity"].str.startswith("finetune_noise"), "iteration"]) == {0}
+    # The CFG-1 run is its own CFG-1 sample: zero selection, and a response all the same.
+    one = table[table["run"] == "cfg1"]
+    assert (one.loc[one["quantity"] == "S_mean", "value"] == 0).all() and (one["quantity"] == "R_mean").any()
+    assert (tmp_path / "r" / "breeders.png").stat().st_size > 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "breeder's equation" in text and "(decomposition.csv)" in text and "(breeders.png)" in text
+    without = validate_runs([high], report=tmp_path / "n", axes=2, bootstrap=0, decompose_runs=False, warn=print)
+    assert without["validation"].decomposition is None and not (tmp_path / "n" / "decomposition.csv").exists()
+
+
+def test_decomposition_samples_of_a_real_tiny_run(tiny_run, tmp_path):
+    import shutil
+
+    from chain.backends.tiny import TinyBackend
+    from chain.decomposition_samples import make_decomposition_samples
+    from chain.reference import make_reference
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    backend = TinyBackend(config=TINY_CONFIG, train_steps=5, batch_size=16)
+    made = {}
+
+    def prepare(path):  # what `chain validate --decompose --finetune-noise 2` does
+        make_reference(path, backend=backend)
+        made.update(make_decomposition_samples(path, backend=backend, finetune_noise=2))
+
+    validate_runs([run], report=tmp_path / "r", axes=2, bootstrap=10, prepare=prepare, warn=print)
+    assert made["images"] == 3 * (16 + 8) + 2 * 16 and made["finetunes"] == 2
+    for t in range(3):
+        for kind, count in (("cfg1", 16), ("uncond", 8)):
+            lines = (run / f"iter-{t:03d}" / "samples" / kind / "metadata.jsonl").read_text().splitlines()
+            assert len(lines) == count
+    assert len(list((run / "real").glob("*.png"))) == 16
+    assert not list(run.rglob(".*.part"))
+    table = pd.read_csv(tmp_path / "r" / "decomposition.csv")
+    assert 0 in set(table.loc[table["quantity"] == "rho", "iteration"])  # D_0 = the real data written to RUN/real
+    assert (table["quantity"] == "finetune_noise_mean").any()
+    # Resumed: nothing is generated twice.
+    again = make_decomposition_samples(run, backend=backend, finetune_noise=2)
+    assert again["images"] == 0 and again["finetunes"] == 0

@@ -3,17 +3,24 @@
 This module only parses the options, draws the progress bar, prints warnings and
 the summary; the work is :mod:`validate.pipeline`'s. Being a command-line module
 it may use ``chain``: ``--make-reference`` first generates the base model's missing
-reference folders with :func:`chain.reference.make_reference`.
+reference folders with :func:`chain.reference.make_reference`, and ``--decompose`` (the
+default) those and each iteration's CFG-1 and unconditional samples with
+:func:`chain.decomposition_samples.make_decomposition_samples` (``--finetune-noise K``: also
+K refinetunes of iteration 0's training set), timed and reported.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
 import typer
 
+from chain.decomposition_samples import make_decomposition_samples
+from chain.errors import ChainError
 from chain.reference import make_reference as generate_reference
+from qtm.rundir import read_run
 from validate.embedders import EMBEDDER_NAMES
 from validate.pipeline import validate_runs
 
@@ -33,11 +40,14 @@ def validate_command(
         help="caption: traits within each caption, fitted with per-caption p_c (default with several captions); "
         "none: pooled over captions.",
     ),
-    variance_only: bool = typer.Option(
-        False, "--variance-only", help="Fit the log variances only (the means are predicted, not fitted)."
+    decompose: bool = typer.Option(
+        True,
+        "--decompose/--no-decompose",
+        help="Selection, response and inheritance per iteration: first generate each finished iteration's missing "
+        "CFG-1 and unconditional samples (and the base-model reference points) into the run directory.",
     ),
-    fit_mutation: bool = typer.Option(
-        False, "--fit-mutation", help="Also fit a per-axis variance added each generation (finetuning error)."
+    finetune_noise: int = typer.Option(
+        0, help="K: also finetune K more models on iteration 0's training set and sample them (finetuning noise)."
     ),
     make_reference: bool = typer.Option(
         False, "--make-reference", help="First generate missing base-model reference points (RUN/reference/)."
@@ -59,6 +69,27 @@ def validate_command(
 
     def warn(message):
         console.print(f"chain: warning: {message}", highlight=False, markup=False, soft_wrap=True)
+
+    if finetune_noise and not decompose:
+        raise ChainError("--finetune-noise is part of the decomposition; leave out --no-decompose")
+    generation = {"images": 0, "seconds": 0.0, "finetunes": 0}
+
+    def prepare(path):
+        if not make_reference and "backend" not in read_run(path).params:
+            # Not a `chain run` directory (images from elsewhere): measure what is there, generate nothing.
+            warn(f"{Path(path).name}: run.json names no backend; no decomposition samples generated")
+            return
+        began = time.perf_counter()
+        generate_reference(path)
+        generation["seconds"] += time.perf_counter() - began
+        if decompose:
+            try:
+                made = make_decomposition_samples(path, finetune_noise=finetune_noise)
+            except ChainError as error:
+                warn(f"{Path(path).name}: no decomposition samples generated: {error}")
+                return
+            for key in generation:
+                generation[key] += made[key]
 
     columns = (
         TextColumn("[bold]embedding ({task.fields[what]})"),
@@ -91,11 +122,10 @@ def validate_command(
             real=real,
             bootstrap=bootstrap,
             seed=seed,
-            prepare=generate_reference if make_reference else None,
+            prepare=prepare if make_reference or decompose else None,
             progress=progress,
-            fit_mutation=fit_mutation,
             group=group,
-            fit_means=not variance_only,
+            decompose_runs=decompose,
             warn=warn,
             embedder_options={
                 "clip_model": clip_model,
@@ -108,6 +138,16 @@ def validate_command(
     for item in caught:
         if item.category is UserWarning:
             warn(str(item.message))
+    if decompose:
+        typer.echo(
+            f"decomposition samples: {generation['images']} images generated and {generation['finetunes']} "
+            f"finetunes made in {generation['seconds']:.1f} s (reference points included)"
+        )
     fit = result["fit"]
-    summary = "no fit" if fit is None else f"fit: reduced chi2 {fit['reduced_chi2']:.3g}, RMS z {fit['fit_rms_z']:.3g}"
+    summary = (
+        "no fit"
+        if fit is None
+        else f"one-step fit: reduced chi2 {fit['reduced_chi2']:.3g} "
+        f"({fit['reduced_chi2_measurement']:.3g} without process noise)"
+    )
     typer.echo(f"report: {result['written']['report']} (--group {result['group']}; {summary})")

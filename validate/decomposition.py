@@ -36,7 +36,7 @@ import pandas as pd
 
 from qtm.random import check_random_state
 from validate.errors import ValidateError
-from validate.statistics import ALL_CAPTIONS
+from validate.statistics import ALL_CAPTIONS, MIN_GROUP_SIZE
 
 #: ``caption`` of the rows that describe the unconditional branch (it has no caption).
 UNCOND = "(uncond)"
@@ -96,7 +96,7 @@ class _Moments:
             counts = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
             sums, squares = counts @ x[index], counts @ x[index] ** 2
             total_n, total_s, total_q = total_n + n, total_s + sums, total_q + squares
-            if c is not None and n >= 2:
+            if c is not None and n >= MIN_GROUP_SIZE:  # fewer: no per-caption moments (NaN), as in statistics
                 self.mean[:, c] = shift + sums / n
                 self.var[:, c] = (squares - sums**2 / n) / (n - 1)
         if total_n < 2:
@@ -336,18 +336,25 @@ def finetune_noise(
     within = var.mean(axis=0)
     spread = mean.var(axis=0, ddof=1)
     sampling = (var / sizes[:, None, :, None]).mean(axis=0)
-    values = {
-        "finetune_noise_mean": np.sqrt(spread / within),
-        "finetune_noise_excess": np.sqrt(np.clip(spread - sampling, 0, None) / within),
-        "finetune_noise_log_var": np.log(var).std(axis=0, ddof=1),
-    }
+    # A resample of identical images has no variance: its ratios are NaN and left out of the intervals.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        within = np.where(within > 0, within, np.nan)
+        values = {
+            "finetune_noise_mean": np.sqrt(spread / within),
+            "finetune_noise_excess": np.sqrt(np.clip(spread - sampling, 0, None) / within),
+            "finetune_noise_log_var": np.log(np.where(var > 0, var, np.nan)).std(axis=0, ddof=1),
+        }
     tail = 100 * (1 - level) / 2
     rows = []
     for quantity, value in values.items():
-        pooled = np.sqrt(np.nanmean(value.reshape(len(value), -1) ** 2, axis=1))
+        squares = value.reshape(len(value), -1) ** 2
+        finite = np.isfinite(squares).sum(axis=1)
+        pooled = np.sqrt(np.where(finite > 0, np.nansum(squares, axis=1) / np.maximum(finite, 1), np.nan))
         parts = [(c, a, value[:, i, a]) for i, c in enumerate(captions) for a in range(value.shape[2])]
         for caption, axis, column in [*parts, (ALL_CAPTIONS, -1, pooled)]:
-            low, high = np.percentile(column[1:], [tail, 100 - tail]) if n_boot else (np.nan, np.nan)
+            boot = column[1:][np.isfinite(column[1:])]
+            enough = n_boot and len(boot) >= 0.9 * n_boot
+            low, high = np.percentile(boot, [tail, 100 - tail]) if enough else (np.nan, np.nan)
             rows.append(
                 {
                     "run": run,

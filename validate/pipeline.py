@@ -32,15 +32,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qtm.io import locked, remove_stale_parts
 from qtm.provenance import provenance
 from qtm.random import derive_seed
-from qtm.rundir import ImageSet, Run, read_run
+from qtm.rundir import REPLICATE_PREFIX, ImageSet, Run, read_run, read_samples, sampled_at_cfg1
 from qtm.validation import check_int
 from validate.axes import TraitAxes, fit_axes
 from validate.cache import embed_image_set
+from validate.decomposition import RunTraits, TraitSet, decompose, finetune_noise
 from validate.embedders import Embedder, get_embedder
 from validate.errors import ValidateError
-from validate.fitting import BaseMoments, FitResult, Trajectory, fit_theory
+from validate.fitting import BaseMoments, FitResult, Trajectory, fit_theory, forecast
 from validate.report import write_report
 from validate.statistics import (
     ALL_CAPTIONS,
@@ -53,6 +55,8 @@ from validate.statistics import (
 
 CACHE_FOLDER = ".validate_cache"
 GROUPS = ("caption", "none")
+#: The stream tag of the decomposition's bootstrap (qtm.random.derive_seed).
+DECOMPOSITION_TAG = 0xDEC2
 #: The stream tag of the bootstrap resamples (qtm.random.derive_seed).
 BOOTSTRAP_TAG = 0xB007
 
@@ -77,6 +81,7 @@ class Validation:
     notes: list[str]
     forecast_from: int | None
     provenance: dict
+    decomposition: pd.DataFrame | None = None
 
 
 def validate_runs(
@@ -91,9 +96,8 @@ def validate_runs(
     bootstrap: int = 200,
     seed: int = 0,
     embedder_options: dict | None = None,
-    fit_mutation: bool = False,
     group: str | None = None,
-    fit_means: bool = True,
+    decompose_runs: bool = True,
     prepare: Callable[[Path], object] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     warn: Callable[[str], None] | None = None,
@@ -119,11 +123,9 @@ def validate_runs(
         Seed of the bootstrap.
     embedder_options : dict, optional
         Options of :func:`validate.embedders.get_embedder`.
-    fit_mutation : bool
-        Also fit a per-axis variance added each generation (finetuning error); see
-        :func:`validate.fitting.fit_theory`.
-    fit_means : bool
-        ``False``: fit the log variances only (:func:`validate.fitting.fit_theory`).
+    decompose_runs : bool
+        Measure selection, response and inheritance per iteration (:mod:`validate.decomposition`)
+        from the samples in ``RUN/iter-NNN/samples`` (``chain validate --decompose`` generates them).
     group : {"caption", "none"}, optional
         ``caption``: traits within each caption and a joint per-caption fit; ``none``:
         pooled over captions. Default: ``caption`` when the runs have several captions and
@@ -198,16 +200,18 @@ def validate_runs(
             "bootstrap": bootstrap,
             "reference": reference_name,
             "group": group,
-            "fit_mutation": fit_mutation,
-            "fit_means": fit_means,
+            "decompose": decompose_runs,
         },
         seed=seed,
         software="chain validate",
     )
     trajectories = _trajectories(runs, statistics, grouped=grouped)
     base, base_notes = _base_moments(statistics, grouped=grouped, groups={t.group for t in trajectories})
-    fit, forecast, fit_notes = _fit(
-        trajectories, base, forecast_from, warn, fit_mutation=fit_mutation, fit_means=fit_means
+    fit, forecast, fit_notes = _fit(trajectories, base, forecast_from, warn)
+    decomposition, decomposition_notes = (
+        _decomposition(runs, embedded, model, trait_axes, bootstrap=bootstrap, seed=seed)
+        if decompose_runs
+        else (None, [])
     )
     validation = Validation(
         runs=runs,
@@ -219,17 +223,25 @@ def validate_runs(
         statistics=statistics,
         fit=fit,
         forecast=forecast,
-        notes=base_notes + fit_notes,
+        notes=base_notes + fit_notes + decomposition_notes,
         forecast_from=forecast_from,
         provenance=record,
+        decomposition=decomposition,
     )
     return {
         "group": group,
-        "written": write_report(report, validation),
+        "written": _write_report(report, validation),
         "fit": None if fit is None else fit.goodness,
         "forecast": None if forecast is None else forecast.goodness,
         "validation": validation,
     }
+
+
+def _write_report(report, validation: Validation) -> dict:
+    """Write the report holding its folder's lock, first removing what a killed validation left half-written."""
+    with locked(report, what="chain validate"):
+        remove_stale_parts(report)
+        return write_report(report, validation)
 
 
 def read_runs(run_dirs, *, reference=None, real=None, warn: Callable[[str], None]) -> list[Run]:
@@ -256,16 +268,24 @@ def read_runs(run_dirs, *, reference=None, real=None, warn: Callable[[str], None
     if len({run.name for run in runs}) < len(runs):
         raise ValidateError("two run directories have the same name; give runs with distinct folder names")
     for run in runs:
-        for what, images in (("real-data folder", run.real), *((f"reference folder ({kind})", images)
-                                                              for kind, images in run.reference.items())):
+        for what, images in (
+            ("real-data folder", run.real),
+            *((f"reference folder ({kind})", images) for kind, images in run.reference.items()),
+        ):
             if images is not None and not images.files:
-                raise ValidateError(f"the {what} {str(images.path)!r} has no images (png, jpg, webp); "
-                                    "give a folder of images")
-    differ = [f"{key}s {', '.join(sorted(values))}" for key in ("data", "backend")
-              if len(values := {str(run.params.get(key)) for run in runs}) > 1]
+                raise ValidateError(
+                    f"the {what} {str(images.path)!r} has no images (png, jpg, webp); give a folder of images"
+                )
+    differ = [
+        f"{key}s {', '.join(sorted(values))}"
+        for key in ("data", "backend")
+        if len(values := {str(run.params.get(key)) for run in runs}) > 1
+    ]
     if differ:
-        warn(f"the runs were made with different {' and '.join(differ)}; their statistics are compared "
-             "and fitted together as if they were one setup")
+        warn(
+            f"the runs were made with different {' and '.join(differ)}; their statistics are compared "
+            "and fitted together as if they were one setup"
+        )
     return runs
 
 
@@ -431,7 +451,7 @@ def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool) -
         for caption, rows in generated[generated["run"] == run.name].groupby("caption", sort=True):
             table = {
                 name: rows[rows["statistic"] == name].pivot(index="iteration", columns="axis", values="value")
-                for name in ("mean", "var")
+                for name in ("mean", "var", "kurtosis")
             }
             out.append(
                 Trajectory(
@@ -441,7 +461,11 @@ def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool) -
                     iterations=table["mean"].index.to_numpy(),
                     mean=table["mean"].to_numpy(),
                     var=table["var"].to_numpy(),
+                    kurtosis=table["kurtosis"].to_numpy(),
                     population=int(rows["n_images"].min()),
+                    schedule=columns["schedule"],
+                    sampler=str(run.params.get("sampler", "ddim")),
+                    steps=int(run.params.get("steps", 50) or 50),
                     drop=columns["drop"],
                     real_fraction=columns["real_fraction"],
                     finetune=columns["finetune"],
@@ -485,33 +509,82 @@ def _base_moments(statistics: pd.DataFrame, *, grouped: bool, groups: set[str]) 
     return base, notes
 
 
-def _fit(trajectories, base, forecast_from, warn, *, fit_mutation, fit_means):
+def _fit(trajectories, base, forecast_from, warn):
+    """The one-step-ahead fit on all iterations, and the forecast from ``forecast_from`` when asked for."""
     notes = []
-    if base.uncond is None:
-        notes.append(
-            "no unconditional reference generations: p_u is fitted per axis (nuisance), which leaves "
-            "w_eff weakly identified; add RUN/reference/uncond for a sharper fit"
-        )
-    if base.cond is None and base.data is None:
-        notes.append("no real data or CFG-1 reference: p_c (= the data) is fitted per axis (nuisance)")
     if any(not np.isfinite(t.cfg) for t in trajectories):
         notes.append("some run.json has no cfg; its w_eff is reported without a CFG scale")
-    fit = forecast = None
+    fit = predicted = None
     try:
-        fit = fit_theory(trajectories, base=base, fit_mutation=fit_mutation, fit_means=fit_means)
+        fit = fit_theory(trajectories, base=base)
     except ValidateError as error:
         warn(f"fit skipped: {error}")
         notes.append(f"fit skipped: {error}")
     if forecast_from is not None and fit is not None:
-        if all(t.iterations.max() < forecast_from for t in trajectories):
-            warn(f"--forecast-from {forecast_from}: no finished iteration at or after it; no forecast")
-            notes.append("no forecast: nothing to forecast")
-        else:
-            try:
-                forecast = fit_theory(
-                    trajectories, base=base, fit_until=forecast_from, fit_mutation=fit_mutation, fit_means=fit_means
+        try:
+            predicted = forecast(trajectories, base=base, forecast_from=forecast_from)
+        except ValidateError as error:
+            warn(f"forecast skipped: {error}")
+            notes.append(f"forecast skipped: {error}")
+    return fit, predicted, notes
+
+
+def _decomposition(runs, embedded, model, trait_axes, *, bootstrap, seed) -> tuple[pd.DataFrame, list]:
+    """The decomposition table of every run with CFG-1 samples (and finetuning-seed noise where replicates exist)."""
+    notes, tables = [], []
+    rng = np.random.default_rng(derive_seed(seed, DECOMPOSITION_TAG))
+
+    def traits(key):
+        data = embedded.get(key)
+        return None if data is None else trait_axes.project(data.features)
+
+    def trait_set(images, features):
+        return TraitSet(trait_axes.project(features), images.captions)
+
+    for run in runs:
+        samples = {t: read_samples(run.path, t) for t in run.iterations}
+        sets = {}
+        for t, found in samples.items():
+            for kind, images in found.items():
+                data = embed_image_set(images, model, cache_dir=_cache_dir(images), key=images.path.name)
+                sets[(kind, t)] = trait_set(images, data.features)
+        guided = {t: TraitSet(traits((run.name, "generated", t)), run.iterations[t].captions) for t in run.iterations}
+        at_cfg1 = sampled_at_cfg1(run.params)
+        cfg1 = guided if at_cfg1 else {t: s for (kind, t), s in sets.items() if kind == "cfg1"}
+        if not cfg1:
+            notes.append(f"{run.name}: no CFG-1 samples of its models; not decomposed (`chain validate --decompose`)")
+            continue
+
+        def population(name, run=run):
+            data = embedded.get((run.name, name, -1))
+            images = run.real if name == "real" else run.reference.get(name.removeprefix("reference_"))
+            return None if data is None else trait_set(images, data.features)
+
+        traits_of_run = RunTraits(
+            run=run.name,
+            cfg=run.cfg,
+            guided=guided,
+            cfg1=cfg1,
+            uncond={t: s for (kind, t), s in sets.items() if kind == "uncond"},
+            data=population("real"),
+            base_cond=population("reference_cond"),
+            base_uncond=population("reference_uncond"),
+            finetune=str(run.params.get("finetune", "base")),
+            real_fraction=float(run.params.get("real_fraction", 0.0) or 0.0),
+            guided_is_cfg1=at_cfg1,
+        )
+        try:
+            tables.append(decompose([traits_of_run], n_boot=bootstrap, random_state=rng))
+        except ValidateError as error:
+            notes.append(f"{run.name}: not decomposed: {error}")
+            continue
+        for t in run.iterations:
+            replicates = [s for (kind, u), s in sets.items() if u == t and kind.startswith(REPLICATE_PREFIX)]
+            if replicates and t in cfg1:
+                table = finetune_noise(
+                    [cfg1[t], *replicates], run=run.name, iteration=t, n_boot=bootstrap, random_state=rng
                 )
-            except ValidateError as error:
-                warn(f"forecast skipped: {error}")
-                notes.append(f"forecast skipped: {error}")
-    return fit, forecast, notes
+                tables.append(table.assign(cfg=run.cfg))
+    if not tables:
+        return None, notes
+    return pd.concat(tables, ignore_index=True), notes

@@ -54,16 +54,12 @@ def write_report(folder, validation) -> dict:
         written["strength_plot"] = plot_strength(fit.parameters, path=folder / "strength.png")
     if forecast is not None:
         written["forecast"] = write_table(forecast.predictions, folder / "forecast.csv", provenance=record)
-    write_json(
-        folder / "fit.json",
-        {
-            "fit": None if fit is None else fit.goodness,
-            "forecast": None if forecast is None else forecast.goodness,
-            "note": validation.notes,
-            "group": validation.group,
-            "provenance": record,
-        },
-    )
+    decomposition = validation.decomposition
+    if decomposition is not None and len(decomposition):
+        written["decomposition"] = write_table(decomposition, folder / "decomposition.csv", provenance=record)
+        written["breeders_plot"] = plot_breeders(decomposition, path=folder / "breeders.png")
+    write_json(folder / "fit.json", _json_safe(fit_summary(validation)))
+    written["fit_json"] = folder / "fit.json"
     predictions = fit.predictions if fit is not None else None
     for quantity in ("var", "mean"):
         written[f"{quantity}_plot"] = plot_trajectories(
@@ -84,6 +80,78 @@ def write_report(folder, validation) -> dict:
         tmp.write_text(markdown_report(validation))
     written["report"] = folder / "report.md"
     return written
+
+
+def fit_summary(validation) -> dict:
+    """What ``fit.json`` holds: the fit's reduced χ², parameters with intervals and goodness; the forecast's.
+
+    ``forecast.held_out`` has one entry per held-out run and iteration: the run-level
+    within-caption variance (summed over the trait axes) predicted, its interval (``lo``,
+    ``hi``), the measured one, the relative error, whether it is covered, and the share of
+    the per-caption values covered (``caption_coverage``).
+    """
+    fit, forecast = validation.fit, validation.forecast
+
+    def parameters(result):
+        return result.parameters.drop(columns=["cfg"]).to_dict(orient="records")
+
+    return {
+        "reduced_chi2": None if fit is None else fit.goodness["reduced_chi2"],
+        "parameters": None if fit is None else parameters(fit),
+        "fit": None if fit is None else fit.goodness,
+        "forecast": None
+        if forecast is None
+        else {**forecast.goodness, "parameters": parameters(forecast), "held_out": forecast.forecast},
+        "note": validation.notes,
+        "group": validation.group,
+        "provenance": validation.provenance,
+    }
+
+
+def _json_safe(value):
+    """``value`` with every non-finite float as None (standard JSON has no NaN or Infinity)."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def plot_breeders(decomposition: pd.DataFrame, *, path) -> Path:
+    """The breeder's-equation figure: response R against selection differential S, per caption and axis.
+
+    One panel for the means and one for the log variances; one colour per run (its CFG
+    setting in the legend), one point per caption, axis and iteration. The dotted line is
+    R = S (full heritability), the dashed one R = 0.
+    """
+    path = Path(path)
+    figure, panels = _axes_grid(2, "breeder's equation: response R_t against selection S_t")
+    for panel, quantity in zip(panels, ("mean", "log_var"), strict=True):
+        rows = decomposition[decomposition["caption"].ne(ALL_CAPTIONS) & (decomposition["axis"] >= 0)]
+        chosen = rows[rows["quantity"].isin([f"S_{quantity}", f"R_{quantity}"])]
+        wide = chosen.pivot_table(
+            index=["run", "cfg", "caption", "axis", "iteration"], columns="quantity", values="value"
+        ).reset_index()
+        if {f"S_{quantity}", f"R_{quantity}"} <= set(wide.columns):
+            for (run, cfg), points in wide.groupby(["run", "cfg"], sort=False):
+                panel.scatter(
+                    points[f"S_{quantity}"], points[f"R_{quantity}"], s=10, alpha=0.6, label=f"{run} (cfg {cfg:g})"
+                )
+            values = wide[[f"S_{quantity}", f"R_{quantity}"]].to_numpy(dtype=float)
+            top = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+            panel.plot([-top, top], [-top, top], ":", color="grey", lw=0.8)
+            panel.axhline(0, color="grey", lw=0.8, ls="--")
+            panel.legend(fontsize=7)
+        panel.set_xlabel(f"S ({quantity}: guided − CFG 1, model t)")
+        panel.set_ylabel(f"R ({quantity}: model t+1 − model t, CFG 1)")
+    _save_figure(figure, path)
+    return path
 
 
 def _save_figure(figure, path: Path) -> None:
@@ -217,7 +285,8 @@ def plot_strength(parameters: pd.DataFrame, *, path) -> Path:
     path = Path(path)
     rows = parameters[parameters["parameter"] == "w_eff"]
     figure, (panel,) = _axes_grid(1, "fitted selection strength vs CFG scale")
-    panel.errorbar(rows["cfg"], rows["estimate"], yerr=rows["stderr"].fillna(0), fmt="o", capsize=3)
+    error = rows["stderr"].where(np.isfinite(rows["stderr"]), 0.0)
+    panel.errorbar(rows["cfg"], rows["estimate"], yerr=error, fmt="o", capsize=3)
     for _, row in rows.iterrows():
         panel.annotate(
             row["setting"],
