@@ -48,6 +48,9 @@ SAMPLERS = ("ddim", "ddpm", "euler", "euler-a", "dpm++2m", "dpm++1s", "heun", "f
 #: Scheduler presets: SD v1.5, SD 2.1 (v-prediction), SD3 (flow matching, shift 3).
 SCHEDULER_PRESETS = ("sd15", "sd21v", "sd3")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
+#: What each iteration trains on (docs/theory.md, "Data workflows"): the newest generation, everything so far,
+#: or a sample of one generation's size from everything so far.
+DATA_WORKFLOWS = ("replace", "accumulate", "accumulate-subsample")
 #: Samplers a real network runs (``chain run``) and the particle engine's sampler model draws through.
 NETWORK_SAMPLERS = ("ddim", "ddpm")
 #: The prior each finetuning starts from: the base model (the reference setup) or the previous model.
@@ -290,7 +293,11 @@ PARAMETERS: dict[str, Parameter] = _registry(
               choices=PARTICLE_MODELS),
     Parameter("resampling", "text", "multinomial", "Particle engine, qg model: how offspring are drawn.",
               choices=RESAMPLING),
-    Parameter("cluster", "text", None, "Particle engine: address of a Dask scheduler (tcp://HOST:8786).")
+    Parameter("cluster", "text", None, "Particle engine: address of a Dask scheduler (tcp://HOST:8786)."),
+    Parameter("data_workflow", "text", "replace",
+              "Training set of each iteration: the newest generation (replace), all real and generated data so far "
+              "(accumulate), or a sample of one generation's size from all of it (accumulate-subsample).",
+              choices=DATA_WORKFLOWS, grid=True),
 )
 
 #: Particle populations when ``population`` is not given (the moments engine then takes N as infinite).
@@ -324,7 +331,8 @@ RUN_PARAMETERS: dict[str, Parameter] = _registry(
 #: The parameters ``chain run`` takes, in order: what each iteration does, then the real chain's own.
 RUN_OPTIONS = ("data", "backend", "model", "iterations", "cfg", "schedule", "drop", "redifine", "finetune",
                "per_caption", "real_fraction", "steps", "sampler", "lora_rank", "full_finetune", "learning_rate",
-               "train_steps", "batch_size", "resolution", "seed", "device", "preset", "text_encoder")
+               "train_steps", "batch_size", "resolution", "seed", "device", "preset", "text_encoder",
+               "data_workflow")
 
 #: ``chain run`` settings whose sensible value depends on the backend (None in the run's options means these).
 BACKEND_DEFAULTS = {

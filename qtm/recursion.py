@@ -14,7 +14,10 @@ branch ``N(cond_mean, cond_var)`` and an unconditional one ``N(uncond_mean, unco
    the mutation variance;
 3. build the next data set: the expected refit moments of ``population`` samples of
    ``G_t`` (when finite), mixed with the real data at rate ``real_fraction``:
-   ``D_{t+1} = mix(G_t, real, real_fraction)``.
+   ``D_{t+1} = mix(G_t, real, real_fraction)`` (``data_workflow="replace"``); or the pool of
+   ``D_0`` and every generation so far, each mixed with real data (``accumulate``), or a sample
+   of one generation's size from that pool (``accumulate-subsample``): docs/theory.md, "Data
+   workflows".
 
 The trajectory records ``G_t`` (after mutation) for every iteration ``t``.
 
@@ -111,6 +114,7 @@ def simulate_moments(
     var_shift=0.0,
     process_noise=0.0,
     scheduler: SchedulerConfig | str | None = None,
+    data_workflow="replace",
 ) -> ChainTrajectory:
     """Iterate the chain on expected moments, for every point of a broadcast parameter grid.
 
@@ -161,6 +165,14 @@ def simulate_moments(
     scheduler : qtm.solvers.SchedulerConfig or preset name, optional
         The noise scheduler every sampler steps with (diffusers' conventions; SD v1.5's by
         default, :meth:`qtm.solvers.SchedulerConfig.from_parameters` builds one from the parameters).
+    data_workflow : {"replace", "accumulate", "accumulate-subsample"} or array of them
+        What ``D_{t+1}`` is. ``replace``: the newest generation (mixed with real data).
+        ``accumulate``: the pool of ``D_0`` and the generations ``0 .. t`` (each of ``population``
+        images, each mixed with real data): its mixture moments, between-set spread included,
+        and with finite ``population`` the expected maximum-likelihood refit of the pool
+        (variance minus ``sum_k (n_k/M) v_k / M`` over the generated strata). ``accumulate-subsample``:
+        ``population`` images drawn from that pool, taken as the pool's mixture moments with the
+        one-generation refit shrink ``(N-1)/N``. Where these are exact: docs/theory.md, "Data workflows".
 
     Returns
     -------
@@ -179,6 +191,11 @@ def simulate_moments(
     ...                         finetune="continue", iterations=3, sampler="tilt")
     >>> traj.var.round(3).tolist()
     [[0.17, 0.024, 0.003], [1.0, 1.0, 1.0]]
+    >>> pooled = simulate_moments(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=4.0,
+    ...                           data_mean=1.0, data_var=1.0, cfg=7.5, finetune="continue", iterations=3,
+    ...                           sampler="tilt", data_workflow=["replace", "accumulate"])
+    >>> pooled.var.round(3).tolist()
+    [[0.17, 0.024, 0.003], [0.17, 0.093, 0.065]]
     """
     iterations = PARAMETERS["iterations"].check(iterations)
     numeric = {
@@ -204,8 +221,9 @@ def simulate_moments(
         "finetune": _text_array(finetune),
         "steps": np.asarray(steps),
         "eta": PARAMETERS["eta"].check(eta),
+        "data_workflow": _text_array(data_workflow),
     }
-    for name in ("sampler", "finetune", "steps"):
+    for name in ("sampler", "finetune", "steps", "data_workflow"):
         for value in np.unique(categorical[name]):
             PARAMETERS[name].check(value.item() if hasattr(value, "item") else value)
     schedules = {str(s): CFGSchedule.parse(str(s)) for s in np.unique(categorical["schedule"])}
@@ -217,7 +235,7 @@ def simulate_moments(
     mean = np.empty((size, iterations))
     var = np.empty((size, iterations))
     for key, index in _groups(categorical, shape):
-        schedule_spec, sampler_name, mode, num_steps, eta_value = key
+        schedule_spec, sampler_name, mode, num_steps, eta_value, workflow = key
         params = {name: _flat(values, shape, index) for name, values in numeric.items()}
         run = dict(
             params,
@@ -229,6 +247,7 @@ def simulate_moments(
             eta=float(eta_value),
             population=population,
             scheduler=scheduler,
+            workflow=workflow,
         )
         runner = _run_kernel if sampler_name in _KERNEL_SAMPLERS else _run_operators
         if index is None:
@@ -294,7 +313,7 @@ def _text_array(value) -> np.ndarray:
 
 
 def _groups(categorical: dict, shape: tuple):
-    """Yield ((schedule, sampler, finetune, steps, eta), flat index or None for all points)."""
+    """Yield ((schedule, sampler, finetune, steps, eta, data_workflow), flat index or None for all points)."""
     if all(a.ndim == 0 for a in categorical.values()):
         yield tuple(a.item() for a in categorical.values()), None
         return
@@ -324,7 +343,8 @@ def _flat(values: np.ndarray, shape: tuple, index) -> np.ndarray:
     return np.require(flat, dtype=np.float64, requirements=["C", "W"])
 
 
-def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, population, scheduler, out, **p):
+def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, population, scheduler, workflow, out,
+                   **p):
     """The recursion written with the :mod:`qtm.gaussian` operators, vectorised over the points.
 
     Writes the moments of each point and iteration into ``out = (mean, var)``, arrays of
@@ -337,6 +357,10 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
     base_u = (p["uncond_mean"], p["uncond_var"])
     real = (p["data_mean"], p["data_var"])
     cond, uncond, data = base_c, base_u, real
+    # The accumulated pool: its mixture moments, how many equal-size sets it holds (D_0 first) and the
+    # sum of its generated strata's variances (each weighted by its share 1 - f of its set).
+    pool, sets, generated_var_sum = real, 1, 0.0
+    f = p["real_fraction"]
     for t in range(iterations):
         prior_c, prior_u = (cond, uncond) if continue_ else (base_c, base_u)
         cond = inherit(*prior_c, *data, fidelity=p["fidelity"], var_fidelity=p["var_fidelity"],
@@ -349,12 +373,23 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
         )
         generated = add_mutation(*generated, mutation_var=p["mutation"])
         mean[:, t], var[:, t] = generated
+        if workflow != "replace":
+            sets += 1
+            pool = mix(*pool, *mix(*generated, *real, rate=f), rate=1.0 / sets)
+            generated_var_sum = generated_var_sum + (1.0 - f) * generated[1]
+            if population is None:
+                data = pool
+            elif workflow == "accumulate":
+                data = (pool[0], pool[1] - generated_var_sum / (sets * sets * population))
+            else:
+                data = refit_expectation(*pool, population=population, estimator="mle")
+            continue
         if population is not None:
             generated = refit_expectation(*generated, population=population, estimator="mle")
-        data = mix(*generated, *real, rate=p["real_fraction"])
+        data = mix(*generated, *real, rate=f)
 
 
-def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, population, scheduler, out, **p):
+def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, population, scheduler, workflow, out, **p):
     """The DDIM/DDPM recursion through the fused Numba kernel, written into ``out = (mean, var)``."""
     coef = step_coefficients(steps, eta=effective_eta(sampler, eta), config=scheduler.diffusion_config(sampler))
     # Every schedule is affine in the peak scale (scale_k = slope_k * cfg + offset_k), which lets
@@ -371,7 +406,8 @@ def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, populat
         p["cond_mean"], p["cond_var"], p["uncond_mean"], p["uncond_var"], p["data_mean"], p["data_var"],
         p["cfg"], p["fidelity"], p["uncond_fidelity"], p["real_fraction"], p["mutation"],
         p["var_fidelity"], p["uncond_var_fidelity"], p["var_shift"], p["uncond_var_shift"],
-        continue_, shrink,
+        continue_, shrink, PARAMETERS["data_workflow"].choices.index(workflow),
+        0.0 if population is None else 1.0 / population,
         coef.abar_t, np.sqrt(coef.abar_t), np.sqrt(1.0 - coef.abar_t),
         coef.x_coef, coef.eps_coef, coef.noise_std**2, slope, offset,
         mean, var,
@@ -390,14 +426,15 @@ def _chain_kernel(
     cond_mean, cond_var, uncond_mean, uncond_var, data_mean, data_var,
     cfg, fidelity, uncond_fidelity, real_fraction, mutation_var,
     var_fidelity, uncond_var_fidelity, var_shift, uncond_var_shift,
-    continue_, shrink,
+    continue_, shrink, workflow, inv_population,
     abar, sqrt_abar, sqrt_beta, x_coef, eps_coef, noise_var, scale_slope, scale_offset,
     out_mean, out_var,
 ):  # fmt: skip
     """All iterations of every point: the operators of qtm.gaussian and the exact map of
     qtm.sampler_map fused, so that nothing but the result touches memory. Blocks of points
     run in parallel; within a block the per-point loops vectorise. tests/test_recursion.py
-    checks the kernel against the operators themselves."""
+    checks the kernel against the operators themselves. ``workflow`` indexes
+    ``PARAMETERS["data_workflow"].choices`` (0: replace); ``inv_population`` is 1/N (0: infinite)."""
     n_points, n_iter = out_mean.shape
     n_steps = abar.size
     n_blocks = (n_points + _BLOCK - 1) // _BLOCK
@@ -423,6 +460,8 @@ def _chain_kernel(
         log_block = not np.all(np.isnan(rho_v))
         cm, cv, um, uv = base_cm.copy(), base_cv.copy(), base_um.copy(), base_uv.copy()
         dm, dv = real_m.copy(), real_v.copy()
+        # The accumulated pool (as in _run_operators): mixture moments and the generated strata's variance sum.
+        pool_m, pool_v, gen_sum = real_m.copy(), real_v.copy(), np.zeros(_BLOCK)
         for t in range(n_iter):
             if not continue_:
                 cm[:], cv[:], um[:], uv[:] = base_cm, base_cv, base_um, base_uv
@@ -462,11 +501,33 @@ def _chain_kernel(
             for j in range(size):
                 out_mean[lo + j, t] = m[j]
                 out_var[lo + j, t] = v[j]
-            for j in range(_BLOCK):
-                gen_v = v[j] * shrink
-                gap = m[j] - real_m[j]
-                dv[j] = (1.0 - f[j]) * gen_v + f[j] * real_v[j] + f[j] * (1.0 - f[j]) * gap * gap
-                dm[j] = (1.0 - f[j]) * m[j] + f[j] * real_m[j]
+            if workflow == 0:
+                for j in range(_BLOCK):
+                    gen_v = v[j] * shrink
+                    gap = m[j] - real_m[j]
+                    dv[j] = (1.0 - f[j]) * gen_v + f[j] * real_v[j] + f[j] * (1.0 - f[j]) * gap * gap
+                    dm[j] = (1.0 - f[j]) * m[j] + f[j] * real_m[j]
+            else:
+                _pool(t + 2, workflow == 1, shrink, inv_population, m, v, real_m, real_v, f, pool_m, pool_v,
+                      gen_sum, dm, dv)
+
+
+@njit(cache=True)
+def _pool(sets, accumulate, shrink, inv_population, m, v, real_m, real_v, f, pool_m, pool_v, gen_sum, dm, dv):
+    """Add the newest set (generated moments m, v mixed with real data) to the pool; write the next data set."""
+    rate = 1.0 / sets
+    drift = inv_population * rate * rate if accumulate else 0.0
+    scale = 1.0 if accumulate else shrink
+    for j in range(m.size):
+        gap = m[j] - real_m[j]
+        new_v = (1.0 - f[j]) * v[j] + f[j] * real_v[j] + f[j] * (1.0 - f[j]) * gap * gap
+        new_m = (1.0 - f[j]) * m[j] + f[j] * real_m[j]
+        spread = pool_m[j] - new_m
+        pool_v[j] = (1.0 - rate) * pool_v[j] + rate * new_v + rate * (1.0 - rate) * spread * spread
+        pool_m[j] = (1.0 - rate) * pool_m[j] + rate * new_m
+        gen_sum[j] += (1.0 - f[j]) * v[j]
+        dm[j] = pool_m[j]
+        dv[j] = pool_v[j] * scale - gen_sum[j] * drift
 
 
 @njit(cache=True)

@@ -22,6 +22,9 @@ def hand_iterated(point, *, iterations):
     rho_u = point.get("uncond_fidelity", point.get("drop", 0.0) * point["fidelity"])
     cond, uncond, data = base_c, base_u, real
     means, variances = [], []
+    workflow, f, n = point.get("data_workflow", "replace"), point["real_fraction"], point.get("population")
+    pooled = [real]  # D_0 and every generation mixed with real data, for the pooled workflows
+    generated_vars = []
     for _ in range(iterations):
         prior_c, prior_u = (cond, uncond) if point["finetune"] == "continue" else (base_c, base_u)
         cond = inherit(*prior_c, *data, fidelity=point["fidelity"])
@@ -33,6 +36,19 @@ def hand_iterated(point, *, iterations):
         generated = add_mutation(*generated, mutation_var=point["mutation"])
         means.append(float(generated.mean))
         variances.append(float(generated.var))
+        if workflow != "replace":
+            # The pool's moments written out from all its sets at once (the engine updates them set by set).
+            pooled.append(mix(*generated, *real, rate=f))
+            generated_vars.append(float(generated.var))
+            k = len(pooled)
+            pool_mean = sum(float(s[0]) for s in pooled) / k
+            pool_var = sum(float(s[1]) + (float(s[0]) - pool_mean) ** 2 for s in pooled) / k
+            if n is not None and workflow == "accumulate":
+                pool_var -= (1 - f) * sum(generated_vars) / (k * k * n)
+            elif n is not None:
+                pool_var *= (n - 1) / n
+            data = (pool_mean, pool_var)
+            continue
         if point.get("population") is not None:
             generated = refit_expectation(*generated, population=point["population"])
         data = mix(*generated, *real, rate=point["real_fraction"])
@@ -54,9 +70,17 @@ POINTS = [
     dict(BASE, cfg=3.0, schedule="cosine", sampler="dpm++2m", steps=12, eta=0.0, fidelity=0.6, drop=0.2,
          finetune="continue", real_fraction=0.1, mutation=0.01),
 ]
+#: The pooled workflows through the fused kernel (ddim, ddpm) and the operators (tilt, euler).
+POINTS += [
+    dict(point, data_workflow=workflow, **({"population": 40} if finite else {}))
+    for point in (POINTS[1], POINTS[2], POINTS[3])
+    for workflow in ("accumulate", "accumulate-subsample")
+    for finite in (False, True)
+] + [dict(POINTS[0], sampler="euler", data_workflow="accumulate", population=30, real_fraction=0.2)]
 
 
-@pytest.mark.parametrize("point", POINTS, ids=lambda p: f"{p['sampler']}-{p['schedule']}-{p['finetune']}")
+@pytest.mark.parametrize("point", POINTS, ids=lambda p: f"{p['sampler']}-{p['schedule']}-{p['finetune']}-"
+                         f"{p.get('data_workflow', 'replace')}-{p.get('population')}")
 def test_matches_hand_iterated_operators(point):
     mean, var = hand_iterated(point, iterations=6)
     traj = simulate_moments(iterations=6, **point)
