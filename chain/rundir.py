@@ -6,22 +6,19 @@ too; its names are re-exported here. An iteration counts as finished only once
 its ``iteration.json`` says ``"complete"``; any other iteration folder is the
 remains of an interrupted iteration and is removed before that iteration is redone.
 One process at a time works in a run directory: it holds the lock ``RUN/.lock``
-(:meth:`RunDirectory.lock`), under which the temporary files of killed runs are removed.
+(:meth:`RunDirectory.lock`, :func:`qtm.io.locked`), under which the temporary files of killed runs are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
 
 from chain.errors import ChainError
-from qtm.io import stale_parts, write_json
+from qtm.io import LOCK_FILE, locked, remove_stale_parts, stale_parts, write_json
 from qtm.provenance import provenance
 from qtm.rundir import (
     COMPLETE,
@@ -50,8 +47,6 @@ __all__ = [
 #: Parameters that may change when a run is resumed: more iterations extend it; the
 #: device only changes where it runs.
 RESUMABLE = ("iterations", "device")
-#: The lock file of a run directory: the pid and host of the process working in it.
-LOCK_FILE = ".lock"
 
 
 class RunDirectory:
@@ -75,47 +70,10 @@ class RunDirectory:
     def iteration_dir(self, iteration: int) -> Path:
         return iteration_folder(self.path, iteration)
 
-    @contextlib.contextmanager
     def lock(self):
-        """Hold the run directory's lock (created with the folder if needed) for the block.
-
-        Another process holding it is a one-line :class:`ChainError` naming that process. The
-        lock is an ``fcntl.flock`` on :data:`LOCK_FILE`, which the system releases when its holder
-        dies, so the lock of a killed run is simply taken over. A folder this call created is
-        removed again if it is still empty at the end.
-        """
-        created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock = self.path / LOCK_FILE
-        while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
-                os.close(fd)
-                raise ChainError(
-                    f"{str(self.path)!r} is in use by another chain run ({holder}); "
-                    "wait for it to finish or stop it, then rerun"
-                ) from None
-            # The holder removes the file when it lets go: a lock on a removed file locks nothing.
-            try:
-                if os.fstat(fd).st_ino == os.stat(lock).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-            yield self
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-            os.close(fd)
-            if created:
-                with contextlib.suppress(OSError):
-                    self.path.rmdir()
+        """Hold the run directory's lock for the block (:func:`qtm.io.locked`: another process holding it is a
+        one-line error naming it; the lock of a killed run is taken over)."""
+        return locked(self.path, what="chain run")
 
     def check(self, parameters: dict) -> None:
         """Refuse, before any slow work, a run made with other parameters or a folder that is no run."""
@@ -137,11 +95,7 @@ class RunDirectory:
         run record.
         """
         for folder in (self.path, self.path / REFERENCE_FOLDER):
-            for stale in stale_parts(folder):
-                if stale.is_dir():
-                    shutil.rmtree(stale)
-                else:
-                    stale.unlink()
+            remove_stale_parts(folder)
         self.check(parameters)
         if self.run_file.exists():
             record = self.read_run()

@@ -93,6 +93,76 @@ def provenance_path(path) -> Path:
     return Path(path).with_suffix(".provenance.json")
 
 
+#: The lock file of a folder that one process at a time writes (:func:`locked`).
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def locked(folder, *, what: str):
+    """Hold the lock of ``folder`` (created if needed) for the block; ``what`` names the kind of process.
+
+    Another process holding it is a one-line :class:`QTMError` naming that process (pid and
+    host, as :data:`LOCK_FILE` records them). The lock is an ``fcntl.flock``, which the system
+    releases when its holder dies, so the lock of a killed process is simply taken over; the
+    file is removed on release. Under the lock, what killed writers left behind
+    (:func:`stale_parts`) may be removed. A folder this call created is removed again if it is
+    still empty at the end.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with locked(Path(tempfile.mkdtemp()) / "report", what="demo") as folder:
+    ...     (folder / LOCK_FILE).read_text().startswith("pid ")
+    True
+    """
+    import fcntl
+    import socket
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "a process starting up"
+            os.close(fd)
+            raise QTMError(
+                f"{str(folder)!r} is in use by another {what} ({holder}); wait for it to finish or stop it, then rerun"
+            ) from None
+        # The holder removes the file when it lets go: a lock on a removed file locks nothing.
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield folder
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def remove_stale_parts(folder) -> None:
+    """Remove :func:`stale_parts` of ``folder``; call it holding the folder's lock (:func:`locked`)."""
+    import shutil
+
+    for stale in stale_parts(folder):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+
+
 def stale_parts(folder) -> list[Path]:
     """The temporary files (``.NAME.*.part``) and staging folders (``.NAME.part``) directly in ``folder``.
 
