@@ -15,6 +15,7 @@ import numba
 import numpy as np
 
 from qtm.errors import QTMError
+from qtm.params import DATA_WORKFLOWS
 from qtm.particles import kernels, reference
 from qtm.particles.model import FITNESS_KINDS, ChainSetup, QGSetup
 from qtm.random import replicate_seeds
@@ -76,7 +77,8 @@ def simulate_qg(setup: QGSetup, *, replicates: int, seed: int, replicate_offset:
             np.broadcast_to(np.asarray(fit.omega2, float), (d,)).copy(),
             setup.kept, float(fit.cfg), setup.finetune.terms, setup.finetune.finetune == "continue",
             setup.cond_mean, setup.cond_var, setup.uncond_mean, setup.uncond_var, setup.environmental_var,
-            setup.mutation, setup.resampling == "systematic", setup.n_real, mean, var)
+            setup.mutation, setup.resampling == "systematic", setup.n_real,
+            DATA_WORKFLOWS.index(setup.data_workflow), mean, var)
     _check_finite(mean, var)
     return ParticleResult(index, mean, var, np.ones((*shape[:2], 1)))
 
@@ -108,7 +110,7 @@ def simulate_chain(setup: ChainSetup, *, replicates: int, seed: int, replicate_o
             setup.uncond.weights, setup.uncond.means, setup.uncond.variances, setup.finetune.terms,
             setup.finetune.finetune == "continue", np.ascontiguousarray(abar_t),
             np.ascontiguousarray(abar_prev), np.ascontiguousarray(setup.scales), setup.eta, setup.mutation,
-            setup.n_real, mean, var, occupancy)
+            setup.n_real, DATA_WORKFLOWS.index(setup.data_workflow), mean, var, occupancy)
     _check_finite(mean, var)
     return ParticleResult(index, mean, var, occupancy)
 

@@ -26,6 +26,13 @@ falls within 1e-16 of a cdf step).
 Kernels write into preallocated output arrays (replicate first) and loop over
 replicates with ``prange``; the per-replicate work is sequential and allocates its work
 buffers once per replicate.
+
+Data workflows (``workflow``, the index of :data:`qtm.params.DATA_WORKFLOWS`; docs/theory.md,
+"Data workflows"): ``replace`` trains iteration t+1 on the newest generation; ``accumulate`` on
+the pool of D_0 and every generation so far (each with its real data mixed in), kept per
+replicate in a buffer of (iterations + 1) x N x d floats; ``accumulate-subsample`` on N
+individuals drawn from that pool without replacement (a partial Fisher-Yates shuffle on the
+uniforms of its own counter block, ``P_SUBSAMPLE``, so that no other draw changes).
 """
 
 from __future__ import annotations
@@ -53,7 +60,10 @@ MAX_BLOCK = 1 << PARTICLE_SHIFT
 
 # The purposes of draws (one counter block each per iteration).
 (P_INIT_LABEL, P_INIT_TRAIT, P_ENV, P_SYSTEMATIC, P_MULTINOMIAL, P_MUTATION, P_REAL_LABEL, P_REAL_TRAIT,
- P_GEN, P_PROCESS) = range(10)
+ P_GEN, P_PROCESS, P_SUBSAMPLE) = range(11)
+
+#: The data workflows, in the order of :data:`qtm.params.DATA_WORKFLOWS`.
+W_REPLACE, W_ACCUMULATE, W_SUBSAMPLE = range(3)
 
 #: The kernels' ``finetune`` argument: one float per term, in this order (built by
 #: :attr:`qtm.particles.model.Finetune.terms`). The variance fidelities are NaN for the linear
@@ -335,11 +345,13 @@ def _process_noise(key, iteration, sd, normals, shift):
 
 @njit(cache=True)
 def _resample_indices(key, iteration, log_w, systematic, index, cdf, positions, marks):
-    """Indices of N offspring drawn with weights exp(log_w) (log space: no underflow at strong selection).
+    """Indices of K = ``index.shape[0]`` offspring of the M = ``log_w.shape[0]`` parents, drawn with weights
+    exp(log_w) (log space: no underflow at strong selection).
 
-    ``cdf`` and ``positions`` (N floats) and ``marks`` (N + 1 integers) are work buffers.
+    ``cdf`` (M floats), ``positions`` (K floats) and ``marks`` (K + 1 integers) are work buffers.
     """
     n = log_w.shape[0]
+    k = index.shape[0]
     top = -np.inf
     for i in range(n):
         top = max(top, log_w[i])
@@ -355,40 +367,138 @@ def _resample_indices(key, iteration, log_w, systematic, index, cdf, positions, 
         # parents whose count is <= i: a histogram of the counts and its running sum, which
         # replaces a merge of positions and cdf whose branches depend on the data.
         shift = _uniform(key, _block(iteration, P_SYSTEMATIC))
-        scale = n / total
-        for i in range(n + 1):
+        scale = k / total
+        for i in range(k + 1):
             marks[i] = 0
-        for j in range(n - 1):  # the last parent's count is N
+        for j in range(n - 1):  # the last parent's count is K
             count = cdf[j] * scale - shift
             count = count if count > 0.0 else 0.0  # clamped as a float: NaN (all weights 0) -> 0
-            count = count if count < n else n
+            count = count if count < k else k
             marks[np.int64(math.ceil(count))] += 1
         parent = 0
-        for i in range(n):
+        for i in range(k):
             parent += marks[i]
             index[i] = parent
         return
     # Multinomial: sorted uniforms from normalised exponential spacings, O(N) without a sort.
     base = _block(iteration, P_MULTINOMIAL)
     s = 0.0
-    for i in range(n):
+    for i in range(k):
         s -= math.log(1.0 - _uniform(key, base + np.uint64(i)))
         positions[i] = s
-    s -= math.log(1.0 - _uniform(key, base + np.uint64(n)))
+    s -= math.log(1.0 - _uniform(key, base + np.uint64(k)))
     scale = total / s
-    for i in range(n):
+    for i in range(k):
         positions[i] *= scale
     j = 0
-    for i in range(n):
+    for i in range(k):
         while j < n - 1 and cdf[j] <= positions[i]:
             j += 1
         index[i] = j
 
 
 @njit(cache=True)
+def _add_to_pool(pool, pool_labels, start, x, labels):
+    """Copy the set ``x`` (and its labels) into rows ``start ..`` of the pool."""
+    n, d = x.shape
+    for i in range(n):
+        pool_labels[start + i] = labels[i]
+        for a in range(d):
+            pool[start + i, a] = x[i, a]
+
+
+@njit(cache=True)
+def _subsample(key, iteration, pool, pool_labels, perm, out, out_labels):
+    """``out.shape[0]`` rows of ``pool`` drawn uniformly without replacement (a partial Fisher-Yates shuffle).
+
+    Draw ``i`` swaps position ``i`` with ``i + floor(u_i (M - i))``, u_i the uniform ``i`` of the
+    iteration's ``P_SUBSAMPLE`` block; ``perm`` (at least M integers) is a work buffer.
+    """
+    size, d = pool.shape
+    for i in range(size):
+        perm[i] = i
+    base = _block(iteration, P_SUBSAMPLE)
+    for i in range(out.shape[0]):
+        j = i + np.int64(_uniform(key, base + np.uint64(i)) * (size - i))
+        perm[i], perm[j] = perm[j], perm[i]
+        out_labels[i] = pool_labels[perm[i]]
+        for a in range(d):
+            out[i, a] = pool[perm[i], a]
+
+
+@njit(cache=True)
+def _qg_generation(key, t, parents, labels, child, fitness, theta, neg_half_precision, keep, tilt_cfg, finetune,
+                   continue_prior, c0m, c0v, u0m, u0v, cw, cm, cv, uw, um, uv, shift, no_shift, process,
+                   env_sd, use_env, mutation_sd, use_mutation, systematic, phenotype, env_noise, log_w, cdf,
+                   index, positions, marks, noise):
+    """One generation of the classic loop: select among the M ``parents`` and write the N offspring into ``child``.
+
+    ``phenotype``, ``env_noise``, ``log_w`` and ``cdf`` hold M rows (M x d floats for the noise),
+    ``index``, ``positions`` and ``noise`` N (N x d), ``marks`` N + 1.
+    """
+    m_par, d = parents.shape
+    n = child.shape[0]
+    one = np.ones(1)
+    if use_env:
+        _fill_normals(key, _block(t, P_ENV), env_noise)
+        for i in range(m_par):
+            for a in range(d):
+                phenotype[i, a] = parents[i, a] + env_sd[a] * env_noise[i * d + a]
+    if fitness == FIT_TILT:
+        if finetune[F_PROCESS] > 0.0:
+            _process_noise(key, t, finetune[F_PROCESS], process, shift)
+        _finetune(parents, labels, continue_prior, one, c0m, c0v, one, u0m, u0v, finetune, shift, no_shift,
+                  cw, cm, cv, uw, um, uv)
+    if use_env:
+        _log_fitness(phenotype, fitness, theta, neg_half_precision, keep * (m_par // n), tilt_cfg, cm, cv, um, uv,
+                     log_w)
+    else:
+        _log_fitness(parents, fitness, theta, neg_half_precision, keep * (m_par // n), tilt_cfg, cm, cv, um, uv,
+                     log_w)
+    _resample_indices(key, t, log_w, systematic, index, cdf, positions, marks)
+    if use_mutation:
+        _fill_normals(key, _block(t, P_MUTATION), noise)
+        for i in range(n):
+            for a in range(d):
+                child[i, a] = parents[index[i], a] + mutation_sd[a] * noise[i * d + a]
+    else:
+        for i in range(n):
+            for a in range(d):
+                child[i, a] = parents[index[i], a]
+
+
+@njit(cache=True)
+def _log_fitness(z, fitness, theta, neg_half_precision, keep, tilt_cfg, cm, cv, um, uv, log_w):
+    """Log fitness of each phenotype ``z`` (M rows; truncation keeps the top ``keep``); neutral: all 0."""
+    m_par, d = z.shape
+    if fitness == FIT_STABILIZING:
+        for i in range(m_par):
+            s = 0.0
+            for a in range(d):
+                s += (z[i, a] - theta[a]) ** 2 * neg_half_precision[a]
+            log_w[i] = s
+    elif fitness == FIT_TRUNCATION:
+        threshold = np.sort(z[:, 0])[m_par - keep]
+        for i in range(m_par):
+            log_w[i] = 0.0 if z[i, 0] >= threshold else -np.inf
+    elif fitness == FIT_TILT:
+        for i in range(m_par):
+            s = 0.0
+            for a in range(d):
+                vc = max(cv[0, a], 1e-300)
+                vu = max(uv[0, a], 1e-300)
+                s += (-((z[i, a] - cm[0, a]) ** 2) / vc - math.log(vc)
+                      + (z[i, a] - um[0, a]) ** 2 / vu + math.log(vu))
+            log_w[i] = 0.5 * (tilt_cfg - 1.0) * s
+    else:
+        for i in range(m_par):
+            log_w[i] = 0.0
+
+
+@njit(cache=True)
 def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
                   finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
-                  env_var, mutation_var, systematic, n_real, out_mean, out_var):
+                  env_var, mutation_var, systematic, n_real, workflow, out_mean, out_var):
     """One replicate of :func:`qg_kernel` (out_mean, out_var of shape (T, d))."""
     d = data_mean.shape[0]
     env_sd = np.sqrt(env_var)
@@ -398,16 +508,24 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
     use_mutation = np.any(mutation_var > 0.0)
     neg_half_precision = -0.5 / omega2
     one = np.ones(1)
+    # The pool holds D_0 and every generation (the pooled workflows); accumulate selects among all of it.
+    pool_rows = (generations + 1) * n if workflow != W_REPLACE else 0
+    parents = pool_rows if workflow == W_ACCUMULATE else n
     g = np.empty((n, d))
     child = np.empty((n, d))
-    labels = np.zeros(n, dtype=np.int64)
+    labels = np.zeros(max(pool_rows, n), dtype=np.int64)  # one component: every label is 0 (the pool's too)
     _draw_mixture(key, 0, P_INIT_LABEL, P_INIT_TRAIT, one, data_mean.reshape(1, d),
                   data_var.reshape(1, d), g, labels, 0, n)
-    phenotype = np.empty((n, d))
+    pool = np.empty((pool_rows, d))
+    perm = np.empty(pool_rows, dtype=np.int64)
+    if workflow != W_REPLACE:
+        _add_to_pool(pool, labels, 0, g, labels)
+    phenotype = np.empty((parents, d))
+    env_noise = np.empty(parents * d)
     noise = np.empty(n * d)
-    log_w = np.zeros(n)
+    log_w = np.zeros(parents)
+    cdf = np.empty(parents)
     index = np.empty(n, dtype=np.int64)
-    cdf = np.empty(n)
     positions = np.empty(n)
     marks = np.empty(n + 1, dtype=np.int64)
     c0m, c0v = base_c_mean.reshape(1, d), base_c_var.reshape(1, d)
@@ -416,57 +534,38 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
     uw, um, uv = np.ones(1), u0m.copy(), u0v.copy()
     shift, no_shift, process = np.zeros((1, d)), np.zeros((1, d)), np.empty(d)
     for t in range(generations):
-        z = g
-        if use_env:
-            _fill_normals(key, _block(t, P_ENV), noise)
-            for i in range(n):
-                for a in range(d):
-                    phenotype[i, a] = g[i, a] + env_sd[a] * noise[i * d + a]
-            z = phenotype
-        if fitness == FIT_STABILIZING:
-            for i in range(n):
-                s = 0.0
-                for a in range(d):
-                    s += (z[i, a] - theta[a]) ** 2 * neg_half_precision[a]
-                log_w[i] = s
-        elif fitness == FIT_TRUNCATION:
-            threshold = np.sort(z[:, 0])[n - keep]
-            for i in range(n):
-                log_w[i] = 0.0 if z[i, 0] >= threshold else -np.inf
-        elif fitness == FIT_TILT:
-            if finetune[F_PROCESS] > 0.0:
-                _process_noise(key, t, finetune[F_PROCESS], process, shift)
-            _finetune(g, labels, continue_prior, one, c0m, c0v, one, u0m, u0v, finetune, shift, no_shift,
-                      cw, cm, cv, uw, um, uv)
-            for i in range(n):
-                s = 0.0
-                for a in range(d):
-                    vc = max(cv[0, a], 1e-300)
-                    vu = max(uv[0, a], 1e-300)
-                    s += (-((z[i, a] - cm[0, a]) ** 2) / vc - math.log(vc)
-                          + (z[i, a] - um[0, a]) ** 2 / vu + math.log(vu))
-                log_w[i] = 0.5 * (tilt_cfg - 1.0) * s
-        _resample_indices(key, t, log_w, systematic, index, cdf, positions, marks)
-        if use_mutation:
-            _fill_normals(key, _block(t, P_MUTATION), noise)
-            for i in range(n):
-                for a in range(d):
-                    child[i, a] = g[index[i], a] + mutation_sd[a] * noise[i * d + a]
+        if workflow == W_ACCUMULATE:
+            m_par = (t + 1) * n
+            _qg_generation(key, t, pool[:m_par], labels[:m_par], child, fitness, theta, neg_half_precision, keep,
+                           tilt_cfg, finetune, continue_prior, c0m, c0v, u0m, u0v, cw, cm, cv, uw, um, uv, shift,
+                           no_shift, process, env_sd, use_env, mutation_sd, use_mutation, systematic,
+                           phenotype[:m_par], env_noise[: m_par * d], log_w[:m_par], cdf[:m_par], index,
+                           positions, marks, noise)
         else:
-            for i in range(n):
-                for a in range(d):
-                    child[i, a] = g[index[i], a]
-        g, child = child, g
-        _moments(g, out_mean[t], out_var[t])
+            _qg_generation(key, t, g, labels, child, fitness, theta, neg_half_precision, keep, tilt_cfg, finetune,
+                           continue_prior, c0m, c0v, u0m, u0v, cw, cm, cv, uw, um, uv, shift, no_shift, process,
+                           env_sd, use_env, mutation_sd, use_mutation, systematic, phenotype, env_noise, log_w,
+                           cdf, index, positions, marks, noise)
+        if workflow == W_REPLACE:
+            g, child = child, g
+            _moments(g, out_mean[t], out_var[t])
+            if n_real > 0:
+                _draw_mixture(key, t, P_REAL_LABEL, P_REAL_TRAIT, one, data_mean.reshape(1, d),
+                              data_var.reshape(1, d), g, labels, 0, n_real)
+            continue
+        _moments(child, out_mean[t], out_var[t])
         if n_real > 0:
             _draw_mixture(key, t, P_REAL_LABEL, P_REAL_TRAIT, one, data_mean.reshape(1, d),
-                          data_var.reshape(1, d), g, labels, 0, n_real)
+                          data_var.reshape(1, d), child, labels, 0, n_real)
+        _add_to_pool(pool, labels, (t + 1) * n, child, labels)
+        if workflow == W_SUBSAMPLE:
+            _subsample(key, t, pool[: (t + 2) * n], labels, perm, g, labels)
 
 
 @njit(parallel=True, cache=True)
 def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
               finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
-              env_var, mutation_var, systematic, n_real, out_mean, out_var):
+              env_var, mutation_var, systematic, n_real, workflow, out_mean, out_var):
     """The classic loop: phenotype, log fitness, resample N offspring, mutate, record, mix in real data.
 
     Individuals carry a breeding value g (d axes); the phenotype is g plus environmental
@@ -475,13 +574,15 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
     (``theta``, ``omega2``), truncation (keep the top ``keep`` individuals on axis 0), or
     the CFG tilt (p_c/p_u)^(w-1) of Gaussian models refitted to the population each
     generation (the :data:`FINETUNE_TERMS` in ``finetune``; prior the base or the previous model).
+    ``workflow`` (:data:`W_REPLACE` ...): the parents of generation t+1 are the newest generation,
+    the pool of all generations and D_0 (truncation then keeps the same fraction), or N of them.
     """
     # The parallel loop only calls the sequential body: Numba's parallel passes then see a
     # small function, which cuts the compile time.
     for r in prange(keys.shape[0]):
         _qg_replicate(keys[r], n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
                       finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
-                      env_var, mutation_var, systematic, n_real, out_mean[r], out_var[r])
+                      env_var, mutation_var, systematic, n_real, workflow, out_mean[r], out_var[r])
 
 
 @njit(cache=True, inline="always")
@@ -534,7 +635,7 @@ def _level_coefficients(w, mean, var, a_level, b_level, am, inv_s, log_norm):
 @njit(cache=True)
 def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
                      base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
-                     out_mean, out_var, out_occupancy):
+                     workflow, out_mean, out_var, out_occupancy):
     """One replicate of :func:`chain_kernel` (outputs of shape (T, d) and (T, M))."""
     m, d = data_m.shape
     k_steps = abar_t.shape[0]
@@ -549,6 +650,13 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
     x = np.empty((n, d))
     labels = np.empty(n, dtype=np.int64)
     _draw_mixture(key, 0, P_INIT_LABEL, P_INIT_TRAIT, data_w, data_m, data_v, x, labels, 0, n)
+    # The pooled workflows: D_0 and every generation; accumulate-subsample trains on ``train``.
+    pool_rows = (iterations + 1) * n if workflow != W_REPLACE else 0
+    pool, pool_labels, perm = np.empty((pool_rows, d)), np.empty(pool_rows, dtype=np.int64), np.empty(
+        pool_rows, dtype=np.int64)
+    train, train_labels = x.copy(), labels.copy()
+    if workflow != W_REPLACE:
+        _add_to_pool(pool, pool_labels, 0, x, labels)
     cw, cm, cv = base_cw.copy(), base_cm.copy(), base_cv.copy()
     uw, um, uv = base_uw.copy(), base_um.copy(), base_uv.copy()
     c_am = np.empty((k_steps + 1, m, d))
@@ -567,8 +675,16 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
     for t in range(iterations):
         if finetune[F_PROCESS] > 0.0:
             _process_noise(key, t, finetune[F_PROCESS], process, shift)
-        _finetune(x, labels, continue_prior, base_cw, base_cm, base_cv, base_uw, base_um, base_uv, finetune,
-                  shift, no_shift, cw, cm, cv, uw, um, uv)
+        if workflow == W_ACCUMULATE:
+            size = (t + 1) * n
+            _finetune(pool[:size], pool_labels[:size], continue_prior, base_cw, base_cm, base_cv, base_uw, base_um,
+                      base_uv, finetune, shift, no_shift, cw, cm, cv, uw, um, uv)
+        elif workflow == W_SUBSAMPLE:
+            _finetune(train, train_labels, continue_prior, base_cw, base_cm, base_cv, base_uw, base_um, base_uv,
+                      finetune, shift, no_shift, cw, cm, cv, uw, um, uv)
+        else:
+            _finetune(x, labels, continue_prior, base_cw, base_cm, base_cv, base_uw, base_um, base_uv, finetune,
+                      shift, no_shift, cw, cm, cv, uw, um, uv)
         for k in range(k_steps):
             _level_coefficients(cw, cm, cv, a_t[k], b_t[k], c_am[k], c_inv[k], c_norm[k])
             _level_coefficients(uw, um, uv, a_t[k], b_t[k], u_am[k], u_inv[k], u_norm[k])
@@ -607,12 +723,16 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
         if n_real > 0:
             _draw_mixture(key, t, P_REAL_LABEL, P_REAL_TRAIT, data_w, data_m, data_v, x, labels, 0,
                           n_real)
+        if workflow != W_REPLACE:
+            _add_to_pool(pool, pool_labels, (t + 1) * n, x, labels)
+        if workflow == W_SUBSAMPLE:
+            _subsample(key, t, pool[: (t + 2) * n], pool_labels, perm, train, train_labels)
 
 
 @njit(parallel=True, cache=True)
 def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
                  base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
-                 out_mean, out_var, out_occupancy):
+                 workflow, out_mean, out_var, out_occupancy):
     """The guided-sampler chain: refit (labels), run the K-step guided DDIM sampler on each particle, record.
 
     Per iteration: both branches are refitted to the labelled training set (the
@@ -622,9 +742,11 @@ def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, 
     clipping) with the guided ε̂ = ε̂_u + w_k (ε̂_c - ε̂_u) of the two fitted mixtures; it is
     labelled by its most probable component of the conditional mixture at the last noise
     level; mutation noise is added; its statistics are recorded; then the first ``n_real``
-    particles are replaced by fresh real data to form the next training set.
+    particles are replaced by fresh real data to form the newest set; the next training set is
+    that set (``workflow`` :data:`W_REPLACE`), the pool of D_0 and every set so far
+    (:data:`W_ACCUMULATE`) or N individuals drawn from it without replacement (:data:`W_SUBSAMPLE`).
     """
     for r in prange(keys.shape[0]):
         _chain_replicate(keys[r], n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw,
                          base_um, base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta,
-                         mutation_var, n_real, out_mean[r], out_var[r], out_occupancy[r])
+                         mutation_var, n_real, workflow, out_mean[r], out_var[r], out_occupancy[r])

@@ -157,6 +157,11 @@ class Finetune:
 class QGSetup:
     """The classic quantitative-genetics loop (one Gaussian data distribution, d axes).
 
+    ``data_workflow`` says which individuals the next generation is selected from: the newest
+    generation (``replace``), the pool of the initial sample and every generation
+    (``accumulate``; it holds ``(generations + 1) x population x dims`` floats per replicate), or
+    ``population`` of them drawn without replacement (``accumulate-subsample``).
+
     Examples
     --------
     >>> setup = QGSetup(population=100, generations=5, fitness=Fitness("stabilizing", omega2=9.0))
@@ -179,9 +184,11 @@ class QGSetup:
     cond_var: np.ndarray | float = 1.0
     uncond_mean: np.ndarray | float = 0.0
     uncond_var: np.ndarray | float = 1.0
+    data_workflow: str = PARAMETERS["data_workflow"].default
 
     def __post_init__(self):
         check_int(self.population, "population", minimum=2)
+        PARAMETERS["data_workflow"].check(self.data_workflow)
         _check_iterations(self.generations, "generations")
         dims = check_int(self.dims, "dims", minimum=1)
         set_ = object.__setattr__
@@ -233,14 +240,20 @@ class ChainSetup:
     mutation: np.ndarray
     real_fraction: float
     diffusion: DiffusionConfig
+    data_workflow: str = PARAMETERS["data_workflow"].default
 
     @classmethod
     def build(cls, *, population=1000, iterations=10, modes=1, dims=1, data_mean=0.0, data_var=1.0,
               cond_mean=None, cond_var=None, uncond_mean=None, uncond_var=None, fidelity=1.0, drop=0.0,
               uncond_fidelity=None, finetune="base", cfg=7.5, schedule="constant", sampler="ddim", steps=25,
               eta=0.0, mutation=0.0, real_fraction=0.0, var_fidelity=None, var_shift=0.0, process_noise=0.0,
-              diffusion=None) -> ChainSetup:
-        """Validate and assemble a setup; base models default to the data distribution."""
+              diffusion=None, data_workflow="replace") -> ChainSetup:
+        """Validate and assemble a setup; base models default to the data distribution.
+
+        ``data_workflow``: what each refit sees, the newest set (``replace``), the pool of D_0 and
+        every set so far (``accumulate``; ``(iterations + 1) x population x dims`` floats per
+        replicate) or ``population`` individuals drawn from it (``accumulate-subsample``).
+        """
         population = check_int(population, "population", minimum=2)
         iterations = _check_iterations(iterations, "iterations")
         if population >= MAX_BLOCK:
@@ -266,6 +279,7 @@ class ChainSetup:
             mutation=_axes(PARAMETERS["mutation"].check(mutation), dims, "mutation"),
             real_fraction=float(PARAMETERS["real_fraction"].check(real_fraction)),
             diffusion=diffusion or DiffusionConfig(),
+            data_workflow=PARAMETERS["data_workflow"].check(data_workflow),
         )
 
     @property

@@ -55,10 +55,14 @@ from qtm.particles.kernels import (
     P_PROCESS,
     P_REAL_LABEL,
     P_REAL_TRAIT,
+    P_SUBSAMPLE,
     P_SYSTEMATIC,
     PARTICLE_SHIFT,
     PURPOSE_SHIFT,
     TWO_POW_M53,
+    W_ACCUMULATE,
+    W_REPLACE,
+    W_SUBSAMPLE,
     ZIG_ATTEMPTS,
     ZIG_EDGES,
     ZIG_MASK,
@@ -196,24 +200,26 @@ def _exp_nonpositive(x):
         return np.where(x > EXP_FLOOR, p * scale, 0.0)
 
 
-def _resample_indices(keys, iteration, log_w, systematic):
+def _resample_indices(keys, iteration, log_w, systematic, children):
+    """Indices of ``children`` offspring per replicate among the parents of ``log_w`` (R, M)."""
     r, n = log_w.shape
+    k = children
     weights = _exp_nonpositive(log_w - log_w.max(axis=1, keepdims=True))
     cdf = np.cumsum(weights, axis=1)
     total = cdf[:, -1:]
-    index = np.empty((r, n), dtype=np.int64)
+    index = np.empty((r, k), dtype=np.int64)
     if systematic:  # the kernel's offspring counts; child i descends from the parents whose count is <= i
         shift = _uniform(keys, _block(iteration, P_SYSTEMATIC))
         with np.errstate(invalid="ignore"):
-            counts = cdf[:, :-1] * (n / total) - shift[:, None]
-            counts = np.ceil(np.minimum(np.where(counts > 0.0, counts, 0.0), n))
-        children = np.arange(n)
+            counts = cdf[:, :-1] * (k / total) - shift[:, None]
+            counts = np.ceil(np.minimum(np.where(counts > 0.0, counts, 0.0), k))
+        order = np.arange(k)
         for row in range(r):
-            index[row] = np.searchsorted(counts[row], children, side="right")
+            index[row] = np.searchsorted(counts[row], order, side="right")
         return index
-    counters = _block(iteration, P_MULTINOMIAL) + np.arange(n + 1, dtype=np.uint64)
+    counters = _block(iteration, P_MULTINOMIAL) + np.arange(k + 1, dtype=np.uint64)
     spacings = np.cumsum(-np.log(1.0 - _uniform(keys[:, None], counters)), axis=1)
-    positions = spacings[:, :n] * (total / spacings[:, n:])
+    positions = spacings[:, :k] * (total / spacings[:, k:])
     # One searchsorted per replicate keeps the comparisons exactly those of the kernel;
     # it is a small part of the work.
     for row in range(r):
@@ -221,24 +227,42 @@ def _resample_indices(keys, iteration, log_w, systematic):
     return np.minimum(index, n - 1)
 
 
+def _subsample(keys, iteration, pool, pool_labels, count):
+    """The kernels' ``_subsample`` for every replicate: ``count`` rows of ``pool`` (R, M, d) and their labels."""
+    reps, size = pool.shape[:2]
+    perm = np.broadcast_to(np.arange(size), (reps, size)).copy()
+    rows = np.arange(reps)
+    base = _block(iteration, P_SUBSAMPLE)
+    for i in range(count):  # the shuffle is sequential; it runs over the replicates at once
+        j = i + (_uniform(keys, base + np.uint64(i)) * (size - i)).astype(np.int64)
+        perm[rows, i], perm[rows, j] = perm[rows, j], perm[rows, i].copy()
+    chosen = perm[:, :count]
+    return np.take_along_axis(pool, chosen[..., None], axis=1), np.take_along_axis(pool_labels, chosen, axis=1)
+
+
 def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
                  finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
-                 env_var, mutation_var, systematic, n_real, out_mean, out_var):
+                 env_var, mutation_var, systematic, n_real, workflow, out_mean, out_var):
     """NumPy version of :func:`qtm.particles.kernels.qg_kernel` (same arguments)."""
     reps, d = keys.shape[0], data_mean.shape[0]
     one = np.ones(1)
     g, labels = _draw_mixture(keys, 0, P_INIT_LABEL, P_INIT_TRAIT, one, data_mean[None], data_var[None], n)
+    pool = [g]
     c_model = (one, base_c_mean[None], base_c_var[None])
     u_model = (one, base_u_mean[None], base_u_var[None])
     for t in range(generations):
+        if workflow == W_ACCUMULATE:
+            g = np.concatenate(pool, axis=1)
+            labels = np.zeros(g.shape[:2], dtype=np.int64)
+        parents = g.shape[1]
         z = g
         if np.any(env_var > 0):
-            noise = _normals(keys, np.full(reps, _block(t, P_ENV)), 0, n * d).reshape(reps, n, d)
+            noise = _normals(keys, np.full(reps, _block(t, P_ENV)), 0, parents * d).reshape(reps, parents, d)
             z = g + np.sqrt(env_var) * noise
         if fitness == FIT_STABILIZING:
             log_w = ((z - theta) ** 2 * (-0.5 / omega2)).sum(axis=2)
         elif fitness == FIT_TRUNCATION:
-            threshold = np.sort(z[:, :, 0], axis=1)[:, n - keep]
+            threshold = np.sort(z[:, :, 0], axis=1)[:, parents - keep * (parents // n)]
             log_w = np.where(z[:, :, 0] >= threshold[:, None], 0.0, -np.inf)
         elif fitness == FIT_TILT:
             c_prior = c_model if continue_prior else (one, base_c_mean[None], base_c_var[None])
@@ -250,21 +274,24 @@ def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omeg
             s = -((z - c_model[1]) ** 2) / vc - np.log(vc) + (z - u_model[1]) ** 2 / vu + np.log(vu)
             log_w = 0.5 * (tilt_cfg - 1.0) * s.sum(axis=2)
         else:
-            log_w = np.zeros((reps, n))
-        index = _resample_indices(keys, t, log_w, systematic)
+            log_w = np.zeros((reps, parents))
+        index = _resample_indices(keys, t, log_w, systematic, n)
         g = np.take_along_axis(g, index[..., None], axis=1)
         if np.any(mutation_var > 0):
             noise = _normals(keys, np.full(reps, _block(t, P_MUTATION)), 0, n * d).reshape(reps, n, d)
             g = g + np.sqrt(mutation_var) * noise
         out_mean[:, t] = g.mean(axis=1)
         out_var[:, t] = ((g - out_mean[:, t][:, None]) ** 2).mean(axis=1)
+        labels = np.zeros((reps, n), dtype=np.int64)  # one component
         if n_real > 0:
-            real, real_labels = _draw_mixture(keys, t, P_REAL_LABEL, P_REAL_TRAIT, one, data_mean[None],
-                                              data_var[None], n_real)
+            real, _ = _draw_mixture(keys, t, P_REAL_LABEL, P_REAL_TRAIT, one, data_mean[None], data_var[None],
+                                    n_real)
             g = g.copy()
             g[:, :n_real] = real
-            labels = labels.copy()
-            labels[:, :n_real] = real_labels
+        if workflow != W_REPLACE:
+            pool.append(g)
+        if workflow == W_SUBSAMPLE:
+            g, labels = _subsample(keys, t, np.concatenate(pool, axis=1), np.zeros((reps, (t + 2) * n), np.int64), n)
 
 
 def _level_coefficients(w, mean, var, a_level, b_level):
@@ -288,7 +315,7 @@ def _mixture_eps(x, am, inv_s, log_norm, b_level):
 
 def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
                     base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
-                    out_mean, out_var, out_occupancy):
+                    workflow, out_mean, out_var, out_occupancy):
     """NumPy version of :func:`qtm.particles.kernels.chain_kernel` (same arguments)."""
     reps = keys.shape[0]
     m, d = data_m.shape
@@ -297,6 +324,8 @@ def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_c
     sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
     direction = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0))
     x, labels = _draw_mixture(keys, 0, P_INIT_LABEL, P_INIT_TRAIT, data_w, data_m, data_v, n)
+    pool, pool_labels = [x], [labels]
+    train, train_labels = x, labels
     c_model = (base_cw, base_cm, base_cv)
     u_model = (base_uw, base_um, base_uv)
     particle_base = (np.arange(n, dtype=np.uint64) << np.uint64(PARTICLE_SHIFT))[None, :]
@@ -304,7 +333,12 @@ def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_c
     for t in range(iterations):
         c_prior = c_model if continue_prior else (base_cw, base_cm, base_cv)
         u_prior = u_model if continue_prior else (base_uw, base_um, base_uv)
-        c_model, u_model = _finetune(x, labels, c_prior, u_prior, finetune, _process_noise(keys, t, finetune, m, d))
+        if workflow == W_ACCUMULATE:
+            train, train_labels = np.concatenate(pool, axis=1), np.concatenate(pool_labels, axis=1)
+        elif workflow == W_REPLACE:
+            train, train_labels = x, labels
+        c_model, u_model = _finetune(train, train_labels, c_prior, u_prior, finetune,
+                                     _process_noise(keys, t, finetune, m, d))
         base = np.broadcast_to(_block(t, P_GEN) + particle_base, (reps, n))
         xi = _normals(particle_keys, base, 0, d)
         for k in range(k_steps):
@@ -326,3 +360,9 @@ def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_c
                                               n_real)
             x[:, :n_real] = real
             labels[:, :n_real] = real_labels
+        if workflow != W_REPLACE:
+            pool.append(x)
+            pool_labels.append(labels)
+        if workflow == W_SUBSAMPLE:
+            train, train_labels = _subsample(keys, t, np.concatenate(pool, axis=1),
+                                             np.concatenate(pool_labels, axis=1), n)

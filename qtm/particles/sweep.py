@@ -156,7 +156,8 @@ def _setup(row: dict, opts: dict) -> ChainSetup | QGSetup:
             fidelity=row["fidelity"], drop=row["drop"],
             uncond_fidelity=row["uncond_fidelity"], finetune=row["finetune"], cfg=row["cfg"],
             schedule=row["schedule"], sampler=row["sampler"], steps=row["steps"], eta=row["eta"],
-            mutation=row["mutation"], real_fraction=row["real_fraction"], **errors, **base,
+            mutation=row["mutation"], real_fraction=row["real_fraction"], data_workflow=row["data_workflow"],
+            **errors, **base,
         )
     if PARAMETERS["sampler"].check(row["sampler"]) != "tilt":
         raise QTMError(
@@ -172,7 +173,7 @@ def _setup(row: dict, opts: dict) -> ChainSetup | QGSetup:
         population=opts["population"], generations=PARAMETERS["iterations"].check(row["iterations"]),
         dims=opts["dims"], data_mean=opts["data_mean"], data_var=opts["data_var"],
         fitness=Fitness("tilt", cfg=tilt_scale), mutation=row["mutation"], resampling=opts["resampling"],
-        real_fraction=row["real_fraction"],
+        real_fraction=row["real_fraction"], data_workflow=row["data_workflow"],
         finetune=Finetune(row["fidelity"], row["drop"], row["uncond_fidelity"], row["finetune"], **errors),
         **base,
     )
