@@ -167,7 +167,7 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def image_problem(path) -> str | None:
-    """Why the image file ``path`` is not whole, or None: missing, empty, or a PNG cut short.
+    r"""Why the image file ``path`` is not whole, or None: missing, empty, or a PNG cut short.
 
     A cheap check (no decoding): it reads the last bytes of a PNG, enough to see a file
     truncated by a crash or a full disk.
