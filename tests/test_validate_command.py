@@ -373,12 +373,12 @@ def test_decomposition_samples_of_a_real_tiny_run(tiny_run, tmp_path):
 
     def prepare(path):  # what `chain validate --decompose --finetune-noise 2` does
         make_reference(path, backend=backend)
-        made.update(make_decomposition_samples(path, backend=backend, finetune_noise=2))
+        made.update(make_decomposition_samples(path, backend=backend, per_caption=3, finetune_noise=2))
 
     validate_runs([run], report=tmp_path / "r", axes=2, bootstrap=10, prepare=prepare, warn=print)
-    assert made["images"] == 3 * (16 + 8) + 2 * 16 and made["finetunes"] == 2
+    assert made["images"] == 3 * (30 + 15) + 2 * 30 and made["finetunes"] == 2  # 10 captions x 3
     for t in range(3):
-        for kind, count in (("cfg1", 16), ("uncond", 8)):
+        for kind, count in (("cfg1", 30), ("uncond", 15)):
             lines = (run / f"iter-{t:03d}" / "samples" / kind / "metadata.jsonl").read_text().splitlines()
             assert len(lines) == count
     assert len(list((run / "real").glob("*.png"))) == 16
@@ -387,5 +387,5 @@ def test_decomposition_samples_of_a_real_tiny_run(tiny_run, tmp_path):
     assert 0 in set(table.loc[table["quantity"] == "rho", "iteration"])  # D_0 = the real data written to RUN/real
     assert (table["quantity"] == "finetune_noise_mean").any()
     # Resumed: nothing is generated twice.
-    again = make_decomposition_samples(run, backend=backend, finetune_noise=2)
+    again = make_decomposition_samples(run, backend=backend, per_caption=3, finetune_noise=2)
     assert again["images"] == 0 and again["finetunes"] == 0

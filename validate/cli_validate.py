@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from chain.decomposition_samples import make_decomposition_samples
+from chain.decomposition_samples import DEFAULT_PER_CAPTION, make_decomposition_samples
 from chain.errors import ChainError
 from chain.reference import make_reference as generate_reference
 from qtm.rundir import read_run
@@ -45,6 +45,9 @@ def validate_command(
         "--decompose/--no-decompose",
         help="Selection, response and inheritance per iteration: first generate each finished iteration's missing "
         "CFG-1 and unconditional samples (and the base-model reference points) into the run directory.",
+    ),
+    decompose_per_caption: int = typer.Option(
+        DEFAULT_PER_CAPTION, help="CFG-1 samples per caption of each iteration's model (half as many unconditional)."
     ),
     finetune_noise: int = typer.Option(
         0, help="K: also finetune K more models on iteration 0's training set and sample them (finetuning noise)."
@@ -84,7 +87,9 @@ def validate_command(
         generation["seconds"] += time.perf_counter() - began
         if decompose:
             try:
-                made = make_decomposition_samples(path, finetune_noise=finetune_noise)
+                made = make_decomposition_samples(
+                    path, per_caption=decompose_per_caption, finetune_noise=finetune_noise
+                )
             except ChainError as error:
                 warn(f"{Path(path).name}: no decomposition samples generated: {error}")
                 return

@@ -180,7 +180,9 @@ def decompose(runs: list[RunTraits], *, n_boot: int = 200, level: float = 0.95, 
     rng = check_random_state(random_state)
     rows = []
     for run in runs:
-        rows += _decompose_run(run, n_boot, level, rng)
+        # A resample of identical images has a zero variance: its log is -inf, left out of the intervals.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rows += _decompose_run(run, n_boot, level, rng)
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
