@@ -1,9 +1,9 @@
 """The verification suite at tiny sizes: it runs, it writes its outputs, and it can fail.
 
 False-failure rate: every check runs with a fixed seed and is designed to fail a
-correct simulator with probability 0.001, so the smoke run of the seven ``qtm``
+correct simulator with probability 0.001, so the smoke run of the eight ``qtm``
 checks and the sampler-map check of ``chain`` fail by chance with probability at
-most 0.008 over seeds; with the fixed seed the result is deterministic (the
+most 0.009 over seeds; with the fixed seed the result is deterministic (the
 particle engine does not depend on the thread count). The tests that inject a
 wrong analytic value are expected to fail the check: their shifts are 10 or more
 standard errors at these sizes, so a miss has probability far below 1e-6.

@@ -30,10 +30,14 @@ check                      compares
                            :func:`qtm.gaussian.refit_expectation` and the moments engine
 ``particles_vs_moments``   the particle engine's guided-sampler chain with the moments
                            engine, iteration by iteration
+``workflows``              the replace and accumulate data workflows (a Gaussian ML refit
+                           and the particle engine) with the exact finite-t closed forms:
+                           Shumailov's variance loss, the mean's linear drift under
+                           replace, its bounded error tending to pi^2/6 under accumulate
 =========================  ===========================================================
 
-The first five live in :mod:`qtm.verify.quantgen`, then :mod:`qtm.verify.drift` and
-:mod:`qtm.verify.engines`; plots and summaries in :mod:`qtm.verify.report`. The exact
+The first five live in :mod:`qtm.verify.quantgen`, then :mod:`qtm.verify.drift`,
+:mod:`qtm.verify.engines` and :mod:`qtm.verify.workflows`; plots and summaries in :mod:`qtm.verify.report`. The exact
 sampler map against diffusers' own scheduler needs torch, which ``qtm`` never imports:
 that check lives with the real chain, in :mod:`chain.verify_sampler`, and runs through
 the same :func:`run_checks` (``registry=``).
@@ -80,7 +84,7 @@ __all__ = [
 ]
 
 #: The check families in the suite's order; each registers its checks in :data:`CHECKS` when imported.
-FAMILIES = ("quantgen", "drift", "engines")
+FAMILIES = ("quantgen", "drift", "engines", "workflows")
 for _family in FAMILIES:
     importlib.import_module(f"{__name__}.{_family}")
 
