@@ -11,12 +11,15 @@ Reference, timed in the same run: the tiny digits chain with its default setting
 (``digits8``, ``digits:500``, base training included).
 
 Run: ``.venv/bin/python benchmarks/rgb_chain.py [--data emoji:32 --data pokemon:32] [--iterations 5]``;
-``--smoke`` runs 1 iteration with a 20-step base model and 5 sampling steps (a check that it runs, no figure).
+``--smoke`` runs 1 iteration with a 20-step base model and 5 sampling steps (a check that it runs, no figure);
+``--grid PATH`` also writes a sample grid of the first data set's base model at CFG 3 (docs/img/emoji_base_cfg3.png:
+``--data emoji:32 --grid docs/img/emoji_base_cfg3.png``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import tempfile
@@ -38,14 +41,60 @@ class Clock:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
+class CpuReporter:
+    """A silent chain reporter that keeps each phase's CPU time, by its description."""
+
+    def __init__(self):
+        self.cpu: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int):
+        began = time.process_time()
+        yield lambda done, total: None
+        self.cpu[description] = time.process_time() - began
+
+    def line(self, text: str) -> None:
+        """Iteration summaries are printed from the records instead."""
+
+
+def sample_grid(backend, data: str, path: str, *, rows: int = 12, per_row: int = 6) -> None:
+    """The base model's images at CFG 3 (DDIM, 25 steps) for the ``rows`` most frequent captions, two real images first.
+
+    Each row is labelled with its caption; columns 1-2 are real, the rest generated.
+    """
+    from collections import Counter
+
+    from PIL import Image, ImageDraw
+
+    from chain.data import load_dataset
+    from qtm.schedules import CFGSchedule
+
+    dataset = load_dataset(data)
+    captions = [caption for caption, _ in Counter(dataset.captions).most_common(rows)]
+    prompts = [caption for caption in captions for _ in range(per_row)]
+    images = backend.generate(prompts, cfg=3.0, schedule=CFGSchedule(), seeds=range(len(prompts)), steps=25,
+                              sampler="ddim")
+    size = backend.config.resolution
+    cell, label = size + 2, 150
+    canvas = Image.new("RGB", (label + cell * (per_row + 2) + 4, cell * rows), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, caption in enumerate(captions):
+        draw.text((2, r * cell + size // 2 - 5), caption, fill="black")
+        real = [image for image, c in zip(dataset.images, dataset.captions, strict=True) if c == caption][:2]
+        for k, image in enumerate(real + images[r * per_row : (r + 1) * per_row]):
+            canvas.paste(image.convert("RGB").resize((size, size)), (label + cell * k + (4 if k >= 2 else 0), r * cell))
+    canvas.save(path)
+    print(f"wrote {path}: rows {', '.join(captions)}; columns 1-2 real, then the base model at CFG 3", flush=True)
+
+
 def chain(label: str, data: str, scratch: Path, *, preset: str, text_encoder: str | None, iterations: int,
-          cfg: float, overrides: dict, smoke: bool) -> None:
+          cfg: float, overrides: dict, smoke: bool, settings: dict, grid: str | None = None) -> None:
     """Train the base model, run the chain, print per-phase times; the model is cached under ``scratch``."""
     from chain.backends.tiny import TinyBackend, preset_config
     from chain.data import load_dataset
     from chain.runner import RunParameters, run_chain
 
-    options = {"steps": 5, "train_steps": 5} if smoke else {}
+    options = {"steps": 5, "train_steps": 5} if smoke else settings
     params = RunParameters(data=data, preset=preset, text_encoder=text_encoder, iterations=iterations, cfg=cfg,
                            device="cpu", **options)
     resolved = params.resolve()
@@ -58,13 +107,18 @@ def chain(label: str, data: str, scratch: Path, *, preset: str, text_encoder: st
     examples = config.base_train_steps * min(config.base_batch_size, size)
     print(f"{label}: {size} images; base model ({config.base_train_steps} steps x {config.base_batch_size}) "
           f"{base_wall:.0f} s wall, {base_cpu:.0f} s CPU, {examples / base_cpu:.0f} examples/s (CPU)", flush=True)
+    if grid:
+        sample_grid(backend, data, grid)
     chain_clock = Clock()
-    records = run_chain(scratch / f"run-{label}", params, backend=backend)
+    reporter = CpuReporter()
+    records = run_chain(scratch / f"run-{label}", params, backend=backend, reporter=reporter)
     chain_wall, chain_cpu = chain_clock.read()
     for record in records:
-        fine, gen = record["finetune"], record["generate"]
-        print(f"  iteration {record['iteration']}: {record['seconds']:.0f} s wall (finetune {fine['seconds']:.0f} s, "
-              f"generate {gen['seconds']:.0f} s, {gen['images'] / gen['seconds']:.1f} images/s wall)")
+        t, fine, gen = record["iteration"], record["finetune"], record["generate"]
+        fine_cpu, gen_cpu = reporter.cpu[f"iteration {t}: finetuning"], reporter.cpu[f"iteration {t}: generating"]
+        print(f"  iteration {t}: {record['seconds']:.0f} s wall; finetune {fine['seconds']:.0f} s wall, "
+              f"{fine_cpu:.0f} s CPU; generate {gen['seconds']:.0f} s wall, {gen_cpu:.0f} s CPU, "
+              f"{gen['images'] / gen['seconds']:.1f} images/s wall, {gen['images'] / gen_cpu:.1f} images/s CPU")
     total_wall, total_cpu = base_wall + chain_wall, base_cpu + chain_cpu
     load = os.getloadavg()
     print(f"  {label} total incl. base training: {total_wall:.0f} s wall, {total_cpu:.0f} s CPU; ratio to the "
@@ -81,9 +135,15 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=3.0)
     parser.add_argument("--smoke", action="store_true", help="1 iteration, 20 base steps, 5 sampling steps")
     parser.add_argument("--no-reference", action="store_true", help="skip the tiny digits chain")
+    parser.add_argument("--steps", type=int, help="sampling steps of the RGB chain (default: the backend's)")
+    parser.add_argument("--train-steps", type=int, help="finetuning steps per iteration (default: the backend's)")
+    parser.add_argument("--batch-size", type=int, help="finetuning batch size (default: the backend's)")
+    parser.add_argument("--grid", help="write the first data set's base-model sample grid at CFG 3 here")
     args = parser.parse_args()
     iterations = 1 if args.smoke else args.iterations
     overrides = {"base_train_steps": 20} if args.smoke else {}
+    settings = {k: v for k, v in (("steps", args.steps), ("train_steps", args.train_steps),
+                                  ("batch_size", args.batch_size)) if v is not None}
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average "
           f"{os.getloadavg()[0]:.1f} (1-minute) at the start", flush=True)
@@ -91,10 +151,11 @@ def main() -> None:
         os.environ["CHAIN_TINY_CACHE"] = str(Path(scratch) / "cache")
         if not args.no_reference:
             chain("digits (reference)", "digits:500", Path(scratch), preset="digits8", text_encoder=None,
-                  iterations=iterations, cfg=args.cfg, overrides=overrides, smoke=args.smoke)
-        for data in args.data or ["emoji:32"]:
+                  iterations=iterations, cfg=args.cfg, overrides=overrides, smoke=args.smoke, settings={})
+        for k, data in enumerate(args.data or ["emoji:32"]):
             chain(data, data, Path(scratch), preset=args.preset, text_encoder=args.text_encoder,
-                  iterations=iterations, cfg=args.cfg, overrides=overrides, smoke=args.smoke)
+                  iterations=iterations, cfg=args.cfg, overrides=overrides, smoke=args.smoke, settings=settings,
+                  grid=args.grid if k == 0 else None)
     print(peak_line())
 
 
