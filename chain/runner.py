@@ -25,7 +25,7 @@ from chain.backends.base import Backend, Progress
 from chain.data import Dataset, load_dataset
 from chain.errors import ChainError
 from chain.rundir import ITERATION_FILE, METADATA_FILE, RunDirectory, disk_full_error
-from chain.seeds import finetune_seed, image_seed, real_mix_seed
+from chain.seeds import finetune_seed, image_seed, real_mix_seed, subsample_seed
 from qtm.errors import QTMError
 from qtm.io import atomic_path
 from qtm.params import ALL_PARAMETERS, BACKEND_DEFAULTS, NETWORK_SAMPLERS, RUN_DEFAULTS, RUN_OPTIONS
@@ -303,7 +303,7 @@ def _iteration(run, t, params, data, backend, reporter, model_from) -> dict:
     record = {"iteration": t, "status": "running"}
     run.write_iteration_record(t, record)
 
-    images, captions, real_used = _training_set(run, t, params, data)
+    images, captions, real_used, sources = _training_set(run, t, params, data)
     start = "base" if params["finetune"] == "base" or t == 0 else "continue"
     if start == "continue" and model_from != t - 1:
         backend.load_weights(run.iteration_dir(t - 1) / WEIGHTS_DIR)
@@ -353,6 +353,8 @@ def _iteration(run, t, params, data, backend, reporter, model_from) -> dict:
             "seed": seed,
             "train_images": len(images),
             "real_images": real_used,
+            "data_workflow": params["data_workflow"],
+            "training_set": sources,
             "seconds": result.seconds,
             "losses": result.losses,
             "final_loss": float(np.mean(result.losses[-10:])) if result.losses else None,
@@ -367,24 +369,52 @@ def _iteration(run, t, params, data, backend, reporter, model_from) -> dict:
 
 
 def _training_set(run: RunDirectory, t: int, params: dict, data: Dataset):
-    """D_t: the real data at t = 0, else iteration t-1's images with their captions (and real ones mixed in)."""
+    """D_t: images, captions, how many are real, and where each comes from (the iteration record's ``training_set``).
+
+    The real data at t = 0. Later, by ``--data-workflow``: iteration t-1's images (``replace``); the
+    real data and every earlier iteration's images (``accumulate``); or as many of those as one
+    iteration generates, drawn without replacement (``accumulate-subsample``). Each iteration's
+    images carry their real-data share (``--real-fraction``: that many of them replaced by the
+    real image of the same caption), the same whichever later iteration uses them. A source is
+    ``real:INDEX`` (the dataset's image) or the image's file name relative to the run directory.
+    """
+    real = (list(data.images), list(data.captions), [f"real:{i}" for i in range(len(data))])
     if t == 0:
-        return list(data.images), list(data.captions), len(data)
+        return (*real[:2], len(data), real[2])
+    workflow = params["data_workflow"]
+    if workflow == "replace":
+        images, captions, sources = _generation(run, t - 1, params, data)
+    else:
+        sets = [real] + [_generation(run, s, params, data) for s in range(t)]
+        images, captions, sources = ([item for part in sets for item in part[k]] for k in range(3))
+        if workflow == "accumulate-subsample":
+            budget = len(run.read_metadata(t - 1))
+            rng = np.random.default_rng(subsample_seed(params["seed"], t))
+            chosen = np.sort(rng.choice(len(images), size=budget, replace=False))
+            images, captions, sources = ([part[k] for k in chosen] for part in (images, captions, sources))
+    return images, captions, sum(source.startswith("real:") for source in sources), sources
+
+
+def _generation(run: RunDirectory, s: int, params: dict, data: Dataset):
+    """Iteration ``s``'s images, captions and sources, with the real data mixed in as D_(s+1) takes it."""
     from PIL import Image
 
-    rows = run.read_metadata(t - 1)
+    rows = run.read_metadata(s)
     images = []
     for row in rows:
-        with Image.open(run.iteration_dir(t - 1) / row["file_name"]) as image:
+        with Image.open(run.iteration_dir(s) / row["file_name"]) as image:
             image.load()
             images.append(image.copy())
     captions = [row["caption"] for row in rows]
+    folder = run.iteration_dir(s).relative_to(run.path)
+    sources = [(folder / row["file_name"]).as_posix() for row in rows]
     count = round(params["real_fraction"] * len(rows))
     if count:
-        rng = np.random.default_rng(real_mix_seed(params["seed"], t))
+        rng = np.random.default_rng(real_mix_seed(params["seed"], s + 1))
         for k in rng.choice(len(rows), size=count, replace=False):
             images[k] = data.images[rows[k]["caption_index"]]
-    return images, captions, count
+            sources[k] = f"real:{rows[k]['caption_index']}"
+    return images, captions, sources
 
 
 def pixel_std(images) -> float:

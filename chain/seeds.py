@@ -11,7 +11,7 @@ from qtm.random import derive_seed
 from qtm.validation import check_int
 
 # Distinct tags keep the streams of different purposes apart for the same iteration.
-_IMAGE, _FINETUNE, _REAL_MIX = 0, 1, 2
+_IMAGE, _FINETUNE, _REAL_MIX, _SUBSAMPLE = 0, 1, 2, 3
 
 
 def image_seed(run_seed: int, iteration: int, caption_index: int, copy: int = 0) -> int:
@@ -48,3 +48,16 @@ def real_mix_seed(run_seed: int, iteration: int) -> int:
     """
     check_int(run_seed, "--seed", minimum=0)
     return derive_seed(run_seed, _REAL_MIX, iteration)
+
+
+def subsample_seed(run_seed: int, iteration: int) -> int:
+    """Seed of the budget-size sample of all data so far that iteration ``iteration`` trains on
+    (``--data-workflow accumulate-subsample``).
+
+    Examples
+    --------
+    >>> subsample_seed(0, 1) not in (real_mix_seed(0, 1), finetune_seed(0, 1))
+    True
+    """
+    check_int(run_seed, "--seed", minimum=0)
+    return derive_seed(run_seed, _SUBSAMPLE, iteration)
