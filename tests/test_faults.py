@@ -597,7 +597,7 @@ def test_config_values_are_type_checked_and_bad_bytes_are_one_line(monkeypatch, 
 
 # ------------------------------------------------------------------------------------------------- fuzzing
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 TOKENS = st.one_of(
     st.sampled_from(["0", "1", "-1", "0.5", "3", "7.5", "1e308", "-1e308", "1e-320", "nan", "inf", "-inf", "1,,2",
