@@ -22,6 +22,7 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -50,6 +51,9 @@ torch = pytest.importorskip("torch")
 from chain import cli as chain_cli  # noqa: E402
 from chain.rundir import LOCK_FILE, RunDirectory  # noqa: E402
 from chain.runner import Reporter, RunParameters, run_chain  # noqa: E402
+
+# Hypothesis caches what it learns in a folder; keep it out of the repository.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "qtm-hypothesis"))
 
 TINY = {"data": "digits:20", "iterations": 2, "train_steps": 3, "steps": 3, "batch_size": 8, "seed": 4,
         "device": "cpu"}
