@@ -208,7 +208,8 @@ def _connect(address, *, local: bool):
         cluster = distributed.LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True,
                                            dashboard_address=None)
         return distributed.Client(cluster), cluster
-    _probe_scheduler(str(address))
+    if "://" not in str(address) or str(address).startswith("tcp://"):
+        _probe_scheduler(str(address))  # other transports (tls, ucx) need their security settings to talk
     try:
         client = distributed.Client(str(address), timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError) as error:
