@@ -162,33 +162,47 @@ def guided_sampling(fig, *, cfg, samplers, schedules, steps, model):
     caption="The moments engine in the reference setup (finetuning from the base model with fidelity 0.5, "
     "DDIM with 50 steps). Columns: plain CFG; condition-drop finetuning (p = 0.2, the unconditional branch "
     "learns the data with fidelity p rho); the decaying cosine CFG schedule; both (ReDiFine). "
-    "Variance relative to the real data's; the dotted line is the collapse threshold.",
+    "Variance relative to the real data's; the dotted line is the collapse threshold. Solid lines: each "
+    "iteration trains on the newest generation (data workflow replace); dashed: on the real data and every "
+    "generation so far (accumulate; accumulate-subsample has the same expected moments at infinite N). Under "
+    "accumulate the pool keeps the old sets, whose means guidance has since moved: the between-set spread widens "
+    "the pooled Gaussian until v_c passes v_u and guidance widens it further (the grey region of the phase "
+    "diagram, a limit of the Gaussian closure); such lines leave the plotted range.",
     size=(12.0, 5.5),
     cfg=(1.0, 2.0, 3.0, 5.0, 7.5, 10.0),
     variants=(("plain", "constant", 0.0), ("condition drop", "constant", 0.2),
               ("cosine schedule", "cosine", 0.0), ("ReDiFine (both)", "cosine", 0.2)),
+    workflows=(("replace", "-"), ("accumulate", "--")),
     fidelity=0.5,
     finetune="base",
     iterations=10,
+    var_range=(1e-6, 1e4),
+    mean_range=(0.0, 18.0),
 )  # fmt: skip
-def chain(fig, *, cfg, variants, fidelity, finetune, iterations):
+def chain(fig, *, cfg, variants, workflows, fidelity, finetune, iterations, var_range, mean_range):
     from qtm.recursion import simulate_moments
 
     axes = fig.subplots(2, len(variants), sharex=True, sharey="row")
     t = np.arange(iterations)
     colours = _colours(len(cfg))
+    names = [name for name, _ in workflows]
     for column, (label, schedule, drop) in enumerate(variants):
-        traj = simulate_moments(**MODEL, cfg=np.asarray(cfg), schedule=schedule, drop=drop, fidelity=fidelity,
-                                finetune=finetune, iterations=iterations)  # fmt: skip
+        traj = simulate_moments(**MODEL, cfg=np.asarray(cfg)[:, None], schedule=schedule, drop=drop,
+                                fidelity=fidelity, finetune=finetune, iterations=iterations,
+                                data_workflow=np.asarray(names, dtype=object)[None, :])  # fmt: skip
         for i, w in enumerate(cfg):
-            axes[0, column].plot(t, traj.var[i] / MODEL["data_var"], "o-", ms=2, color=colours[i], label=f"w={w:g}")
-            axes[1, column].plot(t, traj.mean[i], "o-", ms=2, color=colours[i])
+            for k, (_, style) in enumerate(workflows):
+                axes[0, column].plot(t, traj.var[i, k] / MODEL["data_var"], marker="o", ls=style, ms=2,
+                                     color=colours[i], label=f"w={w:g}" if k == 0 else None)
+                axes[1, column].plot(t, traj.mean[i, k], marker="o", ls=style, ms=2, color=colours[i])
         axes[0, column].axhline(COLLAPSE_THRESHOLD, color="k", ls=":", lw=0.8)
         axes[0, column].set(title=label, yscale="log")
         axes[1, column].set(xlabel="iteration")
-    axes[0, 0].set(ylabel="variance / real variance")
-    axes[1, 0].set(ylabel="mean")
+    axes[0, 0].set(ylabel="variance / real variance", ylim=var_range)
+    axes[1, 0].set(ylabel="mean", ylim=mean_range)
     axes[0, 0].legend(fontsize=7)
+    styles = [axes[1, 0].plot([], [], color="k", ls=style, label=name)[0] for name, style in workflows]
+    axes[1, 0].legend(handles=styles, fontsize=7, title="data workflow", title_fontsize=7)
 
 
 # --------------------------------------------------------------------------- 4
@@ -206,34 +220,44 @@ EXPLOSION_FACTOR = 10.0
     "within 30; grey: no collapse, and the variance ends above 10 times the real data's: the Gaussian closure of "
     "the mixed data set lets v_c pass v_u, after which guidance widens the distribution, a limit of the moments "
     "model rather than a prediction). Left: over CFG scale and condition-drop probability; right: over CFG "
-    "scale and the share of real data mixed into every finetuning set.",
-    size=(10.0, 4.2),
+    "scale and the share of real data mixed into every finetuning set. One row per data workflow: each "
+    "iteration trains on the newest generation (replace) or on the real data and every generation so far "
+    "(accumulate).",
+    size=(10.0, 7.5),
     cfg=(1.0, 10.0, 37),
     drop=(0.0, 1.0, 21),
     real_fraction=(0.0, 0.5, 21),
+    workflows=("replace", "accumulate"),
     fidelity=0.5,
     finetune="continue",
     iterations=30,
 )
-def phase_diagram(fig, *, cfg, drop, real_fraction, fidelity, finetune, iterations):
-    from qtm.recursion import collapse_iteration, simulate_moments
-
+def phase_diagram(fig, *, cfg, drop, real_fraction, workflows, fidelity, finetune, iterations):
     w = np.linspace(*cfg)
     panels = (("condition-drop probability p", "drop", np.linspace(*drop)),
               ("real-data fraction", "real_fraction", np.linspace(*real_fraction)))  # fmt: skip
-    axes = fig.subplots(1, 2)
-    for ax, (label, option, values) in zip(axes, panels, strict=True):
-        traj = simulate_moments(**MODEL, cfg=w[:, None], **{option: values[None, :]}, fidelity=fidelity,
-                                finetune=finetune, iterations=iterations)  # fmt: skip
-        first = collapse_iteration(traj, threshold=COLLAPSE_THRESHOLD).astype(float)
-        first[first < 0] = np.nan
-        # Without collapse the Gaussian closure can also let the variance grow without bound (once
-        # v_c > v_u guidance widens instead of narrowing); those points are shown apart, in grey.
-        explodes = np.isnan(first) & (traj.var[..., -1] > EXPLOSION_FACTOR * traj.data_var)
-        ax.pcolormesh(values, w, np.where(explodes, 1.0, np.nan), shading="nearest", cmap="Greys", vmin=0, vmax=2)
-        mesh = ax.pcolormesh(values, w, first, shading="nearest", cmap="viridis", vmin=0, vmax=iterations - 1)
-        ax.set(xlabel=label, ylabel="CFG scale w")
+    axes = fig.subplots(len(workflows), 2, squeeze=False)
+    for row, workflow in enumerate(workflows):
+        for ax, (label, option, values) in zip(axes[row], panels, strict=True):
+            mesh = _collapse_map(ax, w, option, values, workflow=workflow, fidelity=fidelity, finetune=finetune,
+                                 iterations=iterations)  # fmt: skip
+            ax.set(xlabel=label, ylabel=f"CFG scale w ({workflow})")
     fig.colorbar(mesh, ax=axes, label="iterations until collapse")
+
+
+def _collapse_map(ax, w, option, values, *, workflow, fidelity, finetune, iterations):
+    """One phase-diagram panel: iterations until collapse over CFG scale (rows) and ``option`` (columns)."""
+    from qtm.recursion import collapse_iteration, simulate_moments
+
+    traj = simulate_moments(**MODEL, cfg=w[:, None], **{option: values[None, :]}, fidelity=fidelity,
+                            finetune=finetune, iterations=iterations, data_workflow=workflow)  # fmt: skip
+    first = collapse_iteration(traj, threshold=COLLAPSE_THRESHOLD).astype(float)
+    first[first < 0] = np.nan
+    # Without collapse the Gaussian closure can also let the variance grow without bound (once
+    # v_c > v_u guidance widens instead of narrowing); those points are shown apart, in grey.
+    explodes = np.isnan(first) & (traj.var[..., -1] > EXPLOSION_FACTOR * traj.data_var)
+    ax.pcolormesh(values, w, np.where(explodes, 1.0, np.nan), shading="nearest", cmap="Greys", vmin=0, vmax=2)
+    return ax.pcolormesh(values, w, first, shading="nearest", cmap="viridis", vmin=0, vmax=iterations - 1)
 
 
 # --------------------------------------------------------------------------- 5
