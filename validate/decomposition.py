@@ -313,7 +313,8 @@ def finetune_noise(
     ``finetune_noise_excess`` the same after subtracting the sampling variance of a mean
     (``v / n``), i.e. the finetuning-seed noise alone (0 where sampling explains it all);
     ``finetune_noise_log_var`` the SD across the models of the log variance. Pooled rows
-    (``caption`` ``(all)``, ``axis`` -1) are root-mean-squares over captions and axes.
+    (``caption`` ``(all)``, ``axis`` -1) are root-mean-squares over captions and axes. The intervals are
+    basic bootstrap intervals (see the code), not percentile ones.
 
     Examples
     --------
@@ -356,7 +357,9 @@ def finetune_noise(
         for caption, axis, column in [*parts, (ALL_CAPTIONS, -1, pooled)]:
             boot = column[1:][np.isfinite(column[1:])]
             enough = n_boot and len(boot) >= 0.9 * n_boot
-            low, high = np.percentile(boot, [tail, 100 - tail]) if enough else (np.nan, np.nan)
+            # Basic (reversed-percentile) intervals: resampling adds its own sampling spread to the spread of
+            # the means, which biases every resample upward; the reversed interval cancels that bias.
+            low, high = 2 * column[0] - np.percentile(boot, [100 - tail, tail]) if enough else (np.nan, np.nan)
             rows.append(
                 {
                     "run": run,
