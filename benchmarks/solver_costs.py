@@ -1,0 +1,87 @@
+"""Cost of each sampler in the moments engine, per grid point and iteration (issue 11).
+
+Times :func:`qtm.recursion.simulate_moments` for every sampler of :data:`qtm.params.SAMPLERS`
+on one grid (CFG x condition drop x fidelity, the reference model, SD v1.5's scheduler; SD3's for
+flow-matching Euler) and
+prints nanoseconds per point-iteration and the ratio to ``ddim`` (the fused Numba kernel)
+measured in the same run. ``ddim`` and ``ddpm`` run through the kernel; every other
+sampler through the :mod:`qtm.gaussian` operators and its exact map (:mod:`qtm.solvers`,
+:mod:`qtm.continuous`), vectorised over the grid. Each sampler is run once untimed (Numba
+compiles, caches fill), then the best of ``--repeats`` runs is taken. The load average is
+printed before and after: on a shared machine the ratios are the figure to read.
+
+Run: ``.venv/bin/python benchmarks/solver_costs.py [--points 10000] [--iterations 5] [--steps 50]``.
+
+Measured on 2026-12-02 (2 shared x86-64 cores, load average 4.0 before and after; the output is in
+``benchmarks/results/solver_costs_2026-12-02_*.txt``), 10,648 points x 5 iterations, 50 steps, ns per
+point-iteration (x ddim): ddim 221 (1.00), ddpm 225 (1.02), euler 1250 (5.7), euler-a 1192 (5.4),
+dpm++2m 1182 (5.4), dpm++1s 1403 (6.4), heun 2354 (10.7; two model evaluations per step), flow-euler
+1448 (6.6), ode 537 (2.4), sde 153 (0.69), tilt 237 (1.07). The new solvers cost 5 to 11 times the
+fused DDIM kernel: 10^6 points x 20 iterations would take about 25 s (euler) to 47 s (heun) here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numba
+import numpy as np
+
+from qtm.params import SAMPLERS
+from qtm.recursion import simulate_moments
+
+MODEL = dict(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=1.5, data_mean=1.0, data_var=1.0)
+#: Flow-matching Euler samples a flow-matching model: SD3's scheduler; every other sampler SD v1.5's.
+SCHEDULERS = {"flow-euler": "sd3"}
+
+
+def grid(points: int) -> dict:
+    """CFG x drop x fidelity, about ``points`` points (a cube); CFG up to 3 keeps the ODE's doubly exponential
+    collapse (ln v_t / v_u = w^t ln v_0 / v_u) above the smallest float."""
+    side = max(2, round(points ** (1 / 3)))
+    return {
+        "cfg": np.linspace(1.0, 3.0, side)[:, None, None],
+        "drop": np.linspace(0.0, 1.0, side)[None, :, None],
+        "fidelity": np.linspace(0.1, 1.0, side)[None, None, :],
+    }
+
+
+def best_time(sampler: str, params: dict, *, iterations: int, steps: int, repeats: int) -> float:
+    options = dict(MODEL, **params, sampler=sampler, iterations=iterations, steps=steps,
+                   scheduler=SCHEDULERS.get(sampler, "sd15"))
+    simulate_moments(**options)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        simulate_moments(**options)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=10_000)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    params = grid(args.points)
+    n_points = int(np.prod(np.broadcast_shapes(*(v.shape for v in params.values()))))
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {numba.get_num_threads()} "
+          f"Numba threads; load average before {os.getloadavg()[0]:.2f}")
+    print(f"{n_points:,} points x {args.iterations} iterations, {args.steps} steps, best of {args.repeats}")
+    per_point = {}
+    for sampler in SAMPLERS:
+        seconds = best_time(sampler, params, iterations=args.iterations, steps=args.steps, repeats=args.repeats)
+        per_point[sampler] = seconds / (n_points * args.iterations) * 1e9
+    print(f"{'sampler':>11}  {'ns / point-iteration':>20}  {'x ddim':>8}")
+    for sampler, ns in per_point.items():
+        print(f"{sampler:>11}  {ns:20.1f}  {ns / per_point['ddim']:8.2f}")
+    print(f"load average after {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
