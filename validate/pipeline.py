@@ -2,8 +2,10 @@
 
 Pipeline: read the run directories (finished iterations only, :mod:`qtm.rundir`) →
 embed every image set with the chosen embedder (cached) → fix PCA trait axes on the
-reference population → statistics per iteration with bootstrap intervals → fit the
-tilt-sampler recursion (:mod:`validate.fitting`) → tables, plots and ``report.md``
+reference population → statistics per iteration with bootstrap intervals → the one-step-ahead
+fit of the theory's transition and the forecast (:mod:`validate.fitting`) → the per-iteration
+decomposition into selection and response from ``RUN/iter-NNN/samples``
+(:mod:`validate.decomposition`) → tables, plots and ``report.md``
 (:func:`validate.report.write_report`). :func:`validate_runs` runs it all; the
 command line (:mod:`validate.cli_validate`) only parses options and draws progress.
 
@@ -17,7 +19,7 @@ traits are measured within each caption, as the theory means them: CFG selects
 within a caption, a concept with its own p_c. The axes are then the principal
 components of the reference's within-caption deviations, every population gets
 per-caption rows (``caption`` column) and a within-caption summary, and the fit is
-joint over captions (shared ``w_eff``, ``rho``, ``rho_u`` and p_u; per-caption p_c).
+joint over captions (shared ``w_eff``, ``rho``, ``rho_u``, ``rho_v``, ``mu`` and p_u; per-caption p_c).
 ``--group none`` pools all images of an iteration, as before.
 """
 
