@@ -188,7 +188,8 @@ def plot_trajectories(
 ) -> Path:
     """Measured ``quantity`` ("var" or "mean") per iteration with intervals vs the theory; one panel per run.
 
-    The variance is drawn on a log scale; the theory's curve is the fitted recursion
+    The variance is drawn on a log scale; the theory's curve is its one-step-ahead prediction from the measured
+    previous iteration (the forecast: iterated from the last fitted one)
     (dashed), absent when no fit was made. With per-caption statistics the variance
     drawn is the within-caption summary (mean over captions of the within-caption
     variance) and the theory's curve the mean over captions of its per-caption
