@@ -57,7 +57,7 @@ bench: $(STAMP)
 	cpu=$$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$$//'); \
 	out=benchmarks/results/cpu_$$(date +%F)_$${cpu:-$$(hostname -s)}_$$(nproc)cores.txt; \
 	status=$$(mktemp); echo "make bench on $$(hostname), $$(date -u '+%F %T') UTC, $$(nproc) cores" > $$out; \
-	for script in moments_grid particles_qg particles_sampler tiny_chain scaling; do \
+	for script in moments_grid solver_costs particles_qg particles_sampler tiny_chain scaling; do \
 	  args=; if [ $$script = scaling ]; then args="--plot docs/img/scaling.png"; fi; \
 	  { echo; echo "=== benchmarks/$$script.py ($$(date -u +%T) UTC), load average before: $$(cut -d' ' -f1-3 /proc/loadavg)"; \
 	    $(BIN)/python benchmarks/$$script.py $$args 2>&1; echo $$? > $$status; \

@@ -31,6 +31,7 @@ from qtm.gaussian import add_mutation, inherit, mix
 from qtm.recursion import _run_operators, simulate_moments
 from qtm.sampler_map import guided_moments
 from qtm.schedules import CFGSchedule
+from qtm.solvers import SchedulerConfig
 
 MODEL = dict(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=1.5, data_mean=1.0, data_var=1.0)
 
@@ -125,7 +126,7 @@ def main() -> None:
     start = time.perf_counter()
     _run_operators(**params, iterations=args.iterations, schedule=CFGSchedule.parse("constant"),
                    sampler=args.sampler, continue_=False, steps=args.steps, eta=0.0, population=None,
-                   config=None, out=(numpy_mean, numpy_var))
+                   scheduler=SchedulerConfig.parse(None), workflow="replace", out=(numpy_mean, numpy_var))
     numpy_time = (time.perf_counter() - start) / len(subset) * n_points
     np.testing.assert_allclose(numpy_var, traj.var.reshape(n_points, -1)[subset], rtol=1e-9, atol=1e-14)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from chain.errors import ChainError
 from qtm.io import LOCK_FILE, locked, remove_stale_parts, stale_parts, write_json
+from qtm.params import ALL_PARAMETERS
 from qtm.provenance import provenance
 from qtm.rundir import (
     COMPLETE,
@@ -197,7 +198,12 @@ def check_same_parameters(stored: dict, requested: dict, path: Path) -> None:
     Traceback (most recent call last):
     ...
     chain.errors.ChainError: 'runs/a' was made with different parameters: cfg 7.5 there, 3.0 now; ...
+    >>> check_same_parameters({"cfg": 7.5}, {"cfg": 7.5, "data_workflow": "replace"}, Path("runs/a"))
     """
+    # A parameter added after the run was made is recorded there as its default (a run from before
+    # --data-workflow existed replaced its data): it resumes under the default and nothing else.
+    stored = {**{k: ALL_PARAMETERS[k].default for k in requested if k in ALL_PARAMETERS and k not in stored},
+              **stored}
     keys = sorted(set(stored) | set(requested))
     differ = [k for k in keys if k not in RESUMABLE and stored.get(k) != requested.get(k)]
     if differ:
