@@ -3,35 +3,14 @@
 import numpy as np
 import pytest
 
+from chain.verify_sampler import SD15, SD21V, diffusers_cloud, diffusers_scheduler
+from chain.verify_sampler import SOLVER_CASES as CASES
+from chain.verify_sampler import SOLVER_RUNS as RUNS
 from qtm.errors import QTMError
 from qtm.params import SAMPLERS as SAMPLER_NAMES
 from qtm.sampler_map import guided_moments
-from qtm.schedules import CFGSchedule
 from qtm.solvers import SOLVERS, SchedulerConfig, solver_moments, solver_plan
 
-# (cond_mean, cond_var, uncond_mean, uncond_var, cfg, schedule): one row of particles each.
-CASES = [
-    (1.0, 0.5, 0.0, 1.0, 1.0, "constant"),
-    (1.0, 0.5, 0.0, 1.0, 7.5, "cosine"),
-    (-0.5, 2.0, 0.3, 1.5, 3.0, "linear:2"),
-    (2.0, 0.3, 1.0, 1.0, 4.0, "interval:0.3:3"),
-]
-SD15 = SchedulerConfig.preset("sd15")
-SD21V = SchedulerConfig.preset("sd21v")
-KARRAS = SchedulerConfig(use_karras_sigmas=True)
-# (sampler, scheduler configuration, steps): every solver, both prediction types, Karras sigmas,
-# another spacing, and the first-order last step of DPM-Solver++ below 15 steps with sigma_min.
-RUNS = [
-    ("euler", SD15, 20), ("euler", SD21V, 20), ("euler", KARRAS, 20),
-    ("euler", SchedulerConfig(timestep_spacing="leading"), 20),
-    ("euler-a", SD15, 20), ("euler-a", SD21V, 20),
-    ("dpm++2m", SD15, 20), ("dpm++2m", SD21V, 20), ("dpm++2m", KARRAS, 20),
-    ("dpm++2m", SchedulerConfig(final_sigmas_type="sigma_min", timestep_spacing="trailing"), 10),
-    ("dpm++2m", SchedulerConfig(final_sigmas_type="sigma_min"), 20),
-    ("dpm++1s", SD15, 20), ("heun", SD15, 10), ("heun", SD21V, 10),
-    ("heun", SchedulerConfig(use_karras_sigmas=True, final_sigmas_type="sigma_min"), 10),
-    ("flow-euler", SchedulerConfig.preset("sd3"), 20), ("ddim", SD21V, 20),
-]
 IDS = [f"{s}-{i}" for i, (s, _, _) in enumerate(RUNS)]
 # |z| bound per comparison: two-sided p = 5.7e-7; 18 runs x 4 cases x 2 statistics = 144 comparisons,
 # so a correct map fails the suite with probability below 1e-4.
@@ -39,73 +18,6 @@ Z_MAX = 5.0
 PARTICLES = 200_000
 STOCHASTIC = ("euler-a",)
 RTOL_AFFINE = 1e-4
-
-
-def _scheduler(sampler, config):
-    diffusers = pytest.importorskip("diffusers")
-    cls = {
-        "euler": diffusers.EulerDiscreteScheduler,
-        "euler-a": diffusers.EulerAncestralDiscreteScheduler,
-        "dpm++2m": diffusers.DPMSolverMultistepScheduler,
-        "dpm++1s": diffusers.DPMSolverMultistepScheduler,
-        "heun": diffusers.HeunDiscreteScheduler,
-        "flow-euler": diffusers.FlowMatchEulerDiscreteScheduler,
-        "ddim": diffusers.DDIMScheduler,
-    }[sampler]
-    return cls(**config.scheduler_kwargs(sampler))
-
-
-def _noise_level(scheduler, sampler, i, t):
-    """(alpha, s) of the model's input ``alpha x0 + s eps`` at loop step i, from the scheduler's own tables."""
-    if sampler == "ddim":
-        abar = float(scheduler.alphas_cumprod[t])
-        return abar**0.5, (1 - abar) ** 0.5
-    sigma = float(scheduler.sigmas[i])
-    if sampler == "flow-euler":
-        return 1 - sigma, sigma
-    return 1 / (1 + sigma**2) ** 0.5, sigma / (1 + sigma**2) ** 0.5
-
-
-def diffusers_cloud(sampler, config, steps, particles, seed, cases=CASES):
-    """Run a diffusers scheduler as a pipeline does, with the exact guided predictor written from its definition.
-
-    Per branch ``D(x) = m + alpha v (x - alpha m) / (alpha^2 v + s^2)`` on the model's input
-    ``x = alpha x0 + s eps``; the model returns ``eps = (x - alpha D)/s``, ``v = alpha eps - s D``
-    or the velocity ``eps - D`` and guidance combines the returned outputs,
-    ``out_u + w_i (out_c - out_u)``, with ``w_i`` the schedule over the loop's steps.
-    Returns the starting and the output particles, each of shape (cases, particles).
-    """
-    import torch
-
-    scheduler = _scheduler(sampler, config)
-    scheduler.set_timesteps(steps)
-    timesteps = scheduler.timesteps
-    levels = [_noise_level(scheduler, sampler, i, t) for i, t in enumerate(timesteps)]
-    # Flow matching starts at pure noise, alpha-bar 0: floored as qtm.solvers does (sigma huge, not inf).
-    abar = np.maximum([a * a / (a * a + s * s) for a, s in levels], np.finfo(float).tiny)
-    scales = np.stack([CFGSchedule.parse(c[5]).scales(c[4], len(timesteps), alphas_cumprod=abar) for c in cases])
-    params = torch.tensor([c[:4] for c in cases], dtype=torch.float64)
-    cm, cv, um, uv = (params[:, j : j + 1] for j in range(4))
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(cases), particles, generator=generator, dtype=torch.float64)
-    # Flow-matching pipelines (SD3) start from N(0, 1); the scheduler has no init_noise_sigma.
-    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
-    start = x.numpy().copy()
-    kind = "flow" if sampler == "flow-euler" else config.prediction_type
-    # Heun's step draws no noise and takes no generator.
-    extra = {} if sampler == "heun" else {"generator": generator}
-    for i, t in enumerate(timesteps):
-        x_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-        alpha, s = levels[i]
-        outputs = []
-        for m, v in ((cm, cv), (um, uv)):
-            d = m + alpha * v * (x_in - alpha * m) / (alpha * alpha * v + s * s)
-            eps = (x_in - alpha * d) / s
-            outputs.append({"epsilon": eps, "v_prediction": alpha * eps - s * d, "flow": eps - d}[kind])
-        w = torch.tensor(scales[:, i : i + 1])
-        out = outputs[1] + w * (outputs[0] - outputs[1])
-        x = scheduler.step(out, t, x, **extra).prev_sample
-    return start, x.numpy()
 
 
 def _exact(sampler, config, steps):
@@ -129,7 +41,6 @@ def test_exact_law_matches_diffusers_particles(sampler, config, steps):
     sqrt(var/n) and the variance's var sqrt(2/(n-1)). Each of the 144 comparisons of this test
     (over all parameter sets) passes at |z| < 5: false-failure rate below 1e-4 (fixed seeds).
     The affine check of the deterministic solvers has no sampling error and cannot fail by chance."""
-    pytest.importorskip("diffusers")
     start, out = diffusers_cloud(sampler, config, steps, PARTICLES, seed=11)
     mean, var = _exact(sampler, config, steps)
     z_mean, z_var = _z_scores(out, mean, var)
@@ -177,7 +88,7 @@ def test_plans_match_diffusers_noise_levels():
     for sampler, config, steps in RUNS:
         if sampler == "ddim":
             continue
-        scheduler = _scheduler(sampler, config)
+        scheduler = diffusers_scheduler(sampler, config)
         scheduler.set_timesteps(steps)
         plan = solver_plan(sampler, steps, scheduler=config)
         sigmas = scheduler.sigmas.double().numpy()

@@ -166,13 +166,25 @@ def test_the_sampler_map_against_diffusers(tmp_path):
     from chain import verify_sampler
 
     lines = []
-    result = verify_sampler.run_check(size=TINY, seed=0, out=tmp_path, echo=lines.append)
+    (result,) = verify_sampler.run_check(size=TINY, seed=0, out=tmp_path, echo=lines.append)
     assert result.name == "sampler_map_diffusers" and result.status == "pass", verify.format_result(result)
     assert lines == [verify.format_result(result)] and "designed false-failure rate 0.001" in lines[0]
     assert (tmp_path / "sampler_map_diffusers.png").stat().st_size > 1000
     summary = json.loads((tmp_path / "verify.json").read_text())
     assert [c["name"] for c in summary["checks"]] == ["sampler_map_diffusers"]
     assert len(result.comparison.pvalues) == len(verify_sampler.CASES)
+    assert_a_wrong_value_fails(result.comparison)
+
+
+def test_every_solver_against_diffusers_through_the_runner(tmp_path):
+    """chain verify-sampler's every-solver check (1e6 particles per case at size 1, the issue's record
+    size) passes at a small size (false-failure rate 0.001) and fails a wrong analytic value."""
+    pytest.importorskip("diffusers")
+    from chain import verify_sampler
+
+    (result,) = verify_sampler.run_check(names=["solver_maps_diffusers"], size=TINY, seed=0, out=tmp_path)
+    assert result.status == "pass", verify.format_result(result)
+    assert len(result.comparison.labels) == 2 * len(verify_sampler.SOLVER_RUNS) * len(verify_sampler.SOLVER_CASES)
     assert_a_wrong_value_fails(result.comparison)
 
 
