@@ -114,6 +114,8 @@ _FIRST_FIELDS = ("resolution", "channels", "vocabulary", "num_train_timesteps", 
 #: The RGB design: narrow full-resolution levels, attention only at the third (8×8 at 32 px). Chosen by
 #: measurement: folding 2×2 pixel patches into channels (a 16×16 top level at 32 px) cost half as much
 #: but learnt several times slower (loss 0.125 against 0.04 after 1000 steps on coloured squares).
+#: Cost at 32 px, one thread: about 14 ms of CPU per training example and 5-6.5 ms per image and sampling
+#: step with guidance (two UNet passes), measured on the shared 2-core machine at load 4-6.
 _RGB = {"image_channels": 3, "channels": (16, 32, 64), "cross_attention": (False, False, True),
         "base_train_steps": 1500, "base_batch_size": 32, "base_learning_rate": 2e-3}
 
