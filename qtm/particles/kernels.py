@@ -585,37 +585,61 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
                       env_var, mutation_var, systematic, n_real, workflow, out_mean[r], out_var[r])
 
 
-@njit(cache=True, inline="always")
-def _mixture_eps(x, d, m, off_am, inv_s, log_norm, k, b, eps, ll, scaled):
-    """Exact ε-prediction of a diagonal Gaussian mixture at level ``k`` (posterior-weighted, log-sum-exp).
+#: Particles per batch of the sampler chain: the denoiser's loops run over a batch innermost,
+#: so LLVM vectorises them across particles (per particle, d and M are too small to fill a vector).
+BATCH = 32
 
-    The level's coefficients are indexed in place (slicing them made an array view per
-    particle and step); ``scaled`` (M, d) holds (x - a m) / (a² v + b²), used twice.
+
+@njit(cache=True, inline="always")
+def _mixture_eps(xi, width, m, off_am, inv_s, log_norm, k, b, eps, ll, scaled, top, total):
+    """Exact ε-prediction of a diagonal Gaussian mixture at level ``k`` for particles 0..width-1 of a batch.
+
+    ``xi`` and ``eps`` are (d, BATCH), ``ll`` (M, BATCH), ``top`` and ``total`` (BATCH,), ``scaled``
+    (M, d, BATCH) holds (x - a m) / (a² v + b²), used twice. Each particle's operations are those of
+    the posterior-weighted log-sum-exp in the same order, so the batching changes no bit. The
+    level's coefficients are indexed in place (slicing them made an array view per call).
     """
+    d = xi.shape[0]
     if m == 1:  # the posterior is 1: skip the exp (bit-identical to the general branch)
         for a in range(d):
-            eps[a] = b * ((x[a] - off_am[k, 0, a]) * inv_s[k, 0, a])
+            am, inv = off_am[k, 0, a], inv_s[k, 0, a]
+            for i in range(width):
+                eps[a, i] = b * ((xi[a, i] - am) * inv)
         return
-    top = -np.inf
+    for i in range(width):
+        top[i] = -np.inf
+        total[i] = 0.0
     for j in range(m):
-        s = 0.0
+        for i in range(width):
+            ll[j, i] = 0.0
         for a in range(d):
-            diff = x[a] - off_am[k, j, a]
-            scaled[j, a] = diff * inv_s[k, j, a]
-            s += diff * scaled[j, a]
-        ll[j] = log_norm[k, j] - 0.5 * s
-        top = max(top, ll[j])
-    total = 0.0
+            am, inv = off_am[k, j, a], inv_s[k, j, a]
+            for i in range(width):
+                diff = xi[a, i] - am
+                scaled[j, a, i] = diff * inv
+                ll[j, i] += diff * scaled[j, a, i]
+        norm = log_norm[k, j]
+        for i in range(width):
+            ll[j, i] = norm - 0.5 * ll[j, i]
+            top[i] = max(top[i], ll[j, i])
     for a in range(d):
-        eps[a] = 0.0
+        for i in range(width):
+            eps[a, i] = 0.0
     for j in range(m):
-        p = 1.0 if ll[j] == top else math.exp(ll[j] - top)  # exp(0) = 1 exactly: one exp saved
-        total += p
+        for i in range(width):
+            # The polynomial exp vectorises (math.exp is a libm call per number); exp(0) = 1 exactly.
+            p = _exp_nonpositive(ll[j, i] - top[i])
+            p = 1.0 if ll[j, i] == top[i] else p
+            total[i] += p
+            ll[j, i] = p * b
         for a in range(d):
-            eps[a] += p * b * scaled[j, a]
-    inv_total = 1.0 / total  # one division instead of d
+            for i in range(width):
+                eps[a, i] += ll[j, i] * scaled[j, a, i]
+    for i in range(width):
+        total[i] = 1.0 / total[i]  # one division instead of d
     for a in range(d):
-        eps[a] *= inv_total
+        for i in range(width):
+            eps[a, i] *= total[i]
 
 
 @njit(cache=True)
@@ -666,11 +690,14 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
     u_inv = np.empty((k_steps, m, d))
     u_norm = np.empty((k_steps, m))
     noise = np.empty(d * (k_steps + 2))
-    xi = np.empty(d)
-    eps_c = np.empty(d)
-    eps_u = np.empty(d)
-    ll = np.empty(m)
-    scaled = np.empty((m, d))
+    batch_noise = np.empty((d * (k_steps + 2), BATCH))
+    xi = np.empty((d, BATCH))
+    eps_c = np.empty((d, BATCH))
+    eps_u = np.empty((d, BATCH))
+    ll = np.empty((m, BATCH))
+    scaled = np.empty((m, d, BATCH))
+    top = np.empty(BATCH)
+    total = np.empty(BATCH)
     shift, no_shift, process = np.zeros((m, d)), np.zeros((m, d)), np.empty(m * d)
     for t in range(iterations):
         if finetune[F_PROCESS] > 0.0:
@@ -690,31 +717,39 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
             _level_coefficients(uw, um, uv, a_t[k], b_t[k], u_am[k], u_inv[k], u_norm[k])
         _level_coefficients(cw, cm, cv, a_final, b_final, c_am[k_steps], c_inv[k_steps], c_norm[k_steps])
         gen_base = _block(t, P_GEN)
-        for i in range(n):
-            _fill_normals(key, gen_base + (np.uint64(i) << np.uint64(PARTICLE_SHIFT)), noise)
+        for start in range(0, n, BATCH):
+            width = min(BATCH, n - start)
+            for i in range(width):
+                _fill_normals(key, gen_base + (np.uint64(start + i) << np.uint64(PARTICLE_SHIFT)), noise)
+                for c in range(noise.shape[0]):
+                    batch_noise[c, i] = noise[c]
             for a in range(d):
-                xi[a] = noise[a]
+                for i in range(width):
+                    xi[a, i] = batch_noise[a, i]
             for k in range(k_steps):
-                _mixture_eps(xi, d, m, c_am, c_inv, c_norm, k, b_t[k], eps_c, ll, scaled)
-                _mixture_eps(xi, d, m, u_am, u_inv, u_norm, k, b_t[k], eps_u, ll, scaled)
-                w = scales[k]
+                _mixture_eps(xi, width, m, c_am, c_inv, c_norm, k, b_t[k], eps_c, ll, scaled, top, total)
+                _mixture_eps(xi, width, m, u_am, u_inv, u_norm, k, b_t[k], eps_u, ll, scaled, top, total)
+                w, b, inv_a, a_next, dir_k, sigma_k = scales[k], b_t[k], inv_a_t[k], a_prev[k], direction[k], sigma[k]
                 for a in range(d):
-                    e = eps_u[a] + w * (eps_c[a] - eps_u[a])
-                    x0 = (xi[a] - b_t[k] * e) * inv_a_t[k]
-                    xi[a] = a_prev[k] * x0 + direction[k] * e + sigma[k] * noise[d * (k + 1) + a]
-            best = 0
-            top = -np.inf
-            for j in range(m):
-                s = 0.0
+                    row = d * (k + 1) + a
+                    for i in range(width):
+                        e = eps_u[a, i] + w * (eps_c[a, i] - eps_u[a, i])
+                        x0 = (xi[a, i] - b * e) * inv_a
+                        xi[a, i] = a_next * x0 + dir_k * e + sigma_k * batch_noise[row, i]
+            for i in range(width):
+                best = 0
+                top_ll = -np.inf
+                for j in range(m):
+                    s = 0.0
+                    for a in range(d):
+                        s += (xi[a, i] - c_am[k_steps, j, a]) ** 2 * c_inv[k_steps, j, a]
+                    s = c_norm[k_steps, j] - 0.5 * s
+                    if s > top_ll:
+                        top_ll = s
+                        best = j
+                labels[start + i] = best
                 for a in range(d):
-                    s += (xi[a] - c_am[k_steps, j, a]) ** 2 * c_inv[k_steps, j, a]
-                s = c_norm[k_steps, j] - 0.5 * s
-                if s > top:
-                    top = s
-                    best = j
-            labels[i] = best
-            for a in range(d):
-                x[i, a] = xi[a] + math.sqrt(mutation_var[a]) * noise[d * (k_steps + 1) + a]
+                    x[start + i, a] = xi[a, i] + math.sqrt(mutation_var[a]) * batch_noise[d * (k_steps + 1) + a, i]
         _moments(x, out_mean[t], out_var[t])
         for j in range(m):
             out_occupancy[t, j] = 0.0

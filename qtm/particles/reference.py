@@ -308,7 +308,7 @@ def _mixture_log_lik(x, am, inv_s, log_norm):
 
 def _mixture_eps(x, am, inv_s, log_norm, b_level):
     ll = _mixture_log_lik(x, am, inv_s, log_norm)
-    p = np.exp(ll - ll.max(axis=-1, keepdims=True))
+    p = _exp_nonpositive(ll - ll.max(axis=-1, keepdims=True))
     eps = (p[..., None] * (b_level * (x[:, :, None, :] - am[:, None]) * inv_s[:, None])).sum(axis=2)
     return eps * (1.0 / p.sum(axis=-1))[..., None]
 
