@@ -29,7 +29,8 @@ GOAL_SECONDS = 600.0
 def finetune_seconds(threads: int, steps: int = 20) -> float:
     import torch
 
-    from chain.backends.tiny import TinyConfig, TinyModel, digits_arrays, train_diffusion
+    from chain.backends.tiny import TinyConfig, TinyModel, train_diffusion
+    from chain.data import digits_arrays
 
     torch.set_num_threads(threads)
     config = TinyConfig()

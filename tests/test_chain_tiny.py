@@ -21,13 +21,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from chain.backends.tiny import (  # noqa: E402
-    DIGIT_WORDS,
     HashTextEncoder,
     TinyBackend,
     TinyConfig,
     caption_words,
     load_base_model,
 )
+from chain.data import DIGIT_WORDS  # noqa: E402
 from chain.rundir import RunDirectory  # noqa: E402
 from chain.runner import RunParameters, run_chain  # noqa: E402
 from qtm.schedules import CFGSchedule  # noqa: E402

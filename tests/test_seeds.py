@@ -41,7 +41,8 @@ def test_a_negative_seed_or_key_is_refused():
 def test_the_tiny_backend_leaves_the_global_torch_generator_alone(tmp_path, monkeypatch):
     """Training the base model, building the backend and finetuning draw nothing from the caller's generator."""
     torch = pytest.importorskip("torch")
-    from chain.backends.tiny import TinyBackend, TinyConfig, digits_arrays, tensor_to_images
+    from chain.backends.tiny import TinyBackend, TinyConfig, tensor_to_images
+    from chain.data import digits_arrays
 
     monkeypatch.setenv("CHAIN_TINY_CACHE", str(tmp_path))
     images, captions = digits_arrays(resolution=8)

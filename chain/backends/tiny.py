@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from chain.backends.base import Backend, FinetuneResult, Progress
+from chain.data import digits_arrays, load_dataset
 from chain.errors import ChainError
 from chain.text_encoders import (
     TEXT_ENCODERS,
@@ -59,7 +60,6 @@ from qtm.schedules import CFGSchedule
 from qtm.validation import check_choice, check_int, check_positive, check_unit_interval
 
 _DEFAULTS = BACKEND_DEFAULTS["tiny"]
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _WEIGHTS_FILE = "model.pt"
 #: ``base_data`` of the digits: scikit-learn's 1797 digits at the model's resolution.
 DIGITS_BASE = "digits"
@@ -243,25 +243,6 @@ class TinyModel(nn.Module):
             return self.unet(x, t, class_labels=condition[0]).sample
         context, pooled = condition
         return self.unet(x, t, encoder_hidden_states=context, class_labels=pooled).sample
-
-
-def digits_arrays(*, resolution: int) -> tuple[np.ndarray, list[str]]:
-    """scikit-learn's 1797 handwritten digits as ``(N, resolution, resolution)`` floats in [0, 1], with captions.
-
-    Examples
-    --------
-    >>> images, captions = digits_arrays(resolution=8)
-    >>> images.shape, captions[7]
-    ((1797, 8, 8), 'a handwritten digit seven')
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images / 16.0).float()[:, None]
-    if resolution != 8:
-        images = nn.functional.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    captions = [f"a handwritten digit {DIGIT_WORDS[k]}" for k in digits.target]
-    return images[:, 0].clamp(0, 1).numpy(), captions
 
 
 def images_to_tensor(images: Sequence, resolution: int, *, channels: int = 1) -> torch.Tensor:
@@ -546,8 +527,6 @@ def base_training_set(config: TinyConfig) -> tuple[torch.Tensor, list[str]]:
         images, captions = digits_arrays(resolution=config.resolution)
         data = torch.from_numpy(images)[:, None] * 2.0 - 1.0
         return data.expand(-1, config.image_channels, -1, -1).contiguous(), captions
-    from chain.data import load_dataset
-
     dataset = load_dataset(config.base_data)
     return images_to_tensor(dataset.images, config.resolution, channels=config.image_channels), list(dataset.captions)
 
