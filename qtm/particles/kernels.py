@@ -364,8 +364,10 @@ def _resample_indices(key, iteration, log_w, systematic, index, cdf, positions, 
     if systematic:
         # Offspring positions (i + shift) N / total on the cdf: parents 0..j have
         # ceil(cdf[j] N / total - shift) offspring between them. Child i's parent is the number of
-        # parents whose count is <= i: a histogram of the counts and its running sum, which
-        # replaces a merge of positions and cdf whose branches depend on the data.
+        # parents whose count is <= i, which replaces a merge of positions and cdf whose branches
+        # depend on the data. The counts never decrease with j, so that number is 1 + the last j
+        # whose count is <= i: each j writes j + 1 at its count and a running maximum reads it off
+        # (plain stores: a histogram's increments waited on each other through memory).
         shift = _uniform(key, _block(iteration, P_SYSTEMATIC))
         scale = k / total
         for i in range(k + 1):
@@ -374,10 +376,10 @@ def _resample_indices(key, iteration, log_w, systematic, index, cdf, positions, 
             count = cdf[j] * scale - shift
             count = count if count > 0.0 else 0.0  # clamped as a float: NaN (all weights 0) -> 0
             count = count if count < k else k
-            marks[np.int64(math.ceil(count))] += 1
+            marks[np.int64(math.ceil(count))] = j + 1
         parent = 0
         for i in range(k):
-            parent += marks[i]
+            parent = max(parent, marks[i])
             index[i] = parent
         return
     # Multinomial: sorted uniforms from normalised exponential spacings, O(N) without a sort.
@@ -472,11 +474,13 @@ def _log_fitness(z, fitness, theta, neg_half_precision, keep, tilt_cfg, cm, cv, 
     """Log fitness of each phenotype ``z`` (M rows; truncation keeps the top ``keep``); neutral: all 0."""
     m_par, d = z.shape
     if fitness == FIT_STABILIZING:
+        # Individuals innermost: the loop vectorises (the axes, usually one, are too few to).
         for i in range(m_par):
-            s = 0.0
-            for a in range(d):
-                s += (z[i, a] - theta[a]) ** 2 * neg_half_precision[a]
-            log_w[i] = s
+            log_w[i] = 0.0
+        for a in range(d):
+            target, weight = theta[a], neg_half_precision[a]
+            for i in range(m_par):
+                log_w[i] += (z[i, a] - target) ** 2 * weight
     elif fitness == FIT_TRUNCATION:
         threshold = np.sort(z[:, 0])[m_par - keep]
         for i in range(m_par):
