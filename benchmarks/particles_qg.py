@@ -1,8 +1,11 @@
 """Benchmark 1: the classic quantitative-genetics loop, Numba kernel against its NumPy reference.
 
 Gaussian stabilizing selection, systematic (or multinomial) resampling and Gaussian
-mutation; by default 10,000 replicates x N=1,000 x 50 generations (issue 3: at least
-1e8 individual-generations per second on 2 cores and at least 8x the NumPy reference).
+mutation; by default 10,000 replicates x N=1,000 x 50 generations (issue 3: at least 8x the
+NumPy reference; issue 16: at least 1.5e8 individual-generations per second on 2 cores and at
+least 70 % of the roofline, the cost of one normal draw, the exp and the resampling walk
+per individual-generation measured by a micro-kernel in the same run: ``_roofline.py``).
+Goals are judged on CPU time (the machine may be shared); wall-clock figures are printed too.
 The reference runs on fewer replicates (``--reference-replicates``): its cost is linear
 in the replicates, so its rate per individual-generation is what is compared.
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from _kernel_vs_reference import print_first_call, print_machine, report, timed
+from _roofline import print_roofline
 
 from qtm.particles import Fitness, QGSetup, simulate_qg
 
@@ -45,10 +49,13 @@ def main() -> None:
           f"({args.resampling}) in {fast[0]:.2f} s = {fast_rate:.3g} individual-generations/s")
     print(f"numpy reference: {args.reference_replicates} replicates in {slow[0]:.2f} s = "
           f"{slow_rate:.3g} individual-generations/s")
-    print(f"ratio numba/numpy: {fast_rate / slow_rate:.1f}x (goal >= 8x); "
-          f"goal >= 1e8/s: {'met' if fast_rate >= 1e8 else 'NOT met'}")
+    print(f"ratio numba/numpy: {fast_rate / slow_rate:.1f}x (goal >= 8x)")
     report(fast=fast, fast_work=args.replicates * per_replicate, slow=slow,
            slow_work=args.reference_replicates * per_replicate, unit="individual-generations")
+    print_roofline("qg", kernel=fast, kernel_work=args.replicates * per_replicate, unit="individual-generations",
+                   goal=1.5e8, fraction_goal=0.7, replicates=max(args.replicates // 5, 2),
+                   population=args.population, rounds=args.generations)
+
 
 if __name__ == "__main__":
     main()
