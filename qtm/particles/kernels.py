@@ -443,9 +443,10 @@ def _qg_generation(key, t, parents, labels, child, fitness, theta, neg_half_prec
     one = np.ones(1)
     if use_env:
         _fill_normals(key, _block(t, P_ENV), env_noise)
-        for i in range(m_par):
-            for a in range(d):
-                phenotype[i, a] = parents[i, a] + env_sd[a] * env_noise[i * d + a]
+        for a in range(d):
+            sd = env_sd[a]
+            for i in range(m_par):
+                phenotype[i, a] = parents[i, a] + sd * env_noise[i * d + a]
     if fitness == FIT_TILT:
         if finetune[F_PROCESS] > 0.0:
             _process_noise(key, t, finetune[F_PROCESS], process, shift)
@@ -458,14 +459,16 @@ def _qg_generation(key, t, parents, labels, child, fitness, theta, neg_half_prec
         _log_fitness(parents, fitness, theta, neg_half_precision, keep * (m_par // n), tilt_cfg, cm, cv, um, uv,
                      log_w)
     _resample_indices(key, t, log_w, systematic, index, cdf, positions, marks)
+    # Individuals innermost: a loop over the few axes inside costs more than its work.
     if use_mutation:
         _fill_normals(key, _block(t, P_MUTATION), noise)
-        for i in range(n):
-            for a in range(d):
-                child[i, a] = parents[index[i], a] + mutation_sd[a] * noise[i * d + a]
+        for a in range(d):
+            sd = mutation_sd[a]
+            for i in range(n):
+                child[i, a] = parents[index[i], a] + sd * noise[i * d + a]
     else:
-        for i in range(n):
-            for a in range(d):
+        for a in range(d):
+            for i in range(n):
                 child[i, a] = parents[index[i], a]
 
 
