@@ -160,10 +160,19 @@ def test_two_captions_within_caption_statistics_and_fit(tmp_path):
     assert result["fit"]["n_values"] == 2 * 2 * 3 * 2 * 2
     text = (tmp_path / "r" / "report.md").read_text()
     assert "**within each caption** (2 captions" in text and "within_var_0" in text
+    # Diversity and fidelity of every generated set against the reference, per caption and averaged.
+    diversity = pd.read_csv(tmp_path / "r" / "diversity.csv")
+    assert set(diversity["caption"]) == {*TWO_CAPTIONS, "(within)"}
+    assert set(diversity["statistic"]) >= {"precision", "recall", "density", "coverage", "vendi"}
+    assert len(diversity[["run", "iteration"]].drop_duplicates()) == 2 * 4
+    bounded = diversity[diversity["statistic"].isin(["precision", "recall", "coverage"])]
+    assert bounded["value"].between(0, 1).all()
+    assert "## Diversity and fidelity per iteration" in text and (tmp_path / "r" / "diversity.png").exists()
 
     pooled = validate_runs([low, high], report=tmp_path / "p", axes=2, bootstrap=0, group="none", warn=messages.append)
     assert pooled["group"] == "none" and pooled["fit"]["n_values"] == 2 * 3 * 2 * 2
     assert set(pd.read_csv(tmp_path / "p" / "statistics.csv")["caption"]) == {"(all)"}
+    assert set(pd.read_csv(tmp_path / "p" / "diversity.csv")["caption"]) == {"(all)"}
     assert "pooled over 2 captions" in (tmp_path / "p" / "report.md").read_text()
 
 

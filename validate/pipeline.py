@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qtm.errors import QTMError
 from qtm.io import locked, remove_stale_parts
 from qtm.provenance import provenance
 from qtm.random import derive_seed
@@ -42,6 +43,7 @@ from qtm.validation import check_int
 from validate.axes import TraitAxes, fit_axes
 from validate.cache import embed_image_set
 from validate.decomposition import RunTraits, TraitSet, decompose, finetune_noise
+from validate.diversity import diversity_metrics
 from validate.embedders import Embedder, get_embedder
 from validate.errors import ValidateError
 from validate.fitting import BaseMoments, FitResult, Trajectory, fit_theory, forecast
@@ -59,8 +61,9 @@ CACHE_FOLDER = ".validate_cache"
 GROUPS = ("caption", "none")
 #: The stream tag of the decomposition's bootstrap (qtm.random.derive_seed).
 DECOMPOSITION_TAG = 0xDEC2
-#: The stream tag of the bootstrap resamples (qtm.random.derive_seed).
+#: The stream tags of the bootstrap resamples of the statistics and of the diversity metrics (qtm.random.derive_seed).
 BOOTSTRAP_TAG = 0xB007
+DIVERSITY_TAG = 0xD1CE
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Validation:
     forecast_from: int | None
     provenance: dict
     decomposition: pd.DataFrame | None = None
+    diversity: pd.DataFrame | None = None
 
 
 def validate_runs(
@@ -215,6 +219,10 @@ def validate_runs(
         if decompose_runs
         else (None, [])
     )
+    diversity, diversity_notes = _diversity(
+        runs, embedded, trait_axes, reference_features, reference_captions, bootstrap=bootstrap, seed=seed,
+        grouped=grouped,
+    )
     validation = Validation(
         runs=runs,
         embedder=model,
@@ -225,10 +233,11 @@ def validate_runs(
         statistics=statistics,
         fit=fit,
         forecast=forecast,
-        notes=base_notes + fit_notes + decomposition_notes,
+        notes=base_notes + fit_notes + decomposition_notes + diversity_notes,
         forecast_from=forecast_from,
         provenance=record,
         decomposition=decomposition,
+        diversity=diversity,
     )
     return {
         "group": group,
@@ -391,6 +400,31 @@ def _statistics(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def _diversity(runs, embedded, trait_axes, reference_features, reference_captions, *, bootstrap, seed, grouped):
+    """Precision, recall, density, coverage and Vendi of every generated set against the reference population.
+
+    Features are the embedder's, standardised as the trait axes standardise them (so that no
+    feature's scale decides the neighbourhoods); per caption when ``grouped``. A set whose
+    captions have too few images for the kNN balls gets a note instead of rows.
+    """
+    real = trait_axes.standardise(reference_features)
+    rows, notes = [], []
+    for run_index, run in enumerate(runs):
+        for index, images in sorted(run.iterations.items()):
+            generated = trait_axes.standardise(embedded[(run.name, "generated", index)].features)
+            try:
+                found = diversity_metrics(
+                    real, generated, real_captions=list(reference_captions) if grouped else None,
+                    generated_captions=list(images.captions) if grouped else None, bootstrap=bootstrap,
+                    random_state=derive_seed(seed, DIVERSITY_TAG, run_index, index),
+                )
+            except QTMError as error:
+                notes.append(f"{run.name} iteration {index}: no diversity metrics ({error})")
+                continue
+            rows += [{**_run_columns(run), "iteration": index, **row} for row in found]
+    return (pd.DataFrame(rows) if rows else None), notes
 
 
 def _cache_dir(images: ImageSet) -> Path:

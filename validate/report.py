@@ -58,6 +58,10 @@ def write_report(folder, validation) -> dict:
     if decomposition is not None and len(decomposition):
         written["decomposition"] = write_table(decomposition, folder / "decomposition.csv", provenance=record)
         written["breeders_plot"] = plot_breeders(decomposition, path=folder / "breeders.png")
+    diversity = validation.diversity
+    if diversity is not None and len(diversity):
+        written["diversity"] = write_table(diversity, folder / "diversity.csv", provenance=record)
+        written["diversity_plot"] = plot_diversity(diversity, path=folder / "diversity.png")
     write_json(folder / "fit.json", _json_safe(fit_summary(validation)))
     written["fit_json"] = folder / "fit.json"
     predictions = fit.predictions if fit is not None else None
@@ -150,6 +154,36 @@ def plot_breeders(decomposition: pd.DataFrame, *, path) -> Path:
             panel.legend(fontsize=7)
         panel.set_xlabel(f"S ({quantity}: guided − CFG 1, model t)")
         panel.set_ylabel(f"R ({quantity}: model t+1 − model t, CFG 1)")
+    _save_figure(figure, path)
+    return path
+
+
+#: The diversity and fidelity metrics, in the order the figure shows them.
+DIVERSITY_STATISTICS = ("precision", "recall", "density", "coverage", "vendi")
+
+
+def plot_diversity(diversity: pd.DataFrame, *, path) -> Path:
+    """Precision, recall, density, coverage and Vendi score per iteration, one line per run, with intervals.
+
+    The within-caption summary when the metrics were measured per caption, else the pooled
+    comparison. Recall and coverage fall when diversity collapses; precision and density
+    measure fidelity to the reference population.
+    """
+    path = Path(path)
+    within = diversity[diversity["caption"] == WITHIN_CAPTIONS]
+    rows = within if len(within) else diversity[diversity["caption"] == ALL_CAPTIONS]
+    figure, panels = _axes_grid(len(DIVERSITY_STATISTICS), "diversity and fidelity per iteration")
+    for panel, statistic in zip(panels[: len(DIVERSITY_STATISTICS)], DIVERSITY_STATISTICS, strict=True):
+        chosen = rows[rows["statistic"] == statistic]
+        for run, points in chosen.groupby("run", sort=False):
+            points = points.sort_values("iteration")
+            # A percentile interval need not contain the estimate (Vendi falls under resampling): clip at 0.
+            spread = np.clip([points["value"] - points["ci_low"], points["ci_high"] - points["value"]], 0, None)
+            panel.errorbar(points["iteration"], points["value"], yerr=spread, marker="o", ms=3, capsize=2, label=run)
+        panel.set_title(statistic, fontsize=9)
+        panel.set_xlabel("iteration")
+    panels[0].legend(fontsize=7)
+    figure.tight_layout()
     _save_figure(figure, path)
     return path
 

@@ -179,6 +179,9 @@ def markdown_report(validation) -> str:
             "",
             *_decomposition(decomposition),
         ]
+    diversity = validation.diversity
+    if diversity is not None and len(diversity):
+        lines += ["", "## Diversity and fidelity per iteration", "", *_diversity(diversity)]
     lines += ["", "## Sample images (one row per iteration)", ""]
     lines += [f"- {run.name}: ![samples {run.name}](samples_{run.name}.png)" for run in runs]
     return "\n".join(lines) + "\n"
@@ -202,6 +205,27 @@ def _wide(statistics: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     wide["iteration"] = wide["iteration"].map(lambda i: "–" if i < 0 else str(i))
     return wide[["run", "population", "iteration"] + [c for c in keep if c in wide.columns]]
+
+
+def _diversity(table: pd.DataFrame) -> list[str]:
+    """The diversity metrics' summary table (within captions, or pooled) and their figure."""
+    within = table[table["caption"] == WITHIN_CAPTIONS]
+    rows = within if len(within) else table[table["caption"] == ALL_CAPTIONS]
+    wide = rows.assign(cell=rows.apply(lambda r: f"{r['value']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]", axis=1))
+    wide = wide.pivot_table(index=["run", "iteration"], columns="statistic", values="cell", aggfunc="first",
+                            sort=False)
+    return [
+        "Each iteration's images against the reference population, "
+        + ("per caption, averaged over captions" if len(within) else "pooled")
+        + " (Kynkäänniemi et al. 2019 precision and recall, Naeem et al. 2020 density and coverage, k = 5; "
+        "the Vendi score of the generated set with a cosine kernel; `vendi_real` is the reference's). Recall "
+        "and coverage fall when diversity collapses. Bootstrap intervals in brackets; every caption: "
+        "[`diversity.csv`](diversity.csv).",
+        "",
+        markdown_table(wide.reset_index().fillna("–")),
+        "",
+        "![diversity](diversity.png)",
+    ]
 
 
 FORECAST_DRAWS_TEXT = (
