@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test lint verify figures docs bench clean study-runs
+.PHONY: demo chain-demo test lint verify figures docs bench clean study-runs study
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,16 +28,32 @@ chain-demo: $(STAMP)
 	$(BIN)/chain validate runs/tiny-cfg7.5 --embedder stats --make-reference --report runs/tiny-cfg7.5-report
 
 # The tiny chains of the measurement study (docs/study.md): CFG 1, 3, 7.5 and ReDiFine, replicate seeds,
-# 5 iterations each (about 2.5 min per run on 2 idle cores; resumable: rerun to continue).
+# 6 iterations each (0-5; about 2.5 min per run on 2 idle cores; resumable: rerun to continue).
 STUDY := runs/study
 STUDY_SEEDS := 0 1 2
 study-runs: $(STAMP)
 	for seed in $(STUDY_SEEDS); do \
-	  $(BIN)/chain run $(STUDY)/cfg1-s$$seed --cfg 1 --seed $$seed --iterations 5 && \
-	  $(BIN)/chain run $(STUDY)/cfg3-s$$seed --cfg 3 --seed $$seed --iterations 5 && \
-	  $(BIN)/chain run $(STUDY)/cfg7.5-s$$seed --cfg 7.5 --seed $$seed --iterations 5 && \
-	  $(BIN)/chain run $(STUDY)/redifine-s$$seed --cfg 7.5 --redifine --seed $$seed --iterations 5 || exit 1; \
+	  $(BIN)/chain run $(STUDY)/cfg1-s$$seed --cfg 1 --seed $$seed --iterations 6 && \
+	  $(BIN)/chain run $(STUDY)/cfg3-s$$seed --cfg 3 --seed $$seed --iterations 6 && \
+	  $(BIN)/chain run $(STUDY)/cfg7.5-s$$seed --cfg 7.5 --seed $$seed --iterations 6 && \
+	  $(BIN)/chain run $(STUDY)/redifine-s$$seed --cfg 7.5 --redifine --seed $$seed --iterations 6 || exit 1; \
 	done
+
+# The study itself (docs/study.md): `chain validate` per CFG setting (3 replicate runs each) and jointly over all
+# 12 runs, fitted on iterations 0-1 and forecasting 2-5 (the decomposition generates each iteration's CFG-1 and
+# unconditional samples and the base-model reference points into the run directories on the first call), the
+# finetuning-seed noise of 4 extra finetunes of one run, then the page's numbers and figures into docs/study/.
+STUDY_REPORT := runs/study-report
+STUDY_VALIDATE := $(BIN)/chain validate --embedder stats --forecast-from 2
+study: study-runs
+	for setting in cfg1 cfg3 cfg7.5 redifine; do \
+	  $(STUDY_VALIDATE) $(STUDY)/$$setting-s0 $(STUDY)/$$setting-s1 $(STUDY)/$$setting-s2 \
+	    --report $(STUDY_REPORT)/$$setting || exit 1; \
+	done
+	$(STUDY_VALIDATE) $(foreach s,cfg1 cfg3 cfg7.5 redifine,$(foreach seed,$(STUDY_SEEDS),$(STUDY)/$(s)-s$(seed))) \
+	  --report $(STUDY_REPORT)/all
+	$(BIN)/chain validate --embedder stats $(STUDY)/cfg7.5-s0 --finetune-noise 4 --report $(STUDY_REPORT)/finetune-noise
+	$(BIN)/python tools/study_summary.py $(STUDY_REPORT) --out docs/study
 
 # The statistical verification suite (about 25 s on 2 idle cores); plots land in runs/verify/.
 verify: $(STAMP)
