@@ -594,7 +594,7 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
 
 #: Particles per batch of the sampler chain: the denoiser's loops run over a batch innermost,
 #: so LLVM vectorises them across particles (per particle, d and M are too small to fill a vector).
-BATCH = 32
+BATCH = 64
 
 
 @njit(cache=True, inline="always")
