@@ -17,11 +17,11 @@ uniform; attempt ``a`` and its extra uniforms
 pure function of (key, counter), so the reference vectorises it, and it costs about one
 hash and one table look-up per normal (Box-Muller's log, sqrt, cos were the bottleneck).
 
-Resampling weights use :func:`_exp_nonpositive`, a polynomial ``exp`` that LLVM vectorises
-(Numba's ``math.exp`` calls libm one number at a time; its SVML path needs an LLVM this
-llvmlite is not built with). The reference evaluates the same polynomial (up to fused
-multiply-adds: last-bit differences, which move a resampling index only if a position
-falls within 1e-16 of a cdf step).
+Resampling weights and the sampler chain's posterior weights use :func:`_exp_nonpositive`, a
+polynomial ``exp`` that LLVM vectorises (Numba's ``math.exp`` calls libm one number at a time;
+its SVML path needs an LLVM this llvmlite is not built with). The reference evaluates the same
+polynomial (up to fused multiply-adds: last-bit differences, which move a resampling index only
+if a position falls within 1e-16 of a cdf step).
 
 Kernels write into preallocated output arrays (replicate first) and loop over
 replicates with ``prange``; the per-replicate work is sequential and allocates its work
