@@ -185,6 +185,8 @@ def plot_forecast(reports: dict, path: Path) -> None:
                 panel.plot(f["iteration"], f["predicted_var"], "--", color=colour, lw=1)
                 panel.fill_between(f["iteration"], f["lo"], f["hi"], color=colour, alpha=0.15)
         panel.axvline(1.5, color="grey", lw=0.8, ls=":")
+        # Log scale: CFG 1 grows tenfold while CFG 7.5 collapses, and the forecast's error is a ratio.
+        panel.set_yscale("log")
         panel.set_title(LABELS[setting])
         panel.set_xlabel("iteration")
         panel.legend(fontsize=6)
