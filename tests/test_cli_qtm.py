@@ -34,7 +34,8 @@ def test_default_sweep_shows_collapse_and_redifine(monkeypatch, capsys, tmp_path
     table = pd.read_parquet(out)
     assert list(table.columns) == [
         "cfg", "schedule", "drop", "fidelity", "uncond_fidelity", "iterations", "finetune", "real_fraction",
-        "sampler", "steps", "eta", "mutation", "var_fidelity", "var_shift", "process_noise", "data_workflow", "iteration", "axis", "mean", "var",
+        "sampler", "steps", "eta", "mutation", "var_fidelity", "var_shift", "process_noise", "data_workflow",
+        "iteration", "axis", "mean", "var",
     ]
     assert len(table) == 3 * 2 * 2 * 10
     final = table[table.iteration == 9].set_index(["cfg", "schedule", "drop"])["var"]
