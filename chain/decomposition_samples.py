@@ -18,19 +18,16 @@ never share noise with the run's images or the reference points. The layout is
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from chain.errors import ChainError
+from chain.reference import write_image_folder
 from chain.runner import WEIGHTS_DIR, make_backend
 from qtm.random import derive_seed
 from qtm.rundir import (
-    METADATA_FILE,
     REAL_FOLDER,
     iteration_folder,
     read_run,
@@ -145,7 +142,7 @@ def make_decomposition_samples(
             prompts = cfg1_prompts if kind == "cfg1" else [""] * (uncond or max(len(cfg1_prompts) // 2, 2))
             seeds = sample_seeds(seed, t, _KIND_INDEX[kind], len(prompts))
             generated = backend.generate(prompts, seeds=seeds, progress=progress, **settings)
-            _write_folder(samples_folder(run.path, t, kind), generated, prompts, seeds)
+            write_image_folder(samples_folder(run.path, t, kind), generated, prompts, seeds)
             done["images"] += len(prompts)
     if finetune_noise:
         done.update(
@@ -196,7 +193,7 @@ def _replicates(run, get_backend, count, t, seed, settings, progress, done, per_
             raise ChainError(f"replicate {k} of iteration {t}: the finetuning diverged")
         seeds = sample_seeds(seed, t, 2 + k, len(prompts))
         generated = backend.generate(prompts, seeds=seeds, progress=progress, **settings)
-        _write_folder(samples_folder(run.path, t, replicate_name(k)), generated, prompts, seeds)
+        write_image_folder(samples_folder(run.path, t, replicate_name(k)), generated, prompts, seeds)
         done["images"] += len(prompts)
     return done
 
@@ -206,28 +203,4 @@ def _write_real(folder: Path, params: dict) -> None:
     from chain.data import load_dataset
 
     data = load_dataset(params["data"])
-    _write_folder(folder, data.images, data.captions, [None] * len(data))
-
-
-def _write_folder(folder: Path, images, prompts, seeds) -> None:
-    """Write the images and their ``metadata.jsonl`` into a staging folder, then rename it onto ``folder``.
-
-    As :mod:`chain.reference` writes its folders, except that real images (seed None) record no seed or CFG.
-    """
-    staging = folder.with_name(f".{folder.name}.part")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        lines = []
-        for i, (image, prompt, seed) in enumerate(zip(images, prompts, seeds, strict=True)):
-            name = f"{i:06d}.png"
-            image.save(staging / name)
-            record = {"file_name": name, "caption": prompt}
-            if seed is not None:
-                record.update(seed=seed, cfg=1.0)
-            lines.append(json.dumps(record))
-        (staging / METADATA_FILE).write_text("\n".join(lines) + "\n")
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_image_folder(folder, data.images, data.captions, [None] * len(data))

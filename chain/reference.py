@@ -80,12 +80,16 @@ def make_reference(run_dir, *, backend=None, progress=None) -> dict[str, Path]:
             sampler=str(params.get("sampler", "ddim")),
             progress=progress,
         )
-        _write_folder(folders[kind], images, prompts, seeds)
+        write_image_folder(folders[kind], images, prompts, seeds)
     return folders
 
 
-def _write_folder(folder: Path, images, prompts, seeds) -> None:
-    """Write the images and their ``metadata.jsonl`` into a staging folder, then rename it onto ``folder``."""
+def write_image_folder(folder: Path, images, prompts, seeds) -> None:
+    """Write images and their ``metadata.jsonl`` into a staging folder, then rename it onto ``folder``.
+
+    The folder appears under its name only when complete. Generated images (a seed) record their seed
+    and CFG 1; real images (seed None) record their caption only.
+    """
     staging = folder.with_name(f".{folder.name}.part")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -94,7 +98,10 @@ def _write_folder(folder: Path, images, prompts, seeds) -> None:
         for i, (image, prompt, seed) in enumerate(zip(images, prompts, seeds, strict=True)):
             name = f"{i:06d}.png"
             image.save(staging / name)
-            lines.append(json.dumps({"file_name": name, "caption": prompt, "seed": seed, "cfg": 1.0}))
+            record = {"file_name": name, "caption": prompt}
+            if seed is not None:
+                record.update(seed=seed, cfg=1.0)
+            lines.append(json.dumps(record))
         (staging / METADATA_FILE).write_text("\n".join(lines) + "\n")
         os.replace(staging, folder)
     except BaseException:
