@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import typer
 
-from qtm.cli_options import parameter_options
+from qtm.cli_options import parameter_options, single_value
 from qtm.errors import QTMError
-from qtm.grid import parse_axes, parse_numbers, parse_strings
+from qtm.grid import parse_axes
 from qtm.io import to_json
 from qtm.params import PARAMETERS, SCHEDULER_PARAMETERS
 
 #: The base model ``qtm map`` samples from (one value per trait axis).
 MODEL_OPTIONS = ("cond_mean", "cond_var", "uncond_mean", "uncond_var")
+TOO_MANY = "qtm map takes one value of {flag}, got {count}; use qtm simulate for a grid"
 #: One value each: what the sampler does.
 SAMPLING_OPTIONS = ("cfg", "schedule", "sampler", "steps", "eta")
 
@@ -62,16 +63,5 @@ def map_command(
 
 def _single(name: str, spec):
     """One value of ``name`` (its default when not given), checked by its parameter."""
-    p = PARAMETERS[name]
-    if spec is None:
-        return p.default
-    if p.kind == "flag":
-        return p.check(spec, label=p.flag)
-    if p.kind == "text":
-        values = parse_strings(spec, name=name)
-    else:
-        values = parse_numbers(spec, name=name, integer=p.kind == "int")
-    if len(values) != 1:
-        raise QTMError(f"qtm map takes one value of {p.flag}, got {len(values)}; use qtm simulate for a grid")
-    value = p.check(values[0], label=p.flag)
-    return float(value) if p.kind == "float" else value
+    value = single_value(PARAMETERS[name], spec, too_many=TOO_MANY)
+    return PARAMETERS[name].default if value is None else value

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from qtm.cli_options import parameter_options
-from qtm.errors import QTMError
-from qtm.grid import load_config, merge_options, parse_numbers
+from qtm.cli_options import parameter_options, single_value
+from qtm.grid import load_config, merge_options
 from qtm.params import (
     ALL_PARAMETERS,
     DEFAULT_SWEEP,
@@ -63,9 +62,9 @@ def simulate(
     out_path = check_table_path(options["out"] or OUT.default)
     points, axes = build_grid({name: options[name] for name in (*GRID_PARAMETERS, *MODEL_PARAMETERS)
                                if options[name] is not None})
-    population = _single_int(options, "population")
-    particle_options = {name: _single(options, name) for name in PARTICLE_ONLY}
-    scheduler = {name: _single(options, name) for name in SCHEDULER_PARAMETERS}
+    population = single_value(OPTIONS["population"], options["population"])
+    particle_options = {name: single_value(OPTIONS[name], options[name]) for name in PARTICLE_ONLY}
+    scheduler = {name: single_value(OPTIONS[name], options[name]) for name in SCHEDULER_PARAMETERS}
     if engine == "moments":
         table = simulate_grid(points, axes, population=population, scheduler=scheduler,
                               particle_options=particle_options, out=out_path)
@@ -78,32 +77,6 @@ def simulate(
                                   particle_options=particle_options, out=out_path,
                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
     _print_summary(table.frame, points, axes, engine, out_path)
-
-
-def _single(options: dict, name: str):
-    """One value of a non-grid option (a number checked by its parameter, or text)."""
-    p = OPTIONS[name]
-    if options[name] is None:
-        return None
-    if p.kind == "flag":
-        return p.check(options[name], label=p.flag)
-    if p.kind == "text":
-        return p.check(str(options[name]), label=p.flag)
-    if p.kind == "float":
-        values = parse_numbers(options[name], name=name)
-        if len(values) != 1:
-            raise QTMError(f"{p.flag} takes one value, got {len(values)}")
-        return float(p.check(values[0], label=p.flag))
-    return _single_int(options, name)
-
-
-def _single_int(options: dict, name: str) -> int | None:
-    if options[name] is None:
-        return None
-    values = parse_numbers(options[name], name=name, integer=True)
-    if len(values) != 1:
-        raise QTMError(f"{OPTIONS[name].flag} takes one value, got {len(values)}")
-    return OPTIONS[name].check(values[0], label=OPTIONS[name].flag)
 
 
 def _print_summary(frame, points, axes: dict, engine: str, out_path: Path) -> None:
