@@ -39,7 +39,11 @@ class TraitAxes:
 
     def project(self, features: np.ndarray) -> np.ndarray:
         """Trait coordinates, shape (n_images, k)."""
-        return self.standardise(features) @ self.components.T
+        return self.project_standardised(self.standardise(features))
+
+    def project_standardised(self, standardised: np.ndarray) -> np.ndarray:
+        """Trait coordinates of features already standardised (:meth:`standardise`)."""
+        return standardised @ self.components.T
 
 
 def fit_axes(reference: np.ndarray, k: int, *, standardize: bool = False) -> TraitAxes:

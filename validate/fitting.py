@@ -161,7 +161,6 @@ class _Transitions:
                 "no transition to fit: need two consecutive finished iterations (or real data and iteration 0)"
             )
         self.by_run = by_run
-        self.rows = rows
         self.traj = np.array([row[0] for row in rows])
         self.index = np.array([row[1] for row in rows])
         self.iteration = np.array([row[2] for row in rows])
@@ -652,11 +651,12 @@ def forecast(
         proxy = np.array([np.flatnonzero(d.traj == r)[0] if (d.traj == r).any() else -1 for r in members])
         if (proxy < 0).any():
             continue
+        f = runs[0].real_fraction
+        if f > 0 and base.data is not None:
+            data = np.array([np.asarray(_for_group(base.data, tr.group)[0], float) for tr in runs]) / d.scale
+            data_var = np.array([np.asarray(_for_group(base.data, tr.group)[1], float) for tr in runs]) / d.scale**2
         for t in range(forecast_from, max(later) + 1):
-            f = runs[0].real_fraction
             if f > 0 and base.data is not None:
-                data = np.array([np.asarray(_for_group(base.data, tr.group)[0], float) for tr in runs]) / d.scale
-                data_var = np.array([np.asarray(_for_group(base.data, tr.group)[1], float) for tr in runs]) / d.scale**2
                 mean, var = _mixture((mean, np.exp(log)), (data, data_var), f)
                 log = np.log(var)
             pool_mean = mean.mean(axis=1, keepdims=True)

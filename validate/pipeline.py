@@ -370,8 +370,8 @@ def _statistics(
         for population, key, data in _populations(run, embedded):
             # Seeded by position (run, population), not by order of work.
             rng = np.random.default_rng(derive_seed(seed, BOOTSTRAP_TAG, run_index, key + 1))
-            projected = trait_axes.project(data.features)
             standardised = trait_axes.standardise(data.features)
+            projected = trait_axes.project_standardised(standardised)
             found = [
                 {"caption": ALL_CAPTIONS, "n_images": len(data.features), **row}
                 for row in bootstrap_statistics(
@@ -593,8 +593,7 @@ def _decomposition(runs, embedded, model, trait_axes, *, bootstrap, seed) -> tup
 
         def population(name, run=run):
             data = embedded.get((run.name, name, -1))
-            images = run.real if name == "real" else run.reference.get(name.removeprefix("reference_"))
-            return None if data is None else trait_set(images, data.features)
+            return None if data is None else trait_set(_image_set(run, name, -1), data.features)
 
         traits_of_run = RunTraits(
             run=run.name,

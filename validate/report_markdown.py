@@ -140,11 +140,7 @@ def markdown_report(validation) -> str:
             f"{g['residual_lag1_autocorrelation']:.3g}. RMSE of log variance {g['fit_rmse_log_var']:.3g}, of the "
             f"mean {g['fit_rmse_mean']:.3g}; optimiser: {g['message']}",
             "",
-            markdown_table(
-                fit.parameters.assign(axis=fit.parameters["axis"].map(lambda a: "–" if a < 0 else str(a)))[
-                    ["parameter", "setting", "cfg", "estimate", "stderr", "lo", "hi"]
-                ]
-            ),
+            markdown_table(fit.parameters[["parameter", "setting", "cfg", "estimate", "stderr", "lo", "hi"]]),
             "",
             "95 % intervals from the Hessian of the likelihood (inf: not identified by these runs). Fitted "
             "parameters: [`parameters.csv`](parameters.csv); one-step predictions against measurements: "
