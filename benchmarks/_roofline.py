@@ -14,10 +14,10 @@ the CPU time much less.
 from __future__ import annotations
 
 import math
-import time
 
 import numba
 import numpy as np
+from _kernel_vs_reference import timed
 from numba import njit, prange
 
 from qtm.particles.kernels import (
@@ -92,12 +92,6 @@ def sampler_roofline(keys, n, steps, means, variances, out):
         out[r] = check
 
 
-def _timed(call) -> tuple[float, float]:
-    start, cpu = time.perf_counter(), time.process_time()
-    call()
-    return time.perf_counter() - start, time.process_time() - cpu
-
-
 def roofline(kind: str, *, replicates: int, population: int, rounds: int, **shape) -> tuple[float, float]:
     """Units per CPU-second and per wall-second of the ``kind`` (``qg`` or ``sampler``) micro-kernel.
 
@@ -120,7 +114,7 @@ def roofline(kind: str, *, replicates: int, population: int, rounds: int, **shap
                 sampler_roofline(keys, population, steps, means, variances, out[: keys.shape[0]])
         work = replicates * population * steps * rounds
     call(keys[:2])
-    runs = [_timed(lambda: call(keys)) for _ in range(3)]
+    runs = [timed(lambda: call(keys)) for _ in range(3)]
     return work / min(cpu for _, cpu in runs), work / min(wall for wall, _ in runs)
 
 

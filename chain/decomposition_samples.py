@@ -137,30 +137,33 @@ def make_decomposition_samples(
         if not wanted:
             continue
         get_backend().load_weights(iteration_folder(run.path, t) / WEIGHTS_DIR)
+        cfg1_prompts = [c for c in dict.fromkeys(images.captions) for _ in range(per_caption)]
         for kind in wanted:
-            cfg1_prompts = [c for c in dict.fromkeys(images.captions) for _ in range(per_caption)]
             prompts = cfg1_prompts if kind == "cfg1" else [""] * (uncond or max(len(cfg1_prompts) // 2, 2))
             seeds = sample_seeds(seed, t, _KIND_INDEX[kind], len(prompts))
             generated = backend.generate(prompts, seeds=seeds, progress=progress, **settings)
             write_image_folder(samples_folder(run.path, t, kind), generated, prompts, seeds)
             done["images"] += len(prompts)
     if finetune_noise:
-        done.update(
-            _replicates(run, get_backend, finetune_noise, noise_iteration, seed, settings, progress, done, per_caption)
-        )
+        _replicates(run, get_backend, finetune_noise, noise_iteration, seed, settings, progress, done, per_caption)
     done["seconds"] = time.perf_counter() - began
     return done
 
 
-def _replicates(run, get_backend, count, t, seed, settings, progress, done, per_caption) -> dict:
-    """Finetune ``count`` models on iteration ``t``'s training set with replicate seeds; sample each at CFG 1."""
+def _replicates(run, get_backend, count, t, seed, settings, progress, done, per_caption) -> None:
+    """Finetune ``count`` models on iteration ``t``'s training set with replicate seeds; sample each at CFG 1.
+
+    Counts what it makes into ``done``."""
     have = read_samples(run.path, t)
     missing = [k for k in range(count) if replicate_name(k) not in have]
     if not missing:
-        return done
+        return
     params = run.params
     if t > 0 and float(params.get("real_fraction", 0.0) or 0.0) > 0:
         raise ChainError("--finetune-noise with --real-fraction: only iteration 0's training set can be rebuilt")
+    if t > 0 and str(params.get("data_workflow") or "replace") != "replace":
+        raise ChainError("--finetune-noise with an accumulating --data-workflow: only iteration 0's training set "
+                         "can be rebuilt")
     if str(params.get("finetune", "base")) != "base" and t > 0:
         raise ChainError("--finetune-noise with finetune=continue: only iteration 0 (finetuned from the base) can")
     from PIL import Image
@@ -195,7 +198,6 @@ def _replicates(run, get_backend, count, t, seed, settings, progress, done, per_
         generated = backend.generate(prompts, seeds=seeds, progress=progress, **settings)
         write_image_folder(samples_folder(run.path, t, replicate_name(k)), generated, prompts, seeds)
         done["images"] += len(prompts)
-    return done
 
 
 def _write_real(folder: Path, params: dict) -> None:

@@ -28,7 +28,7 @@ from chain.rundir import ITERATION_FILE, METADATA_FILE, RunDirectory, disk_full_
 from chain.seeds import finetune_seed, image_seed, real_mix_seed, subsample_seed
 from qtm.errors import QTMError
 from qtm.io import atomic_path
-from qtm.params import ALL_PARAMETERS, BACKEND_DEFAULTS, NETWORK_SAMPLERS, RUN_DEFAULTS, RUN_OPTIONS
+from qtm.params import ALL_PARAMETERS, BACKEND_DEFAULTS, NETWORK_SAMPLERS, RUN_DEFAULTS, RUN_OPTIONS, check_options
 from qtm.schedules import REDIFINE_DROP, REDIFINE_SCHEDULE, CFGSchedule
 
 WEIGHTS_DIR = "weights"
@@ -39,9 +39,8 @@ _BY_BACKEND = (*BACKEND_DEFAULTS["tiny"], "schedule", "drop")
 
 def _resolve(self) -> dict:
     """Check every parameter and fill in the defaults; the result is what run.json records."""
-    given = {name: getattr(self, name) for name in RUN_OPTIONS}
-    checked = {name: _scalar(ALL_PARAMETERS[name].check(value, label=ALL_PARAMETERS[name].flag))
-               for name, value in given.items() if value is not None}
+    given = {name: getattr(self, name) for name in RUN_OPTIONS if getattr(self, name) is not None}
+    checked = {name: _scalar(value) for name, value in check_options(given, flags=True).items()}
     backend = checked["backend"]
     defaults = BACKEND_DEFAULTS[backend]
     if checked["redifine"] and ("drop" in checked or "schedule" in checked):

@@ -44,7 +44,7 @@ from scipy.special import hyp2f1
 
 from qtm.errors import QTMError
 from qtm.gaussian import Moments
-from qtm.validation import as_float_array, check_choice, check_positive
+from qtm.validation import as_float_array, check_choice, check_int, check_positive
 
 CONTINUOUS_SAMPLERS = ("ode", "sde")
 
@@ -130,7 +130,6 @@ def ode_chain_variance(initial_var, uncond_var, *, cfg, iterations: int) -> np.n
     initial_var = check_positive(initial_var, "initial_var")
     uncond_var = check_positive(uncond_var, "uncond_var")
     w = as_float_array(cfg, "cfg")
-    if isinstance(iterations, bool) or int(iterations) != iterations or iterations < 0:
-        raise QTMError(f"iterations must be a whole number >= 0, got {iterations!r}")
-    powers = w[None, ...] ** np.arange(int(iterations) + 1).reshape((-1,) + (1,) * w.ndim)
+    iterations = check_int(iterations, "iterations", minimum=0)
+    powers = w[None, ...] ** np.arange(iterations + 1).reshape((-1,) + (1,) * w.ndim)
     return uncond_var * np.exp(powers * (np.log(initial_var) - np.log(uncond_var)))

@@ -360,20 +360,6 @@ ALL_PARAMETERS: dict[str, Parameter] = {**PARAMETERS, **RUN_PARAMETERS}
 GRID_PARAMETERS = tuple(name for name, p in PARAMETERS.items() if p.grid)
 
 
-def parameter(name: str) -> Parameter:
-    """The parameter called ``name`` (a one-line error for an unknown one).
-
-    Examples
-    --------
-    >>> parameter("cfg").kind
-    'float'
-    """
-    try:
-        return ALL_PARAMETERS[name]
-    except KeyError:
-        raise QTMError(f"unknown parameter {name!r}") from None
-
-
 def effective_eta(sampler: str, eta: float) -> float:
     """The DDIM noise weight a sampler really uses: DDPM is DDIM with eta = 1.
 

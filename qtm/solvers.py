@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qtm.diffusion import BETA_SCHEDULES, TIMESTEP_SPACINGS, DiffusionConfig, _cosine_betas
+from qtm.diffusion import BETA_SCHEDULES, TIMESTEP_SPACINGS, DiffusionConfig
 from qtm.errors import QTMError
 from qtm.gaussian import Moments
 from qtm.params import PREDICTION_TYPES, SCHEDULER_PRESETS
@@ -207,16 +207,6 @@ class SchedulerConfig:
             )
         return kwargs
 
-    def alphas_cumprod(self) -> np.ndarray:
-        """Float64 alpha-bar over the training timesteps."""
-        if self.beta_schedule == "squaredcos_cap_v2":
-            betas = _cosine_betas(self.num_train_timesteps)
-        elif self.beta_schedule == "linear":
-            betas = np.linspace(self.beta_start, self.beta_end, self.num_train_timesteps)
-        else:
-            betas = np.linspace(math.sqrt(self.beta_start), math.sqrt(self.beta_end), self.num_train_timesteps) ** 2
-        return np.cumprod(1.0 - betas)
-
 
 class SolverPlan(NamedTuple):
     """A solver's K steps as arrays of shape (K,), in sampling order.
@@ -334,7 +324,7 @@ def _karras(sigma_min: float, sigma_max: float, k: int) -> np.ndarray:
 
 def _ve_sigmas(config: SchedulerConfig, sampler: str, k: int) -> np.ndarray:
     """The K + 1 VE sigmas of Euler, Euler-ancestral, Heun (before duplication) and DPM-Solver++."""
-    abar = config.alphas_cumprod()
+    abar = config.diffusion_config().alphas_cumprod
     train = np.sqrt((1.0 - abar) / abar)
     if sampler in ("dpm++2m", "dpm++1s"):
         timesteps = _dpm_timesteps(config, k)
