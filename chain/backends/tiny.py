@@ -514,10 +514,16 @@ def base_model_path(config: TinyConfig) -> Path:
     by a hash of its training data's content (a folder's images can change under the same name)."""
     if config.base_data == DIGITS_BASE:
         return cache_dir() / f"tiny-{config.key()}.pt"
+    return cache_dir() / f"tiny-{config.key()}-{_training_set_digest(config)}.pt"
+
+
+@functools.lru_cache(maxsize=2)
+def _training_set_digest(config: TinyConfig) -> str:
+    """A hash of the base model's training images and captions (hashed once per config, not per lookup)."""
     images, captions = base_training_set(config)
     digest = hashlib.sha256(images.numpy().tobytes())
     digest.update(json.dumps(captions).encode())
-    return cache_dir() / f"tiny-{config.key()}-{digest.hexdigest()[:12]}.pt"
+    return digest.hexdigest()[:12]
 
 
 @functools.lru_cache(maxsize=2)
