@@ -194,3 +194,16 @@ def var_se(sample):
 def from_rows(rows, **extra) -> Comparison:
     labels, observed, se, expected = zip(*rows, strict=True)
     return Comparison(tuple(labels), np.array(observed), np.array(se), np.array(expected), **extra)
+
+
+def from_series(series, *, note: str) -> Comparison:
+    """A comparison of named series, each ``(observed, se, expected, x)`` arrays along ``x`` (a plotted line each)."""
+    return Comparison(
+        tuple(f"{name} t={i}" for name, (*_, x) in series.items() for i in x),
+        np.concatenate([v[0] for v in series.values()]),
+        np.concatenate([v[1] for v in series.values()]),
+        np.concatenate([v[2] for v in series.values()]),
+        x=np.concatenate([v[3] for v in series.values()]),
+        series=tuple(name for name, (*_, x) in series.items() for _ in x),
+        note=note,
+    )

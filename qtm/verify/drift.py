@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from qtm.verify.base import Comparison, mean_se, register, scaled_count, var_se
+from qtm.verify.base import Comparison, from_series, mean_se, register, scaled_count, var_se
 
 
 @register("drift", "Drift: repeated refits and Wright-Fisher resampling against the expected refit")
@@ -74,12 +74,6 @@ def _drift(*, size: float, rng) -> Comparison:
         "refit: var of fitted mean": (mean_spread[1:, 0], mean_spread[1:, 1], expected_spread[1:], later),
         "particle engine (Wright-Fisher): E[var]": (engine_var, engine_se, engine_expected, t),
     }
-    return Comparison(
-        tuple(f"{name} t={i}" for name, (*_, x) in series.items() for i in x),
-        np.concatenate([v[0] for v in series.values()]),
-        np.concatenate([v[1] for v in series.values()]),
-        np.concatenate([v[2] for v in series.values()]),
-        x=np.concatenate([v[3] for v in series.values()]),
-        series=tuple(name for name, (*_, x) in series.items() for _ in x),
-        note=f"N={population}, {replicates} replicates, N({data_mean}, {data_var}), {generations} generations",
+    return from_series(
+        series, note=f"N={population}, {replicates} replicates, N({data_mean}, {data_var}), {generations} generations"
     )

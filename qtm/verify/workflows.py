@@ -33,7 +33,7 @@ import numpy as np
 
 from qtm.params import PARAMETERS
 from qtm.validation import check_int
-from qtm.verify.base import Comparison, mean_se, register, scaled_count
+from qtm.verify.base import Comparison, from_series, mean_se, register, scaled_count
 
 
 def training_spread(iterations: int, *, population: int, workflow: str) -> np.ndarray:
@@ -115,13 +115,8 @@ def _workflows(*, size: float, rng) -> Comparison:
             *mean_se((mean - DATA_MEAN) ** 2 - var / (n - 1), axis=0), error)
     limit = model_mean_error(iterations, population=n, workflow="accumulate")[-1]
     linear = model_mean_error(iterations, population=n, workflow="replace")[-1]
-    return Comparison(
-        tuple(f"{name} t={i}" for name in series for i in t),
-        np.concatenate([v[0] for v in series.values()]),
-        np.concatenate([v[1] for v in series.values()]),
-        np.concatenate([v[2] for v in series.values()]),
-        x=np.tile(t, len(series)),
-        series=tuple(name for name in series for _ in t),
+    return from_series(
+        {name: (*values, t) for name, values in series.items()},
         note=(f"N={n}, {refits} refits and {replicates} engine replicates, N({DATA_MEAN}, {DATA_VAR}), "
               f"{iterations} iterations; accumulate: N E[(mean - m)^2]/sigma^2 = {limit:.4f} at t={iterations - 1} "
               f"(pi^2/6 = {math.pi**2 / 6:.4f} as N, t grow); replace: {linear:.2f} (t+1 = {iterations})"),
