@@ -36,11 +36,11 @@ from qtm.solvers import SchedulerConfig
 MODEL = dict(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=1.5, data_mean=1.0, data_var=1.0)
 
 
-def grid(points: int):
-    """CFG x drop x fidelity, about ``points`` points in all (a cube)."""
+def grid(points: int, *, cfg_max: float = 10.0):
+    """CFG (1 to ``cfg_max``) x drop x fidelity, about ``points`` points in all (a cube)."""
     side = max(2, round(points ** (1 / 3)))
     return {
-        "cfg": np.linspace(1.0, 10.0, side)[:, None, None],
+        "cfg": np.linspace(1.0, cfg_max, side)[:, None, None],
         "drop": np.linspace(0.0, 1.0, side)[None, :, None],
         "fidelity": np.linspace(0.1, 1.0, side)[None, None, :],
     }, side**3

@@ -28,25 +28,14 @@ import platform
 import time
 
 import numba
-import numpy as np
+from _memory import peak_line
+from moments_grid import MODEL, grid
 
 from qtm.params import SAMPLERS
 from qtm.recursion import simulate_moments
 
-MODEL = dict(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=1.5, data_mean=1.0, data_var=1.0)
 #: Flow-matching Euler samples a flow-matching model: SD3's scheduler; every other sampler SD v1.5's.
 SCHEDULERS = {"flow-euler": "sd3"}
-
-
-def grid(points: int) -> dict:
-    """CFG x drop x fidelity, about ``points`` points (a cube); CFG up to 3 keeps the ODE's doubly exponential
-    collapse (ln v_t / v_u = w^t ln v_0 / v_u) above the smallest float."""
-    side = max(2, round(points ** (1 / 3)))
-    return {
-        "cfg": np.linspace(1.0, 3.0, side)[:, None, None],
-        "drop": np.linspace(0.0, 1.0, side)[None, :, None],
-        "fidelity": np.linspace(0.1, 1.0, side)[None, None, :],
-    }
 
 
 def best_time(sampler: str, params: dict, *, iterations: int, steps: int, repeats: int) -> float:
@@ -68,8 +57,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    params = grid(args.points)
-    n_points = int(np.prod(np.broadcast_shapes(*(v.shape for v in params.values()))))
+    # CFG up to 3 keeps the ODE's doubly exponential collapse (ln v_t / v_u = w^t ln v_0 / v_u) above the
+    # smallest float.
+    params, n_points = grid(args.points, cfg_max=3.0)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {numba.get_num_threads()} "
           f"Numba threads; load average before {os.getloadavg()[0]:.2f}")
     print(f"{n_points:,} points x {args.iterations} iterations, {args.steps} steps, best of {args.repeats}")
@@ -80,7 +70,7 @@ def main() -> None:
     print(f"{'sampler':>11}  {'ns / point-iteration':>20}  {'x ddim':>8}")
     for sampler, ns in per_point.items():
         print(f"{sampler:>11}  {ns:20.1f}  {ns / per_point['ddim']:8.2f}")
-    print(f"load average after {os.getloadavg()[0]:.2f}")
+    print(f"load average after {os.getloadavg()[0]:.2f}; {peak_line()}")
 
 
 if __name__ == "__main__":
