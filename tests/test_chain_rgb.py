@@ -170,3 +170,61 @@ def test_minilm_contexts_differ_by_caption_and_for_the_empty_one(squares):
     images = backend.generate(["a red square"], cfg=3.0, schedule=CFGSchedule(), seeds=[0], steps=2, sampler="ddim")
     assert images[0].size == (16, 16)
     assert dataclasses.asdict(backend.config)["text_encoder"] == "minilm"
+
+
+def test_rgb_presets_predict_v_and_keep_the_weights_moving_average(squares):
+    for name in ("rgb16", "rgb32", "rgb64"):
+        config = preset_config(name, data=squares)
+        assert (config.prediction_type, config.base_ema) == ("v_prediction", 0.995)
+    assert (TinyConfig().prediction_type, TinyConfig().base_ema) == ("epsilon", 0.0)
+    assert tiny.make_sampler(1000, prediction_type="v_prediction").config.prediction_type == "v_prediction"
+    with pytest.raises(Exception, match="prediction_type"):
+        TinyConfig(prediction_type="sample")
+    with pytest.raises(ChainError, match=r"base_ema must lie in \[0, 1\)"):
+        TinyConfig(base_ema=1.0)
+
+
+def test_moving_average_of_the_weights_is_the_trained_model(squares):
+    """The same training with ``ema`` ends with the warmed-up moving average of the weights it went through."""
+    config = preset_config("rgb16", text_encoder="hashed", data=squares, **SMALL)
+    data, captions = tiny.base_training_set(config)
+
+    def trained(ema, path=None):
+        with tiny.seeded_global_rng(0):
+            model = tiny.TinyModel(config)
+        if path is not None:
+            path.append([p.detach().clone() for p in model.parameters()])
+        record = None if path is None else lambda done, total: path.append([p.detach().clone()
+                                                                            for p in model.parameters()])
+        tiny.train_diffusion(model, data, captions, steps=4, batch_size=3, learning_rate=1e-2, drop=0.2, seed=5,
+                             num_train_timesteps=1000, prediction_type="v_prediction", ema=ema, progress=record)
+        return model
+
+    path = []  # the initial weights, then the weights after each step
+    last = trained(0.0, path)
+    assert len(path) == 5 and all(torch.equal(a, b) for a, b in zip(path[-1], last.parameters(), strict=True))
+    expected = path[0]
+    for step in range(4):
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, path[step + 1], strict=True)]
+    assert not all(torch.equal(a, b) for a, b in zip(expected, path[-1], strict=True))
+    averaged = trained(0.9)
+    for want, got in zip(expected, averaged.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_thread_count_from_the_environment(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("CHAIN_THREADS", "2")
+        tiny.pin_cpu()
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("CHAIN_THREADS")
+        tiny.pin_cpu()
+        assert torch.get_num_threads() == 1
+        for bad in ("two", "0"):
+            monkeypatch.setenv("CHAIN_THREADS", bad)
+            with pytest.raises(ChainError, match=f"CHAIN_THREADS='{bad}' is not a number of threads"):
+                tiny.pin_cpu()
+    finally:
+        torch.set_num_threads(before)

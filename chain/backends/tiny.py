@@ -61,6 +61,8 @@ from qtm.validation import check_choice, check_int, check_positive, check_unit_i
 
 _DEFAULTS = BACKEND_DEFAULTS["tiny"]
 _WEIGHTS_FILE = "model.pt"
+#: What the UNet may predict (diffusers' names); the RGB presets use v, see :data:`_RGB`.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 #: ``base_data`` of the digits: scikit-learn's 1797 digits at the model's resolution.
 DIGITS_BASE = "digits"
 
@@ -95,6 +97,16 @@ class TinyConfig:
     context_length: int = 16
     #: What the base model learns from: ``"digits"`` or a ``--data`` spec (:func:`chain.data.load_dataset`).
     base_data: str = DIGITS_BASE
+    #: What the UNet predicts, ``"epsilon"`` or ``"v_prediction"`` (diffusers' names).
+    prediction_type: str = "epsilon"
+    #: Decay of the exponential moving average of the base model's weights, which becomes the base
+    #: model (0: none, the last weights). Warmed up as ``min(decay, (1 + k) / (10 + k))`` at step k.
+    base_ema: float = 0.0
+
+    def __post_init__(self):
+        check_choice(self.prediction_type, "prediction_type", PREDICTION_TYPES)
+        if not 0.0 <= self.base_ema < 1.0:
+            raise ChainError(f"base_ema must lie in [0, 1), got {self.base_ema}")
 
     def key(self) -> str:
         """A short hash of the configuration, the name of the cached base model.
@@ -114,10 +126,15 @@ _FIRST_FIELDS = ("resolution", "channels", "vocabulary", "num_train_timesteps", 
 #: The RGB design: narrow full-resolution levels, attention only at the third (8×8 at 32 px). Chosen by
 #: measurement: folding 2×2 pixel patches into channels (a 16×16 top level at 32 px) cost half as much
 #: but learnt several times slower (loss 0.125 against 0.04 after 1000 steps on coloured squares).
-#: Cost at 32 px, one thread: about 14 ms of CPU per training example and 5-6.5 ms per image and sampling
-#: step with guidance (two UNet passes), measured on the shared 2-core machine at load 4-6.
+#: The network predicts v, not the noise: with the noise as target, the emoji base model after 1500
+#: steps gave saturated colour fields without even the white ground at 16 and 32 px (an error in the
+#: noise is amplified by up to sqrt(1 / abar) ~ 16 in the clean image at the first steps of the cosine
+#: schedule); with v and the same budget it gave white grounds, flags and faces. The weights' moving
+#: average is the base model. Cost at 32 px on 2 idle cores (Intel Xeon, 2 threads): 12.5 ms per
+#: training example and 3.7 ms per image and network pass (7.4 ms per sampling step with guidance).
 _RGB = {"image_channels": 3, "channels": (16, 32, 64), "cross_attention": (False, False, True),
-        "base_train_steps": 1500, "base_batch_size": 32, "base_learning_rate": 2e-3}
+        "base_train_steps": 1500, "base_batch_size": 32, "base_learning_rate": 2e-3,
+        "prediction_type": "v_prediction", "base_ema": 0.995}
 
 #: The presets of ``chain run --preset`` (:data:`qtm.params.TINY_PRESETS`): the settings each changes from
 #: :class:`TinyConfig`'s defaults.
@@ -280,16 +297,22 @@ def train_diffusion(
     drop: float,
     seed: int,
     num_train_timesteps: int,
+    prediction_type: str = "epsilon",
+    ema: float = 0.0,
     progress: Progress | None = None,
 ) -> list[float]:
-    """Epsilon-prediction training of ``model`` on ``data`` (in [-1, 1]); returns the loss of each step.
+    """Train ``model`` on ``data`` (in [-1, 1]) to predict the noise (or v); returns the loss of each step.
 
     Each step draws a batch with replacement; each example's caption is replaced by
     the empty prompt with probability ``drop``, drawn anew every time (condition drop).
+    With ``ema`` > 0 the model ends with the moving average of its weights
+    (:attr:`TinyConfig.base_ema`): at a short training budget and a high learning rate
+    it averages away the last steps' noise, which shows as blotches in the images.
     """
     from diffusers import DDPMScheduler
 
-    noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2")
+    noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                                    prediction_type=prediction_type)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     warmup = max(1, min(100, steps // 10))
@@ -298,6 +321,7 @@ def train_diffusion(
     captions = list(captions)
     batch_size = min(batch_size, len(captions))
     losses = []
+    average = [p.detach().clone() for p in model.parameters()] if ema > 0 else None
     model.train()
     for step in range(steps):
         index = torch.randint(len(captions), (batch_size,), generator=generator)
@@ -307,15 +331,24 @@ def train_diffusion(
         noise = torch.randn(clean.shape, generator=generator)
         t = torch.randint(num_train_timesteps, (batch_size,), generator=generator)
         noisy = noise_scheduler.add_noise(clean, noise, t)
-        loss = nn.functional.mse_loss(model(noisy, t, model.condition(text)), noise)
+        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(clean, noise, t)
+        loss = nn.functional.mse_loss(model(noisy, t, model.condition(text)), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            decay = min(ema, (1 + step) / (10 + step))
+            for mean, weight in zip(average, model.parameters(), strict=True):
+                mean.lerp_(weight.detach(), 1.0 - decay)
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1, steps)
+    if average is not None:
+        with torch.no_grad():
+            for weight, mean in zip(model.parameters(), average, strict=True):
+                weight.copy_(mean)
     model.eval()
     return losses
 
@@ -331,6 +364,7 @@ def sample(
     num_train_timesteps: int,
     resolution: int,
     channels: int = 1,
+    prediction_type: str = "epsilon",
     batch_size: int = 256,
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -346,7 +380,7 @@ def sample(
     for start in range(0, len(captions), batch_size):
         chunk = list(captions[start : start + batch_size])
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
-        scheduler = make_sampler(num_train_timesteps)
+        scheduler = make_sampler(num_train_timesteps, prediction_type=prediction_type)
         scheduler.set_timesteps(steps)
         x = torch.stack([torch.randn((channels, resolution, resolution), generator=g) for g in generators])
         condition = tuple(torch.cat(pair) for pair in zip(model.condition([""] * len(chunk)), model.condition(chunk),
@@ -361,7 +395,7 @@ def sample(
     return torch.cat(out)
 
 
-def make_sampler(num_train_timesteps: int):
+def make_sampler(num_train_timesteps: int, *, prediction_type: str = "epsilon"):
     """A fresh diffusers DDIM scheduler; ``ddim`` samples with eta 0, ``ddpm`` with eta 1 (the project's convention).
 
     The predicted clean image is not clipped at each step: with guidance, clipping
@@ -374,7 +408,8 @@ def make_sampler(num_train_timesteps: int):
     """
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    return DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                         prediction_type=prediction_type)
 
 
 class TinyBackend(Backend):
@@ -455,6 +490,7 @@ class TinyBackend(Backend):
                 drop=drop,
                 seed=seed,
                 num_train_timesteps=self.config.num_train_timesteps,
+                prediction_type=self.config.prediction_type,
                 progress=progress,
             )
         return FinetuneResult(losses=losses, seconds=time.perf_counter() - began)
@@ -475,6 +511,7 @@ class TinyBackend(Backend):
             num_train_timesteps=self.config.num_train_timesteps,
             resolution=self.config.resolution,
             channels=self.config.image_channels,
+            prediction_type=self.config.prediction_type,
             progress=progress,
         )
         return tensor_to_images(x)
@@ -497,16 +534,25 @@ class TinyBackend(Backend):
 
 
 def pin_cpu() -> None:
-    """Run torch on one CPU thread.
+    """Run torch on ``$CHAIN_THREADS`` CPU threads (default one).
 
     On a shared, busy CPU, OpenMP worker threads that spin waiting for each other
     cost far more than they save on such small operations: on the team's 2-core
     machine at load average ~7, a training step took 0.077 s per example with two
-    threads against 0.004 s with one. On an idle machine two threads are a little
-    faster (benchmarks/tiny_chain.py: 1.0 s against 1.3 s for 20 steps at load ~2);
-    one thread is the robust choice, and keeps floating-point sums in one fixed order.
+    threads against 0.004 s with one. On an idle machine more threads are faster
+    (rgb32 on 2 idle cores: 12.5 ms per training example and 3.7 ms per image and
+    network pass with two threads, 20 ms and 7 ms with one); set ``CHAIN_THREADS``
+    to the free cores there. One thread is the robust default, and keeps
+    floating-point sums in one fixed order whatever the machine.
     """
-    torch.set_num_threads(1)
+    text = os.environ.get("CHAIN_THREADS", "1")
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ChainError(f"CHAIN_THREADS={text!r} is not a number of threads; set a whole number >= 1 or unset it")
+    torch.set_num_threads(threads)
 
 
 def base_model_path(config: TinyConfig) -> Path:
@@ -576,6 +622,8 @@ def train_base_model(config: TinyConfig, *, progress: Progress | None = None) ->
             drop=config.base_drop,
             seed=config.base_seed,
             num_train_timesteps=config.num_train_timesteps,
+            prediction_type=config.prediction_type,
+            ema=config.base_ema,
             progress=progress,
         )
     return copy.deepcopy(model.state_dict())
