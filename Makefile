@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test lint verify figures docs bench clean study-runs study
+.PHONY: demo chain-demo test lint verify figures docs bench clean study-runs study rgb-study-runs rgb-study
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,41 @@ study: study-runs
 	  --report $(STUDY_REPORT)/all
 	$(BIN)/chain validate --embedder stats $(STUDY)/cfg7.5-s0 --finetune-noise 4 --report $(STUDY_REPORT)/finetune-noise
 	$(BIN)/python tools/study_summary.py $(STUDY_REPORT) --out docs/study
+
+# The RGB study (docs/rgb_study.md): 32 px chains on emoji and Pokémon (balanced subsets: 8 and 9 concepts of 24
+# images), CFG 1, 3, 7.5 and ReDiFine, 5 iterations, on both cores of an idle machine. First the speed benchmark,
+# whose CFG-3 chains (with base-model training, timed against the tiny digits chain) are the study's CFG-3 runs,
+# then the other six chains: about 75 min on 2 idle cores. Resumable: rerun to continue. Pokémon images stay in
+# runs/ (never commit them).
+RGB_STUDY := runs/rgb-study
+RGB_SETS := 'emoji:32?min=40&max=24' 'pokemon:32?min=30&max=24'
+RGB_ENV := CHAIN_THREADS=2 CHAIN_TINY_CACHE=$(RGB_STUDY)/cache
+RGB_SETTINGS := --train-steps 100 --batch-size 32
+RGB_RUN := $(RGB_ENV) $(BIN)/chain run --backend tiny --preset rgb32 --text-encoder minilm --iterations 5 $(RGB_SETTINGS)
+rgb-study-runs: $(STAMP)
+	mkdir -p $(RGB_STUDY)
+	test -f $(RGB_STUDY)/benchmark.txt || ( $(RGB_ENV) $(BIN)/python benchmarks/rgb_chain.py \
+	  $(foreach set,$(RGB_SETS),--data $(set)) --cfg 3 $(RGB_SETTINGS) --runs $(RGB_STUDY) \
+	  --cache $(RGB_STUDY)/cache --grid $(RGB_STUDY)/emoji_base_cfg3.png > $(RGB_STUDY)/benchmark.txt.part && \
+	  mv $(RGB_STUDY)/benchmark.txt.part $(RGB_STUDY)/benchmark.txt )
+	for set in $(RGB_SETS); do \
+	  name=$${set%%:*}; \
+	  $(RGB_RUN) $(RGB_STUDY)/$$name-cfg1 --data "$$set" --cfg 1 && \
+	  $(RGB_RUN) $(RGB_STUDY)/$$name-cfg7.5 --data "$$set" --cfg 7.5 && \
+	  $(RGB_RUN) $(RGB_STUDY)/$$name-redifine --data "$$set" --cfg 7.5 --redifine || exit 1; \
+	done
+
+# The RGB study's reports: `chain validate --embedder efficientnet` per chain (trait trajectories, diversity
+# metrics, the fit on iterations 0-2 and its forecast of 3-4), then the page's numbers and figures into
+# docs/rgb_study/ (emoji grids only: Pokémon images are never written there).
+RGB_REPORT := runs/rgb-study-report
+rgb-study: rgb-study-runs
+	for run in emoji-cfg1 emoji-cfg3 emoji-cfg7.5 emoji-redifine pokemon-cfg1 pokemon-cfg3 pokemon-cfg7.5 \
+	  pokemon-redifine; do \
+	  $(RGB_ENV) $(BIN)/chain validate $(RGB_STUDY)/$$run --embedder efficientnet --no-decompose --make-reference \
+	    --forecast-from 3 --report $(RGB_REPORT)/$$run || exit 1; \
+	done
+	$(BIN)/python tools/rgb_study_summary.py $(RGB_STUDY) $(RGB_REPORT) --out docs/rgb_study
 
 # The statistical verification suite (about 25 s on 2 idle cores); plots land in runs/verify/.
 verify: $(STAMP)

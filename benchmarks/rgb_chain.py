@@ -3,15 +3,19 @@
 Runs the chain in-process with the ``rgb32`` preset (frozen MiniLM captions) on a fresh
 base-model cache, so the base model is trained, and prints per phase the wall time, the
 process's CPU time and images/s, with the machine's load average. The backend runs torch
-on one thread (:func:`chain.backends.tiny.pin_cpu`), so on an idle machine its wall time is
-its CPU time: on a shared, loaded machine the CPU time is the honest estimate of the idle
-wall time (and still a pessimistic one: a loaded CPU runs each thread slower).
+on ``$CHAIN_THREADS`` threads (:func:`chain.backends.tiny.pin_cpu`; default one): with one
+thread the wall time on an idle machine is the CPU time, and on a shared, loaded machine the
+CPU time is the honest estimate of the idle wall time. ``CHAIN_THREADS=2`` uses both cores of
+an idle 2-core machine (the figure the goal is about).
 
 Reference, timed in the same run: the tiny digits chain with its default settings
 (``digits8``, ``digits:500``, base training included).
 
 Run: ``.venv/bin/python benchmarks/rgb_chain.py [--data emoji:32 --data pokemon:32] [--iterations 5]``;
 ``--smoke`` runs 1 iteration with a 20-step base model and 5 sampling steps (a check that it runs, no figure);
+``--runs DIR`` keeps the run directories there (``DIR/NAME-cfgW``, e.g. ``emoji-cfg3``: the RGB study's
+``make rgb-study-runs`` then finds its CFG-3 chains done) and ``--cache DIR`` keeps the base models
+(a base model found there is read, not trained, and the total says so);
 ``--grid PATH`` also writes a sample grid of the first data set's base model at CFG 3 (docs/img/emoji_base_cfg3.png:
 ``--data emoji:32 --grid docs/img/emoji_base_cfg3.png``).
 """
@@ -87,10 +91,10 @@ def sample_grid(backend, data: str, path: str, *, rows: int = 12, per_row: int =
     print(f"wrote {path}: rows {', '.join(captions)}; columns 1-2 real, then the base model at CFG 3", flush=True)
 
 
-def chain(label: str, data: str, scratch: Path, *, preset: str, text_encoder: str | None, iterations: int,
+def chain(label: str, data: str, run_dir: Path, *, preset: str, text_encoder: str | None, iterations: int,
           cfg: float, overrides: dict, smoke: bool, settings: dict, grid: str | None = None) -> None:
-    """Train the base model, run the chain, print per-phase times; the model is cached under ``scratch``."""
-    from chain.backends.tiny import TinyBackend, preset_config
+    """Train the base model (unless cached), run the chain into ``run_dir``, print per-phase times."""
+    from chain.backends.tiny import TinyBackend, base_model_path, preset_config
     from chain.data import load_dataset
     from chain.runner import RunParameters, run_chain
 
@@ -99,19 +103,25 @@ def chain(label: str, data: str, scratch: Path, *, preset: str, text_encoder: st
                            device="cpu", **options)
     resolved = params.resolve()
     size = len(load_dataset(data))
-    clock = Clock()
     config = preset_config(preset, text_encoder=text_encoder, data=data, **overrides)
+    cached = base_model_path(config).exists()
+    clock = Clock()
     backend = TinyBackend(config=config, learning_rate=resolved["learning_rate"], train_steps=resolved["train_steps"],
                           batch_size=resolved["batch_size"])
     base_wall, base_cpu = clock.read()
     examples = config.base_train_steps * min(config.base_batch_size, size)
-    print(f"{label}: {size} images; base model ({config.base_train_steps} steps x {config.base_batch_size}) "
-          f"{base_wall:.0f} s wall, {base_cpu:.0f} s CPU, {examples / base_cpu:.0f} examples/s (CPU)", flush=True)
+    if cached:
+        print(f"{label}: {size} images; base model read from the cache ({base_wall:.0f} s): not trained, not timed",
+              flush=True)
+    else:
+        print(f"{label}: {size} images; base model ({config.base_train_steps} steps x {config.base_batch_size}) "
+              f"{base_wall:.0f} s wall, {base_cpu:.0f} s CPU, {examples / base_wall:.0f} examples/s (wall)",
+              flush=True)
     if grid:
         sample_grid(backend, data, grid)
     chain_clock = Clock()
     reporter = CpuReporter()
-    records = run_chain(scratch / f"run-{label}", params, backend=backend, reporter=reporter)
+    records = run_chain(run_dir, params, backend=backend, reporter=reporter)
     chain_wall, chain_cpu = chain_clock.read()
     for record in records:
         t, fine, gen = record["iteration"], record["finetune"], record["generate"]
@@ -121,7 +131,8 @@ def chain(label: str, data: str, scratch: Path, *, preset: str, text_encoder: st
               f"{gen['images'] / gen['seconds']:.1f} images/s wall, {gen['images'] / gen_cpu:.1f} images/s CPU")
     total_wall, total_cpu = base_wall + chain_wall, base_cpu + chain_cpu
     load = os.getloadavg()
-    print(f"  {label} total incl. base training: {total_wall:.0f} s wall, {total_cpu:.0f} s CPU; ratio to the "
+    what = "total" if cached else "total incl. base training"
+    print(f"  {label} {what}: {total_wall:.0f} s wall, {total_cpu:.0f} s CPU; ratio to the "
           f"{GOAL_SECONDS:.0f} s goal {total_wall / GOAL_SECONDS:.2f} (wall), {total_cpu / GOAL_SECONDS:.2f} (CPU); "
           f"load average now {load[0]:.1f} (1-minute), {load[2]:.1f} (15-minute)", flush=True)
 
@@ -139,23 +150,28 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, help="finetuning steps per iteration (default: the backend's)")
     parser.add_argument("--batch-size", type=int, help="finetuning batch size (default: the backend's)")
     parser.add_argument("--grid", help="write the first data set's base-model sample grid at CFG 3 here")
+    parser.add_argument("--runs", help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument("--cache", help="keep the base models here (default: a fresh temporary folder)")
     args = parser.parse_args()
     iterations = 1 if args.smoke else args.iterations
     overrides = {"base_train_steps": 20} if args.smoke else {}
     settings = {k: v for k, v in (("steps", args.steps), ("train_steps", args.train_steps),
                                   ("batch_size", args.batch_size)) if v is not None}
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average "
-          f"{os.getloadavg()[0]:.1f} (1-minute) at the start", flush=True)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"CHAIN_THREADS={os.environ.get('CHAIN_THREADS', '1')}; load average {os.getloadavg()[0]:.1f} (1-minute) "
+          "at the start", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
-        os.environ["CHAIN_TINY_CACHE"] = str(Path(scratch) / "cache")
+        runs = Path(args.runs) if args.runs else Path(scratch)
+        os.environ["CHAIN_TINY_CACHE"] = args.cache or str(Path(scratch) / "cache")
+        name = f"cfg{args.cfg:g}"
         if not args.no_reference:
-            chain("digits (reference)", "digits:500", Path(scratch), preset="digits8", text_encoder=None,
+            chain("digits (reference)", "digits:500", Path(scratch) / "digits", preset="digits8", text_encoder=None,
                   iterations=iterations, cfg=args.cfg, overrides=overrides, smoke=args.smoke, settings={})
         for k, data in enumerate(args.data or ["emoji:32"]):
-            chain(data, data, Path(scratch), preset=args.preset, text_encoder=args.text_encoder,
-                  iterations=iterations, cfg=args.cfg, overrides=overrides, smoke=args.smoke, settings=settings,
-                  grid=args.grid if k == 0 else None)
+            chain(data, data, runs / f"{data.partition(':')[0]}-{name}", preset=args.preset,
+                  text_encoder=args.text_encoder, iterations=iterations, cfg=args.cfg, overrides=overrides,
+                  smoke=args.smoke, settings=settings, grid=args.grid if k == 0 else None)
     print(peak_line())
 
 
