@@ -16,8 +16,8 @@ Run: ``.venv/bin/python benchmarks/rgb_chain.py [--data emoji:32 --data pokemon:
 ``--runs DIR`` keeps the run directories there (``DIR/NAME-cfgW``, e.g. ``emoji-cfg3``: the RGB study's
 ``make rgb-study-runs`` then finds its CFG-3 chains done) and ``--cache DIR`` keeps the base models
 (a base model found there is read, not trained, and the total says so);
-``--grid PATH`` also writes a sample grid of the first data set's base model at CFG 3 (docs/img/emoji_base_cfg3.png:
-``--data emoji:32 --grid docs/img/emoji_base_cfg3.png``).
+``--grid PATH`` also writes a sample grid of the first data set's base model at CFG 3 (``make rgb-study``
+copies it into docs/rgb_study/).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def sample_grid(backend, data: str, path: str, *, rows: int = 12, per_row: int =
 
     dataset = load_dataset(data)
     captions = [caption for caption, _ in Counter(dataset.captions).most_common(rows)]
+    rows = len(captions)
     prompts = [caption for caption in captions for _ in range(per_row)]
     images = backend.generate(prompts, cfg=3.0, schedule=CFGSchedule(), seeds=range(len(prompts)), steps=25,
                               sampler="ddim")

@@ -3,7 +3,7 @@ default ``digits8`` preset unchanged.
 
 Every model here is trained for a handful of steps on a few coloured squares the tests draw
 themselves, into a temporary cache: these tests check the plumbing, not image quality
-(benchmarks/rgb_chain.py and docs/img/emoji_base_cfg3.png do that).
+(benchmarks/rgb_chain.py and docs/rgb_study.md do that).
 """
 
 from __future__ import annotations
