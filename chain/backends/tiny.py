@@ -130,7 +130,7 @@ _FIRST_FIELDS = ("resolution", "channels", "vocabulary", "num_train_timesteps", 
 #: steps gave saturated colour fields without even the white ground at 16 and 32 px (an error in the
 #: noise is amplified by up to sqrt(1 / abar) ~ 16 in the clean image at the first steps of the cosine
 #: schedule); with v and the same budget it gave white grounds, flags and faces. The weights' moving
-#: average is the base model. Cost at 32 px on 2 idle cores (Intel Xeon, 2 threads): 12.5 ms per
+#: average is the base model (common practice; not measured apart). Cost at 32 px on 2 idle cores (Intel Xeon, 2 threads): 12.5 ms per
 #: training example and 3.7 ms per image and network pass (7.4 ms per sampling step with guidance).
 _RGB = {"image_channels": 3, "channels": (16, 32, 64), "cross_attention": (False, False, True),
         "base_train_steps": 1500, "base_batch_size": 32, "base_learning_rate": 2e-3,
@@ -306,8 +306,8 @@ def train_diffusion(
     Each step draws a batch with replacement; each example's caption is replaced by
     the empty prompt with probability ``drop``, drawn anew every time (condition drop).
     With ``ema`` > 0 the model ends with the moving average of its weights
-    (:attr:`TinyConfig.base_ema`): at a short training budget and a high learning rate
-    it averages away the last steps' noise, which shows as blotches in the images.
+    (:attr:`TinyConfig.base_ema`), which averages out the noise of the last updates at a
+    high learning rate.
     """
     from diffusers import DDPMScheduler
 
