@@ -9,7 +9,9 @@ REPORTS (``chain validate --embedder efficientnet`` over its four chains: ``stat
 - ``trajectories.png``: per data set and CFG setting, along the iterations, the colour saturation, the
   recall and coverage against the real images, and the within-concept variance of the EfficientNet
   features relative to iteration 0.
-- ``summary.json``, and a copy of the benchmark's output and of the base model's sample grid.
+- ``summary.json``, and copies of the benchmark's output, the emoji base model's sample grid and each report's
+  plots of the trait variance with the theory's one-step predictions and its forecast (``<set>_var.png``,
+  ``<set>_forecast_var.png``).
 
 It prints the page's Markdown tables. Colour saturation (mean HSV saturation,
 :func:`validate.embed_stats.saturation`) is measured here from the images with a normal 95 % interval
@@ -219,6 +221,10 @@ def main() -> None:
     for name in ("benchmark.txt", "emoji_base_cfg3.png"):
         if (args.runs / name).exists():
             shutil.copyfile(args.runs / name, args.out / name)
+    for data_set in SETS:  # the reports' plots of trait statistics (no images in them)
+        for plot in ("var.png", "forecast_var.png"):
+            if (args.reports / data_set / plot).exists():
+                shutil.copyfile(args.reports / data_set / plot, args.out / f"{data_set}_{plot}")
     summary = {
         "real_saturation": real_saturation,
         "chains": {f"{d}-{s}": table.to_dict(orient="records") for (d, s), table in measured.items()},
