@@ -130,8 +130,9 @@ _FIRST_FIELDS = ("resolution", "channels", "vocabulary", "num_train_timesteps", 
 #: steps gave saturated colour fields without even the white ground at 16 and 32 px (an error in the
 #: noise is amplified by up to sqrt(1 / abar) ~ 16 in the clean image at the first steps of the cosine
 #: schedule); with v and the same budget it gave white grounds, flags and faces. The weights' moving
-#: average is the base model (common practice; not measured apart). Cost at 32 px on 2 idle cores (Intel Xeon, 2 threads): 12.5 ms per
-#: training example and 3.7 ms per image and network pass (7.4 ms per sampling step with guidance).
+#: average is the base model (common practice; not measured apart). Cost at 32 px on 2 idle cores
+#: (Intel Xeon, 2 threads): 12.5 ms per training example and 3.7 ms per image and network pass (7.4 ms
+#: per sampling step with guidance).
 _RGB = {"image_channels": 3, "channels": (16, 32, 64), "cross_attention": (False, False, True),
         "base_train_steps": 1500, "base_batch_size": 32, "base_learning_rate": 2e-3,
         "prediction_type": "v_prediction", "base_ema": 0.995}
