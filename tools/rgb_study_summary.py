@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
+from study_summary import read_table  # tools/ is the script's folder
 
 from chain.data import load_dataset
 from qtm.rundir import read_run
@@ -47,14 +48,14 @@ COLOURS = {"cfg1": "tab:blue", "cfg3": "tab:green", "cfg7.5": "tab:red", "redifi
 WITHIN = "(within)"
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A report's CSV table (its provenance lines start with '#')."""
-    return pd.read_csv(path, comment="#")
+def saturations(images) -> np.ndarray:
+    """HSV saturation of each PIL image."""
+    return np.array([saturation(np.asarray(image.convert("RGB"), dtype=float) / 255.0) for image in images])
 
 
 def image_saturation(files) -> tuple[float, float]:
-    """Mean HSV saturation of the images and the half-width of its normal 95 % interval over images."""
-    values = np.array([saturation(np.asarray(Image.open(f).convert("RGB"), dtype=float) / 255.0) for f in files])
+    """Mean HSV saturation of the image files and the half-width of its normal 95 % interval over images."""
+    values = saturations(Image.open(f) for f in files)
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
 
 
@@ -69,17 +70,15 @@ def chain_measurements(runs: Path, name: str) -> dict:
     return {"data": run.params["data"], "rows": rows}
 
 
-def report_rows(report: Path, name: str) -> pd.DataFrame:
+def report_rows(diversity: pd.DataFrame, statistics: pd.DataFrame, name: str) -> pd.DataFrame:
     """Per iteration of one chain: recall, coverage, precision, density and Vendi (mean over captions) and the
     within-caption total variance of the EfficientNet features (relative to iteration 0), with intervals."""
-    diversity = read_table(report / "diversity.csv")
     diversity = diversity[diversity["run"].eq(name) & diversity["caption"].eq(WITHIN)]
     wide = diversity.pivot_table(index="iteration", columns="statistic", values=["value", "ci_low", "ci_high"])
     table = pd.DataFrame(index=wide.index)
     for statistic in sorted(diversity["statistic"].unique()):
         for part in ("value", "ci_low", "ci_high"):
             table[statistic if part == "value" else f"{statistic}_{part}"] = wide[(part, statistic)]
-    statistics = read_table(report / "statistics.csv")
     within = statistics[statistics["run"].eq(name) & statistics["population"].eq("generated")
                         & statistics["caption"].eq(WITHIN) & statistics["statistic"].eq("total_var")]
     within = within.set_index("iteration").sort_index()
@@ -205,16 +204,19 @@ def main() -> None:
         report = args.reports / data_set
         if (report / "fit.json").exists():
             fits[data_set] = json.loads((report / "fit.json").read_text())
+        if not (report / "diversity.csv").exists():
+            continue
+        diversity, statistics = read_table(report / "diversity.csv"), read_table(report / "statistics.csv")
         for setting in SETTINGS:
             name = f"{data_set}-{setting}"
-            if not (report / "diversity.csv").exists() or name not in set(read_table(report / "diversity.csv")["run"]):
+            if name not in set(diversity["run"]):
                 continue
             chain = chain_measurements(args.runs, name)
             chains[name] = chain
-            table = report_rows(report, name).merge(pd.DataFrame(chain["rows"]), on="iteration")
+            table = report_rows(diversity, statistics, name).merge(pd.DataFrame(chain["rows"]), on="iteration")
             measured[(data_set, setting)] = table
             if data_set not in real_saturation:
-                real_saturation[data_set] = image_saturation_of_images(load_dataset(chain["data"]).images)
+                real_saturation[data_set] = float(saturations(load_dataset(chain["data"]).images).mean())
     plot_trajectories(measured, real_saturation, args.out / "trajectories.png")
     if all((args.runs / f"emoji-{setting}").exists() for setting in SETTINGS):
         emoji_grid(args.runs, args.out / "emoji_chains.png")
@@ -233,10 +235,6 @@ def main() -> None:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     print(markdown(measured, real_saturation, fits))
 
-
-def image_saturation_of_images(images) -> float:
-    """Mean HSV saturation of PIL images (the real data set)."""
-    return float(np.mean([saturation(np.asarray(image.convert("RGB"), dtype=float) / 255.0) for image in images]))
 
 
 if __name__ == "__main__":
