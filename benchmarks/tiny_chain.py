@@ -29,7 +29,9 @@ GOAL_SECONDS = 600.0
 def finetune_seconds(threads: int, steps: int = 20) -> float:
     import torch
 
-    from chain.backends.tiny import TinyConfig, TinyModel, train_diffusion
+    from chain.backends.tiny_config import TinyConfig
+    from chain.backends.tiny_loops import train_diffusion
+    from chain.backends.tiny_model import TinyModel
     from chain.data import digits_arrays
 
     torch.set_num_threads(threads)
@@ -59,7 +61,8 @@ def main() -> None:
 
     if args.baseline_only:
         return
-    from chain.runner import RunParameters, run_chain
+    from chain.run_parameters import RunParameters
+    from chain.runner import run_chain
 
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["CHAIN_TINY_CACHE"] = str(Path(scratch) / "cache")

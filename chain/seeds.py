@@ -2,13 +2,13 @@
 
 Every random choice of a run is keyed by where it happens (iteration, caption,
 copy), never by the order in which work is done, so a resumed run draws exactly
-what an uninterrupted run draws (:func:`qtm.random.derive_seed`).
+what an uninterrupted run draws (:func:`qtm.random.derive_seed`). The run seed is checked where it
+enters, by :meth:`chain.run_parameters.RunParameters.resolve`.
 """
 
 from __future__ import annotations
 
 from qtm.random import derive_seed
-from qtm.validation import check_int
 
 # Distinct tags keep the streams of different purposes apart for the same iteration.
 _IMAGE, _FINETUNE, _REAL_MIX, _SUBSAMPLE = 0, 1, 2, 3
@@ -22,7 +22,6 @@ def image_seed(run_seed: int, iteration: int, caption_index: int, copy: int = 0)
     >>> image_seed(0, 1, 2) == image_seed(0, 1, 2, copy=0) != image_seed(0, 1, 2, copy=1)
     True
     """
-    check_int(run_seed, "--seed", minimum=0)
     return derive_seed(run_seed, _IMAGE, iteration, caption_index, copy)
 
 
@@ -34,7 +33,6 @@ def finetune_seed(run_seed: int, iteration: int) -> int:
     >>> finetune_seed(0, 3) == finetune_seed(0, 3)
     True
     """
-    check_int(run_seed, "--seed", minimum=0)
     return derive_seed(run_seed, _FINETUNE, iteration)
 
 
@@ -46,7 +44,6 @@ def real_mix_seed(run_seed: int, iteration: int) -> int:
     >>> real_mix_seed(0, 1) != finetune_seed(0, 1)
     True
     """
-    check_int(run_seed, "--seed", minimum=0)
     return derive_seed(run_seed, _REAL_MIX, iteration)
 
 
@@ -59,5 +56,4 @@ def subsample_seed(run_seed: int, iteration: int) -> int:
     >>> subsample_seed(0, 1) not in (real_mix_seed(0, 1), finetune_seed(0, 1))
     True
     """
-    check_int(run_seed, "--seed", minimum=0)
     return derive_seed(run_seed, _SUBSAMPLE, iteration)

@@ -12,8 +12,8 @@ import pytest
 
 from chain.data import load_dataset
 from chain.errors import ChainError
+from chain.run_parameters import RunParameters
 from chain.rundir import RunDirectory
-from chain.runner import RunParameters
 from chain.seeds import finetune_seed, image_seed
 from qtm.errors import QTMError
 
@@ -71,6 +71,21 @@ def test_missing_folder_and_bad_digits_count(tmp_path):
         load_dataset("digits:0")
 
 
+def test_run_parameters_are_exactly_the_run_options_of_the_parameter_model():
+    """RunParameters spells its fields out; qtm.params stays their one definition (names, order, defaults)."""
+    import dataclasses
+
+    from qtm.params import ALL_PARAMETERS, BACKEND_DEFAULTS, RUN_DEFAULTS, RUN_OPTIONS
+
+    fields = dataclasses.fields(RunParameters)
+    assert tuple(field.name for field in fields) == RUN_OPTIONS
+    by_backend = {*BACKEND_DEFAULTS["tiny"], *BACKEND_DEFAULTS["sd"], "schedule", "drop"}  # None: decided by resolve
+    for field in fields:
+        default = RUN_DEFAULTS.get(field.name, ALL_PARAMETERS[field.name].default)
+        expected = None if field.name in by_backend else default
+        assert field.default == expected, field.name
+
+
 def test_parameters_resolve_backend_defaults_and_redifine():
     resolved = RunParameters(cfg=3, redifine=True, device="cpu").resolve()
     assert resolved["drop"] == 0.2 and resolved["schedule"] == "cosine"
@@ -94,6 +109,8 @@ def test_parameters_resolve_backend_defaults_and_redifine():
         ({"backend": "dalle"}, "unknown --backend"),
         ({"sampler": "bogus"}, "unknown --sampler"),
         ({"device": "tpu"}, "--device 'tpu' is not supported"),
+        ({"backend": "sd", "preset": "rgb16"}, "--preset is for the tiny backend"),
+        ({"backend": "sd", "text_encoder": "hashed"}, "--text-encoder is for the tiny backend"),
     ],
 )
 def test_bad_parameters(options, message):

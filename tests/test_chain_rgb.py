@@ -16,11 +16,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from chain.backends import tiny  # noqa: E402
-from chain.backends.tiny import PRESETS, TinyBackend, TinyConfig, preset_config  # noqa: E402
+from chain.backends import tiny, tiny_base, tiny_loops, tiny_model  # noqa: E402
+from chain.backends.tiny import TinyBackend  # noqa: E402
+from chain.backends.tiny_config import PRESETS, TinyConfig, preset_config  # noqa: E402
 from chain.errors import ChainError  # noqa: E402
+from chain.run_parameters import RunParameters  # noqa: E402
 from chain.rundir import RunDirectory  # noqa: E402
-from chain.runner import RunParameters, make_backend, run_chain  # noqa: E402
+from chain.runner import run_chain  # noqa: E402
 from qtm.params import TINY_PRESETS  # noqa: E402
 from qtm.schedules import CFGSchedule  # noqa: E402
 
@@ -34,7 +36,6 @@ SMALL = {"channels": (8, 16, 16), "base_train_steps": 3, "base_batch_size": 4}
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CHAIN_TINY_CACHE", str(tmp_path / "cache"))
-    tiny.base_training_set.cache_clear()
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_presets_and_the_resolution_rule(squares):
     # Left out, both stay None in run.json, as in runs made before they existed.
     assert RunParameters(device="cpu").resolve()["preset"] is None
     with pytest.raises(ChainError, match="--preset is for the tiny backend"):
-        make_backend({**RunParameters(backend="sd", device="cpu").resolve(), "preset": "rgb16"})
+        RunParameters(backend="sd", preset="rgb16", device="cpu").resolve()
 
 
 def test_rgb_preset_trains_generates_and_finetunes_with_drop(squares, monkeypatch):
@@ -120,7 +121,7 @@ def test_rgb_preset_trains_generates_and_finetunes_with_drop(squares, monkeypatc
 def test_generation_follows_the_cfg_schedule(squares, monkeypatch):
     backend = small_backend(squares)
     used = []
-    real_sample = tiny.sample
+    real_sample = tiny.sample  # the backend's generate calls the name it imported
 
     def spy(*args, scales, **options):
         used.append(scales)
@@ -130,7 +131,7 @@ def test_generation_follows_the_cfg_schedule(squares, monkeypatch):
     for spec in ("constant", "cosine", "interval:0.2:0.8"):
         backend.generate(["a red square"], cfg=4.0, schedule=CFGSchedule.parse(spec), seeds=[0], steps=6,
                          sampler="ddpm")
-    probe = tiny.make_sampler(backend.config.num_train_timesteps)
+    probe = tiny_loops.make_sampler(backend.config.num_train_timesteps)
     probe.set_timesteps(6)
     abar = probe.alphas_cumprod[probe.timesteps].numpy()
     assert np.allclose(used[0], 4.0)
@@ -177,7 +178,7 @@ def test_rgb_presets_predict_v_and_keep_the_weights_moving_average(squares):
         config = preset_config(name, data=squares)
         assert (config.prediction_type, config.base_ema) == ("v_prediction", 0.995)
     assert (TinyConfig().prediction_type, TinyConfig().base_ema) == ("epsilon", 0.0)
-    assert tiny.make_sampler(1000, prediction_type="v_prediction").config.prediction_type == "v_prediction"
+    assert tiny_loops.make_sampler(1000, prediction_type="v_prediction").config.prediction_type == "v_prediction"
     with pytest.raises(Exception, match="prediction_type"):
         TinyConfig(prediction_type="sample")
     with pytest.raises(ChainError, match=r"base_ema must lie in \[0, 1\)"):
@@ -187,16 +188,16 @@ def test_rgb_presets_predict_v_and_keep_the_weights_moving_average(squares):
 def test_moving_average_of_the_weights_is_the_trained_model(squares):
     """The same training with ``ema`` ends with the warmed-up moving average of the weights it went through."""
     config = preset_config("rgb16", text_encoder="hashed", data=squares, **SMALL)
-    data, captions = tiny.base_training_set(config)
+    data, captions = tiny_base.base_training_set(config)
 
     def trained(ema, path=None):
-        with tiny.seeded_global_rng(0):
-            model = tiny.TinyModel(config)
+        with tiny_loops.seeded_global_rng(0):
+            model = tiny_model.TinyModel(config)
         if path is not None:
             path.append([p.detach().clone() for p in model.parameters()])
         record = None if path is None else lambda done, total: path.append([p.detach().clone()
                                                                             for p in model.parameters()])
-        tiny.train_diffusion(model, data, captions, steps=4, batch_size=3, learning_rate=1e-2, drop=0.2, seed=5,
+        tiny_loops.train_diffusion(model, data, captions, steps=4, batch_size=3, learning_rate=1e-2, drop=0.2, seed=5,
                              num_train_timesteps=1000, prediction_type="v_prediction", ema=ema, progress=record)
         return model
 
@@ -217,14 +218,14 @@ def test_thread_count_from_the_environment(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("CHAIN_THREADS", "2")
-        tiny.pin_cpu()
+        tiny_loops.pin_cpu()
         assert torch.get_num_threads() == 2
         monkeypatch.delenv("CHAIN_THREADS")
-        tiny.pin_cpu()
+        tiny_loops.pin_cpu()
         assert torch.get_num_threads() == 1
         for bad in ("two", "0"):
             monkeypatch.setenv("CHAIN_THREADS", bad)
             with pytest.raises(ChainError, match=f"CHAIN_THREADS='{bad}' is not a number of threads"):
-                tiny.pin_cpu()
+                tiny_loops.pin_cpu()
     finally:
         torch.set_num_threads(before)

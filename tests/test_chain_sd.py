@@ -25,7 +25,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from chain.backends.sd import StableDiffusionBackend
 from chain.errors import ChainError
-from qtm.errors import QTMError
 from qtm.schedules import CFGSchedule
 
 STEPS = 4
@@ -319,12 +318,7 @@ def test_bad_arguments_are_refused(model_dir, images):
         backend.finetune(images, CAPTIONS[:2], drop=0.0, start="base", seed=0)
     with pytest.raises(ChainError, match="data set is empty"):
         backend.finetune([], [], drop=0.0, start="base", seed=0)
-    with pytest.raises(QTMError, match="--drop must lie in"):
-        backend.finetune(images, CAPTIONS, drop=1.0, start="base", seed=0)
-    with pytest.raises(QTMError, match="--cfg must be >= 0"):
-        _generate(backend, cfg=-1.0)
-    with pytest.raises(QTMError, match="--sampler"):
-        _generate(backend, sampler="euler")
+    # --drop, --cfg and --sampler are checked once, where they enter (RunParameters.resolve).
     with pytest.raises(ChainError, match="one seed per caption"):
         _generate(backend, seeds=(1,))
 

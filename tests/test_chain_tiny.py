@@ -20,16 +20,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from chain.backends.tiny import (  # noqa: E402
-    HashTextEncoder,
-    TinyBackend,
-    TinyConfig,
-    caption_words,
-    load_base_model,
-)
+from chain.backends.tiny import TinyBackend  # noqa: E402
+from chain.backends.tiny_base import base_model  # noqa: E402
+from chain.backends.tiny_config import TinyConfig  # noqa: E402
 from chain.data import DIGIT_WORDS  # noqa: E402
+from chain.run_parameters import RunParameters  # noqa: E402
 from chain.rundir import RunDirectory  # noqa: E402
-from chain.runner import RunParameters, run_chain  # noqa: E402
+from chain.runner import run_chain  # noqa: E402
+from chain.text_encoders import HashTextEncoder, caption_words  # noqa: E402
 from qtm.schedules import CFGSchedule  # noqa: E402
 
 pytestmark = pytest.mark.chain
@@ -45,7 +43,7 @@ def tiny_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("tiny-cache")
     old = os.environ.get("CHAIN_TINY_CACHE")
     os.environ["CHAIN_TINY_CACHE"] = str(cache)
-    state = load_base_model(REDUCED)
+    state = base_model(REDUCED).state
     torch.save(state, cache / f"tiny-{TinyConfig().key()}.pt")
     yield cache
     if old is None:
@@ -82,7 +80,7 @@ def test_text_encoder_null_condition_and_no_collisions():
 def test_base_model_is_cached_not_retrained(tiny_cache):
     path = tiny_cache / f"tiny-{REDUCED.key()}.pt"
     stamp = path.stat().st_mtime_ns
-    again = load_base_model(REDUCED)
+    again = base_model(REDUCED).state
     assert path.stat().st_mtime_ns == stamp
     assert all(torch.equal(v, again[k]) for k, v in torch.load(path, weights_only=True).items())
 

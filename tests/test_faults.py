@@ -131,7 +131,8 @@ def tiny(tmp_path_factory):
     import matplotlib.pyplot  # noqa: F401 - the report's plots
 
     import validate.report  # noqa: F401
-    from chain.backends.tiny import TinyConfig, load_base_model
+    from chain.backends.tiny_base import base_model
+    from chain.backends.tiny_config import TinyConfig
     from chain.data import load_dataset
 
     # Imports and data loaded once here, not in every child (no torch work: a forked child cannot share it).
@@ -142,7 +143,7 @@ def tiny(tmp_path_factory):
     os.environ["CHAIN_TINY_CACHE"] = str(root / "cache")
 
     def train():
-        state = load_base_model(TinyConfig(base_train_steps=20))
+        state = base_model(TinyConfig(base_train_steps=20)).state
         torch.save(state, root / "cache" / f"tiny-{TinyConfig().key()}.pt")  # the default configuration's name
 
     assert wait(in_child(train)) == 0

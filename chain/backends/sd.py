@@ -17,6 +17,9 @@ callback stay in Python), channels-last weights, fused QKV projections (LoRA onl
 SDPA attention for generation; for finetuning, random numbers drawn on the device and a
 fused AdamW. Losses are read from the device once per :meth:`finetune` call on
 either path.
+
+Loading the pipeline is :mod:`chain.backends.sd_pipeline`, the LoRA adapter and the fused attention
+:mod:`chain.backends.sd_lora`, the finetuning's pixels and batches :mod:`chain.backends.sd_batches`.
 """
 
 from __future__ import annotations
@@ -27,55 +30,32 @@ import json
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.models.attention_processor import Attention
-from PIL import Image, ImageOps
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
 from chain.backends.base import Backend, FinetuneResult, Progress
+from chain.backends.sd_batches import epoch_batches, to_pixels
+from chain.backends.sd_lora import ADAPTER, LORA_TARGETS, fresh_adapter, refresh_fused_projections
+from chain.backends.sd_pipeline import DTYPES, load_pipeline, pick_device, pick_dtype, quiet_dtype_keyword
 from chain.errors import ChainError
 from qtm.io import atomic_path, write_json
-from qtm.params import BACKEND_DEFAULTS, FINETUNE_STARTS, NETWORK_SAMPLERS, effective_eta
+from qtm.params import BACKEND_DEFAULTS, effective_eta
 from qtm.schedules import CFGSchedule
-from qtm.validation import check_choice, check_int, check_nonnegative, check_positive, check_unit_interval
 
 #: The model used when none is named (needs the network once, or a local copy).
 _DEFAULTS = BACKEND_DEFAULTS["sd"]
 DEFAULT_MODEL = _DEFAULTS["model"]
-#: The UNet attention projections that carry the LoRA adapter.
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 WEIGHTS_FILE = "sd_weights.json"
 LORA_FILE = "lora.safetensors"
 UNET_DIR = "unet"
-_ADAPTER = "chain"
 #: ``torch.compile`` mode of the optimised path: "max-autotune-no-cudagraphs" searches kernels for minutes
 #: per graph, longer than a short chain iteration takes; CUDA graphs would freeze the per-step CFG callback.
 COMPILE_MODE = "default"
-
-
-class _ScheduledGuidancePipeline(StableDiffusionPipeline):
-    """A Stable Diffusion pipeline whose guidance scale may change at every step.
-
-    diffusers re-reads ``guidance_scale > 1`` at every step to decide whether to
-    guide, but builds the doubled (unconditional + conditional) batch once, at the
-    start. A schedule that reaches 1 would then feed a batch of the wrong size to
-    the UNet, and a scale below 1 (disruptive selection, legitimate here) would
-    silently lose its guidance. The caller fixes the decision once per call in
-    ``_guided``; the CFG combination ``u + w (c - u)`` is exact for every w.
-    """
-
-    _guided = True
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guided
 
 
 class StableDiffusionBackend(Backend):
@@ -138,13 +118,12 @@ class StableDiffusionBackend(Backend):
         if self.full_finetune:
             self.lora_rank = None
         else:
-            rank = _DEFAULTS["lora_rank"] if lora_rank is None else lora_rank
-            self.lora_rank = check_int(rank, "--lora-rank", minimum=1)
-        self.learning_rate = float(check_positive(learning_rate, "--learning-rate"))
-        self.train_steps = check_int(train_steps, "--train-steps", minimum=1)
-        self.batch_size = check_int(batch_size, "--batch-size", minimum=1)
-        self.device = _pick_device(device)
-        self.dtype = _pick_dtype(dtype, self.device)
+            self.lora_rank = _DEFAULTS["lora_rank"] if lora_rank is None else lora_rank
+        self.learning_rate = learning_rate
+        self.train_steps = train_steps
+        self.batch_size = batch_size
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
         self.optimise = self.device.type == "cuda" if optimise is None else bool(optimise)
         # torch.compile builds GPU kernels with triton; without it the optimised path runs uncompiled.
         can_compile = self.device.type != "cuda" or importlib.util.find_spec("triton") is not None
@@ -152,7 +131,7 @@ class StableDiffusionBackend(Backend):
 
         # A full finetune trains the UNet in fp32 (AdamW steps on bf16 weights round away), so it is
         # loaded in fp32 rather than rounded to bf16 first; autocast computes in the lower precision.
-        self.pipe = _load_pipeline(self.model, torch.float32 if self.full_finetune else self.dtype)
+        self.pipe = load_pipeline(self.model, torch.float32 if self.full_finetune else self.dtype)
         unet = self.pipe.unet
         if unet.config.time_cond_proj_dim is not None:
             raise ChainError(
@@ -173,7 +152,7 @@ class StableDiffusionBackend(Backend):
         self.vae_scale_factor = int(self.pipe.vae_scale_factor)
         multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
         native = int(unet.config.sample_size) * self.vae_scale_factor
-        self.resolution = native if resolution is None else check_int(resolution, "--resolution", minimum=1)
+        self.resolution = native if resolution is None else resolution
         if self.resolution % multiple:
             raise ChainError(
                 f"--resolution must be a multiple of {multiple} for this model, got {self.resolution}"
@@ -223,12 +202,9 @@ class StableDiffusionBackend(Backend):
             )
         if not images:
             raise ChainError("the finetuning data set is empty; give at least one image with its caption")
-        drop = float(check_unit_interval(drop, "--drop", closed_right=False))
-        check_choice(start, "finetune start", FINETUNE_STARTS)
-        seed = check_int(seed, "seed", minimum=0)
         began = time.perf_counter()
 
-        pixels = _to_pixels(images, self.resolution)
+        pixels = to_pixels(images, self.resolution)
         self._prepare_trainable(start, seed)
         unet = self.pipe.unet
         mean, std = self._encode_images(pixels)
@@ -240,7 +216,7 @@ class StableDiffusionBackend(Backend):
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         # Draws on the device cost no host-to-device copy per step; on a CPU both paths draw the same numbers.
         generator = torch.Generator(device=self.device if self.optimise else "cpu").manual_seed(seed)
-        batches = _epoch_batches(len(captions), self.batch_size, generator)
+        batches = epoch_batches(len(captions), self.batch_size, generator)
         scaling = float(self.pipe.vae.config.scaling_factor)
         steps_total = self.noise_scheduler.config.num_train_timesteps
         unet_dtype = next(unet.parameters()).dtype if self.full_finetune else self.dtype
@@ -287,40 +263,8 @@ class StableDiffusionBackend(Backend):
                 unet.load_state_dict(self._base_state)
             unet.requires_grad_(True)
         elif start == "base" or not self._has_adapter:
-            self._fresh_adapter(seed)
-
-    def _fresh_adapter(self, seed: int) -> None:
-        """Make the LoRA adapter new: B = 0 (the model is the base model again), A drawn from ``seed``.
-
-        The adapter is added once and reset in place afterwards: the same modules keep a compiled
-        UNet valid, and the initial weights do not depend on whether the adapter existed before.
-        """
-        unet = self.pipe.unet
-        if not self._has_adapter:
-            from peft import LoraConfig
-
-            config = LoraConfig(
-                r=self.lora_rank,
-                lora_alpha=self.lora_rank,
-                init_lora_weights="gaussian",
-                target_modules=list(LORA_TARGETS),
-            )
-            # peft initialises the new layers from the global RNG; the draws below replace them, so
-            # the caller's stream is left as it was.
-            with torch.random.fork_rng(devices=[]):
-                unet.add_adapter(config, adapter_name=_ADAPTER)
-            for param in unet.parameters():
-                if param.requires_grad:
-                    param.data = param.data.float()
+            fresh_adapter(unet, rank=self.lora_rank, seed=seed, add=not self._has_adapter)
             self._has_adapter = True
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, param in unet.named_parameters():
-                if f".lora_A.{_ADAPTER}." in name:
-                    # peft's "gaussian" initialisation: A ~ N(0, 1/r^2).
-                    param.copy_(torch.randn(param.shape, generator=generator) / self.lora_rank)
-                elif f".lora_B.{_ADAPTER}." in name:
-                    param.zero_()
 
     @torch.no_grad()
     def _encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -371,11 +315,6 @@ class StableDiffusionBackend(Backend):
             raise ChainError(
                 f"generate got {len(captions)} captions but {len(seeds)} seeds; give one seed per caption"
             )
-        cfg = float(check_nonnegative(cfg, "--cfg"))
-        steps = check_int(steps, "--steps", minimum=1)
-        check_choice(sampler, "--sampler", NETWORK_SAMPLERS)
-        schedule = CFGSchedule.parse(schedule)
-
         scheduler = DDIMScheduler.from_config(self._scheduler_config)
         scheduler.set_timesteps(steps)
         alphas_cumprod = scheduler.alphas_cumprod[scheduler.timesteps].double().numpy()
@@ -430,7 +369,7 @@ class StableDiffusionBackend(Backend):
             # The same processor objects as before: a compiled UNet finds its graph again.
             unet.set_attn_processor(dict(self._processors[1]))
         try:
-            _refresh_fused_projections(unet)
+            refresh_fused_projections(unet)
             yield
         finally:
             unet.set_attn_processor(dict(self._processors[0]))
@@ -456,7 +395,7 @@ class StableDiffusionBackend(Backend):
 
             if not self._has_adapter:
                 raise ChainError("there is no LoRA adapter to save yet; finetune before saving weights")
-            state = get_peft_model_state_dict(self.pipe.unet, adapter_name=_ADAPTER)
+            state = get_peft_model_state_dict(self.pipe.unet, adapter_name=ADAPTER)
             state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
             with atomic_path(directory / LORA_FILE) as tmp:
                 save_file(state, str(tmp))
@@ -481,7 +420,7 @@ class StableDiffusionBackend(Backend):
                 "use the same --full-finetune/--lora-rank as the run that saved them"
             )
         if wanted == "full":
-            with _quiet_dtype_keyword():
+            with quiet_dtype_keyword():
                 saved = UNet2DConditionModel.from_pretrained(directory / info["path"], torch_dtype=torch.float32)
             self.pipe.unet.load_state_dict(saved.state_dict())
             return
@@ -493,9 +432,10 @@ class StableDiffusionBackend(Backend):
                 f"{directory} holds a rank-{info.get('rank')} LoRA adapter but --lora-rank is "
                 f"{self.lora_rank}; use the rank the weights were trained with"
             )
-        self._fresh_adapter(seed=0)
+        fresh_adapter(self.pipe.unet, rank=self.lora_rank, seed=0, add=not self._has_adapter)
+        self._has_adapter = True
         state = load_file(directory / info["path"])
-        result = set_peft_model_state_dict(self.pipe.unet, state, adapter_name=_ADAPTER)
+        result = set_peft_model_state_dict(self.pipe.unet, state, adapter_name=ADAPTER)
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
             raise ChainError(
@@ -521,111 +461,6 @@ class StableDiffusionBackend(Backend):
             "optimise": self.optimise,
             "compile_unet": self.compile_unet,
         }
-
-
-def _pick_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ChainError(f"--device {device!r} is not a device name; use cpu or cuda (cuda:N)") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ChainError(
-            f"--device {device}: no CUDA GPU is available here; leave --device out or use --device cpu"
-        )
-    return chosen
-
-
-def _pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return DTYPES[check_choice(dtype, "--dtype", tuple(DTYPES))]
-
-
-def _load_pipeline(model: str, dtype: torch.dtype) -> _ScheduledGuidancePipeline:
-    """Load a diffusers Stable Diffusion pipeline from a directory or a model id, or explain why not."""
-    local = Path(model).expanduser()
-    looks_local = local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
-    if looks_local and not (local / "model_index.json").is_file():
-        raise ChainError(
-            f"--model {model}: not a diffusers model (no model_index.json in it); give a directory written "
-            "by a diffusers pipeline's save_pretrained or a Hugging Face model id (convert a single .ckpt or "
-            ".safetensors file with StableDiffusionPipeline.from_single_file(FILE).save_pretrained(DIR))"
-        )
-    try:
-        with _quiet_dtype_keyword():
-            # The safety checker would black out images the chain then trains on; it is never loaded.
-            pipe = _ScheduledGuidancePipeline.from_pretrained(
-                str(local) if looks_local else model,
-                torch_dtype=dtype,
-                safety_checker=None,
-                requires_safety_checker=False,
-            )
-    except Exception as error:  # any loading failure is the user's model argument; say which and why
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ChainError(
-            f"--model {model}: cannot load it as a Stable Diffusion 1.x/2.x pipeline ({reason}); give a "
-            "local diffusers directory, or a Hugging Face model id with network access (HF_HUB_OFFLINE unset)"
-        ) from None
-    return pipe
-
-
-@contextlib.contextmanager
-def _quiet_dtype_keyword():
-    """``torch_dtype`` is the one keyword every supported diffusers (>= 0.30) reads; the newest call it deprecated."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-        yield
-
-
-def _to_pixels(images: Sequence, resolution: int) -> torch.Tensor:
-    """Images as a (N, 3, R, R) tensor in [-1, 1]: resized to cover R x R and centre-cropped."""
-    arrays = []
-    for i, image in enumerate(images):
-        if not isinstance(image, Image.Image):
-            raise ChainError(f"training image {i} is a {type(image).__name__}, not a PIL image")
-        fitted = ImageOps.fit(image.convert("RGB"), (resolution, resolution), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(fitted, dtype=np.float32))
-    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    return stacked / 127.5 - 1.0
-
-
-@torch.no_grad()
-def _refresh_fused_projections(unet: UNet2DConditionModel) -> None:
-    """Copy each attention's current projection weights (with the LoRA update, if any) into its fused layer."""
-    for module in unet.modules():
-        if not (isinstance(module, Attention) and module.fused_projections):
-            continue
-        names, fused = (("to_k", "to_v"), module.to_kv) if module.is_cross_attention else (
-            ("to_q", "to_k", "to_v"), module.to_qkv)
-        layers = [getattr(module, name) for name in names]
-        fused.weight.copy_(torch.cat([_effective_weight(layer) for layer in layers]))
-        if fused.bias is not None:
-            fused.bias.copy_(torch.cat([layer.bias for layer in layers]))
-
-
-def _effective_weight(layer: torch.nn.Module) -> torch.Tensor:
-    """A linear layer's weight as its forward applies it: peft's LoRA layers add B A times the scaling."""
-    weight = layer.weight  # a peft layer answers with its base layer's weight
-    if _ADAPTER in getattr(layer, "lora_A", {}):
-        weight = weight + layer.get_delta_weight(_ADAPTER).to(weight.dtype)
-    return weight
-
-
-def _epoch_batches(count: int, batch_size: int, generator: torch.Generator):
-    """Endless batches of example indices: each epoch a fresh permutation, batches may span two epochs.
-
-    The indices live on the generator's device.
-    """
-    pending = torch.empty(0, dtype=torch.long, device=generator.device)
-    while True:
-        while len(pending) < batch_size:
-            pending = torch.cat([pending, torch.randperm(count, generator=generator, device=generator.device)])
-        yield pending[:batch_size]
-        pending = pending[batch_size:]
 
 
 __all__ = ["DEFAULT_MODEL", "LORA_TARGETS", "StableDiffusionBackend"]
