@@ -2,8 +2,11 @@
 
 Runs the chain in-process with the ``rgb32`` preset (frozen MiniLM captions) on a fresh
 base-model cache, so the base model is trained, and prints per phase the wall time, the
-process's CPU time and images/s, with the machine's load average. The backend runs torch
-on ``$CHAIN_THREADS`` threads (:func:`chain.backends.tiny.pin_cpu`; default one): with one
+process's CPU time and images/s, with the machine's load average, and per iteration where the wall time
+goes: assembling the training set, finetuning, saving the weights, generating, writing the images (and,
+inside finetuning and generating, encoding the captions); the total says which kinds of work hold the
+time above the goal. The backend runs torch
+on ``$CHAIN_THREADS`` threads (:func:`chain.backends.tiny_loops.pin_cpu`; default one): with one
 thread the wall time on an idle machine is the CPU time, and on a shared, loaded machine the
 CPU time is the honest estimate of the idle wall time. ``CHAIN_THREADS=2`` uses both cores of
 an idle 2-core machine (the figure the goal is about).
@@ -45,23 +48,45 @@ class Clock:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-class CpuReporter:
-    """A silent chain reporter that keeps each phase's CPU time, by its description."""
+class PhaseReporter:
+    """A silent chain reporter that keeps each phase's wall and CPU time by its description, and the time spent
+    encoding captions inside each phase (:meth:`encoding`)."""
 
     def __init__(self):
+        self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.encode: dict[str, float] = {}
+        self.current = "outside a phase"
 
     @contextlib.contextmanager
     def task(self, description: str, total: int):
-        began = time.process_time()
+        self.current, clock = description, Clock()
         yield lambda done, total: None
-        self.cpu[description] = time.process_time() - began
+        self.wall[description], self.cpu[description] = clock.read()
+        self.current = "outside a phase"
 
     def line(self, text: str) -> None:
         """Iteration summaries are printed from the records instead."""
 
+    def encoding(self, condition):
+        """``condition`` (a model's caption encoder) timed into the phase that calls it."""
 
-def sample_grid(backend, data: str, path: str, *, rows: int = 12, per_row: int = 6) -> None:
+        def timed(captions):
+            began = time.perf_counter()
+            try:
+                return condition(captions)
+            finally:
+                self.encode[self.current] = self.encode.get(self.current, 0.0) + time.perf_counter() - began
+
+        return timed
+
+
+#: The phases of an iteration, as the chain reports them (``iteration T: NAME``), and their names here.
+PHASES = {"reading the training set": "training set", "finetuning": "finetune", "saving the weights": "weights",
+          "generating": "generate", "writing the images": "write images"}
+
+
+def sample_grid(backend, dataset, path: str, *, rows: int = 12, per_row: int = 6) -> None:
     """The base model's images at CFG 3 (DDIM, 25 steps) for the ``rows`` most frequent captions, two real images first.
 
     Each row is labelled with its caption; columns 1-2 are real, the rest generated.
@@ -70,10 +95,8 @@ def sample_grid(backend, data: str, path: str, *, rows: int = 12, per_row: int =
 
     from PIL import Image, ImageDraw
 
-    from chain.data import load_dataset
     from qtm.schedules import CFGSchedule
 
-    dataset = load_dataset(data)
     captions = [caption for caption, _ in Counter(dataset.captions).most_common(rows)]
     rows = len(captions)
     prompts = [caption for caption in captions for _ in range(per_row)]
@@ -94,48 +117,87 @@ def sample_grid(backend, data: str, path: str, *, rows: int = 12, per_row: int =
 
 def chain(label: str, data: str, run_dir: Path, *, preset: str, text_encoder: str | None, iterations: int,
           cfg: float, overrides: dict, smoke: bool, settings: dict, grid: str | None = None) -> None:
-    """Train the base model (unless cached), run the chain into ``run_dir``, print per-phase times."""
-    from chain.backends.tiny import TinyBackend, base_model_path, preset_config
+    """Load the data, train the base model (unless cached), run the chain into ``run_dir``; print where the time goes:
+    the wall seconds of each kind of work (data loading, base model, the iteration phases of :data:`PHASES`,
+    caption encoding inside them, and the rest)."""
+    from chain.backends.tiny import TinyBackend
+    from chain.backends.tiny_config import preset_config
     from chain.data import load_dataset
-    from chain.runner import RunParameters, run_chain
+    from chain.run_parameters import RunParameters
+    from chain.runner import run_chain
 
     options = {"steps": 5, "train_steps": 5} if smoke else settings
     params = RunParameters(data=data, preset=preset, text_encoder=text_encoder, iterations=iterations, cfg=cfg,
                            device="cpu", **options)
     resolved = params.resolve()
-    size = len(load_dataset(data))
-    config = preset_config(preset, text_encoder=text_encoder, data=data, **overrides)
-    cached = base_model_path(config).exists()
     clock = Clock()
-    backend = TinyBackend(config=config, learning_rate=resolved["learning_rate"], train_steps=resolved["train_steps"],
-                          batch_size=resolved["batch_size"])
+    dataset = load_dataset(data)
+    load_wall, load_cpu = clock.read()
+    config = preset_config(preset, text_encoder=text_encoder, data=data, **overrides)
+    cache = Path(os.environ["CHAIN_TINY_CACHE"])
+    before = set(cache.glob("*.pt"))
+    clock = Clock()
+    backend = TinyBackend(config=config, dataset=dataset, learning_rate=resolved["learning_rate"],
+                          train_steps=resolved["train_steps"], batch_size=resolved["batch_size"])
     base_wall, base_cpu = clock.read()
+    cached = not set(cache.glob("*.pt")) - before
+    size = len(dataset)
     examples = config.base_train_steps * min(config.base_batch_size, size)
+    print(f"{label}: {size} images loaded in {load_wall:.1f} s wall, {load_cpu:.1f} s CPU", flush=True)
     if cached:
-        print(f"{label}: {size} images; base model read from the cache ({base_wall:.0f} s): not trained, not timed",
-              flush=True)
+        print(f"  base model read from the cache ({base_wall:.0f} s): not trained, not timed", flush=True)
     else:
-        print(f"{label}: {size} images; base model ({config.base_train_steps} steps x {config.base_batch_size}) "
-              f"{base_wall:.0f} s wall, {base_cpu:.0f} s CPU, {examples / base_wall:.0f} examples/s (wall)",
-              flush=True)
+        print(f"  base model ({config.base_train_steps} steps x {config.base_batch_size}) {base_wall:.0f} s wall, "
+              f"{base_cpu:.0f} s CPU, {examples / base_wall:.0f} examples/s (wall)", flush=True)
     if grid:
-        sample_grid(backend, data, grid)
+        sample_grid(backend, dataset, grid)
+    reporter = PhaseReporter()
+    backend.model.condition = reporter.encoding(backend.model.condition)
     chain_clock = Clock()
-    reporter = CpuReporter()
-    records = run_chain(run_dir, params, backend=backend, reporter=reporter)
+    records = run_chain(run_dir, params, backend=backend, data=dataset, reporter=reporter)
     chain_wall, chain_cpu = chain_clock.read()
+    spent = {"data loading": load_wall, "base model": 0.0 if cached else base_wall}
     for record in records:
-        t, fine, gen = record["iteration"], record["finetune"], record["generate"]
-        fine_cpu, gen_cpu = reporter.cpu[f"iteration {t}: finetuning"], reporter.cpu[f"iteration {t}: generating"]
-        print(f"  iteration {t}: {record['seconds']:.0f} s wall; finetune {fine['seconds']:.0f} s wall, "
-              f"{fine_cpu:.0f} s CPU; generate {gen['seconds']:.0f} s wall, {gen_cpu:.0f} s CPU, "
-              f"{gen['images'] / gen['seconds']:.1f} images/s wall, {gen['images'] / gen_cpu:.1f} images/s CPU")
-    total_wall, total_cpu = base_wall + chain_wall, base_cpu + chain_cpu
+        t, gen = record["iteration"], record["generate"]
+        parts = {short: reporter.wall.get(f"iteration {t}: {phase}", 0.0) for phase, short in PHASES.items()}
+        encode = {short: reporter.encode.get(f"iteration {t}: {phase}", 0.0) for phase, short in PHASES.items()}
+        parts["other"] = record["seconds"] - sum(parts.values())
+        for short, seconds in parts.items():
+            spent[short] = spent.get(short, 0.0) + seconds
+        spent["caption encoding (in finetune, generate)"] = spent.get(
+            "caption encoding (in finetune, generate)", 0.0) + encode["finetune"] + encode["generate"]
+        gen_cpu = reporter.cpu[f"iteration {t}: generating"]
+        print(f"  iteration {t}: {record['seconds']:.1f} s wall = "
+              + ", ".join(f"{short} {seconds:.1f}" for short, seconds in parts.items())
+              + f" (caption encoding {encode['finetune']:.1f} of finetune, {encode['generate']:.1f} of generate); "
+              f"{gen['images'] / gen['seconds']:.1f} images/s wall, {gen['images'] / gen_cpu:.1f} images/s CPU",
+              flush=True)
+    total_wall, total_cpu = load_wall + base_wall + chain_wall, load_cpu + base_cpu + chain_cpu
     load = os.getloadavg()
     what = "total" if cached else "total incl. base training"
     print(f"  {label} {what}: {total_wall:.0f} s wall, {total_cpu:.0f} s CPU; ratio to the "
           f"{GOAL_SECONDS:.0f} s goal {total_wall / GOAL_SECONDS:.2f} (wall), {total_cpu / GOAL_SECONDS:.2f} (CPU); "
           f"load average now {load[0]:.1f} (1-minute), {load[2]:.1f} (15-minute)", flush=True)
+    print("  " + where_the_time_goes(spent, total_wall), flush=True)
+
+
+def where_the_time_goes(spent: dict[str, float], total: float) -> str:
+    """One line: each kind of work's wall seconds and share, largest first, and what lies above the goal."""
+    nested = "caption encoding (in finetune, generate)"
+    shares = sorted(((seconds, kind) for kind, seconds in spent.items() if kind != nested), reverse=True)
+    text = "time by kind: " + ", ".join(f"{kind} {seconds:.0f} s ({seconds / total:.0%})" for seconds, kind in shares)
+    text += f"; caption encoding {spent.get(nested, 0.0):.0f} s of finetune and generate"
+    over = total - GOAL_SECONDS
+    if over <= 0:
+        return text + f"; {-over:.0f} s under the {GOAL_SECONDS:.0f} s goal"
+    # The largest kinds that together exceed the time above the goal: where it must be saved.
+    covered, needed = 0.0, []
+    for seconds, kind in shares:
+        needed.append(kind)
+        covered += seconds
+        if covered >= over:
+            break
+    return text + f"; {over:.0f} s above the {GOAL_SECONDS:.0f} s goal, more than all of it in {' + '.join(needed)}"
 
 
 def main() -> None:
