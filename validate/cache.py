@@ -18,7 +18,8 @@ import numpy as np
 
 from qtm.io import atomic_path, write_json
 from qtm.rundir import ImageSet
-from validate.embedders import Embedder, load_image
+from validate.embedder import Embedder
+from validate.embedders import load_image
 
 BATCH = 16
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from validate.embedders import Embedder
+from validate.embedder import Embedder
 from validate.errors import ValidateError
 
 #: The ``clip_pretrained`` value that asks for random weights (plumbing tests only).

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from validate.embedders import Embedder
+from validate.embedder import Embedder
 from validate.errors import ValidateError
 
 MODEL_NAME = "efficientnet-lite0"

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from validate.embedders import Embedder
+from validate.embedder import Embedder
 
 FEATURES = ("brightness", "contrast", "saturation", "colourfulness", "hf_fraction", "sharpness")
 #: Radial frequency (cycles per pixel; Nyquist is 0.5) above which energy counts as high-frequency.

@@ -1,8 +1,6 @@
-"""The embedder interface and the registry that selects an embedder by name.
+"""The registry that selects an embedder by name, and the image reader every embedder's input goes through.
 
-An embedder turns images into feature vectors (one row per image). Each one
-names itself and the settings that change its output, so that a cache made with
-other settings is never reused (see :mod:`validate.cache`).
+The interface the embedders share is :class:`validate.embedder.Embedder`.
 
 ==============  ==============================================================
 name            features
@@ -15,41 +13,15 @@ name            features
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-
 import numpy as np
 
+from validate.embed_clip import ClipEmbedder
+from validate.embed_efficientnet import EfficientNetEmbedder
+from validate.embed_stats import StatsEmbedder
+from validate.embedder import Embedder
 from validate.errors import ValidateError
 
 EMBEDDER_NAMES = ("stats", "efficientnet", "clip")
-
-
-class Embedder(ABC):
-    """Maps PIL images to a float array of shape (n_images, n_features)."""
-
-    #: Registry name, written into every cache and table.
-    name: str
-    #: Whether features have incomparable units and are standardised before PCA and the Fréchet distance.
-    standardize: bool = False
-    #: Whether :meth:`alignment` measures image-caption agreement.
-    has_alignment: bool = False
-
-    @abstractmethod
-    def settings(self) -> dict:
-        """The JSON-ready settings that change the features (the cache key)."""
-
-    @abstractmethod
-    def embed(self, images: Sequence) -> np.ndarray:
-        """Features of a batch of PIL images, shape (len(images), n_features)."""
-
-    def alignment(self, features: np.ndarray, captions: Sequence[str]) -> np.ndarray:
-        """Per-image agreement with its caption; NaN where the embedder has no text side."""
-        return np.full(len(features), np.nan)
-
-    def feature_names(self, count: int) -> list[str]:
-        """Names of the feature columns (generic unless the embedder knows better)."""
-        return [f"f{i}" for i in range(count)]
 
 
 def get_embedder(name: str, **options) -> Embedder:
@@ -73,16 +45,10 @@ def get_embedder(name: str, **options) -> Embedder:
     validate.errors.ValidateError: unknown embedder 'nope'; choose one of: stats, efficientnet, clip
     """
     if name == "stats":
-        from validate.embed_stats import StatsEmbedder
-
         return StatsEmbedder()
     if name == "efficientnet":
-        from validate.embed_efficientnet import EfficientNetEmbedder
-
         return EfficientNetEmbedder(batch_size=options.get("batch_size", 16), device=options.get("device", "cpu"))
     if name == "clip":
-        from validate.embed_clip import ClipEmbedder
-
         return ClipEmbedder(
             model=options.get("clip_model", "ViT-B-32"),
             pretrained=options.get("clip_pretrained"),
