@@ -13,7 +13,8 @@ from PIL import Image
 from qtm.errors import RunDirectoryError
 from qtm.rundir import read_run
 from validate.errors import ValidateError
-from validate.pipeline import CACHE_FOLDER, validate_runs
+from validate.features import CACHE_FOLDER
+from validate.pipeline import validate_runs
 
 
 def write_folder(folder, *, n, sd, rng, size=16, status="complete", captions=None):

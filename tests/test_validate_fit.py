@@ -11,8 +11,10 @@ import pytest
 from qtm.params import uncond_share
 from qtm.sampler_map import guided_moments
 from validate.errors import ValidateError
-from validate.fitting import BaseMoments, Trajectory, fit_theory, forecast
+from validate.forecast import forecast
+from validate.optimiser import fit_theory
 from validate.statistics import _kurtosis_from_counts, excess_kurtosis
+from validate.transition import BaseMoments, Trajectory
 
 TRUE = {"fidelity": 0.7, "uncond_fidelity": 0.5, "var_fidelity": 0.5, "var_shift": 0.3}
 W = {"cfg=1": 1.0, "cfg=3": 1.8}

@@ -24,6 +24,7 @@ between concepts hides it.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial.distance import cdist, pdist
@@ -148,29 +149,124 @@ def diversity_metrics(
     >>> {r["statistic"]: round(r["value"], 2) for r in rows}["recall"] < 0.5  # a narrowed set misses real images
     True
     """
-    k = check_int(k, "k", minimum=1)
-    bootstrap = check_int(bootstrap, "bootstrap", minimum=0)
-    check_unit_interval(level, "level", closed_left=False, closed_right=False)
-    check_choice(kernel, "kernel", KERNELS)
     if (real_captions is None) != (generated_captions is None):
         raise ValidateError("give the captions of both the real and the generated images, or of neither")
-    real, generated = _features(real, generated, k=k if real_captions is None else None)
-    if real_captions is None:
-        groups = {ALL_CAPTIONS: (np.arange(len(real)), np.arange(len(generated)))}
+    reference = diversity_reference(real, captions=real_captions, k=k, kernel=kernel, bandwidth=bandwidth)
+    return compare_with_reference(
+        reference, generated, captions=generated_captions, bootstrap=bootstrap, level=level, pooled=pooled,
+        random_state=random_state,
+    )
+
+
+@dataclass(frozen=True)
+class DiversityReference:
+    """The real side of :func:`diversity_metrics`, computed once for any number of generated sets.
+
+    ``groups`` maps each caption (:data:`ALL_CAPTIONS` without captions) to its images' indices;
+    ``distances`` holds each group's distance matrix. Each group's Vendi kernel is made on first use
+    (:meth:`similarity`), so that a comparison refused for its captions is refused before the kernel's checks.
+    """
+
+    features: np.ndarray
+    captions: list[str] | None
+    groups: dict[str, np.ndarray]
+    distances: dict[str, np.ndarray]
+    k: int
+    kernel: str
+    bandwidth: float | None
+    kernels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def similarity(self, caption: str) -> np.ndarray | None:
+        """The Vendi kernel of a caption's real images; None for the RBF kernel without a bandwidth (its width
+        depends on the generated set too)."""
+        if self.kernel == "rbf" and self.bandwidth is None:
+            return None
+        if caption not in self.kernels:
+            index = self.groups[caption]
+            self.kernels[caption] = _similarity(self.features[index], self.kernel, self.bandwidth)
+        return self.kernels[caption]
+
+
+def diversity_reference(
+    real, *, captions=None, k: int = 5, kernel: str = "cosine", bandwidth: float | None = None
+) -> DiversityReference:
+    """The real set's groups, distance matrices and similarity matrices (see :class:`DiversityReference`).
+
+    Examples
+    --------
+    >>> reference = diversity_reference(np.random.default_rng(0).standard_normal((12, 2)), captions=["a", "b"] * 6)
+    >>> {caption: matrix.shape for caption, matrix in reference.distances.items()}
+    {'a': (6, 6), 'b': (6, 6)}
+    """
+    k = check_int(k, "k", minimum=1)
+    check_choice(kernel, "kernel", KERNELS)
+    real = _matrix(real, "real features")
+    if captions is None:
+        groups = {ALL_CAPTIONS: np.arange(len(real))}
     else:
-        groups = _caption_groups(real, generated, real_captions, generated_captions, k)
+        if len(captions) != len(real):
+            raise ValidateError(
+                f"{len(captions)} real captions for {len(real)} real images; give one caption per image"
+            )
+        groups = group_indices(captions, min_size=k + 1, what="real images")
+    return DiversityReference(
+        features=real,
+        captions=None if captions is None else list(captions),
+        groups=groups,
+        distances={caption: cdist(real[index], real[index]) for caption, index in groups.items()},
+        k=k,
+        kernel=kernel,
+        bandwidth=bandwidth,
+    )
+
+
+def compare_with_reference(
+    reference: DiversityReference,
+    generated,
+    *,
+    captions=None,
+    bootstrap: int = 200,
+    level: float = 0.95,
+    pooled: bool = False,
+    random_state: int = 0,
+) -> list[dict]:
+    """:func:`diversity_metrics` of ``generated`` against a reference computed once (:func:`diversity_reference`).
+
+    ``captions`` are the generated images' captions, given exactly when the reference has captions.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> reference = diversity_reference(rng.standard_normal((40, 3)))
+    >>> rows = compare_with_reference(reference, 0.3 * rng.standard_normal((40, 3)), bootstrap=0)
+    >>> {r["statistic"]: r["value"] for r in rows}["precision"]
+    1.0
+    """
+    bootstrap = check_int(bootstrap, "bootstrap", minimum=0)
+    check_unit_interval(level, "level", closed_left=False, closed_right=False)
+    if (reference.captions is None) != (captions is None):
+        raise ValidateError("give the captions of both the real and the generated images, or of neither")
+    k, real = reference.k, reference.features
+    real, generated = _features(real, generated, k=k if captions is None else None)
+    if captions is None:
+        groups = {ALL_CAPTIONS: (reference.groups[ALL_CAPTIONS], np.arange(len(generated)))}
+    else:
+        groups = _caption_groups(reference, generated, captions)
         if pooled:
             groups[ALL_CAPTIONS] = (np.arange(len(real)), np.arange(len(generated)))
     tail = 100 * (1 - level) / 2
     rows, replicates = [], {}
     for caption, (real_index, generated_index) in groups.items():
         seed = derive_seed(random_state, _BOOTSTRAP_STREAM, zlib.crc32(caption.encode()))
+        known = caption in reference.groups and reference.groups[caption] is real_index
         values, samples = _group_metrics(
             real[real_index],
             generated[generated_index],
+            d_real=reference.distances[caption] if known else None,
+            k_real=reference.similarity(caption) if known else None,
             k=k,
-            kernel=kernel,
-            bandwidth=bandwidth,
+            kernel=reference.kernel,
+            bandwidth=reference.bandwidth,
             bootstrap=bootstrap,
             seed=seed,
         )
@@ -187,13 +283,18 @@ def diversity_metrics(
     return rows
 
 
-def _group_metrics(real, generated, *, k, kernel, bandwidth, bootstrap, seed):
-    """Point values of :data:`STATISTICS` and their (bootstrap, 6) resampled values for one pair of sets."""
-    d_real, d_generated, cross = cdist(real, real), cdist(generated, generated), cdist(real, generated)
+def _group_metrics(real, generated, *, d_real, k_real, k, kernel, bandwidth, bootstrap, seed):
+    """Point values of :data:`STATISTICS` and their (bootstrap, 6) resampled values for one pair of sets.
+
+    ``d_real`` and ``k_real`` are the real set's distance and similarity matrices when already known.
+    """
+    d_real = cdist(real, real) if d_real is None else d_real
+    d_generated, cross = cdist(generated, generated), cdist(real, generated)
     # One bandwidth for both sets and every resample, so that their Vendi scores compare.
     if kernel == "rbf" and bandwidth is None:
         bandwidth = float(np.median(pdist(np.concatenate([real, generated]))))
-    k_real, k_generated = _similarity(real, kernel, bandwidth), _similarity(generated, kernel, bandwidth)
+    k_real = _similarity(real, kernel, bandwidth) if k_real is None else k_real
+    k_generated = _similarity(generated, kernel, bandwidth)
     every_real, every_generated = np.arange(len(real)), np.arange(len(generated))
 
     def metrics(real_index, generated_index):
@@ -279,18 +380,19 @@ def _vendi(similarity, index) -> float:
     return float(np.exp(-np.sum(eigenvalues * np.log(eigenvalues))))
 
 
-def _caption_groups(real, generated, real_captions, generated_captions, k) -> dict[str, tuple]:
-    if len(real_captions) != len(real) or len(generated_captions) != len(generated):
+def _caption_groups(reference: DiversityReference, generated, generated_captions) -> dict[str, tuple]:
+    if len(generated_captions) != len(generated):
         raise ValidateError(
-            f"{len(real_captions)} real and {len(generated_captions)} generated captions for "
-            f"{len(real)} real and {len(generated)} generated images; give one caption per image"
+            f"{len(generated_captions)} generated captions for {len(generated)} generated images; "
+            "give one caption per image"
         )
-    real_groups = group_indices(real_captions, min_size=k + 1, what="real images")
     groups = {}
-    for caption, generated_index in group_indices(generated_captions, min_size=k + 1, what="generated images").items():
-        if caption not in real_groups:
+    for caption, generated_index in group_indices(
+        generated_captions, min_size=reference.k + 1, what="generated images"
+    ).items():
+        if caption not in reference.groups:
             raise ValidateError(f"generated caption {caption!r} has no real images to compare with")
-        groups[caption] = (real_groups[caption], generated_index)
+        groups[caption] = (reference.groups[caption], generated_index)
     return groups
 
 

@@ -1,0 +1,118 @@
+"""The fit stage: the statistics table's trajectories and base moments, the one-step fit and the forecast.
+
+Each run (per caption when grouped) becomes a :class:`validate.transition.Trajectory` of its
+generated sets' moments; the base model's branches and the real data give the
+:class:`validate.transition.BaseMoments`; then :func:`validate.optimiser.fit_theory` fits all
+iterations and :func:`validate.forecast.forecast` forecasts from ``--forecast-from``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from qtm.rundir import Run
+from validate.errors import ValidateError
+from validate.forecast import forecast
+from validate.optimiser import FitResult, fit_theory
+from validate.runs import run_columns
+from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
+from validate.transition import BaseMoments, Trajectory
+
+
+def fit_stage(
+    runs: list[Run], statistics: pd.DataFrame, *, grouped: bool, forecast_from: int | None, warn
+) -> tuple[FitResult | None, FitResult | None, list[str]]:
+    """The fit on all iterations and the forecast from ``forecast_from`` (None: none), with the notes on them."""
+    trajectories = _trajectories(runs, statistics, grouped=grouped)
+    base, base_notes = _base_moments(statistics, grouped=grouped, groups={t.group for t in trajectories})
+    fit, predicted, fit_notes = _fit(trajectories, base, forecast_from, warn)
+    return fit, predicted, base_notes + fit_notes
+
+
+def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool) -> list[Trajectory]:
+    """One trajectory per run, or per run and caption when ``grouped``."""
+    generated = statistics[statistics["population"] == "generated"]
+    generated = generated[~generated["caption"].isin([WITHIN_CAPTIONS] + ([ALL_CAPTIONS] if grouped else []))]
+    out = []
+    for run in runs:
+        columns = run_columns(run)
+        for caption, rows in generated[generated["run"] == run.name].groupby("caption", sort=True):
+            table = {
+                name: rows[rows["statistic"] == name].pivot(index="iteration", columns="axis", values="value")
+                for name in ("mean", "var", "kurtosis")
+            }
+            out.append(
+                Trajectory(
+                    run=run.name,
+                    setting=f"cfg={columns['cfg']:g} {columns['schedule']}",
+                    cfg=columns["cfg"],
+                    iterations=table["mean"].index.to_numpy(),
+                    mean=table["mean"].to_numpy(),
+                    var=table["var"].to_numpy(),
+                    kurtosis=table["kurtosis"].to_numpy(),
+                    population=int(rows["n_images"].min()),
+                    schedule=columns["schedule"],
+                    sampler=str(run.params.get("sampler", "ddim")),
+                    steps=int(run.params.get("steps", 50) or 50),
+                    drop=columns["drop"],
+                    real_fraction=columns["real_fraction"],
+                    finetune=columns["finetune"],
+                    group=caption if grouped else "",
+                )
+            )
+    return out
+
+
+def _base_moments(statistics: pd.DataFrame, *, grouped: bool, groups: set[str]) -> tuple[BaseMoments, list[str]]:
+    """Measured base moments (per caption for cond and real data when ``grouped``) and notes on what is missing."""
+    notes = []
+
+    def moments(population, caption=ALL_CAPTIONS):
+        rows = statistics[statistics["population"] == population]
+        if rows.empty:
+            return None
+        first = rows[(rows["run"] == rows["run"].iloc[0]) & (rows["caption"] == caption)]
+        if first.empty:
+            return None
+        values = {
+            name: first[first["statistic"] == name].sort_values("axis")["value"].to_numpy() for name in ("mean", "var")
+        }
+        return values["mean"], values["var"]
+
+    def per_caption(population):
+        if not grouped or moments(population) is None:
+            return moments(population)
+        found = {caption: moments(population, caption) for caption in groups}
+        missing = sorted(caption for caption, pair in found.items() if pair is None)
+        if missing:
+            notes.append(
+                f"{population} has no images of caption {missing[0]!r}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + "; its per-caption moments are not used"
+            )
+            return None
+        return found
+
+    base = BaseMoments(cond=per_caption("reference_cond"), uncond=moments("reference_uncond"), data=per_caption("real"))
+    return base, notes
+
+
+def _fit(trajectories, base, forecast_from, warn):
+    """The one-step-ahead fit on all iterations, and the forecast from ``forecast_from`` when asked for."""
+    notes = []
+    if any(not np.isfinite(t.cfg) for t in trajectories):
+        notes.append("some run.json has no cfg; its w_eff is reported without a CFG scale")
+    fit = predicted = None
+    try:
+        fit = fit_theory(trajectories, base=base)
+    except ValidateError as error:
+        warn(f"fit skipped: {error}")
+        notes.append(f"fit skipped: {error}")
+    if forecast_from is not None and fit is not None:
+        try:
+            predicted = forecast(trajectories, base=base, forecast_from=forecast_from)
+        except ValidateError as error:
+            warn(f"forecast skipped: {error}")
+            notes.append(f"forecast skipped: {error}")
+    return fit, predicted, notes

@@ -1,0 +1,370 @@
+"""The theory's one-step transition of a chain's measured state, and its Gaussian likelihood.
+
+The state of a chain is measured at every iteration: per caption (a trajectory's
+``group``) and trait axis, the mean and the log variance of the generated set. The fit
+predicts each iteration's state from the *measured* previous one (its training set
+``D_t``: the real data at ``t = 0``, else iteration ``t - 1``'s images, mixed with the real
+data by ``real_fraction``), never by running the recursion from iteration 0, so a
+finetuning deviation is counted once, not at every later iteration. The transition is
+the theory's (:mod:`qtm.gaussian`, :mod:`qtm.sampler_map`; parameter names as in
+:mod:`qtm.params`):
+
+- finetuning from the base model ``(m_B, v_B)`` (per caption, measured on
+  ``RUN/reference/cond``): ``m_c = m_B + rho (m_D - m_B)`` (``fidelity``) and, in log space,
+  ``ln v_c = ln v_B + rho_v (ln v_D - ln v_B) + mu`` (``var_fidelity``, ``var_shift``);
+- the unconditional branch (measured base ``RUN/reference/uncond``) moves toward the pooled
+  training set with its own free fidelity ``rho_u`` (``uncond_fidelity``; no ``drop * rho``
+  default), its variance terms scaled by :func:`qtm.params.uncond_share`;
+- the exact guided-sampler map :func:`qtm.sampler_map.guided_moments` with the run's
+  sampler, steps and schedule, and an effective peak scale ``w_eff`` per CFG setting (1 for
+  CFG-1 settings). Trait axes are scaled by the base model's unconditional SD first, so
+  the sampler sees unit-scale data as a diffusion model does.
+
+Errors: measurement noise of the target (``sqrt(v/n)`` for a mean, ``sqrt((kurtosis + 2)/(n -
+1))`` for a log variance with the measured excess kurtosis: traits are heavy-tailed), the
+measurement noise of the previous state carried through the transition (its derivative),
+and a fitted process-noise variance per quantity (``process_noise`` for means,
+``process_noise_log_var``).
+
+:class:`TransitionModel` evaluates a batch of parameter vectors in one pass of the sampler map
+(the optimiser's finite differences, the Hessian's stencil, the forecast's parameter draws), each
+vector's numbers the same as when it is evaluated alone. :mod:`validate.optimiser` fits it;
+:mod:`validate.forecast` iterates it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from qtm.errors import QTMError
+from qtm.params import uncond_share
+from qtm.sampler_map import guided_moments
+from validate.errors import ValidateError
+
+W_BOUNDS = (0.0, 50.0)
+#: Negative log likelihood of a parameter set whose transition overflows: far above any real one.
+PENALTY = 1e12
+#: Floor of the excess kurtosis in the log-variance SE (-2 would make it zero).
+MIN_KURTOSIS = -1.5
+QUANTITIES = ("mean", "log_var")
+#: Step of the finite differences that carry the previous state's measurement noise through the transition.
+GAIN_STEP = 1e-4
+
+
+@dataclass
+class Trajectory:
+    """Measured per-axis moments of one caption (``group``) of one run at its finished iterations.
+
+    ``mean``, ``var`` and ``kurtosis`` (excess; None: 0) have shape (len(iterations), k);
+    ``population`` is the number of images of the caption per iteration; ``setting`` names the
+    CFG setting whose ``w_eff`` it shares.
+    """
+
+    run: str
+    setting: str
+    cfg: float
+    iterations: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    population: int
+    kurtosis: np.ndarray | None = None
+    drop: float = 0.0
+    real_fraction: float = 0.0
+    finetune: str = "base"
+    group: str = ""
+    schedule: str = "constant"
+    sampler: str = "ddim"
+    steps: int = 50
+
+
+Moments = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class BaseMoments:
+    """Per-axis (mean, var) of the base model's branches and of the real data; None where unmeasured.
+
+    ``cond`` and ``data`` may map each group (caption) to its own (mean, var); ``uncond``
+    is one pair, the unconditional branch having no caption.
+    """
+
+    cond: Moments | dict[str, Moments] | None = None
+    uncond: Moments | None = None
+    data: Moments | dict[str, Moments] | None = None
+
+
+def for_group(moments, group: str) -> Moments:
+    return moments[group] if isinstance(moments, dict) else moments
+
+
+
+class Transitions:
+    """The measured transitions D_t -> generated set t, flattened over trajectories and iterations."""
+
+    def __init__(self, trajectories: list[Trajectory], base: BaseMoments, until: int | None):
+        if base.cond is None or base.uncond is None:
+            raise ValidateError(
+                "the one-step fit needs the base model's reference points (RUN/reference/cond and uncond); "
+                "generate them with `chain validate --make-reference`"
+            )
+        if any(t.finetune not in ("base",) for t in trajectories):
+            raise ValidateError("runs with finetune=continue are not fitted yet (their prior is an unmeasured model)")
+        self.k = trajectories[0].mean.shape[1]
+        self.scale = np.sqrt(np.asarray(base.uncond[1], dtype=float))
+        self.uncond_mean = np.asarray(base.uncond[0], float) / self.scale
+        self.uncond_log_var = np.log(np.asarray(base.uncond[1], float) / self.scale**2)
+        settings = sorted(
+            {t.setting for t in trajectories if t.cfg != 1.0}, key=lambda s: setting_cfg(trajectories, s)
+        )
+        self.settings = settings
+        rows = []
+        by_run: dict = {}
+        for r, trajectory in enumerate(trajectories):
+            by_run.setdefault(trajectory.run, []).append(r)
+        self.trajectories = trajectories
+        for r, trajectory in enumerate(trajectories):
+            for i, t in enumerate(trajectory.iterations):
+                if until is not None and t >= until:
+                    continue
+                source = self.source(r, int(t), base, by_run)
+                if source is not None:
+                    rows.append((r, i, int(t), *source))
+        if not rows:
+            raise ValidateError(
+                "no transition to fit: need two consecutive finished iterations (or real data and iteration 0)"
+            )
+        self.by_run = by_run
+        self.traj = np.array([row[0] for row in rows])
+        self.index = np.array([row[1] for row in rows])
+        self.iteration = np.array([row[2] for row in rows])
+        self.src_mean, self.src_log, self.src_se_mean, self.src_se_log, self.pool_mean, self.pool_log = (
+            np.array([row[3 + j] for row in rows]) for j in range(6)
+        )
+        self.tgt_mean, self.tgt_log, self.tgt_se_mean, self.tgt_se_log = self.measured(self.traj, self.index)
+        cond = [for_group(base.cond, trajectories[r].group) for r in self.traj]
+        self.base_mean = np.array([np.asarray(c[0], float) for c in cond]) / self.scale
+        self.base_log = np.log(np.array([np.asarray(c[1], float) for c in cond]) / self.scale**2)
+        self.setting = np.array(
+            [settings.index(trajectories[r].setting) if trajectories[r].cfg != 1.0 else -1 for r in self.traj]
+        )
+        self.calls = {}
+        for j, r in enumerate(self.traj):
+            tr = trajectories[r]
+            self.calls.setdefault((tr.schedule, tr.sampler, tr.steps), []).append(j)
+
+    def measured(self, traj, index):
+        """Scaled mean, log variance and their SEs of generated sets (trajectory, row)."""
+        mean, log, se_mean, se_log = [], [], [], []
+        for r, i in zip(traj, index, strict=True):
+            tr = self.trajectories[r]
+            n = tr.population
+            kurt = _kurtosis(tr)
+            mean.append(tr.mean[i] / self.scale)
+            log.append(np.log(tr.var[i] / self.scale**2))
+            se_mean.append(np.sqrt(tr.var[i] / n) / self.scale)
+            se_log.append(np.sqrt((kurt + 2.0) / max(n - 1, 1)))
+        return tuple(np.array(x).reshape(len(traj), self.k) for x in (mean, log, se_mean, se_log))
+
+    def source(self, r, t, base, by_run):
+        """D_t of trajectory r: (mean, log var, their SEs, pooled mean and log var of the run's D_t), or None."""
+        tr = self.trajectories[r]
+        data = base.data
+
+        def data_of(group):
+            m, v = for_group(data, group)
+            return np.asarray(m, float) / self.scale, np.asarray(v, float) / self.scale**2
+
+        if t == 0:
+            if data is None:
+                return None
+            members = [data_of(self.trajectories[q].group) for q in by_run[tr.run]]
+            mean, var = data_of(tr.group)
+            se = (np.zeros(self.k), np.zeros(self.k))
+        else:
+            rows = [np.flatnonzero(self.trajectories[q].iterations == t - 1) for q in by_run[tr.run]]
+            if any(len(x) == 0 for x in rows):
+                return None
+            members = [
+                (self.trajectories[q].mean[x[0]] / self.scale, self.trajectories[q].var[x[0]] / self.scale**2)
+                for q, x in zip(by_run[tr.run], rows, strict=True)
+            ]
+            i = int(np.flatnonzero(tr.iterations == t - 1)[0])
+            mean, var = tr.mean[i] / self.scale, tr.var[i] / self.scale**2
+            kurt = _kurtosis(tr)
+            se = (np.sqrt(var / tr.population), np.sqrt((kurt + 2.0) / max(tr.population - 1, 1)))
+            f = tr.real_fraction
+            if f > 0:
+                if data is None:
+                    raise ValidateError(f"{tr.run}: --real-fraction {f} needs the real data (RUN/real) to be fitted")
+                mean, var = mixture((mean, var), data_of(tr.group), f)
+                members = [
+                    mixture(pair, data_of(self.trajectories[q].group), f)
+                    for q, pair in zip(by_run[tr.run], members, strict=True)
+                ]
+        means = np.array([m for m, _ in members])
+        variances = np.array([v for _, v in members])
+        pooled_var = variances.mean(axis=0) + means.var(axis=0)
+        return mean, np.log(var), se[0], se[1], means.mean(axis=0), np.log(pooled_var)
+
+
+def mixture(moments, other, fraction):
+    """Exact (mean, var) of a set whose share ``fraction`` is replaced by a set with moments ``other``."""
+    (m, v), (dm, dv) = moments, other
+    return (1 - fraction) * m + fraction * dm, (1 - fraction) * v + fraction * dv + fraction * (1 - fraction) * (
+        m - dm
+    ) ** 2
+
+
+def _kurtosis(trajectory: Trajectory) -> np.ndarray:
+    """The trajectory's excess kurtosis per axis, averaged over iterations (one caption's is noisy)."""
+    if trajectory.kurtosis is None:
+        return np.zeros(trajectory.mean.shape[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = np.nanmean(np.asarray(trajectory.kurtosis, float), axis=0)
+    return np.maximum(np.nan_to_num(value, nan=0.0), MIN_KURTOSIS)
+
+
+
+class TransitionModel:
+    """Parameter vector -> one-step predictions and likelihood; a batch of vectors (B, n) at once."""
+
+    def __init__(self, data: Transitions):
+        self.data = data
+        names = [("fidelity", "", -1), ("uncond_fidelity", "", -1), ("var_fidelity", "", -1), ("var_shift", "", -1)]
+        lower, upper = [0.0, 0.0, 0.0, -5.0], [1.0, 1.0, 1.0, 5.0]
+        for setting in data.settings:
+            names.append(("w_eff", setting, -1))
+            lower.append(W_BOUNDS[0])
+            upper.append(W_BOUNDS[1])
+        names += [("log_process_var", "mean", -1), ("log_process_var", "log_var", -1)]
+        lower += [-25.0, -25.0]
+        upper += [5.0, 5.0]
+        self.names = names
+        self.bounds = list(zip(lower, upper, strict=True))
+
+    def start(self, w_scale: float) -> np.ndarray:
+        trajectories = self.data.trajectories
+        w = [float(np.clip(1 + w_scale * (setting_cfg(trajectories, s) - 1), *W_BOUNDS)) for s in self.data.settings]
+        return np.array([0.7, 0.5, 0.5, 0.0, *w, np.log(0.01), np.log(0.01)])
+
+    def unpack(self, x) -> dict:
+        return {name: float(value) for name, value in zip(self.names, x, strict=True)}
+
+    def transition(self, x, src_mean, src_log, pool_mean, pool_log, rows=None):
+        """Predicted (mean, log var) of the generated set from D's (scaled) moments.
+
+        ``x`` is one parameter vector (n,) or a batch (B, n); the moments are arrays (..., J, k),
+        for a batch (..., B, J, k) or broadcastable to it.
+        """
+        d = self.data
+        rows = np.arange(len(d.traj)) if rows is None else rows
+        x = np.asarray(x, dtype=float)
+        # One vector: its scalars; a batch: each parameter as (B, 1, 1), to broadcast over rows and axes.
+        theta = x if x.ndim == 1 else x.T[..., None, None]
+        rho, rho_u, rho_v, mu = theta[0], theta[1], theta[2], theta[3]
+        share = uncond_share(rho, rho_u)
+        share = float(share) if x.ndim == 1 else share
+        cond_mean = d.base_mean[rows] + rho * (src_mean - d.base_mean[rows])
+        cond_log = d.base_log[rows] + rho_v * (src_log - d.base_log[rows]) + mu
+        u_mean = d.uncond_mean + rho_u * (pool_mean - d.uncond_mean)
+        u_log = d.uncond_log_var + share * rho_v * (pool_log - d.uncond_log_var) + share * mu
+        scales = np.concatenate([x[..., 4 : 4 + len(d.settings)], np.ones((*x.shape[:-1], 1))], axis=-1)
+        w = scales[..., d.setting[rows]][..., None]
+        cond_mean, cond_log, u_mean, u_log = np.broadcast_arrays(cond_mean, cond_log, u_mean, u_log)
+        mean = np.empty(cond_mean.shape)
+        log = np.empty_like(mean)
+        for (schedule, sampler, steps), members in d.calls.items():
+            pick = np.isin(rows, members)
+            if not pick.any():
+                continue
+            out = guided_moments(
+                cond_mean[..., pick, :],
+                np.exp(cond_log[..., pick, :]),
+                u_mean[..., pick, :],
+                np.exp(u_log[..., pick, :]),
+                cfg=w[..., pick, :],
+                schedule=schedule,
+                sampler=sampler,
+                steps=steps,
+            )
+            mean[..., pick, :] = out.mean
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log[..., pick, :] = np.log(out.var)
+        return mean, log
+
+    def terms(self, x):
+        """Residuals, their variances without process noise, and the process variances, per quantity.
+
+        For a batch ``x`` (B, n) every array gains a leading axis B (the process variances are (B, 1, 1)).
+        """
+        d = self.data
+        x = np.asarray(x, dtype=float)
+        eps = GAIN_STEP
+        # The transition and its two finite-difference gains in one pass: a leading axis of 3.
+        lead = (3,) + (1,) * (x.ndim - 1) + d.src_mean.shape
+        src_mean = np.stack([d.src_mean, d.src_mean + eps, d.src_mean]).reshape(lead)
+        src_log = np.stack([d.src_log, d.src_log, d.src_log + eps]).reshape(lead)
+        with np.errstate(all="ignore"):
+            means, logs = self.transition(x, src_mean, src_log, d.pool_mean, d.pool_log)
+            mean, log = means[0], logs[0]
+            gain_mean = (means[1] - mean) / eps
+            gain_log = (logs[2] - log) / eps
+        residual = {"mean": d.tgt_mean - mean, "log_var": d.tgt_log - log}
+        measurement = {
+            "mean": d.tgt_se_mean**2 + (gain_mean * d.src_se_mean) ** 2,
+            "log_var": d.tgt_se_log**2 + (gain_log * d.src_se_log) ** 2,
+        }
+        process = {"mean": np.exp(x[..., -2]), "log_var": np.exp(x[..., -1])}
+        if x.ndim > 1:
+            process = {q: value[:, None, None] for q, value in process.items()}
+        return residual, measurement, process, {"mean": mean, "log_var": log}
+
+    def nll(self, x) -> float:
+        """The negative log likelihood of one parameter vector (:data:`PENALTY` where it overflows)."""
+        try:
+            residual, measurement, process, _ = self.terms(x)
+        except QTMError:  # an improper tilt (sampler "tilt" only)
+            return PENALTY
+        return _likelihood(residual, measurement, process)
+
+    def nll_many(self, xs) -> np.ndarray:
+        """:meth:`nll` of each row of ``xs`` (B, n), in one pass of the sampler map."""
+        xs = np.asarray(xs, dtype=float)
+        try:
+            residual, measurement, process, _ = self.terms(xs)
+        except QTMError:  # some vector's tilt is improper: only that one gets the penalty
+            return np.array([self.nll(x) for x in xs])
+        return np.array(
+            [
+                _likelihood(*({q: part[q][b] for q in QUANTITIES} for part in (residual, measurement, process)))
+                for b in range(len(xs))
+            ]
+        )
+
+    def map_nll(self, function, points) -> list[float]:
+        """``map(function, points)`` for scipy's finite differences (its ``workers``): all points in one batch."""
+        points = np.array(list(points))
+        return list(self.nll_many(points)) if len(points) else []
+
+    def n_values(self) -> int:
+        return 2 * self.data.tgt_mean.size
+
+
+def _likelihood(residual, measurement, process) -> float:
+    total = 0.0
+    for q in QUANTITIES:
+        variance = measurement[q] + process[q]
+        value = 0.5 * np.sum(residual[q] ** 2 / variance + np.log(variance))
+        if not np.isfinite(value):
+            return PENALTY
+        total += value
+    return float(total)
+
+
+def setting_cfg(trajectories, setting) -> float:
+    """The CFG scale of the runs of ``setting``."""
+    return next(t.cfg for t in trajectories if t.setting == setting)
