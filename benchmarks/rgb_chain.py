@@ -197,7 +197,8 @@ def where_the_time_goes(spent: dict[str, float], total: float) -> str:
         covered += seconds
         if covered >= over:
             break
-    return text + f"; {over:.0f} s above the {GOAL_SECONDS:.0f} s goal, more than all of it in {' + '.join(needed)}"
+    return text + (f"; {over:.0f} s above the {GOAL_SECONDS:.0f} s goal, spent in {' + '.join(needed)} "
+                   f"({covered:.0f} s together)")
 
 
 def main() -> None:

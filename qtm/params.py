@@ -2,7 +2,7 @@
 
 Each :class:`Parameter` carries its type, range or vocabulary, default and help text.
 The moments engine (:mod:`qtm.recursion`), the particle engine (:mod:`qtm.particles`),
-the sweep grid (:mod:`qtm.grid`), ``chain run``'s parameters (:mod:`chain.runner`), the
+the sweep grid (:mod:`qtm.grid`), ``chain run``'s parameters (:mod:`chain.run_parameters`), the
 command-line options of both programs (their help and the keys of ``--config`` files)
 all derive from :data:`PARAMETERS`, so that a parameter added here appears everywhere
 and a range or a vocabulary cannot disagree between two places.
@@ -60,7 +60,7 @@ PARTICLE_MODELS = ("sampler", "qg")
 RESAMPLING = ("multinomial", "systematic")
 #: Backends of the real chain.
 BACKENDS = ("tiny", "sd")
-#: The tiny backend's models (``chain.backends.tiny.PRESETS``) and caption encoders.
+#: The tiny backend's models (``chain.backends.tiny_config.PRESETS``) and caption encoders.
 TINY_PRESETS = ("digits8", "rgb16", "rgb32", "rgb64")
 TEXT_ENCODERS = ("hashed", "minilm")
 #: The scheduler's configuration (:meth:`qtm.solvers.SchedulerConfig.from_parameters`).
