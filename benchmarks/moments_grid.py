@@ -29,9 +29,7 @@ from _memory import peak_line
 
 from qtm.gaussian import add_mutation, inherit, mix
 from qtm.recursion import _run_operators, simulate_moments
-from qtm.sampler_map import guided_moments
-from qtm.schedules import CFGSchedule
-from qtm.solvers import SchedulerConfig
+from qtm.sampler_map import guided_moments, prepare_sampler
 
 MODEL = dict(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=1.5, data_mean=1.0, data_var=1.0)
 
@@ -124,9 +122,9 @@ def main() -> None:
     }  # fmt: skip
     numpy_mean, numpy_var = np.empty((len(subset), args.iterations)), np.empty((len(subset), args.iterations))
     start = time.perf_counter()
-    _run_operators(**params, iterations=args.iterations, schedule=CFGSchedule.parse("constant"),
-                   sampler=args.sampler, continue_=False, steps=args.steps, eta=0.0, population=None,
-                   scheduler=SchedulerConfig.parse(None), workflow="replace", out=(numpy_mean, numpy_var))
+    _run_operators(**params, iterations=args.iterations, sampler=prepare_sampler(args.sampler, cfg=params["cfg"],
+                   steps=args.steps), continue_=False, population=None, workflow="replace",
+                   out=(numpy_mean, numpy_var))
     numpy_time = (time.perf_counter() - start) / len(subset) * n_points
     np.testing.assert_allclose(numpy_var, traj.var.reshape(n_points, -1)[subset], rtol=1e-9, atol=1e-14)
 

@@ -49,6 +49,7 @@ def solver_limits(fig, *, cfg, samplers, steps, model):
     """
     from qtm.continuous import continuous_moments
     from qtm.sampler_map import guided_moments
+    from qtm.solvers import SchedulerConfig
 
     cfg = np.asarray(cfg, dtype=float)
     var_ax, ratio_ax = fig.subplots(1, 2)
@@ -58,7 +59,7 @@ def solver_limits(fig, *, cfg, samplers, steps, model):
     var_ax.plot(cfg, guided_moments(*model, cfg=cfg, sampler="tilt").var, "k:", label="tilt")
     styles = ("--", "-", "-.", ":")
     for index, sampler in enumerate(samplers):
-        scheduler = "sd3" if sampler == "flow-euler" else "sd15"
+        scheduler = SchedulerConfig.for_sampler(sampler)
         limit = limits["sde" if sampler in _SDE_SAMPLERS else "ode"]
         for count, style in zip(steps, styles, strict=False):
             var = guided_moments(*model, cfg=cfg, sampler=sampler, steps=count, scheduler=scheduler).var

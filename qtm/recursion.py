@@ -40,12 +40,15 @@ The noise enters the particle engine (:mod:`qtm.particles`), and the ``validate`
 Every parameter broadcasts, so a parameter grid is just broadcasting (a trait
 axis is one more dimension). The text parameters (``schedule``, ``sampler``,
 ``finetune``) and ``steps`` and ``eta`` may be arrays too: the points are grouped
-by them. The DDIM/DDPM samplers run in one fused Numba kernel per group (all
-iterations and all K steps of a block of 16 points in L1 cache, the block's points in
+by them. Each group's sampler is prepared once (:func:`qtm.sampler_map.prepare_sampler`: the
+DDIM coefficients or the solver plan, the schedule's scale table). The DDIM/DDPM samplers and
+diffusers' other solvers run in one fused Numba kernel per group (:mod:`qtm.moments_kernels`:
+all iterations and all K steps of a block of 16 points in L1 cache, the block's points in
 SIMD lanes, blocks on all cores), which does 10^6 points x 20 iterations x 50 steps in
-a few seconds on two cores (``benchmarks/moments_grid.py``); every other sampler (the
-tilt, diffusers' other solvers, the ODE/SDE limits) runs through the :mod:`qtm.gaussian`
-operators and :func:`qtm.sampler_map.guided_moments`, vectorised over the grid.
+a few seconds on two cores (``benchmarks/moments_grid.py``, ``benchmarks/solver_costs.py``);
+the solvers' kernel computes what the :mod:`qtm.gaussian` operators compute, to the last bit. The
+tilt and the ODE/SDE limits run through those operators and the prepared sampler, vectorised
+over the grid.
 
 Examples
 --------
@@ -59,16 +62,15 @@ Examples
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
 
-from qtm.params import PARAMETERS, default_uncond_fidelity, effective_eta, uncond_share
-from qtm.sampler_map import step_coefficients
+from qtm.moments_kernels import chain_kernel, solver_chain_kernel
+from qtm.params import PARAMETERS, default_uncond_fidelity, uncond_share
+from qtm.sampler_map import prepare_sampler
 from qtm.schedules import CFGSchedule
-from qtm.solvers import SchedulerConfig
+from qtm.solvers import SOLVERS, SchedulerConfig, plan_arrays
 from qtm.validation import check_unit_interval
 
 
@@ -237,19 +239,14 @@ def simulate_moments(
     for key, index in _groups(categorical, shape):
         schedule_spec, sampler_name, mode, num_steps, eta_value, workflow = key
         params = {name: _flat(values, shape, index) for name, values in numeric.items()}
-        run = dict(
-            params,
-            iterations=iterations,
-            schedule=schedules[schedule_spec],
-            sampler=sampler_name,
-            continue_=mode == "continue",
-            steps=int(num_steps),
-            eta=float(eta_value),
-            population=population,
-            scheduler=scheduler,
-            workflow=workflow,
-        )
-        runner = _run_kernel if sampler_name in _KERNEL_SAMPLERS else _run_operators
+        fused = sampler_name in KERNEL_SAMPLERS
+        # The fused kernel steps with the scheduler's DDIM part, whatever model its prediction type names.
+        setting = {"config": scheduler.diffusion_config(sampler_name)} if fused else {"scheduler": scheduler}
+        prepared = prepare_sampler(sampler_name, cfg=params["cfg"], schedule=schedules[schedule_spec],
+                                   steps=int(num_steps), eta=float(eta_value), **setting)
+        run = dict(params, iterations=iterations, sampler=prepared, continue_=mode == "continue",
+                   population=population, workflow=workflow)
+        runner = _run_kernel if fused else _run_solver if sampler_name in SOLVERS else _run_operators
         if index is None:
             runner(**run, out=(mean, var))
         else:
@@ -343,14 +340,12 @@ def _flat(values: np.ndarray, shape: tuple, index) -> np.ndarray:
     return np.require(flat, dtype=np.float64, requirements=["C", "W"])
 
 
-def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, population, scheduler, workflow, out,
-                   **p):
+def _run_operators(*, iterations, sampler, continue_, population, workflow, out, **p):
     """The recursion written with the :mod:`qtm.gaussian` operators, vectorised over the points.
 
-    Writes the moments of each point and iteration into ``out = (mean, var)``, arrays of
-    shape (points, iterations)."""
+    ``sampler`` is the group's :class:`qtm.sampler_map.PreparedSampler`. Writes the moments of each point and
+    iteration into ``out = (mean, var)``, arrays of shape (points, iterations)."""
     from qtm.gaussian import add_mutation, inherit, mix, refit_expectation
-    from qtm.sampler_map import guided_moments
 
     mean, var = out
     base_c = (p["cond_mean"], p["cond_var"])
@@ -367,10 +362,7 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
                        var_shift=p["var_shift"])
         uncond = inherit(*prior_u, *data, fidelity=p["uncond_fidelity"], var_fidelity=p["uncond_var_fidelity"],
                          var_shift=p["uncond_var_shift"])
-        generated = guided_moments(
-            *cond, *uncond, cfg=p["cfg"], schedule=schedule, sampler=sampler, steps=steps, eta=eta,
-            scheduler=scheduler,
-        )
+        generated = sampler.moments(*cond, *uncond)
         generated = add_mutation(*generated, mutation_var=p["mutation"])
         mean[:, t], var[:, t] = generated
         if workflow != "replace":
@@ -389,20 +381,38 @@ def _run_operators(*, iterations, schedule, sampler, continue_, steps, eta, popu
         data = mix(*generated, *real, rate=f)
 
 
-def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, population, scheduler, workflow, out, **p):
+def _run_solver(*, iterations, sampler, continue_, population, workflow, out, **p):
+    """A solver's recursion through its fused Numba kernel, bit for bit the operator path, into ``out``.
+
+    Where a moment overflows, the operator path runs instead and says where (its errors)."""
+    table, rows = sampler.scale_table
+    mean, var = out
+    solver_chain_kernel(
+        p["cond_mean"], p["cond_var"], p["uncond_mean"], p["uncond_var"], p["data_mean"], p["data_var"],
+        p["fidelity"], p["uncond_fidelity"], p["var_fidelity"], p["uncond_var_fidelity"],
+        np.exp(p["var_shift"]), np.exp(p["uncond_var_shift"]), p["real_fraction"], p["mutation"],
+        np.require(rows, np.int64, ["C", "W"]), np.ascontiguousarray(table.T), plan_arrays(sampler.plan),
+        continue_, PARAMETERS["data_workflow"].choices.index(workflow), population or 0, mean, var,
+    )  # fmt: skip
+    if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+        _run_operators(iterations=iterations, sampler=sampler, continue_=continue_, population=population,
+                       workflow=workflow, out=out, **p)
+
+
+def _run_kernel(*, iterations, sampler, continue_, population, workflow, out, **p):
     """The DDIM/DDPM recursion through the fused Numba kernel, written into ``out = (mean, var)``."""
-    coef = step_coefficients(steps, eta=effective_eta(sampler, eta), config=scheduler.diffusion_config(sampler))
+    coef, schedule = sampler.coefficients, sampler.schedule
     # Every schedule is affine in the peak scale (scale_k = slope_k * cfg + offset_k), which lets
     # each point compute its own scales without a (points x steps) table.
-    offset = schedule.scales(0.0, steps, alphas_cumprod=coef.abar_t)
-    slope = schedule.scales(1.0, steps, alphas_cumprod=coef.abar_t) - offset
-    probe = schedule.scales(7.5, steps, alphas_cumprod=coef.abar_t)
+    offset = schedule.scales(0.0, len(coef.abar_t), alphas_cumprod=coef.abar_t)
+    slope = schedule.scales(1.0, len(coef.abar_t), alphas_cumprod=coef.abar_t) - offset
+    probe = schedule.scales(7.5, len(coef.abar_t), alphas_cumprod=coef.abar_t)
     if not np.allclose(probe, 7.5 * slope + offset):
         raise NotImplementedError(f"CFG schedule {schedule.spec!r} is not affine in the peak scale")
     mean, var = out
     # The finite-N refit is the MLE's expectation (qtm.gaussian.refit_expectation): variance x (N-1)/N.
     shrink = 1.0 if population is None else (population - 1) / population
-    _chain_kernel(
+    chain_kernel(
         p["cond_mean"], p["cond_var"], p["uncond_mean"], p["uncond_var"], p["data_mean"], p["data_var"],
         p["cfg"], p["fidelity"], p["uncond_fidelity"], p["real_fraction"], p["mutation"],
         p["var_fidelity"], p["uncond_var_fidelity"], p["var_shift"], p["uncond_var_shift"],
@@ -415,138 +425,4 @@ def _run_kernel(*, iterations, schedule, sampler, continue_, steps, eta, populat
 
 
 #: The samplers of the fused kernel: diffusers' DDIM step, whose exact map is :func:`qtm.sampler_map.step_coefficients`.
-_KERNEL_SAMPLERS = ("ddim", "ddpm")
-
-#: Points per block of the kernel: the inner loops run over a block, so that they vectorise (SIMD).
-_BLOCK = 16
-
-
-@njit(parallel=True, cache=True)
-def _chain_kernel(
-    cond_mean, cond_var, uncond_mean, uncond_var, data_mean, data_var,
-    cfg, fidelity, uncond_fidelity, real_fraction, mutation_var,
-    var_fidelity, uncond_var_fidelity, var_shift, uncond_var_shift,
-    continue_, shrink, workflow, inv_population,
-    abar, sqrt_abar, sqrt_beta, x_coef, eps_coef, noise_var, scale_slope, scale_offset,
-    out_mean, out_var,
-):  # fmt: skip
-    """All iterations of every point: the operators of qtm.gaussian and the exact map of
-    qtm.sampler_map fused, so that nothing but the result touches memory. Blocks of points
-    run in parallel; within a block the per-point loops vectorise. tests/test_recursion.py
-    checks the kernel against the operators themselves. ``workflow`` indexes
-    ``PARAMETERS["data_workflow"].choices`` (0: replace); ``inv_population`` is 1/N (0: infinite)."""
-    n_points, n_iter = out_mean.shape
-    n_steps = abar.size
-    n_blocks = (n_points + _BLOCK - 1) // _BLOCK
-    for block in prange(n_blocks):
-        lo = block * _BLOCK
-        size = min(_BLOCK, n_points - lo)
-        # Block-local copies (padded by repeating the last point) keep the inner loops branch-free;
-        # separate arrays (not rows of one) let LLVM see that they do not alias, and vectorise.
-        base_cm, base_cv, base_um, base_uv = _empty4()
-        real_m, real_v, w_peak, rho = _empty4()
-        rho_u, f, mut, m = _empty4()
-        rho_v, rho_vu, factor_c, factor_u = _empty4()
-        v = np.empty(_BLOCK)
-        for j in range(_BLOCK):
-            i = lo + min(j, size - 1)
-            base_cm[j], base_cv[j] = _at(cond_mean, i), _at(cond_var, i)
-            base_um[j], base_uv[j] = _at(uncond_mean, i), _at(uncond_var, i)
-            real_m[j], real_v[j], w_peak[j] = _at(data_mean, i), _at(data_var, i), _at(cfg, i)
-            rho[j], rho_u[j] = _at(fidelity, i), _at(uncond_fidelity, i)
-            f[j], mut[j] = _at(real_fraction, i), _at(mutation_var, i)
-            rho_v[j], rho_vu[j] = _at(var_fidelity, i), _at(uncond_var_fidelity, i)
-            factor_c[j], factor_u[j] = math.exp(_at(var_shift, i)), math.exp(_at(uncond_var_shift, i))
-        log_block = not np.all(np.isnan(rho_v))
-        cm, cv, um, uv = base_cm.copy(), base_cv.copy(), base_um.copy(), base_uv.copy()
-        dm, dv = real_m.copy(), real_v.copy()
-        # The accumulated pool (as in _run_operators): mixture moments and the generated strata's variance sum.
-        pool_m, pool_v, gen_sum = real_m.copy(), real_v.copy(), np.zeros(_BLOCK)
-        for t in range(n_iter):
-            if not continue_:
-                cm[:], cv[:], um[:], uv[:] = base_cm, base_cv, base_um, base_uv
-            # A block without var_fidelity keeps the branch-free linear loop (bit for bit the engine
-            # before var_fidelity existed); the log-space move is a call of its own.
-            if log_block:
-                _inherit_variances(cv, uv, dv, rho, rho_u, rho_v, rho_vu)
-            else:
-                for j in range(_BLOCK):
-                    cv[j] += rho[j] * (dv[j] - cv[j])
-                    uv[j] += rho_u[j] * (dv[j] - uv[j])
-            for j in range(_BLOCK):
-                cm[j] += rho[j] * (dm[j] - cm[j])
-                um[j] += rho_u[j] * (dm[j] - um[j])
-                cv[j] *= factor_c[j]
-                uv[j] *= factor_u[j]
-                m[j] = 0.0
-                v[j] = 1.0
-            for k in range(n_steps):
-                ab, beta, root_beta = abar[k], 1.0 - abar[k], sqrt_beta[k]
-                x_k, e_k, ea_k, nv_k = x_coef[k], eps_coef[k], eps_coef[k] * sqrt_abar[k], noise_var[k]
-                s_k, o_k = scale_slope[k], scale_offset[k]
-                for j in range(_BLOCK):
-                    w = s_k * w_peak[j] + o_k
-                    den_c = ab * cv[j] + beta
-                    den_u = ab * uv[j] + beta
-                    # One division for both branches' slopes b / (a^2 v + b^2).
-                    inv = root_beta / (den_c * den_u)
-                    slope_c = den_u * inv
-                    slope_u = den_c * inv
-                    gain = x_k + e_k * (slope_u + w * (slope_c - slope_u))
-                    shift = -ea_k * (um[j] * slope_u + w * (cm[j] * slope_c - um[j] * slope_u))
-                    m[j] = gain * m[j] + shift
-                    v[j] = gain * gain * v[j] + nv_k
-            for j in range(_BLOCK):
-                v[j] += mut[j]
-            for j in range(size):
-                out_mean[lo + j, t] = m[j]
-                out_var[lo + j, t] = v[j]
-            if workflow == 0:
-                for j in range(_BLOCK):
-                    gen_v = v[j] * shrink
-                    gap = m[j] - real_m[j]
-                    dv[j] = (1.0 - f[j]) * gen_v + f[j] * real_v[j] + f[j] * (1.0 - f[j]) * gap * gap
-                    dm[j] = (1.0 - f[j]) * m[j] + f[j] * real_m[j]
-            else:
-                _pool(t + 2, workflow == 1, shrink, inv_population, m, v, real_m, real_v, f, pool_m, pool_v,
-                      gen_sum, dm, dv)
-
-
-@njit(cache=True)
-def _pool(sets, accumulate, shrink, inv_population, m, v, real_m, real_v, f, pool_m, pool_v, gen_sum, dm, dv):
-    """Add the newest set (generated moments m, v mixed with real data) to the pool; write the next data set."""
-    rate = 1.0 / sets
-    drift = inv_population * rate * rate if accumulate else 0.0
-    scale = 1.0 if accumulate else shrink
-    for j in range(m.size):
-        gap = m[j] - real_m[j]
-        new_v = (1.0 - f[j]) * v[j] + f[j] * real_v[j] + f[j] * (1.0 - f[j]) * gap * gap
-        new_m = (1.0 - f[j]) * m[j] + f[j] * real_m[j]
-        spread = pool_m[j] - new_m
-        pool_v[j] = (1.0 - rate) * pool_v[j] + rate * new_v + rate * (1.0 - rate) * spread * spread
-        pool_m[j] = (1.0 - rate) * pool_m[j] + rate * new_m
-        gen_sum[j] += (1.0 - f[j]) * v[j]
-        dm[j] = pool_m[j]
-        dv[j] = pool_v[j] * scale - gen_sum[j] * drift
-
-
-@njit(cache=True)
-def _inherit_variances(cv, uv, dv, rho, rho_u, rho_v, rho_vu):
-    """Both branches' variances finetuned in place: in log space where rho_v is given, linearly where it is NaN."""
-    for j in range(cv.size):
-        if math.isnan(rho_v[j]):
-            cv[j] += rho[j] * (dv[j] - cv[j])
-            uv[j] += rho_u[j] * (dv[j] - uv[j])
-        else:
-            cv[j] = cv[j] ** (1.0 - rho_v[j]) * dv[j] ** rho_v[j]
-            uv[j] = uv[j] ** (1.0 - rho_vu[j]) * dv[j] ** rho_vu[j]
-
-
-@njit(inline="always")
-def _empty4():
-    return np.empty(_BLOCK), np.empty(_BLOCK), np.empty(_BLOCK), np.empty(_BLOCK)
-
-
-@njit(inline="always")
-def _at(values, i):
-    return values[0] if values.size == 1 else values[i]
+KERNEL_SAMPLERS = ("ddim", "ddpm")

@@ -44,6 +44,7 @@ import numpy as np
 from qtm.diffusion import BETA_SCHEDULES, TIMESTEP_SPACINGS, DiffusionConfig
 from qtm.errors import QTMError
 from qtm.gaussian import Moments
+from qtm.moments_kernels import sampler_kernel
 from qtm.params import PREDICTION_TYPES, SCHEDULER_PRESETS
 from qtm.schedules import CFGSchedule
 from qtm.validation import as_float_array, check_choice, check_int, check_nonnegative
@@ -130,6 +131,17 @@ class SchedulerConfig:
         if name == "sd3":
             return cls(prediction_type="flow", shift=3.0)
         return cls()
+
+    @classmethod
+    def for_sampler(cls, sampler: str) -> SchedulerConfig:
+        """The preset a sampler goes with by default: SD3's (flow matching) for ``flow-euler``, else SD v1.5's.
+
+        Examples
+        --------
+        >>> SchedulerConfig.for_sampler("flow-euler").prediction_type
+        'flow'
+        """
+        return cls.preset("sd3" if sampler == "flow-euler" else "sd15")
 
     @classmethod
     def parse(cls, spec) -> SchedulerConfig:
@@ -290,19 +302,10 @@ def solver_plan(sampler: str, steps: int = 50, *, scheduler: SchedulerConfig | s
 
 def _timesteps(config: SchedulerConfig, sampler: str, k: int) -> np.ndarray:
     """The (possibly fractional) timesteps of diffusers' Euler-type ``set_timesteps``."""
-    total = config.num_train_timesteps
-    spacing = config.spacing(sampler)
-    if spacing == "linspace":
-        return np.linspace(0, total - 1, k)[::-1]
-    if spacing == "leading":
-        grid = (np.arange(k) * (total // k)).round()[::-1] + config.steps_offset
-        if grid[0] >= total:
-            raise QTMError(
-                f"steps={k} with leading spacing and steps_offset={config.steps_offset} reaches timestep "
-                f"{grid[0]:g} >= num_train_timesteps ({total}); use fewer steps or trailing spacing"
-            )
-        return grid
-    return np.round(np.arange(total, 0, -total / k)) - 1
+    if config.spacing(sampler) == "linspace":
+        # Unlike DDIM's linspace grid, the Euler-type schedulers keep these timesteps fractional.
+        return np.linspace(0, config.num_train_timesteps - 1, k)[::-1]
+    return config.diffusion_config(sampler).timesteps(k).astype(float)
 
 
 def _dpm_timesteps(config: SchedulerConfig, k: int) -> np.ndarray:
@@ -312,8 +315,9 @@ def _dpm_timesteps(config: SchedulerConfig, k: int) -> np.ndarray:
     if spacing == "linspace":
         return np.linspace(0, total - 1, k + 1).round()[::-1][:-1]
     if spacing == "leading":
+        # Not DiffusionConfig's leading grid of K + 1 steps: diffusers does not check this one's range.
         return (np.arange(k + 1) * (total // (k + 1))).round()[::-1][:-1] + config.steps_offset
-    return np.round(np.arange(total, 0, -total / k)) - 1
+    return config.diffusion_config("dpm++2m").timesteps(k).astype(float)
 
 
 def _karras(sigma_min: float, sigma_max: float, k: int) -> np.ndarray:
@@ -387,12 +391,6 @@ def _flow_plan(config: SchedulerConfig, k: int) -> SolverPlan:
     return SolverPlan(1.0 - now, now, after / now, 1.0 - after / now, zeros, zeros, 1.0, sigmas)
 
 
-def _denoiser(alpha, noise, mean, var):
-    """Slope and intercept of ``E[x0 | alpha x0 + noise eps = x]`` for ``x0 ~ N(mean, var)``."""
-    slope = alpha * var / (alpha * alpha * var + noise * noise)
-    return slope, mean * (1.0 - alpha * slope)
-
-
 def solver_moments(
     cond_mean,
     cond_var,
@@ -433,60 +431,61 @@ def solver_moments(
     >>> out.var.round(3).tolist()
     [0.441, 0.003]
     """
-    cond_mean = as_float_array(cond_mean, "cond_mean")
-    uncond_mean = as_float_array(uncond_mean, "uncond_mean")
-    cond_var = check_nonnegative(cond_var, "cond_var")
-    uncond_var = check_nonnegative(uncond_var, "uncond_var")
+    model = check_model(cond_mean, cond_var, uncond_mean, uncond_var)
     cfg = as_float_array(cfg, "cfg")
     schedule = CFGSchedule.parse(schedule)
     plan = solver_plan(sampler, steps, scheduler=scheduler)
-    k_steps = len(plan.alpha)
+    return plan_moments(plan, *scale_table(schedule, cfg, plan.abar), *model)
+
+
+def check_model(cond_mean, cond_var, uncond_mean, uncond_var) -> tuple[np.ndarray, ...]:
+    """The two branches' moments as float arrays: finite means, non-negative variances."""
+    cond_mean = as_float_array(cond_mean, "cond_mean")
+    uncond_mean = as_float_array(uncond_mean, "uncond_mean")
+    return cond_mean, check_nonnegative(cond_var, "cond_var"), uncond_mean, check_nonnegative(uncond_var, "uncond_var")
+
+
+def scale_table(schedule: CFGSchedule, cfg: np.ndarray, alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The guidance scale of each distinct peak scale at each model evaluation, and the row of each entry of ``cfg``.
+
+    Returns
+    -------
+    table : numpy.ndarray of shape (distinct values, evaluations)
+    rows : numpy.ndarray of int, shape ``cfg.shape``
+    """
     values, inverse = np.unique(cfg, return_inverse=True)
-    table = schedule.scales(values, k_steps, alphas_cumprod=plan.abar)
-    shape = np.broadcast_shapes(cond_mean.shape, cond_var.shape, uncond_mean.shape, uncond_var.shape, cfg.shape)
-
-    def guided(k, alpha, noise):
-        w = table[0, k] if len(values) == 1 else table[inverse, k].reshape(cfg.shape)
-        slope_c, icpt_c = _denoiser(alpha, noise, cond_mean, cond_var)
-        slope_u, icpt_u = _denoiser(alpha, noise, uncond_mean, uncond_var)
-        return slope_u + w * (slope_c - slope_u), icpt_u + w * (icpt_c - icpt_u)
-
-    if plan.x_coef is None:
-        mean, var = np.zeros(shape), np.full(shape, plan.init_std**2)
-        for k in range(len(plan.sigmas) - 1):
-            # Step k's predictor is evaluation 2k, its corrector evaluation 2k + 1.
-            gain, shift = _heun_step(
-                plan.sigmas[k], plan.sigmas[k + 1], *guided(2 * k, 1.0, plan.sigmas[k]),
-                lambda sigma, j=2 * k + 1: guided(j, 1.0, sigma),
-            )
-            mean, var = gain * mean + shift, gain * gain * var
-        return Moments(np.asarray(mean), np.asarray(var))
-    # Joint moments of x and the previous guided output h = D_{k-1}.
-    mx, mh = np.zeros(shape), np.zeros(shape)
-    vxx, vxh, vhh = np.full(shape, plan.init_std**2), np.zeros(shape), np.zeros(shape)
-    for k in range(k_steps):
-        slope, icpt = guided(k, plan.alpha[k], plan.noise[k])
-        gain = plan.x_coef[k] + plan.d_coef[k] * slope
-        c = plan.prev_coef[k]
-        new_mx = gain * mx + c * mh + plan.d_coef[k] * icpt
-        new_vxx = gain * gain * vxx + 2.0 * gain * c * vxh + c * c * vhh + plan.noise_std[k] ** 2
-        vxh = slope * (gain * vxx + c * vxh)
-        vhh = slope * slope * vxx
-        mh = slope * mx + icpt
-        mx, vxx = new_mx, new_vxx
-    return Moments(np.asarray(mx), np.asarray(vxx))
+    return schedule.scales(values, len(alphas_cumprod), alphas_cumprod=alphas_cumprod), inverse.reshape(cfg.shape)
 
 
-def _heun_step(sigma, sigma_next, slope, icpt, guided_at):
-    """HeunDiscreteScheduler's step (Euler predictor, trapezoid corrector; Euler alone onto sigma 0) as gain, shift."""
-    dt = sigma_next - sigma
-    # Euler predictor: x_mid = x + dt (x - D1)/sigma.
-    gain_mid = 1.0 + dt * (1.0 - slope) / sigma
-    shift_mid = -dt * icpt / sigma
-    if sigma_next == 0:
-        return gain_mid, shift_mid
-    slope2, icpt2 = guided_at(sigma_next)
-    # x_next = x + dt/2 [(x - D1)/sigma + (x_mid - D2(x_mid))/sigma_next]
-    gain = 1.0 + 0.5 * dt * ((1.0 - slope) / sigma + (1.0 - slope2) * gain_mid / sigma_next)
-    shift = 0.5 * dt * (-icpt / sigma + ((1.0 - slope2) * shift_mid - icpt2) / sigma_next)
-    return gain, shift
+def plan_moments(plan: SolverPlan, table, rows, cond_mean, cond_var, uncond_mean, uncond_var) -> Moments:
+    """The law of one guided sampling along ``plan`` from the checked branch moments (:func:`check_model`).
+
+    ``table`` and ``rows`` are :func:`scale_table`'s for the plan's evaluations. The mean of ``x`` and of the
+    previous guided output ``D_{k-1}`` and their 2x2 covariance propagate exactly (Heun: one affine map per step),
+    in :func:`qtm.moments_kernels.sampler_kernel`.
+    """
+    shape = np.broadcast_shapes(cond_mean.shape, cond_var.shape, uncond_mean.shape, uncond_var.shape, rows.shape)
+    model = [_points(values, shape) for values in (cond_mean, cond_var, uncond_mean, uncond_var)]
+    size = math.prod(shape)
+    mean, var = np.empty(size), np.empty(size)
+    sampler_kernel(*model, _points(rows, shape, dtype=np.int64), np.ascontiguousarray(table.T), plan_arrays(plan),
+                   mean, var)
+    return Moments(mean.reshape(shape), var.reshape(shape))
+
+
+def plan_arrays(plan: SolverPlan) -> tuple:
+    """The plan as the kernels of :mod:`qtm.moments_kernels` take it (Heun: ``x_coef`` and ``d_coef`` empty)."""
+    empty = np.empty(0)
+    # Squared one step at a time, as the NumPy form of this map did, so that the results keep their last bits.
+    noise_var = np.array([std**2 for std in plan.noise_std])
+    heun = plan.x_coef is None
+    return (np.ascontiguousarray(plan.alpha), np.ascontiguousarray(plan.noise),
+            empty if heun else np.ascontiguousarray(plan.x_coef), empty if heun else np.ascontiguousarray(plan.d_coef),
+            np.ascontiguousarray(plan.prev_coef), noise_var, np.ascontiguousarray(plan.sigmas),
+            float(plan.init_std**2), heun)
+
+
+def _points(values: np.ndarray, shape: tuple, *, dtype=np.float64) -> np.ndarray:
+    """One value for all points, or one per point of ``shape`` (flat), as the kernels take them."""
+    flat = values.reshape(1) if values.size == 1 else np.broadcast_to(values, shape).reshape(-1)
+    return np.require(flat, dtype=dtype, requirements=["C", "W"])
