@@ -8,10 +8,12 @@ or table), or a dict, dataclass, tuple or list holding it, directly or one level
 receives that holds the value is followed from then on. A function is one stop however often it is called
 (``chain.seeds.image_seed`` once per image).
 
-Each stop has a floor: the command modules (``cli*``), the library of ``chain`` and ``validate``, and ``qtm``'s
-library (the ground). A *return* is a stop on a floor the route had already entered and left: a value checked at
-the edge and handed down should reach the engine in one pass, so a return means a lower floor re-checks or
-re-derives it (``chain`` calling back into ``qtm.validation``) or a library calls back up into a command module.
+Each stop has a place: the command modules (``cli*``), the parameter model's checks (``qtm.params``,
+``qtm.validation``), the library of ``chain`` and ``validate``, or the rest of ``qtm`` (the ground: files,
+provenance, random streams, the engines, which any floor above may use). A value is checked once, at the edge,
+and handed down, so a *return* is a stop that goes back: a check after the route has left its checks (a lower
+floor re-checking what the edge checked, as ``chain.seeds`` calling ``qtm.validation.check_int`` did), or a
+command module after the route has left the command floor (a library calling back up).
 
 Run: ``.venv/bin/python tools/parameter_route.py chain`` or ``... qtm`` (prints the stops, their floors and the
 counts; exits 1 when the route has more than ``--max-stops`` stops or any return).
@@ -51,9 +53,15 @@ def module_of(filename: str) -> str | None:
     return ".".join(parts) if parts and parts[0] in PACKAGES else None
 
 
+#: The parameter model: where values are checked (at the edge, once).
+CHECKS = ("qtm.params", "qtm.validation")
+
+
 def floor(module: str) -> str:
     if module.rsplit(".", 1)[-1].startswith("cli"):
         return "command"
+    if module in CHECKS:
+        return "checks"
     return "ground" if module.startswith("qtm.") else "library"
 
 
@@ -122,16 +130,15 @@ class Route:
         return None
 
     def returns(self) -> list[int]:
-        """Indices of the stops that enter a floor the route had entered and left before."""
-        left, current, found = set(), None, []
+        """Indices of the stops that go back to the checks or the command floor after the route left them."""
+        left, previous, found = set(), None, []
         for index, (module, _) in enumerate(self.stops):
             here = floor(module)
-            if here != current:
-                if here in left:
-                    found.append(index)
-                if current is not None:
-                    left.add(current)
-                current = here
+            if here in ("checks", "command") and here in left:
+                found.append(index)
+            if previous is not None and previous != here:
+                left.add(previous)
+            previous = here
         return found
 
 
