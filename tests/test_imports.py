@@ -123,8 +123,71 @@ def _cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
     return cycles
 
 
+def module_graph(root: Path = REPO) -> dict[str, set[str]]:
+    """Every module of the packages and the modules of the packages it imports, at any depth of its code.
+
+    ``from package import name`` is an edge to ``package.name`` when that is a module, else to ``package``.
+    """
+    graph = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            module = module_name(path, root)
+            targets = graph.setdefault(module, set())
+            for _, target, names in imports(path, module):
+                if target.split(".")[0] not in PACKAGES:
+                    continue
+                submodules = [f"{target}.{name}" for name in names if _is_module(root, f"{target}.{name}")]
+                targets.update(submodules)
+                if len(submodules) < len(names) or not names:
+                    targets.add(target)
+            targets.discard(module)
+    return graph
+
+
+def module_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or around a loop (Tarjan's strongly connected
+    components, each listed sorted)."""
+    order, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(module):
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        on_stack.add(module)
+        for target in sorted(graph.get(module, ())):
+            if target not in order:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], order[target])
+        if low[module] == order[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+                on_stack.discard(group[-1])
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return groups
+
+
 def test_the_floors_have_one_way_arrows():
     assert violations() == []
+
+
+def test_no_import_cycle_between_modules_even_inside_functions():
+    assert module_cycles(module_graph()) == []
+
+
+def test_a_function_level_cycle_is_caught(tmp_path):
+    (tmp_path / "chain").mkdir()
+    (tmp_path / "chain" / "__init__.py").write_text("")
+    (tmp_path / "chain" / "data.py").write_text("def load():\n    from chain import npm_data\n")
+    (tmp_path / "chain" / "npm_data.py").write_text("from chain.data import Dataset\n")
+    (tmp_path / "chain" / "runner.py").write_text("from chain import data\n")
+    assert module_cycles(module_graph(tmp_path)) == [["chain.data", "chain.npm_data"]]
 
 
 @pytest.mark.parametrize(
