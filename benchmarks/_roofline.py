@@ -20,17 +20,9 @@ import numpy as np
 from _kernel_vs_reference import timed
 from numba import njit, prange
 
-from qtm.particles.kernels import (
-    BATCH,
-    P_GEN,
-    P_MUTATION,
-    PARTICLE_SHIFT,
-    _block,
-    _fill_normals,
-    _level_coefficients,
-    _mixture_eps,
-    _resample_indices,
-)
+from qtm.particles.counter_rng import P_GEN, P_MUTATION, PARTICLE_SHIFT, _block, _fill_normals
+from qtm.particles.population import _resample_indices
+from qtm.particles.sampler_kernel import BATCH, _level_coefficients, _mixture_eps
 
 
 @njit(parallel=True, cache=True)

@@ -19,7 +19,8 @@ from scipy import stats
 
 from qtm.errors import QTMError
 from qtm.particles import ChainSetup, Finetune, Fitness, QGSetup, simulate_chain, simulate_qg
-from qtm.particles.kernels import _exp_nonpositive, _fill_normals, _resample_indices
+from qtm.particles.counter_rng import _fill_normals
+from qtm.particles.population import _exp_nonpositive, _resample_indices
 from qtm.particles.reference import _exp_nonpositive as _exp_nonpositive_reference
 from qtm.particles.reference import _normals
 from qtm.recursion import simulate_moments

@@ -16,8 +16,10 @@ import numpy as np
 
 from qtm.errors import QTMError
 from qtm.params import DATA_WORKFLOWS
-from qtm.particles import kernels, reference
+from qtm.particles import reference
 from qtm.particles.model import FITNESS_KINDS, ChainSetup, QGSetup
+from qtm.particles.qg_kernel import qg_kernel
+from qtm.particles.sampler_kernel import chain_kernel
 from qtm.random import replicate_seeds
 from qtm.validation import check_choice, check_int
 
@@ -69,7 +71,7 @@ def simulate_qg(setup: QGSetup, *, replicates: int, seed: int, replicate_offset:
     d = setup.dims
     shape = (len(keys), setup.generations, d)
     mean, var = np.empty(shape), np.empty(shape)
-    run = kernels.qg_kernel if kernel == "numba" else reference.qg_reference
+    run = qg_kernel if kernel == "numba" else reference.qg_reference
     with numba.parallel_chunksize(1):  # see simulate_chain
         run(keys, setup.population, setup.generations, setup.data_mean, setup.data_var,
             FITNESS_KINDS.index(fit.kind),  # the kernels' FIT_* codes
@@ -101,7 +103,7 @@ def simulate_chain(setup: ChainSetup, *, replicates: int, seed: int, replicate_o
     m, d = setup.data.modes, setup.data.dims
     shape = (len(keys), setup.iterations)
     mean, var, occupancy = np.empty((*shape, d)), np.empty((*shape, d)), np.empty((*shape, m))
-    run = kernels.chain_kernel if kernel == "numba" else reference.chain_reference
+    run = chain_kernel if kernel == "numba" else reference.chain_reference
     # Replicates are handed to the threads one at a time (not in equal blocks), so that a
     # thread slowed down on a shared machine does not hold the others up.
     with numba.parallel_chunksize(1):

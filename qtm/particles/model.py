@@ -10,7 +10,8 @@ import numpy as np
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
 from qtm.params import NETWORK_SAMPLERS, PARAMETERS, default_uncond_fidelity, effective_eta, uncond_share
-from qtm.particles.kernels import FINETUNE_TERMS, MAX_BLOCK, MAX_ITERATIONS
+from qtm.particles.counter_rng import MAX_BLOCK, MAX_ITERATIONS
+from qtm.particles.population import FINETUNE_TERMS
 from qtm.schedules import CFGSchedule
 from qtm.validation import as_float_array, check_choice, check_int, check_positive, check_unit_interval
 
@@ -140,7 +141,7 @@ class Finetune:
 
     @property
     def terms(self) -> np.ndarray:
-        """The kernels' ``finetune`` argument (:data:`qtm.particles.kernels.FINETUNE_TERMS`)."""
+        """The kernels' ``finetune`` argument (:data:`qtm.particles.population.FINETUNE_TERMS`)."""
         share = float(uncond_share(self.fidelity, self.rho_u))
         rho_v = math.nan if _is_missing(self.var_fidelity) else float(self.var_fidelity)
         mu = float(self.var_shift)

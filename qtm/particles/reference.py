@@ -1,18 +1,42 @@
 """Plain NumPy reference of the particle kernels, vectorised over replicates (and particles).
 
-Same algorithms, same counter-based random numbers and the same argument lists as
-:mod:`qtm.particles.kernels`, so the two agree draw for draw (up to the last bits of
-``exp``/``log`` and of sums, which NumPy's vectorised loops may round differently; the
-resampling weights use the kernels' own polynomial ``exp``). It
-serves the tests and is the speed baseline of the benchmarks.
+Same algorithms, same counter-based random numbers (the hash, counter layout and ziggurat tables of
+:mod:`qtm.particles.counter_rng`) and the same argument lists as the kernels (:mod:`qtm.particles.qg_kernel`,
+:mod:`qtm.particles.sampler_kernel`), so the two agree draw for draw (up to the last bits of ``exp``/``log``
+and of sums, which NumPy's vectorised loops may round differently; the resampling weights use the kernels'
+own polynomial ``exp``). It serves the tests and is the speed baseline of the benchmarks.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from qtm.particles.kernels import (
-    ATTEMPT_SHIFT,
+from qtm.particles.counter_rng import (
+    ONE_BITS,
+    P_ENV,
+    P_GEN,
+    P_INIT_LABEL,
+    P_INIT_TRAIT,
+    P_MULTINOMIAL,
+    P_MUTATION,
+    P_PROCESS,
+    P_REAL_LABEL,
+    P_REAL_TRAIT,
+    P_SUBSAMPLE,
+    P_SYSTEMATIC,
+    PARTICLE_SHIFT,
+    TWO_POW_M53,
+    ZIG_ATTEMPTS,
+    ZIG_EDGES,
+    ZIG_MASK,
+    ZIG_RATIO,
+    ZIG_RIGHT,
+    ZIG_TAIL_TRIES,
+    attempt,
+    block,
+    mix,
+)
+from qtm.particles.population import (
     EXP_C0,
     EXP_C1,
     EXP_C2,
@@ -35,61 +59,27 @@ from qtm.particles.kernels import (
     F_RHO_U,
     F_RHO_V,
     F_RHO_VU,
-    FIT_STABILIZING,
-    FIT_TILT,
-    FIT_TRUNCATION,
-    GAMMA,
-    ITERATION_SHIFT,
     LN2_HI,
     LN2_LO,
     LOG2E,
-    MIX1,
-    MIX2,
-    ONE_BITS,
-    P_ENV,
-    P_GEN,
-    P_INIT_LABEL,
-    P_INIT_TRAIT,
-    P_MULTINOMIAL,
-    P_MUTATION,
-    P_PROCESS,
-    P_REAL_LABEL,
-    P_REAL_TRAIT,
-    P_SUBSAMPLE,
-    P_SYSTEMATIC,
-    PARTICLE_SHIFT,
-    PURPOSE_SHIFT,
-    TWO_POW_M53,
     W_ACCUMULATE,
     W_REPLACE,
     W_SUBSAMPLE,
-    ZIG_ATTEMPTS,
-    ZIG_EDGES,
-    ZIG_MASK,
-    ZIG_RATIO,
-    ZIG_RIGHT,
-    ZIG_TAIL_TRIES,
 )
-
-
-def _block(iteration, purpose) -> np.uint64:
-    return np.uint64((iteration << ITERATION_SHIFT) | (purpose << PURPOSE_SHIFT))
+from qtm.particles.qg_kernel import (
+    FIT_STABILIZING,
+    FIT_TILT,
+    FIT_TRUNCATION,
+)
 
 
 def _mix(keys, counters):
     with np.errstate(over="ignore"):  # the hash relies on wrap-around arithmetic
-        z = keys + (counters + np.uint64(1)) * GAMMA
-        z = (z ^ (z >> np.uint64(30))) * MIX1
-        z = (z ^ (z >> np.uint64(27))) * MIX2
-    return z ^ (z >> np.uint64(31))
+        return mix(keys, counters)
 
 
 def _uniform(keys, counters):
     return (_mix(keys, counters) >> np.uint64(11)).astype(np.float64) * TWO_POW_M53
-
-
-def _attempt(a, s):
-    return np.uint64((4 * a + s) << ATTEMPT_SHIFT)
 
 
 def _normals(keys, base, start, stop):
@@ -105,20 +95,20 @@ def _normals(keys, base, start, stop):
     out = np.zeros(counters.shape)
     todo = np.arange(counters.size)
     for a in range(ZIG_ATTEMPTS):
-        h = _mix(keys[todo], counters[todo] + _attempt(a, 0))
+        h = _mix(keys[todo], counters[todo] + attempt(a, 0))
         layer = (h & ZIG_MASK).astype(np.intp)
         u = 2.0 * ((h >> np.uint64(12)) | ONE_BITS).view(np.float64) - 3.0
         fast = np.abs(u) < ZIG_RATIO[layer]
         out[todo[fast]] = u[fast] * ZIG_EDGES[layer[fast]]
         tail = ~fast & (layer == 0)
         if tail.any():
-            out[todo[tail]] = _tail(keys[todo[tail]], counters[todo[tail]] + _attempt(a, 2), u[tail])
+            out[todo[tail]] = _tail(keys[todo[tail]], counters[todo[tail]] + attempt(a, 2), u[tail])
         wedge = ~fast & (layer != 0)
         todo, layer, u = todo[wedge], layer[wedge], u[wedge]
         x = u * ZIG_EDGES[layer]
         f0 = np.exp(-0.5 * (ZIG_EDGES[layer] ** 2 - x * x))
         f1 = np.exp(-0.5 * (ZIG_EDGES[layer + 1] ** 2 - x * x))
-        accept = f1 + _uniform(keys[todo], counters[todo] + _attempt(a, 1)) * (f0 - f1) < 1.0
+        accept = f1 + _uniform(keys[todo], counters[todo] + attempt(a, 1)) * (f0 - f1) < 1.0
         out[todo[accept]] = x[accept]
         todo = todo[~accept]
         if todo.size == 0:
@@ -144,10 +134,10 @@ def _tail(keys, counters, u):
 def _draw_mixture(keys, iteration, p_label, p_trait, weights, means, variances, count):
     """``count`` draws per replicate from a diagonal Gaussian mixture: traits (R, count, d), labels."""
     m, d = means.shape
-    u = _uniform(keys[:, None], _block(iteration, p_label) + np.arange(count, dtype=np.uint64))
+    u = _uniform(keys[:, None], block(iteration, p_label) + np.arange(count, dtype=np.uint64))
     acc = np.cumsum(weights)[: m - 1]
     labels = (acc[None, None, :] <= u[..., None]).sum(axis=-1)
-    noise = _normals(keys, np.full(keys.shape, _block(iteration, p_trait)), 0, count * d)
+    noise = _normals(keys, np.full(keys.shape, block(iteration, p_trait)), 0, count * d)
     noise = noise.reshape(keys.shape[0], count, d)
     return means[labels] + np.sqrt(variances[labels]) * noise, labels
 
@@ -182,12 +172,12 @@ def _process_noise(keys, iteration, finetune, m, d):
     """The kernels' ``_process_noise`` for every replicate: (R, M, d), or 0 without process noise."""
     if not finetune[F_PROCESS] > 0.0:
         return 0.0
-    normals = _normals(keys, np.full(keys.shape, _block(iteration, P_PROCESS)), 0, m * d)
+    normals = _normals(keys, np.full(keys.shape, block(iteration, P_PROCESS)), 0, m * d)
     return finetune[F_PROCESS] * normals.reshape(keys.shape[0], m, d)
 
 
 def _exp_nonpositive(x):
-    """:func:`qtm.particles.kernels._exp_nonpositive`, operation for operation (without fused multiply-adds)."""
+    """:func:`qtm.particles.population._exp_nonpositive`, operation for operation (without fused multiply-adds)."""
     with np.errstate(invalid="ignore"):
         xc = np.minimum(np.where(x > EXP_FLOOR, x, EXP_FLOOR), 0.0)
         shifted = xc * LOG2E + EXP_SHIFTER
@@ -209,7 +199,7 @@ def _resample_indices(keys, iteration, log_w, systematic, children):
     total = cdf[:, -1:]
     index = np.empty((r, k), dtype=np.int64)
     if systematic:  # the kernel's offspring counts; child i descends from the parents whose count is <= i
-        shift = _uniform(keys, _block(iteration, P_SYSTEMATIC))
+        shift = _uniform(keys, block(iteration, P_SYSTEMATIC))
         with np.errstate(invalid="ignore"):
             counts = cdf[:, :-1] * (k / total) - shift[:, None]
             counts = np.ceil(np.minimum(np.where(counts > 0.0, counts, 0.0), k))
@@ -217,7 +207,7 @@ def _resample_indices(keys, iteration, log_w, systematic, children):
         for row in range(r):
             index[row] = np.searchsorted(counts[row], order, side="right")
         return index
-    counters = _block(iteration, P_MULTINOMIAL) + np.arange(k + 1, dtype=np.uint64)
+    counters = block(iteration, P_MULTINOMIAL) + np.arange(k + 1, dtype=np.uint64)
     spacings = np.cumsum(-np.log(1.0 - _uniform(keys[:, None], counters)), axis=1)
     positions = spacings[:, :k] * (total / spacings[:, k:])
     # One searchsorted per replicate keeps the comparisons exactly those of the kernel;
@@ -232,7 +222,7 @@ def _subsample(keys, iteration, pool, pool_labels, count):
     reps, size = pool.shape[:2]
     perm = np.broadcast_to(np.arange(size), (reps, size)).copy()
     rows = np.arange(reps)
-    base = _block(iteration, P_SUBSAMPLE)
+    base = block(iteration, P_SUBSAMPLE)
     for i in range(count):  # the shuffle is sequential; it runs over the replicates at once
         j = i + (_uniform(keys, base + np.uint64(i)) * (size - i)).astype(np.int64)
         perm[rows, i], perm[rows, j] = perm[rows, j], perm[rows, i].copy()
@@ -243,7 +233,7 @@ def _subsample(keys, iteration, pool, pool_labels, count):
 def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
                  finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
                  env_var, mutation_var, systematic, n_real, workflow, out_mean, out_var):
-    """NumPy version of :func:`qtm.particles.kernels.qg_kernel` (same arguments)."""
+    """NumPy version of :func:`qtm.particles.qg_kernel.qg_kernel` (same arguments)."""
     reps, d = keys.shape[0], data_mean.shape[0]
     one = np.ones(1)
     g, labels = _draw_mixture(keys, 0, P_INIT_LABEL, P_INIT_TRAIT, one, data_mean[None], data_var[None], n)
@@ -257,7 +247,7 @@ def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omeg
         parents = g.shape[1]
         z = g
         if np.any(env_var > 0):
-            noise = _normals(keys, np.full(reps, _block(t, P_ENV)), 0, parents * d).reshape(reps, parents, d)
+            noise = _normals(keys, np.full(reps, block(t, P_ENV)), 0, parents * d).reshape(reps, parents, d)
             z = g + np.sqrt(env_var) * noise
         if fitness == FIT_STABILIZING:
             log_w = ((z - theta) ** 2 * (-0.5 / omega2)).sum(axis=2)
@@ -278,7 +268,7 @@ def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omeg
         index = _resample_indices(keys, t, log_w, systematic, n)
         g = np.take_along_axis(g, index[..., None], axis=1)
         if np.any(mutation_var > 0):
-            noise = _normals(keys, np.full(reps, _block(t, P_MUTATION)), 0, n * d).reshape(reps, n, d)
+            noise = _normals(keys, np.full(reps, block(t, P_MUTATION)), 0, n * d).reshape(reps, n, d)
             g = g + np.sqrt(mutation_var) * noise
         out_mean[:, t] = g.mean(axis=1)
         out_var[:, t] = ((g - out_mean[:, t][:, None]) ** 2).mean(axis=1)
@@ -316,7 +306,7 @@ def _mixture_eps(x, am, inv_s, log_norm, b_level):
 def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
                     base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
                     workflow, out_mean, out_var, out_occupancy):
-    """NumPy version of :func:`qtm.particles.kernels.chain_kernel` (same arguments)."""
+    """NumPy version of :func:`qtm.particles.sampler_kernel.chain_kernel` (same arguments)."""
     reps = keys.shape[0]
     m, d = data_m.shape
     k_steps = abar_t.shape[0]
@@ -339,7 +329,7 @@ def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_c
             train, train_labels = x, labels
         c_model, u_model = _finetune(train, train_labels, c_prior, u_prior, finetune,
                                      _process_noise(keys, t, finetune, m, d))
-        base = np.broadcast_to(_block(t, P_GEN) + particle_base, (reps, n))
+        base = np.broadcast_to(block(t, P_GEN) + particle_base, (reps, n))
         xi = _normals(particle_keys, base, 0, d)
         for k in range(k_steps):
             eps_c = _mixture_eps(xi, *_level_coefficients(*c_model, a_t[k], b_t[k]), b_t[k])
