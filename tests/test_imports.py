@@ -181,6 +181,16 @@ def test_no_import_cycle_between_modules_even_inside_functions():
     assert module_cycles(module_graph()) == []
 
 
+#: One concept per module: a library module longer than this holds several and is split along them.
+MAX_MODULE_LINES = 500
+
+
+def test_no_library_module_holds_more_than_500_lines():
+    long = {str(path.relative_to(REPO)): lines for package in PACKAGES for path in (REPO / package).rglob("*.py")
+            if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
+
+
 def test_a_function_level_cycle_is_caught(tmp_path):
     (tmp_path / "chain").mkdir()
     (tmp_path / "chain" / "__init__.py").write_text("")
