@@ -1,23 +1,44 @@
 """Cost of each sampler in the moments engine, per grid point and iteration (issue 11).
 
 Times :func:`qtm.recursion.simulate_moments` for every sampler of :data:`qtm.params.SAMPLERS`
-on one grid (CFG x condition drop x fidelity, the reference model, SD v1.5's scheduler; SD3's for
-flow-matching Euler) and
-prints nanoseconds per point-iteration and the ratio to ``ddim`` (the fused Numba kernel)
-measured in the same run. ``ddim`` and ``ddpm`` run through the kernel; every other
-sampler through the :mod:`qtm.gaussian` operators and its exact map (:mod:`qtm.solvers`,
-:mod:`qtm.continuous`), vectorised over the grid. Each sampler is run once untimed (Numba
-compiles, caches fill), then the best of ``--repeats`` runs is taken. The load average is
-printed before and after: on a shared machine the ratios are the figure to read.
+on one grid (CFG x condition drop x fidelity, the reference model, each sampler's scheduler by
+:meth:`qtm.solvers.SchedulerConfig.for_sampler`) and prints nanoseconds per point-iteration and the
+ratio to ``ddim`` measured in the same run. ``ddim`` and ``ddpm`` run through the fused Numba kernel
+of the DDIM recursion, diffusers' other solvers through the fused kernel of theirs
+(:mod:`qtm.moments_kernels`), the tilt and the ODE/SDE limits through the :mod:`qtm.gaussian`
+operators, vectorised over the grid. Each sampler is run once untimed (Numba compiles, caches fill),
+then the best of ``--repeats`` runs is taken. A second figure times 10^6 points x 20 iterations with
+DPM++ 2M against DDIM in the same run (``--large-points 0`` skips it). The load average is printed
+before and after: on a shared machine the ratios are the figure to read.
 
 Run: ``.venv/bin/python benchmarks/solver_costs.py [--points 10000] [--iterations 5] [--steps 50]``.
 
-Measured on 2026-12-02 (2 shared x86-64 cores, load average 4.0 before and after; the output is in
-``benchmarks/results/solver_costs_2026-12-02_*.txt``), 10,648 points x 5 iterations, 50 steps, ns per
-point-iteration (x ddim): ddim 221 (1.00), ddpm 225 (1.02), euler 1250 (5.7), euler-a 1192 (5.4),
-dpm++2m 1182 (5.4), dpm++1s 1403 (6.4), heun 2354 (10.7; two model evaluations per step), flow-euler
-1448 (6.6), ode 537 (2.4), sde 153 (0.69), tilt 237 (1.07). The new solvers cost 5 to 11 times the
-fused DDIM kernel: 10^6 points x 20 iterations would take about 25 s (euler) to 47 s (heun) here.
+Measured on 2026-12-03 (2 shared x86-64 cores, other agents running, load average 4.6 before and after
+both runs), 10,648 points x 5 iterations, 50 steps, ns per point-iteration (x ddim), ea2d7ed (each
+iteration rebuilt the solver plan and scale table and stepped with NumPy over the grid) then this
+code, back to back:
+
+==========  ===============  ==============
+sampler     ea2d7ed          now
+==========  ===============  ==============
+ddim        318 (1.00)       185 (1.00)
+ddpm        334 (1.05)       225 (1.22)
+euler       2073 (6.53)      259 (1.40)
+euler-a     1773 (5.58)      174 (0.94)
+dpm++2m     1453 (4.58)      314 (1.70)
+dpm++1s     1284 (4.04)      250 (1.36)
+heun        2168 (6.83)      375 (2.03)
+flow-euler  1609 (5.07)      376 (2.04)
+ode         509 (1.60)       417 (2.26)
+sde         296 (0.93)       206 (1.12)
+tilt        174 (0.55)       99 (0.54)
+==========  ===============  ==============
+
+10^6 points x 20 iterations, DPM++ 2M: 3.55 s (DDIM 2.34 s in the same run, 1.52 x). On this loaded
+machine the figures move by up to a factor 1.5 from run to run (an earlier pair: heun 1.59, flow-euler
+2.08, dpm++2m 1.74 x ddim); single-threaded CPU time, which the load does not move, gave euler 1.7,
+dpm++2m 1.7 and heun 2.0 x ddim. ``ode`` evaluates a hypergeometric function per point and iteration
+(:mod:`qtm.continuous`), which no kernel fuses.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The guided-sampler chain of the particle simulator, compiled with Numba: refit, then K DDIM steps per particle.
 
-Kernels write into preallocated output arrays (replicate first) and loop over
-replicates with ``prange``; the per-replicate work is sequential and allocates its work
-buffers once per replicate.
+Its layout is the qg loop's (:mod:`qtm.particles.qg_kernel`): replicates in parallel, each one's iterations
+sequential, in particle batches whose denoiser loops vectorise.
 """
 
 from __future__ import annotations
