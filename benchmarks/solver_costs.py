@@ -13,7 +13,7 @@ before and after: on a shared machine the ratios are the figure to read.
 
 Run: ``.venv/bin/python benchmarks/solver_costs.py [--points 10000] [--iterations 5] [--steps 50]``.
 
-Measured on 2026-12-03 (2 shared x86-64 cores, other agents running, load average 4.6 before and after
+Measured on 2026-12-06 (2 shared x86-64 cores, other agents running, load average 4.6 before and after
 both runs), 10,648 points x 5 iterations, 50 steps, ns per point-iteration (x ddim), ea2d7ed (each
 iteration rebuilt the solver plan and scale table and stepped with NumPy over the grid) then this
 code, back to back:
