@@ -45,7 +45,9 @@ ROUNDING = 1e-9
 
 def run_validate(src: Path, runs: list[str], extra: list[str], report: Path) -> tuple[float, float]:
     """Wall and CPU seconds of one ``chain validate`` with the packages of ``src``."""
-    command = [sys.executable, "-c", "from chain.cli import main; main()", "validate", *runs,
+    # The command modules moved from chain/ to commands/ after ea2d7ed; each tree is run through its own.
+    program = "commands.chain_program" if (src / "commands" / "chain_program.py").exists() else "chain.cli"
+    command = [sys.executable, "-c", f"from {program} import main; main()", "validate", *runs,
                "--embedder", "stats", *extra, "--report", str(report)]
     env = {**os.environ, "PYTHONPATH": str(src)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
