@@ -26,11 +26,12 @@ from qtm.random import check_random_state
 from validate.errors import ValidateError
 
 
-def frechet_distance(mean1, cov1, mean2, cov2) -> float:
+def frechet_distance(mean1, cov1, mean2, cov2):
     """Fréchet distance between N(mean1, cov1) and N(mean2, cov2) (FID's formula).
 
     ``|m1 - m2|² + tr(C1) + tr(C2) - 2 tr((C1^½ C2 C1^½)^½)``, computed through
-    symmetric eigendecompositions, which stay real for singular covariances.
+    symmetric eigendecompositions, which stay real for singular covariances. A float; with
+    a stack of first Gaussians (``mean1`` (b, d), ``cov1`` (b, d, d)), an array (b,).
 
     Examples
     --------
@@ -43,15 +44,19 @@ def frechet_distance(mean1, cov1, mean2, cov2) -> float:
     )
     cov1, cov2 = np.atleast_2d(np.asarray(cov1, dtype=float)), np.atleast_2d(np.asarray(cov2, dtype=float))
     values, vectors = np.linalg.eigh(cov1)
-    root1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    root1 = (vectors * np.sqrt(np.clip(values, 0, None))[..., None, :]) @ np.swapaxes(vectors, -1, -2)
     middle = np.linalg.eigvalsh(root1 @ cov2 @ root1)
-    cross = np.sqrt(np.clip(middle, 0, None)).sum()
-    distance = np.sum((mean1 - mean2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * cross
-    # Rounding can leave identical populations a hair below zero; the distance itself is >= 0.
-    return float(max(distance, 0.0))
+    cross = np.sqrt(np.clip(middle, 0, None)).sum(axis=-1)
+    distance = (
+        np.sum((mean1 - mean2) ** 2, axis=-1)
+        + np.trace(cov1, axis1=-2, axis2=-1)
+        + np.trace(cov2, axis1=-2, axis2=-1)
+        - 2.0 * cross
+    )
+    return _at_least_zero(distance)
 
 
-def frechet_distance_samples(x, y) -> float:
+def frechet_distance_samples(x, y):
     """The Fréchet distance between the Gaussians fitted to samples ``x`` (n1, d) and ``y`` (n2, d).
 
     The same number as :func:`frechet_distance` on their means and (unbiased)
@@ -60,7 +65,8 @@ def frechet_distance_samples(x, y) -> float:
     ``A Bᵀ / sqrt((n1-1)(n2-1))``, so ``tr((C1^½ C2 C1^½)^½)`` is the sum of those
     singular values. Costs O(n1 n2 d) instead of O(d³), which matters for
     1280-d features and a bootstrap; with fewer features than samples the
-    covariance route is taken instead.
+    covariance route is taken instead. A float; for a stack ``x`` (b, n1, d) of
+    samples (a bootstrap's), an array (b,) computed in one go.
 
     Examples
     --------
@@ -71,24 +77,37 @@ def frechet_distance_samples(x, y) -> float:
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    if x.shape[1] <= min(len(x), len(y)):  # few features: the d x d route is the cheaper one
-        return frechet_distance(x.mean(axis=0), np.cov(x, rowvar=False), y.mean(axis=0), np.cov(y, rowvar=False))
-    a = x - x.mean(axis=0)
+    n, d = x.shape[-2:]
+    mean = x.mean(axis=-2)
+    a = x - mean[..., None, :]
+    if d <= min(n, len(y)):  # few features: the d x d route is the cheaper one
+        # The covariance as np.cov computes it, for every sample of the stack at once.
+        cov = np.swapaxes(a, -1, -2) @ a
+        cov *= np.true_divide(1, n - 1)
+        return frechet_distance(mean, cov, y.mean(axis=0), np.cov(y, rowvar=False))
     b = y - y.mean(axis=0)
-    scale = np.sqrt((len(x) - 1) * (len(y) - 1))
-    cross = np.linalg.svd(a @ b.T, compute_uv=False).sum() / scale
+    scale = np.sqrt((n - 1) * (len(y) - 1))
+    cross = np.linalg.svd(a @ b.T, compute_uv=False).sum(axis=-1) / scale
     distance = (
-        np.sum((x.mean(axis=0) - y.mean(axis=0)) ** 2)
-        + np.sum(a**2) / (len(x) - 1)
+        np.sum((mean - y.mean(axis=0)) ** 2, axis=-1)
+        + np.sum(a**2, axis=(-2, -1)) / (n - 1)
         + np.sum(b**2) / (len(y) - 1)
         - 2.0 * cross
     )
+    return _at_least_zero(distance)
+
+
+def _at_least_zero(distance):
+    """A distance (float) or a stack of them (array), each at least 0."""
     # Rounding can leave identical populations a hair below zero; the distance itself is >= 0.
-    return float(max(distance, 0.0))
+    distance = np.maximum(distance, 0.0)
+    return float(distance) if distance.ndim == 0 else distance
 
 
 def excess_kurtosis(values) -> np.ndarray:
     """Excess kurtosis per column, ``m4 / m2² - 3`` with central sample moments (0 for a Gaussian, NaN if constant).
+
+    ``values`` is (n, k), or a stack (..., n, k) of samples.
 
     Examples
     --------
@@ -96,10 +115,11 @@ def excess_kurtosis(values) -> np.ndarray:
     [-2.0]
     """
     x = np.asarray(values, dtype=float)
-    x = x - x.mean(axis=0)
-    m2 = (x**2).mean(axis=0)
+    # Over the second-to-last axis, so that a stack of samples (b, n, k) gives (b, k).
+    x = x - x.mean(axis=-2, keepdims=True)
+    m2 = (x**2).mean(axis=-2)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (x**4).mean(axis=0) / m2**2 - 3.0
+        return (x**4).mean(axis=-2) / m2**2 - 3.0
 
 
 def population_statistics(projected, standardised, alignment, reference_standardised) -> dict:
@@ -167,16 +187,20 @@ def bootstrap_statistics(
     alignment = np.asarray(alignment, dtype=float)
     n, k = projected.shape
     point = population_statistics(projected, standardised, alignment, reference_standardised)
-    samples = {"mean": [], "var": [], "kurtosis": [], "total_var": [], "alignment": [], "frechet": []}
-    for _ in range(n_boot):
-        pick = rng.integers(0, n, size=n)
-        samples["mean"].append(projected[pick].mean(axis=0))
-        samples["var"].append(projected[pick].var(axis=0, ddof=1))
-        samples["kurtosis"].append(excess_kurtosis(projected[pick]))
-        samples["total_var"].append(standardised[pick].var(axis=0, ddof=1).sum())
-        chosen = alignment[pick]
-        samples["alignment"].append(np.nanmean(chosen) if np.isfinite(chosen).any() else np.nan)
-        samples["frechet"].append(frechet_distance_samples(standardised[pick], reference_standardised))
+    # One draw per resample, as they have always been drawn; the statistics of all resamples then go as one stack.
+    picks = np.array([rng.integers(0, n, size=n) for _ in range(n_boot)], dtype=np.intp).reshape(n_boot, n)
+    resampled, chosen = projected[picks], alignment[picks]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # resamples without any alignment: NaN
+        alignments = np.where(np.isfinite(chosen).any(axis=1), np.nanmean(chosen, axis=1), np.nan)
+    samples = {
+        "mean": resampled.mean(axis=1),
+        "var": resampled.var(axis=1, ddof=1),
+        "kurtosis": excess_kurtosis(resampled),
+        "total_var": standardised[picks].var(axis=1, ddof=1).sum(axis=1),
+        "alignment": alignments,
+        "frechet": frechet_distance_samples(standardised[picks], reference_standardised),
+    }
     tail = 100 * (1 - level) / 2
     rows = []
 
@@ -208,7 +232,7 @@ def bootstrap_statistics(
             for a in range(k)
         ]
     for name in ("total_var", "alignment", "frechet"):
-        low, high = interval(samples[name]) if samples[name] else (np.nan, np.nan)
+        low, high = interval(samples[name]) if n_boot else (np.nan, np.nan)
         rows.append(
             {
                 "statistic": name,
