@@ -112,8 +112,8 @@ EOF
     # `chain run` also imports typer, rich, pandas, pyarrow and scipy (validate); skip it where they are missing.
     if [ $((BUDGET - SECONDS)) -lt 45 ]; then
         echo "skipped: $((BUDGET - SECONDS)) s left of the ${BUDGET} s budget"
-    elif ! cli_error="$(timeout 30 "$PY" -c "import chain.cli" 2>&1)"; then
-        echo "skipped: chain.cli does not import here ($(echo "$cli_error" | tail -n 1))"
+    elif ! cli_error="$(timeout 30 "$PY" -c "import commands.chain_program" 2>&1)"; then
+        echo "skipped: commands.chain_program does not import here ($(echo "$cli_error" | tail -n 1))"
     elif [ -f "$WORK/sd15_random/model_index.json" ]; then
         timeout 30 "$PY" - "$WORK/smoke_data" "$SMOKE_RES" <<'EOF'
 import json, sys
@@ -129,7 +129,7 @@ with open(folder / "metadata.jsonl", "w") as meta:
         meta.write(json.dumps({"file_name": f"{i}.png", "caption": f"object {i}"}) + "\n")
 EOF
         rm -rf "$WORK/smoke_run"
-        timeout -k 5 "$(limit 120 5)" "$PY" -m chain.cli run "$WORK/smoke_run" --backend sd --model "$WORK/sd15_random" \
+        timeout -k 5 "$(limit 120 5)" "$PY" -m commands.chain_program run "$WORK/smoke_run" --backend sd --model "$WORK/sd15_random" \
             --data "$WORK/smoke_data" --iterations 2 --resolution "$SMOKE_RES" --steps 20 --train-steps 10 \
             --batch-size 4 --cfg 7.5 --schedule cosine --seed 0 2>&1 | tail -n 30
         echo "chain run exit status: ${PIPESTATUS[0]}"

@@ -1,4 +1,4 @@
-"""Errors of the chain runner; the command line prints them as one line (see qtm.cli_common)."""
+"""Errors of the chain runner; the command line prints them as one line (see commands.common)."""
 
 from qtm.errors import QTMError
 

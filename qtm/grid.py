@@ -264,3 +264,29 @@ def _flag(name: str) -> str:
 
 def _text(spec) -> str:
     return spec if isinstance(spec, str) else repr(spec)
+
+
+def single_value(parameter: Parameter, spec, *, too_many: str | None = None):
+    """The one value an option given as text holds, checked by its parameter (None when not given).
+
+    ``too_many`` is the error when the text holds a list; by default ``"--flag takes one value, got N"``.
+
+    Examples
+    --------
+    >>> from qtm.params import PARAMETERS
+    >>> single_value(PARAMETERS["steps"], "25"), single_value(PARAMETERS["cfg"], "7.5")
+    (25, 7.5)
+    """
+    if spec is None:
+        return None
+    p = parameter
+    if p.kind == "flag":
+        return p.check(spec, label=p.flag)
+    if p.kind == "text":
+        values = parse_strings(spec, name=p.name)
+    else:
+        values = parse_numbers(spec, name=p.name, integer=p.kind == "int")
+    if len(values) != 1:
+        raise QTMError((too_many or "{flag} takes one value, got {count}").format(flag=p.flag, count=len(values)))
+    value = p.check(values[0], label=p.flag)
+    return float(value) if p.kind == "float" else value

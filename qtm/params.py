@@ -350,7 +350,7 @@ BACKEND_DEFAULTS = {
 RUN_DEFAULTS = {"iterations": 5}
 
 #: What ``qtm simulate`` sweeps when given no grid: CFG 1, 3, 7.5 x plain or each ReDiFine part, for
-#: the reference setup (finetuning from the base model with fidelity 0.5). See :mod:`qtm.cli_simulate`.
+#: the reference setup (finetuning from the base model with fidelity 0.5). See :mod:`commands.qtm_simulate`.
 DEFAULT_SWEEP = {"cfg": "1,3,7.5", "schedule": "constant,cosine", "drop": "0,0.2", "fidelity": "0.5"}
 
 #: Every parameter, of the theory and of the real chain, by name.

@@ -135,7 +135,8 @@ def test_without_datasets_installed_says_how_to_install(tmp_path, monkeypatch):
 def test_cli_offline_hub_name_is_one_line_exit_2(tmp_path):
     """Offline, a Hub name outside the cache is refused before the run directory is made."""
     result = subprocess.run(
-        [sys.executable, "-m", "chain.cli", "run", str(tmp_path / "run"), "--data", "hf:nobody/no-such-set"],
+        [sys.executable, "-m", "commands.chain_program", "run", str(tmp_path / "run"),
+         "--data", "hf:nobody/no-such-set"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -165,7 +165,7 @@ def test_a_foreign_directory_is_not_taken_over(tmp_path):
 
 def chain_cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "chain.cli", "run", *map(str, args)],
+        [sys.executable, "-m", "commands.chain_program", "run", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -147,7 +147,7 @@ CLI_ARGS = ("--data", "digits:60", "--iterations", "3", "--train-steps", "12", "
 
 
 def chain_run(run_dir, *extra, env=None, wait=True):
-    command = [sys.executable, "-m", "chain.cli", "run", str(run_dir), *CLI_ARGS, *extra]
+    command = [sys.executable, "-m", "commands.chain_program", "run", str(run_dir), *CLI_ARGS, *extra]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, **(env or {})})
     if wait:
@@ -226,7 +226,7 @@ def test_resume_refuses_other_parameters_and_a_full_disk_is_one_line(tiny_cache,
         "    if str(dst).endswith('.png'): raise OSError(errno.ENOSPC, 'No space left on device')\n"
         "    return real(src, dst, *a, **k)\n"
         "os.replace = full\n"
-        "from chain.cli import main; sys.argv[0] = 'chain'; main()\n"
+        "from commands.chain_program import main; sys.argv[0] = 'chain'; main()\n"
     )
     command = [sys.executable, "-c", inject, "run", str(run_dir), *CLI_ARGS, "--iterations", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)

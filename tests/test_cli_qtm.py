@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qtm import cli
+from commands import qtm_program as cli
 from qtm.io import read_provenance
 from qtm.recursion import simulate_moments
 from qtm.sampler_map import guided_moments
@@ -151,7 +151,7 @@ def test_real_exit_status_and_no_traceback(tmp_path):
     """The console script as a user runs it (a subprocess): exit 2, one line, no traceback, no file."""
     out = tmp_path / "x.parquet"
     done = subprocess.run(
-        [sys.executable, "-m", "qtm.cli", "simulate", "--fidelity", "1.5", "--out", str(out)],
+        [sys.executable, "-m", "commands.qtm_program", "simulate", "--fidelity", "1.5", "--out", str(out)],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 2

@@ -1,4 +1,4 @@
-"""Both programs' one error path (qtm.cli_common.run_app): one line on stderr and a documented exit status.
+"""Both programs' one error path (commands.common.run_app): one line on stderr and a documented exit status.
 
 Exit statuses (docs/errors.md): 2 usage error or bad input, 1 the command ran but failed (or a bug),
 130 interrupted. No error a user can cause shows a traceback; ``QTM_DEBUG=1`` shows it.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qtm import cli
+from commands import qtm_program as cli
 
 BIN = Path(sys.executable).parent
 USAGE_ERRORS = {
@@ -65,7 +65,7 @@ CHAIN_USAGE_ERRORS = {
 
 @pytest.mark.parametrize("args", CHAIN_USAGE_ERRORS.values(), ids=CHAIN_USAGE_ERRORS.keys())
 def test_chain_usage_errors_exit_2_without_traceback(monkeypatch, capsys, tmp_path, args):
-    from chain import cli as chain_cli
+    from commands import chain_program as chain_cli
 
     monkeypatch.chdir(tmp_path)  # "x" must never become a run directory of the repository
     status, _, stderr = run_main(monkeypatch, capsys, chain_cli.main, "chain", *args)
@@ -94,7 +94,7 @@ def test_installed_programs_report_usage_errors_with_exit_2(tmp_path, program, a
 
 
 def test_bad_input_exits_2_and_a_failure_exits_1(monkeypatch, capsys):
-    from qtm.cli_common import exit_status
+    from commands.common import exit_status
     from qtm.errors import FailureError, QTMError
 
     assert exit_status(QTMError("--cfg must be >= 0, got -1"), "qtm") == 2

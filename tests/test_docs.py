@@ -97,8 +97,8 @@ def test_cli_reference_is_in_sync_with_the_apps():
 def test_cli_reference_covers_every_command():
     import typer
 
-    from chain.cli import app as chain_app
-    from qtm.cli import app as qtm_app
+    from commands.chain_program import app as chain_app
+    from commands.qtm_program import app as qtm_app
 
     text = (REPO / "docs" / "cli.md").read_text()
     for prog, app in (("qtm", qtm_app), ("chain", chain_app)):
@@ -161,7 +161,7 @@ def _parse_only(command: Command) -> None:
     """Let the program's own parser read a marked qtm/chain command without running it."""
     import typer
 
-    module = {"qtm": "qtm.cli", "chain": "chain.cli"}[command.argv[0]]
+    module = {"qtm": "commands.qtm_program", "chain": "commands.chain_program"}[command.argv[0]]
     group = typer.main.get_command(importlib.import_module(module).app)
     name, *args = command.argv[1:]
     assert name in group.commands, f"README line {command.line}: {command.argv[0]} has no command {name!r}"

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_cli_usage import error_lines, run_main
 
-from qtm import cli as qtm_cli
+from commands import qtm_program as qtm_cli
 from qtm.errors import QTMError, RunDirectoryError
 from qtm.grid import load_config, parse_axes, parse_numbers, parse_strings
 from qtm.io import read_provenance, write_table
@@ -48,9 +48,9 @@ from validate.pipeline import read_runs, validate_runs
 
 torch = pytest.importorskip("torch")
 
-from chain import cli as chain_cli  # noqa: E402
 from chain.rundir import LOCK_FILE, RunDirectory  # noqa: E402
 from chain.runner import Reporter, RunParameters, run_chain  # noqa: E402
+from commands import chain_program as chain_cli  # noqa: E402
 
 # Hypothesis caches what it learns in a folder; keep it out of the repository.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "qtm-hypothesis"))
@@ -711,7 +711,7 @@ def test_fuzz_qtm_simulate(tmp_path_factory, argv):
 @given(argv=fuzz_argv("run"))
 def test_fuzz_chain_run(tmp_path_factory, monkeypatch, argv):
     folder = tmp_path_factory.mktemp("chain")
-    from chain import cli_run
+    from commands import chain_run as cli_run
 
     # Everything up to the work: the options checked as run_chain checks them, nothing run.
     monkeypatch.setattr(cli_run, "run_chain", lambda run_dir, parameters, reporter: [parameters.resolve()])

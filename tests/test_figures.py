@@ -9,7 +9,7 @@ import matplotlib
 import pytest
 from typer.testing import CliRunner
 
-from qtm.cli import app
+from commands.qtm_program import app
 from qtm.errors import QTMError
 from qtm.figures import FIGURES, index_markdown, make_figures
 
@@ -111,7 +111,7 @@ def test_cli_lists_and_draws(tmp_path):
 
 def test_cli_bad_figure_is_one_line(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-c", "from qtm.cli import main; main()", "figures", "--out", str(tmp_path / "o"),
+        [sys.executable, "-c", "from commands.qtm_program import main; main()", "figures", "--out", str(tmp_path / "o"),
          "--only", "nope"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip

@@ -1,8 +1,10 @@
 """The floors of the code base, with one-way arrows, read from the source (every import, also inside functions).
 
 ``qtm`` is the ground (numpy, scipy, numba: never torch); ``chain`` and ``validate`` stand on it side by side and
-never import each other; the command-line modules (``*/cli*.py``) stand on all three, and nothing below imports
-them. A package never imports another package's private modules or names. Deterministic: no false failures.
+never import each other; the command modules of both programs (the ``commands`` folder) stand on all three, and
+nothing below imports them; the ``qtm`` program's commands need neither ``chain`` nor ``validate``. A package never
+imports another package's private modules or names, and no two modules import each other, directly or around a
+loop. Deterministic: no false failures.
 """
 
 import ast
@@ -12,11 +14,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("qtm", "chain", "validate")
+PACKAGES = ("qtm", "chain", "validate", "commands")
 #: Libraries the ground floor must not need (they come with the chain extra).
 HEAVY = ("torch", "diffusers", "transformers", "open_clip", "peft", "accelerate")
 #: A string that names a module of an upper floor, e.g. one handed to ``python -m`` or importlib.
-UPPER_MODULE_NAME = re.compile(r"^(chain|validate)(\.[A-Za-z_]\w*)+$")
+UPPER_MODULE_NAME = re.compile(r"^(chain|validate|commands)(\.[A-Za-z_]\w*)+$")
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -25,12 +27,17 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def is_cli(module: str) -> bool:
-    return module.split(".")[-1].startswith("cli")
+    return module.split(".")[0] == "commands"
 
 
 def floor(module: str) -> str:
-    """The floor of a module of the three packages: qtm, chain, validate, or cli."""
+    """The floor of a module: qtm, chain, validate, or cli (the command floor)."""
     return "cli" if is_cli(module) else module.split(".")[0]
+
+
+def serves_qtm_program(module: str) -> bool:
+    """A module the ``qtm`` program loads: its commands and the command floor's shared modules."""
+    return is_cli(module) and not module.startswith(("commands.chain_",))
 
 
 def imports(path: Path, module: str) -> list[tuple[int, str, list[str]]]:
@@ -60,7 +67,7 @@ def string_constants(path: Path) -> list[tuple[int, str]]:
 
 
 def violations(root: Path = REPO) -> list[str]:
-    """Every import (or module-name string) of the three packages under ``root`` that breaks the floors."""
+    """Every import (or module-name string) of the packages under ``root`` that breaks the floors."""
     found = []
     edges = set()
     for package in PACKAGES:
@@ -70,8 +77,10 @@ def violations(root: Path = REPO) -> list[str]:
             for line, target, names in imports(path, module):
                 top = target.split(".")[0]
                 at = f"{where}:{line} imports {target}"
-                if package == "qtm" and top in (*HEAVY, "chain", "validate"):
+                if package == "qtm" and top in (*HEAVY, "chain", "validate", "commands"):
                     found.append(f"{at}: qtm is the ground floor (no chain, validate or torch-like libraries)")
+                if serves_qtm_program(module) and top in (*HEAVY, "chain", "validate"):
+                    found.append(f"{at}: the qtm program runs without the chain extra")
                 if top not in PACKAGES:
                     continue
                 # `from package import module` imports a module too.
@@ -210,17 +219,26 @@ def test_a_function_level_cycle_is_caught(tmp_path):
         ("validate", "runs.py", "from chain.errors import ChainError\n", "side by side"),
         ("validate", "fit.py", "from qtm.particles._kernels import step\n", "private to qtm"),
         ("validate", "fit.py", "from qtm.gaussian import _check\n", "private to qtm"),
-        ("chain", "runner.py", "from qtm import cli_common\n", "only command-line modules"),
+        ("chain", "runner.py", "from commands import common\n", "only command-line modules"),
+        ("commands", "qtm_map.py", "from chain.data import load_dataset\n", "without the chain extra"),
+        ("commands", "common.py", "import torch\n", "without the chain extra"),
     ],
 )
 def test_each_broken_arrow_is_caught(tmp_path, package, module, source, broken):
     for name in PACKAGES:
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("")
-    (tmp_path / "qtm" / "cli_common.py").write_text("")
+    (tmp_path / "commands" / "common.py").write_text("")
     (tmp_path / package / module).write_text(source)
     found = violations(tmp_path)
     assert len(found) >= 1 and any(broken in message for message in found), found
+
+
+def test_the_command_floor_is_a_folder():
+    """Command modules live in ``commands/``, not beside the library modules they call."""
+    stray = [str(path.relative_to(REPO)) for package in ("qtm", "chain", "validate")
+             for path in (REPO / package).rglob("cli*.py")]
+    assert stray == []
 
 
 def test_a_cycle_between_floors_is_caught():

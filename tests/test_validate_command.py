@@ -220,7 +220,8 @@ def test_mixed_sizes_warn(tmp_path):
 def chain_cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "chain.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "commands.chain_program", *map(str, args)],
+        capture_output=True, text=True, env=env, timeout=300
     )
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from commands.qtm_program import app
 from qtm import equilibria, gaussian, verify
-from qtm.cli import app
 from qtm.errors import QTMError
 
 TINY = 0.02
@@ -202,7 +202,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
 
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-c", "from qtm.cli import main; main()", "verify", "--out", str(out), *args],
+        [sys.executable, "-c", "from commands.qtm_program import main; main()", "verify", "--out", str(out), *args],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 2

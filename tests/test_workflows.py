@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from qtm.cli import app
+from commands.qtm_program import app
 from qtm.recursion import simulate_moments
 from qtm.verify.workflows import model_mean_error, training_spread
 

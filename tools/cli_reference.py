@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "docs" / "cli.md"
 #: The programs documented, with the module that holds each one's typer app.
-PROGRAMS = (("qtm", "qtm.cli"), ("chain", "chain.cli"))
+PROGRAMS = (("qtm", "commands.qtm_program"), ("chain", "commands.chain_program"))
 
 
 def render() -> str:

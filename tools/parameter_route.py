@@ -146,12 +146,12 @@ def follow(program: str) -> Route:
     marked = [item for name, value in MARKS[program].items() for item in (f"--{name}", str(value))]
     with tempfile.TemporaryDirectory() as scratch:
         if program == "chain":
-            from chain.cli import app
+            from commands.chain_program import app
 
             route = Route("chain.backends")
             argv = ["run", str(Path(scratch) / "run"), "--backend", "tiny", "--iterations", "1", *marked]
         else:
-            from qtm.cli import app
+            from commands.qtm_program import app
 
             route = Route("qtm.recursion", "simulate_moments")
             argv = ["simulate", *marked, "--iterations", "2", "--out", str(Path(scratch) / "s.csv")]

@@ -1,4 +1,4 @@
-"""The error of ``validate``; the command line prints it as one line (see :mod:`qtm.cli_common`)."""
+"""The error of ``validate``; the command line prints it as one line (see :mod:`commands.common`)."""
 
 from qtm.errors import QTMError
 

@@ -10,7 +10,7 @@ decomposition into selection and response from ``RUN/iter-NNN/samples``
 (:mod:`validate.decomposition`) → precision, recall, density, coverage and Vendi of every
 generated set (:mod:`validate.diversity`) → tables, plots and ``report.md``
 (:func:`validate.report.write_report`). :func:`validate_runs` runs it all; the command line
-(:mod:`validate.cli_validate`) only parses options and draws progress.
+(:mod:`commands.chain_validate`) only parses options and draws progress.
 
 With ``--group caption`` (the default when the runs have several captions) the
 traits are measured within each caption, as the theory means them: CFG selects

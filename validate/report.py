@@ -183,7 +183,6 @@ def plot_diversity(diversity: pd.DataFrame, *, path) -> Path:
         panel.set_title(statistic, fontsize=9)
         panel.set_xlabel("iteration")
     panels[0].legend(fontsize=7)
-    figure.tight_layout()
     _save_figure(figure, path)
     return path
 
@@ -192,7 +191,7 @@ def _save_figure(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
 
 
@@ -204,7 +203,9 @@ def _axes_grid(count: int, title: str):
 
     columns = min(count, 4)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False, layout="constrained"
+    )
     figure.suptitle(title)
     for extra in axes.ravel()[count:]:
         extra.set_visible(False)

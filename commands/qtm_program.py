@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import typer
 
-from qtm.cli_common import run_app
-from qtm.cli_figures import figures_command
-from qtm.cli_map import map_command
-from qtm.cli_simulate import simulate
-from qtm.cli_verify import verify_command
+from commands.common import run_app
+from commands.qtm_figures import figures_command
+from commands.qtm_map import map_command
+from commands.qtm_simulate import simulate
+from commands.qtm_verify import verify_command
 
 app = typer.Typer(
     name="qtm",

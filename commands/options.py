@@ -26,8 +26,6 @@ from collections.abc import Mapping
 
 import typer
 
-from qtm.errors import QTMError
-from qtm.grid import parse_numbers, parse_strings
 from qtm.params import ALL_PARAMETERS, Parameter
 
 _TYPES = {"float": float, "int": int, "text": str, "flag": bool}
@@ -83,29 +81,3 @@ def parameter_options(
         return function
 
     return decorate
-
-
-def single_value(parameter: Parameter, spec, *, too_many: str | None = None):
-    """The one value an option given as text holds, checked by its parameter (None when not given).
-
-    ``too_many`` is the error when the text holds a list; by default ``"--flag takes one value, got N"``.
-
-    Examples
-    --------
-    >>> from qtm.params import PARAMETERS
-    >>> single_value(PARAMETERS["steps"], "25"), single_value(PARAMETERS["cfg"], "7.5")
-    (25, 7.5)
-    """
-    if spec is None:
-        return None
-    p = parameter
-    if p.kind == "flag":
-        return p.check(spec, label=p.flag)
-    if p.kind == "text":
-        values = parse_strings(spec, name=p.name)
-    else:
-        values = parse_numbers(spec, name=p.name, integer=p.kind == "int")
-    if len(values) != 1:
-        raise QTMError((too_many or "{flag} takes one value, got {count}").format(flag=p.flag, count=len(values)))
-    value = p.check(values[0], label=p.flag)
-    return float(value) if p.kind == "float" else value

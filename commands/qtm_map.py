@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import typer
 
-from qtm.cli_options import parameter_options, single_value
+from commands.options import parameter_options
 from qtm.errors import QTMError
-from qtm.grid import parse_axes
+from qtm.grid import parse_axes, single_value
 from qtm.io import to_json
 from qtm.params import PARAMETERS, SCHEDULER_PARAMETERS
 

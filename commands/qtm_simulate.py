@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from qtm.cli_options import parameter_options, single_value
-from qtm.grid import load_config, merge_options
+from commands.options import parameter_options
+from qtm.grid import load_config, merge_options, single_value
 from qtm.params import (
     ALL_PARAMETERS,
     DEFAULT_SWEEP,

@@ -9,7 +9,7 @@ import typer
 
 from chain.run_parameters import RunParameters
 from chain.runner import Reporter, run_chain
-from qtm.cli_options import parameter_options
+from commands.options import parameter_options
 from qtm.grid import load_config
 from qtm.params import ALL_PARAMETERS, RUN_DEFAULTS, RUN_OPTIONS
 

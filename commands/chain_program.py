@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import typer
 
-from chain.cli_data import data_command
-from chain.cli_run import run as run_command
-from chain.cli_verify_sampler import verify_sampler_command
-from qtm.cli_common import run_app
-from validate.cli_validate import validate_command
+from commands.chain_data import data_command
+from commands.chain_run import run as run_command
+from commands.chain_validate import validate_command
+from commands.chain_verify_sampler import verify_sampler_command
+from commands.common import run_app
 
 app = typer.Typer(
     name="chain",
