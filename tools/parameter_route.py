@@ -2,13 +2,13 @@
 
 Runs a command in this process under :func:`sys.settrace` and follows the values of ``--cfg`` and ``--seed``
 from the command function to where they are used (the backend for ``chain run``, the engine for ``qtm
-simulate``). A *stop* is a function of ``qtm``, ``chain`` or ``validate`` whose arguments carry a value: the
-value itself (a marked number, equal to nothing else the command uses, as text, as a number or inside an array
-or table), or a dict, dataclass, tuple or list holding it, directly or one level down. Every object a stop
-receives that holds the value is followed from then on. A function is one stop however often it is called
-(``chain.seeds.image_seed`` once per image).
+simulate``). A *stop* is a function of the project (``commands``, ``qtm``, ``chain``, ``validate``) whose
+arguments carry a value: the value itself (a marked number, equal to nothing else the command uses, as text, as a
+number or inside an array or table), or a dict, dataclass, tuple or list holding it, directly or one level down.
+Every object a stop receives that holds the value is followed from then on. A function is one stop however
+often it is called (``chain.seeds.image_seed`` once per image).
 
-Each stop has a place: the command modules (``cli*``), the parameter model's checks (``qtm.params``,
+Each stop has a place: the command modules (``commands``), the parameter model's checks (``qtm.params``,
 ``qtm.validation``), the library of ``chain`` and ``validate``, or the rest of ``qtm`` (the ground: files,
 provenance, random streams, the engines, which any floor above may use). A value is checked once, at the edge,
 and handed down, so a *return* is a stop that goes back: a check after the route has left its checks (a lower
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("qtm", "chain", "validate")
+PACKAGES = ("qtm", "chain", "validate", "commands")
 #: Values of the followed options that nothing else in a command is equal to, so that equality marks them
 #: (``qtm simulate`` takes a seed for its particle engine only).
 MARKS = {"chain": {"cfg": 7.4321, "seed": 90731}, "qtm": {"cfg": 7.4321}}
@@ -58,7 +58,7 @@ CHECKS = ("qtm.params", "qtm.validation")
 
 
 def floor(module: str) -> str:
-    if module.rsplit(".", 1)[-1].startswith("cli"):
+    if module.startswith("commands."):
         return "command"
     if module in CHECKS:
         return "checks"
