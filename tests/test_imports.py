@@ -200,6 +200,23 @@ def test_no_library_module_holds_more_than_500_lines():
     assert long == {}
 
 
+def test_the_architecture_page_lists_every_module_and_the_package_graph():
+    """docs/architecture.md names every module (with its one concept) and draws the packages' imports as they are."""
+    page = (REPO / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)+)`", page))
+    graph = module_graph()
+    missing = sorted(m for m in graph if m.count(".") and not m.endswith("__init__") and m not in named
+                     and not (REPO / Path(*m.split("."))).is_dir())
+    assert missing == []
+    drawn = page.split("<!-- import-graph -->")[1].split("```")[1].strip().splitlines()
+    packages = {}
+    for module, targets in graph.items():
+        packages.setdefault(module.split(".")[0], set()).update(
+            t.split(".")[0] for t in targets if t.split(".")[0] != module.split(".")[0])
+    actual = sorted(f"{p} -> {', '.join(sorted(t)) or '(nothing)'}" for p, t in packages.items())
+    assert sorted(drawn) == actual
+
+
 def test_a_function_level_cycle_is_caught(tmp_path):
     (tmp_path / "chain").mkdir()
     (tmp_path / "chain" / "__init__.py").write_text("")
