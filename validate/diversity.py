@@ -40,6 +40,8 @@ STATISTICS = (*PRDC, "vendi", "vendi_real")
 KERNELS = ("cosine", "rbf")
 # Stream tag of the bootstrap draws under the caller's seed (qtm.random.derive_seed); keyed by caption below.
 _BOOTSTRAP_STREAM = 17
+# Elements of one (resamples, n, m) gather of a distance matrix in the batched bootstrap (32 MB of float64).
+_BATCH_ELEMENTS = 1 << 22
 
 
 def prdc(real, generated, *, k: int = 5) -> dict[str, float]:
@@ -289,7 +291,7 @@ def _group_metrics(real, generated, *, d_real, k_real, k, kernel, bandwidth, boo
     """Point values of :data:`STATISTICS` and their (bootstrap, 6) resampled values for one pair of sets.
 
     ``d_real`` and ``k_real`` are the real set's distance matrix and Vendi kernel when already known.
-    The point values and every resample are computed together, as one batch of index rows.
+    The point values and the resamples are computed together, in batches of index rows.
     """
     d_real = cdist(real, real) if d_real is None else d_real
     d_generated, cross = cdist(generated, generated), cdist(real, generated)
@@ -304,9 +306,18 @@ def _group_metrics(real, generated, *, d_real, k_real, k, kernel, bandwidth, boo
              for _ in range(bootstrap)]
     real_index = np.array([np.arange(len(real)), *(draw[0] for draw in draws)])
     generated_index = np.array([np.arange(len(generated)), *(draw[1] for draw in draws)])
-    found = _prdc(d_real, d_generated, cross, real_index, generated_index, k)
-    table = np.column_stack(
-        [*(found[name] for name in PRDC), _vendi(k_generated, generated_index), _vendi(k_real, real_index)]
+
+    def metrics(real_rows, generated_rows):
+        found = _prdc(d_real, d_generated, cross, real_rows, generated_rows, k)
+        return np.column_stack(
+            [*(found[name] for name in PRDC), _vendi(k_generated, generated_rows), _vendi(k_real, real_rows)]
+        )
+
+    # A batch holds a few (rows, n, m) gathers of the distance matrices; bounded so that pooled sets of
+    # thousands of images stay within memory.
+    rows = max(1, _BATCH_ELEMENTS // max(len(real), len(generated)) ** 2)
+    table = np.concatenate(
+        [metrics(real_index[i : i + rows], generated_index[i : i + rows]) for i in range(0, bootstrap + 1, rows)]
     )
     values = {statistic: float(value) for statistic, value in zip(STATISTICS, table[0], strict=True)}
     return values, table[1:]
