@@ -212,9 +212,7 @@ def bootstrap_statistics(
 
     def kurtosis_interval(values):
         # A resample of identical values has no kurtosis; the others still say how uncertain it is.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanpercentile(values, tail, axis=0), np.nanpercentile(values, 100 - tail, axis=0)
+        return _nan_interval(values, tail)
 
     for name in ("mean", "var", "kurtosis"):
         if not n_boot:
@@ -316,9 +314,7 @@ def grouped_statistics(
         if n_boot == 0:
             return np.full(samples.shape[1:], np.nan), np.full(samples.shape[1:], np.nan)
         # nan-aware: a resample of identical images has no kurtosis (the moments have no NaN).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)
+        return _nan_interval(samples, tail)
 
     def row(caption, statistic, axis, value, low, high, n):
         return {
@@ -368,6 +364,18 @@ def grouped_statistics(
     low, high = interval(np.mean(boot_total, axis=0))
     rows.append(row(WITHIN_CAPTIONS, "total_var", -1, np.mean(point_total), low, high, n_all))
     return rows
+
+
+def _nan_interval(samples, tail) -> tuple[np.ndarray, np.ndarray]:
+    """The ``tail`` and ``100 - tail`` percentiles of ``samples`` over axis 0, NaNs left out."""
+    samples = np.asarray(samples, dtype=float)
+    if not np.isnan(samples).any():
+        # np.nanpercentile's numbers, without its per-column loop (the moments never have NaN).
+        low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
+        return low, high
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN only: NaN
+        return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)
 
 
 def _kurtosis_from_counts(counts: np.ndarray, x: np.ndarray) -> np.ndarray:
