@@ -362,11 +362,25 @@ def _prdc(d_real, d_generated, cross, real_index, generated_index, k) -> dict[st
 def _radii(distances, index, k) -> np.ndarray:
     """Distance from each sampled point to its k-th nearest other sampled point, its own copies left out.
 
-    ``index`` (b, n) holds one sample per row; the radii come back as (b, n).
+    ``index`` (b, n) holds one sample per row; the radii come back as (b, n). Each point's
+    neighbours are ranked once; a sample's radius of point i is the distance at which the
+    multiplicities of i's other sampled neighbours, nearest first, add up to k (infinite when
+    fewer than k other points were drawn).
     """
-    within = distances[index[:, :, None], index[:, None, :]]
-    within[index[:, :, None] == index[:, None, :]] = np.inf
-    return np.partition(within, k - 1, axis=2)[:, :, k - 1]
+    size = len(distances)
+    order = np.argsort(distances, axis=1, kind="stable")
+    ranked = np.take_along_axis(distances, order, axis=1)
+    others = _multiplicities(index, size)[:, order]  # (b, i, rank): copies of i's rank-th nearest point
+    others[:, order == np.arange(size)[:, None]] = 0
+    reached = np.cumsum(others, axis=2) >= k
+    radius = np.where(reached[:, :, -1], ranked[np.arange(size), np.argmax(reached, axis=2)], np.inf)
+    return np.take_along_axis(radius, index, axis=1)
+
+
+def _multiplicities(index, size) -> np.ndarray:
+    """How often each of ``size`` points occurs in each row of ``index`` (b, n): (b, size)."""
+    rows = np.arange(len(index))[:, None] * size
+    return np.bincount((index + rows).ravel(), minlength=len(index) * size).reshape(len(index), size)
 
 
 @dataclass(frozen=True)
@@ -401,8 +415,7 @@ def _vendi(kernel: VendiKernel, index) -> np.ndarray:
     matrix F^T W F (equal up to rounding). Samples of one size are solved as one stack.
     """
     size, n = len(kernel.matrix), index.shape[1]
-    counts = np.zeros((len(index), size), dtype=np.int64)
-    np.add.at(counts, (np.arange(len(index))[:, None], index), 1)
+    counts = _multiplicities(index, size)
     distinct = np.count_nonzero(counts, axis=1)
     weights = counts / n
     scores = np.empty(len(index))
