@@ -370,11 +370,29 @@ def _radii(distances, index, k) -> np.ndarray:
     size = len(distances)
     order = np.argsort(distances, axis=1, kind="stable")
     ranked = np.take_along_axis(distances, order, axis=1)
-    others = _multiplicities(index, size)[:, order]  # (b, i, rank): copies of i's rank-th nearest point
-    others[:, order == np.arange(size)[:, None]] = 0
-    reached = np.cumsum(others, axis=2) >= k
-    radius = np.where(reached[:, :, -1], ranked[np.arange(size), np.argmax(reached, axis=2)], np.inf)
+    counts = _multiplicities(index, size)
+    # k other copies nearly always lie among the first few ranks: rank those first, then the rest
+    # only for the (sample, point) pairs that had not reached k there.
+    head = min(size, 4 * k)
+    rank, reached = _rank_reaching(counts, order[:, :head], k)
+    short = np.nonzero(~reached)
+    if head < size and len(short[0]):
+        rank[short], reached[short] = _rank_reaching(counts[short[0]], order[short[1]], k, point=short[1])
+    radius = np.where(reached, ranked[np.arange(size), rank], np.inf)
     return np.take_along_axis(radius, index, axis=1)
+
+
+def _rank_reaching(counts, order, k, *, point=None):
+    """The first rank in ``order`` (..., ranks) at which a point's other sampled copies add up to k, and whether
+    they do; ``counts`` (b, size) or, with ``point`` given, one row per point of ``order``."""
+    if point is None:
+        others = counts[:, order]  # (b, i, rank): copies of i's rank-th nearest point
+        others[:, order == np.arange(len(order))[:, None]] = 0
+    else:
+        others = np.take_along_axis(counts, order, axis=1)
+        others[order == point[:, None]] = 0
+    reached = np.cumsum(others, axis=-1) >= k
+    return np.argmax(reached, axis=-1), reached[..., -1]
 
 
 def _multiplicities(index, size) -> np.ndarray:
