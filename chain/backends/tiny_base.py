@@ -91,9 +91,17 @@ def save_state(state: dict, path: Path) -> None:
 
     torch names the archive inside the file after the file name, which here would
     be the random temporary name; through a file object the name is always "archive".
+    An interrupt or a write error inside ``torch.save`` leaves its archive writer half-way, and closing it
+    raises a ``RuntimeError`` that hides the cause: the cause is raised instead, so Ctrl-C stays an
+    interrupt and a full disk stays an ``OSError``.
     """
     with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-        torch.save(state, stream)
+        try:
+            torch.save(state, stream)
+        except RuntimeError as error:
+            if isinstance(error.__context__, KeyboardInterrupt | OSError):
+                raise error.__context__ from None
+            raise
 
 
 def train_base_model(
