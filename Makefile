@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 # The real chain on a CPU: a 5-iteration tiny-backend chain at CFG 7.5, then its validation report.
 chain-demo: $(STAMP)

@@ -1,7 +1,35 @@
-"""Shared test set-up: every test runs offline."""
+"""Shared test set-up: every test runs offline; expensive artefacts are built once per session.
+
+``make test`` runs the suite on every core (pytest-xdist, ``--dist loadgroup``): each worker is its own session,
+so an artefact that several workers need (a trained base model) is built once, by whichever worker asks first,
+into the folder all workers share, under a file lock (:func:`build_once`).
+"""
 
 import os
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once for the whole run, whichever worker asks first.
+
+    Without xdist the folder lies in this session's temporary root; with it, in the root that all workers'
+    roots share. A ``.done`` marker is written last, so a worker killed while building leaves a folder the next
+    one builds again.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (folder / ".done").exists():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            (folder / ".done").touch()
+    return folder

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import build_once
 
 torch = pytest.importorskip("torch")
 
@@ -37,14 +38,19 @@ REDUCED = TinyConfig(base_train_steps=300)
 DIGIT_CAPTIONS = [f"a handwritten digit {word}" for word in DIGIT_WORDS]
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory):
-    """A cache directory holding the reduced base model, also under the default configuration's name."""
-    cache = tmp_path_factory.mktemp("tiny-cache")
-    old = os.environ.get("CHAIN_TINY_CACHE")
+def _train_reduced(cache: Path) -> None:
     os.environ["CHAIN_TINY_CACHE"] = str(cache)
     state = base_model(REDUCED).state
     torch.save(state, cache / f"tiny-{TinyConfig().key()}.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """A cache directory holding the reduced base model, also under the default configuration's name
+    (trained once for all test workers)."""
+    old = os.environ.get("CHAIN_TINY_CACHE")
+    cache = build_once(tmp_path_factory, "tiny-cache", _train_reduced)
+    os.environ["CHAIN_TINY_CACHE"] = str(cache)
     yield cache
     if old is None:
         del os.environ["CHAIN_TINY_CACHE"]

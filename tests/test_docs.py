@@ -203,6 +203,7 @@ def test_the_readme_has_commands():
     assert README_COMMANDS, "README.md has no ```bash block"
 
 
+@pytest.mark.xdist_group("readme")  # in order, in one sandbox: one worker runs them all
 @pytest.mark.parametrize("index", range(len(README_COMMANDS)), ids=[c.id for c in README_COMMANDS])
 def test_readme_command(index, sandbox):
     """Runs (or, for slow/GPU lines, parses) the README's commands in order; earlier ones first."""
