@@ -1,14 +1,12 @@
 """``chain validate`` end to end: synthetic run directories, bad input, and a real tiny-backend run."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_cli_usage import run_main
 
 from qtm.errors import RunDirectoryError
 from qtm.rundir import read_run
@@ -217,15 +215,9 @@ def test_mixed_sizes_warn(tmp_path):
     assert any("mixed image sizes" in m for m in messages)
 
 
-def chain_cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "commands.chain_program", *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=300
-    )
-
-
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+def test_cli_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    """In-process, through the program's entry point (the installed programs' exit path: test_cli_usage)."""
+    from commands.chain_program import main
     run = make_run(tmp_path, "run", cfg=2.0, shrink=1.0, iterations=2, n=8)
     for args, message in (
         ((run, "--embedder", "vgg"), "unknown embedder 'vgg'; choose one of: stats, efficientnet, clip"),
@@ -236,11 +228,12 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
             "cannot load CLIP weights 'openai' for ViT-B-32",
         ),
     ):
-        done = chain_cli("validate", *args, "--no-decompose", "--report", tmp_path / "r")
-        assert done.returncode == 2, done.stderr
-        assert "Traceback" not in done.stderr
-        assert done.stderr.strip().splitlines() == [f"chain: error: {done.stderr.split('error: ', 1)[1].strip()}"]
-        assert message in done.stderr
+        status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", *map(str, args),
+                                     "--no-decompose", "--report", str(tmp_path / "r"))
+        assert status == 2, stderr
+        assert "Traceback" not in stderr
+        assert stderr.strip().splitlines() == [f"chain: error: {stderr.split('error: ', 1)[1].strip()}"]
+        assert message in stderr
     assert not (tmp_path / "r").exists()
 
 
