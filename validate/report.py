@@ -21,6 +21,9 @@ from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 #: Trait axes drawn in the trajectory plots (the tables hold all of them).
 PLOTTED_AXES = 3
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+#: Resolution of the figures, and the white margin around what they draw.
+DPI = 110
+PAD_INCHES = 0.1
 
 
 def write_report(folder, validation) -> dict:
@@ -183,15 +186,24 @@ def plot_diversity(diversity: pd.DataFrame, *, path) -> Path:
         panel.set_title(statistic, fontsize=9)
         panel.set_xlabel("iteration")
     panels[0].legend(fontsize=7)
+    figure.tight_layout()
     _save_figure(figure, path)
     return path
 
 
 def _save_figure(figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    """Write ``figure`` as a PNG cropped to what it draws plus a margin, as ``savefig(bbox_inches="tight")`` does.
 
+    savefig's "tight" draws the figure twice, the first time only to measure it; the figure's
+    extent is measured here without that draw, and savefig given the box draws once.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure.set_dpi(DPI)
+    box = figure.get_tightbbox(FigureCanvasAgg(figure).get_renderer())
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+        figure.savefig(tmp, format="png", dpi=DPI, bbox_inches=box.padded(PAD_INCHES))
     plt.close(figure)
 
 
@@ -203,9 +215,7 @@ def _axes_grid(count: int, title: str):
 
     columns = min(count, 4)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False, layout="constrained"
-    )
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
     figure.suptitle(title)
     for extra in axes.ravel()[count:]:
         extra.set_visible(False)
