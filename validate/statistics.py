@@ -65,8 +65,8 @@ def frechet_distance_samples(x, y):
     ``A Bᵀ / sqrt((n1-1)(n2-1))``, so ``tr((C1^½ C2 C1^½)^½)`` is the sum of those
     singular values. Costs O(n1 n2 d) instead of O(d³), which matters for
     1280-d features and a bootstrap; with fewer features than samples the
-    covariance route is taken instead. A float; for a stack ``x`` (b, n1, d) of
-    samples (a bootstrap's), an array (b,) computed in one go.
+    covariance route is taken instead. A float; for samples ``x`` (n1, b, d) of b
+    sets (a bootstrap's resamples, image by image), an array (b,) computed in one go.
 
     Examples
     --------
@@ -77,11 +77,12 @@ def frechet_distance_samples(x, y):
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    n, d = x.shape[-2:]
-    mean = x.mean(axis=-2)
-    a = x - mean[..., None, :]
+    n, d = len(x), x.shape[-1]
+    # Images along axis 0: the means add image after image, as for one (n, d) sample.
+    mean = x.mean(axis=0)
+    a = np.moveaxis(x - mean, 0, -2)  # (n, d), or (b, n, d) views
     if d <= min(n, len(y)):  # few features: the d x d route is the cheaper one
-        # The covariance as np.cov computes it, for every sample of the stack at once.
+        # The covariance as np.cov computes it, for every sample at once.
         cov = np.swapaxes(a, -1, -2) @ a
         cov *= np.true_divide(1, n - 1)
         return frechet_distance(mean, cov, y.mean(axis=0), np.cov(y, rowvar=False))
@@ -90,7 +91,7 @@ def frechet_distance_samples(x, y):
     cross = np.linalg.svd(a @ b.T, compute_uv=False).sum(axis=-1) / scale
     distance = (
         np.sum((mean - y.mean(axis=0)) ** 2, axis=-1)
-        + np.sum(a**2, axis=(-2, -1)) / (n - 1)
+        + np.sum(np.ascontiguousarray(a) ** 2, axis=(-2, -1)) / (n - 1)
         + np.sum(b**2) / (len(y) - 1)
         - 2.0 * cross
     )
@@ -107,7 +108,7 @@ def _at_least_zero(distance):
 def excess_kurtosis(values) -> np.ndarray:
     """Excess kurtosis per column, ``m4 / m2² - 3`` with central sample moments (0 for a Gaussian, NaN if constant).
 
-    ``values`` is (n, k), or a stack (..., n, k) of samples.
+    ``values`` is (n, k), or (n, ..., k) for several samples of n.
 
     Examples
     --------
@@ -115,11 +116,10 @@ def excess_kurtosis(values) -> np.ndarray:
     [-2.0]
     """
     x = np.asarray(values, dtype=float)
-    # Over the second-to-last axis, so that a stack of samples (b, n, k) gives (b, k).
-    x = x - x.mean(axis=-2, keepdims=True)
-    m2 = (x**2).mean(axis=-2)
+    x = x - x.mean(axis=0)
+    m2 = (x**2).mean(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (x**4).mean(axis=-2) / m2**2 - 3.0
+        return (x**4).mean(axis=0) / m2**2 - 3.0
 
 
 def population_statistics(projected, standardised, alignment, reference_standardised) -> dict:
@@ -187,19 +187,20 @@ def bootstrap_statistics(
     alignment = np.asarray(alignment, dtype=float)
     n, k = projected.shape
     point = population_statistics(projected, standardised, alignment, reference_standardised)
-    # One draw per resample, as they have always been drawn; the statistics of all resamples then go as one stack.
-    picks = np.array([rng.integers(0, n, size=n) for _ in range(n_boot)], dtype=np.intp).reshape(n_boot, n)
-    resampled, chosen = projected[picks], alignment[picks]
+    # One draw per resample, as they have always been drawn; then all resamples at once, image by image
+    # along axis 0 (n, n_boot, ...), so that every sum adds the images in the order one resample's sum does.
+    picks = np.array([rng.integers(0, n, size=n) for _ in range(n_boot)], dtype=np.intp).reshape(n_boot, n).T
+    resampled, features, chosen = projected[picks], standardised[picks], alignment[picks.T]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # resamples without any alignment: NaN
         alignments = np.where(np.isfinite(chosen).any(axis=1), np.nanmean(chosen, axis=1), np.nan)
     samples = {
-        "mean": resampled.mean(axis=1),
-        "var": resampled.var(axis=1, ddof=1),
+        "mean": resampled.mean(axis=0),
+        "var": resampled.var(axis=0, ddof=1),
         "kurtosis": excess_kurtosis(resampled),
-        "total_var": standardised[picks].var(axis=1, ddof=1).sum(axis=1),
+        "total_var": features.var(axis=0, ddof=1).sum(axis=1),
         "alignment": alignments,
-        "frechet": frechet_distance_samples(standardised[picks], reference_standardised),
+        "frechet": frechet_distance_samples(features, reference_standardised),
     }
     tail = 100 * (1 - level) / 2
     rows = []
