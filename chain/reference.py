@@ -84,11 +84,11 @@ def make_reference(run_dir, *, backend=None, progress=None) -> dict[str, Path]:
     return folders
 
 
-def write_image_folder(folder: Path, images, prompts, seeds) -> None:
+def write_image_folder(folder: Path, images, prompts, seeds, *, cfg: float = 1.0) -> None:
     """Write images and their ``metadata.jsonl`` into a staging folder, then rename it onto ``folder``.
 
     The folder appears under its name only when complete. Generated images (a seed) record their seed
-    and CFG 1; real images (seed None) record their caption only.
+    and peak CFG ``cfg``; real images (seed None) record their caption only.
     """
     staging = folder.with_name(f".{folder.name}.part")
     shutil.rmtree(staging, ignore_errors=True)
@@ -100,7 +100,7 @@ def write_image_folder(folder: Path, images, prompts, seeds) -> None:
             image.save(staging / name)
             record = {"file_name": name, "caption": prompt}
             if seed is not None:
-                record.update(seed=seed, cfg=1.0)
+                record.update(seed=seed, cfg=cfg)
             lines.append(json.dumps(record))
         (staging / METADATA_FILE).write_text("\n".join(lines) + "\n")
         os.replace(staging, folder)

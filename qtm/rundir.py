@@ -15,6 +15,9 @@ other (and reading one needs no torch). Layout::
     RUN/reference/cond/           base-model generations at CFG 1 (the theory's p_c)
     RUN/reference/uncond/         base-model generations with the empty prompt (p_u)
     RUN/real/                     real-data images
+    RUN/selection/law.json        the sampler law the selection samples were drawn with (chain writes it)
+    RUN/selection/base/cfg1/      the base model at CFG 1 with its captions (``uncond/``: the empty prompt)
+    RUN/selection/iter-000/cfg-5/ that iteration's model at peak CFG 5 (``base/cfg-5/``: the base model's)
 
 An iteration counts as finished only once its ``iteration.json`` says
 ``"complete"``. Iteration folders named ``iteration_000`` are read too. A folder
@@ -47,6 +50,15 @@ SAMPLE_KINDS = ("cfg1", "uncond")
 #: Folders ``replicate-00``, ``replicate-01``, ...: CFG-1 samples of models finetuned on the iteration's training
 #: set with other seeds (finetuning-seed noise).
 REPLICATE_PREFIX = "replicate-"
+
+#: The selection curve's samples (written by ``chain.selection_samples``): per model, a folder per CFG value
+#: (:func:`selection_kind`) holding, for each caption, the first ``m`` (caption, seed) pairs of that model's
+#: CFG-1 samples in folder order, so image ``j`` of a caption pairs with the caption's ``j``-th CFG-1 image. The
+#: base model's CFG-1 and unconditional samples lie beside them; an iteration's are the decomposition's.
+SELECTION_FOLDER = "selection"
+SELECTION_LAW_FILE = "law.json"
+SELECTION_BASE = "base"
+_SELECTION_KIND = re.compile(r"^cfg-(\d+(?:\.\d+)?)$")
 
 _ITERATION_NAME = re.compile(r"^iter(?:ation)?[_-]?(\d+)$")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -116,6 +128,51 @@ def samples_folder(run_path, iteration: int, kind: str) -> Path:
     'runs/a/iter-002/samples/uncond'
     """
     return iteration_folder(run_path, iteration) / SAMPLES_FOLDER / kind
+
+
+def selection_kind(cfg: float) -> str:
+    """The folder name of the selection samples at peak CFG ``cfg``.
+
+    Examples
+    --------
+    >>> selection_kind(7.5), selection_kind(2.0)
+    ('cfg-7.5', 'cfg-2')
+    """
+    return f"cfg-{float(cfg):g}"
+
+
+def selection_folder(run_path, iteration: int, kind: str) -> Path:
+    """The folder of the selection samples ``kind`` of model ``iteration`` (-1: the base model).
+
+    Examples
+    --------
+    >>> selection_folder("runs/a", -1, "cfg-5").as_posix(), selection_folder("runs/a", 2, "cfg-5").as_posix()
+    ('runs/a/selection/base/cfg-5', 'runs/a/selection/iter-002/cfg-5')
+    """
+    model = SELECTION_BASE if iteration < 0 else iteration_folder("", iteration).name
+    return Path(run_path) / SELECTION_FOLDER / model / kind
+
+
+def read_selection(run_path, iteration: int) -> dict:
+    """The complete selection folders of model ``iteration`` (-1: base): CFG values to ImageSets, and the base
+    model's ``cfg1`` and ``uncond`` under those names.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> read_selection(tempfile.mkdtemp(), -1)
+    {}
+    """
+    folder = selection_folder(run_path, iteration, "")
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for child in sorted(folder.iterdir()):
+        match = _SELECTION_KIND.match(child.name)
+        if child.is_dir() and (match or child.name in SAMPLE_KINDS):
+            key = float(match.group(1)) if match else child.name
+            found[key] = read_image_set(child, what=f"selection folder ({child.name})")
+    return found
 
 
 def replicate_name(index: int) -> str:
