@@ -6,7 +6,10 @@ it may use ``chain``: ``--make-reference`` first generates the base model's miss
 reference folders with :func:`chain.reference.make_reference`, and ``--decompose`` (the
 default) those and each iteration's CFG-1 and unconditional samples with
 :func:`chain.decomposition_samples.make_decomposition_samples` (``--finetune-noise K``: also
-K refinetunes of iteration 0's training set), timed and reported.
+K refinetunes of iteration 0's training set), timed and reported. ``--selection-curve`` then generates the base
+model's and every iteration's samples at the CFG values of ``--selection-cfg`` with
+:func:`chain.selection_samples.make_selection_samples` (paired by seed with the CFG-1 samples), and the report
+gains the selection curve (:mod:`validate.selection`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import typer
 from chain.decomposition_samples import DEFAULT_PER_CAPTION, make_decomposition_samples
 from chain.errors import ChainError
 from chain.reference import make_reference as generate_reference
+from chain.selection_samples import make_selection_samples
 from qtm.rundir import read_run
 from validate.embedders import EMBEDDER_NAMES
 from validate.pipeline import validate_runs
+from validate.selection import DEFAULT_CFGS, parse_cfgs
 
 
 def validate_command(
@@ -52,6 +57,22 @@ def validate_command(
     finetune_noise: int = typer.Option(
         0, help="K: also finetune K more models on iteration 0's training set and sample them (finetuning noise)."
     ),
+    selection_curve: bool = typer.Option(
+        False,
+        "--selection-curve/--no-selection-curve",
+        help="The selection law S(w), measured and predicted: first generate the base model's and every iteration's "
+        "samples at each CFG value of --selection-cfg (paired by seed with the CFG-1 samples) into RUN/selection.",
+    ),
+    selection_cfg: str = typer.Option(
+        None,
+        help=f"Comma-separated peak CFG values of the selection curve, each > 0 and given once (implies "
+        f"--selection-curve; default {','.join(f'{w:g}' for w in DEFAULT_CFGS)}).",
+    ),
+    selection_per_caption: int = typer.Option(
+        None,
+        help="Samples per caption at each CFG value of the selection curve (default: a third of "
+        "--decompose-per-caption, at least 3).",
+    ),
     make_reference: bool = typer.Option(
         False, "--make-reference", help="First generate missing base-model reference points (RUN/reference/)."
     ),
@@ -67,6 +88,14 @@ def validate_command(
 
     from qtm.io import check_output_dir
 
+    cfgs = None
+    if selection_curve or selection_cfg is not None:
+        cfgs = parse_cfgs(DEFAULT_CFGS if selection_cfg is None else selection_cfg)
+        if not decompose:
+            raise ChainError("--selection-curve pairs its samples with the decomposition's; leave out --no-decompose")
+    paired = selection_per_caption if selection_per_caption is not None else max(3, decompose_per_caption // 3)
+    if cfgs is not None and paired < 3:
+        raise ChainError(f"--selection-per-caption must be >= 3 (a per-caption variance needs 3), got {paired}")
     check_output_dir(report, flag="--report")  # before any embedding: a bad path must not cost the work
     console = Console(stderr=True)
 
@@ -76,6 +105,7 @@ def validate_command(
     if finetune_noise and not decompose:
         raise ChainError("--finetune-noise is part of the decomposition; leave out --no-decompose")
     generation = {"images": 0, "seconds": 0.0, "finetunes": 0}
+    selection = {"images": 0, "seconds": 0.0}
 
     def prepare(path):
         if not make_reference and "backend" not in read_run(path).params:
@@ -95,6 +125,17 @@ def validate_command(
                 return
             for key in generation:
                 generation[key] += made[key]
+        if cfgs is not None:
+            try:
+                made = make_selection_samples(path, cfgs, per_caption=decompose_per_caption, paired=paired)
+            except ChainError as error:
+                warn(f"{Path(path).name}: no selection samples generated: {error}")
+                return
+            for key in selection:
+                selection[key] += made[key]
+            if made["skipped"]:
+                warn(f"{Path(path).name}: no CFG-1 samples to pair with at iterations {made['skipped']}; "
+                     "those models are left out of the selection curve")
 
     columns = (
         TextColumn("[bold]embedding ({task.fields[what]})"),
@@ -131,6 +172,7 @@ def validate_command(
             progress=progress,
             group=group,
             decompose_runs=decompose,
+            selection_curve=cfgs,
             warn=warn,
             embedder_options={
                 "clip_model": clip_model,
@@ -148,6 +190,8 @@ def validate_command(
             f"decomposition samples: {generation['images']} images generated and {generation['finetunes']} "
             f"finetunes made in {generation['seconds']:.1f} s (reference points included)"
         )
+    if cfgs is not None:
+        typer.echo(f"selection samples: {selection['images']} images generated in {selection['seconds']:.1f} s")
     fit = result["fit"]
     summary = (
         "no fit"

@@ -48,6 +48,8 @@ from validate.fit_stage import fit_stage
 from validate.optimiser import FitResult
 from validate.report import write_report
 from validate.runs import GROUPS, default_group, read_runs, run_columns
+from validate.selection import SelectionCurve, parse_cfgs, selection_stage
+from validate.selection_fit import fit_selection
 from validate.statistics import ALL_CAPTIONS, bootstrap_statistics, grouped_statistics
 
 #: The stream tag of the decomposition's bootstrap (qtm.random.derive_seed).
@@ -79,6 +81,7 @@ class Validation:
     provenance: dict
     decomposition: pd.DataFrame | None = None
     diversity: pd.DataFrame | None = None
+    selection: SelectionCurve | None = None
 
 
 def validate_runs(
@@ -95,6 +98,7 @@ def validate_runs(
     embedder_options: dict | None = None,
     group: str | None = None,
     decompose_runs: bool = True,
+    selection_curve=None,
     prepare: Callable[[Path], object] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     warn: Callable[[str], None] | None = None,
@@ -123,6 +127,9 @@ def validate_runs(
     decompose_runs : bool
         Measure selection, response and inheritance per iteration (:mod:`validate.decomposition`)
         from the samples in ``RUN/iter-NNN/samples`` (``chain validate --decompose`` generates them).
+    selection_curve : str or sequence of float, optional
+        The CFG values of the selection curve (:mod:`validate.selection`; ``chain validate --selection-curve``
+        generates its samples into ``RUN/selection``); None: no curve.
     group : {"caption", "none"}, optional
         ``caption``: traits within each caption and a joint per-caption fit; ``none``:
         pooled over captions. Default: ``caption`` when the runs have several captions and
@@ -159,6 +166,7 @@ def validate_runs(
         forecast_from = check_int(forecast_from, "--forecast-from", minimum=1)
     if group is not None and group not in GROUPS:
         raise ValidateError(f"--group {group!r} is not one of: {', '.join(GROUPS)}")
+    cfgs = None if selection_curve is None else parse_cfgs(selection_curve)
     if Path(report).exists() and not Path(report).is_dir():
         raise ValidateError(f"--report {str(report)!r} is a file; give a folder for the report")
     for flag, folder in (("--real", real), ("--reference", reference)):
@@ -190,6 +198,7 @@ def validate_runs(
             "reference": reference_name,
             "group": group,
             "decompose": decompose_runs,
+            **({} if cfgs is None else {"selection_curve": list(cfgs)}),
         },
         seed=seed,
         software="chain validate",
@@ -199,6 +208,10 @@ def validate_runs(
         _decomposition(runs, features, bootstrap=bootstrap, seed=seed) if decompose_runs else (None, [])
     )
     diversity, diversity_notes = _diversity(runs, features, bootstrap=bootstrap, seed=seed, grouped=grouped)
+    selection = None
+    if cfgs is not None:
+        selection = fit_selection(selection_stage(runs, features, model, cfgs=cfgs, n_boot=bootstrap, seed=seed,
+                                                  progress=progress))
     validation = Validation(
         runs=runs,
         embedder=model,
@@ -209,11 +222,12 @@ def validate_runs(
         statistics=statistics,
         fit=fit,
         forecast=forecast,
-        notes=fit_notes + decomposition_notes + diversity_notes,
+        notes=fit_notes + decomposition_notes + diversity_notes + (selection.notes if selection else []),
         forecast_from=forecast_from,
         provenance=record,
         decomposition=decomposition,
         diversity=diversity,
+        selection=selection,
     )
     return {
         "group": group,

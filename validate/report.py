@@ -16,6 +16,7 @@ import pandas as pd
 
 from qtm.io import atomic_path, write_json, write_table
 from validate.report_markdown import markdown_report
+from validate.selection import STATISTICS, predicted_selection
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
 #: Trait axes drawn in the trajectory plots (the tables hold all of them).
@@ -65,6 +66,13 @@ def write_report(folder, validation) -> dict:
     if diversity is not None and len(diversity):
         written["diversity"] = write_table(diversity, folder / "diversity.csv", provenance=record)
         written["diversity_plot"] = plot_diversity(diversity, path=folder / "diversity.png")
+    selection = validation.selection
+    if selection is not None and len(selection.table):
+        written["selection_curve"] = write_table(selection.table, folder / "selection_curve.csv", provenance=record)
+        written["selection_plot"] = plot_selection_curve(selection, path=folder / "selection_curve.png")
+        written["selection_agreement_plot"] = plot_selection_agreement(
+            selection, path=folder / "selection_agreement.png"
+        )
     write_json(folder / "fit.json", _json_safe(fit_summary(validation)))
     written["fit_json"] = folder / "fit.json"
     predictions = fit.predictions if fit is not None else None
@@ -186,6 +194,106 @@ def plot_diversity(diversity: pd.DataFrame, *, path) -> Path:
         panel.set_title(statistic, fontsize=9)
         panel.set_xlabel("iteration")
     panels[0].legend(fontsize=7)
+    figure.tight_layout()
+    _save_figure(figure, path)
+    return path
+
+
+#: How the selection figures name the two statistics.
+SELECTION_LABELS = {"mean": "S on the mean (trait units)", "log_var": "S on ln var"}
+
+
+def plot_selection_curve(curve, *, path) -> Path:
+    """The selection curve: measured S(w) (points, 95 % intervals) and the exact law (lines), per model.
+
+    One row of panels per statistic, one column per trait axis (the first three); values averaged over captions.
+    Solid lines are the law with no free parameter, dashed ones the law with the correction chosen on w <= 3
+    (where one was used); w = 1 is S = 0 by definition.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    table = curve.table[curve.table["caption"] == WITHIN_CAPTIONS]
+    per_caption = curve.table[curve.table["caption"] != WITHIN_CAPTIONS]
+    axes = sorted(table["axis"].unique())[:PLOTTED_AXES]
+    figure, panels = plt.subplots(2, len(axes), figsize=(4.2 * len(axes), 6.8), squeeze=False)
+    figure.suptitle("selection differential S(w) = stat(w) − stat(1): measured (points) and the exact sampler "
+                    "law (lines); mean over captions")
+    grid = np.linspace(1.0, max(curve.cfgs), 40)
+    models = list(dict.fromkeys(zip(table["run"], table["iteration"], strict=True)))
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(models), 1)))
+    correction = (curve.correction or {}).get("correction", "none")
+    for row, statistic in enumerate(STATISTICS):
+        for column, axis in enumerate(axes):
+            panel = panels[row, column]
+            for colour, (run, t) in zip(colours, models, strict=True):
+                label = f"{run}: {'base' if t < 0 else f'iteration {t}'}"
+                part = table[(table["run"] == run) & (table["iteration"] == t) & (table["axis"] == axis)]
+                value = part[f"S_{statistic}"].to_numpy()
+                spread = np.clip([value - part[f"S_{statistic}_lo"], part[f"S_{statistic}_hi"] - value], 0, None)
+                panel.errorbar(part["w"], value, yerr=np.nan_to_num(spread), fmt="o", ms=4, capsize=2,
+                               color=colour, label=label)
+                inputs = per_caption[(per_caption["run"] == run) & (per_caption["iteration"] == t)
+                                     & (per_caption["axis"] == axis) & (per_caption["w"] == curve.cfgs[0])]
+                model = [inputs[c].to_numpy(dtype=float) for c in ("cond_mean", "cond_var", "uncond_mean",
+                                                                     "uncond_var")]
+                law = curve.laws[run]
+                predicted = predicted_selection(*model, grid, law=law)[row].mean(axis=0)
+                panel.plot(grid, predicted, "-", color=colour, lw=1.2)
+                if correction != "none":
+                    corrected = _corrected_line(model, grid, law, curve.correction, row)
+                    panel.plot(grid, corrected, "--", color=colour, lw=1.0)
+            panel.axhline(0, color="grey", lw=0.6)
+            panel.axvspan(min(curve.cfgs) - 0.2, 3.0 + 0.2, color="0.93", zorder=-1)
+            panel.set_title(f"axis {axis}", fontsize=9)
+            panel.set_xlabel("peak CFG w (shaded: w ≤ 3, where a correction is chosen)")
+            panel.set_ylabel(SELECTION_LABELS[statistic])
+    panels[0, 0].legend(fontsize=7, title="solid: law; dashed: corrected" if correction != "none" else "lines: law",
+                        title_fontsize=7)
+    figure.tight_layout()
+    _save_figure(figure, path)
+    return path
+
+
+def _corrected_line(model, grid, law, correction: dict, row: int) -> np.ndarray:
+    """The corrected law on ``grid``, averaged over the captions of ``model``."""
+    name, value = correction["correction"], correction["value"]
+    if name == "log_var_scale":
+        predicted = predicted_selection(*model, grid, law=law)
+        return (predicted[row] * (value if row == 1 else 1.0)).mean(axis=0)
+    return predicted_selection(*model, grid, law=law, **{name: value})[row].mean(axis=0)
+
+
+def plot_selection_agreement(curve, *, path) -> Path:
+    """Measured against predicted S on ln var, every caption, axis, model and w; w <= 3 and w >= 5 marked.
+
+    Left: the law with no free parameter; right: with the correction chosen on w <= 3. The dotted line is
+    measured = predicted.
+    """
+    path = Path(path)
+    table = curve.table[curve.table["caption"] != WITHIN_CAPTIONS]
+    figure, panels = _axes_grid(2, "selection on ln var: measured against predicted (each caption, axis, model, w)")
+    for panel, prediction in zip(panels, ("predicted", "corrected"), strict=True):
+        x, y = table[f"{prediction}_S_log_var"], table["S_log_var"]
+        for role, marker in (("tested on", "s"), ("", "^"), ("chosen on", "o")):  # the few w <= 3 points on top
+            pick = table["role"] == role
+            if pick.any():
+                panel.scatter(x[pick], y[pick], s=12, alpha=0.6, marker=marker,
+                              label={"chosen on": "w ≤ 3", "tested on": "w ≥ 5"}.get(role, "3 < w < 5"))
+        values = np.concatenate([x.to_numpy(dtype=float), y.to_numpy(dtype=float)])
+        values = values[np.isfinite(values)]
+        low, high = (values.min(), values.max()) if len(values) else (-1.0, 1.0)
+        panel.plot([low, high], [low, high], ":", color="grey")
+        name = "law, no free parameter" if prediction == "predicted" else (
+            f"corrected: {curve.correction['correction']} = {curve.correction['value']:.3g}"
+            if curve.correction and curve.correction["correction"] != "none" else "no correction used")
+        panel.set_title(name, fontsize=9)
+        panel.set_xlabel("predicted S on ln var")
+        panel.set_ylabel("measured S on ln var")
+        panel.legend(fontsize=7)
     figure.tight_layout()
     _save_figure(figure, path)
     return path
