@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from qtm.errors import QTMError
-from qtm.random import derive_seed
+from qtm.random import check_random_state, derive_seed
 from qtm.rundir import (
     SELECTION_FOLDER,
     SELECTION_LAW_FILE,
@@ -148,15 +148,16 @@ def paired_selection(at_w, at_one, captions, *, n_boot: int, random_state) -> di
     >>> x = np.arange(6.0)[:, None]
     >>> out = paired_selection(2 * x, x, ["a"] * 3 + ["b"] * 3, n_boot=0, random_state=0)
     >>> out["mean"][0, :, 0].tolist(), np.round(out["log_var"][0, :, 0], 4).tolist()
-    [[1.0, 4.0], [1.3863, 1.3863]]
+    ([1.0, 4.0], [1.3863, 1.3863])
     """
+    rng = check_random_state(random_state)
     at_w, at_one = np.asarray(at_w, dtype=float), np.asarray(at_one, dtype=float)
     groups = group_indices(captions, what="selection samples")
     shape = (n_boot + 1, len(groups), at_w.shape[1])
     out = {name: np.full(shape, np.nan) for name in STATISTICS}
     for c, index in enumerate(groups.values()):
         n = len(index)
-        counts = np.vstack([np.ones(n), random_state.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
+        counts = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
         moments = []
         for x in (at_w[index], at_one[index]):
             centre = x.mean(axis=0)
