@@ -17,6 +17,7 @@ from validate.embed_stats import (
     sharpness,
 )
 from validate.errors import ValidateError
+from validate.intervals import bca_interval
 from validate.statistics import (
     WITHIN_CAPTIONS,
     bootstrap_statistics,
@@ -201,7 +202,8 @@ def test_grouped_statistics_by_hand():
 
 
 def test_grouped_bootstrap_resamples_within_captions():
-    """The multiplicity formulas give exactly what resampling the images themselves gives."""
+    """The multiplicity formulas give exactly what resampling the images themselves gives (BCa intervals since
+    issue 21: the jackknife leaves out one image of one caption at a time)."""
     rng = np.random.default_rng(5)
     projected = rng.standard_normal((7, 2)) + np.repeat([[0.0, 0.0], [50.0, -50.0]], [3, 4], axis=0)
     standardised = rng.standard_normal((7, 9))
@@ -209,18 +211,27 @@ def test_grouped_bootstrap_resamples_within_captions():
     rows = grouped_statistics(projected, standardised, labels, n_boot=40, random_state=11, level=0.5)
     # Redraw the same multiplicities and recompute by brute force.
     again = np.random.default_rng(11)
-    boot_var, boot_total = [], []
+    boot_var, boot_total, jack_var, jack_total = [], [], [], []
     for index in (np.arange(3), np.arange(3, 7)):
         counts = again.multinomial(len(index), np.full(len(index), 1 / len(index)), size=40)
         picks = [np.repeat(index, c) for c in counts]
         boot_var.append([projected[p].var(axis=0, ddof=1) for p in picks])
         boot_total.append([standardised[p].var(axis=0, ddof=1).sum() for p in picks])
+        jack_var.append([projected[np.delete(index, i)].var(axis=0, ddof=1) for i in range(len(index))])
+        jack_total.append([standardised[np.delete(index, i)].var(axis=0, ddof=1).sum() for i in range(len(index))])
+    point_var = [projected[:3].var(axis=0, ddof=1), projected[3:].var(axis=0, ddof=1)]
+    point_total = [standardised[:3].var(axis=0, ddof=1).sum(), standardised[3:].var(axis=0, ddof=1).sum()]
     within = pd.DataFrame(rows).set_index(["caption", "statistic", "axis"])
-    expected_var = np.percentile(np.mean(boot_var, axis=0), [25, 75], axis=0)
-    assert within.loc[(WITHIN_CAPTIONS, "var", 1), ["ci_low", "ci_high"]].tolist() == pytest.approx(expected_var[:, 1])
-    expected_total = np.percentile(np.mean(boot_total, axis=0), [25, 75])
+    # Leaving out an image of caption c replaces c's variance in the mean over captions.
+    jackknife_var = [(np.array(jack_var[c]) + point_var[1 - c]) / 2 for c in (0, 1)]
+    expected_var = bca_interval(np.mean(point_var, axis=0), np.mean(boot_var, axis=0), jackknife_var, level=0.5)
+    assert within.loc[(WITHIN_CAPTIONS, "var", 1), ["ci_low", "ci_high"]].tolist() == pytest.approx(
+        [expected_var[0][1], expected_var[1][1]]
+    )
+    jackknife_total = [(np.array(jack_total[c]) + point_total[1 - c]) / 2 for c in (0, 1)]
+    expected_total = bca_interval(np.mean(point_total), np.mean(boot_total, axis=0), jackknife_total, level=0.5)
     assert within.loc[(WITHIN_CAPTIONS, "total_var", -1), ["ci_low", "ci_high"]].tolist() == pytest.approx(
-        expected_total
+        [float(expected_total[0]), float(expected_total[1])]
     )
     # The captions' 50-apart means never leak into the within-caption intervals.
     assert within.loc[(WITHIN_CAPTIONS, "var", 0), "ci_high"] < 10

@@ -24,6 +24,7 @@ import numpy as np
 
 from qtm.random import check_random_state
 from validate.errors import ValidateError
+from validate.intervals import bca_interval, moments_jackknife
 
 
 def frechet_distance(mean1, cov1, mean2, cov2):
@@ -167,12 +168,15 @@ def bootstrap_statistics(
     level: float = 0.95,
     random_state=None,
 ) -> list[dict]:
-    """Tidy rows (statistic, axis, value, ci_low, ci_high) with percentile bootstrap intervals.
+    """Tidy rows (statistic, axis, value, ci_low, ci_high) with bootstrap intervals.
 
     The images are resampled with replacement ``n_boot`` times (the reference is
-    held fixed). ``axis`` is -1 for statistics of the whole population. The
-    Fréchet distance is biased upward by resampling, so its percentile interval
-    may lie above the point estimate; it shows the spread, not a corrected value.
+    held fixed). ``axis`` is -1 for statistics of the whole population. The mean,
+    variance, kurtosis, total variance and alignment have BCa intervals
+    (:func:`validate.intervals.bca_interval`, the acceleration from the closed-form
+    jackknife), which contain the point estimate. The Fréchet distance keeps its
+    percentile interval: it is biased upward by resampling, so the interval may lie
+    above the point estimate; it shows the spread, not a corrected value.
 
     Examples
     --------
@@ -202,24 +206,19 @@ def bootstrap_statistics(
         "alignment": alignments,
         "frechet": frechet_distance_samples(features, reference_standardised),
     }
+    jackknife = _population_jackknife(projected, standardised, alignment)
     tail = 100 * (1 - level) / 2
     rows = []
 
-    def interval(values):
-        values = np.asarray(values, dtype=float)
-        if values.size == 0 or not np.isfinite(values).all():
-            return np.full(values.shape[1:], np.nan), np.full(values.shape[1:], np.nan)
-        return np.percentile(values, tail, axis=0), np.percentile(values, 100 - tail, axis=0)
-
-    def kurtosis_interval(values):
-        # A resample of identical values has no kurtosis; the others still say how uncertain it is.
-        return _nan_interval(values, tail)
+    def interval(name):
+        if not n_boot:
+            return np.full(np.shape(point[name]), np.nan), np.full(np.shape(point[name]), np.nan)
+        if name == "frechet":
+            return _nan_interval(samples[name], tail)
+        return bca_interval(point[name], samples[name], [jackknife[name]], level=level)
 
     for name in ("mean", "var", "kurtosis"):
-        if not n_boot:
-            low, high = np.full(k, np.nan), np.full(k, np.nan)
-        else:
-            low, high = (kurtosis_interval if name == "kurtosis" else interval)(samples[name])
+        low, high = interval(name)
         rows += [
             {
                 "statistic": name,
@@ -231,7 +230,7 @@ def bootstrap_statistics(
             for a in range(k)
         ]
     for name in ("total_var", "alignment", "frechet"):
-        low, high = interval(samples[name]) if n_boot else (np.nan, np.nan)
+        low, high = interval(name)
         rows.append(
             {
                 "statistic": name,
@@ -242,6 +241,26 @@ def bootstrap_statistics(
             }
         )
     return rows
+
+
+def _population_jackknife(projected, standardised, alignment) -> dict[str, np.ndarray]:
+    """Leave-one-out values of the smooth statistics of :func:`population_statistics`, in closed form."""
+    n = len(projected)
+    means, variances = moments_jackknife(projected)
+    z = standardised - standardised.mean(axis=0)
+    squares = np.sum(z**2, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        totals = (squares.sum() - n / (n - 1) * squares) / (n - 2)
+        measured = np.isfinite(alignment)
+        left = np.where(measured, measured.sum() - 1, measured.sum())
+        alignments = (np.nansum(alignment) - np.where(measured, alignment, 0.0)) / left
+    return {
+        "mean": means,
+        "var": variances,
+        "kurtosis": _kurtosis_jackknife(projected),
+        "total_var": totals,
+        "alignment": np.where(left > 0, alignments, np.nan),
+    }
 
 
 #: Fewest images per caption for per-caption statistics: an unbiased variance needs 2, a bootstrap of
@@ -309,13 +328,12 @@ def grouped_statistics(
     standardised = np.asarray(standardised, dtype=float)
     groups = group_indices(labels, what=what)
     k = projected.shape[1]
-    tail = 100 * (1 - level) / 2
 
-    def interval(samples):  # samples: (n_boot, ...) -> (low, high)
+    def interval(point, samples, jackknife):  # samples: (n_boot, ...) -> (low, high)
         if n_boot == 0:
-            return np.full(samples.shape[1:], np.nan), np.full(samples.shape[1:], np.nan)
+            return np.full(np.shape(point), np.nan), np.full(np.shape(point), np.nan)
         # nan-aware: a resample of identical images has no kurtosis (the moments have no NaN).
-        return _nan_interval(samples, tail)
+        return bca_interval(point, samples, jackknife, level=level)
 
     def row(caption, statistic, axis, value, low, high, n):
         return {
@@ -328,7 +346,7 @@ def grouped_statistics(
             "n_images": int(n),
         }
 
-    rows, boot_var, boot_total, point_var, point_total = [], [], [], [], []
+    rows, boot_var, boot_total, point_var, point_total, jack_var, jack_total = [], [], [], [], [], [], []
     for caption, index in groups.items():
         n = len(index)
         # Centred within the caption: the variances are shift-free and the sums of squares stay well conditioned.
@@ -345,25 +363,32 @@ def grouped_statistics(
         totals = (counts @ np.diag(gram) - np.einsum("bi,ij,bj->b", counts, gram, counts) / n) / (n - 1)
         var = x.var(axis=0, ddof=1)
         total = float(np.trace(gram) / (n - 1))
-        for statistic, point, samples in (
-            ("mean", centre, means),
-            ("var", var, variances),
-            ("kurtosis", excess_kurtosis(x), kurtoses),
+        jack_means, jack_variances = moments_jackknife(x)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            jack_totals = (np.trace(gram) - n / (n - 1) * np.diag(gram)) / (n - 2)
+        for statistic, point, samples, jackknife in (
+            ("mean", centre, means, centre + jack_means),
+            ("var", var, variances, jack_variances),
+            ("kurtosis", excess_kurtosis(x), kurtoses, _kurtosis_jackknife(x)),
         ):
-            low, high = interval(samples)
+            low, high = interval(point, samples, [jackknife])
             rows += [row(caption, statistic, a, point[a], low[a], high[a], n) for a in range(k)]
-        low, high = interval(totals)
+        low, high = interval(total, totals, [jack_totals])
         rows.append(row(caption, "total_var", -1, total, low, high, n))
         boot_var.append(variances)
         boot_total.append(totals)
         point_var.append(var)
         point_total.append(total)
+        jack_var.append(jack_variances - var)
+        jack_total.append(jack_totals - total)
     n_all = len(projected)
-    low, high = interval(np.mean(boot_var, axis=0))
-    within = np.mean(point_var, axis=0)
+    # Leaving out one image changes only its caption's variance, by 1/C of that change in the mean over captions.
+    within, within_total = np.mean(point_var, axis=0), np.mean(point_total)
+    low, high = interval(within, np.mean(boot_var, axis=0), [within + j / len(groups) for j in jack_var])
     rows += [row(WITHIN_CAPTIONS, "var", a, within[a], low[a], high[a], n_all) for a in range(k)]
-    low, high = interval(np.mean(boot_total, axis=0))
-    rows.append(row(WITHIN_CAPTIONS, "total_var", -1, np.mean(point_total), low, high, n_all))
+    jackknife = [within_total + j / len(groups) for j in jack_total]
+    low, high = interval(within_total, np.mean(boot_total, axis=0), jackknife)
+    rows.append(row(WITHIN_CAPTIONS, "total_var", -1, within_total, low, high, n_all))
     return rows
 
 
@@ -382,7 +407,18 @@ def _nan_interval(samples, tail) -> tuple[np.ndarray, np.ndarray]:
 def _kurtosis_from_counts(counts: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Excess kurtosis of each resample (rows of multiplicities ``counts``) of the centred ``x``, from power sums."""
     n = counts.sum(axis=1, keepdims=True)
-    s1, s2, s3, s4 = ((counts @ x**p) / n for p in (1, 2, 3, 4))
+    return _kurtosis_from_power_means(*((counts @ x**p) / n for p in (1, 2, 3, 4)))
+
+
+def _kurtosis_jackknife(x: np.ndarray) -> np.ndarray:
+    """Leave-one-out excess kurtosis (n, k) of the columns of ``x`` (n, k), from power sums."""
+    z = x - x.mean(axis=0)
+    n = len(z)
+    return _kurtosis_from_power_means(*(((z**p).sum(axis=0) - z**p) / (n - 1) for p in (1, 2, 3, 4)))
+
+
+def _kurtosis_from_power_means(s1, s2, s3, s4) -> np.ndarray:
+    """Excess kurtosis from the means of the first four powers of nearly centred values."""
     m2 = s2 - s1**2
     m4 = s4 - 4 * s1 * s3 + 6 * s1**2 * s2 - 3 * s1**4
     with np.errstate(invalid="ignore", divide="ignore"):
