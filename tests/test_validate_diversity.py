@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from validate.diversity import STATISTICS, diversity_metrics, prdc, vendi_score
+from validate.diversity import STATISTICS, diversity_metrics, prdc
 from validate.errors import ValidateError
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
+from validate.vendi import vendi_score
 
 
 def reference_prdc(real, generated, k):
@@ -134,7 +135,7 @@ def test_seeded_per_caption_and_without_bootstrap():
 
 def test_bootstrap_of_identical_sets_keeps_prdc_radii_free_of_copies():
     # With k=1, a resampled point's copy would be its nearest neighbour at distance 0 and its ball empty:
-    # precision's interval would fall to about (0.36, 0.70) here; with copies left out it is about (0.74, 0.99).
+    # precision's interval would fall to about (0.36, 0.70) here; subsamples (issue 21) hold no copies.
     x = np.random.default_rng(2).standard_normal((50, 3))
     rows = table(diversity_metrics(x, x, k=1, bootstrap=50))
     for statistic in ("precision", "recall"):
@@ -155,3 +156,20 @@ def test_bad_inputs():
         diversity_metrics(x, x, real_captions=["a"] * 4, generated_captions=["c"] * 4, k=2)
     with pytest.raises(ValidateError, match="nonzero feature vectors"):
         vendi_score(np.zeros((3, 2)))
+
+
+def test_subsamples_hold_no_duplicate_image_and_intervals_contain_the_point():
+    """Deterministic (fixed seeds): every subsample is a set of distinct images, every interval holds its value."""
+    from validate.intervals import subsample_indices
+
+    rows = subsample_indices(40, 20, 200, random_state=3)
+    assert rows.shape == (200, 20) and all(len(set(row)) == 20 for row in rows.tolist())
+    for seed in range(5):
+        real, generated, real_captions, generated_captions = captioned_sets()
+        shifted = generated + np.random.default_rng(seed).normal(scale=0.3, size=generated.shape)
+        result = diversity_metrics(
+            real, shifted, real_captions=real_captions, generated_captions=generated_captions, bootstrap=40,
+            pooled=True, random_state=seed,
+        )
+        for row in result:
+            assert row["ci_low"] <= row["value"] <= row["ci_high"], row

@@ -10,11 +10,11 @@ neighbour in its own set, and a point lies inside a ball when strictly closer th
 - density: the mean over generated points of the number of real balls holding them, over k;
 - coverage: the fraction of real points whose ball holds some generated point.
 
-The Vendi score (Friedman and Dieng 2023) of a set is the exponential of the Shannon entropy
-of the eigenvalues of K/n, K the n x n similarity matrix with K_ii = 1: the effective number
-of distinct points, 1 for n identical points and n for n mutually dissimilar ones. The
-default kernel is the cosine similarity of the features (the paper's choice for embeddings);
-``kernel="rbf"`` takes exp(-|x - y|² / (2 h²)), h the median pairwise distance unless given.
+The Vendi score (:mod:`validate.vendi`) is the effective number of distinct points of a set.
+
+The intervals come from subsampling without replacement (:mod:`validate.intervals`): every
+metric counts distinct points, and a resample drawn with replacement holds copies, which
+shrink the Vendi score and the kNN balls (Vendi 13.2 had the bootstrap interval [8.5, 9.5]).
 
 A collapse of diversity shows as recall, coverage and Vendi falling while precision stays.
 Within a caption (one concept) is where it should be read: pooled over captions, the spread
@@ -32,13 +32,15 @@ from scipy.spatial.distance import cdist, pdist
 from qtm.random import check_random_state, derive_seed
 from qtm.validation import check_choice, check_int, check_unit_interval
 from validate.errors import ValidateError
+from validate.intervals import multiplicities, subsample_indices, subsample_interval, subsample_scale, subsample_size
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS, group_indices
+from validate.vendi import VendiKernel, sample_vendi, similarity
 
 PRDC = ("precision", "recall", "density", "coverage")
 #: Statistics of :func:`diversity_metrics`: the four above, then the Vendi scores of the generated and the real set.
 STATISTICS = (*PRDC, "vendi", "vendi_real")
 KERNELS = ("cosine", "rbf")
-# Stream tag of the bootstrap draws under the caller's seed (qtm.random.derive_seed); keyed by caption below.
+# Stream tag of the subsample draws under the caller's seed (qtm.random.derive_seed); keyed by caption below.
 _BOOTSTRAP_STREAM = 17
 # Elements of one (resamples, n, m) gather of a distance matrix in the batched bootstrap (32 MB of float64).
 _BATCH_ELEMENTS = 1 << 22
@@ -68,26 +70,6 @@ def prdc(real, generated, *, k: int = 5) -> dict[str, float]:
     return {name: float(found[name][0]) for name in PRDC}
 
 
-def vendi_score(features, *, kernel: str = "cosine", bandwidth: float | None = None) -> float:
-    """The Vendi score of a set: exp of the entropy of the eigenvalues of K/n (see the module docstring).
-
-    Parameters
-    ----------
-    features : array_like, shape (n, d)
-    kernel : {"cosine", "rbf"}
-        Cosine similarity (default) or the Gaussian kernel of width ``bandwidth``.
-    bandwidth : float, optional
-        Width h of the RBF kernel; the median pairwise distance of ``features`` when not given.
-
-    Examples
-    --------
-    >>> round(vendi_score(np.ones((4, 3))), 6), round(vendi_score(np.eye(4)), 6)
-    (1.0, 4.0)
-    """
-    gram = _similarity(_matrix(features, "features"), kernel, bandwidth)
-    return float(_vendi(gram, np.arange(len(gram.matrix))[None, :])[0])
-
-
 def diversity_metrics(
     real,
     generated,
@@ -109,14 +91,17 @@ def diversity_metrics(
     and the rows with ``caption`` :data:`WITHIN_CAPTIONS` give the mean over captions; the
     comparison of the pooled sets (``caption`` :data:`ALL_CAPTIONS`) is added when ``pooled``.
 
-    The bootstrap resamples real and generated images with replacement within each caption;
-    a resample's kNN radii leave out a point's own copies (and count the other points'
-    copies), so without resampling they are ``prdc``'s. Vendi falls under resampling (copies
-    are identical points), so its interval shows the spread, not a corrected value. Cost:
-    O(bootstrap (n m + n³ + m³)) per caption, d³ in place of n³ and m³ for cosine features
-    of width d below them; the resamples go through as one batch. Measured on 2 cores with
-    1280-d features and 200 resamples, before the batching: 3 s for 41 captions of 1509
-    images in all, against about 90 s for the pooled comparison of the same images.
+    The intervals subsample without replacement: each resample holds half of a caption's real
+    and half of its generated images (at least k + 1 of each), all distinct, so the metrics see
+    no copies (a bootstrap with replacement put Vendi's interval below its point estimate). The
+    spread of a metric over the half-samples is rescaled to the full sets
+    (:func:`validate.intervals.subsample_scale`, 1 for halves) and reflected about the point
+    estimate, centred on the subsamples' median (:func:`validate.intervals.subsample_interval`):
+    the interval is for the metric at these set sizes (recall and Vendi grow with the size) and
+    contains the point estimate. Its coverage is measured by ``benchmarks/interval_calibration.py``.
+    Cost: O(bootstrap (n m + n³ + m³)) per caption, d³ in place of n³ and m³ for cosine features
+    of width d below them. Measured on 2 cores with 1280-d features and 200 resamples, with
+    replacement: 3 s for 41 captions of 1509 images, against about 90 s for their pooled comparison.
 
     Parameters
     ----------
@@ -130,7 +115,7 @@ def diversity_metrics(
     kernel, bandwidth
         The Vendi kernel, as in :func:`vendi_score`.
     bootstrap : int
-        Resamples for the percentile intervals (0: none, the intervals are NaN).
+        Subsamples for the intervals (0: none, the intervals are NaN).
     level : float
         Coverage of the intervals.
     pooled : bool
@@ -187,7 +172,7 @@ class DiversityReference:
             return None
         if caption not in self.kernels:
             index = self.groups[caption]
-            self.kernels[caption] = _similarity(self.features[index], self.kernel, self.bandwidth)
+            self.kernels[caption] = similarity(self.features[index], self.kernel, self.bandwidth)
         return self.kernels[caption]
 
 
@@ -258,7 +243,6 @@ def compare_with_reference(
         groups = _caption_groups(reference, generated, captions)
         if pooled:
             groups[ALL_CAPTIONS] = (np.arange(len(real)), np.arange(len(generated)))
-    tail = 100 * (1 - level) / 2
     rows, replicates = [], {}
     for caption, (real_index, generated_index) in groups.items():
         seed = derive_seed(random_state, _BOOTSTRAP_STREAM, zlib.crc32(caption.encode()))
@@ -275,59 +259,61 @@ def compare_with_reference(
             seed=seed,
         )
         replicates[caption] = samples
-        rows += _rows(caption, values, samples, tail, len(real_index), len(generated_index))
+        rows += _rows(caption, values, samples, level, len(real_index), len(generated_index))
     captions = [caption for caption in groups if caption != ALL_CAPTIONS]
     if captions:
-        # Each caption's resamples are independent, so averaging replicate b over captions is a
-        # (stratified) bootstrap replicate of the mean over captions.
+        # Each caption's subsamples are independent, so averaging their rescaled values b over captions
+        # gives a rescaled value of the mean over captions.
         per_caption = [row for row in rows if row["caption"] != ALL_CAPTIONS]
         mean_values = {s: np.mean([row["value"] for row in per_caption if row["statistic"] == s]) for s in STATISTICS}
         mean_samples = np.mean([replicates[caption] for caption in captions], axis=0)
-        rows += _rows(WITHIN_CAPTIONS, mean_values, mean_samples, tail, len(real), len(generated))
+        rows += _rows(WITHIN_CAPTIONS, mean_values, mean_samples, level, len(real), len(generated))
     return rows
 
 
 def _group_metrics(real, generated, *, d_real, k_real, k, kernel, bandwidth, bootstrap, seed):
-    """Point values of :data:`STATISTICS` and their (bootstrap, 6) resampled values for one pair of sets.
+    """Point values of :data:`STATISTICS` and their (bootstrap, 6) subsampled values, rescaled, for one pair of sets.
 
     ``d_real`` and ``k_real`` are the real set's distance matrix and Vendi kernel when already known.
-    The point values and the resamples are computed together, in batches of index rows.
+    The subsampled values come back times :func:`validate.intervals.subsample_scale` of each set (NaN when a
+    set is too small to subsample); the subsamples go through in batches of index rows.
     """
     d_real = cdist(real, real) if d_real is None else d_real
     d_generated, cross = cdist(generated, generated), cdist(real, generated)
     # One bandwidth for both sets and every resample, so that their Vendi scores compare.
     if kernel == "rbf" and bandwidth is None:
         bandwidth = float(np.median(pdist(np.concatenate([real, generated]))))
-    k_real = _similarity(real, kernel, bandwidth) if k_real is None else k_real
-    k_generated = _similarity(generated, kernel, bandwidth)
+    k_real = similarity(real, kernel, bandwidth) if k_real is None else k_real
+    k_generated = similarity(generated, kernel, bandwidth)
     rng = check_random_state(seed)
-    # Drawn one resample at a time, real then generated, as the draws have always been made.
-    draws = [(rng.integers(0, len(real), len(real)), rng.integers(0, len(generated), len(generated)))
-             for _ in range(bootstrap)]
-    real_index = np.array([np.arange(len(real)), *(draw[0] for draw in draws)])
-    generated_index = np.array([np.arange(len(generated)), *(draw[1] for draw in draws)])
+    n, m = len(real), len(generated)
+    sizes = subsample_size(n, minimum=k + 1), subsample_size(m, minimum=k + 1)
+    real_index = subsample_indices(n, sizes[0], bootstrap, rng)
+    generated_index = subsample_indices(m, sizes[1], bootstrap, rng)
 
     def metrics(real_rows, generated_rows):
         found = _prdc(d_real, d_generated, cross, real_rows, generated_rows, k)
-        return np.column_stack(
-            [*(found[name] for name in PRDC), _vendi(k_generated, generated_rows), _vendi(k_real, real_rows)]
-        )
+        vendi = sample_vendi(k_generated, generated_rows), sample_vendi(k_real, real_rows)
+        return np.column_stack([*(found[name] for name in PRDC), *vendi])
 
+    point = metrics(np.arange(n)[None, :], np.arange(m)[None, :])[0]
     # A batch holds a few (rows, n, m) gathers of the distance matrices; bounded so that pooled sets of
     # thousands of images stay within memory.
-    rows = max(1, _BATCH_ELEMENTS // max(len(real), len(generated)) ** 2)
+    rows = max(1, _BATCH_ELEMENTS // max(n, m) ** 2)
     table = np.concatenate(
-        [metrics(real_index[i : i + rows], generated_index[i : i + rows]) for i in range(0, bootstrap + 1, rows)]
+        [np.empty((0, len(STATISTICS)))]
+        + [metrics(real_index[i : i + rows], generated_index[i : i + rows]) for i in range(0, bootstrap, rows)]
     )
-    values = {statistic: float(value) for statistic, value in zip(STATISTICS, table[0], strict=True)}
-    return values, table[1:]
+    # Both sets' halves vary together; with equal fractions one factor serves both (Vendi's uses its own set's).
+    scale = max(subsample_scale(n, sizes[0]), subsample_scale(m, sizes[1]))
+    scales = np.array([scale] * len(PRDC) + [subsample_scale(m, sizes[1]), subsample_scale(n, sizes[0])])
+    values = {statistic: float(value) for statistic, value in zip(STATISTICS, point, strict=True)}
+    return values, table * scales
 
 
-def _rows(caption, values, samples, tail, n_real, n_generated) -> list[dict]:
-    if len(samples):
-        low, high = np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
-    else:
-        low = high = np.full(len(STATISTICS), np.nan)
+def _rows(caption, values, samples, level, n_real, n_generated) -> list[dict]:
+    point = np.array([values[statistic] for statistic in STATISTICS])
+    low, high = subsample_interval(point, samples, level=level)
     return [
         {
             "caption": caption,
@@ -370,7 +356,7 @@ def _radii(distances, index, k) -> np.ndarray:
     size = len(distances)
     order = np.argsort(distances, axis=1, kind="stable")
     ranked = np.take_along_axis(distances, order, axis=1)
-    counts = _multiplicities(index, size)
+    counts = multiplicities(index, size)
     # k other copies nearly always lie among the first few ranks: rank those first, then the rest
     # only for the (sample, point) pairs that had not reached k there.
     head = min(size, 4 * k)
@@ -393,69 +379,6 @@ def _rank_reaching(counts, order, k, *, point=None):
         others[order == point[:, None]] = 0
     reached = np.cumsum(others, axis=-1) >= k
     return np.argmax(reached, axis=-1), reached[..., -1]
-
-
-def _multiplicities(index, size) -> np.ndarray:
-    """How often each of ``size`` points occurs in each row of ``index`` (b, n): (b, size)."""
-    rows = np.arange(len(index))[:, None] * size
-    return np.bincount((index + rows).ravel(), minlength=len(index) * size).reshape(len(index), size)
-
-
-@dataclass(frozen=True)
-class VendiKernel:
-    """A set's Vendi similarity matrix (n, n) and, for the cosine kernel, its factor: the unit features F (n, d),
-    ``matrix`` = F F^T."""
-
-    matrix: np.ndarray
-    factor: np.ndarray | None
-
-
-def _similarity(features, kernel, bandwidth) -> VendiKernel:
-    if kernel == "cosine":
-        norms = np.linalg.norm(features, axis=1, keepdims=True)
-        if not np.all(norms > 0):
-            raise ValidateError("the cosine kernel needs nonzero feature vectors; use kernel='rbf'")
-        unit = features / norms
-        return VendiKernel(unit @ unit.T, unit)
-    if bandwidth is None:
-        bandwidth = float(np.median(pdist(features))) if len(features) > 1 else 1.0
-    if not bandwidth > 0:
-        raise ValidateError(f"the RBF bandwidth must be > 0, got {bandwidth}; give one, or features that differ")
-    return VendiKernel(np.exp(-cdist(features, features, "sqeuclidean") / (2.0 * bandwidth**2)), None)
-
-
-def _vendi(kernel: VendiKernel, index) -> np.ndarray:
-    """The Vendi scores (b,) of the samples ``index`` (b, n; with repeats) of the points of ``kernel``.
-
-    A sample's K/n has the nonzero eigenvalues of W^½ S W^½, S the similarities of its distinct
-    points and W their multiplicities over n: an eigenproblem on about 63% of the points. With a
-    factor S = F F^T of width d below that, the same nonzero eigenvalues are those of the d x d
-    matrix F^T W F (equal up to rounding). Samples of one size are solved as one stack.
-    """
-    size, n = len(kernel.matrix), index.shape[1]
-    counts = _multiplicities(index, size)
-    distinct = np.count_nonzero(counts, axis=1)
-    weights = counts / n
-    scores = np.empty(len(index))
-    dual = np.zeros(len(index), dtype=bool) if kernel.factor is None else distinct > kernel.factor.shape[1]
-    if dual.any():
-        weighted = weights[dual][:, :, None] * kernel.factor
-        scores[dual] = _entropy_exp(np.linalg.eigvalsh(np.swapaxes(weighted, 1, 2) @ kernel.factor))
-    for m in np.unique(distinct[~dual]):
-        rows = np.flatnonzero((distinct == m) & ~dual)
-        points = np.nonzero(counts[rows])[1].reshape(len(rows), m)
-        root = np.sqrt(weights[rows[:, None], points])
-        block = kernel.matrix[points[:, :, None], points[:, None, :]]
-        scores[rows] = _entropy_exp(np.linalg.eigvalsh(root[:, :, None] * block * root[:, None, :]))
-    return scores
-
-
-def _entropy_exp(eigenvalues) -> np.ndarray:
-    """exp of the Shannon entropy of each row of eigenvalues (b, m)."""
-    # Rounding leaves the zero eigenvalues of a rank-deficient K a hair either side of 0; 0 log 0 = 0.
-    kept = eigenvalues > 1e-12
-    terms = np.where(kept, eigenvalues * np.log(np.where(kept, eigenvalues, 1.0)), 0.0)
-    return np.exp(-np.sum(terms, axis=1))
 
 
 def _caption_groups(reference: DiversityReference, generated, generated_captions) -> dict[str, tuple]:

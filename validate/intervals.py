@@ -122,6 +122,18 @@ def moments_jackknife(x) -> tuple[np.ndarray, np.ndarray]:
     return means, variances
 
 
+def multiplicities(index, size) -> np.ndarray:
+    """How often each of ``size`` points occurs in each row of ``index`` (b, n): (b, size).
+
+    Examples
+    --------
+    >>> multiplicities(np.array([[0, 0, 2]]), 3).tolist()
+    [[2, 0, 1]]
+    """
+    rows = np.arange(len(index))[:, None] * size
+    return np.bincount((index + rows).ravel(), minlength=len(index) * size).reshape(len(index), size)
+
+
 def subsample_indices(n: int, size: int, count: int, random_state=None) -> np.ndarray:
     """``count`` subsamples of ``size`` distinct indices of ``range(n)`` each, drawn without replacement: (count, size).
 
