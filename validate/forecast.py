@@ -5,10 +5,13 @@ state at ``K - 1``, drawing the parameters from their approximate posterior (nor
 inverse Hessian), process noise at every step and the measurement noise of the start and of
 the target, which gives 90 % prediction intervals for each caption and for the run-level
 within-caption variance, and their coverage of the held-out measurements. The draws travel
-through the transition together, as one batch.
+through the transition together, as one batch. Every held-out value is also scored against
+persistence and the trend (:mod:`validate.skill`), its CRPS taken from the draws.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,11 +20,20 @@ from qtm.errors import QTMError
 from qtm.random import check_random_state
 from validate.errors import ValidateError
 from validate.optimiser import FitResult, fit_tables, optimise, prediction_errors
+from validate.skill import RUN_LEVEL, crps, skill_table, skill_verdict
 from validate.transition import BaseMoments, Trajectory, for_group, mixture
 
 #: Prediction intervals of the forecast.
 FORECAST_LEVEL = 0.90
 FORECAST_DRAWS = 1000
+
+
+@dataclass
+class Forecast(FitResult):
+    """A fit on the first iterations with its forecast of the later ones; ``skill`` is
+    :func:`validate.skill.skill_table`: the theory against persistence and the trend on every held-out value."""
+
+    skill: pd.DataFrame | None = None
 
 
 def forecast(
@@ -32,7 +44,7 @@ def forecast(
     draws: int = FORECAST_DRAWS,
     level: float = FORECAST_LEVEL,
     random_state=0,
-) -> FitResult:
+) -> Forecast:
     """Fit on the iterations ``< forecast_from``, then forecast the later ones with prediction intervals.
 
     From the measured state at ``forecast_from - 1`` (with its measurement noise) the
@@ -42,14 +54,14 @@ def forecast(
 
     Returns
     -------
-    FitResult
+    Forecast
         ``predictions`` holds the in-sample one-step rows (``split`` "fit") and the forecast
         rows (``split`` "forecast", with ``lo``/``hi``, ``covered``); ``forecast`` per held-out
         run and iteration: ``run``, ``iteration``, ``predicted_var``, ``lo``, ``hi`` and
         ``measured_var`` (run-level within-caption variance, summed over axes),
         ``relative_error``, ``covered`` and ``caption_coverage`` (share of the per-caption
         means and log variances inside their intervals); ``goodness`` the forecast errors and
-        coverages.
+        coverages and the skill verdict (:func:`validate.skill.skill_verdict`); ``skill`` the scored rows.
 
     Examples
     --------
@@ -79,7 +91,7 @@ def forecast(
     thetas = x + (rng.standard_normal((draws, len(x))) * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     thetas = np.clip(thetas, low_b, high_b)
     tail = 100 * (1 - level) / 2
-    rows, summary = [], []
+    rows, summary, caption_crps, run_level = [], [], [], []
     for run, members in d.by_run.items():
         runs = [d.trajectories[r] for r in members]
         start = forecast_from - 1
@@ -127,6 +139,7 @@ def forecast(
                         value = measured[c, axis]
                         covered = bool(lo <= value <= hi)
                         inside.append(covered)
+                        caption_crps.append(crps(sim * unit + shift, value * unit + shift))
                         rows.append(
                             {
                                 "run": run,
@@ -151,6 +164,13 @@ def forecast(
             measured_level = float((np.exp(tl) * d.scale**2).mean(axis=0).sum())
             lo, hi = np.nanpercentile(level_sims, [tail, 100 - tail])
             predicted_level = float(np.nanmedian(level_sims))
+            # The same interval and median in ln var (a monotone map keeps the order statistics).
+            run_level.append(
+                {"run": run, "caption": RUN_LEVEL, "iteration": t, "axis": -1, "quantity": "log_var",
+                 "measured": np.log(measured_level), "predicted": np.log(predicted_level), "lo": np.log(lo),
+                 "hi": np.log(hi), "covered": bool(lo <= measured_level <= hi),
+                 "crps": crps(np.log(level_sims), np.log(measured_level))}
+            )
             summary.append(
                 {
                     "run": run,
@@ -167,6 +187,12 @@ def forecast(
     if not summary:
         raise ValidateError(f"--forecast-from {forecast_from}: no run has its iteration {forecast_from - 1} measured")
     held_out = pd.DataFrame(rows)
+    theory = pd.concat(
+        [pd.DataFrame(run_level), held_out.rename(columns={"group": "caption"}).assign(crps=caption_crps)],
+        ignore_index=True,
+    )
+    skill = skill_table(theory[list(run_level[0])], trajectories, base=base, forecast_from=forecast_from)
+    fit = Forecast(**fit.__dict__, skill=skill)
     fit.predictions = pd.concat([fit.predictions, held_out], ignore_index=True)
     fit.forecast = summary
     fit.goodness.update(prediction_errors(fit.predictions, "forecast"))
@@ -177,6 +203,7 @@ def forecast(
             "forecast_caption_coverage": float(held_out["covered"].mean()),
             "forecast_run_coverage": float(np.mean([s["covered"] for s in summary])),
             "forecast_max_abs_relative_error_var": float(max(abs(s["relative_error"]) for s in summary)),
+            **skill_verdict(skill),
         }
     )
     return fit

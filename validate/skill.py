@@ -1,0 +1,184 @@
+"""The forecast's skill against two naive baselines built from the same iterations: persistence and the trend.
+
+``--forecast-from K`` sees iterations ``< K``. From them alone, persistence holds iteration
+``K - 1``'s measured value and the trend extends the least-squares line through iterations
+``0 .. K - 1`` (in ln var for variances, so a log-linear trend; in the trait for means).
+:func:`skill_table` scores the theory's forecast draws and both baselines on every held-out
+value: the absolute error (ln var; the mean in SDs of the real data), the CRPS
+(:func:`scoringrules.crps_ensemble` of the draws; a point forecast's CRPS is its absolute
+error) and, for the theory, whether its 90 % interval covered the measurement.
+:func:`skill_summary` averages them per method; :func:`skill_verdict` compares the theory
+with the better baseline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scoringrules
+
+from validate.transition import BaseMoments, Trajectory, for_group
+
+METHODS = ("theory", "persistence", "trend")
+#: The issue's goal: the theory's mean |Δ ln var| at most this share of the better baseline's.
+GOAL_RATIO = 0.7
+#: What a run-level row has in its ``caption`` column: the within-caption variance, averaged over captions.
+RUN_LEVEL = "(run)"
+
+
+def crps(draws, observed: float) -> float:
+    """The CRPS of the forecast ``draws`` (non-finite draws dropped) at ``observed``; NaN without a finite draw.
+
+    Examples
+    --------
+    >>> round(crps([0.0, 1.0, 2.0], 0.5), 4)
+    0.3889
+    """
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    return float(scoringrules.crps_ensemble(float(observed), draws)) if len(draws) else float("nan")
+
+
+def baselines(iterations, values, *, forecast_from: int, target: int) -> dict[str, float]:
+    """Persistence of iteration ``forecast_from - 1`` and the least-squares line through iterations ``< forecast_from``.
+
+    With one iteration seen the trend is that value (no slope to extend).
+
+    Examples
+    --------
+    >>> {name: round(value, 6) for name, value in baselines([0, 1, 2, 3], [1.0, 2.0, 9.0, 9.0], forecast_from=2,
+    ...                                                       target=4).items()}
+    {'persistence': 2.0, 'trend': 5.0}
+    """
+    iterations, values = np.asarray(iterations, float), np.asarray(values, float)
+    seen = (iterations < forecast_from) & np.isfinite(values)
+    last = values[iterations == forecast_from - 1]
+    persistence = float(last[0]) if len(last) else float("nan")
+    if seen.sum() >= 2:
+        slope, intercept = np.polyfit(iterations[seen], values[seen], 1)
+        trend = float(intercept + slope * target)
+    else:
+        trend = persistence
+    return {"persistence": persistence, "trend": trend}
+
+
+def run_level_log_var(trajectories: list[Trajectory]) -> tuple[np.ndarray, np.ndarray]:
+    """Iterations and ln of the run-level within-caption variance (mean over captions, summed over axes).
+
+    The forecast's run-level quantity; only iterations every caption has.
+    """
+    common = sorted(set.intersection(*({int(t) for t in tr.iterations} for tr in trajectories)))
+    values = [
+        np.log(np.mean([tr.var[list(tr.iterations).index(t)].sum() for tr in trajectories])) for t in common
+    ]
+    return np.array(common), np.array(values)
+
+
+def skill_table(
+    theory: pd.DataFrame, trajectories: list[Trajectory], *, base: BaseMoments, forecast_from: int
+) -> pd.DataFrame:
+    """The theory's forecast rows and both baselines', scored against the measurements.
+
+    Parameters
+    ----------
+    theory : DataFrame
+        One row per held-out value: ``run``, ``caption`` (:data:`RUN_LEVEL` for the run-level
+        ln var), ``iteration``, ``axis`` (-1: summed over axes), ``quantity`` ("mean" or
+        "log_var"), ``measured``, ``predicted`` (the draws' median), ``lo``, ``hi``, ``covered``
+        and ``crps`` (of the draws, in the quantity's units), all in trait units (ln var for "log_var").
+    trajectories : list of Trajectory
+        The measured trajectories the baselines are built from (iterations ``< forecast_from`` only).
+    base : BaseMoments
+        The SD unit of the means: the real data's per caption and axis where measured, else the base model's.
+
+    Returns
+    -------
+    DataFrame
+        ``theory``'s rows once per method (``method``), with ``unit`` (the SD a mean's error is
+        divided by; 1 for ln var), ``abs_error`` and ``crps`` in those units; a baseline's ``lo``
+        and ``hi`` are its point and its ``covered`` is missing.
+    """
+    unit_source = base.data if base.data is not None else base.cond
+    rows = []
+    for row in theory.to_dict("records"):
+        members = [tr for tr in trajectories if tr.run == row["run"]]
+        if row["caption"] == RUN_LEVEL:
+            iterations, values = run_level_log_var(members)
+            unit = 1.0
+        else:
+            tr = next(tr for tr in members if tr.group == row["caption"])
+            iterations = tr.iterations
+            if row["quantity"] == "mean":
+                values = tr.mean[:, row["axis"]]
+                unit = float(np.sqrt(np.asarray(for_group(unit_source, tr.group)[1], float)[row["axis"]]))
+            else:
+                values, unit = np.log(tr.var[:, row["axis"]]), 1.0
+        points = baselines(iterations, values, forecast_from=forecast_from, target=row["iteration"])
+        rows.append(
+            {**row, "method": "theory", "unit": unit, "abs_error": abs(row["predicted"] - row["measured"]) / unit,
+             "crps": row["crps"] / unit}
+        )
+        for method, point in points.items():
+            error = abs(point - row["measured"]) / unit
+            rows.append(
+                {**row, "method": method, "predicted": point, "lo": point, "hi": point, "covered": None,
+                 "unit": unit, "abs_error": error, "crps": error}
+            )
+    columns = ["run", "caption", "iteration", "axis", "quantity", "method", "predicted", "lo", "hi", "measured",
+               "unit", "abs_error", "crps", "covered"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def skill_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: mean |Δ ln var| and CRPS (run and caption level), |Δ mean| in SDs, 90 % coverage.
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"caption": ["(run)"] * 2, "quantity": ["log_var"] * 2, "method": ["theory", "trend"],
+    ...                       "abs_error": [0.2, 0.4], "crps": [0.1, 0.4], "covered": [True, None]})
+    >>> float(skill_summary(table).loc["trend", "|Δ ln var| (run)"])
+    0.4
+    """
+    run = table["caption"] == RUN_LEVEL
+    parts = {
+        "|Δ ln var| (run)": (run & (table["quantity"] == "log_var"), "abs_error"),
+        "|Δ ln var| (caption)": (~run & (table["quantity"] == "log_var"), "abs_error"),
+        "|Δ mean| / SD (caption)": (~run & (table["quantity"] == "mean"), "abs_error"),
+        "CRPS ln var (run)": (run & (table["quantity"] == "log_var"), "crps"),
+        "CRPS ln var (caption)": (~run & (table["quantity"] == "log_var"), "crps"),
+        "CRPS mean / SD (caption)": (~run & (table["quantity"] == "mean"), "crps"),
+        "90 % coverage (run)": (run, "covered"),
+        "90 % coverage (caption)": (~run, "covered"),
+    }
+    summary = pd.DataFrame(index=pd.Index([m for m in METHODS if m in set(table["method"])], name="method"))
+    for name, (rows, column) in parts.items():
+        values = table[rows].groupby("method")[column]
+        summary[name] = values.apply(lambda v: v.dropna().astype(float).mean() if v.notna().any() else np.nan)
+    return summary
+
+
+def skill_verdict(table: pd.DataFrame) -> dict:
+    """The theory's run-level mean |Δ ln var| against the better baseline's: their ratio, whether it meets
+    :data:`GOAL_RATIO`, and in how many run-iterations the theory was closer than each baseline.
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"caption": ["(run)"] * 3, "quantity": ["log_var"] * 3, "run": ["a"] * 3,
+    ...                       "iteration": [2] * 3, "method": ["theory", "persistence", "trend"],
+    ...                       "abs_error": [0.2, 0.4, 0.5], "crps": [0.1, 0.4, 0.5], "covered": [True, None, None]})
+    >>> skill_verdict(table)["skill_ratio"]
+    0.5
+    """
+    run = table[(table["caption"] == RUN_LEVEL) & (table["quantity"] == "log_var")]
+    errors = run.pivot_table(index=["run", "iteration"], columns="method", values="abs_error")
+    means = errors.mean()
+    better = min(("persistence", "trend"), key=lambda m: means[m])
+    ratio = float(means["theory"] / means[better]) if means[better] > 0 else float("nan")
+    return {
+        **{f"skill_{m}_abs_log_var": float(means[m]) for m in METHODS},
+        "skill_better_baseline": better,
+        "skill_ratio": ratio,
+        "skill_goal_met": bool(ratio <= GOAL_RATIO),
+        **{f"skill_theory_wins_over_{m}": int((errors["theory"] < errors[m]).sum()) for m in ("persistence", "trend")},
+        "skill_forecasts": len(errors),
+    }
