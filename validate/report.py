@@ -58,6 +58,7 @@ def write_report(folder, validation) -> dict:
         written["strength_plot"] = plot_strength(fit.parameters, path=folder / "strength.png")
     if forecast is not None:
         written["forecast"] = write_table(forecast.predictions, folder / "forecast.csv", provenance=record)
+        written["skill"] = write_table(forecast.skill, folder / "skill.csv", provenance=record)
     decomposition = validation.decomposition
     if decomposition is not None and len(decomposition):
         written["decomposition"] = write_table(decomposition, folder / "decomposition.csv", provenance=record)

@@ -13,11 +13,15 @@ import math
 import numpy as np
 import pandas as pd
 
+from validate.skill import GOAL_RATIO, RUN_LEVEL, skill_summary
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
+
+#: Above this many per-caption skill rows the report links skill.csv instead of showing them.
+CAPTION_ROWS_SHOWN = 48
 
 
 def markdown_table(frame: pd.DataFrame, *, digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table of ``frame`` (floats to ``digits`` significant digits).
+    """A GitHub-flavoured Markdown table of ``frame`` (floats to ``digits`` significant digits; ``|`` escaped).
 
     Examples
     --------
@@ -30,10 +34,10 @@ def markdown_table(frame: pd.DataFrame, *, digits: int = 4) -> str:
     def cell(value):
         if isinstance(value, (float, np.floating)):
             return "–" if not math.isfinite(value) else f"{value:.{digits}g}"
-        return str(value)
+        return str(value).replace("|", "\\|")
 
     lines = [
-        "| " + " | ".join(map(str, frame.columns)) + " |",
+        "| " + " | ".join(map(cell, frame.columns)) + " |",
         "| " + " | ".join("---" for _ in frame.columns) + " |",
     ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -50,6 +54,7 @@ def markdown_report(validation) -> str:
     lines = [
         "# Validation of the theory against chain runs",
         "",
+        *(_skill(forecast, forecast_from) if forecast is not None and forecast.skill is not None else []),
         f"Embedder: **{model.name}** (`{json.dumps(model.settings())}`). Reference population for the "
         f"trait axes and the Fréchet distance: **{reference_name}**. "
         f"Trait axes: top {trait_axes.k} principal components "
@@ -184,6 +189,66 @@ def markdown_report(validation) -> str:
     lines += ["", "## Sample images (one row per iteration)", ""]
     lines += [f"- {run.name}: ![samples {run.name}](samples_{run.name}.png)" for run in runs]
     return "\n".join(lines) + "\n"
+
+
+def _skill(forecast, forecast_from: int) -> list[str]:
+    """The opening section: the forecast's skill against persistence and the trend, summary first."""
+    table, g = forecast.skill, forecast.goodness
+    better = g["skill_better_baseline"]
+    ratio, n = g["skill_ratio"], g["skill_forecasts"]
+    if not math.isfinite(ratio):
+        verdict = "The better baseline is exact here, so no ratio can be given."
+    else:
+        verdict = (
+            f"The theory {'beat' if ratio < 1 else 'did not beat'} the better baseline ({better}): its mean "
+            f"|Δ ln var| of the run-level variance is {g['skill_theory_abs_log_var']:.3g} against "
+            f"{g[f'skill_{better}_abs_log_var']:.3g}, a ratio of {ratio:.2f}; the goal of at most {GOAL_RATIO:g} is "
+            f"{'met' if g['skill_goal_met'] else 'not met'}."
+        )
+    cell = table.assign(
+        value=np.where(
+            table["method"] == "theory",
+            table.apply(lambda r: f"{r['predicted']:.3g} [{r['lo']:.3g}, {r['hi']:.3g}]", axis=1),
+            table["predicted"].map(lambda v: f"{v:.3g}"),
+        )
+    )
+
+    def wide(rows, index):
+        out = rows.pivot_table(index=index, columns="method", values="value", aggfunc="first", sort=False)
+        measured = rows.drop_duplicates(index).set_index(index)["measured"].map(lambda v: f"{v:.3g}")
+        return out.assign(measured=measured).reset_index()
+
+    run = cell[cell["caption"] == RUN_LEVEL]
+    captions = cell[cell["caption"] != RUN_LEVEL]
+    shown = len(captions) // 3 <= CAPTION_ROWS_SHOWN
+    return [
+        f"## Forecast skill from iteration {forecast_from} against naive baselines",
+        "",
+        f"{verdict} Closer than persistence in {g['skill_theory_wins_over_persistence']} and than the trend in "
+        f"{g['skill_theory_wins_over_trend']} of {n} run-iterations.",
+        "",
+        f"Fitted on iterations < {forecast_from}; both baselines see the same iterations: **persistence** holds "
+        f"iteration {forecast_from - 1}'s measured value, the **trend** extends the least-squares line through "
+        f"iterations 0–{forecast_from - 1} (of ln var: log-linear; of the mean: linear). |Δ mean| is in SDs of "
+        "the real data on that axis (the base model's where no real data was measured). The theory's CRPS is "
+        "that of its forecast draws (`scoringrules.crps_ensemble`); the baselines are point forecasts, whose "
+        "CRPS is their absolute error. Coverage: the theory's 90 % prediction intervals; run level: the "
+        "within-caption variance, averaged over captions and summed over axes. Every value: "
+        "[`skill.csv`](skill.csv).",
+        "",
+        markdown_table(skill_summary(table).reset_index(), digits=3),
+        "",
+        "ln of the run-level within-caption variance per held-out iteration (theory: median [90 % interval]):",
+        "",
+        markdown_table(wide(run, ["run", "iteration"])),
+        *(
+            ["", "Per caption and axis (ln var, and the mean in trait units):", "",
+             markdown_table(wide(captions, ["run", "caption", "iteration", "axis", "quantity"]))]
+            if shown
+            else ["", f"The {len(captions) // 3} per-caption values are in [`skill.csv`](skill.csv)."]
+        ),
+        "",
+    ]
 
 
 def _wide(statistics: pd.DataFrame) -> pd.DataFrame:
