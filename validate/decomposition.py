@@ -36,6 +36,7 @@ import pandas as pd
 
 from qtm.random import check_random_state
 from validate.errors import ValidateError
+from validate.intervals import bca_interval
 from validate.statistics import ALL_CAPTIONS, MIN_GROUP_SIZE
 
 #: ``caption`` of the rows that describe the unconditional branch (it has no caption).
@@ -82,27 +83,52 @@ class RunTraits:
 
 
 class _Moments:
-    """Per-caption and pooled moments of one set, row 0 the point estimate, rows 1.. bootstrap resamples."""
+    """Per-caption and pooled moments of one set, row 0 the point estimate, rows 1.. bootstrap resamples.
 
-    def __init__(self, sample: TraitSet, captions: list[str], n_boot: int, rng: np.random.Generator):
+    With ``rng`` None, rows 1.. are the jackknife instead, one image left out per row (in the order of the
+    caption groups, whose row ranges ``strata`` holds); with ``n_boot`` 0, row 0 alone.
+    """
+
+    def __init__(self, sample: TraitSet, captions: list[str], n_boot: int, rng: np.random.Generator | None):
         x = sample.traits - sample.traits.mean(axis=0)  # centred: the sums of squares stay well conditioned
         shift = sample.traits.mean(axis=0)
         k = x.shape[1]
-        self.mean = np.full((n_boot + 1, len(captions), k), np.nan)
+        groups = _groups(sample.captions, captions)
+        rows = 1 + (sum(len(index) for index in groups.values()) if rng is None else n_boot)
+        self.mean = np.full((rows, len(captions), k), np.nan)
         self.var = np.full_like(self.mean, np.nan)
-        total_n, total_s, total_q = 0, np.zeros((n_boot + 1, k)), np.zeros((n_boot + 1, k))
-        for c, index in _groups(sample.captions, captions).items():
+        self.strata, offset = [], 1
+        total_n, total_s, total_q = np.zeros((rows, 1)), np.zeros((rows, k)), np.zeros((rows, k))
+        for c, index in groups.items():
             n = len(index)
-            counts = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
-            sums, squares = counts @ x[index], counts @ x[index] ** 2
-            total_n, total_s, total_q = total_n + n, total_s + sums, total_q + squares
+            if rng is None:  # leave-one-out rows of this group (closed form); the other groups' rows keep all
+                self.strata.append(slice(offset, offset + n))
+                offset += n
+                size = np.full((rows, 1), float(n))
+                size[self.strata[-1]] -= 1
+                sums = np.broadcast_to(x[index].sum(axis=0), (rows, k)).copy()
+                squares = np.broadcast_to((x[index] ** 2).sum(axis=0), (rows, k)).copy()
+                sums[self.strata[-1]] -= x[index]
+                squares[self.strata[-1]] -= x[index] ** 2
+            else:
+                counts = np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)])
+                size = counts.sum(axis=1, keepdims=True)
+                sums, squares = counts @ x[index], counts @ x[index] ** 2
+            total_n, total_s, total_q = total_n + size, total_s + sums, total_q + squares
             if c is not None and n >= MIN_GROUP_SIZE:  # fewer: no per-caption moments (NaN), as in statistics
-                self.mean[:, c] = shift + sums / n
-                self.var[:, c] = (squares - sums**2 / n) / (n - 1)
-        if total_n < 2:
+                self.mean[:, c] = shift + sums / size
+                self.var[:, c] = (squares - sums**2 / size) / (size - 1)
+        if total_n[0, 0] < 2:
             raise ValidateError("an image set of the decomposition has fewer than 2 images")
         self.pooled_mean = shift + total_s / total_n
         self.pooled_var = (total_q - total_s**2 / total_n) / (total_n - 1)
+
+    def point(self) -> _Moments:
+        """The point estimate alone (row 0), which broadcasts against any other set's rows."""
+        point = object.__new__(_Moments)
+        point.mean, point.var, point.strata = self.mean[:1], self.var[:1], []
+        point.pooled_mean, point.pooled_var = self.pooled_mean[:1], self.pooled_var[:1]
+        return point
 
 
 def _groups(labels: np.ndarray, captions: list[str]) -> dict:
@@ -128,6 +154,7 @@ def _pooled_mixture(a: _Moments, b: _Moments, fraction: float) -> np.ndarray:
 
 def _slope(x, y) -> np.ndarray:
     """Least-squares slope through the origin of y on x, per bootstrap row (x, y: (B+1, ...))."""
+    x, y = np.broadcast_arrays(x, y)
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
@@ -137,6 +164,7 @@ def _slope(x, y) -> np.ndarray:
 
 def _line(x, y) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares slope and intercept of y on x, per bootstrap row."""
+    x, y = np.broadcast_arrays(x, y)
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
     ok = np.isfinite(x) & np.isfinite(y)
     count = ok.sum(axis=1)
@@ -190,48 +218,76 @@ def _decompose_run(run: RunTraits, n_boot: int, level: float, rng) -> list[dict]
     captions = sorted({c for s in run.cfg1.values() for c in s.captions.tolist()} - {""})
     if not captions:
         raise ValidateError(f"{run.run}: the CFG-1 samples have no captions; the decomposition is per caption")
-    tail = 100 * (1 - level) / 2
+    # Measured in the order the bootstrap draws have always been made.
+    sets = {("cfg1", t): s for t, s in sorted(run.cfg1.items())}
+    if not run.guided_is_cfg1:
+        sets.update({("guided", t): s for t, s in sorted(run.guided.items())})
+    sets.update({("uncond", t): s for t, s in sorted(run.uncond.items())})
+    sets.update({name: getattr(run, name) for name in ("data", "base_cond", "base_uncond")})
+    sets = {name: sample for name, sample in sets.items() if sample is not None}
+    moments = {name: _Moments(sample, captions, n_boot, rng) for name, sample in sets.items()}
+    entries = _quantities(run, moments, captions)
+    jackknives = [[] for _ in entries]
+    if n_boot:
+        # The jackknife of the BCa acceleration: one set's images left out one at a time, the other sets whole.
+        points = {name: m.point() for name, m in moments.items()}
+        for name, sample in sets.items():
+            left_out = _Moments(sample, captions, 0, None)
+            found_all = _quantities(run, {**points, name: left_out}, captions)
+            for found, jackknife in zip(found_all, jackknives, strict=True):
+                if len(found["values"]) > 1:
+                    jackknife += [found["values"][stratum] for stratum in left_out.strata]
+    return [row for entry, jack in zip(entries, jackknives, strict=True) for row in _rows(run, entry, jack, level)]
+
+
+def _rows(run: RunTraits, entry: dict, jackknife: list, level: float) -> list[dict]:
+    """Rows of one quantity with BCa intervals (NaN where under 90% of the resamples give a finite value)."""
+    values = entry["values"]
+    boot = values[1:]
+    low, high = bca_interval(values[0], boot, jackknife, level=level)
+    if entry["exact"]:
+        low = high = values[0]
+    else:
+        enough = len(boot) > 0 and np.isfinite(boot).sum(axis=0) >= 0.9 * len(boot)
+        low, high = np.where(enough, low, np.nan), np.where(enough, high, np.nan)
+    return [
+        {
+            "run": run.run,
+            "cfg": run.cfg,
+            "caption": name,
+            "axis": a if entry["axis"] is None else entry["axis"],
+            "iteration": entry["iteration"],
+            "quantity": entry["quantity"],
+            "value": float(values[0, c, a]),
+            "lo": float(low[c, a]),
+            "hi": float(high[c, a]),
+        }
+        for c, name in enumerate(entry["names"])
+        for a in range(values.shape[2])
+    ]
+
+
+def _quantities(run: RunTraits, moments: dict, captions: list[str]) -> list[dict]:
+    """Every quantity of the decomposition, each with its values (rows, captions, axes) from the sets' moments."""
     out = []
 
-    def measure(sample):
-        return None if sample is None else _Moments(sample, captions, n_boot, rng)
-
     def emit(quantity, iteration, values, *, caption=None, axis=None, exact=False):
-        """Rows of one quantity: values (B+1,) pooled, (B+1, k) per axis or (B+1, C, k) per caption and axis."""
+        """One quantity: values (B+1,) pooled, (B+1, k) per axis or (B+1, C, k) per caption and axis."""
         values = np.asarray(values, dtype=float)
         if values.ndim == 1:
             values = values[:, None, None]
         elif values.ndim == 2:
             values = values[:, None, :]
         names = captions if values.shape[1] == len(captions) and caption is None else [caption or ALL_CAPTIONS]
-        for c, name in enumerate(names):
-            for a in range(values.shape[2]):
-                column = values[:, c, a]
-                boot = column[1:][np.isfinite(column[1:])]
-                if exact:
-                    low = high = column[0]
-                elif n_boot and len(boot) >= 0.9 * n_boot:
-                    low, high = np.percentile(boot, [tail, 100 - tail])
-                else:
-                    low = high = np.nan
-                out.append(
-                    {
-                        "run": run.run,
-                        "cfg": run.cfg,
-                        "caption": name,
-                        "axis": a if axis is None else axis,
-                        "iteration": iteration,
-                        "quantity": quantity,
-                        "value": float(column[0]),
-                        "lo": float(low),
-                        "hi": float(high),
-                    }
-                )
+        out.append(
+            {"quantity": quantity, "iteration": iteration, "values": values, "names": names, "axis": axis,
+             "exact": exact}
+        )
 
-    cfg1 = {t: measure(s) for t, s in sorted(run.cfg1.items())}
-    guided = cfg1 if run.guided_is_cfg1 else {t: measure(s) for t, s in sorted(run.guided.items())}
-    uncond = {t: measure(s) for t, s in sorted(run.uncond.items())}
-    data, base_cond, base_uncond = measure(run.data), measure(run.base_cond), measure(run.base_uncond)
+    cfg1 = {key[1]: m for key, m in moments.items() if key[:1] == ("cfg1",)}
+    guided = cfg1 if run.guided_is_cfg1 else {key[1]: m for key, m in moments.items() if key[:1] == ("guided",)}
+    uncond = {key[1]: m for key, m in moments.items() if key[:1] == ("uncond",)}
+    data, base_cond, base_uncond = (moments.get(name) for name in ("data", "base_cond", "base_uncond"))
     selection, response, inherit_x, inherit_y, var_x, var_y, uncond_x, uncond_y = ([] for _ in range(8))
     for t in cfg1:
         if t in guided:
@@ -280,7 +336,8 @@ def _decompose_run(run: RunTraits, n_boot: int, level: float, rng) -> list[dict]
             uncond_x.append(x), uncond_y.append(y)
 
     def joined(parts):
-        return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
+        rows = max(len(p) for p in parts)  # a jackknife pass: the sets left whole have one row
+        return np.concatenate([np.broadcast_to(p, (rows, *p.shape[1:])).reshape(rows, -1) for p in parts], axis=1)
 
     if selection:
         for i, name in enumerate(("h2_mean", "h2_log_var")):

@@ -61,6 +61,8 @@ def bca_interval(point, replicates, jackknife, *, level: float = 0.95) -> tuple[
     """
     point = np.asarray(point, dtype=float)
     boot = np.asarray(replicates, dtype=float).reshape(-1, *point.shape)
+    if len(boot) == 0:
+        return np.full(point.shape, np.nan), np.full(point.shape, np.nan)
     boot = np.where(np.isfinite(boot), boot, np.nan)
     finite = np.isfinite(boot).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
