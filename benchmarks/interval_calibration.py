@@ -1,0 +1,123 @@
+"""Coverage of validate's 95 % intervals on synthetic populations of known truth (issue 21 item 4).
+
+For each of Gaussian and heavy-tailed (Student t, 5 degrees of freedom, scaled to unit variance)
+traits, draws ``--populations`` populations and counts how often each statistic's interval holds
+the truth:
+
+- h2_mean, rho, rho_v, mu (``validate.decomposition.decompose``, BCa): a two-iteration run of 8
+  captions x 2 axes, 40 images per caption and set, whose models follow the inheritance law with
+  known rho, rho_v, mu from their training set's sample moments and whose guided images add a known
+  selection (the construction of tests/test_validate_decomposition.py); iteration 0's values.
+- within_var (``validate.statistics.grouped_statistics``, BCa): the mean over 8 captions of 30
+  images of the within-caption variance; the truth is the mean of the true variances.
+- precision, recall, density, coverage, vendi (``validate.diversity.diversity_metrics``,
+  half-sampling without replacement): 60 real against 60 generated 4-d points (the generated set
+  narrowed to 0.8 of the real spread). These metrics have no size-free population value; the truth
+  is their expectation at these set sizes, the mean of the point estimates over all populations
+  (its own Monte-Carlo error is the SD over sqrt(populations), small beside an interval).
+
+Prints one table: coverage, its Monte-Carlo standard error sqrt(p (1 - p) / N), and the miss from
+the 93-97 % goal. Run: ``python benchmarks/interval_calibration.py --populations 1000 --resamples 200``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from validate.decomposition import RunTraits, TraitSet, decompose
+from validate.diversity import diversity_metrics
+from validate.statistics import WITHIN_CAPTIONS, grouped_statistics
+
+RHO, RHO_V, MU, S_MEAN, S_LOG = 0.7, 0.5, 0.2, 0.8, -0.5
+CAPTIONS = [f"c{i}" for i in range(8)]
+DECOMPOSITION = ("h2_mean", "rho", "rho_v", "mu")
+DIVERSITY = ("precision", "recall", "density", "coverage", "vendi")
+
+
+def noise(rng, shape, tails):
+    """Unit-variance noise: Gaussian, or Student t with 5 degrees of freedom scaled by sqrt(3/5)."""
+    return rng.standard_normal(shape) if tails == "gaussian" else rng.standard_t(5, shape) * np.sqrt(3 / 5)
+
+
+def draw(rng, means, variances, n, tails):
+    pairs = zip(means, variances, strict=True)
+    traits = np.concatenate([m + np.sqrt(v) * noise(rng, (n, len(m)), tails) for m, v in pairs])
+    return TraitSet(traits, np.repeat(CAPTIONS, n))
+
+
+def decomposition_population(rng, tails, n_boot, n=40):
+    """Iteration 0's h2_mean, rho, rho_v, mu and their intervals, with their true values."""
+    k = 2
+    base_mean = rng.normal(0, 2, (len(CAPTIONS), k))
+    base_var = np.exp(rng.normal(0, 0.3, (len(CAPTIONS), k)))
+    data_mean = base_mean + rng.normal(0, 1.5, base_mean.shape)
+    data = draw(rng, data_mean, base_var * np.exp(rng.normal(0, 0.8, base_var.shape)), n, tails)
+    run = RunTraits("sim", 5.0, guided={}, cfg1={}, data=data, base_cond=draw(rng, base_mean, base_var, n, tails))
+    train, means = data, []
+    for t in range(2):
+        m_d = np.array([train.traits[train.captions == c].mean(axis=0) for c in CAPTIONS])
+        v_d = np.array([train.traits[train.captions == c].var(axis=0, ddof=1) for c in CAPTIONS])
+        mean = base_mean + RHO * (m_d - base_mean)
+        log_var = np.log(base_var) + RHO_V * (np.log(v_d) - np.log(base_var)) + MU
+        means.append(mean)
+        run.cfg1[t] = draw(rng, mean, np.exp(log_var), n, tails)
+        run.guided[t] = draw(rng, mean + S_MEAN, np.exp(log_var + S_LOG), n, tails)
+        train = run.guided[t]
+    response = means[1] - means[0]
+    truth = {"h2_mean": response.mean() / S_MEAN, "rho": RHO, "rho_v": RHO_V, "mu": MU}
+    table = decompose([run], n_boot=n_boot, random_state=rng)
+    table = table[(table.iteration == 0) & (table.caption == "(all)") & (table.axis == -1)]
+    found = {}
+    for quantity in DECOMPOSITION:
+        row = table[table.quantity == quantity].iloc[0]
+        found[quantity] = (row.value, row.lo, row.hi, truth[quantity])
+    return found
+
+
+def within_population(rng, tails, n_boot, n=30):
+    variances = np.exp(rng.normal(0, 0.5, len(CAPTIONS)))
+    x = np.concatenate([np.sqrt(v) * noise(rng, (n, 1), tails) for v in variances])
+    rows = grouped_statistics(x, x, np.repeat(CAPTIONS, n), n_boot=n_boot, random_state=rng)
+    row = next(r for r in rows if r["caption"] == WITHIN_CAPTIONS and r["statistic"] == "var")
+    return {"within_var": (row["value"], row["ci_low"], row["ci_high"], variances.mean())}
+
+
+def diversity_population(rng, tails, n_boot, n=60, d=4):
+    real, generated = noise(rng, (n, d), tails), 0.8 * noise(rng, (n, d), tails)
+    rows = diversity_metrics(real, generated, bootstrap=n_boot, random_state=int(rng.integers(2**31)))
+    return {r["statistic"]: (r["value"], r["ci_low"], r["ci_high"], None) for r in rows if r["statistic"] in DIVERSITY}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--populations", type=int, default=1000)
+    parser.add_argument("--resamples", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=2026)
+    options = parser.parse_args(argv)
+    print(f"{options.populations} populations per distribution, {options.resamples} resamples each, 95 % intervals")
+    print(f"{'statistic':<12} {'tails':<9} {'coverage':>8} {'MC SE':>6} {'miss':>6} {'contains':>8}")
+    for tails in ("gaussian", "t5"):
+        rng = np.random.default_rng([options.seed, tails == "t5"])
+        found: dict[str, list] = {}
+        start = time.perf_counter()
+        for _ in range(options.populations):
+            for simulate in (decomposition_population, within_population, diversity_population):
+                for name, value in simulate(rng, tails, options.resamples).items():
+                    found.setdefault(name, []).append(value)
+        for name, values in found.items():
+            value, low, high, truth = (np.array(column, dtype=float) for column in zip(*values, strict=True))
+            if name in DIVERSITY:
+                truth = np.full(len(value), value.mean())
+            coverage = np.mean((low <= truth) & (truth <= high))
+            se = np.sqrt(coverage * (1 - coverage) / len(value))
+            miss = min(coverage - 0.93, 0.0) + max(coverage - 0.97, 0.0)
+            contains = np.mean((low <= value) & (value <= high))
+            print(f"{name:<12} {tails:<9} {coverage:8.3f} {se:6.3f} {miss:+6.3f} {contains:8.3f}")
+        print(f"# {tails}: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
