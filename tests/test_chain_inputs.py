@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from test_cli_usage import run_main
 
 from chain.data import load_dataset
 from chain.errors import ChainError
@@ -163,15 +162,17 @@ def test_a_foreign_directory_is_not_taken_over(tmp_path):
         RunDirectory(tmp_path / "run").open({}, seed=0, extra={})
 
 
-def chain_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "commands.chain_program", "run", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
+@pytest.fixture
+def chain_cli(monkeypatch, capsys):
+    """``chain run ARGS`` through the program's entry point, in-process: its exit status and stderr (the installed
+    programs' own exit path is test_cli_usage's)."""
+    from commands.chain_program import main
+
+    def run(*args):
+        status, out, err = run_main(monkeypatch, capsys, main, "chain", "run", *map(str, args))
+        return subprocess.CompletedProcess(args, status, out, err)
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -185,7 +186,7 @@ def chain_cli(*args, env=None):
         (["--device", "cuda"], "no CUDA GPU is available"),
     ],
 )
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+def test_cli_bad_input_is_one_line_and_exit_2(chain_cli, tmp_path, args, message):
     """Each refusal happens before anything is written: the run directory is never created."""
     args = [a.replace("MISSING", str(tmp_path / "missing")) for a in args]
     if "--device" in args:
@@ -201,7 +202,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_config_file(tmp_path):
+def test_cli_config_file(chain_cli, tmp_path):
     (tmp_path / "bad.toml").write_text("colour = 'red'\n")
     done = chain_cli(tmp_path / "run", "--config", tmp_path / "bad.toml")
     assert done.returncode == 2 and "unknown option 'colour'" in done.stderr
@@ -211,7 +212,7 @@ def test_cli_config_file(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_sd_model_that_is_not_a_diffusers_model(tmp_path):
+def test_cli_sd_model_that_is_not_a_diffusers_model(chain_cli, tmp_path):
     """The sd backend is built before the run directory is made, so a bad --model leaves nothing behind."""
     (tmp_path / "not-a-model").mkdir()
     done = chain_cli(tmp_path / "run", "--backend", "sd", "--model", tmp_path / "not-a-model", "--device", "cpu",

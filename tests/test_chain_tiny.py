@@ -31,7 +31,8 @@ from chain.runner import run_chain  # noqa: E402
 from chain.text_encoders import HashTextEncoder, caption_words  # noqa: E402
 from qtm.schedules import CFGSchedule  # noqa: E402
 
-pytestmark = pytest.mark.chain
+# One worker runs them all: they share the reduced base model, which the others would wait for.
+pytestmark = [pytest.mark.chain, pytest.mark.xdist_group("tiny-chain")]
 
 #: The reduced base model of these tests: enough training for recognisable digits.
 REDUCED = TinyConfig(base_train_steps=300)
