@@ -24,7 +24,7 @@ from chain.decomposition_samples import DEFAULT_PER_CAPTION, make_decomposition_
 from chain.errors import ChainError
 from chain.reference import make_reference as generate_reference
 from chain.selection_samples import make_selection_samples
-from qtm.rundir import read_run
+from qtm.rundir import read_parameters
 from validate.embedders import EMBEDDER_NAMES
 from validate.pipeline import validate_runs
 from validate.selection import DEFAULT_CFGS, parse_cfgs
@@ -108,7 +108,7 @@ def validate_command(
     selection = {"images": 0, "seconds": 0.0}
 
     def prepare(path):
-        if not make_reference and "backend" not in read_run(path).params:
+        if not make_reference and "backend" not in read_parameters(path):
             # Not a `chain run` directory (images from elsewhere): measure what is there, generate nothing.
             warn(f"{Path(path).name}: run.json names no backend; no decomposition samples generated")
             return

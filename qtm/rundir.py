@@ -346,6 +346,32 @@ def read_image_set(path, *, what: str, finished: bool = False) -> ImageSet:
     return ImageSet(path=path, files=files, captions=captions)
 
 
+def read_parameters(path) -> dict:
+    """A run directory's parameters (its ``run.json``, flattened), without reading any image.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "run.json").write_text('{"cfg": 3.0}')
+    >>> read_parameters(folder)
+    {'cfg': 3.0}
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirectoryError(f"run directory {str(path)!r} does not exist; give the folder that `chain run` wrote")
+    run_json = path / RUN_FILE
+    if not run_json.exists():
+        raise RunDirectoryError(f"{path} has no {RUN_FILE}; give a run directory written by `chain run`")
+    try:
+        params = json.loads(run_json.read_text())
+    except json.JSONDecodeError as error:
+        raise RunDirectoryError(f"{run_json} is not valid JSON ({error.msg}); the run directory is damaged") from None
+    if not isinstance(params, dict):
+        raise RunDirectoryError(f"{run_json} must hold a JSON object")
+    return _flatten_parameters(params)
+
+
 def read_run(path, *, reference=None, real=None) -> Run:
     """Read a run directory: parameters, finished iterations, reference points and real data.
 
@@ -373,18 +399,7 @@ def read_run(path, *, reference=None, real=None) -> Run:
     (3.0, {})
     """
     path = Path(path)
-    if not path.is_dir():
-        raise RunDirectoryError(f"run directory {str(path)!r} does not exist; give the folder that `chain run` wrote")
-    run_json = path / RUN_FILE
-    if not run_json.exists():
-        raise RunDirectoryError(f"{path} has no {RUN_FILE}; give a run directory written by `chain run`")
-    try:
-        params = json.loads(run_json.read_text())
-    except json.JSONDecodeError as error:
-        raise RunDirectoryError(f"{run_json} is not valid JSON ({error.msg}); the run directory is damaged") from None
-    if not isinstance(params, dict):
-        raise RunDirectoryError(f"{run_json} must hold a JSON object")
-    run = Run(path=path, params=_flatten_parameters(params))
+    run = Run(path=path, params=read_parameters(path))
     for index, folder in iteration_folders(path).items():
         status = iteration_status(folder)
         if status != COMPLETE:
