@@ -9,7 +9,15 @@ from test_validate_fit import chain
 
 from validate.forecast import forecast
 from validate.pipeline import validate_runs
-from validate.skill import RUN_LEVEL, baselines, crps, skill_summary, skill_table, skill_verdict
+from validate.skill import (
+    RUN_LEVEL,
+    crps,
+    forecast_baselines,
+    persistence_and_trend,
+    skill_summary,
+    skill_table,
+    skill_verdict,
+)
 from validate.transition import BaseMoments, Trajectory
 
 COLUMNS = ["run", "caption", "iteration", "axis", "quantity", "method", "predicted", "lo", "hi", "measured", "unit",
@@ -39,7 +47,7 @@ def test_persistence_and_trend_on_a_known_trajectory():
         theory.append({"run": "r", "caption": RUN_LEVEL, "iteration": t, "axis": -1, "quantity": "log_var",
                        "measured": np.log(tr.var[t].sum()), "predicted": 0.0, "lo": -1.0, "hi": 1.0,
                        "covered": False, "crps": 0.1})
-    table = skill_table(pd.DataFrame(theory), [tr], base=base, forecast_from=k)
+    table = skill_table(pd.DataFrame(theory), [tr], base=base, baselines=forecast_baselines(k))
     assert list(table.columns) == COLUMNS
     assert len(table) == 3 * len(theory)
     caption = table[table["caption"] == "c"].set_index(["method", "iteration", "axis", "quantity"])
@@ -66,7 +74,8 @@ def test_persistence_and_trend_on_a_known_trajectory():
 
 
 def test_baselines_with_one_iteration_seen_persist():
-    assert baselines([0, 1, 2], [2.0, 3.0, 4.0], forecast_from=1, target=2) == {"persistence": 2.0, "trend": 2.0}
+    points = persistence_and_trend([0, 1, 2], [2.0, 3.0, 4.0], forecast_from=1, target=2)
+    assert points == {"persistence": 2.0, "trend": 2.0}
 
 
 def test_theory_crps_is_scoringrules_on_known_draws():

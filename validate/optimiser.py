@@ -50,6 +50,7 @@ def fit_theory(
     *,
     base: BaseMoments | None = None,
     fit_until: int | None = None,
+    guidance: str = "per-setting",
 ) -> FitResult:
     """One-step-ahead maximum-likelihood fit of the theory's transition to measured trajectories.
 
@@ -62,6 +63,9 @@ def fit_theory(
         transition into iteration 0 and ``--real-fraction`` need it).
     fit_until : int, optional
         Use only the transitions into iterations ``< fit_until``.
+    guidance : {"per-setting", "shared"}
+        A free ``w_eff`` per CFG setting, or one model for every setting
+        (:class:`validate.transition.TransitionModel`).
 
     Returns
     -------
@@ -80,11 +84,11 @@ def fit_theory(
     >>> round(fit.values[("fidelity", "", -1)], 2), round(fit.values[("var_fidelity", "", -1)], 2)
     (0.6, 0.5)
     """
-    model, best = optimise(trajectories, base, fit_until)
+    model, best = optimise(trajectories, base, fit_until, guidance=guidance)
     return fit_tables(model, best, trajectories)[0]
 
 
-def optimise(trajectories, base, fit_until):
+def optimise(trajectories, base, fit_until, *, guidance: str = "per-setting"):
     if not trajectories:
         raise ValidateError("nothing to fit: no run has a finished iteration")
     for trajectory in trajectories:
@@ -104,7 +108,7 @@ def optimise(trajectories, base, fit_until):
                 f"no {name} moments for caption {missing[0]!r}; measure every caption's reference points "
                 "(--make-reference) or fit with --group none"
             )
-    model = TransitionModel(Transitions(trajectories, base, fit_until))
+    model = TransitionModel(Transitions(trajectories, base, fit_until), guidance=guidance)
     if model.n_values() <= len(model.names):
         raise ValidateError(
             f"the fit has {len(model.names)} parameters but only {model.n_values()} measured values"
@@ -112,7 +116,8 @@ def optimise(trajectories, base, fit_until):
             + "; use more iterations, more captions or more axes"
         )
     best = None
-    for w_scale in START_W_SCALES if model.data.settings else START_W_SCALES[:1]:
+    several = model.data.settings or (guidance == "shared" and (model.data.cfg != 1.0).any())
+    for w_scale in START_W_SCALES if several else START_W_SCALES[:1]:
         start = model.start(w_scale)
         if model.nll(start) >= PENALTY:
             continue

@@ -1,9 +1,13 @@
-"""The forecast's skill against two naive baselines built from the same iterations: persistence and the trend.
+"""The forecast's skill against naive baselines built from the same information.
 
 ``--forecast-from K`` sees iterations ``< K``. From them alone, persistence holds iteration
 ``K - 1``'s measured value and the trend extends the least-squares line through iterations
 ``0 .. K - 1`` (in ln var for variances, so a log-linear trend; in the trait for means).
-:func:`skill_table` scores the theory's forecast draws and both baselines on every held-out
+``--predict`` sees a held-out run's iteration 0 and the training runs: its baselines
+(:func:`validate.prediction.prediction_baselines`) are persistence of iteration 0, the nearest
+training setting's trajectory and the interpolation in CFG between the bracketing ones, both
+shifted to the held-out iteration 0.
+:func:`skill_table` scores the theory's forecast draws and the baselines on every held-out
 value: the absolute error (ln var; the mean in SDs of the real data), the CRPS
 (:func:`scoringrules.crps_ensemble` of the draws; a point forecast's CRPS is its absolute
 error) and, for the theory, whether its 90 % interval covered the measurement.
@@ -19,7 +23,7 @@ import scoringrules
 
 from validate.transition import BaseMoments, Trajectory, for_group
 
-METHODS = ("theory", "persistence", "trend")
+METHODS = ("theory", "persistence", "trend", "nearest", "interpolation")
 #: The issue's goal: the theory's mean |Δ ln var| at most this share of the better baseline's.
 GOAL_RATIO = 0.7
 #: What a run-level row has in its ``caption`` column: the within-caption variance, averaged over captions.
@@ -39,15 +43,15 @@ def crps(draws, observed: float) -> float:
     return float(scoringrules.crps_ensemble(float(observed), draws)) if len(draws) else float("nan")
 
 
-def baselines(iterations, values, *, forecast_from: int, target: int) -> dict[str, float]:
+def persistence_and_trend(iterations, values, *, forecast_from: int, target: int) -> dict[str, float]:
     """Persistence of iteration ``forecast_from - 1`` and the least-squares line through iterations ``< forecast_from``.
 
     With one iteration seen the trend is that value (no slope to extend).
 
     Examples
     --------
-    >>> {name: round(value, 6) for name, value in baselines([0, 1, 2, 3], [1.0, 2.0, 9.0, 9.0], forecast_from=2,
-    ...                                                       target=4).items()}
+    >>> points = persistence_and_trend([0, 1, 2, 3], [1.0, 2.0, 9.0, 9.0], forecast_from=2, target=4)
+    >>> {name: round(value, 6) for name, value in points.items()}
     {'persistence': 2.0, 'trend': 5.0}
     """
     iterations, values = np.asarray(iterations, float), np.asarray(values, float)
@@ -74,10 +78,31 @@ def run_level_log_var(trajectories: list[Trajectory]) -> tuple[np.ndarray, np.nd
     return np.array(common), np.array(values)
 
 
-def skill_table(
-    theory: pd.DataFrame, trajectories: list[Trajectory], *, base: BaseMoments, forecast_from: int
-) -> pd.DataFrame:
-    """The theory's forecast rows and both baselines', scored against the measurements.
+def forecast_baselines(forecast_from: int):
+    """The baselines of ``--forecast-from K`` for :func:`skill_table`: persistence and the trend."""
+
+    def points(row, iterations, values):
+        return persistence_and_trend(iterations, values, forecast_from=forecast_from, target=row["iteration"])
+
+    return points
+
+
+def series(members: list[Trajectory], row, *, base: BaseMoments) -> tuple[np.ndarray, np.ndarray, float]:
+    """The measured series a skill row belongs to, in one run's trajectories ``members``: iterations, values
+    (ln var, or the mean) and the unit its errors are counted in (the real data's SD for a mean, else 1)."""
+    if row["caption"] == RUN_LEVEL:
+        iterations, values = run_level_log_var(members)
+        return iterations, values, 1.0
+    tr = next(tr for tr in members if tr.group == row["caption"])
+    if row["quantity"] == "log_var":
+        return tr.iterations, np.log(tr.var[:, row["axis"]]), 1.0
+    unit_source = base.data if base.data is not None else base.cond
+    unit = float(np.sqrt(np.asarray(for_group(unit_source, tr.group)[1], float)[row["axis"]]))
+    return tr.iterations, tr.mean[:, row["axis"]], unit
+
+
+def skill_table(theory: pd.DataFrame, trajectories: list[Trajectory], *, base: BaseMoments, baselines) -> pd.DataFrame:
+    """The theory's forecast rows and the baselines', scored against the measurements.
 
     Parameters
     ----------
@@ -87,9 +112,13 @@ def skill_table(
         "log_var"), ``measured``, ``predicted`` (the draws' median), ``lo``, ``hi``, ``covered``
         and ``crps`` (of the draws, in the quantity's units), all in trait units (ln var for "log_var").
     trajectories : list of Trajectory
-        The measured trajectories the baselines are built from (iterations ``< forecast_from`` only).
+        The measured trajectories of the held-out runs (a baseline sees only what ``baselines`` lets it).
     base : BaseMoments
         The SD unit of the means: the real data's per caption and axis where measured, else the base model's.
+    baselines : callable
+        ``baselines(row, iterations, values)`` -> {method: point} from the row's own measured series
+        (:func:`forecast_baselines`; :func:`validate.prediction.prediction_baselines`); a NaN point is
+        "not available" and left out.
 
     Returns
     -------
@@ -98,27 +127,18 @@ def skill_table(
         divided by; 1 for ln var), ``abs_error`` and ``crps`` in those units; a baseline's ``lo``
         and ``hi`` are its point and its ``covered`` is missing.
     """
-    unit_source = base.data if base.data is not None else base.cond
     rows = []
     for row in theory.to_dict("records"):
         members = [tr for tr in trajectories if tr.run == row["run"]]
-        if row["caption"] == RUN_LEVEL:
-            iterations, values = run_level_log_var(members)
-            unit = 1.0
-        else:
-            tr = next(tr for tr in members if tr.group == row["caption"])
-            iterations = tr.iterations
-            if row["quantity"] == "mean":
-                values = tr.mean[:, row["axis"]]
-                unit = float(np.sqrt(np.asarray(for_group(unit_source, tr.group)[1], float)[row["axis"]]))
-            else:
-                values, unit = np.log(tr.var[:, row["axis"]]), 1.0
-        points = baselines(iterations, values, forecast_from=forecast_from, target=row["iteration"])
+        iterations, values, unit = series(members, row, base=base)
+        points = baselines(row, iterations, values)
         rows.append(
             {**row, "method": "theory", "unit": unit, "abs_error": abs(row["predicted"] - row["measured"]) / unit,
              "crps": row["crps"] / unit}
         )
         for method, point in points.items():
+            if not np.isfinite(point):
+                continue
             error = abs(point - row["measured"]) / unit
             rows.append(
                 {**row, "method": method, "predicted": point, "lo": point, "hi": point, "covered": None,
@@ -172,13 +192,14 @@ def skill_verdict(table: pd.DataFrame) -> dict:
     run = table[(table["caption"] == RUN_LEVEL) & (table["quantity"] == "log_var")]
     errors = run.pivot_table(index=["run", "iteration"], columns="method", values="abs_error")
     means = errors.mean()
-    better = min(("persistence", "trend"), key=lambda m: means[m])
+    present = [m for m in METHODS[1:] if m in means and np.isfinite(means[m])]
+    better = min(present, key=lambda m: means[m])
     ratio = float(means["theory"] / means[better]) if means[better] > 0 else float("nan")
     return {
-        **{f"skill_{m}_abs_log_var": float(means[m]) for m in METHODS},
+        **{f"skill_{m}_abs_log_var": float(means[m]) for m in METHODS if m in means},
         "skill_better_baseline": better,
         "skill_ratio": ratio,
         "skill_goal_met": bool(ratio <= GOAL_RATIO),
-        **{f"skill_theory_wins_over_{m}": int((errors["theory"] < errors[m]).sum()) for m in ("persistence", "trend")},
+        **{f"skill_theory_wins_over_{m}": int((errors["theory"] < errors[m]).sum()) for m in present},
         "skill_forecasts": len(errors),
     }

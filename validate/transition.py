@@ -45,6 +45,10 @@ from qtm.sampler_map import guided_moments
 from validate.errors import ValidateError
 
 W_BOUNDS = (0.0, 50.0)
+#: Bounds of the shared model's guidance gain g (``w_eff = 1 + g (cfg - 1)``).
+GAIN_BOUNDS = (0.0, 10.0)
+#: How selection depends on the setting (:class:`TransitionModel`).
+GUIDANCE_MODELS = ("per-setting", "shared")
 #: Negative log likelihood of a parameter set whose transition overflows: far above any real one.
 PENALTY = 1e12
 #: Floor of the excess kurtosis in the log-variance SE (-2 would make it zero).
@@ -150,6 +154,8 @@ class Transitions:
         self.setting = np.array(
             [settings.index(trajectories[r].setting) if trajectories[r].cfg != 1.0 else -1 for r in self.traj]
         )
+        self.cfg = np.array([trajectories[r].cfg for r in self.traj], dtype=float)
+        self.drop = np.array([trajectories[r].drop for r in self.traj], dtype=float)
         self.calls = {}
         for j, r in enumerate(self.traj):
             tr = trajectories[r]
@@ -230,16 +236,33 @@ def _kurtosis(trajectory: Trajectory) -> np.ndarray:
 
 
 class TransitionModel:
-    """Parameter vector -> one-step predictions and likelihood; a batch of vectors (B, n) at once."""
+    """Parameter vector -> one-step predictions and likelihood; a batch of vectors (B, n) at once.
 
-    def __init__(self, data: Transitions):
+    ``guidance`` is how selection depends on the setting: ``"per-setting"``, a free ``w_eff`` per CFG
+    setting and a free ``uncond_fidelity`` (describes the runs it is fitted to, predicts no other
+    setting); ``"shared"``, one model for every setting: ``w_eff = 1 + g (cfg - 1)`` with one
+    ``guidance_gain`` g, and the unconditional branch's fidelity ``min(1, a + drop * rho)`` with one
+    ``uncond_drift`` a (:func:`qtm.params.default_uncond_fidelity`), so the parameter vector is the
+    same for any set of settings and a fit predicts settings it never saw.
+    """
+
+    def __init__(self, data: Transitions, *, guidance: str = "per-setting"):
+        if guidance not in GUIDANCE_MODELS:
+            raise ValidateError(f"--guidance {guidance!r} is not one of: {', '.join(GUIDANCE_MODELS)}")
         self.data = data
-        names = [("fidelity", "", -1), ("uncond_fidelity", "", -1), ("var_fidelity", "", -1), ("var_shift", "", -1)]
+        self.guidance = guidance
+        shared = guidance == "shared"
+        names = [("fidelity", "", -1), ("uncond_drift" if shared else "uncond_fidelity", "", -1),
+                 ("var_fidelity", "", -1), ("var_shift", "", -1)]
         lower, upper = [0.0, 0.0, 0.0, -5.0], [1.0, 1.0, 1.0, 5.0]
-        for setting in data.settings:
+        for setting in [] if shared else data.settings:
             names.append(("w_eff", setting, -1))
             lower.append(W_BOUNDS[0])
             upper.append(W_BOUNDS[1])
+        if shared:
+            names.append(("guidance_gain", "", -1))
+            lower.append(GAIN_BOUNDS[0])
+            upper.append(GAIN_BOUNDS[1])
         names += [("log_process_var", "mean", -1), ("log_process_var", "log_var", -1)]
         lower += [-25.0, -25.0]
         upper += [5.0, 5.0]
@@ -247,9 +270,23 @@ class TransitionModel:
         self.bounds = list(zip(lower, upper, strict=True))
 
     def start(self, w_scale: float) -> np.ndarray:
+        if self.guidance == "shared":
+            return np.array([0.7, 0.1, 0.5, 0.0, w_scale, np.log(0.01), np.log(0.01)])
         trajectories = self.data.trajectories
         w = [float(np.clip(1 + w_scale * (setting_cfg(trajectories, s) - 1), *W_BOUNDS)) for s in self.data.settings]
         return np.array([0.7, 0.5, 0.5, 0.0, *w, np.log(0.01), np.log(0.01)])
+
+    def strength(self, x, rows):
+        """``w_eff`` of each transition row (..., J, 1) and the unconditional fidelity (scalar or (..., J, 1))."""
+        d = self.data
+        theta = x if x.ndim == 1 else x.T[..., None, None]
+        if self.guidance == "shared":
+            gain = theta[4]
+            w = 1.0 + gain * (d.cfg[rows] - 1.0)[:, None]
+            rho_u = np.minimum(1.0, theta[1] + d.drop[rows][:, None] * theta[0])
+            return w, rho_u
+        scales = np.concatenate([x[..., 4 : 4 + len(d.settings)], np.ones((*x.shape[:-1], 1))], axis=-1)
+        return scales[..., d.setting[rows]][..., None], theta[1]
 
     def unpack(self, x) -> dict:
         return {name: float(value) for name, value in zip(self.names, x, strict=True)}
@@ -265,15 +302,14 @@ class TransitionModel:
         x = np.asarray(x, dtype=float)
         # One vector: its scalars; a batch: each parameter as (B, 1, 1), to broadcast over rows and axes.
         theta = x if x.ndim == 1 else x.T[..., None, None]
-        rho, rho_u, rho_v, mu = theta[0], theta[1], theta[2], theta[3]
+        rho, rho_v, mu = theta[0], theta[2], theta[3]
+        w, rho_u = self.strength(x, rows)
         share = uncond_share(rho, rho_u)
-        share = float(share) if x.ndim == 1 else share
+        share = float(share) if np.ndim(share) == 0 else share
         cond_mean = d.base_mean[rows] + rho * (src_mean - d.base_mean[rows])
         cond_log = d.base_log[rows] + rho_v * (src_log - d.base_log[rows]) + mu
         u_mean = d.uncond_mean + rho_u * (pool_mean - d.uncond_mean)
         u_log = d.uncond_log_var + share * rho_v * (pool_log - d.uncond_log_var) + share * mu
-        scales = np.concatenate([x[..., 4 : 4 + len(d.settings)], np.ones((*x.shape[:-1], 1))], axis=-1)
-        w = scales[..., d.setting[rows]][..., None]
         cond_mean, cond_log, u_mean, u_log = np.broadcast_arrays(cond_mean, cond_log, u_mean, u_log)
         mean = np.empty(cond_mean.shape)
         log = np.empty_like(mean)
