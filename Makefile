@@ -9,11 +9,14 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
 .PHONY: demo chain-demo test lint verify figures docs bench clean study-runs study rgb-study-runs rgb-study
 
+# The install prints only errors: its commands are not echoed, pip runs with -q, and the one warning filter drops
+# setuptools' "!!" banner that announces every editable install (an InformationOnly warning that pip shows even
+# with -q) and nothing else.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[chain,dev]'
-	touch $(STAMP)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q -e '.[chain,dev]'
+	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/qtm simulate --out runs/demo-sweep.parquet
