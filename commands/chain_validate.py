@@ -36,6 +36,17 @@ def validate_command(
     report: Path = typer.Option(..., help="Output folder of the report (tables, plots, report.md)."),
     axes: int = typer.Option(3, help="Number of PCA trait axes fixed on the reference population."),
     forecast_from: int = typer.Option(None, help="Also fit on iterations < K only and report the forecast error."),
+    predict: list[str] = typer.Option(
+        None,
+        help="Held-out run directories (repeat the option, or separate with commas): fit one model for every "
+        "setting on RUN_DIRS and predict each held-out run's iterations from its iteration 0 and run.json "
+        "settings, scored against baselines; the report gains calibration.json for `qtm simulate --calibration`.",
+    ),
+    guidance: str = typer.Option(
+        "per-setting",
+        help="Model of selection of the fit and forecast: per-setting (a free w_eff per CFG setting) or shared "
+        "(w_eff = 1 + g (cfg - 1), one g for every setting). --predict always uses shared.",
+    ),
     reference: Path = typer.Option(None, help="Folder with cond/ and uncond/ base-model generations (all runs)."),
     real: Path = typer.Option(None, help="Folder of real-data images (all runs)."),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the 95% intervals (0: none)."),
@@ -88,6 +99,7 @@ def validate_command(
 
     from qtm.io import check_output_dir
 
+    held_out = [Path(part) for item in predict or [] for part in item.split(",") if part]
     cfgs = None
     if selection_curve or selection_cfg is not None:
         cfgs = parse_cfgs(DEFAULT_CFGS if selection_cfg is None else selection_cfg)
@@ -164,6 +176,8 @@ def validate_command(
             embedder=embedder,
             axes=axes,
             forecast_from=forecast_from,
+            predict=held_out,
+            guidance=guidance,
             reference=reference,
             real=real,
             bootstrap=bootstrap,
@@ -199,4 +213,13 @@ def validate_command(
         else f"one-step fit: reduced chi2 {fit['reduced_chi2']:.3g} "
         f"({fit['reduced_chi2_measurement']:.3g} without process noise)"
     )
+    if result["prediction"] is not None:
+        g = result["prediction"]
+        better = g["skill_better_baseline"]
+        typer.echo(
+            f"prediction of {len(g['held_out_runs'])} held-out run(s): mean |Δ ln var| "
+            f"{g['skill_theory_abs_log_var']:.3g} against {g[f'skill_{better}_abs_log_var']:.3g} for {better} "
+            f"(ratio {g['skill_ratio']:.2f}); 90 % intervals cover {100 * g['predict_run_coverage']:.0f} % of "
+            "run-iterations"
+        )
     typer.echo(f"report: {result['written']['report']} (--group {result['group']}; {summary})")

@@ -3,10 +3,14 @@
 Each run (per caption when grouped) becomes a :class:`validate.transition.Trajectory` of its
 generated sets' moments; the base model's branches and the real data give the
 :class:`validate.transition.BaseMoments`; then :func:`validate.optimiser.fit_theory` fits all
-iterations and :func:`validate.forecast.forecast` forecasts from ``--forecast-from``.
+iterations and :func:`validate.forecast.forecast` forecasts from ``--forecast-from``;
+:func:`predict_stage` fits the shared model on the training runs and predicts the ``--predict`` runs
+(:mod:`validate.prediction`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,18 +19,23 @@ from qtm.rundir import Run
 from validate.errors import ValidateError
 from validate.forecast import forecast
 from validate.optimiser import FitResult, fit_theory
+from validate.prediction import Prediction, predict
 from validate.runs import run_columns
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 from validate.transition import BaseMoments, Trajectory
 
 
 def fit_stage(
-    runs: list[Run], statistics: pd.DataFrame, *, grouped: bool, forecast_from: int | None, warn
+    runs: list[Run], statistics: pd.DataFrame, *, grouped: bool, forecast_from: int | None, warn,
+    guidance: str = "per-setting",
 ) -> tuple[FitResult | None, FitResult | None, list[str]]:
-    """The fit on all iterations and the forecast from ``forecast_from`` (None: none), with the notes on them."""
+    """The fit on all iterations and the forecast from ``forecast_from`` (None: none), with the notes on them.
+
+    ``guidance``: :class:`validate.transition.TransitionModel`'s, for both.
+    """
     trajectories = _trajectories(runs, statistics, grouped=grouped)
     base, base_notes = _base_moments(statistics, grouped=grouped, groups={t.group for t in trajectories})
-    fit, predicted, fit_notes = _fit(trajectories, base, forecast_from, warn)
+    fit, predicted, fit_notes = _fit(trajectories, base, forecast_from, warn, guidance)
     return fit, predicted, base_notes + fit_notes
 
 
@@ -98,21 +107,63 @@ def _base_moments(statistics: pd.DataFrame, *, grouped: bool, groups: set[str]) 
     return base, notes
 
 
-def _fit(trajectories, base, forecast_from, warn):
+def _fit(trajectories, base, forecast_from, warn, guidance):
     """The one-step-ahead fit on all iterations, and the forecast from ``forecast_from`` when asked for."""
     notes = []
     if any(not np.isfinite(t.cfg) for t in trajectories):
         notes.append("some run.json has no cfg; its w_eff is reported without a CFG scale")
     fit = predicted = None
     try:
-        fit = fit_theory(trajectories, base=base)
+        fit = fit_theory(trajectories, base=base, guidance=guidance)
     except ValidateError as error:
         warn(f"fit skipped: {error}")
         notes.append(f"fit skipped: {error}")
     if forecast_from is not None and fit is not None:
         try:
-            predicted = forecast(trajectories, base=base, forecast_from=forecast_from)
+            predicted = forecast(trajectories, base=base, forecast_from=forecast_from, guidance=guidance)
         except ValidateError as error:
             warn(f"forecast skipped: {error}")
             notes.append(f"forecast skipped: {error}")
     return fit, predicted, notes
+
+
+#: run.json settings that decide the base model and the data: a held-out run must share them with the training runs.
+SETUP_KEYS = ("data", "backend", "preset", "model")
+
+
+def check_held_out(train_dirs, held_out_dirs) -> None:
+    """Refuse, before any work, ``--predict`` runs of another setup or without a finished iteration 0.
+
+    Raises
+    ------
+    ValidateError
+        With one line naming the first problem.
+    """
+    from qtm.rundir import iteration_folder, iteration_status, read_parameters
+
+    train = {str(Path(p).resolve()) for p in train_dirs}
+    setup = {key: read_parameters(train_dirs[0]).get(key) for key in SETUP_KEYS}
+    for path in held_out_dirs:
+        if str(Path(path).resolve()) in train:
+            raise ValidateError(f"--predict {path}: the run is also a training run; hold out runs the fit never sees")
+        params = read_parameters(path)
+        differ = [key for key in SETUP_KEYS if params.get(key) != setup[key]]
+        if differ:
+            key = differ[0]
+            raise ValidateError(
+                f"--predict {path}: {key} {params.get(key)!r} differs from the training runs' {setup[key]!r}; "
+                "predict runs of the same data set, backend and base model"
+            )
+        if iteration_status(iteration_folder(path, 0)) != "complete":
+            raise ValidateError(f"--predict {path}: iteration 0 is not finished; a prediction starts from it")
+
+
+def predict_stage(
+    train: list[Run], held_out: list[Run], statistics: pd.DataFrame, *, grouped: bool
+) -> tuple[Prediction, list[str]]:
+    """The shared model fitted on ``train`` and its prediction of ``held_out`` from their iteration 0."""
+    trajectories = _trajectories(train, statistics, grouped=grouped)
+    targets = _trajectories(held_out, statistics, grouped=grouped)
+    groups = {t.group for t in trajectories + targets}
+    base, notes = _base_moments(statistics, grouped=grouped, groups=groups)
+    return predict(trajectories, targets, base=base), notes

@@ -44,13 +44,15 @@ from validate.embedder import Embedder
 from validate.embedders import get_embedder
 from validate.errors import ValidateError
 from validate.features import Features, features_stage
-from validate.fit_stage import fit_stage
+from validate.fit_stage import check_held_out, fit_stage, predict_stage
 from validate.optimiser import FitResult
+from validate.prediction import Prediction
 from validate.report import write_report
 from validate.runs import GROUPS, default_group, read_runs, run_columns
 from validate.selection import SelectionCurve, parse_cfgs, selection_stage
 from validate.selection_fit import fit_selection
 from validate.statistics import ALL_CAPTIONS, bootstrap_statistics, grouped_statistics
+from validate.transition import GUIDANCE_MODELS
 
 #: The stream tag of the decomposition's bootstrap (qtm.random.derive_seed).
 DECOMPOSITION_TAG = 0xDEC2
@@ -82,6 +84,7 @@ class Validation:
     decomposition: pd.DataFrame | None = None
     diversity: pd.DataFrame | None = None
     selection: SelectionCurve | None = None
+    prediction: Prediction | None = None
 
 
 def validate_runs(
@@ -99,6 +102,8 @@ def validate_runs(
     group: str | None = None,
     decompose_runs: bool = True,
     selection_curve=None,
+    predict=None,
+    guidance: str = "per-setting",
     prepare: Callable[[Path], object] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     warn: Callable[[str], None] | None = None,
@@ -130,6 +135,15 @@ def validate_runs(
     selection_curve : str or sequence of float, optional
         The CFG values of the selection curve (:mod:`validate.selection`; ``chain validate --selection-curve``
         generates its samples into ``RUN/selection``); None: no curve.
+    guidance : {"per-setting", "shared"}
+        The fit's and the forecast's model of selection (:class:`validate.transition.TransitionModel`): a free
+        ``w_eff`` per CFG setting, or one model for every setting (``--predict`` always uses the shared one).
+    predict : list of path-like, optional
+        Held-out run directories: the shared model (one for every setting) is fitted on ``run_dirs`` and
+        predicts each held-out run's iterations from its iteration 0 and its settings
+        (:mod:`validate.prediction`); the report gains the prediction, its skill against baselines and the
+        fit's ``calibration.json`` (``qtm simulate --calibration``). Held-out runs are measured, never fitted,
+        decomposed or prepared.
     group : {"caption", "none"}, optional
         ``caption``: traits within each caption and a joint per-caption fit; ``none``:
         pooled over captions. Default: ``caption`` when the runs have several captions and
@@ -164,6 +178,8 @@ def validate_runs(
     bootstrap = check_int(bootstrap, "--bootstrap", minimum=0)
     if forecast_from is not None:
         forecast_from = check_int(forecast_from, "--forecast-from", minimum=1)
+    if guidance not in GUIDANCE_MODELS:
+        raise ValidateError(f"--guidance {guidance!r} is not one of: {', '.join(GUIDANCE_MODELS)}")
     if group is not None and group not in GROUPS:
         raise ValidateError(f"--group {group!r} is not one of: {', '.join(GROUPS)}")
     cfgs = None if selection_curve is None else parse_cfgs(selection_curve)
@@ -173,27 +189,37 @@ def validate_runs(
         if folder is not None and not Path(folder).is_dir():
             what = "is not a folder" if Path(folder).exists() else "does not exist"
             raise ValidateError(f"{flag} {str(folder)!r} {what}; give a folder of images")
+    held_out_dirs = list(predict or [])
+    if held_out_dirs:
+        check_held_out(run_dirs, held_out_dirs)
     model = get_embedder(embedder, **(embedder_options or {}))
     if prepare is not None:
         for path in run_dirs:
             prepare(path)
-    runs = read_runs(run_dirs, reference=reference, real=real, warn=warn)
+    every_run = read_runs([*run_dirs, *held_out_dirs], reference=reference, real=real, warn=warn)
+    held_out_names = {Path(path).name for path in held_out_dirs}
+    runs = [run for run in every_run if run.name not in held_out_names]
+    held_out = [run for run in every_run if run.name in held_out_names]
+    if held_out_dirs and not runs:
+        raise ValidateError("--predict needs training runs with a finished iteration; none has one")
     captions = sorted({c for run in runs for images in run.iterations.values() for c in images.captions})
     group = group if group is not None else default_group(runs, captions, warn)
     grouped = group == "caption"
 
     features = features_stage(
-        runs, model, axes=axes, grouped=grouped, samples=decompose_runs, warn=warn, progress=progress
+        every_run, model, axes=axes, grouped=grouped, samples=decompose_runs, warn=warn, progress=progress
     )
     reference_name = features.reference_name
-    statistics = _statistics(runs, features, model, bootstrap, seed, grouped=grouped)
+    statistics = _statistics(every_run, features, model, bootstrap, seed, grouped=grouped)
     record = provenance(
         {
             "runs": [str(r.path) for r in runs],
+            **({"predict": [str(r.path) for r in held_out]} if held_out else {}),
             "embedder": model.name,
             "embedder_settings": model.settings(),
             "axes": axes,
             "forecast_from": forecast_from,
+            "guidance": guidance,
             "bootstrap": bootstrap,
             "reference": reference_name,
             "group": group,
@@ -203,7 +229,12 @@ def validate_runs(
         seed=seed,
         software="chain validate",
     )
-    fit, forecast, fit_notes = fit_stage(runs, statistics, grouped=grouped, forecast_from=forecast_from, warn=warn)
+    fit, forecast, fit_notes = fit_stage(runs, statistics, grouped=grouped, forecast_from=forecast_from, warn=warn,
+                                         guidance=guidance)
+    prediction = None
+    if held_out:
+        prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped)
+        fit_notes += prediction_notes
     decomposition, decomposition_notes = (
         _decomposition(runs, features, bootstrap=bootstrap, seed=seed) if decompose_runs else (None, [])
     )
@@ -228,12 +259,14 @@ def validate_runs(
         decomposition=decomposition,
         diversity=diversity,
         selection=selection,
+        prediction=prediction,
     )
     return {
         "group": group,
         "written": _write_report(report, validation),
         "fit": None if fit is None else fit.goodness,
         "forecast": None if forecast is None else forecast.goodness,
+        "prediction": None if prediction is None else prediction.goodness,
         "validation": validation,
     }
 

@@ -15,16 +15,15 @@ import numpy as np
 import pandas as pd
 
 from qtm.io import atomic_path, write_json, write_table
+from validate.plotting import axes_grid, save_figure
 from validate.report_markdown import markdown_report
+from validate.report_prediction import skill_tables, write_prediction
 from validate.selection import STATISTICS, predicted_selection
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
 #: Trait axes drawn in the trajectory plots (the tables hold all of them).
 PLOTTED_AXES = 3
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
-#: Resolution of the figures, and the white margin around what they draw.
-DPI = 110
-PAD_INCHES = 0.1
 
 
 def write_report(folder, validation) -> dict:
@@ -58,7 +57,11 @@ def write_report(folder, validation) -> dict:
         written["strength_plot"] = plot_strength(fit.parameters, path=folder / "strength.png")
     if forecast is not None:
         written["forecast"] = write_table(forecast.predictions, folder / "forecast.csv", provenance=record)
-        written["skill"] = write_table(forecast.skill, folder / "skill.csv", provenance=record)
+    if validation.prediction is not None:
+        written.update(write_prediction(folder, validation.prediction, provenance=record))
+    skill = skill_tables(validation)
+    if skill is not None:
+        written["skill"] = write_table(skill, folder / "skill.csv", provenance=record)
     decomposition = validation.decomposition
     if decomposition is not None and len(decomposition):
         written["decomposition"] = write_table(decomposition, folder / "decomposition.csv", provenance=record)
@@ -104,9 +107,10 @@ def fit_summary(validation) -> dict:
     ``forecast.held_out`` has one entry per held-out run and iteration: the run-level
     within-caption variance (summed over the trait axes) predicted, its interval (``lo``,
     ``hi``), the measured one, the relative error, whether it is covered, and the share of
-    the per-caption values covered (``caption_coverage``).
+    the per-caption values covered (``caption_coverage``); ``prediction`` (``--predict``) the same per held-out
+    run and iteration from iteration 0, with the shared fit's parameters and goodness.
     """
-    fit, forecast = validation.fit, validation.forecast
+    fit, forecast, prediction = validation.fit, validation.forecast, validation.prediction
 
     def parameters(result):
         return result.parameters.drop(columns=["cfg"]).to_dict(orient="records")
@@ -118,6 +122,10 @@ def fit_summary(validation) -> dict:
         "forecast": None
         if forecast is None
         else {**forecast.goodness, "parameters": parameters(forecast), "held_out": forecast.forecast},
+        "prediction": None
+        if prediction is None
+        else {**prediction.goodness, "fit": prediction.fit.goodness, "parameters": parameters(prediction.fit),
+              "held_out": prediction.summary},
         "note": validation.notes,
         "group": validation.group,
         "provenance": validation.provenance,
@@ -147,7 +155,7 @@ def plot_breeders(decomposition: pd.DataFrame, *, path) -> Path:
     R = S (full heritability), the dashed one R = 0.
     """
     path = Path(path)
-    figure, panels = _axes_grid(2, "breeder's equation: response R_t against selection S_t")
+    figure, panels = axes_grid(2, "breeder's equation: response R_t against selection S_t")
     for panel, quantity in zip(panels, ("mean", "log_var"), strict=True):
         rows = decomposition[decomposition["caption"].ne(ALL_CAPTIONS) & (decomposition["axis"] >= 0)]
         chosen = rows[rows["quantity"].isin([f"S_{quantity}", f"R_{quantity}"])]
@@ -166,7 +174,7 @@ def plot_breeders(decomposition: pd.DataFrame, *, path) -> Path:
             panel.legend(fontsize=7)
         panel.set_xlabel(f"S ({quantity}: guided − CFG 1, model t)")
         panel.set_ylabel(f"R ({quantity}: model t+1 − model t, CFG 1)")
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return path
 
 
@@ -184,7 +192,7 @@ def plot_diversity(diversity: pd.DataFrame, *, path) -> Path:
     path = Path(path)
     within = diversity[diversity["caption"] == WITHIN_CAPTIONS]
     rows = within if len(within) else diversity[diversity["caption"] == ALL_CAPTIONS]
-    figure, panels = _axes_grid(len(DIVERSITY_STATISTICS), "diversity and fidelity per iteration")
+    figure, panels = axes_grid(len(DIVERSITY_STATISTICS), "diversity and fidelity per iteration")
     for panel, statistic in zip(panels[: len(DIVERSITY_STATISTICS)], DIVERSITY_STATISTICS, strict=True):
         chosen = rows[rows["statistic"] == statistic]
         for run, points in chosen.groupby("run", sort=False):
@@ -196,7 +204,7 @@ def plot_diversity(diversity: pd.DataFrame, *, path) -> Path:
         panel.set_xlabel("iteration")
     panels[0].legend(fontsize=7)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return path
 
 
@@ -255,7 +263,7 @@ def plot_selection_curve(curve, *, path) -> Path:
     panels[0, 0].legend(fontsize=7, title="solid: law; dashed: corrected" if correction != "none" else "lines: law",
                         title_fontsize=7)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return path
 
 
@@ -276,7 +284,7 @@ def plot_selection_agreement(curve, *, path) -> Path:
     """
     path = Path(path)
     table = curve.table[curve.table["caption"] != WITHIN_CAPTIONS]
-    figure, panels = _axes_grid(2, "selection on ln var: measured against predicted (each caption, axis, model, w)")
+    figure, panels = axes_grid(2, "selection on ln var: measured against predicted (each caption, axis, model, w)")
     for panel, prediction in zip(panels, ("predicted", "corrected"), strict=True):
         x, y = table[f"{prediction}_S_log_var"], table["S_log_var"]
         for role, marker in (("tested on", "s"), ("", "^"), ("chosen on", "o")):  # the few w <= 3 points on top
@@ -296,39 +304,8 @@ def plot_selection_agreement(curve, *, path) -> Path:
         panel.set_ylabel("measured S on ln var")
         panel.legend(fontsize=7)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return path
-
-
-def _save_figure(figure, path: Path) -> None:
-    """Write ``figure`` as a PNG cropped to what it draws plus a margin, as ``savefig(bbox_inches="tight")`` does.
-
-    savefig's "tight" draws the figure twice, the first time only to measure it; the figure's
-    extent is measured here without that draw, and savefig given the box draws once.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    figure.set_dpi(DPI)
-    box = figure.get_tightbbox(FigureCanvasAgg(figure).get_renderer())
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=DPI, bbox_inches=box.padded(PAD_INCHES))
-    plt.close(figure)
-
-
-def _axes_grid(count: int, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = min(count, 4)
-    rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
-    figure.suptitle(title)
-    for extra in axes.ravel()[count:]:
-        extra.set_visible(False)
-    return figure, axes.ravel()
 
 
 def plot_trajectories(
@@ -358,7 +335,7 @@ def plot_trajectories(
     if predictions is not None and len(predictions):
         predictions = _over_captions(predictions)
     runs = list(dict.fromkeys(generated["run"]))
-    figure, panels = _axes_grid(len(runs), f"trait {quantity} per iteration ({embedder} embedding, PCA axes)")
+    figure, panels = axes_grid(len(runs), f"trait {quantity} per iteration ({embedder} embedding, PCA axes)")
     for panel, run in zip(panels, runs, strict=False):
         rows = generated[generated["run"] == run]
         for axis in sorted(rows["axis"].unique())[:PLOTTED_AXES]:
@@ -392,7 +369,7 @@ def plot_trajectories(
         panel.set_xlabel("iteration")
         panel.set_ylabel(quantity)
         panel.legend(fontsize=7)
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return path
 
 
@@ -413,7 +390,7 @@ def plot_summary(statistics: pd.DataFrame, *, path, embedder: str) -> Path:
     generated = statistics[statistics["population"] == "generated"]
     if "caption" in generated:
         generated = generated[generated["caption"] == ALL_CAPTIONS]
-    figure, panels = _axes_grid(2, f"whole-embedding statistics ({embedder})")
+    figure, panels = axes_grid(2, f"whole-embedding statistics ({embedder})")
     for panel, statistic in zip(panels, ("total_var", "frechet"), strict=True):
         for run, rows in generated[generated["statistic"] == statistic].groupby("run", sort=False):
             rows = rows.sort_values("iteration")
@@ -431,7 +408,7 @@ def plot_summary(statistics: pd.DataFrame, *, path, embedder: str) -> Path:
         panel.set_title({"total_var": "total variance", "frechet": "Fréchet distance to reference"}[statistic])
         panel.set_xlabel("iteration")
         panel.legend(fontsize=7)
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return path
 
 
@@ -439,7 +416,7 @@ def plot_strength(parameters: pd.DataFrame, *, path) -> Path:
     """The fitted effective selection strength w_eff against the CFG scale (identity line for reference)."""
     path = Path(path)
     rows = parameters[parameters["parameter"] == "w_eff"]
-    figure, (panel,) = _axes_grid(1, "fitted selection strength vs CFG scale")
+    figure, (panel,) = axes_grid(1, "fitted selection strength vs CFG scale")
     error = rows["stderr"].where(np.isfinite(rows["stderr"]), 0.0)
     panel.errorbar(rows["cfg"], rows["estimate"], yerr=error, fmt="o", capsize=3)
     for _, row in rows.iterrows():
@@ -455,7 +432,7 @@ def plot_strength(parameters: pd.DataFrame, *, path) -> Path:
     panel.set_xlabel("CFG scale (run.json)")
     panel.set_ylabel("w_eff (fitted)")
     panel.legend(fontsize=7)
-    _save_figure(figure, path)
+    save_figure(figure, path)
     return path
 
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from validate.skill import GOAL_RATIO, RUN_LEVEL, skill_summary
+from validate.skill import GOAL_RATIO, METHODS, RUN_LEVEL, skill_summary
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
 #: Above this many per-caption skill rows the report links skill.csv instead of showing them.
@@ -54,7 +54,8 @@ def markdown_report(validation) -> str:
     lines = [
         "# Validation of the theory against chain runs",
         "",
-        *(_skill(forecast, forecast_from) if forecast is not None and forecast.skill is not None else []),
+        *(prediction_section(validation.prediction) if validation.prediction is not None else []),
+        *(forecast_skill(forecast, forecast_from) if forecast is not None and forecast.skill is not None else []),
         f"Embedder: **{model.name}** (`{json.dumps(model.settings())}`). Reference population for the "
         f"trait axes and the Fréchet distance: **{reference_name}**. "
         f"Trait axes: top {trait_axes.k} principal components "
@@ -73,7 +74,11 @@ def markdown_report(validation) -> str:
             "are the principal components of the reference's within-caption deviations, `statistics.csv` has one "
             "row set per caption (`caption` column), and the `(within)` rows and `within_*` columns below are the "
             "mean over captions of the within-caption variance (bootstrap resampling images within captions). "
-            "The fit is joint over captions: shared w_eff per CFG setting, rho, rho_u and p_u; p_c per caption."
+            "The fit is joint over captions: "
+            + ("one guidance gain g for every setting (w_eff = 1 + g (cfg - 1)), rho, the unconditional drift"
+               if validation.provenance["parameters"].get("guidance") == "shared"
+               else "shared w_eff per CFG setting, rho, rho_u")
+            + " and p_u; p_c per caption."
             if group == "caption"
             else f"Traits are pooled over all images of an iteration (`--group none`; {len(captions)} caption(s))."
         ),
@@ -191,9 +196,37 @@ def markdown_report(validation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _skill(forecast, forecast_from: int) -> list[str]:
-    """The opening section: the forecast's skill against persistence and the trend, summary first."""
-    table, g = forecast.skill, forecast.goodness
+def forecast_skill(forecast, forecast_from: int) -> list[str]:
+    """The opening section of ``--forecast-from``: the forecast's skill against persistence and the trend."""
+    return skill_section(
+        forecast.skill, forecast.goodness, heading=f"Forecast skill from iteration {forecast_from} against naive "
+        "baselines", how=f"Fitted on iterations < {forecast_from}; both baselines see the same iterations: "
+        f"**persistence** holds iteration {forecast_from - 1}'s measured value, the **trend** extends the "
+        f"least-squares line through iterations 0–{forecast_from - 1} (of ln var: log-linear; of the mean: linear).",
+    )
+
+
+def prediction_section(prediction) -> list[str]:
+    """The opening section of ``--predict``: the held-out runs' prediction against its baselines."""
+    g = prediction.goodness
+    section = skill_section(
+        prediction.skill, g, heading="Prediction of held-out runs against naive baselines",
+        how=f"The one model for every setting (shared guidance gain and inheritance, no parameter per CFG setting) "
+        f"was fitted on {len(g['training_runs'])} training run(s) and predicted every iteration of the held-out "
+        f"run(s) {', '.join(g['held_out_runs'])} from their measured iteration 0 and run.json settings only. "
+        "Baselines from the same information: **persistence** holds iteration 0; **nearest** adds to it the mean "
+        "change from iteration 0 of the nearest training setting (same schedule and drop where there is one); "
+        "**interpolation** the change interpolated linearly in CFG between the bracketing training settings "
+        "(missing where none bracket). Run-level 90 % coverage "
+        f"{100 * g['predict_run_coverage']:.0f} %, caption level {100 * g['predict_caption_coverage']:.0f} %. "
+        "Figure: [`prediction.png`](prediction.png); the fit as a calibration for `qtm simulate --calibration`: "
+        "[`calibration.json`](calibration.json).",
+    )
+    return [*section, "![prediction](prediction.png)", ""]
+
+
+def skill_section(table: pd.DataFrame, g: dict, *, heading: str, how: str) -> list[str]:
+    """A skill table's section: the verdict against the better baseline, the summary, the run-level values."""
     better = g["skill_better_baseline"]
     ratio, n = g["skill_ratio"], g["skill_forecasts"]
     if not math.isfinite(ratio):
@@ -205,6 +238,7 @@ def _skill(forecast, forecast_from: int) -> list[str]:
             f"{g[f'skill_{better}_abs_log_var']:.3g}, a ratio of {ratio:.2f}; the goal of at most {GOAL_RATIO:g} is "
             f"{'met' if g['skill_goal_met'] else 'not met'}."
         )
+    wins = [f"{m} in {g[f'skill_theory_wins_over_{m}']}" for m in METHODS[1:] if f"skill_theory_wins_over_{m}" in g]
     cell = table.assign(
         value=np.where(
             table["method"] == "theory",
@@ -219,17 +253,16 @@ def _skill(forecast, forecast_from: int) -> list[str]:
         return out.assign(measured=measured).reset_index()
 
     run = cell[cell["caption"] == RUN_LEVEL]
-    captions = cell[cell["caption"] != RUN_LEVEL]
-    shown = len(captions) // 3 <= CAPTION_ROWS_SHOWN
+    captions = cell[cell["caption"] != RUN_LEVEL].drop_duplicates(
+        ["run", "caption", "iteration", "axis", "quantity"]
+    )
+    shown = len(captions) <= CAPTION_ROWS_SHOWN
     return [
-        f"## Forecast skill from iteration {forecast_from} against naive baselines",
+        f"## {heading}",
         "",
-        f"{verdict} Closer than persistence in {g['skill_theory_wins_over_persistence']} and than the trend in "
-        f"{g['skill_theory_wins_over_trend']} of {n} run-iterations.",
+        f"{verdict} Closer than {', '.join(wins)} of {n} run-iterations.",
         "",
-        f"Fitted on iterations < {forecast_from}; both baselines see the same iterations: **persistence** holds "
-        f"iteration {forecast_from - 1}'s measured value, the **trend** extends the least-squares line through "
-        f"iterations 0–{forecast_from - 1} (of ln var: log-linear; of the mean: linear). |Δ mean| is in SDs of "
+        f"{how} |Δ mean| is in SDs of "
         "the real data on that axis (the base model's where no real data was measured). The theory's CRPS is "
         "that of its forecast draws (`scoringrules.crps_ensemble`); the baselines are point forecasts, whose "
         "CRPS is their absolute error. Coverage: the theory's 90 % prediction intervals; run level: the "
@@ -243,9 +276,10 @@ def _skill(forecast, forecast_from: int) -> list[str]:
         markdown_table(wide(run, ["run", "iteration"])),
         *(
             ["", "Per caption and axis (ln var, and the mean in trait units):", "",
-             markdown_table(wide(captions, ["run", "caption", "iteration", "axis", "quantity"]))]
+             markdown_table(wide(cell[cell["caption"] != RUN_LEVEL], ["run", "caption", "iteration", "axis",
+                                                                       "quantity"]))]
             if shown
-            else ["", f"The {len(captions) // 3} per-caption values are in [`skill.csv`](skill.csv)."]
+            else ["", f"The {len(captions)} per-caption values are in [`skill.csv`](skill.csv)."]
         ),
         "",
     ]

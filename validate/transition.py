@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qtm.errors import QTMError
-from qtm.params import uncond_share
+from qtm.params import default_uncond_fidelity, effective_cfg, uncond_share
 from qtm.sampler_map import guided_moments
 from validate.errors import ValidateError
 
@@ -281,10 +281,8 @@ class TransitionModel:
         d = self.data
         theta = x if x.ndim == 1 else x.T[..., None, None]
         if self.guidance == "shared":
-            gain = theta[4]
-            w = 1.0 + gain * (d.cfg[rows] - 1.0)[:, None]
-            rho_u = np.minimum(1.0, theta[1] + d.drop[rows][:, None] * theta[0])
-            return w, rho_u
+            w = effective_cfg(d.cfg[rows][:, None], theta[4])
+            return w, default_uncond_fidelity(d.drop[rows][:, None], theta[0], theta[1])
         scales = np.concatenate([x[..., 4 : 4 + len(d.settings)], np.ones((*x.shape[:-1], 1))], axis=-1)
         return scales[..., d.setting[rows]][..., None], theta[1]
 

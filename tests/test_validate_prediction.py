@@ -1,0 +1,157 @@
+"""``--predict``: the shared model (one for every setting), its prediction of held-out runs, and the baselines."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cli_usage import run_main
+from test_validate_command import TWO_CAPTIONS, make_run
+
+from qtm.calibration import read_calibration
+from qtm.recursion import simulate_moments
+from validate.pipeline import validate_runs
+from validate.prediction import predict, prediction_baselines
+from validate.skill import RUN_LEVEL
+from validate.transition import BaseMoments, Trajectory, TransitionModel, Transitions
+
+TRUTH = {"fidelity": 0.6, "uncond_drift": 0.2, "var_fidelity": 0.7, "var_shift": 0.1, "guidance_gain": 0.5}
+BASE = {"cond_mean": [0.3, -0.2], "cond_var": [0.5, 0.4], "uncond_mean": [0.0, 0.0], "uncond_var": [1.0, 1.0],
+        "data_mean": [0.4, -0.1], "data_var": [0.6, 0.3]}
+
+
+def engine_chain(run, cfg, *, iterations=5, population=10**4):
+    """A run whose moments are the moments engine's (one caption; the base's unconditional SD is 1, so the
+    fit's scaled units are the engine's)."""
+    out = simulate_moments(**{k: np.array(v) for k, v in BASE.items()}, **TRUTH, cfg=cfg, sampler="ddim", steps=10,
+                           iterations=iterations)
+    return Trajectory(run=run, setting=f"cfg={cfg:g} constant", cfg=cfg, iterations=np.arange(iterations),
+                      mean=out.mean.T, var=out.var.T, population=population, steps=10)
+
+
+def engine_base():
+    pair = lambda name: (np.array(BASE[f"{name}_mean"]), np.array(BASE[f"{name}_var"]))  # noqa: E731
+    return BaseMoments(cond=pair("cond"), uncond=pair("uncond"), data=pair("data"))
+
+
+def test_shared_model_with_gain_one_is_the_per_setting_model_at_w_equal_to_cfg():
+    trajectories = [engine_chain("a", 3.0), engine_chain("b", 5.0)]
+    for tr in trajectories:
+        tr.drop = 0.25  # a drop: the shared unconditional fidelity is min(1, a + drop rho)
+    data = Transitions(trajectories, engine_base(), None)
+    per_setting, shared = TransitionModel(data), TransitionModel(data, guidance="shared")
+    rho, drift = 0.6, 0.2
+    x_setting = np.array([rho, drift + 0.25 * rho, 0.7, 0.1, 3.0, 5.0, -3.0, -4.0])
+    x_shared = np.array([rho, drift, 0.7, 0.1, 1.0, -3.0, -4.0])
+    assert [name for name, _, _ in shared.names] == [
+        "fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain", "log_process_var", "log_process_var"
+    ]
+    args = (data.src_mean, data.src_log, data.pool_mean, data.pool_log)
+    for a, b in zip(per_setting.transition(x_setting, *args), shared.transition(x_shared, *args), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert per_setting.nll(x_setting) == pytest.approx(shared.nll(x_shared), rel=1e-12)
+    # A batch gives each vector's own numbers.
+    stronger = x_shared.copy()
+    stronger[4] = 1.5
+    batch = shared.nll_many(np.array([x_shared, stronger]))
+    assert batch[0] == pytest.approx(shared.nll(x_shared), rel=1e-12)
+    assert batch[1] == pytest.approx(shared.nll(stronger), rel=1e-12)
+
+
+def test_fit_on_cfg_1_and_5_recovers_the_engine_and_predicts_cfg_3():
+    """Chains of the moments engine with known parameters: the shared fit on CFG 1 and 5 finds them, predicts the
+    CFG-3 chain it never saw from its iteration 0, and its calibration makes the engine repeat that chain."""
+    train = [engine_chain("cfg1", 1.0), engine_chain("cfg5", 5.0)]
+    held_out = [engine_chain("cfg3", 3.0)]
+    result = predict(train, held_out, base=engine_base(), draws=200)
+    values = {name: result.fit.values[(name, "", -1)] for name in TRUTH}
+    for name, truth in TRUTH.items():
+        assert values[name] == pytest.approx(truth, abs=0.02), name
+    run = result.skill[result.skill["caption"] == RUN_LEVEL].pivot_table(
+        index="iteration", columns="method", values="abs_error"
+    )
+    assert (run["theory"] < 0.05).all()
+    assert run["theory"].mean() < 0.2 * run["persistence"].mean()
+    assert result.goodness["predict_run_coverage"] == 1.0
+    calibration = result.calibration
+    assert calibration.parameters["sampler"] == "ddim" and calibration.parameters["steps"] == 10
+    repeated = simulate_moments(**calibration.options(), cfg=3.0, iterations=5)
+    np.testing.assert_allclose(np.log(repeated.var.T), np.log(held_out[0].var), atol=0.05)
+
+
+def series_run(run, cfg, values, *, schedule="constant"):
+    """A one-caption, one-axis run whose ln var is ``values``."""
+    values = np.asarray(values, float)
+    return Trajectory(run=run, setting=run, cfg=cfg, iterations=np.arange(len(values)),
+                      mean=np.zeros((len(values), 1)), var=np.exp(values)[:, None], population=50, schedule=schedule)
+
+
+def test_prediction_baselines_shift_the_training_settings_to_the_held_out_start():
+    train = [series_run("a1", 1.0, [0.0, 1.0, 2.0]), series_run("a2", 1.0, [1.0, 2.0, 3.0]),
+             series_run("b", 5.0, [0.0, -1.0, -2.0]), series_run("c", 7.5, [0.0, 9.0, 9.0], schedule="cosine")]
+    held_out = [series_run("h", 2.0, [10.0, 0.0, 0.0])]
+    points = prediction_baselines(train, held_out, base=BaseMoments(cond=(np.zeros(1), np.ones(1))))
+    row = {"run": "h", "caption": RUN_LEVEL, "iteration": 2, "axis": -1, "quantity": "log_var"}
+    found = points(row, np.arange(3), np.array([10.0, 0.0, 0.0]))
+    # cfg 1 changes by +2 at iteration 2 (both seeds), cfg 5 by -2: interpolation at cfg 2 is 0.75 * 2 - 0.25 * 2.
+    assert found == {"persistence": 10.0, "nearest": 12.0, "interpolation": 11.0}
+    # No training setting above the held-out CFG with its schedule: no interpolation, nearest in CFG.
+    outside = prediction_baselines(train, [series_run("h", 9.0, [10.0, 0.0, 0.0])],
+                                   base=BaseMoments(cond=(np.zeros(1), np.ones(1))))
+    found = outside(row, np.arange(3), np.array([10.0, 0.0, 0.0]))
+    assert found["nearest"] == 8.0 and np.isnan(found["interpolation"])
+
+
+def test_chain_validate_predict_writes_the_prediction_skill_and_calibration(tmp_path):
+    low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, captions=TWO_CAPTIONS, n=24)
+    high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, captions=TWO_CAPTIONS, n=24)
+    middle = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, seed=3, captions=TWO_CAPTIONS, n=24)
+    result = validate_runs([low, high], predict=[middle], report=tmp_path / "r", axes=2, bootstrap=0,
+                           forecast_from=2, warn=print)
+    report = tmp_path / "r"
+    prediction = pd.read_csv(report / "prediction.csv")
+    assert set(prediction["run"]) == {"cfg3"} and set(prediction["iteration"]) == {1, 2, 3}
+    assert set(prediction["group"]) == set(TWO_CAPTIONS)
+    assert (prediction["lo"] <= prediction["hi"]).all()
+    skill = pd.read_csv(report / "skill.csv")
+    assert set(skill["task"]) == {"forecast", "predict"}
+    assert set(skill.loc[skill["task"] == "predict", "method"]) == {"theory", "persistence", "nearest",
+                                                                     "interpolation"}
+    assert set(skill.loc[skill["task"] == "forecast", "run"]) == {"cfg1", "cfg5"}  # held-out runs are not fitted
+    calibration = read_calibration(report / "calibration.json")
+    assert len(calibration.model["cond_mean"]) == 2
+    assert calibration.provenance["training_runs"] == ["cfg1", "cfg5"]
+    assert calibration.provenance["validation"]["parameters"]["predict"] == [str(middle)]
+    fit = json.loads((report / "fit.json").read_text())
+    assert fit["prediction"]["held_out_runs"] == ["cfg3"]
+    assert {p["parameter"] for p in fit["prediction"]["parameters"]} >= {"guidance_gain", "uncond_drift"}
+    assert result["prediction"]["skill_forecasts"] == 3
+    text = (report / "report.md").read_text()
+    assert text.index("## Prediction of held-out runs") < text.index("## Forecast skill")
+    assert (report / "prediction.png").exists()
+
+
+def test_predict_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tmp_path):
+    from commands.chain_program import main
+
+    train = make_run(tmp_path, "train", cfg=1.0, shrink=1.0, iterations=2, n=8, reference=True)
+    other = make_run(tmp_path, "other", cfg=3.0, shrink=1.0, iterations=2, n=8)
+    document = json.loads((other / "run.json").read_text())
+    document["parameters"]["data"] = "emoji:32"
+    (other / "run.json").write_text(json.dumps(document))
+    unfinished = make_run(tmp_path, "unfinished", cfg=3.0, shrink=1.0, iterations=2, n=8, finished=0)
+    for held, message in (
+        (other, "data 'emoji:32' differs from the training runs' None"),
+        (unfinished, "iteration 0 is not finished"),
+        (train, "also a training run"),
+        (tmp_path / "missing", "does not exist"),
+    ):
+        status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(train), "--predict",
+                                     str(held), "--no-decompose", "--report", str(tmp_path / "r"))
+        assert status == 2, stderr
+        assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+        assert message in stderr
+    status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(train), "--guidance", "free",
+                                 "--no-decompose", "--report", str(tmp_path / "r"))
+    assert status == 2 and "--guidance 'free' is not one of: per-setting, shared" in stderr
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,210 @@
+"""Predict held-out chains from a fit on other chains: ``chain validate TRAIN... --predict HELD_OUT...``.
+
+The fit on the training runs is the one model for every setting
+(:class:`validate.transition.TransitionModel` with ``guidance="shared"``): no parameter belongs
+to a CFG setting, so the fitted vector applies to any held-out run. Each held-out run is
+predicted from its measured iteration 0 and its run.json settings only (CFG, schedule, drop,
+sampler, steps): the transition is iterated from iteration 0 with parameters drawn from the
+fit's approximate posterior and process noise at every step (:func:`validate.forecast.simulate_runs`),
+which gives a 90 % interval for every later iteration. None of a held-out run's later
+iterations enters the fit.
+
+The prediction is scored against three baselines that see the same information
+(:func:`prediction_baselines`): **persistence** of the held-out iteration 0; the **nearest**
+training setting's mean trajectory, shifted to start at the held-out iteration 0; and the
+**interpolation** in CFG between the training settings that bracket the held-out CFG (same
+schedule and drop), shifted the same way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from qtm.calibration import Calibration
+from qtm.random import check_random_state
+from validate.errors import ValidateError
+from validate.forecast import FORECAST_DRAWS, FORECAST_LEVEL, parameter_draws, simulate_runs
+from validate.optimiser import FitResult, fit_tables, optimise
+from validate.skill import series, skill_table, skill_verdict
+from validate.transition import BaseMoments, Trajectory, TransitionModel, Transitions
+
+BASELINES = ("persistence", "nearest", "interpolation")
+
+
+@dataclass
+class Prediction:
+    """The shared-model fit on the training runs and its prediction of the held-out runs.
+
+    ``rows``: per held-out run, caption, iteration (>= 1), axis and quantity, the draws' median,
+    90 % interval, coverage and CRPS; ``summary``: per held-out run and iteration the run-level
+    within-caption variance predicted and measured; ``skill``: :func:`validate.skill.skill_table`
+    with the baselines of :data:`BASELINES`; ``goodness``: coverage and the skill verdict.
+    """
+
+    fit: FitResult
+    rows: pd.DataFrame
+    summary: list
+    skill: pd.DataFrame
+    goodness: dict
+    calibration: Calibration
+
+
+def setting_key(trajectory: Trajectory) -> tuple[float, str, float]:
+    """What decides a run's selection and inheritance in the shared model: (cfg, schedule, drop)."""
+    return float(trajectory.cfg), trajectory.schedule, float(trajectory.drop)
+
+
+def predict(
+    train: list[Trajectory],
+    held_out: list[Trajectory],
+    *,
+    base: BaseMoments,
+    draws: int = FORECAST_DRAWS,
+    level: float = FORECAST_LEVEL,
+    random_state=0,
+) -> Prediction:
+    """Fit the shared model on ``train`` and predict every iteration >= 1 of the ``held_out`` runs.
+
+    Parameters
+    ----------
+    train, held_out : list of Trajectory
+        Per run and caption; the held-out runs need their iteration 0, and only it is used to predict.
+    base : BaseMoments
+        The base model's branches and the real data, common to both sets.
+    draws : int
+        Parameter draws (each one simulated chain per run).
+    level : float
+        Level of the prediction intervals.
+    random_state : int or numpy.random.Generator
+
+    Returns
+    -------
+    Prediction
+
+    Examples
+    --------
+    >>> base = BaseMoments(cond=(np.zeros(1), np.ones(1)), uncond=(np.zeros(1), np.full(1, 2.0)),
+    ...                    data=(np.zeros(1), np.ones(1)))
+    >>> def chain(run, cfg, start):
+    ...     var = [start]
+    ...     for _ in range(4):
+    ...         var.append(np.exp(0.6 * np.log(var[-1]) - 0.1 * (cfg - 1)))
+    ...     return Trajectory(run=run, setting=f"cfg={cfg}", cfg=cfg, iterations=np.arange(5), mean=np.zeros((5, 1)),
+    ...                       var=np.array(var)[:, None], population=2000, sampler="tilt")
+    >>> result = predict([chain("a", 1.0, 1.0), chain("b", 3.0, 0.8)], [chain("c", 2.0, 0.9)], base=base, draws=200)
+    >>> sorted(set(result.skill["method"]))
+    ['interpolation', 'nearest', 'persistence', 'theory']
+    >>> [row["iteration"] for row in result.summary]
+    [1, 2, 3, 4]
+    """
+    if not held_out:
+        raise ValidateError("--predict: no held-out run has a finished iteration")
+    for trajectory in held_out:
+        if 0 not in trajectory.iterations:
+            raise ValidateError(f"--predict: held-out run {trajectory.run} has no iteration 0 to predict from")
+    if all(t.iterations.max() < 1 for t in held_out):
+        raise ValidateError("--predict: the held-out runs have only iteration 0; nothing to predict")
+    model, best = optimise(train, base, None, guidance="shared")
+    fit, covariance = fit_tables(model, best, train)
+    target = TransitionModel(Transitions(held_out, base, None), guidance="shared")
+    rng = check_random_state(random_state)
+    thetas = parameter_draws(model, best.x, covariance, draws=draws, random_state=rng)
+    rows, summary, run_level = simulate_runs(target, thetas, base=base, start=0, level=level, random_state=rng)
+    if not summary:
+        raise ValidateError("--predict: no held-out run could be predicted (every caption needs iteration 0)")
+    rows = pd.DataFrame(rows)
+    theory = pd.concat([pd.DataFrame(run_level), rows.rename(columns={"group": "caption"})], ignore_index=True)
+    skill = skill_table(theory[list(run_level[0])], held_out, base=base,
+                        baselines=prediction_baselines(train, held_out, base=base))
+    goodness = {
+        "predict_level": level,
+        "predict_caption_coverage": float(rows["covered"].mean()),
+        "predict_run_coverage": float(np.mean([s["covered"] for s in summary])),
+        "training_runs": sorted({t.run for t in train}),
+        "held_out_runs": sorted({t.run for t in held_out}),
+        **skill_verdict(skill),
+    }
+    return Prediction(fit=fit, rows=rows, summary=summary, skill=skill, goodness=goodness,
+                      calibration=calibration_of(model, best.x, fit, base=base))
+
+
+def calibration_of(model: TransitionModel, x, fit: FitResult, *, base: BaseMoments) -> Calibration:
+    """The shared fit as a :class:`qtm.calibration.Calibration` for ``qtm simulate --calibration``.
+
+    The model is one typical caption: the base conditional branch and the real data averaged over captions
+    (means) and their within-caption variances averaged; every axis in SDs of the base model's unconditional
+    branch, the units the fit's sampler map works in (the sampler's law is not scale-free). The moments
+    engine's unconditional branch then moves toward that one caption's data, where the fit's moves toward the
+    pool of all captions: between-caption spread is left out.
+    """
+    d = model.data
+    values = model.unpack(x)
+    samplers = Counter((t.sampler, t.steps) for t in d.trajectories)
+    (sampler, steps), _ = samplers.most_common(1)[0]
+
+    def typical(moments):
+        pairs = list(moments.values()) if isinstance(moments, dict) else [moments]
+        mean = np.mean([np.asarray(m, float) for m, _ in pairs], axis=0) / d.scale
+        var = np.mean([np.asarray(v, float) for _, v in pairs], axis=0) / d.scale**2
+        return mean.tolist(), var.tolist()
+
+    cond = typical(base.cond)
+    data = typical(base.data) if base.data is not None else cond
+    names = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain")
+    errors = fit.parameters.set_index("parameter")["stderr"]
+    return Calibration(
+        parameters={**{name: values[(name, "", -1)] for name in names}, "sampler": sampler, "steps": int(steps)},
+        model={"cond_mean": cond[0], "cond_var": cond[1], "uncond_mean": (np.asarray(base.uncond[0], float)
+               / d.scale).tolist(), "uncond_var": [1.0] * d.k, "data_mean": data[0], "data_var": data[1]},
+        noise={"process_sd_mean": float(np.sqrt(np.exp(x[-2]))), "process_sd_log_var": float(np.sqrt(np.exp(x[-1])))},
+        standard_errors={name: float(errors[name]) for name in names},
+        provenance={"fit": "chain validate --predict (shared guidance)", "units": "trait axes in SDs of the base "
+                    "model's unconditional branch", "training_runs": sorted({t.run for t in d.trajectories}),
+                    "sampler_settings": {f"{a} {b}": n for (a, b), n in samplers.items()}},
+    )
+
+
+def prediction_baselines(train: list[Trajectory], held_out: list[Trajectory], *, base: BaseMoments):
+    """The baselines of ``--predict`` for :func:`validate.skill.skill_table` (see the module's docstring).
+
+    A training setting's trajectory is the mean over its runs of each iteration's change from iteration 0
+    (same caption, axis and quantity); a baseline with no training setting to use gives NaN (left out).
+    """
+    by_setting: dict[tuple, dict[str, list[Trajectory]]] = {}
+    for trajectory in train:
+        by_setting.setdefault(setting_key(trajectory), {}).setdefault(trajectory.run, []).append(trajectory)
+    held_key = {t.run: setting_key(t) for t in held_out}
+
+    def change(setting, row):
+        """The setting's mean change from iteration 0 at the row's iteration, over its runs (NaN: none)."""
+        changes = []
+        for members in by_setting[setting].values():
+            try:
+                iterations, values, _ = series(members, {**row, "run": members[0].run}, base=base)
+            except StopIteration:  # this training run lacks the caption
+                continue
+            iterations = list(np.asarray(iterations, int))
+            if 0 in iterations and row["iteration"] in iterations:
+                changes.append(values[iterations.index(row["iteration"])] - values[iterations.index(0)])
+        return float(np.mean(changes)) if changes else float("nan")
+
+    def points(row, iterations, values):
+        iterations = list(np.asarray(iterations, int))
+        start = float(values[iterations.index(0)])
+        cfg, schedule, drop = held_key[row["run"]]
+        alike = [s for s in by_setting if s[1:] == (schedule, drop)]
+        nearest = min(alike or list(by_setting), key=lambda s: (abs(s[0] - cfg), s[0]))
+        below = [s for s in alike if s[0] <= cfg]
+        above = [s for s in alike if s[0] >= cfg]
+        interpolation = float("nan")
+        if below and above:
+            low, high = max(below), min(above)
+            weight = 0.0 if high[0] == low[0] else (cfg - low[0]) / (high[0] - low[0])
+            interpolation = start + (1 - weight) * change(low, row) + weight * change(high, row)
+        return {"persistence": start, "nearest": start + change(nearest, row), "interpolation": interpolation}
+
+    return points

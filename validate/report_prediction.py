@@ -1,0 +1,75 @@
+"""The report files of ``--predict``: the prediction's table, its figure and the fit as a calibration file.
+
+``prediction.csv`` holds every predicted value (per held-out run, caption, iteration, axis and quantity: the
+median, 90 % interval, coverage and CRPS); ``prediction.png`` draws each held-out run's run-level
+within-caption variance, measured, predicted (median and interval) and the baselines';
+``calibration.json`` is the shared fit for ``qtm simulate --calibration`` (:mod:`qtm.calibration`), with the
+validation's provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qtm.calibration import write_calibration
+from qtm.io import write_table
+from validate.plotting import axes_grid, save_figure
+from validate.skill import RUN_LEVEL
+
+BASELINE_STYLE = {"persistence": ":", "nearest": "--", "interpolation": "-."}
+
+
+def write_prediction(folder, prediction, *, provenance: dict) -> dict:
+    """Write ``prediction.csv``, ``prediction.png`` and ``calibration.json``; return their paths by name."""
+    folder = Path(folder)
+    calibration = dataclasses.replace(
+        prediction.calibration, provenance={**prediction.calibration.provenance, "validation": provenance}
+    )
+    written = {
+        "prediction": write_table(prediction.rows, folder / "prediction.csv", provenance=provenance),
+        "calibration": write_calibration(folder / "calibration.json", calibration),
+    }
+    run_level = prediction.skill[prediction.skill["caption"] == RUN_LEVEL]
+    runs = sorted(set(run_level["run"]))
+    plot, panels = axes_grid(len(runs), "held-out runs: run-level within-caption variance, predicted from iteration 0")
+    for panel, run in zip(panels, runs, strict=False):
+        rows = run_level[run_level["run"] == run].sort_values("iteration")
+        theory = rows[rows["method"] == "theory"]
+        start = _start(prediction, run)
+        iterations = np.concatenate([[0], theory["iteration"]])
+        measured = np.exp(np.concatenate([[start], theory["measured"]]))
+        panel.plot(iterations, measured, "o-", color="black", label="measured")
+        panel.fill_between(theory["iteration"], np.exp(theory["lo"]), np.exp(theory["hi"]), color="tab:blue",
+                           alpha=0.25, label="theory 90 %")
+        panel.plot(theory["iteration"], np.exp(theory["predicted"]), color="tab:blue", label="theory median")
+        for method, style in BASELINE_STYLE.items():
+            points = rows[rows["method"] == method]
+            if len(points):
+                panel.plot(points["iteration"], np.exp(points["predicted"]), style, color="grey", label=method)
+        panel.set_yscale("log")
+        panel.set_title(run, fontsize=8)
+        panel.set_xlabel("iteration")
+        panel.legend(fontsize=6)
+    written["prediction_plot"] = save_figure(plot, folder / "prediction.png")
+    return written
+
+
+def _start(prediction, run: str) -> float:
+    """ln of the held-out run's measured run-level variance at iteration 0 (its persistence baseline)."""
+    rows = prediction.skill
+    first = rows[(rows["run"] == run) & (rows["caption"] == RUN_LEVEL) & (rows["method"] == "persistence")]
+    return float(first["predicted"].iloc[0]) if len(first) else float("nan")
+
+
+def skill_tables(validation) -> pd.DataFrame | None:
+    """The skill rows of the forecast and of the prediction, one table with a ``task`` column; None: neither."""
+    parts = [
+        result.skill.assign(task=task)
+        for task, result in (("forecast", validation.forecast), ("predict", validation.prediction))
+        if result is not None and result.skill is not None
+    ]
+    return pd.concat(parts, ignore_index=True) if parts else None
