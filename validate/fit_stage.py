@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from qtm.rundir import Run
+from validate.calibration import calibration_of
 from validate.errors import ValidateError
 from validate.forecast import forecast
 from validate.optimiser import FitResult, fit_theory
@@ -115,6 +116,8 @@ def _fit(trajectories, base, forecast_from, warn, guidance):
     fit = predicted = None
     try:
         fit = fit_theory(trajectories, base=base, guidance=guidance)
+        if guidance == "shared":
+            fit.calibration = calibration_of(fit, trajectories, base=base)
     except ValidateError as error:
         warn(f"fit skipped: {error}")
         notes.append(f"fit skipped: {error}")

@@ -36,6 +36,8 @@ class FitResult:
 
     ``forecast`` (only from :func:`forecast`): per held-out run and iteration, the run-level
     within-caption variance predicted (with its interval) and measured, and the coverage.
+    ``calibration``: the shared model's fit as a :class:`qtm.calibration.Calibration`
+    (:func:`validate.calibration.calibration_of`); None for the per-setting model.
     """
 
     parameters: pd.DataFrame
@@ -43,6 +45,7 @@ class FitResult:
     goodness: dict
     values: dict = field(default_factory=dict)
     forecast: list = field(default_factory=list)
+    calibration: object = None
 
 
 def fit_theory(

@@ -18,7 +18,6 @@ schedule and drop), shifted the same way.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,7 @@ import pandas as pd
 
 from qtm.calibration import Calibration
 from qtm.random import check_random_state
+from validate.calibration import calibration_of
 from validate.errors import ValidateError
 from validate.forecast import FORECAST_DRAWS, FORECAST_LEVEL, parameter_draws, simulate_runs
 from validate.optimiser import FitResult, fit_tables, optimise
@@ -129,43 +129,7 @@ def predict(
         **skill_verdict(skill),
     }
     return Prediction(fit=fit, rows=rows, summary=summary, skill=skill, goodness=goodness,
-                      calibration=calibration_of(model, best.x, fit, base=base))
-
-
-def calibration_of(model: TransitionModel, x, fit: FitResult, *, base: BaseMoments) -> Calibration:
-    """The shared fit as a :class:`qtm.calibration.Calibration` for ``qtm simulate --calibration``.
-
-    The model is one typical caption: the base conditional branch and the real data averaged over captions
-    (means) and their within-caption variances averaged; every axis in SDs of the base model's unconditional
-    branch, the units the fit's sampler map works in (the sampler's law is not scale-free). The moments
-    engine's unconditional branch then moves toward that one caption's data, where the fit's moves toward the
-    pool of all captions: between-caption spread is left out.
-    """
-    d = model.data
-    values = model.unpack(x)
-    samplers = Counter((t.sampler, t.steps) for t in d.trajectories)
-    (sampler, steps), _ = samplers.most_common(1)[0]
-
-    def typical(moments):
-        pairs = list(moments.values()) if isinstance(moments, dict) else [moments]
-        mean = np.mean([np.asarray(m, float) for m, _ in pairs], axis=0) / d.scale
-        var = np.mean([np.asarray(v, float) for _, v in pairs], axis=0) / d.scale**2
-        return mean.tolist(), var.tolist()
-
-    cond = typical(base.cond)
-    data = typical(base.data) if base.data is not None else cond
-    names = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain")
-    errors = fit.parameters.set_index("parameter")["stderr"]
-    return Calibration(
-        parameters={**{name: values[(name, "", -1)] for name in names}, "sampler": sampler, "steps": int(steps)},
-        model={"cond_mean": cond[0], "cond_var": cond[1], "uncond_mean": (np.asarray(base.uncond[0], float)
-               / d.scale).tolist(), "uncond_var": [1.0] * d.k, "data_mean": data[0], "data_var": data[1]},
-        noise={"process_sd_mean": float(np.sqrt(np.exp(x[-2]))), "process_sd_log_var": float(np.sqrt(np.exp(x[-1])))},
-        standard_errors={name: float(errors[name]) for name in names},
-        provenance={"fit": "chain validate --predict (shared guidance)", "units": "trait axes in SDs of the base "
-                    "model's unconditional branch", "training_runs": sorted({t.run for t in d.trajectories}),
-                    "sampler_settings": {f"{a} {b}": n for (a, b), n in samplers.items()}},
-    )
+                      calibration=calibration_of(fit, train, base=base))
 
 
 def prediction_baselines(train: list[Trajectory], held_out: list[Trajectory], *, base: BaseMoments):

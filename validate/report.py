@@ -17,7 +17,7 @@ import pandas as pd
 from qtm.io import atomic_path, write_json, write_table
 from validate.plotting import axes_grid, save_figure
 from validate.report_markdown import markdown_report
-from validate.report_prediction import skill_tables, write_prediction
+from validate.report_prediction import skill_tables, write_calibration_file, write_prediction
 from validate.selection import STATISTICS, predicted_selection
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
@@ -59,6 +59,9 @@ def write_report(folder, validation) -> dict:
         written["forecast"] = write_table(forecast.predictions, folder / "forecast.csv", provenance=record)
     if validation.prediction is not None:
         written.update(write_prediction(folder, validation.prediction, provenance=record))
+    calibration = write_calibration_file(folder, validation)
+    if calibration is not None:
+        written["calibration"] = calibration
     skill = skill_tables(validation)
     if skill is not None:
         written["skill"] = write_table(skill, folder / "skill.csv", provenance=record)

@@ -4,7 +4,7 @@
 median, 90 % interval, coverage and CRPS); ``prediction.png`` draws each held-out run's run-level
 within-caption variance, measured, predicted (median and interval) and the baselines';
 ``calibration.json`` is the shared fit for ``qtm simulate --calibration`` (:mod:`qtm.calibration`), with the
-validation's provenance.
+validation's provenance (also without ``--predict`` when the fit is the shared model, ``--guidance shared``).
 """
 
 from __future__ import annotations
@@ -23,16 +23,23 @@ from validate.skill import RUN_LEVEL
 BASELINE_STYLE = {"persistence": ":", "nearest": "--", "interpolation": "-."}
 
 
-def write_prediction(folder, prediction, *, provenance: dict) -> dict:
-    """Write ``prediction.csv``, ``prediction.png`` and ``calibration.json``; return their paths by name."""
-    folder = Path(folder)
+def write_calibration_file(folder, validation) -> Path | None:
+    """``calibration.json``: the shared fit on the training runs (the prediction's, else the main fit's when it is
+    the shared model), with the validation's provenance; None where there is no shared fit."""
+    prediction, fit = validation.prediction, validation.fit
+    calibration = prediction.calibration if prediction is not None else getattr(fit, "calibration", None)
+    if calibration is None:
+        return None
     calibration = dataclasses.replace(
-        prediction.calibration, provenance={**prediction.calibration.provenance, "validation": provenance}
+        calibration, provenance={**calibration.provenance, "validation": validation.provenance}
     )
-    written = {
-        "prediction": write_table(prediction.rows, folder / "prediction.csv", provenance=provenance),
-        "calibration": write_calibration(folder / "calibration.json", calibration),
-    }
+    return write_calibration(Path(folder) / "calibration.json", calibration)
+
+
+def write_prediction(folder, prediction, *, provenance: dict) -> dict:
+    """Write ``prediction.csv`` and ``prediction.png``; return their paths by name."""
+    folder = Path(folder)
+    written = {"prediction": write_table(prediction.rows, folder / "prediction.csv", provenance=provenance)}
     run_level = prediction.skill[prediction.skill["caption"] == RUN_LEVEL]
     runs = sorted(set(run_level["run"]))
     plot, panels = axes_grid(len(runs), "held-out runs: run-level within-caption variance, predicted from iteration 0")
