@@ -5,7 +5,8 @@ Every option is a parameter of :mod:`qtm.params`, with the same range as in ``qt
 Examples
 --------
 ``qtm map --cfg 7.5 --schedule cosine`` prints, per trait axis, the mean and variance of
-DDIM's output for the default model; ``--json`` prints the same for machines.
+DDIM's output for the default model; ``--json`` prints the same for machines. The work is
+:func:`qtm.sampler_map.sampler_law` (``qtm.sampler_law`` in Python).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import typer
 
 from commands.options import parameter_options
-from qtm.errors import QTMError
 from qtm.grid import parse_axes, single_value
 from qtm.io import to_json
 from qtm.params import PARAMETERS, SCHEDULER_PARAMETERS
@@ -27,23 +27,17 @@ SAMPLING_OPTIONS = ("cfg", "schedule", "sampler", "steps", "eta")
 
 @parameter_options(*MODEL_OPTIONS, *SAMPLING_OPTIONS, *SCHEDULER_PARAMETERS, text=True)
 def map_command(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (for machines) instead of a table."),
     **given,
 ) -> None:
     """Mean and variance of one CFG-guided sampling from Gaussian p_c and p_u, per trait axis."""
-    from qtm.sampler_map import guided_moments
-    from qtm.solvers import SchedulerConfig
+    from qtm.sampler_map import sampler_law
 
     model = parse_axes({name: given[name] or PARAMETERS[name].default for name in MODEL_OPTIONS})
-    for name, values in model.items():
-        PARAMETERS[name].check(values, label=PARAMETERS[name].flag)
     sampling = {name: _single(name, given[name]) for name in SAMPLING_OPTIONS}
     scheduler = {name: _single(name, given[name]) for name in SCHEDULER_PARAMETERS}
-    out = guided_moments(*(model[name] for name in MODEL_OPTIONS), **sampling,
-                         scheduler=SchedulerConfig.from_parameters(**scheduler))
-    axes = [{"axis": a, "mean": float(m), "var": float(v)} for a, (m, v) in enumerate(zip(*out, strict=True))]
-    if any(not (abs(row["mean"]) < float("inf") and abs(row["var"]) < float("inf")) for row in axes):
-        raise QTMError("the sampler's output overflowed to inf or NaN; use a smaller --cfg")
+    table = sampler_law(*(model[name] for name in MODEL_OPTIONS), **sampling, scheduler=scheduler)
+    axes = [{"axis": int(row.axis), "mean": float(row.mean), "var": float(row.var)} for row in table.itertuples()]
     if as_json:
         parameters = {name: values.tolist() for name, values in model.items()}
         parameters.update(sampling, **scheduler)
@@ -52,13 +46,13 @@ def map_command(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{sampling['sampler']}, CFG {sampling['cfg']:g} ({sampling['schedule']}), "
+    shown = Table(title=f"{sampling['sampler']}, CFG {sampling['cfg']:g} ({sampling['schedule']}), "
                         f"{sampling['steps']} steps")
     for column in ("axis", "mean", "var"):
-        table.add_column(column, justify="right")
+        shown.add_column(column, justify="right")
     for row in axes:
-        table.add_row(str(row["axis"]), f"{row['mean']:.6g}", f"{row['var']:.6g}")
-    Console().print(table)
+        shown.add_row(str(row["axis"]), f"{row['mean']:.6g}", f"{row['var']:.6g}")
+    Console().print(shown)
 
 
 def _single(name: str, spec):

@@ -412,6 +412,12 @@ def make_figures(out, *, names=None, formats=FORMATS, echo: Callable[[str], None
     -------
     list of pathlib.Path
         The files written (figures, then the index).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> [path.name for path in make_figures(tempfile.mkdtemp(), names=["fitness_landscape"], formats=["png"])]
+    ['fitness_landscape.png', 'README.md']
     """
     import matplotlib
 

@@ -26,6 +26,36 @@ def package_versions(names=_PACKAGES) -> dict[str, str]:
     return versions
 
 
+#: The distribution whose metadata holds the version (pyproject.toml's ``[project] version``, its one place).
+DISTRIBUTION = "chain-of-diffusion"
+
+
+def package_version() -> str:
+    """The toolkit's version, read from the installed package's metadata (``0+unknown`` when not installed).
+
+    Examples
+    --------
+    >>> package_version().count(".") >= 1
+    True
+    """
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def version_line(program: str) -> str:
+    """What ``PROGRAM --version`` prints: the version, and the git commit when run from a checkout.
+
+    Examples
+    --------
+    >>> version_line("qtm").startswith("qtm " + package_version())
+    True
+    """
+    commit = git_commit()
+    return f"{program} {package_version()}" + (f" (git {commit[:12]})" if commit else "")
+
+
 def git_commit() -> str | None:
     """The commit of the source tree this package runs from, or None outside a git checkout."""
     here = Path(__file__).resolve().parent
@@ -47,11 +77,9 @@ def provenance(parameters: dict, *, seed=None, software: str = "qtm") -> dict:
     >>> record["parameters"], record["seed"]
     ({'cfg': 7.5}, 1)
     """
-    from qtm import __version__
-
     return {
         "software": software,
-        "version": __version__,
+        "version": package_version(),
         "parameters": parameters,
         "seed": seed,
         "versions": package_versions(),

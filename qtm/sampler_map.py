@@ -295,3 +295,64 @@ def prepare_sampler(sampler: str, *, cfg, schedule="constant", steps: int = 50, 
         config = scheduler.diffusion_config(sampler)
     coef = step_coefficients(steps, eta=effective_eta(sampler, eta), config=config)
     return PreparedSampler(sampler, cfg, CFGSchedule.parse(schedule), coefficients=coef)
+
+
+def sampler_law(cond_mean=None, cond_var=None, uncond_mean=None, uncond_var=None, *, cfg=None, schedule=None,
+                sampler=None, steps=None, eta=None, scheduler=None):
+    """The exact law of one guided sampling, per trait axis, as a table: what ``qtm map`` prints.
+
+    Every argument is a parameter of :mod:`qtm.params`, with its default when left out and its check (the same
+    one-line :class:`~qtm.errors.QTMError` as the command line's).
+
+    Parameters
+    ----------
+    cond_mean, cond_var, uncond_mean, uncond_var : float or sequence of float, optional
+        The base model's conditional and unconditional Gaussians, one value per trait axis (one value: every axis).
+    cfg : float, optional
+        Peak classifier-free guidance scale w (>= 0; default 7.5).
+    schedule : str, optional
+        CFG schedule shape (``constant``, ``linear[:END]``, ``cosine[:END]``, ``cutoff:F``, ``interval:LO:HI``).
+    sampler : str, optional
+        One of :data:`qtm.params.SAMPLERS` (default ``ddim``).
+    steps : int, optional
+        Denoising steps (default 50).
+    eta : float, optional
+        DDIM noise weight in [0, 1] (default 0).
+    scheduler : mapping, optional
+        The scheduler's parameters (:data:`qtm.params.SCHEDULER_PARAMETERS`, e.g. ``{"scheduler": "sd3"}``);
+        SD v1.5's by default.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per trait axis: ``axis``, ``mean``, ``var``.
+
+    Examples
+    --------
+    >>> sampler_law(1.0, 1.0, 0.0, 1.5, cfg=7.5, sampler="ddim").round(4)
+       axis   mean     var
+    0     0  3.353  0.0635
+    >>> sampler_law([1.0, 2.0], 1.0, 0.0, 1.5, cfg=7.5, sampler="tilt")["var"].round(4).tolist()
+    [0.3158, 0.3158]
+    """
+    import pandas as pd
+
+    from qtm.params import PARAMETERS
+
+    model = {"cond_mean": cond_mean, "cond_var": cond_var, "uncond_mean": uncond_mean, "uncond_var": uncond_var}
+    model = {name: np.atleast_1d(np.asarray(PARAMETERS[name].default if value is None else value, dtype=float))
+             for name, value in model.items()}
+    model = dict(zip(model, np.broadcast_arrays(*model.values()), strict=True))
+    for name, values in model.items():
+        PARAMETERS[name].check(values, label=PARAMETERS[name].flag)
+    given = {"cfg": cfg, "schedule": schedule, "sampler": sampler, "steps": steps, "eta": eta}
+    sampling = {name: PARAMETERS[name].check(PARAMETERS[name].default if value is None else value,
+                                             label=PARAMETERS[name].flag) for name, value in given.items()}
+    settings = {name: PARAMETERS[name].check(value, label=PARAMETERS[name].flag)
+                for name, value in dict(scheduler or {}).items() if value is not None}
+    out = guided_moments(*model.values(), **sampling, scheduler=SchedulerConfig.from_parameters(**settings))
+    table = pd.DataFrame({"axis": np.arange(len(out.mean)), "mean": np.asarray(out.mean, dtype=float),
+                          "var": np.asarray(out.var, dtype=float)})
+    if not np.isfinite(table[["mean", "var"]].to_numpy()).all():
+        raise QTMError("the sampler's output overflowed to inf or NaN; use a smaller --cfg")
+    return table

@@ -1,1 +1,41 @@
-"""validate: measure trait statistics of chain runs and check the theory against them."""
+"""validate: measure trait statistics of chain runs and check the theory against them.
+
+Importing ``validate`` is light: each function below is imported on first use.
+
+Public API (the same options and errors as ``chain validate``):
+
+- :func:`validate_runs`: measure runs, fit the theory, forecast, and write a report folder (``chain validate``).
+- :func:`read_report`: a report folder read back as data (statistics, decomposition, diversity, fit, skill).
+- :func:`fit_theory`: the theory's maximum-likelihood fit to measured trajectories (``validate_runs(...,
+  forecast_from=K)`` also forecasts iterations K and later from a fit to the earlier ones).
+
+Examples
+--------
+>>> import validate
+>>> sorted(validate.__all__)
+['fit_theory', 'read_report', 'validate_runs']
+"""
+
+from importlib import import_module
+
+#: Each public name and the module that defines it.
+_HOMES = {
+    "validate_runs": "validate.pipeline",
+    "read_report": "validate.report_folder",
+    "fit_theory": "validate.optimiser",
+}
+# A name of this package that is also a submodule's (validate.forecast) would be replaced by that module once it
+# loads, so the forecast is reached through validate_runs(forecast_from=K).
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    # The pipeline loads the embedders and the fit (torch, numba) when used: a bare `import validate` loads neither.
+    if name in _HOMES:
+        value = globals()[name] = getattr(import_module(_HOMES[name]), name)
+        return value
+    raise AttributeError(f"module 'validate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -125,6 +125,12 @@ def run_checks(
     Returns
     -------
     list of CheckResult
+        One per check run: ``status`` ("pass", "fail", "error", "skipped"), the verdict and the comparison.
+
+    Examples
+    --------
+    >>> [(r.name, r.status) for r in run_checks(["truncation", "bulmer"], size=0.1)]
+    [('truncation', 'pass'), ('bulmer', 'pass')]
     """
     size = float(check_positive(size, "size"))
     check_unit_interval(false_failure_rate, "false_failure_rate", closed_left=False)
