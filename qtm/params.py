@@ -231,8 +231,8 @@ PARAMETERS: dict[str, Parameter] = _registry(
               "Fidelity rho of finetuning: the fraction the conditional branch moves toward the data.",
               low=0, high=1, grid=True),
     Parameter("uncond_fidelity", "float", None,
-              "Fidelity of the unconditional branch (default: drop x fidelity, the model's assumption).",
-              low=0, high=1, grid=True),
+              "Fidelity of the unconditional branch (default: min(1, uncond_drift + drop x fidelity), the model's "
+              "assumption).", low=0, high=1, grid=True),
     Parameter("iterations", "int", 10, "Iterations of the chain.", low=1, grid=True),
     Parameter("finetune", "text", "base", "Start each finetuning from the base model or continue the previous.",
               choices=FINETUNE_STARTS, grid=True),
@@ -255,6 +255,13 @@ PARAMETERS: dict[str, Parameter] = _registry(
     Parameter("process_noise", "float", 0.0,
               "SD of the per-iteration finetuning noise on the conditional model's mean, in trait units "
               "(particle engine; the moments engine gives expectations).", low=0, grid=True),
+    # The calibrated model (issue 21): what one fit shared by every CFG setting adds.
+    Parameter("uncond_drift", "float", 0.0,
+              "Fidelity a of the unconditional branch without condition drop (the branches share weights); "
+              "the default uncond fidelity is min(1, a + drop x fidelity).", low=0, high=1, grid=True),
+    Parameter("guidance_gain", "float", 1.0,
+              "Guidance gain g: the sampler guides with the peak scale 1 + g (cfg - 1), shaped by the CFG "
+              "schedule as cfg is; cfg stays the real CFG scale.", low=0, grid=True),
     # The noise scheduler the sampler steps with (diffusers' configuration; a preset, then overrides).
     Parameter("scheduler", "text", "sd15",
               "Scheduler preset: sd15 (SD v1.5), sd21v (SD 2.1, v-prediction), sd3 (flow matching, shift 3).",
@@ -350,7 +357,9 @@ BACKEND_DEFAULTS = {
 RUN_DEFAULTS = {"iterations": 5}
 
 #: What ``qtm simulate`` sweeps when given no grid: CFG 1, 3, 7.5 x plain or each ReDiFine part, for
-#: the reference setup (finetuning from the base model with fidelity 0.5). See :mod:`commands.qtm_simulate`.
+#: the reference setup (finetuning from the base model with fidelity 0.5). A calibration
+#: (:mod:`qtm.calibration`, the shipped one by default) replaces the fidelity and the model; see
+#: :mod:`commands.qtm_simulate`.
 DEFAULT_SWEEP = {"cfg": "1,3,7.5", "schedule": "constant,cosine", "drop": "0,0.2", "fidelity": "0.5"}
 
 #: Every parameter, of the theory and of the real chain, by name.
@@ -371,15 +380,35 @@ def effective_eta(sampler: str, eta: float) -> float:
     return 1.0 if sampler == "ddpm" else eta
 
 
-def default_uncond_fidelity(drop, fidelity):
-    """rho_u when it is not given: ``drop * fidelity``, the model's assumption (fitted by ``validate``).
+def effective_cfg(cfg, guidance_gain):
+    """The peak guidance scale the sampler uses: ``w_eff = 1 + g (cfg - 1)`` for the guidance gain g.
+
+    Written as ``cfg + (g - 1)(cfg - 1)``, equal in exact arithmetic, so that g = 1 returns ``cfg``
+    bit for bit. g < 1 guides more weakly than the scale says (CFG 1 stays unguided).
 
     Examples
     --------
-    >>> default_uncond_fidelity(0.2, 0.5)
-    0.1
+    >>> effective_cfg(7.5, 1.0), effective_cfg(7.5, 0.5), effective_cfg(1.0, 0.5)
+    (7.5, 4.25, 1.0)
     """
-    return drop * fidelity
+    return cfg + (guidance_gain - 1.0) * (cfg - 1.0)
+
+
+def default_uncond_fidelity(drop, fidelity, uncond_drift=0.0):
+    """rho_u when it is not given: ``min(1, a + drop * fidelity)``, the model's assumption (fitted by ``validate``).
+
+    Condition drop p shows the unconditional branch the data in a fraction p of the examples (p rho); the
+    drift a is how far it moves without condition drop, because the branches share their weights. a = 0
+    returns ``drop * fidelity`` bit for bit.
+
+    Examples
+    --------
+    >>> float(default_uncond_fidelity(0.2, 0.5)), float(default_uncond_fidelity(0.2, 0.5, 0.3))
+    (0.1, 0.4)
+    >>> float(default_uncond_fidelity(1.0, 0.9, 0.3))
+    1.0
+    """
+    return np.minimum(1.0, uncond_drift + drop * fidelity)
 
 
 def uncond_share(fidelity, uncond_fidelity):

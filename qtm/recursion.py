@@ -10,8 +10,9 @@ branch ``N(cond_mean, cond_var)`` and an unconditional one ``N(uncond_mean, unco
    (``finetune="continue"``); the variance moves linearly with the fidelity unless
    ``var_fidelity`` rho_v is given (then in log space), ``var_shift`` mu is the log-space
    finetuning error and ``s = min(1, rho_u / rho)`` (:func:`qtm.params.uncond_share`);
-2. generate: ``G_t = guided_moments(c_t, u_t, cfg, schedule, sampler, ...)``, then add
-   the mutation variance;
+2. generate: ``G_t = guided_moments(c_t, u_t, w_eff, schedule, sampler, ...)`` with the peak scale
+   ``w_eff = 1 + g (cfg - 1)`` of the guidance gain g (:func:`qtm.params.effective_cfg`; g = 1 by
+   default: the scale as given), then add the mutation variance;
 3. build the next data set: the expected refit moments of ``population`` samples of
    ``G_t`` (when finite), mixed with the real data at rate ``real_fraction``:
    ``D_{t+1} = mix(G_t, real, real_fraction)`` (``data_workflow="replace"``); or the pool of
@@ -23,12 +24,13 @@ The trajectory records ``G_t`` (after mutation) for every iteration ``t``.
 
 **The model's assumption on the unconditional branch.** Finetuning with
 condition-drop probability ``p`` shows the unconditional branch the data in a
-fraction ``p`` of the examples, so it moves with fidelity ``rho_u = p * rho``
-unless ``uncond_fidelity`` says otherwise. This is an assumption of the model,
-to be fitted on real chains by ``validate``; ``p = 0`` keeps the base
-unconditional model for ever. Real networks share the branches' weights and move
-the unconditional branch even without condition drop (issue 13): give
-``uncond_fidelity`` to model that.
+fraction ``p`` of the examples, and real networks share the branches' weights, so
+the branch moves even without condition drop (issue 13) by its drift ``a``
+(``uncond_drift``): it moves with fidelity ``rho_u = min(1, a + p * rho)``
+(:func:`qtm.params.default_uncond_fidelity`) unless ``uncond_fidelity`` says
+otherwise. This is an assumption of the model, fitted on real chains by
+``validate``; the default ``a = 0`` with ``p = 0`` keeps the base unconditional
+model for ever.
 
 **Expectations only.** The engine computes expected moments. Finetuning's process
 noise (``process_noise``, a random shift of the model's mean each iteration) has mean
@@ -58,6 +60,8 @@ Examples
 (2, 5)
 >>> collapse_iteration(traj, threshold=0.01).tolist()
 [-1, 1]
+>>> divergence_iteration(traj).tolist()
+[-1, -1]
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ from typing import NamedTuple
 import numpy as np
 
 from qtm.moments_kernels import chain_kernel, solver_chain_kernel
-from qtm.params import PARAMETERS, default_uncond_fidelity, uncond_share
+from qtm.params import PARAMETERS, default_uncond_fidelity, effective_cfg, uncond_share
 from qtm.sampler_map import prepare_sampler
 from qtm.schedules import CFGSchedule
 from qtm.solvers import SOLVERS, SchedulerConfig, plan_arrays
@@ -117,6 +121,8 @@ def simulate_moments(
     process_noise=0.0,
     scheduler: SchedulerConfig | str | None = None,
     data_workflow="replace",
+    uncond_drift=0.0,
+    guidance_gain=1.0,
 ) -> ChainTrajectory:
     """Iterate the chain on expected moments, for every point of a broadcast parameter grid.
 
@@ -127,7 +133,7 @@ def simulate_moments(
     data_mean, data_var : float or array
         The real data ``D_0``.
     cfg : float or array
-        Peak CFG scale w.
+        Peak CFG scale w (the real scale; ``guidance_gain`` maps it to the one the sampler uses).
     schedule : str or array of str
         CFG schedule shape (:mod:`qtm.schedules`).
     drop : float or array in [0, 1]
@@ -135,7 +141,8 @@ def simulate_moments(
     fidelity : float or array in [0, 1]
         Fidelity rho of the conditional branch.
     uncond_fidelity : None, float or array in [0, 1]
-        Fidelity of the unconditional branch; ``None`` (or NaN entries) means ``drop * fidelity``.
+        Fidelity of the unconditional branch; ``None`` (or NaN entries) means
+        ``min(1, uncond_drift + drop * fidelity)``.
     iterations : int
         Number of iterations (>= 1).
     finetune : {"base", "continue"} or array of them
@@ -175,6 +182,12 @@ def simulate_moments(
         (variance minus ``sum_k (n_k/M) v_k / M`` over the generated strata). ``accumulate-subsample``:
         ``population`` images drawn from that pool, taken as the pool's mixture moments with the
         one-generation refit shrink ``(N-1)/N``. Where these are exact: docs/theory.md, "Data workflows".
+    uncond_drift : float or array in [0, 1]
+        a: the unconditional branch's fidelity without condition drop (the branches share their
+        weights), in the default ``uncond_fidelity``; 0 gives ``drop * fidelity`` bit for bit.
+    guidance_gain : float or array >= 0
+        g: the sampler guides with the peak scale ``1 + g (cfg - 1)`` (:func:`qtm.params.effective_cfg`),
+        which the schedule shapes as it shapes ``cfg``; 1 gives ``cfg`` bit for bit.
 
     Returns
     -------
@@ -208,8 +221,9 @@ def simulate_moments(
             ("fidelity", fidelity), ("real_fraction", real_fraction), ("mutation", mutation),
         )
     }
+    numeric["cfg"] = effective_cfg(numeric["cfg"], PARAMETERS["guidance_gain"].check(guidance_gain))
     numeric["uncond_fidelity"] = _uncond_fidelity(uncond_fidelity, PARAMETERS["drop"].check(drop),
-                                                  numeric["fidelity"])
+                                                  numeric["fidelity"], PARAMETERS["uncond_drift"].check(uncond_drift))
     PARAMETERS["process_noise"].check(process_noise)
     share = uncond_share(numeric["fidelity"], numeric["uncond_fidelity"])
     numeric["var_fidelity"] = _var_fidelity(var_fidelity)
@@ -286,14 +300,54 @@ def collapse_iteration(trajectory: ChainTrajectory, *, threshold: float = 0.1) -
     return np.where(below.any(axis=-1), below.argmax(axis=-1), -1)
 
 
-def _uncond_fidelity(uncond_fidelity, drop: np.ndarray, fidelity: np.ndarray) -> np.ndarray:
-    """rho_u: the given value where given, else the model's assumption drop * rho."""
+#: A trajectory diverges where its variance exceeds this multiple of the real data's, or its mean leaves the
+#: real data's mean by this many real-data SDs (or either turns inf or NaN).
+DIVERGENCE_FACTOR = 1e6
+
+
+def divergence_iteration(trajectory: ChainTrajectory) -> np.ndarray:
+    """First iteration whose moments leave the real data's scale or turn non-finite, or -1 if none.
+
+    A point diverges at iteration t when ``var_t > 1e6 * data_var``, ``|mean_t - data_mean| > 1e6 *
+    sqrt(data_var)`` (:data:`DIVERGENCE_FACTOR`) or either moment is inf or NaN: a chain that far from its
+    data has left every regime the model describes, so what follows says nothing (and will overflow).
+
+    Parameters
+    ----------
+    trajectory : ChainTrajectory
+
+    Returns
+    -------
+    numpy.ndarray of int, shape ``grid``
+
+    Examples
+    --------
+    >>> traj = ChainTrajectory(np.array([[0.0, 5e6, np.nan], [1.0, 1.0, 1.0]]),
+    ...                        np.array([[1.0, 1.0, 1.0], [1.0, 2e6, np.inf]]), np.zeros(2), np.ones(2))
+    >>> divergence_iteration(traj).tolist()
+    [1, 1]
+    >>> divergence_iteration(ChainTrajectory(np.zeros(2), np.ones(2), np.array(0.0), np.array(1.0))).tolist()
+    -1
+    """
+    mean, var = trajectory.mean, trajectory.var
+    data_mean, data_var = trajectory.data_mean[..., None], trajectory.data_var[..., None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        # NaN compares False, so the explicit finiteness tests catch it.
+        away = (
+            ~np.isfinite(mean) | ~np.isfinite(var) | (var > DIVERGENCE_FACTOR * data_var)
+            | (np.abs(mean - data_mean) > DIVERGENCE_FACTOR * np.sqrt(data_var))
+        )
+    return np.where(away.any(axis=-1), away.argmax(axis=-1), -1)
+
+
+def _uncond_fidelity(uncond_fidelity, drop: np.ndarray, fidelity: np.ndarray, drift: np.ndarray) -> np.ndarray:
+    """rho_u: the given value where given, else the model's assumption min(1, a + drop * rho)."""
     if uncond_fidelity is None:
-        return default_uncond_fidelity(drop, fidelity)
+        return default_uncond_fidelity(drop, fidelity, drift)
     given = np.asarray(uncond_fidelity, dtype=float)
     # NaN marks grid points that take the default (e.g. a table column with gaps).
     PARAMETERS["uncond_fidelity"].check(given[~np.isnan(given)])
-    return np.where(np.isnan(given), default_uncond_fidelity(drop, fidelity), given)
+    return np.where(np.isnan(given), default_uncond_fidelity(drop, fidelity, drift), given)
 
 
 def _var_fidelity(var_fidelity) -> np.ndarray:
@@ -356,6 +410,7 @@ def _run_operators(*, iterations, sampler, continue_, population, workflow, out,
     # sum of its generated strata's variances (each weighted by its share 1 - f of its set).
     pool, sets, generated_var_sum = real, 1, 0.0
     f = p["real_fraction"]
+    lost = np.zeros(mean.shape[0], dtype=bool)
     for t in range(iterations):
         prior_c, prior_u = (cond, uncond) if continue_ else (base_c, base_u)
         cond = inherit(*prior_c, *data, fidelity=p["fidelity"], var_fidelity=p["var_fidelity"],
@@ -363,8 +418,14 @@ def _run_operators(*, iterations, sampler, continue_, population, workflow, out,
         uncond = inherit(*prior_u, *data, fidelity=p["uncond_fidelity"], var_fidelity=p["uncond_var_fidelity"],
                          var_shift=p["uncond_var_shift"])
         generated = sampler.moments(*cond, *uncond)
+        lost = lost | ~(np.isfinite(generated[0]) & np.isfinite(generated[1]))
+        if lost.any():
+            # A point whose moments turned inf or NaN has diverged (divergence_iteration): its rows read NaN from
+            # here on, and finite stand-ins (the real data, the base model) keep the operators' checks for the rest.
+            generated, cond, uncond = (tuple(np.where(lost, x, y) for x, y in zip(stand_in, moments, strict=True))
+                                       for stand_in, moments in ((real, generated), (base_c, cond), (base_u, uncond)))
         generated = add_mutation(*generated, mutation_var=p["mutation"])
-        mean[:, t], var[:, t] = generated
+        mean[:, t], var[:, t] = np.where(lost, np.nan, generated[0]), np.where(lost, np.nan, generated[1])
         if workflow != "replace":
             sets += 1
             pool = mix(*pool, *mix(*generated, *real, rate=f), rate=1.0 / sets)
@@ -384,7 +445,8 @@ def _run_operators(*, iterations, sampler, continue_, population, workflow, out,
 def _run_solver(*, iterations, sampler, continue_, population, workflow, out, **p):
     """A solver's recursion through its fused Numba kernel, bit for bit the operator path, into ``out``.
 
-    Where a moment overflows, the operator path runs instead and says where (its errors)."""
+    Where a moment overflows, the operator path runs instead: its errors say where, its rows of diverged points
+    read NaN."""
     table, rows = sampler.scale_table
     mean, var = out
     solver_chain_kernel(

@@ -29,7 +29,14 @@ import pandas as pd
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
 from qtm.io import atomic_table, check_table_path, to_json
-from qtm.params import GRID_PARAMETERS, MODEL_PARAMETERS, PARAMETERS, PARTICLE_POPULATION
+from qtm.params import (
+    GRID_PARAMETERS,
+    MODEL_PARAMETERS,
+    PARAMETERS,
+    PARTICLE_POPULATION,
+    default_uncond_fidelity,
+    effective_cfg,
+)
 from qtm.particles.engine import simulate_chain, simulate_qg
 from qtm.particles.model import ChainSetup, Finetune, Fitness, QGSetup
 from qtm.provenance import provenance
@@ -48,7 +55,7 @@ OPTIONS = (*MODEL_PARAMETERS, "population", "replicates", "seed", "dims", "modes
            "resampling", "cluster")
 
 
-def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=None) -> Path:
+def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=None, calibration=None) -> Path:
     """Run the particle model at every grid point and stream a tidy table to ``out``.
 
     Parameters
@@ -68,6 +75,8 @@ def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=Non
         ``.parquet`` (provenance in its metadata) or ``.csv`` (provenance beside it).
     progress : callable, optional
         Called as ``progress(done, total)`` after each grid point.
+    calibration : dict, optional
+        The record of the calibration the points and model came from, kept in the provenance.
 
     Returns
     -------
@@ -94,7 +103,8 @@ def simulate_particles(points: pd.DataFrame, *, options: dict, out, progress=Non
     client, cluster = _connect(opts["cluster"], local=work > LOCAL_WORK_LIMIT and len(tasks) > 1)
     # NaN marks a default in a grid column (e.g. uncond_fidelity); JSON has no NaN, so it is recorded as null.
     listed = points.astype(object).where(points.notna(), None).to_dict(orient="list")
-    record = provenance({"options": opts, "points": listed}, seed=opts["seed"])
+    record = provenance({"options": opts, "points": listed, **({"calibration": calibration} if calibration else {})},
+                        seed=opts["seed"])
     try:
         # The table and its provenance appear together, once every row is written.
         with atomic_table(out, provenance=record) as tmp:
@@ -141,6 +151,12 @@ def _point_rows(points: pd.DataFrame) -> list[dict]:
         row = {**{name: PARAMETERS[name].default for name in GRID_PARAMETERS}, **record}
         if row["uncond_fidelity"] is not None and pd.isna(row["uncond_fidelity"]):
             row["uncond_fidelity"] = None
+        for name in ("guidance_gain", "uncond_drift", "drop", "fidelity"):
+            PARAMETERS[name].check(row[name])
+        # The calibrated model's two terms, as the moments engine takes them: the sampler's peak scale and rho_u.
+        row["cfg"] = effective_cfg(float(PARAMETERS["cfg"].check(row["cfg"])), float(row["guidance_gain"]))
+        if row["uncond_fidelity"] is None:
+            row["uncond_fidelity"] = float(default_uncond_fidelity(row["drop"], row["fidelity"], row["uncond_drift"]))
         rows.append(row)
     return rows
 
