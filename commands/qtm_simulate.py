@@ -2,18 +2,30 @@
 
 Grid options take comma lists and ``start:stop:step`` ranges (text options: comma
 lists); the grid is their Cartesian product. Model options give one value per trait
-axis. ``--config FILE.toml`` sets any option by name; the command line overrides it.
-Every option is a parameter of :mod:`qtm.params`; the table is built by
+axis. Every option is a parameter of :mod:`qtm.params`; the table is built by
 :func:`qtm.simulate.simulate_grid`.
 
-The default sweep (no options, :data:`qtm.params.DEFAULT_SWEEP`) is CFG 1, 3, 7.5 x schedule
-constant/cosine x condition drop 0/0.2 for 10 iterations of the reference setup (finetuning
-from the base model with fidelity 0.5) on one trait axis: the base model's conditional
-branch N(1, 1), its unconditional branch N(0, 1.5), the real data N(1, 1). It shows
-collapse at CFG 7.5 and what ReDiFine's two parts (cosine CFG schedule, condition drop) do
-to it. The unconditional branch is only 1.5 times wider than the conditional one because
-the exact DDIM map at CFG 7.5 already takes a 4-times-wider one to a variance of 1e-4 in
-the first generation, which leaves nothing to watch.
+Where each option's value comes from, the first that gives it winning: the command line;
+``--config FILE.toml`` (any option by name); the calibration (``--calibration FILE``, by default
+the one shipped in the package, :func:`qtm.calibration.shipped_calibration`: its parameters, such as
+fidelity, guidance gain, sampler and steps, and its base model and real data); the default sweep
+(:data:`qtm.params.DEFAULT_SWEEP`); each parameter's default. ``--calibration none`` uses no
+calibration. The CFG values stay the real CFG scales (the table's ``cfg`` column); the calibration's
+guidance gain maps them to the scale the sampler uses.
+
+The default sweep (no options) is CFG 1, 3, 7.5 x schedule constant/cosine x condition drop 0/0.2
+for 10 iterations, finetuning from the base model, with the shipped calibration: a prediction of
+settings from one model fitted to the digits chains (``make demo``). With ``--calibration none`` it
+is the reference setup (fidelity 0.5) on one trait axis: the base model's conditional branch
+N(1, 1), its unconditional branch N(0, 1.5), the real data N(1, 1). It shows collapse at CFG 7.5
+and what ReDiFine's two parts (cosine CFG schedule, condition drop) do to it. The unconditional
+branch is only 1.5 times wider than the conditional one because the exact DDIM map at CFG 7.5
+already takes a 4-times-wider one to a variance of 1e-4 in the first generation, which leaves
+nothing to watch.
+
+The printed summary says per point and axis when the variance collapsed (at most 0.1 x the real
+data's) and when the moments diverged (:func:`qtm.recursion.divergence_iteration`: the variance
+above 1e6 x the real data's, the mean more than 1e6 real SDs away, or inf/NaN): "diverges at t".
 """
 
 from __future__ import annotations
@@ -24,6 +36,8 @@ import numpy as np
 import typer
 
 from commands.options import parameter_options
+from qtm.calibration import CALIBRATED, Calibration, read_calibration, shipped_calibration
+from qtm.errors import QTMError
 from qtm.grid import load_config, merge_options, single_value
 from qtm.params import (
     ALL_PARAMETERS,
@@ -45,18 +59,32 @@ OPTIONS = {"engine": ENGINE, **{name: ALL_PARAMETERS[name] for name in (*GRID_PA
 COLLAPSE_THRESHOLD = 0.1
 #: Grid points shown in the printed summary.
 SUMMARY_ROWS = 20
+#: ``--calibration``'s word for no calibration.
+NO_CALIBRATION = "none"
+#: The defaults ``--help`` shows: the default sweep's, and the calibration's where it sets an option.
+SHOWN_DEFAULTS = {**DEFAULT_SWEEP, **dict.fromkeys((*CALIBRATED, *MODEL_PARAMETERS), "calibration")}
 
 
-@parameter_options(*OPTIONS, text=True, defaults=DEFAULT_SWEEP, registry=OPTIONS)
+@parameter_options(*OPTIONS, text=True, defaults=SHOWN_DEFAULTS, registry=OPTIONS)
 def simulate(
     config: Path = typer.Option(None, help="TOML file of options; the command line overrides it."),
+    calibration: str = typer.Option(
+        None, help="Calibration file (JSON, from a fit of real chains): its parameters and model replace the "
+        "defaults; --config and the command line override it. 'none': the uncalibrated reference setup. "
+        "Default: the calibration shipped in the package (the digits study)."),
     **given,
 ) -> None:
-    """Run the Chain of Diffusion over a parameter grid; write one row per point x iteration x axis."""
+    """Run the Chain of Diffusion over a parameter grid; write one row per point x iteration x axis.
+
+    Each option's value: the command line, else --config, else the calibration, else the default sweep.
+    """
     from qtm.io import check_table_path
 
     file_options = load_config(config, allowed=OPTIONS) if config is not None else {}
+    chosen = _calibration(calibration)
     defaults = {name: DEFAULT_SWEEP.get(name) for name in OPTIONS}
+    if chosen is not None:
+        defaults.update(chosen.options())
     options = merge_options(given, file_options, defaults)
     engine = ENGINE.check(options["engine"] or ENGINE.default, label="--engine")
     out_path = check_table_path(options["out"] or OUT.default)
@@ -64,27 +92,40 @@ def simulate(
                                if options[name] is not None})
     population = single_value(OPTIONS["population"], options["population"])
     particle_options = {name: single_value(OPTIONS[name], options[name]) for name in PARTICLE_ONLY}
+    if chosen is not None and particle_options["dims"] not in (None, len(axes["data_mean"])):
+        raise QTMError(f"--dims {particle_options['dims']} differs from the model's {len(axes['data_mean'])} trait "
+                       f"axes (the calibration's); give --dims {len(axes['data_mean'])}, or --calibration none")
     scheduler = {name: single_value(OPTIONS[name], options[name]) for name in SCHEDULER_PARAMETERS}
+    record = None if chosen is None else chosen.record()
     if engine == "moments":
         table = simulate_grid(points, axes, population=population, scheduler=scheduler,
-                              particle_options=particle_options, out=out_path)
+                              particle_options=particle_options, calibration=record, out=out_path)
     else:
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
             task = bar.add_task("grid points", total=len(points))
             table = simulate_grid(points, axes, engine="particles", population=population, scheduler=scheduler,
-                                  particle_options=particle_options, out=out_path,
+                                  particle_options=particle_options, calibration=record, out=out_path,
                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
-    _print_summary(table.frame, points, axes, engine, out_path)
+    _print_summary(table.frame, points, axes, engine, out_path, chosen)
 
 
-def _print_summary(frame, points, axes: dict, engine: str, out_path: Path) -> None:
-    """Per grid point: the last iteration's moments relative to the real data, and when it collapsed."""
+def _calibration(spec: str | None) -> Calibration | None:
+    """The calibration ``--calibration`` names: the shipped one when not given, none for 'none'."""
+    if spec is None:
+        return shipped_calibration()
+    if spec.strip().lower() == NO_CALIBRATION:
+        return None
+    return read_calibration(spec, label="--calibration")
+
+
+def _print_summary(frame, points, axes: dict, engine: str, out_path: Path, calibration: Calibration | None) -> None:
+    """Per grid point: the last iteration's moments relative to the real data, and when it collapsed or diverged."""
     from rich.console import Console
     from rich.table import Table
 
-    from qtm.recursion import ChainTrajectory, collapse_iteration
+    from qtm.recursion import DIVERGENCE_FACTOR, ChainTrajectory, collapse_iteration, divergence_iteration
 
     shown = [name for name in points.columns if points[name].nunique(dropna=False) > 1] or ["cfg"]
     point_columns = list(points.columns)
@@ -96,7 +137,8 @@ def _print_summary(frame, points, axes: dict, engine: str, out_path: Path) -> No
     data_var = axes["data_var"]
     title = (
         f"qtm simulate ({engine}): last iteration; collapse = first iteration with "
-        f"var <= {COLLAPSE_THRESHOLD:g} x real var"
+        f"var <= {COLLAPSE_THRESHOLD:g} x real var; diverges = var > {DIVERGENCE_FACTOR:g} x real var, "
+        f"|mean - real mean| > {DIVERGENCE_FACTOR:g} real SDs, or inf/NaN"
     )
     table = Table(title=title)
     for name in shown:
@@ -114,7 +156,7 @@ def _print_summary(frame, points, axes: dict, engine: str, out_path: Path) -> No
         # One row per axis: the trajectory of each axis along the last dimension.
         trajectory = ChainTrajectory(mean.T, var.T, axes["data_mean"], data_var)
         first = collapse_iteration(trajectory, threshold=COLLAPSE_THRESHOLD)
-        collapse = [str(t) if t >= 0 else "never" for t in first]
+        collapse = [_outcome(c, d) for c, d in zip(first, divergence_iteration(trajectory), strict=True)]
         cells = [_cell(values[name]) for name in shown]
         if "iterations" not in shown:
             cells.append(str(var.shape[0]))
@@ -129,6 +171,19 @@ def _print_summary(frame, points, axes: dict, engine: str, out_path: Path) -> No
     more = len(points) - SUMMARY_ROWS
     tail = f" ({more} more grid points in the table)" if more > 0 else ""
     console.print(f"wrote {len(frame)} rows to {out_path}{tail}")
+    if calibration is None:
+        console.print("calibration: none (the reference setup)")
+    else:
+        console.print(f"calibration: {calibration.source['path']} (sha256 {calibration.source['sha256'][:12]})")
+
+
+def _outcome(collapse: int, diverge: int) -> str:
+    """When an axis collapsed, diverged, both (collapse first) or neither."""
+    if diverge >= 0 and not 0 <= collapse < diverge:
+        return f"diverges at {diverge}"
+    if diverge >= 0:
+        return f"{collapse} (diverges at {diverge})"
+    return str(collapse) if collapse >= 0 else "never"
 
 
 def _cell(value) -> str:

@@ -82,7 +82,7 @@ def build_grid(options: Mapping[str, object]):
 
 def simulate_grid(points, axes: Mapping[str, np.ndarray], *, engine: str = "moments", population: int | None = None,
                   scheduler: Mapping[str, object] | None = None, particle_options: Mapping[str, object] | None = None,
-                  out=None, progress=None) -> SimulationTable:
+                  calibration: Mapping[str, object] | None = None, out=None, progress=None) -> SimulationTable:
     """Run the chain at every grid point with one engine; optionally write the table with its provenance.
 
     Parameters
@@ -101,10 +101,20 @@ def simulate_grid(points, axes: Mapping[str, np.ndarray], *, engine: str = "mome
         The particle engine samples with SD v1.5's scheduler only.
     particle_options : mapping, optional
         The particle engine's own options (:data:`PARTICLE_ONLY`).
+    calibration : mapping, optional
+        The record of the calibration the grid and model came from (:meth:`qtm.calibration.Calibration.record`),
+        kept in the provenance.
     out : path, optional
         ``.parquet`` (provenance in its metadata) or ``.csv`` (provenance beside it), written atomically.
     progress : callable, optional
         ``progress(done, total)`` over grid points (particles).
+
+    Returns
+    -------
+    SimulationTable
+        The moments engine's table has a column ``diverged_at``: the iteration at which the point's
+        moments left the real data's scale on some axis (:func:`qtm.recursion.divergence_iteration`),
+        -1 where they did not; its rows from there on may hold inf or NaN.
     """
     engine = ENGINE.check(engine)
     particle_options = {k: v for k, v in dict(particle_options or {}).items() if v is not None}
@@ -113,19 +123,20 @@ def simulate_grid(points, axes: Mapping[str, np.ndarray], *, engine: str = "mome
         if particle_options:
             raise QTMError(f"{PARAMETERS[next(iter(particle_options))].flag} applies to --engine particles only")
         return _moments_table(points, axes, population=PARAMETERS["population"].check(population),
-                              scheduler=SchedulerConfig.from_parameters(**scheduler), out=out)
+                              scheduler=SchedulerConfig.from_parameters(**scheduler), calibration=calibration,
+                              out=out)
     if scheduler:
         raise QTMError(f"{PARAMETERS[next(iter(scheduler))].flag} applies to --engine moments only; the particle "
                        "engine samples with SD v1.5's scheduler")
     if out is None:
         raise QTMError("the particle engine streams its rows to a file; give an output path")
-    return _particles_table(points, axes, population=population, options=particle_options, out=out,
-                            progress=progress)
+    return _particles_table(points, axes, population=population, options=particle_options, calibration=calibration,
+                            out=out, progress=progress)
 
 
-def _moments_table(points, axes, *, population, scheduler, out) -> SimulationTable:
+def _moments_table(points, axes, *, population, scheduler, calibration, out) -> SimulationTable:
     from qtm.io import write_table
-    from qtm.recursion import simulate_moments
+    from qtm.recursion import divergence_iteration, simulate_moments
 
     column = {name: points[name].to_numpy()[:, None] for name in points.columns}
     longest = int(points["iterations"].max())
@@ -143,9 +154,10 @@ def _moments_table(points, axes, *, population, scheduler, out) -> SimulationTab
     frame["axis"] = axis[keep]
     frame["mean"] = trajectory.mean[keep]
     frame["var"] = trajectory.var[keep]
-    if not (np.all(np.isfinite(frame["mean"])) and np.all(np.isfinite(frame["var"]))):
-        raise QTMError("the moments overflowed to inf or NaN at some grid point; use smaller CFG scales or "
-                       "fewer iterations")
+    # A point diverges when its first axis does; past its own iteration count (the engine ran `longest`) it did not.
+    first = divergence_iteration(trajectory)
+    first = np.where(first >= 0, first, longest).min(axis=1)
+    frame["diverged_at"] = np.where(first < points["iterations"].to_numpy(), first, -1)[point[keep]]
     parameters = {
         "engine": "moments",
         "grid": {name: _plain(points[name].unique()) for name in points.columns},
@@ -153,13 +165,15 @@ def _moments_table(points, axes, *, population, scheduler, out) -> SimulationTab
         "population": population,
         "scheduler": dataclasses.asdict(scheduler),
     }
+    if calibration is not None:
+        parameters["calibration"] = dict(calibration)
     record = provenance(parameters)
     if out is not None:
         write_table(frame, Path(out), provenance=record)
     return SimulationTable(frame, record)
 
 
-def _particles_table(points, axes, *, population, options, out, progress) -> SimulationTable:
+def _particles_table(points, axes, *, population, options, calibration, out, progress) -> SimulationTable:
     import pandas as pd
 
     from qtm.io import read_provenance
@@ -168,7 +182,7 @@ def _particles_table(points, axes, *, population, options, out, progress) -> Sim
     # A number stands for every axis (of dims); a list gives one value per axis.
     model = {name: v.tolist() if len(v) > 1 else float(v[0]) for name, v in axes.items()}
     path = simulate_particles(points, options={**model, **options, "population": population}, out=out,
-                              progress=progress)
+                              progress=progress, calibration=calibration)
     columns = [*points.columns, "iteration", "axis", "mean", "var"]
     frame = pd.read_parquet(path, columns=columns) if path.suffix == ".parquet" else pd.read_csv(path)
     return SimulationTable(frame, read_provenance(path))

@@ -27,15 +27,15 @@ def run_qtm(monkeypatch, capsys, *args):
     return status, captured.out, captured.err
 
 
-def test_default_sweep_shows_collapse_and_redifine(monkeypatch, capsys, tmp_path):
+def test_uncalibrated_default_sweep_shows_collapse_and_redifine(monkeypatch, capsys, tmp_path):
     out = tmp_path / "sweep.parquet"
-    status, stdout, _ = run_qtm(monkeypatch, capsys, "simulate", "--out", str(out))
+    status, stdout, _ = run_qtm(monkeypatch, capsys, "simulate", "--calibration", "none", "--out", str(out))
     assert status == 0
     table = pd.read_parquet(out)
     assert list(table.columns) == [
         "cfg", "schedule", "drop", "fidelity", "uncond_fidelity", "iterations", "finetune", "real_fraction",
-        "sampler", "steps", "eta", "mutation", "var_fidelity", "var_shift", "process_noise", "data_workflow",
-        "iteration", "axis", "mean", "var",
+        "sampler", "steps", "eta", "mutation", "var_fidelity", "var_shift", "process_noise", "uncond_drift",
+        "guidance_gain", "data_workflow", "iteration", "axis", "mean", "var", "diverged_at",
     ]
     assert len(table) == 3 * 2 * 2 * 10
     final = table[table.iteration == 9].set_index(["cfg", "schedule", "drop"])["var"]
@@ -45,13 +45,16 @@ def test_default_sweep_shows_collapse_and_redifine(monkeypatch, capsys, tmp_path
     assert final[(1.0, "constant", 0.0)] > 0.5
     assert read_provenance(out)["parameters"]["engine"] == "moments"
     assert "collapse at" in stdout and "never" in stdout and "wrote 120 rows" in stdout
+    assert "calibration: none" in stdout and (table.diverged_at == -1).all()
+    assert "calibration" not in read_provenance(out)["parameters"]
 
 
 def test_table_rows_are_the_recursion(monkeypatch, capsys, tmp_path):
     """Two trait axes and two iteration counts: each point keeps its own number of iterations."""
     out = tmp_path / "sweep.csv"
     status, _, _ = run_qtm(
-        monkeypatch, capsys, "simulate", "--cfg", "2:4:2", "--schedule", "cutoff:0.5", "--drop", "0.3",
+        monkeypatch, capsys, "simulate", "--calibration", "none", "--cfg", "2:4:2", "--schedule", "cutoff:0.5",
+        "--drop", "0.3",
         "--iterations", "2,3", "--cond-mean", "1,-1", "--data-mean", "1,-1", "--finetune", "continue",
         "--steps", "20", "--real-fraction", "0.1", "--mutation", "0.01", "--out", str(out),
     )  # fmt: skip
@@ -85,8 +88,8 @@ def test_particle_engine_gets_the_grid_and_options(monkeypatch, capsys, tmp_path
 
     calls = {}
 
-    def fake(points, *, options, out, progress):
-        calls.update(points=points, options=options)
+    def fake(points, *, options, out, progress, calibration):
+        calls.update(points=points, options=options, calibration=calibration)
         progress(len(points), len(points))
         rows = points.loc[points.index.repeat(2)].reset_index(drop=True)
         rows = rows.assign(replicate=[0, 1] * len(points), iteration=0, axis=0, mean=1.0, var=0.5)
@@ -96,7 +99,8 @@ def test_particle_engine_gets_the_grid_and_options(monkeypatch, capsys, tmp_path
     monkeypatch.setattr(sweep, "simulate_particles", fake)
     out = tmp_path / "particles.parquet"
     status, stdout, _ = run_qtm(
-        monkeypatch, capsys, "simulate", "--engine", "particles", "--cfg", "1,7.5", "--schedule", "cosine",
+        monkeypatch, capsys, "simulate", "--calibration", "none", "--engine", "particles", "--cfg", "1,7.5",
+        "--schedule", "cosine",
         "--drop", "0.2", "--iterations", "1", "--population", "64", "--replicates", "2", "--seed", "3",
         "--dims", "2", "--modes", "1", "--particle-model", "sampler", "--cond-mean", "1,2", "--out", str(out),
     )  # fmt: skip
@@ -107,7 +111,7 @@ def test_particle_engine_gets_the_grid_and_options(monkeypatch, capsys, tmp_path
     assert options["population"] == 64 and options["replicates"] == 2 and options["seed"] == 3
     assert options["dims"] == 2 and options["particle_model"] == "sampler" and "cluster" not in options
     assert options["cond_mean"] == [1.0, 2.0] and options["data_var"] == [1.0, 1.0]
-    assert "particles" in stdout and "0.5" in stdout
+    assert "particles" in stdout and "0.5" in stdout and calls["calibration"] is None
 
 
 @pytest.mark.parametrize(
@@ -133,7 +137,7 @@ def test_simulate_bad_input_is_one_line_and_writes_nothing(monkeypatch, capsys, 
     monkeypatch.chdir(tmp_path)
     if "--out" not in args:
         args = [*args, "--out", "sweep.parquet"]
-    status, _, stderr = run_qtm(monkeypatch, capsys, "simulate", "--steps", "5", *args)
+    status, _, stderr = run_qtm(monkeypatch, capsys, "simulate", "--calibration", "none", "--steps", "5", *args)
     assert status == 2
     assert stderr.startswith("qtm: error: ") and stderr.count("\n") == 1, stderr
     assert pattern in stderr
@@ -198,8 +202,9 @@ def test_simulate_takes_the_scheduler_and_every_solver(monkeypatch, capsys, tmp_
     for name, extra in {"sd15": [], "sd21v": ["--scheduler", "sd21v"],
                         "trailing": ["--timestep-spacing", "trailing"]}.items():
         out = tmp_path / f"{name}.parquet"
-        status, _, _ = run_qtm(monkeypatch, capsys, "simulate", "--cfg", "3", "--schedule", "constant", "--drop", "0",
-                               "--sampler", "dpm++2m", "--steps", "10", "--iterations", "2", "--out", str(out), *extra)
+        status, _, _ = run_qtm(monkeypatch, capsys, "simulate", "--calibration", "none", "--cfg", "3", "--schedule",
+                               "constant", "--drop", "0", "--sampler", "dpm++2m", "--steps", "10", "--iterations", "2",
+                               "--out", str(out), *extra)
         assert status == 0
         rows[name] = pd.read_parquet(out)["var"].to_numpy()
     expected = simulate_moments(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=1.5, data_mean=1.0,

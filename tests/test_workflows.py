@@ -39,8 +39,8 @@ def test_the_closed_forms_tend_to_linear_growth_and_to_pi_squared_over_six():
 def test_qtm_simulate_particles_shows_linear_growth_under_replace_and_pi_squared_over_six_under_accumulate(
     tmp_path,
 ):
-    """The issue's "Done when": `qtm simulate --engine particles --particle-model qg --sampler tilt --cfg 1
-    --fidelity 1 --data-workflow replace,accumulate`.
+    """The issue's "Done when": `qtm simulate --calibration none --engine particles --particle-model qg --sampler
+    tilt --cfg 1 --fidelity 1 --data-workflow replace,accumulate` (the reference setup, data N(1, 1)).
 
     Per workflow and iteration, the model's mean error E[(mu_t - m)^2] is estimated without bias by
     ``(mean_t - m)^2 - var_t / (N - 1)`` (the table's generation mean less its own sampling
@@ -51,10 +51,10 @@ def test_qtm_simulate_particles_shows_linear_growth_under_replace_and_pi_squared
     n, iterations, replicates = 40, 15, 3000
     out = tmp_path / "workflows.parquet"
     done = CliRunner().invoke(app, [
-        "simulate", "--engine", "particles", "--particle-model", "qg", "--sampler", "tilt", "--cfg", "1",
-        "--fidelity", "1", "--schedule", "constant", "--drop", "0", "--data-workflow", "replace,accumulate",
-        "--population", str(n), "--iterations",
-        str(iterations), "--replicates", str(replicates), "--out", str(out),
+        "simulate", "--calibration", "none", "--engine", "particles", "--particle-model", "qg", "--sampler", "tilt",
+        "--cfg", "1", "--fidelity", "1", "--schedule", "constant", "--drop", "0", "--data-workflow",
+        "replace,accumulate", "--population", str(n), "--iterations", str(iterations), "--replicates", str(replicates),
+        "--out", str(out),
     ])  # fmt: skip
     assert done.exit_code == 0, done.output
     table = pd.read_parquet(out)
