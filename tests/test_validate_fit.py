@@ -22,8 +22,12 @@ STEPS = 10
 K = 2
 
 
-def chain(*, captions=6, iterations=6, n=200, process=0.05, seed=0):
-    """Trajectories of two runs (CFG 1 and 3) per caption, and the base moments; uncond base N(0, 1)."""
+def chain(*, captions=6, iterations=6, n=200, process=0.05, common=0.0, seed=0):
+    """Trajectories of two runs (CFG 1 and 3) per caption, and the base moments; uncond base N(0, 1).
+
+    ``process``: SD of each caption's own finetuning shock (mean and ln var); ``common``: SD of the run's shock
+    at an iteration, shared by all its captions (on ln var).
+    """
     rng = np.random.default_rng(seed)
     base_mean = rng.normal(0, 0.6, (captions, K))
     base_var = np.exp(rng.normal(np.log(0.3), 0.2, (captions, K)))
@@ -45,6 +49,8 @@ def chain(*, captions=6, iterations=6, n=200, process=0.05, seed=0):
             cond_mean = base_mean + rho * (m_d - base_mean) + process * rng.standard_normal(m_d.shape)
             cond_log = np.log(base_var) + rho_v * (np.log(v_d) - np.log(base_var)) + mu
             cond_log = cond_log + process * rng.standard_normal(cond_log.shape)
+            if common:
+                cond_log = cond_log + common * rng.standard_normal(K)
             u_mean = rho_u * pooled_mean
             u_var = np.exp(share * rho_v * np.log(pooled_var) + share * mu)
             out_mean, out_var = guided_moments(cond_mean, np.exp(cond_log), u_mean, u_var, cfg=w, steps=STEPS)
@@ -149,3 +155,17 @@ def test_kurtosis_of_resamples_from_power_sums():
     counts = rng.multinomial(40, np.full(40, 1 / 40), size=5).astype(float)
     direct = np.array([excess_kurtosis(np.repeat(x, c.astype(int), axis=0)) for c in counts])
     assert _kurtosis_from_counts(counts, x) == pytest.approx(direct, rel=1e-9)
+
+
+def test_a_shock_common_to_a_runs_captions_is_told_apart_from_their_own():
+    """The run-level variance shared by the captions of a run and iteration: found where the chain has one (true
+    SD 0.3 on ln var, inside 3 Hessian SEs of the estimate: false failure < 0.3 %), and with an SD below 0.06 where
+    it has none (the captions' own SD is 0.05; seeds fixed)."""
+    trajectories, base = chain(seed=3, common=0.3)
+    fit = fit_theory(trajectories, base=base)
+    row = fit.parameters.set_index(["parameter", "setting"]).loc[("log_common_var", "log_var")]
+    assert abs(row["estimate"] - np.log(0.3**2)) < 3 * row["stderr"]
+    assert fit.goodness["common_share_log_var"] > 0.75
+    trajectories, base = chain(seed=3)
+    quiet = fit_theory(trajectories, base=base).values[("log_common_var", "log_var", -1)]
+    assert np.sqrt(np.exp(quiet)) < 0.06

@@ -139,7 +139,7 @@ def test_report_opens_with_the_skill_table_only_with_forecast_from(tmp_path):
     ]
     validate_runs(runs, report=tmp_path / "skill", axes=2, forecast_from=2, bootstrap=0, warn=lambda m: None)
     skill = pd.read_csv(tmp_path / "skill" / "skill.csv")
-    assert list(skill.columns) == COLUMNS
+    assert list(skill.columns) == [*COLUMNS, "task"] and set(skill["task"]) == {"forecast"}
     assert set(skill["method"]) == {"theory", "persistence", "trend"}
     assert set(skill["iteration"]) == {2, 3}
     text = (tmp_path / "skill" / "report.md").read_text()

@@ -12,6 +12,8 @@ from validate.transition import QUANTITIES, BaseMoments, Trajectory
 
 #: The shared model's parameters, named as qtm's chain parameters (:mod:`qtm.params`).
 SHARED_PARAMETERS = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain")
+#: The fit's process variances (each caption's own, its run's common shock); the calibration holds their sum's SD.
+PROCESS_NOISE = ("log_process_var", "log_common_var")
 
 
 def calibration_of(fit: FitResult, trajectories: list[Trajectory], *, base: BaseMoments) -> Calibration:
@@ -42,7 +44,8 @@ def calibration_of(fit: FitResult, trajectories: list[Trajectory], *, base: Base
         parameters={**shared, "sampler": sampler, "steps": int(steps)},
         model={"cond_mean": cond[0], "cond_var": cond[1], "uncond_mean": (np.asarray(base.uncond[0], float)
                / scale).tolist(), "uncond_var": [1.0] * len(scale), "data_mean": data[0], "data_var": data[1]},
-        noise={f"process_sd_{q}": float(np.sqrt(np.exp(values[("log_process_var", q, -1)]))) for q in QUANTITIES},
+        noise={f"process_sd_{q}": float(np.sqrt(sum(np.exp(values[(name, q, -1)]) for name in PROCESS_NOISE
+                                                    if (name, q, -1) in values))) for q in QUANTITIES},
         standard_errors={name: float(errors[name]) for name in SHARED_PARAMETERS},
         provenance={"fit": "chain validate, the shared model (--guidance shared or --predict)",
                     "units": "trait axes in SDs of the base model's unconditional branch",

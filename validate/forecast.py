@@ -72,9 +72,9 @@ def forecast(
     ...     var.append(np.exp(0.5 * np.log(var[-1]) + 0.2))
     >>> run = Trajectory(run="a", setting="c", cfg=1.0, iterations=np.arange(6), mean=np.zeros((6, 1)),
     ...                  var=np.array(var)[:, None], population=10**5, sampler="tilt")
-    >>> result = forecast([run, Trajectory(**{**run.__dict__, "group": "b"})], base=base, forecast_from=3, draws=200)
+    >>> result = forecast([run, Trajectory(**{**run.__dict__, "group": "b"})], base=base, forecast_from=4, draws=200)
     >>> [row["iteration"] for row in result.forecast]
-    [3, 4, 5]
+    [4, 5]
     >>> all(row["covered"] for row in result.forecast)
     True
     """
@@ -171,8 +171,12 @@ def simulate_runs(model, thetas, *, base: BaseMoments, start: int, level: float,
             pool_mean = mean.mean(axis=1, keepdims=True)
             pool_log = np.log(np.exp(log).mean(axis=1, keepdims=True) + mean.var(axis=1, keepdims=True))
             new_mean, new_log = _step(model, thetas, mean, log, pool_mean, pool_log, proxy)
-            mean = new_mean + np.sqrt(np.exp(thetas[:, -2]))[:, None, None] * rng.standard_normal(mean.shape)
-            log = new_log + np.sqrt(np.exp(thetas[:, -1]))[:, None, None] * rng.standard_normal(log.shape)
+            own, common = model.noise(thetas)
+            mean = new_mean + np.sqrt(own["mean"]) * rng.standard_normal(mean.shape)
+            log = new_log + np.sqrt(own["log_var"]) * rng.standard_normal(log.shape)
+            if common is not None:  # the run's shock, one per draw and axis, shared by its captions
+                mean = mean + np.sqrt(common["mean"]) * rng.standard_normal((draws, 1, d.k))
+                log = log + np.sqrt(common["log_var"]) * rng.standard_normal((draws, 1, d.k))
             present = [i for i, tr in enumerate(runs) if t in tr.iterations]
             if not present:
                 continue

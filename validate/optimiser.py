@@ -141,7 +141,10 @@ def fit_tables(model, best, trajectories) -> tuple[FitResult, np.ndarray]:
         curvature = hessian(model.nll_many, x, model.bounds)
     covariance = _covariance(curvature)
     stderr = np.sqrt(np.diag(covariance))
-    residual, measurement, process, predicted = model.terms(x)
+    residual, measurement, own, predicted = model.terms(x)
+    common = model.noise(x)[1]
+    # Each value's whole process variance: its caption's own and its run's common shock (correlated in a block).
+    process = {q: own[q] + (common[q] if common is not None else 0.0) for q in QUANTITIES}
     z = {q: residual[q] / np.sqrt(measurement[q] + process[q]) for q in QUANTITIES}
     chi2 = float(sum(np.sum(z[q] ** 2) for q in QUANTITIES))
     chi2_measurement = float(sum(np.sum(residual[q] ** 2 / measurement[q]) for q in QUANTITIES))
@@ -175,6 +178,7 @@ def fit_tables(model, best, trajectories) -> tuple[FitResult, np.ndarray]:
         "message": str(best.message),
         "process_sd_mean": float(np.sqrt(process["mean"])),
         "process_sd_log_var": float(np.sqrt(process["log_var"])),
+        **{f"common_share_{q}": float(common[q] / process[q]) if common is not None else 0.0 for q in QUANTITIES},
         "measurement_sd_mean": float(np.sqrt(np.mean(measurement["mean"]))),
         "measurement_sd_log_var": float(np.sqrt(np.mean(measurement["log_var"]))),
         "residual_lag1_autocorrelation": _lag1(predictions),

@@ -23,8 +23,9 @@ the theory's (:mod:`qtm.gaussian`, :mod:`qtm.sampler_map`; parameter names as in
 Errors: measurement noise of the target (``sqrt(v/n)`` for a mean, ``sqrt((kurtosis + 2)/(n -
 1))`` for a log variance with the measured excess kurtosis: traits are heavy-tailed), the
 measurement noise of the previous state carried through the transition (its derivative),
-and a fitted process-noise variance per quantity (``process_noise`` for means,
-``process_noise_log_var``).
+and fitted process-noise variances per quantity: each caption's own (``log_process_var``) and, where a run has
+several captions, a run-level one its captions share at an iteration (``log_common_var``: one finetuning
+makes all of them, so its shock is common; the captions' residuals are correlated within a run and iteration).
 
 :class:`TransitionModel` evaluates a batch of parameter vectors in one pass of the sampler map
 (the optimiser's finite differences, the Hessian's stencil, the forecast's parameter draws), each
@@ -47,6 +48,9 @@ from validate.errors import ValidateError
 W_BOUNDS = (0.0, 50.0)
 #: Bounds of the shared model's guidance gain g (``w_eff = 1 + g (cfg - 1)``).
 GAIN_BOUNDS = (0.0, 10.0)
+#: Lower bound of every log process variance: an SD of 0.001, far below any measurement noise. Lower, the
+#: likelihood is flat to rounding in that parameter and the optimiser strands there (found at -25: SD 0).
+LOG_NOISE_FLOOR = float(np.log(1e-6))
 #: How selection depends on the setting (:class:`TransitionModel`).
 GUIDANCE_MODELS = ("per-setting", "shared")
 #: Negative log likelihood of a parameter set whose transition overflows: far above any real one.
@@ -155,6 +159,11 @@ class Transitions:
             [settings.index(trajectories[r].setting) if trajectories[r].cfg != 1.0 else -1 for r in self.traj]
         )
         self.cfg = np.array([trajectories[r].cfg for r in self.traj], dtype=float)
+        # The captions of one run at one iteration share a finetuning: its shock is common to them (a block).
+        keys = [(trajectories[r].run, int(t)) for r, t in zip(self.traj, self.iteration, strict=True)]
+        order = {key: b for b, key in enumerate(dict.fromkeys(keys))}
+        self.block = np.array([order[key] for key in keys])
+        self.n_blocks = len(order)
         self.drop = np.array([trajectories[r].drop for r in self.traj], dtype=float)
         self.calls = {}
         for j, r in enumerate(self.traj):
@@ -263,18 +272,33 @@ class TransitionModel:
             names.append(("guidance_gain", "", -1))
             lower.append(GAIN_BOUNDS[0])
             upper.append(GAIN_BOUNDS[1])
-        names += [("log_process_var", "mean", -1), ("log_process_var", "log_var", -1)]
-        lower += [-25.0, -25.0]
-        upper += [5.0, 5.0]
+        # The run-level shock needs blocks of several captions to be told apart from the captions' own.
+        self.common = bool(np.bincount(data.block).max() > 1)
+        noise = [("log_common_var", q, -1) for q in QUANTITIES] if self.common else []
+        names += [*noise, ("log_process_var", "mean", -1), ("log_process_var", "log_var", -1)]
+        lower += [LOG_NOISE_FLOOR] * (len(noise) + 2)
+        upper += [5.0] * (len(noise) + 2)
         self.names = names
         self.bounds = list(zip(lower, upper, strict=True))
 
     def start(self, w_scale: float) -> np.ndarray:
+        noise = [np.log(0.01)] * (4 if self.common else 2)
         if self.guidance == "shared":
-            return np.array([0.7, 0.1, 0.5, 0.0, w_scale, np.log(0.01), np.log(0.01)])
+            return np.array([0.7, 0.1, 0.5, 0.0, w_scale, *noise])
         trajectories = self.data.trajectories
         w = [float(np.clip(1 + w_scale * (setting_cfg(trajectories, s) - 1), *W_BOUNDS)) for s in self.data.settings]
-        return np.array([0.7, 0.5, 0.5, 0.0, *w, np.log(0.01), np.log(0.01)])
+        return np.array([0.7, 0.5, 0.5, 0.0, *w, *noise])
+
+    def noise(self, x) -> tuple[dict, dict | None]:
+        """The process variances per quantity: each caption's own, and the run-level one its block shares (None
+        without blocks of several captions); scalars for one vector, (B, 1, 1) for a batch (B, n)."""
+        x = np.asarray(x, dtype=float)
+
+        def pick(offset):
+            value = {q: np.exp(x[..., len(self.names) - offset + i]) for i, q in enumerate(QUANTITIES)}
+            return value if x.ndim == 1 else {q: v[:, None, None] for q, v in value.items()}
+
+        return pick(2), (pick(4) if self.common else None)
 
     def strength(self, x, rows):
         """``w_eff`` of each transition row (..., J, 1) and the unconditional fidelity (scalar or (..., J, 1))."""
@@ -352,9 +376,7 @@ class TransitionModel:
             "mean": d.tgt_se_mean**2 + (gain_mean * d.src_se_mean) ** 2,
             "log_var": d.tgt_se_log**2 + (gain_log * d.src_se_log) ** 2,
         }
-        process = {"mean": np.exp(x[..., -2]), "log_var": np.exp(x[..., -1])}
-        if x.ndim > 1:
-            process = {q: value[:, None, None] for q, value in process.items()}
+        process, _ = self.noise(x)
         return residual, measurement, process, {"mean": mean, "log_var": log}
 
     def nll(self, x) -> float:
@@ -363,7 +385,7 @@ class TransitionModel:
             residual, measurement, process, _ = self.terms(x)
         except QTMError:  # an improper tilt (sampler "tilt" only)
             return PENALTY
-        return _likelihood(residual, measurement, process)
+        return self.likelihood(residual, measurement, process, self.noise(x)[1])
 
     def nll_many(self, xs) -> np.ndarray:
         """:meth:`nll` of each row of ``xs`` (B, n), in one pass of the sampler map."""
@@ -372,12 +394,43 @@ class TransitionModel:
             residual, measurement, process, _ = self.terms(xs)
         except QTMError:  # some vector's tilt is improper: only that one gets the penalty
             return np.array([self.nll(x) for x in xs])
+        common = self.noise(xs)[1]
         return np.array(
             [
-                _likelihood(*({q: part[q][b] for q in QUANTITIES} for part in (residual, measurement, process)))
+                self.likelihood(
+                    *({q: part[q][b] for q in QUANTITIES} for part in (residual, measurement, process)),
+                    None if common is None else {q: common[q][b] for q in QUANTITIES},
+                )
                 for b in range(len(xs))
             ]
         )
+
+    def likelihood(self, residual, measurement, process, common=None) -> float:
+        """The negative log likelihood of one vector's terms (:data:`PENALTY` where it is not finite).
+
+        Within a block (one run's captions at one iteration) the residuals of an axis share the run-level
+        variance ``common``: covariance ``diag(d) + common 11^T`` with ``d`` the measurement and caption-level
+        variances, whose inverse and determinant have closed forms (Sherman-Morrison, the determinant lemma).
+        """
+        total = 0.0
+        for q in QUANTITIES:
+            variance = measurement[q] + process[q]
+            value = np.sum(residual[q] ** 2 / variance + np.log(variance))
+            if common is not None:
+                s0, s1 = self.block_sums(1.0 / variance), self.block_sums(residual[q] / variance)
+                shrink = 1.0 + common[q] * s0
+                value += np.sum(np.log(shrink) - common[q] * s1**2 / shrink)
+            value = 0.5 * value
+            if not np.isfinite(value):
+                return PENALTY
+            total += value
+        return float(total)
+
+    def block_sums(self, values) -> np.ndarray:
+        """Sums of ``values`` (J, k) over each block's rows: (n_blocks, k)."""
+        out = np.zeros((self.data.n_blocks, values.shape[-1]))
+        np.add.at(out, self.data.block, values)
+        return out
 
     def map_nll(self, function, points) -> list[float]:
         """``map(function, points)`` for scipy's finite differences (its ``workers``): all points in one batch."""
@@ -386,17 +439,6 @@ class TransitionModel:
 
     def n_values(self) -> int:
         return 2 * self.data.tgt_mean.size
-
-
-def _likelihood(residual, measurement, process) -> float:
-    total = 0.0
-    for q in QUANTITIES:
-        variance = measurement[q] + process[q]
-        value = 0.5 * np.sum(residual[q] ** 2 / variance + np.log(variance))
-        if not np.isfinite(value):
-            return PENALTY
-        total += value
-    return float(total)
 
 
 def setting_cfg(trajectories, setting) -> float:
