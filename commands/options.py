@@ -62,13 +62,14 @@ def parameter_options(
         for name in names:
             p = registry[name]
             default = shown.get(name, p.default)
+            # The default is part of the help text: typer would wrap a default given as text in parentheses.
             if p.kind == "flag":
-                info = typer.Option(None, f"{p.flag}/--no-{p.flag[2:]}", help=p.help_text(),
-                                    show_default=str(bool(default)).lower())
+                info = typer.Option(None, f"{p.flag}/--no-{p.flag[2:]}", show_default=False,
+                                    help=f"{p.help_text()} Default: {p.flag if default else '--no-' + p.flag[2:]}.")
                 annotation = bool | None
             else:
-                info = typer.Option(None, p.flag, help=p.help_text(),
-                                    show_default=False if default is None else str(default))
+                shown_default = "" if default is None else f" Default: {default}."
+                info = typer.Option(None, p.flag, help=p.help_text() + shown_default, show_default=False)
                 annotation = (str if text else _TYPES[p.kind]) | None
             added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info,
                                            annotation=annotation))
