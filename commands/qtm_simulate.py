@@ -175,6 +175,9 @@ def _print_summary(frame, points, axes: dict, engine: str, out_path: Path, calib
         console.print("calibration: none (the reference setup)")
     else:
         console.print(f"calibration: {calibration.source['path']} (sha256 {calibration.source['sha256'][:12]})")
+        # A calibration says where it is known to fail; a sweep made with it repeats that.
+        if calibration.provenance.get("warning"):
+            console.print(f"calibration warning: {calibration.provenance['warning']}")
 
 
 def _outcome(collapse: int, diverge: int) -> str:

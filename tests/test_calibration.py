@@ -343,6 +343,7 @@ def test_the_default_sweep_uses_the_shipped_calibration(monkeypatch, capsys, tmp
     out = tmp_path / "s.parquet"
     status, stdout, _ = simulate(monkeypatch, capsys, "--out", str(out))
     assert status == 0 and "calibration: " in stdout and "calibration_digits.json" in stdout
+    assert ("calibration warning: " in stdout) == bool(shipped.provenance.get("warning"))
     table = pd.read_parquet(out)
     assert sorted(set(table.cfg)) == [1.0, 3.0, 7.5] and set(table["drop"]) == {0.0, 0.2}
     assert set(table.schedule) == {"constant", "cosine"} and len(set(table.iteration)) == 10
