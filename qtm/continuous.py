@@ -60,13 +60,17 @@ def _log_phi(z):
 
 def _ode_mean_weight(cond_var, uncond_var, w):
     """``J``: the share of ``m_c - m_u`` that the ODE's output mean carries."""
+    cond_var, uncond_var, w = np.broadcast_arrays(cond_var, uncond_var, w)
     below = cond_var <= uncond_var
-    # Both forms are the same integral; each keeps the hypergeometric argument in [0, 1).
-    z_below = 1.0 - np.where(below, cond_var / uncond_var, 1.0)
-    z_above = 1.0 - np.where(below, 1.0, uncond_var / cond_var)
-    form_below = w * hyp2f1(0.5 * (1.0 - w), 1.0, 1.5, z_below)
-    form_above = w * (1.0 - z_above) * hyp2f1(1.0 + 0.5 * w, 1.0, 1.5, z_above)
-    return np.where(below, form_below, form_above)
+    above = ~below
+    # Both forms are the same integral; each keeps the hypergeometric argument in [0, 1), and each is
+    # evaluated only where it is used (hyp2f1 is most of the ODE's cost).
+    weight = np.empty(below.shape)
+    z = 1.0 - cond_var[below] / uncond_var[below]
+    weight[below] = w[below] * hyp2f1(0.5 * (1.0 - w[below]), 1.0, 1.5, z)
+    z = 1.0 - uncond_var[above] / cond_var[above]
+    weight[above] = w[above] * (1.0 - z) * hyp2f1(1.0 + 0.5 * w[above], 1.0, 1.5, z)
+    return weight
 
 
 def continuous_moments(cond_mean, cond_var, uncond_mean, uncond_var, *, cfg, sampler: str = "ode") -> Moments:
