@@ -104,9 +104,11 @@ verify: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/qtm figures --out figures
 
-# The CLI reference, regenerated from the typer apps (a test keeps it in sync).
+# The CLI reference, regenerated from the typer apps (a test keeps it in sync), then the docs site into site/,
+# offline, warnings as errors (mkdocs.yml; NO_MKDOCS_2_WARNING quiets Material's notice about its successor).
 docs: $(STAMP)
 	$(BIN)/python tools/cli_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # Speed goals: each script prints its figure and the ratio to a baseline measured in the same run. All CPU
 # benchmarks, in one results file per machine and day, with the load average before and after each script.

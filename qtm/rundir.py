@@ -375,6 +375,9 @@ def read_parameters(path) -> dict:
 def read_run(path, *, reference=None, real=None) -> Run:
     """Read a run directory: parameters, finished iterations, reference points and real data.
 
+    Unfinished iterations (no ``iteration.json`` with status ``complete``, or no
+    images) are listed in :attr:`Run.skipped`, not read.
+
     Parameters
     ----------
     path : path-like
@@ -386,8 +389,9 @@ def read_run(path, *, reference=None, real=None) -> Run:
         A folder of real-data images; defaults to ``RUN/real`` when it exists, else to
         the run's ``data`` parameter when that is a folder.
 
-    Unfinished iterations (no ``iteration.json`` with status ``complete``, or no
-    images) are listed in :attr:`Run.skipped`, not read.
+    Returns
+    -------
+    Run
 
     Examples
     --------

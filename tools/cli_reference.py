@@ -54,6 +54,9 @@ def render() -> str:
                 lines += ["| argument or option | type | default | description |", "| --- | --- | --- | --- |"]
                 lines += rows
                 lines.append("")
+            if command.epilog:
+                examples = [line.strip() for line in command.epilog.splitlines()[1:] if line.strip()]
+                lines += ["Example:", "", "```bash", *examples, "```", ""]
     return "\n".join(lines)
 
 
@@ -89,7 +92,8 @@ def _text(help_text) -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    # A bracket would start a Markdown reference link (the docs site warns on it): "hf:NAME[:SPLIT]" stays text.
+    return " ".join(text.split()).replace("|", "\\|").replace("[", "\\[")
 
 
 def main(argv=None) -> int:
