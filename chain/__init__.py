@@ -17,7 +17,7 @@ Examples
 3.0
 """
 
-from importlib import import_module
+from qtm.exports import lazy_exports
 
 #: Each public name and the module that defines it.
 _HOMES = {
@@ -30,13 +30,5 @@ _HOMES = {
 __all__ = list(_HOMES)
 
 
-def __getattr__(name: str):
-    # The backends import torch and diffusers when used: a bare `import chain` loads neither.
-    if name in _HOMES:
-        value = globals()[name] = getattr(import_module(_HOMES[name]), name)
-        return value
-    raise AttributeError(f"module 'chain' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+# The backends import torch and diffusers when used: a bare `import chain` loads neither.
+__getattr__, __dir__ = lazy_exports("chain", _HOMES, globals())

@@ -19,7 +19,7 @@ Examples
 [0.316]
 """
 
-from importlib import import_module
+from qtm.exports import lazy_exports
 
 #: Each public name and the module that defines it.
 _HOMES = {
@@ -31,17 +31,11 @@ _HOMES = {
 __all__ = list(_HOMES)
 
 
-def __getattr__(name: str):
-    # The engines compile with numba and the figures load matplotlib: a bare `import qtm` loads neither.
-    if name in _HOMES:
-        value = globals()[name] = getattr(import_module(_HOMES[name]), name)
-        return value
-    if name == "__version__":
-        from qtm.provenance import package_version
+def _version() -> str:
+    from qtm.provenance import package_version
 
-        return package_version()
-    raise AttributeError(f"module 'qtm' has no attribute {name!r}")
+    return package_version()
 
 
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__, "__version__"])
+# The engines compile with numba and the figures load matplotlib: a bare `import qtm` loads neither.
+__getattr__, __dir__ = lazy_exports("qtm", _HOMES, globals(), computed={"__version__": _version})

@@ -16,7 +16,7 @@ Examples
 ['fit_theory', 'read_report', 'validate_runs']
 """
 
-from importlib import import_module
+from qtm.exports import lazy_exports
 
 #: Each public name and the module that defines it.
 _HOMES = {
@@ -29,13 +29,5 @@ _HOMES = {
 __all__ = list(_HOMES)
 
 
-def __getattr__(name: str):
-    # The pipeline loads the embedders and the fit (torch, numba) when used: a bare `import validate` loads neither.
-    if name in _HOMES:
-        value = globals()[name] = getattr(import_module(_HOMES[name]), name)
-        return value
-    raise AttributeError(f"module 'validate' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+# The pipeline loads the embedders and the fit (torch, numba) when used: a bare `import validate` loads neither.
+__getattr__, __dir__ = lazy_exports("validate", _HOMES, globals())
