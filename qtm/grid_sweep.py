@@ -19,7 +19,8 @@ SWEEP_OPTIONS = (*GRID_PARAMETERS, *MODEL_PARAMETERS, *SCHEDULER_PARAMETERS, "po
 
 
 def sweep(*, engine: str = "moments", out=None, progress=None, **options) -> SimulationTable:
-    """Run the chain over a parameter grid with either engine: ``qtm simulate``'s table and its provenance.
+    """Run the chain over a parameter grid with either engine: ``qtm simulate --calibration none``'s table and its
+    provenance (no calibration: every option not given takes the default sweep's or its parameter's default).
 
     Parameters
     ----------
