@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/qtm simulate --out runs/demo-sweep.parquet
+	@$(BIN)/qtm simulate --out runs/demo-sweep.parquet
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -34,7 +34,7 @@ def validate_command(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `chain run`."),
     embedder: str = typer.Option("stats", help=f"Feature extractor: {', '.join(EMBEDDER_NAMES)}."),
     report: Path = typer.Option(..., help="Output folder of the report (tables, plots, report.md)."),
-    axes: int = typer.Option(3, help="Number of PCA trait axes fixed on the reference population."),
+    axes: int = typer.Option(3, help="Number of PCA trait axes fixed on the reference population (a count)."),
     forecast_from: int = typer.Option(None, help="Also fit on iterations < K only and report the forecast error."),
     predict: list[str] = typer.Option(
         None,
@@ -49,7 +49,7 @@ def validate_command(
     ),
     reference: Path = typer.Option(None, help="Folder with cond/ and uncond/ base-model generations (all runs)."),
     real: Path = typer.Option(None, help="Folder of real-data images (all runs)."),
-    bootstrap: int = typer.Option(200, help="Bootstrap resamples for the 95% intervals (0: none)."),
+    bootstrap: int = typer.Option(200, help="Bootstrap resamples for the 95% intervals (a count; 0: none)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
     group: str = typer.Option(
         None,
@@ -63,7 +63,7 @@ def validate_command(
         "CFG-1 and unconditional samples (and the base-model reference points) into the run directory.",
     ),
     decompose_per_caption: int = typer.Option(
-        DEFAULT_PER_CAPTION, help="CFG-1 samples per caption of each iteration's model (half as many unconditional)."
+        DEFAULT_PER_CAPTION, help="CFG-1 images per caption of each iteration's model (half as many unconditional)."
     ),
     finetune_noise: int = typer.Option(
         0, help="K: also finetune K more models on iteration 0's training set and sample them (finetuning noise)."
@@ -81,17 +81,17 @@ def validate_command(
     ),
     selection_per_caption: int = typer.Option(
         None,
-        help="Samples per caption at each CFG value of the selection curve (default: a third of "
+        help="Images per caption at each CFG value of the selection curve (default: a third of "
         "--decompose-per-caption, at least 3).",
     ),
     make_reference: bool = typer.Option(
         False, "--make-reference", help="First generate missing base-model reference points (RUN/reference/)."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help="open_clip architecture (clip embedder)."),
+    clip_model: str = typer.Option("ViT-B-32", help="open_clip architecture name (e.g. ViT-B-32, ViT-L-14; clip embedder)."),
     clip_pretrained: str = typer.Option(None, help="open_clip pretrained tag; 'random' = plumbing test only."),
     clip_checkpoint: Path = typer.Option(None, help="Local open_clip checkpoint file (clip embedder)."),
     batch_size: int = typer.Option(16, help="Images per forward pass (neural embedders)."),
-    device: str = typer.Option("cpu", help="torch device of the neural embedders."),
+    device: str = typer.Option("cpu", help="torch device of the neural embedders: cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Measure trait statistics of chain runs, fit the theory to them, and write a report."""
     from rich.console import Console

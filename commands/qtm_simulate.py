@@ -37,8 +37,8 @@ import typer
 
 from commands.options import parameter_options
 from qtm.calibration import CALIBRATED, Calibration, read_calibration, shipped_calibration
-from qtm.errors import QTMError
-from qtm.grid import load_config, merge_options, single_value
+from qtm.grid import load_config, merge_options
+from qtm.grid_sweep import sweep_with_grid
 from qtm.params import (
     ALL_PARAMETERS,
     DEFAULT_SWEEP,
@@ -47,7 +47,7 @@ from qtm.params import (
     SCHEDULER_PARAMETERS,
     Parameter,
 )
-from qtm.simulate import ENGINE, PARTICLE_ONLY, build_grid, simulate_grid
+from qtm.simulate import ENGINE, PARTICLE_ONLY
 
 OUT = Parameter("out", "text", "runs/qtm-simulate.parquet", "Output table (.parquet, .csv).")
 #: The options of ``qtm simulate`` and of its ``--config`` files, by name.
@@ -82,32 +82,21 @@ def simulate(
 
     file_options = load_config(config, allowed=OPTIONS) if config is not None else {}
     chosen = _calibration(calibration)
-    defaults = {name: DEFAULT_SWEEP.get(name) for name in OPTIONS}
-    if chosen is not None:
-        defaults.update(chosen.options())
-    options = merge_options(given, file_options, defaults)
-    engine = ENGINE.check(options["engine"] or ENGINE.default, label="--engine")
-    out_path = check_table_path(options["out"] or OUT.default)
-    points, axes = build_grid({name: options[name] for name in (*GRID_PARAMETERS, *MODEL_PARAMETERS)
-                               if options[name] is not None})
-    population = single_value(OPTIONS["population"], options["population"])
-    particle_options = {name: single_value(OPTIONS[name], options[name]) for name in PARTICLE_ONLY}
-    if chosen is not None and particle_options["dims"] not in (None, len(axes["data_mean"])):
-        raise QTMError(f"--dims {particle_options['dims']} differs from the model's {len(axes['data_mean'])} trait "
-                       f"axes (the calibration's); give --dims {len(axes['data_mean'])}, or --calibration none")
-    scheduler = {name: single_value(OPTIONS[name], options[name]) for name in SCHEDULER_PARAMETERS}
-    record = None if chosen is None else chosen.record()
+    options = merge_options(given, file_options, dict.fromkeys(OPTIONS))
+    engine = ENGINE.check(options.pop("engine") or ENGINE.default, label="--engine")
+    out_path = check_table_path(options.pop("out") or OUT.default)
+    sweep_options = {name: value for name, value in options.items() if value is not None}
     if engine == "moments":
-        table = simulate_grid(points, axes, population=population, scheduler=scheduler,
-                              particle_options=particle_options, calibration=record, out=out_path)
+        table, points, axes = sweep_with_grid(engine=engine, out=out_path, calibration=chosen, **sweep_options)
     else:
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
-            task = bar.add_task("grid points", total=len(points))
-            table = simulate_grid(points, axes, engine="particles", population=population, scheduler=scheduler,
-                                  particle_options=particle_options, calibration=record, out=out_path,
-                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+            task = bar.add_task("grid points", total=None)
+            table, points, axes = sweep_with_grid(
+                engine=engine, out=out_path, calibration=chosen, **sweep_options,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     _print_summary(table.frame, points, axes, engine, out_path, chosen)
 
 

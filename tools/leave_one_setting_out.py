@@ -1,0 +1,91 @@
+"""Leave one setting out: predict every setting's runs from a fit on all the other settings' runs.
+
+Groups the run directories given by their run.json setting (CFG, schedule, condition drop); for each setting,
+``chain validate OTHERS --predict THESE`` (through :func:`validate.pipeline.validate_runs`, stats embedder,
+no decomposition, no bootstrap) writes a report folder ``OUT/held-<setting>``; then the skill of every fold and
+of all folds pooled is printed as Markdown and written to ``OUT/summary.json``: the theory's and each
+baseline's mean |Δ ln var| of the run-level within-caption variance, the ratio to the best baseline, and the
+coverage of the 90 % intervals at run and caption level. Rerun to refresh; nothing is cached between calls.
+
+Usage: ``python tools/leave_one_setting_out.py runs/test/* --out runs/test-predict``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from qtm.io import write_json
+from qtm.rundir import read_parameters
+from validate.pipeline import validate_runs
+from validate.skill import GOAL_RATIO, METHODS, RUN_LEVEL
+
+
+def setting_of(path) -> str:
+    """A run's setting as a folder-safe label: cfg, and the schedule and drop where they are not the plain ones."""
+    params = read_parameters(path)
+    label = f"cfg{float(params.get('cfg', float('nan'))):g}"
+    if params.get("schedule", "constant") not in (None, "constant"):
+        label += f"-{str(params['schedule']).replace(':', '_')}"
+    if params.get("drop"):
+        label += f"-drop{float(params['drop']):g}"
+    return label
+
+
+def fold_summary(skill: pd.DataFrame) -> dict:
+    """Mean |Δ ln var| (run level) per method, the ratio to the best baseline, and the coverages."""
+    run = skill[(skill["caption"] == RUN_LEVEL) & (skill["quantity"] == "log_var")]
+    means = run.groupby("method")["abs_error"].mean()
+    baselines = [m for m in METHODS[1:] if m in means]
+    best = min(baselines, key=lambda m: means[m])
+    theory = skill[skill["method"] == "theory"]
+    return {
+        **{m: float(means[m]) for m in METHODS if m in means},
+        "best_baseline": best,
+        "ratio": float(means["theory"] / means[best]),
+        "run_coverage": float(theory.loc[theory["caption"] == RUN_LEVEL, "covered"].astype(float).mean()),
+        "caption_coverage": float(theory.loc[theory["caption"] != RUN_LEVEL, "covered"].astype(float).mean()),
+        "run_iterations": len(run[run["method"] == "theory"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories of at least two settings")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the folds' reports and summary.json")
+    args = parser.parse_args()
+    settings: dict[str, list[Path]] = {}
+    for path in args.runs:
+        settings.setdefault(setting_of(path), []).append(path)
+    if len(settings) < 2:
+        parser.error("give runs of at least two settings")
+    folds, tables = {}, []
+    for held, runs in settings.items():
+        train = [p for other, paths in settings.items() if other != held for p in paths]
+        began = time.perf_counter()
+        validate_runs(train, predict=runs, report=args.out / f"held-{held}", decompose_runs=False, bootstrap=0,
+                      warn=lambda message: None)
+        skill = pd.read_csv(args.out / f"held-{held}" / "skill.csv")
+        skill = skill[skill["task"] == "predict"].assign(held_out=held)
+        tables.append(skill)
+        folds[held] = {**fold_summary(skill), "runs": [str(p) for p in runs], "seconds": time.perf_counter() - began}
+    pooled = fold_summary(pd.concat(tables, ignore_index=True))
+    write_json(args.out / "summary.json", {"folds": folds, "pooled": pooled, "goal_ratio": GOAL_RATIO})
+    header = ["held-out setting", "runs", *METHODS, "best baseline", "ratio", "run coverage", "caption coverage"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    every_run = [run for fold in folds.values() for run in fold["runs"]]
+    for name, row in [*folds.items(), ("pooled", {**pooled, "runs": every_run})]:
+        cells = [name, str(len(row["runs"])), *(f"{row[m]:.3g}" if m in row else "–" for m in METHODS),
+                 row["best_baseline"], f"{row['ratio']:.2f}", f"{100 * row['run_coverage']:.0f} %",
+                 f"{100 * row['caption_coverage']:.0f} %"]
+        print("| " + " | ".join(cells) + " |")
+    print(json.dumps({"pooled_ratio": pooled["ratio"], "goal_ratio": GOAL_RATIO}))
+
+
+if __name__ == "__main__":
+    main()
