@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from validate.diversity import STATISTICS, diversity_metrics, prdc
+from validate.diversity import RANGES, STATISTICS, diversity_metrics, prdc
 from validate.errors import ValidateError
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 from validate.vendi import vendi_score
@@ -173,3 +173,16 @@ def test_subsamples_hold_no_duplicate_image_and_intervals_contain_the_point():
         )
         for row in result:
             assert row["ci_low"] <= row["value"] <= row["ci_high"], row
+
+
+def test_intervals_stay_inside_each_metrics_range():
+    """A generated set far from the real one: precision, recall, coverage and density are 0 and their reflected
+    intervals must not go below it (they did: [-0.02, 0.004]); no share above 1, no Vendi below 1."""
+    real, generated, real_captions, generated_captions = captioned_sets()
+    far = generated + 50.0
+    far[::3] = real[: len(far[::3])]  # a few generated images on the real ones: intervals not all zero-width
+    result = diversity_metrics(real, far, real_captions=real_captions, generated_captions=generated_captions,
+                               bootstrap=40, random_state=0)
+    for row in result:
+        low, high = RANGES[row["statistic"]]
+        assert low <= row["ci_low"] <= row["value"] <= row["ci_high"] <= high, row

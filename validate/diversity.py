@@ -39,6 +39,9 @@ from validate.vendi import VendiKernel, sample_vendi, similarity
 PRDC = ("precision", "recall", "density", "coverage")
 #: Statistics of :func:`diversity_metrics`: the four above, then the Vendi scores of the generated and the real set.
 STATISTICS = (*PRDC, "vendi", "vendi_real")
+#: The range of each statistic: shares in [0, 1], density >= 0, a Vendi score at least one distinct point.
+RANGES = {"precision": (0.0, 1.0), "recall": (0.0, 1.0), "density": (0.0, np.inf), "coverage": (0.0, 1.0),
+          "vendi": (1.0, np.inf), "vendi_real": (1.0, np.inf)}
 KERNELS = ("cosine", "rbf")
 # Stream tag of the subsample draws under the caller's seed (qtm.random.derive_seed); keyed by caption below.
 _BOOTSTRAP_STREAM = 17
@@ -314,6 +317,9 @@ def _group_metrics(real, generated, *, d_real, k_real, k, kernel, bandwidth, boo
 def _rows(caption, values, samples, level, n_real, n_generated) -> list[dict]:
     point = np.array([values[statistic] for statistic in STATISTICS])
     low, high = subsample_interval(point, samples, level=level)
+    # The reflected interval can leave the metric's range (a precision of 0 got [-0.02, 0.004]); the range holds.
+    bottom, top = np.array([RANGES[statistic] for statistic in STATISTICS]).T
+    low, high = np.clip(low, bottom, top), np.clip(high, bottom, top)
     return [
         {
             "caption": caption,
