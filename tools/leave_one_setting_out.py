@@ -1,8 +1,9 @@
 """Leave one setting out: predict every setting's runs from a fit on all the other settings' runs.
 
 Groups the run directories given by their run.json setting (CFG, schedule, condition drop); for each setting,
-``chain validate OTHERS --predict THESE`` (through :func:`validate.pipeline.validate_runs`, stats embedder,
-no decomposition, no bootstrap) writes a report folder ``OUT/held-<setting>``; then the skill of every fold and
+``chain validate OTHERS --predict THESE --make-reference`` (through :func:`validate.pipeline.validate_runs`, stats
+embedder, no decomposition, no bootstrap; the base model's missing reference points generated first) writes a
+report folder ``OUT/held-<setting>``; then the skill of every fold and
 of all folds pooled is printed as Markdown and written to ``OUT/summary.json``: the theory's and each
 baseline's mean |Δ ln var| of the run-level within-caption variance (a baseline over the values it has), the
 ratio to the best baseline among those every value has, and the
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from chain.reference import make_reference
 from qtm.io import write_json
 from qtm.rundir import read_parameters
 from validate.pipeline import validate_runs
@@ -71,7 +73,7 @@ def main() -> None:
         train = [p for other, paths in settings.items() if other != held for p in paths]
         began = time.perf_counter()
         validate_runs(train, predict=runs, report=args.out / f"held-{held}", decompose_runs=False, bootstrap=0,
-                      warn=lambda message: None)
+                      prepare=make_reference, warn=lambda message: None)
         skill = pd.read_csv(args.out / f"held-{held}" / "skill.csv")
         skill = skill[skill["task"] == "predict"].assign(held_out=held)
         tables.append(skill)
