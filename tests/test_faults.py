@@ -70,6 +70,9 @@ def in_child(target, *args, **kwargs) -> int:
     if pid:
         return pid
     code = 1
+    # A program starts with Ctrl-C's default handler, even where the test runner was started in the background
+    # (a non-interactive shell starts background jobs with SIGINT ignored, and a fork inherits that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         torch.set_num_threads(1)  # a forked child must not use the parent's thread pool
         target(*args, **kwargs)
