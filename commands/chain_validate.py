@@ -87,7 +87,9 @@ def validate_command(
     make_reference: bool = typer.Option(
         False, "--make-reference", help="First generate missing base-model reference points (RUN/reference/)."
     ),
-    clip_model: str = typer.Option("ViT-B-32", help="open_clip architecture name (e.g. ViT-B-32, ViT-L-14; clip embedder)."),
+    clip_model: str = typer.Option(
+        "ViT-B-32", help="open_clip architecture name (e.g. ViT-B-32, ViT-L-14; clip embedder)."
+    ),
     clip_pretrained: str = typer.Option(None, help="open_clip pretrained tag; 'random' = plumbing test only."),
     clip_checkpoint: Path = typer.Option(None, help="Local open_clip checkpoint file (clip embedder)."),
     batch_size: int = typer.Option(16, help="Images per forward pass (neural embedders)."),
