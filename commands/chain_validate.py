@@ -43,9 +43,10 @@ def validate_command(
         "settings, scored against baselines; the report gains calibration.json for `qtm simulate --calibration`.",
     ),
     guidance: str = typer.Option(
-        "per-setting",
+        None,
         help="Model of selection of the fit and forecast: per-setting (a free w_eff per CFG setting) or shared "
-        "(w_eff = 1 + g (cfg - 1), one g for every setting). --predict always uses shared.",
+        "(w_eff = 1 + g (cfg - 1), one g for every setting). Default: per-setting, shared with --predict (whose "
+        "prediction always uses shared, reusing that fit).",
     ),
     reference: Path = typer.Option(None, help="Folder with cond/ and uncond/ base-model generations (all runs)."),
     real: Path = typer.Option(None, help="Folder of real-data images (all runs)."),

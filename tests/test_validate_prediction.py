@@ -124,6 +124,8 @@ def test_chain_validate_predict_writes_the_prediction_skill_and_calibration(tmp_
     assert calibration.provenance["validation"]["parameters"]["predict"] == [str(middle)]
     fit = json.loads((report / "fit.json").read_text())
     assert fit["prediction"]["held_out_runs"] == ["cfg3"]
+    # With --predict the report's fit is the shared model, and the prediction reuses it rather than refitting.
+    assert fit["prediction"]["parameters"] == fit["parameters"]
     assert {p["parameter"] for p in fit["prediction"]["parameters"]} >= {"guidance_gain", "uncond_drift"}
     assert result["prediction"]["skill_forecasts"] == 3
     text = (report / "report.md").read_text()

@@ -37,7 +37,8 @@ class FitResult:
     ``forecast`` (only from :func:`forecast`): per held-out run and iteration, the run-level
     within-caption variance predicted (with its interval) and measured, and the coverage.
     ``calibration``: the shared model's fit as a :class:`qtm.calibration.Calibration`
-    (:func:`validate.calibration.calibration_of`); None for the per-setting model.
+    (:func:`validate.calibration.calibration_of`); None for the per-setting model. ``posterior``: the fitted
+    :class:`validate.transition.TransitionModel`, the estimate and its covariance, from which predictions draw.
     """
 
     parameters: pd.DataFrame
@@ -46,6 +47,7 @@ class FitResult:
     values: dict = field(default_factory=dict)
     forecast: list = field(default_factory=list)
     calibration: object = None
+    posterior: tuple | None = None
 
 
 def fit_theory(
@@ -191,6 +193,7 @@ def fit_tables(model, best, trajectories) -> tuple[FitResult, np.ndarray]:
         goodness=goodness,
         values=values,
         forecast=[],
+        posterior=(model, x, covariance),
     ), covariance
 
 

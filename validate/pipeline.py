@@ -103,7 +103,7 @@ def validate_runs(
     decompose_runs: bool = True,
     selection_curve=None,
     predict=None,
-    guidance: str = "per-setting",
+    guidance: str | None = None,
     prepare: Callable[[Path], object] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     warn: Callable[[str], None] | None = None,
@@ -135,9 +135,10 @@ def validate_runs(
     selection_curve : str or sequence of float, optional
         The CFG values of the selection curve (:mod:`validate.selection`; ``chain validate --selection-curve``
         generates its samples into ``RUN/selection``); None: no curve.
-    guidance : {"per-setting", "shared"}
+    guidance : {"per-setting", "shared"}, optional
         The fit's and the forecast's model of selection (:class:`validate.transition.TransitionModel`): a free
-        ``w_eff`` per CFG setting, or one model for every setting (``--predict`` always uses the shared one).
+        ``w_eff`` per CFG setting, or one model for every setting. Default: per-setting, and shared with
+        ``predict`` (whose prediction then reuses the fit; it always uses the shared model).
     predict : list of path-like, optional
         Held-out run directories: the shared model (one for every setting) is fitted on ``run_dirs`` and
         predicts each held-out run's iterations from its iteration 0 and its settings
@@ -178,6 +179,7 @@ def validate_runs(
     bootstrap = check_int(bootstrap, "--bootstrap", minimum=0)
     if forecast_from is not None:
         forecast_from = check_int(forecast_from, "--forecast-from", minimum=1)
+    guidance = guidance if guidance is not None else ("shared" if predict else "per-setting")
     if guidance not in GUIDANCE_MODELS:
         raise ValidateError(f"--guidance {guidance!r} is not one of: {', '.join(GUIDANCE_MODELS)}")
     if group is not None and group not in GROUPS:
@@ -233,7 +235,7 @@ def validate_runs(
                                          guidance=guidance)
     prediction = None
     if held_out:
-        prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped)
+        prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped, fit=fit)
         fit_notes += prediction_notes
     decomposition, decomposition_notes = (
         _decomposition(runs, features, bootstrap=bootstrap, seed=seed) if decompose_runs else (None, [])

@@ -66,6 +66,7 @@ def predict(
     draws: int = FORECAST_DRAWS,
     level: float = FORECAST_LEVEL,
     random_state=0,
+    fit: FitResult | None = None,
 ) -> Prediction:
     """Fit the shared model on ``train`` and predict every iteration >= 1 of the ``held_out`` runs.
 
@@ -80,6 +81,9 @@ def predict(
     level : float
         Level of the prediction intervals.
     random_state : int or numpy.random.Generator
+    fit : FitResult, optional
+        The shared model already fitted on ``train`` (``fit_theory(train, base=base, guidance="shared")``): used
+        instead of fitting it again.
 
     Returns
     -------
@@ -108,11 +112,13 @@ def predict(
             raise ValidateError(f"--predict: held-out run {trajectory.run} has no iteration 0 to predict from")
     if all(t.iterations.max() < 1 for t in held_out):
         raise ValidateError("--predict: the held-out runs have only iteration 0; nothing to predict")
-    model, best = optimise(train, base, None, guidance="shared")
-    fit, covariance = fit_tables(model, best, train)
+    if fit is None or fit.posterior is None or fit.posterior[0].guidance != "shared":
+        model, best = optimise(train, base, None, guidance="shared")
+        fit = fit_tables(model, best, train)[0]
+    model, x, covariance = fit.posterior
     target = TransitionModel(Transitions(held_out, base, None), guidance="shared")
     rng = check_random_state(random_state)
-    thetas = parameter_draws(model, best.x, covariance, draws=draws, random_state=rng)
+    thetas = parameter_draws(model, x, covariance, draws=draws, random_state=rng)
     rows, summary, run_level = simulate_runs(target, thetas, base=base, start=0, level=level, random_state=rng)
     if not summary:
         raise ValidateError("--predict: no held-out run could be predicted (every caption needs iteration 0)")
