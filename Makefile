@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test lint verify figures docs bench clean study-runs study rgb-study-runs rgb-study
+.PHONY: demo chain-demo test lint verify figures docs bench clean study-runs study test-runs study-predict rgb-study-runs rgb-study
 
 # The install prints only errors: its commands are not echoed, pip runs with -q, and the one warning filter drops
 # setuptools' "!!" banner that announces every editable install (an InformationOnly warning that pip shows even
@@ -57,6 +57,28 @@ study: study-runs
 	  --report $(STUDY_REPORT)/all
 	$(BIN)/chain validate --embedder stats $(STUDY)/cfg7.5-s0 --finetune-noise 4 --report $(STUDY_REPORT)/finetune-noise
 	$(BIN)/python tools/study_summary.py $(STUDY_REPORT) --out docs/study
+
+# The study out of sample (docs/study.md, "Out of sample"; issue 21): 12 test chains with seeds the model never saw
+# (CFG 1, 2, 3, 5, 7.5 and ReDiFine; 95-240 s each on 2 cores), then every setting predicted from a fit on the
+# others (tools/leave_one_setting_out.py), on the development runs and on the test runs, the forecast from
+# iterations 0-1 of the test runs, and the selection curve of one CFG-7.5 development run.
+TEST := runs/test
+TEST_SEEDS := 10 11
+PREDICT_REPORT := runs/study-predict
+test-runs: $(STAMP)
+	for seed in $(TEST_SEEDS); do \
+	  for cfg in 1 2 3 5 7.5; do \
+	    $(BIN)/chain run $(TEST)/cfg$$cfg-s$$seed --cfg $$cfg --seed $$seed --iterations 6 || exit 1; \
+	  done; \
+	  $(BIN)/chain run $(TEST)/redifine-s$$seed --cfg 7.5 --redifine --seed $$seed --iterations 6 || exit 1; \
+	done
+
+study-predict: study-runs test-runs
+	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(STUDY)/*-s*/) --out $(PREDICT_REPORT)/development
+	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(TEST)/*-s*/) --out $(PREDICT_REPORT)/test
+	$(BIN)/chain validate $(wildcard $(TEST)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
+	  --make-reference --report $(PREDICT_REPORT)/test-forecast
+	$(BIN)/chain validate $(STUDY)/cfg7.5-s0 --selection-curve --bootstrap 100 --report $(PREDICT_REPORT)/selection
 
 # The RGB study (docs/rgb_study.md): 32 px chains on emoji and Pokémon (balanced subsets: 8 and 9 concepts of 24
 # images), CFG 1, 3, 7.5 and ReDiFine, 5 iterations, on both cores of an idle machine. First the speed benchmark,
