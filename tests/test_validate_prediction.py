@@ -10,6 +10,7 @@ from test_validate_command import TWO_CAPTIONS, make_run
 
 from qtm.calibration import read_calibration
 from qtm.recursion import simulate_moments
+from validate.errors import ValidateError
 from validate.pipeline import validate_runs
 from validate.prediction import predict, prediction_baselines
 from validate.skill import RUN_LEVEL
@@ -170,3 +171,15 @@ def test_the_shared_fit_writes_a_calibration_and_the_per_setting_fit_none(tmp_pa
     assert "w_eff" not in parameters.index
     validate_runs([low, high], report=tmp_path / "per-setting", axes=1, bootstrap=0, decompose_runs=False, warn=print)
     assert not (tmp_path / "per-setting" / "calibration.json").exists()
+
+
+def test_held_out_runs_with_another_caption_structure_are_refused():
+    """Two captions per training run (a run-level noise term) against one held out (none): one line, no guess."""
+    train = []
+    for run, cfg in (("a", 1.0), ("b", 5.0)):
+        for group in ("x", "y"):
+            trajectory = engine_chain(run, cfg)
+            trajectory.group = group
+            train.append(trajectory)
+    with pytest.raises(ValidateError, match="held-out runs' captions differ from the training runs'"):
+        predict(train, [engine_chain("h", 3.0)], base=engine_base(), draws=50)

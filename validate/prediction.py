@@ -117,6 +117,9 @@ def predict(
         fit = fit_tables(model, best, train)[0]
     model, x, covariance = fit.posterior
     target = TransitionModel(Transitions(held_out, base, None), guidance="shared")
+    if target.names != model.names:  # e.g. one caption held out, several in training: no run-level noise term
+        raise ValidateError("--predict: the held-out runs' captions differ from the training runs' (one caption "
+                            "against several); predict runs of the same data set with the same --group")
     rng = check_random_state(random_state)
     thetas = parameter_draws(model, x, covariance, draws=draws, random_state=rng)
     rows, summary, run_level = simulate_runs(target, thetas, base=base, start=0, level=level, random_state=rng)
