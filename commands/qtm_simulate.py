@@ -86,17 +86,15 @@ def simulate(
     engine = ENGINE.check(options.pop("engine") or ENGINE.default, label="--engine")
     out_path = check_table_path(options.pop("out") or OUT.default)
     sweep_options = {name: value for name, value in options.items() if value is not None}
-    if engine == "moments":
-        table, points, axes = sweep_with_grid(engine=engine, out=out_path, calibration=chosen, **sweep_options)
-    else:
-        from rich.progress import Progress
+    from rich.progress import Progress
 
-        with Progress(transient=True) as bar:
-            task = bar.add_task("grid points", total=None)
-            table, points, axes = sweep_with_grid(
-                engine=engine, out=out_path, calibration=chosen, **sweep_options,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+    # Only the particle engine reports progress (the moments engine is one vectorised pass).
+    with Progress(transient=True, disable=engine == "moments") as bar:
+        task = bar.add_task("grid points", total=None)
+        table, points, axes = sweep_with_grid(
+            engine=engine, out=out_path, calibration=chosen, **sweep_options,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     _print_summary(table.frame, points, axes, engine, out_path, chosen)
 
 

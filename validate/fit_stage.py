@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qtm.rundir import Run
+from qtm.rundir import Run, iteration_folder, iteration_status, read_parameters
 from validate.calibration import calibration_of
 from validate.errors import ValidateError
 from validate.forecast import forecast
@@ -142,8 +142,6 @@ def check_held_out(train_dirs, held_out_dirs) -> None:
     ValidateError
         With one line naming the first problem.
     """
-    from qtm.rundir import iteration_folder, iteration_status, read_parameters
-
     train = {str(Path(p).resolve()) for p in train_dirs}
     setup = {key: read_parameters(train_dirs[0]).get(key) for key in SETUP_KEYS}
     for path in held_out_dirs:

@@ -137,8 +137,8 @@ def predict(
         "held_out_runs": sorted({t.run for t in held_out}),
         **skill_verdict(skill),
     }
-    return Prediction(fit=fit, rows=rows, summary=summary, skill=skill, goodness=goodness,
-                      calibration=calibration_of(fit, train, base=base))
+    calibration = fit.calibration if fit.calibration is not None else calibration_of(fit, train, base=base)
+    return Prediction(fit=fit, rows=rows, summary=summary, skill=skill, goodness=goodness, calibration=calibration)
 
 
 def prediction_baselines(train: list[Trajectory], held_out: list[Trajectory], *, base: BaseMoments):
