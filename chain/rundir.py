@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from chain.errors import ChainError
+from chain.errors import ChainError, DiskFullError
 from qtm.io import LOCK_FILE, locked, remove_stale_parts, stale_parts, write_json
 from qtm.params import ALL_PARAMETERS
 from qtm.provenance import provenance
@@ -215,10 +215,10 @@ def check_same_parameters(stored: dict, requested: dict, path: Path) -> None:
         )
 
 
-def disk_full_error(error: OSError, path: Path) -> ChainError | None:
-    """The one-line message for a full disk, or None if ``error`` is something else."""
+def disk_full_error(error: OSError, path: Path) -> DiskFullError | None:
+    """The one-line failure (exit status 1) for a full disk, or None if ``error`` is something else."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ChainError(
+        return DiskFullError(
             f"no space left on the device while writing the run {str(path)!r}; "
             "free some space and rerun the same command to resume"
         )
