@@ -7,6 +7,9 @@ model. The chain runner only ever calls these methods, so the `sd` backend
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +19,43 @@ from qtm.schedules import CFGSchedule
 
 #: Called as ``progress(done, total)`` during long work; the CLI draws bars from it.
 Progress = Callable[[int, int], None]
+
+
+@contextlib.contextmanager
+def disk_full_as_os_error(path: Path, *, needed: int):
+    """Re-raise an error of a weights writer as ``OSError(ENOSPC)`` when the disk under ``path`` lacks ``needed`` bytes.
+
+    torch.save and safetensors report a write that the disk refused as their own errors (torch:
+    ``RuntimeError: ... inline_container.cc ... unexpected pos``; safetensors: ``SafetensorError``),
+    not as the ``OSError`` the run turns into its one line for a full disk. The free space tells
+    whether a full disk was the cause; any other error passes unchanged.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with disk_full_as_os_error(Path(tempfile.gettempdir()), needed=1 << 80):  # doctest: +ELLIPSIS
+    ...     raise RuntimeError("unexpected pos 64 vs 0")
+    Traceback (most recent call last):
+    ...
+    OSError: [Errno 28] No space left on device: ...
+    """
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, OSError) or _free_bytes(path) >= needed:
+            raise
+        raise OSError(errno.ENOSPC, "No space left on device", str(path)) from error
+
+
+def _free_bytes(path: Path) -> float:
+    """Bytes free on the disk of ``path`` or its nearest existing folder (infinite when that cannot be read)."""
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                break
+    return float("inf")
 
 
 @dataclass

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
-from chain.backends.base import Backend, FinetuneResult, Progress
+from chain.backends.base import Backend, FinetuneResult, Progress, disk_full_as_os_error
 from chain.backends.sd_batches import epoch_batches, to_pixels
 from chain.backends.sd_lora import ADAPTER, LORA_TARGETS, fresh_adapter, refresh_fused_projections
 from chain.backends.sd_pipeline import DTYPES, load_pipeline, pick_device, pick_dtype, quiet_dtype_keyword
@@ -385,7 +385,9 @@ class StableDiffusionBackend(Backend):
         if self.full_finetune:
             part = directory / f".{UNET_DIR}.part"
             shutil.rmtree(part, ignore_errors=True)
-            self.pipe.unet.save_pretrained(part)
+            needed = sum(tensor.nbytes for tensor in self.pipe.unet.state_dict().values())
+            with disk_full_as_os_error(part, needed=needed):
+                self.pipe.unet.save_pretrained(part)
             shutil.rmtree(directory / UNET_DIR, ignore_errors=True)
             os.replace(part, directory / UNET_DIR)
             info = {"kind": "full", "path": UNET_DIR}
@@ -397,7 +399,8 @@ class StableDiffusionBackend(Backend):
                 raise ChainError("there is no LoRA adapter to save yet; finetune before saving weights")
             state = get_peft_model_state_dict(self.pipe.unet, adapter_name=ADAPTER)
             state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-            with atomic_path(directory / LORA_FILE) as tmp:
+            needed = sum(tensor.nbytes for tensor in state.values())
+            with atomic_path(directory / LORA_FILE) as tmp, disk_full_as_os_error(tmp, needed=needed):
                 save_file(state, str(tmp))
             info = {"kind": "lora", "path": LORA_FILE, "rank": self.lora_rank, "targets": list(LORA_TARGETS)}
         write_json(directory / WEIGHTS_FILE, info)

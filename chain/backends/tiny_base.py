@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from chain.backends.base import Progress
+from chain.backends.base import Progress, disk_full_as_os_error
 from chain.backends.tiny_config import DIGITS_BASE, TinyConfig
 from chain.backends.tiny_loops import pin_cpu, seeded_global_rng, train_diffusion
 from chain.backends.tiny_model import TinyModel, images_to_tensor
@@ -93,9 +93,10 @@ def save_state(state: dict, path: Path) -> None:
     be the random temporary name; through a file object the name is always "archive".
     An interrupt or a write error inside ``torch.save`` leaves its archive writer half-way, and closing it
     raises a ``RuntimeError`` that hides the cause: the cause is raised instead, so Ctrl-C stays an
-    interrupt and a full disk stays an ``OSError``.
+    interrupt and a full disk stays an ``OSError`` (also where torch's writer reports it without a cause).
     """
-    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+    needed = sum(value.nbytes for value in state.values() if isinstance(value, torch.Tensor))
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream, disk_full_as_os_error(path, needed=needed):
         try:
             torch.save(state, stream)
         except RuntimeError as error:
