@@ -84,7 +84,8 @@ def simulate(
     chosen = _calibration(calibration)
     options = merge_options(given, file_options, dict.fromkeys(OPTIONS))
     engine = ENGINE.check(options.pop("engine") or ENGINE.default, label="--engine")
-    out_path = check_table_path(options.pop("out") or OUT.default)
+    out = options.pop("out")
+    out_path = check_table_path(OUT.default if out is None else out)
     sweep_options = {name: value for name, value in options.items() if value is not None}
     from rich.progress import Progress
 

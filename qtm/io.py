@@ -247,7 +247,7 @@ def check_output_dir(path, *, flag: str) -> Path:
     >>> check_output_dir("runs/new-report", flag="--report").name
     'new-report'
     """
-    path = Path(path)
+    path = check_path_name(path, flag=flag)
     if path.exists() and not path.is_dir():
         raise QTMError(f"{flag} {str(path)!r} is a file; give a folder")
     _check_writable_parent(path, flag=flag)
@@ -266,11 +266,53 @@ def check_output_file(path, *, flag: str) -> Path:
     >>> check_output_file("runs/report.json", flag="--report").name
     'report.json'
     """
-    path = Path(path)
+    path = check_path_name(path, flag=flag)
     if path.is_dir():
         raise QTMError(f"{flag} {str(path)!r} is a folder; give a file name")
     _check_writable_parent(path.parent, flag=flag)
     return path
+
+
+def check_path_name(path, *, flag: str) -> Path:
+    """Refuse an empty path, or one whose name or length the file system would refuse, in one short line.
+
+    The limits are the file system's (``os.pathconf``: ``PC_NAME_MAX`` bytes per name, ``PC_PATH_MAX`` in all)
+    where the path starts; the error shows the start of an over-long name, not all of it.
+
+    Examples
+    --------
+    >>> check_path_name("runs/sweep.csv", flag="--out").name
+    'sweep.csv'
+    >>> check_path_name("a" * 300, flag="--out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    qtm.errors.QTMError: --out: the name 'aaaaaaaaaaaaaaaaaaaaaaaa...' is 300 bytes long, more than the 255 ...
+    """
+    text = os.fspath(path)
+    if not text.strip():
+        raise QTMError(f"{flag} is empty; give a path")
+    path = Path(text)
+    path_max = _path_limit(Path.cwd() if not path.is_absolute() else Path("/"), "PC_PATH_MAX", 4096)
+    if len(os.fsencode(path.absolute())) >= path_max:
+        raise QTMError(f"{flag}: the path {_shortened(text)!r} is {len(os.fsencode(path.absolute()))} bytes long, "
+                       f"more than this file system allows ({path_max - 1}); give a shorter path")
+    name_max = _path_limit(Path.cwd() if not path.is_absolute() else Path("/"), "PC_NAME_MAX", 255)
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise QTMError(f"{flag}: the name {_shortened(part)!r} is {len(os.fsencode(part))} bytes long, more "
+                           f"than the {name_max} this file system allows in one name; give a shorter name")
+    return path
+
+
+def _path_limit(folder: Path, key: str, default: int) -> int:
+    try:
+        return os.pathconf(folder, key)
+    except (OSError, ValueError):
+        return default
+
+
+def _shortened(text: str, keep: int = 24) -> str:
+    return text if len(text) <= keep + 3 else text[:keep] + "..."
 
 
 def _check_writable_parent(folder: Path, *, flag: str) -> None:
@@ -292,7 +334,7 @@ def check_table_path(path, *, flag: str = "--out") -> Path:
     >>> check_table_path("sweep.csv").suffix
     '.csv'
     """
-    path = Path(path)
+    path = check_path_name(path, flag=flag)
     if path.suffix not in TABLE_SUFFIXES:
         raise QTMError(f"{flag} must end in .parquet or .csv, got {str(path)!r}")
     return check_output_file(path, flag=flag)

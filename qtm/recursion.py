@@ -72,7 +72,7 @@ import numpy as np
 
 from qtm.moments_kernels import chain_kernel, solver_chain_kernel
 from qtm.params import PARAMETERS, default_uncond_fidelity, effective_cfg, uncond_share
-from qtm.sampler_map import prepare_sampler
+from qtm.sampler_map import ddim_config, prepare_sampler
 from qtm.schedules import CFGSchedule
 from qtm.solvers import SOLVERS, SchedulerConfig, plan_arrays
 from qtm.validation import check_unit_interval
@@ -255,7 +255,7 @@ def simulate_moments(
         params = {name: _flat(values, shape, index) for name, values in numeric.items()}
         fused = sampler_name in KERNEL_SAMPLERS
         # The fused kernel steps with the scheduler's DDIM part, whatever model its prediction type names.
-        setting = {"config": scheduler.diffusion_config(sampler_name)} if fused else {"scheduler": scheduler}
+        setting = {"config": ddim_config(sampler_name, scheduler)} if fused else {"scheduler": scheduler}
         prepared = prepare_sampler(sampler_name, cfg=params["cfg"], schedule=schedules[schedule_spec],
                                    steps=int(num_steps), eta=float(eta_value), **setting)
         run = dict(params, iterations=iterations, sampler=prepared, continue_=mode == "continue",

@@ -53,7 +53,7 @@ from qtm.continuous import continuous_moments
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
 from qtm.gaussian import Moments, cfg_tilt
-from qtm.params import SAMPLERS, effective_eta
+from qtm.params import PARAMETERS, SAMPLERS, effective_eta
 from qtm.schedules import CFGSchedule
 from qtm.solvers import SOLVERS, SchedulerConfig, SolverPlan, check_model, plan_moments, scale_table, solver_plan
 from qtm.validation import as_float_array, check_choice, check_unit_interval
@@ -289,12 +289,28 @@ def prepare_sampler(sampler: str, *, cfg, schedule="constant", steps: int = 50, 
             raise QTMError(f"sampler {sampler!r} takes a constant guidance scale, got schedule {schedule!r}")
         return PreparedSampler(sampler, cfg, CFGSchedule.parse(schedule))
     if scheduler is not None:
-        scheduler = SchedulerConfig.parse(scheduler)
-        if scheduler.prediction_type == "flow":
-            raise QTMError(f"sampler {sampler!r} does not sample flow-matching models; use flow-euler")
-        config = scheduler.diffusion_config(sampler)
+        config = ddim_config(sampler, scheduler)
     coef = step_coefficients(steps, eta=effective_eta(sampler, eta), config=config)
     return PreparedSampler(sampler, cfg, CFGSchedule.parse(schedule), coefficients=coef)
+
+
+def ddim_config(sampler: str, scheduler: SchedulerConfig | str) -> DiffusionConfig:
+    """The noise schedule a DDIM-family ``sampler`` (``ddim``, ``ddpm``, ``tilt``) steps with under ``scheduler``.
+
+    Examples
+    --------
+    >>> ddim_config("ddim", "sd15").num_train_timesteps
+    1000
+    >>> ddim_config("ddim", "sd3")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    qtm.errors.QTMError: sampler 'ddim' does not sample flow-matching models (prediction type flow, ...
+    """
+    scheduler = SchedulerConfig.parse(scheduler)
+    if scheduler.prediction_type == "flow":
+        raise QTMError(f"sampler {sampler!r} does not sample flow-matching models (prediction type flow, which "
+                       "--scheduler sd3 sets); use --sampler flow-euler, or another --scheduler")
+    return scheduler.diffusion_config(sampler)
 
 
 def sampler_law(cond_mean=None, cond_var=None, uncond_mean=None, uncond_var=None, *, cfg=None, schedule=None,
@@ -337,8 +353,6 @@ def sampler_law(cond_mean=None, cond_var=None, uncond_mean=None, uncond_var=None
     """
     import pandas as pd
 
-    from qtm.params import PARAMETERS
-
     model = {"cond_mean": cond_mean, "cond_var": cond_var, "uncond_mean": uncond_mean, "uncond_var": uncond_var}
     model = {name: np.atleast_1d(np.asarray(PARAMETERS[name].default if value is None else value, dtype=float))
              for name, value in model.items()}
@@ -350,9 +364,36 @@ def sampler_law(cond_mean=None, cond_var=None, uncond_mean=None, uncond_var=None
                                              label=PARAMETERS[name].flag) for name, value in given.items()}
     settings = {name: PARAMETERS[name].check(value, label=PARAMETERS[name].flag)
                 for name, value in dict(scheduler or {}).items() if value is not None}
-    out = guided_moments(*model.values(), **sampling, scheduler=SchedulerConfig.from_parameters(**settings))
-    table = pd.DataFrame({"axis": np.arange(len(out.mean)), "mean": np.asarray(out.mean, dtype=float),
-                          "var": np.asarray(out.var, dtype=float)})
-    if not np.isfinite(table[["mean", "var"]].to_numpy()).all():
-        raise QTMError("the sampler's output overflowed to inf or NaN; use a smaller --cfg")
-    return table
+    scheduler = SchedulerConfig.from_parameters(**settings)
+    out = _finite_law(model, sampling, scheduler)
+    if out is None:
+        raise QTMError(_overflow_message(model, sampling, scheduler))
+    return pd.DataFrame({"axis": np.arange(len(out.mean)), "mean": np.asarray(out.mean, dtype=float),
+                         "var": np.asarray(out.var, dtype=float)})
+
+
+def _finite_law(model: dict, sampling: dict, scheduler: SchedulerConfig) -> Moments | None:
+    """The law, or None where it overflows (numpy's overflow warnings are the error's business, not stderr's)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        out = guided_moments(*model.values(), **sampling, scheduler=scheduler)
+    return out if np.isfinite(out.mean).all() and np.isfinite(out.var).all() else None
+
+
+def _overflow_message(model: dict, sampling: dict, scheduler: SchedulerConfig) -> str:
+    """Name the inputs that made the law overflow: each one whose default (no guidance, for ``cfg``) alone
+    makes the law finite again."""
+    defaults = {name: PARAMETERS[name].default for name in model}
+    causes = [
+        f"{PARAMETERS[name].flag} {float(np.max(np.abs(values))):g}"
+        for name, values in model.items()
+        if not np.all(values == defaults[name])
+        and _finite_law({**model, name: np.full_like(values, defaults[name])}, sampling, scheduler) is not None
+    ]
+    if sampling["cfg"] != 1 and _finite_law(model, {**sampling, "cfg": 1.0}, scheduler) is not None:
+        causes.append(f"--cfg {sampling['cfg']:g}")
+    if not causes:
+        causes = [f"{PARAMETERS[name].flag} {float(np.max(np.abs(values))):g}" for name, values in model.items()
+                  if not np.all(values == defaults[name])] or [f"--cfg {sampling['cfg']:g}"]
+    flags = " or ".join(cause.split()[0] for cause in causes)
+    return (f"the sampler's output overflowed to inf or NaN with {' and '.join(causes)}; give a smaller {flags} "
+            "(standardised traits have values near 1)")

@@ -10,10 +10,17 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# The fuzz tests of hostile input (tests/test_probes_*.py) take their settings from the profile that
+# HYPOTHESIS_PROFILE names: a quick pass in the suite, and `make fuzz`'s "fuzz" (500 examples per surface).
+_FUZZ_BASE = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
+settings.register_profile("quick", max_examples=40, **_FUZZ_BASE)
+settings.register_profile("fuzz", max_examples=500, **_FUZZ_BASE)
 
 
 def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:

@@ -19,7 +19,10 @@ Where the tasks run (``options["cluster"]``):
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 from collections import deque
 from pathlib import Path
 
@@ -49,6 +52,8 @@ LOCAL_WORK_LIMIT = 5e9
 CONNECT_TIMEOUT_S = 5
 #: Seconds a scheduler may take to have its first worker.
 WORKER_TIMEOUT_S = 30
+#: dask's configuration variable of the ``distributed`` logger's level.
+_WORKER_LOGGING = "DASK_LOGGING__DISTRIBUTED"
 
 #: The options that are not grid columns: the base model, the data and the particle engine's own.
 OPTIONS = (*MODEL_PARAMETERS, "population", "replicates", "seed", "dims", "modes", "particle_model",
@@ -221,8 +226,24 @@ def _connect(address, *, local: bool):
     import distributed
 
     if address is None:
-        cluster = distributed.LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
+        # Ctrl-C reaches the whole process group: the worker processes start with it ignored, so that only this
+        # process hears it, closes the cluster and says "interrupted" (the workers would print tracebacks), and
+        # the cluster's own logging (workers lost, tasks cancelled while closing) is not the user's business.
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+        logging_variable = os.environ.get(_WORKER_LOGGING)
+        os.environ[_WORKER_LOGGING] = "critical"  # read by each worker process as it starts
+        try:
+            cluster = distributed.LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True,
+                                               dashboard_address=None)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, handler)
+            if logging_variable is None:
+                del os.environ[_WORKER_LOGGING]
+            else:
+                os.environ[_WORKER_LOGGING] = logging_variable
         return distributed.Client(cluster), cluster
     if "://" not in str(address) or str(address).startswith("tcp://"):
         _probe_scheduler(str(address))  # other transports (tls, ucx) need their security settings to talk
