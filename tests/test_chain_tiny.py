@@ -237,7 +237,7 @@ def test_resume_refuses_other_parameters_and_a_full_disk_is_one_line(tiny_cache,
     )
     command = [sys.executable, "-c", inject, "run", str(run_dir), *CLI_ARGS, "--iterations", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr  # a failure of the system, not bad input
     assert "no space left on the device" in done.stderr.strip().splitlines()[-1]
     assert results(run_dir) == kept  # iteration 0 untouched, the failed iteration 1 cleared away
     assert RunDirectory(run_dir).completed() == [0]
