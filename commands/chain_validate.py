@@ -23,11 +23,13 @@ import typer
 from chain.decomposition_samples import DEFAULT_PER_CAPTION, make_decomposition_samples
 from chain.errors import ChainError
 from chain.reference import make_reference as generate_reference
+from chain.run_parameters import check_device
 from chain.selection_samples import make_selection_samples
 from qtm.rundir import read_parameters
 from validate.embedders import EMBEDDER_NAMES
+from validate.parameters import ValidateParameters
 from validate.pipeline import validate_runs
-from validate.selection import DEFAULT_CFGS, parse_cfgs
+from validate.selection import DEFAULT_CFGS
 
 
 def validate_command(
@@ -94,31 +96,29 @@ def validate_command(
     clip_pretrained: str = typer.Option(None, help="open_clip pretrained tag; 'random' = plumbing test only."),
     clip_checkpoint: Path = typer.Option(None, help="Local open_clip checkpoint file (clip embedder)."),
     batch_size: int = typer.Option(16, help="Images per forward pass (neural embedders)."),
-    device: str = typer.Option("cpu", help="torch device of the neural embedders: cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("cpu", help="torch device of the neural embedders: cpu, cuda or cuda:N."),
 ) -> None:
     """Measure trait statistics of chain runs, fit the theory to them, and write a report."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from qtm.io import check_output_dir
-
     held_out = [Path(part) for item in predict or [] for part in item.split(",") if part]
-    cfgs = None
-    if selection_curve or selection_cfg is not None:
-        cfgs = parse_cfgs(DEFAULT_CFGS if selection_cfg is None else selection_cfg)
-        if not decompose:
-            raise ChainError("--selection-curve pairs its samples with the decomposition's; leave out --no-decompose")
-    paired = selection_per_caption if selection_per_caption is not None else max(3, decompose_per_caption // 3)
-    if cfgs is not None and paired < 3:
-        raise ChainError(f"--selection-per-caption must be >= 3 (a per-caption variance needs 3), got {paired}")
-    check_output_dir(report, flag="--report")  # before any embedding: a bad path must not cost the work
+    curve = DEFAULT_CFGS if selection_curve and selection_cfg is None else selection_cfg
+    # Every option before any work: a bad value must not cost the generation or the embedding.
+    checked = ValidateParameters(
+        report=report, axes=axes, forecast_from=forecast_from, bootstrap=bootstrap, seed=seed, guidance=guidance,
+        group=group, predict=tuple(held_out), selection_curve=curve, real=real, reference=reference,
+        batch_size=batch_size, decompose=decompose, decompose_per_caption=decompose_per_caption,
+        finetune_noise=finetune_noise, selection_per_caption=selection_per_caption,
+    ).check(run_dirs)
+    cfgs, paired = checked.selection_curve, checked.selection_per_caption
+    if device != "cpu":  # the CPU is always there; anything else is probed once, as `chain run` does
+        device = check_device(device)
     console = Console(stderr=True)
 
     def warn(message):
         console.print(f"chain: warning: {message}", highlight=False, markup=False, soft_wrap=True)
 
-    if finetune_noise and not decompose:
-        raise ChainError("--finetune-noise is part of the decomposition; leave out --no-decompose")
     generation = {"images": 0, "seconds": 0.0, "finetunes": 0}
     selection = {"images": 0, "seconds": 0.0}
 

@@ -36,7 +36,6 @@ from qtm.io import locked, remove_stale_parts
 from qtm.provenance import provenance
 from qtm.random import derive_seed
 from qtm.rundir import REPLICATE_PREFIX, Run, sampled_at_cfg1
-from qtm.validation import check_int
 from validate.axes import TraitAxes
 from validate.decomposition import RunTraits, TraitSet, decompose, finetune_noise
 from validate.diversity import compare_with_reference
@@ -44,15 +43,16 @@ from validate.embedder import Embedder
 from validate.embedders import get_embedder
 from validate.errors import ValidateError
 from validate.features import Features, features_stage
-from validate.fit_stage import check_held_out, fit_stage, predict_stage
+from validate.fit_stage import fit_stage, predict_stage
 from validate.optimiser import FitResult
+from validate.parameters import ValidateParameters
 from validate.prediction import Prediction
 from validate.report import write_report
-from validate.runs import GROUPS, default_group, read_runs, run_columns
-from validate.selection import SelectionCurve, parse_cfgs, selection_stage
+from validate.report_folder import check_report_folder, remove_report
+from validate.runs import default_group, read_runs, run_columns
+from validate.selection import SelectionCurve, selection_stage
 from validate.selection_fit import fit_selection
 from validate.statistics import ALL_CAPTIONS, bootstrap_statistics, grouped_statistics
-from validate.transition import GUIDANCE_MODELS
 
 #: The stream tag of the decomposition's bootstrap (qtm.random.derive_seed).
 DECOMPOSITION_TAG = 0xDEC2
@@ -115,7 +115,8 @@ def validate_runs(
     run_dirs : list of path-like
         Run directories written by ``chain run``.
     report : path-like
-        Output folder (created; files in it are replaced atomically).
+        Output folder (created): empty, or holding an older report, which the new one replaces (a folder holding
+        other files is refused, :func:`validate.report_folder.check_report_folder`).
     embedder : {"stats", "efficientnet", "clip"}
     axes : int
         Number of PCA trait axes.
@@ -173,27 +174,14 @@ def validate_runs(
     validate.errors.ValidateError: give at least one run directory
     """
     warn = warn if warn is not None else (lambda message: warnings.warn(message, stacklevel=2))
-    if not run_dirs:
-        raise ValidateError("give at least one run directory")
-    axes = check_int(axes, "--axes", minimum=1)
-    bootstrap = check_int(bootstrap, "--bootstrap", minimum=0)
-    if forecast_from is not None:
-        forecast_from = check_int(forecast_from, "--forecast-from", minimum=1)
-    guidance = guidance if guidance is not None else ("shared" if predict else "per-setting")
-    if guidance not in GUIDANCE_MODELS:
-        raise ValidateError(f"--guidance {guidance!r} is not one of: {', '.join(GUIDANCE_MODELS)}")
-    if group is not None and group not in GROUPS:
-        raise ValidateError(f"--group {group!r} is not one of: {', '.join(GROUPS)}")
-    cfgs = None if selection_curve is None else parse_cfgs(selection_curve)
-    if Path(report).exists() and not Path(report).is_dir():
-        raise ValidateError(f"--report {str(report)!r} is a file; give a folder for the report")
-    for flag, folder in (("--real", real), ("--reference", reference)):
-        if folder is not None and not Path(folder).is_dir():
-            what = "is not a folder" if Path(folder).exists() else "does not exist"
-            raise ValidateError(f"{flag} {str(folder)!r} {what}; give a folder of images")
-    held_out_dirs = list(predict or [])
-    if held_out_dirs:
-        check_held_out(run_dirs, held_out_dirs)
+    checked = ValidateParameters(
+        report=report, axes=axes, forecast_from=forecast_from, bootstrap=bootstrap, seed=seed, guidance=guidance,
+        group=group, predict=tuple(predict or ()), selection_curve=selection_curve, real=real, reference=reference,
+        batch_size=(embedder_options or {}).get("batch_size", 16), decompose=decompose_runs,
+    ).check(run_dirs)
+    axes, forecast_from, bootstrap, guidance, cfgs = (checked.axes, checked.forecast_from, checked.bootstrap,
+                                                      checked.guidance, checked.selection_curve)
+    held_out_dirs = list(checked.predict)
     model = get_embedder(embedder, **(embedder_options or {}))
     if prepare is not None:
         for path in run_dirs:
@@ -274,9 +262,12 @@ def validate_runs(
 
 
 def _write_report(report, validation: Validation) -> dict:
-    """Write the report holding its folder's lock, first removing what a killed validation left half-written."""
+    """Write the report holding its folder's lock, first removing what a killed validation left half-written and
+    the previous validation's files: an interrupted rerun leaves an unfinished report, never a mix of two."""
     with locked(report, what="chain validate"):
         remove_stale_parts(report)
+        check_report_folder(report)  # again: the folder may have changed while the runs were measured
+        remove_report(report)
         return write_report(report, validation)
 
 
