@@ -93,18 +93,19 @@ def check_data_spec(spec: str) -> str:
     if name in (EMOJI, POKEMON):
         parse_npm_spec(spec)
         return name
-    _check_folder_name(spec)
+    if not spec:
+        raise ChainError(f"--data is empty; give a folder, {DIGITS}[:N], {EMOJI}, {POKEMON} or {HF_PREFIX}NAME")
+    _check_folder_name(spec, spec)
     return "folder"
 
 
-def _check_folder_name(spec: str) -> None:
-    """Refuse a folder spec that no folder can have: empty, with a NUL character, or too long for the system."""
-    if not spec:
-        raise ChainError(f"--data is empty; give a folder, {DIGITS}[:N], {EMOJI}, {POKEMON} or {HF_PREFIX}NAME")
-    if "\0" in spec:
+def _check_folder_name(spec: str, folder: str) -> None:
+    """Refuse a ``folder`` (all of ``spec``, or the NAME of ``hf:NAME``) that no folder can be named: one with a
+    NUL character or too long for the system (it would reach the user as a raw ``[Errno 36]`` with the whole name)."""
+    if "\0" in folder:
         raise ChainError(f"--data {quoted(spec)} holds a NUL character, which no folder name can")
-    longest = max(len(part.encode(errors="surrogatepass")) for part in Path(spec).parts)
-    if len(spec.encode(errors="surrogatepass")) > PATH_MAX or longest > NAME_MAX:
+    longest = max((len(part.encode(errors="surrogatepass")) for part in Path(folder).parts), default=0)
+    if len(folder.encode(errors="surrogatepass")) > PATH_MAX or longest > NAME_MAX:
         raise ChainError(f"--data {quoted(spec)} is too long for a folder name ({NAME_MAX} bytes a name, "
                          f"{PATH_MAX} a path); give a folder of images, or digits, emoji, pokemon or hf:NAME")
 
@@ -283,6 +284,7 @@ def _parse_hf_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     name, _, split = body.partition(":")
     if not name:
         raise ChainError(f"--data {quoted(spec)} names no data set; write hf:NAME[:SPLIT], e.g. hf:user/name:train")
+    _check_folder_name(spec, name)
     return name, split or "train", parse_query(spec, query, _HF_OPTIONS)
 
 
