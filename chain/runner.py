@@ -21,13 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from chain.backends.base import Backend, Progress
+from chain.backends.tiny_config import DEFAULT_PRESET, PRESETS
 from chain.data import load_dataset
-from chain.dataset import Dataset
+from chain.dataset import Dataset, quoted
 from chain.errors import ChainError
 from chain.run_parameters import RunParameters
 from chain.rundir import ITERATION_FILE, METADATA_FILE, RunDirectory, disk_full_error
 from chain.seeds import finetune_seed, image_seed, real_mix_seed, subsample_seed
 from qtm.io import atomic_path
+from qtm.params import BACKEND_DEFAULTS
 from qtm.schedules import CFGSchedule
 
 WEIGHTS_DIR = "weights"
@@ -113,11 +115,18 @@ def run_chain(
     """
     reporter = reporter or Reporter()
     params = parameters.resolve()
+    if params["backend"] == "tiny" and params["device"] == "cpu":
+        from chain.backends.tiny_loops import cpu_threads
+
+        cpu_threads()  # refuse a bad CHAIN_THREADS before the data is loaded and the run directory made
     if data is None:
         with reporter.task("loading the data set", 1):
             data = load_dataset(params["data"])
     run = RunDirectory(run_dir)
     run.check(params)  # refuse a mismatch before any slow work (and before the folder is touched)
+    warning = preset_warning(params, data)
+    if warning:
+        reporter.line(f"chain: warning: {warning}")
     try:
         with run.lock():
             run.check(params)  # again, now that no other process can be writing run.json
@@ -185,8 +194,7 @@ def _iteration(run, t, params, data, backend, reporter, model_from, generations)
     with reporter.task(f"iteration {t}: finetuning", params["train_steps"]) as progress:
         result = backend.finetune(images, captions, drop=params["drop"], start=start, seed=seed, progress=progress)
     if not np.all(np.isfinite(result.losses)):
-        raise ChainError(f"iteration {t}: the finetuning diverged (its loss became inf or NaN); "
-                         "lower --learning-rate and rerun the same command to resume")
+        raise ChainError(diverged_advice(t, params, run.path))
     with reporter.task(f"iteration {t}: saving the weights", 1):
         weights = backend.save_weights(folder / WEIGHTS_DIR)
 
@@ -243,6 +251,48 @@ def _iteration(run, t, params, data, backend, reporter, model_from, generations)
     }
     run.write_iteration_record(t, record)
     return record
+
+
+def diverged_advice(t: int, params: dict, run_dir: Path) -> str:
+    """What to say when iteration ``t``'s finetuning diverged: the same command would diverge again (the run
+    is deterministic) and the run directory keeps its learning rate, so the advice is a new directory with a
+    lower rate (the backend's default, or a tenth of a rate already below it).
+
+    Examples
+    --------
+    >>> print(diverged_advice(0, {"backend": "tiny", "learning_rate": 0.5}, Path("runs/a")))  # doctest: +ELLIPSIS
+    iteration 0: the finetuning diverged (its loss became inf or NaN) at --learning-rate 0.5; ... --learning-rate 0.001
+    """
+    rate, default = params["learning_rate"], BACKEND_DEFAULTS[params["backend"]]["learning_rate"]
+    lower = default if rate > default else rate / 10
+    return (f"iteration {t}: the finetuning diverged (its loss became inf or NaN) at --learning-rate {rate:g}; "
+            f"{str(run_dir)!r} keeps the rate it was made with, so rerun in a new run directory (or delete this "
+            f"one) with a lower rate, e.g. --learning-rate {lower:g}")
+
+
+def preset_warning(params: dict, data: Dataset) -> str | None:
+    """Why the tiny backend's grey 8-pixel preset (``digits8``, the default) does not fit ``data``, or None.
+
+    That preset turns every image into 8x8 grey: a colour set or one of another size loses what the
+    run was meant to study, so the warning names the rgb presets.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> data = Dataset(images=[Image.new("RGB", (7, 7))], captions=["a"], file_names=["a.png"], source="emoji:7")
+    >>> print(preset_warning({"backend": "tiny", "preset": None}, data))  # doctest: +ELLIPSIS
+    --preset digits8 (the default) turns the 7x7 RGB images of 'emoji:7' into 8x8 grey; give --preset rgb16, ...
+    """
+    if params["backend"] != "tiny" or params.get("preset") not in (None, DEFAULT_PRESET):
+        return None
+    shapes = sorted({f"{image.width}x{image.height} {image.mode}" for image in data.images})
+    if shapes == ["8x8 L"]:
+        return None
+    kinds = " and ".join(shapes) if len(shapes) <= 2 else f"{len(shapes)} kinds of"
+    *others, last = (name for name in PRESETS if name != DEFAULT_PRESET)
+    default = " (the default)" if params.get("preset") is None else ""
+    return (f"--preset {DEFAULT_PRESET}{default} turns the {kinds} images of {quoted(data.source)} into 8x8 grey; "
+            f"give --preset {', '.join(others)} or {last} for colour images of that side")
 
 
 def _training_set(run: RunDirectory, t: int, params: dict, data: Dataset, *, generations: dict | None = None):
