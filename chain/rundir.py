@@ -21,6 +21,7 @@ from chain.errors import ChainError, DiskFullError
 from qtm.io import LOCK_FILE, locked, remove_stale_parts, stale_parts, write_json
 from qtm.params import ALL_PARAMETERS
 from qtm.provenance import provenance
+from qtm.run_record import check_run_record
 from qtm.rundir import (
     COMPLETE,
     ITERATION_FILE,
@@ -115,9 +116,10 @@ class RunDirectory:
 
     def read_run(self) -> dict:
         try:
-            return json.loads(self.run_file.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+            record = json.loads(self.run_file.read_bytes())
+        except (OSError, ValueError) as error:  # unreadable, not JSON, or not text at all
             raise ChainError(f"cannot read {str(self.run_file)!r} ({error}); choose a new run directory") from None
+        return check_run_record(record, self.run_file)
 
     def is_complete(self, iteration: int) -> bool:
         return iteration_status(self.iteration_dir(iteration)) == COMPLETE

@@ -10,6 +10,7 @@ Every failure a user can expect ends in one line on stderr, ``PROG: error: ...``
 2    bad input: a :class:`~qtm.errors.QTMError` or a usage error (unknown option,
      missing argument, bad type, no command)
 130  interrupted (Ctrl-C)
+143  terminated (SIGTERM): handled as Ctrl-C is, temporary files removed and locks released
 ==== ==================================================================================
 
 ``QTM_DEBUG=1`` in the environment adds the traceback of the error above its line.
@@ -17,9 +18,12 @@ Every failure a user can expect ends in one line on stderr, ``PROG: error: ...``
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import typer
@@ -30,6 +34,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 #: Set this environment variable to 1 to see the traceback behind an error line.
 DEBUG_VARIABLE = "QTM_DEBUG"
 #: typer >= 0.2x carries its own copy of click (``typer._click``); older typer raises click's own classes.
@@ -62,9 +67,10 @@ def run_app(app: typer.Typer, prog_name: str) -> None:
     >>> sys.stderr = sys.__stderr__
     """
     try:
-        # Outside standalone mode typer raises usage errors instead of printing them, and returns
-        # (does not raise) the code of a typer.Exit: 130 when it caught a Ctrl-C.
-        result = app(prog_name=prog_name, standalone_mode=False)
+        with _terminate_as_interrupt():
+            # Outside standalone mode typer raises usage errors instead of printing them, and returns
+            # (does not raise) the code of a typer.Exit: 130 when it caught a Ctrl-C (or SIGTERM, see below).
+            result = app(prog_name=prog_name, standalone_mode=False)
     except SystemExit:
         raise
     except BaseException as error:  # the one place where every error becomes an exit status
@@ -72,9 +78,38 @@ def run_app(app: typer.Typer, prog_name: str) -> None:
     else:
         status = result if isinstance(result, int) and not isinstance(result, bool) else EXIT_OK
         if status == EXIT_INTERRUPTED:
-            _say(prog_name, "interrupted")
+            status = _say_interrupted(prog_name, terminated=_TERMINATED.is_set())
     if status != EXIT_OK:
         sys.exit(status)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds as it does for Ctrl-C (exit 143)."""
+
+
+#: Set once SIGTERM arrived: typer reports an interrupt as exit 130 whichever signal caused it.
+_TERMINATED = threading.Event()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While a command runs, SIGTERM raises :class:`Terminated`: temporary files are removed and locks released
+    on the way out, as for Ctrl-C. A second SIGTERM kills at once (the default action)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        _TERMINATED.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    _TERMINATED.clear()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exit_status(error: BaseException, prog_name: str) -> int:
@@ -105,8 +140,7 @@ def exit_status(error: BaseException, prog_name: str) -> int:
     if _debugging() and not isinstance(error, usage_errors):
         traceback.print_exception(error)
     if _interrupted(error):
-        _say(prog_name, "interrupted")
-        return EXIT_INTERRUPTED
+        return _say_interrupted(prog_name, terminated=_TERMINATED.is_set() or isinstance(error, Terminated))
     if isinstance(error, QTMError):
         _say(prog_name, f"error: {error}")
         return EXIT_FAILURE if isinstance(error, FailureError) else EXIT_BAD_INPUT
@@ -134,6 +168,11 @@ def _interrupted(error: BaseException) -> bool:
     return isinstance(error, KeyboardInterrupt) or (
         isinstance(error, typer.Abort) and isinstance(error.__cause__, KeyboardInterrupt)
     )
+
+
+def _say_interrupted(prog_name: str, *, terminated: bool) -> int:
+    _say(prog_name, "terminated" if terminated else "interrupted")
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 def _show_usage_error(error, prog_name: str) -> int:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qtm.errors import RunDirectoryError
+from qtm.run_record import PARAMETER_SECTIONS, check_run_record
 
 RUN_FILE = "run.json"
 ITERATION_FILE = "iteration.json"
@@ -364,12 +365,11 @@ def read_parameters(path) -> dict:
     if not run_json.exists():
         raise RunDirectoryError(f"{path} has no {RUN_FILE}; give a run directory written by `chain run`")
     try:
-        params = json.loads(run_json.read_text())
-    except json.JSONDecodeError as error:
-        raise RunDirectoryError(f"{run_json} is not valid JSON ({error.msg}); the run directory is damaged") from None
-    if not isinstance(params, dict):
-        raise RunDirectoryError(f"{run_json} must hold a JSON object")
-    return _flatten_parameters(params)
+        params = json.loads(run_json.read_bytes())
+    except ValueError as error:  # not JSON, or not text at all
+        reason = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8 text"
+        raise RunDirectoryError(f"{run_json} is not valid JSON ({reason}); the run directory is damaged") from None
+    return _flatten_parameters(check_run_record(params, run_json))
 
 
 def read_run(path, *, reference=None, real=None) -> Run:
@@ -436,7 +436,7 @@ def _flatten_parameters(params: dict) -> dict:
     writes e.g. a ``backend`` description at the top and the backend's name inside).
     """
     flat = dict(params)
-    for key in ("config", "params", "parameters"):
+    for key in PARAMETER_SECTIONS:
         inner = params.get(key)
         if isinstance(inner, dict):
             flat.update(inner)

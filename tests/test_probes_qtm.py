@@ -120,7 +120,7 @@ def test_ctrl_c_on_a_particle_sweep_with_a_local_cluster_is_one_line(tmp_path):
         time.sleep(0.5)
     time.sleep(3)
     os.killpg(child.pid, signal.SIGINT)
-    out, err = child.communicate(timeout=60)
+    _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
     assert [line for line in err.splitlines() if line.strip()] == ["qtm: interrupted"]
     assert not any(path.name.startswith(("sweep", ".sweep")) for path in tmp_path.iterdir())
