@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from chain.dataset import Dataset, parse_query, quoted
+from chain.dataset import Dataset, parse_query
 from chain.errors import ChainError
 from chain.npm_data import EMOJI, POKEMON, load_emoji, load_pokemon, parse_npm_spec
+from qtm.errors import quoted
+from qtm.io import check_path_name
 
 #: Name of the built-in data set: scikit-learn's handwritten digits (``digits:N`` takes the first N).
 DIGITS = "digits"
@@ -39,9 +41,6 @@ HF_PREFIX = "hf:"
 #: Column names taken for the caption, lower-cased, when the spec names none.
 CAPTION_COLUMNS = ("caption", "captions", "text", "prompt", "description", "sentence", "title")
 _HF_OPTIONS = ("image", "caption", "config")
-#: Longest path (bytes) and longest name in it that a folder spec may have: Linux's PATH_MAX and NAME_MAX.
-PATH_MAX = 4096
-NAME_MAX = 255
 
 
 def load_dataset(spec: str) -> Dataset:
@@ -95,19 +94,8 @@ def check_data_spec(spec: str) -> str:
         return name
     if not spec:
         raise ChainError(f"--data is empty; give a folder, {DIGITS}[:N], {EMOJI}, {POKEMON} or {HF_PREFIX}NAME")
-    _check_folder_name(spec, spec)
+    check_path_name(spec, flag="--data")
     return "folder"
-
-
-def _check_folder_name(spec: str, folder: str) -> None:
-    """Refuse a ``folder`` (all of ``spec``, or the NAME of ``hf:NAME``) that no folder can be named: one with a
-    NUL character or too long for the system (it would reach the user as a raw ``[Errno 36]`` with the whole name)."""
-    if "\0" in folder:
-        raise ChainError(f"--data {quoted(spec)} holds a NUL character, which no folder name can")
-    longest = max((len(part.encode(errors="surrogatepass")) for part in Path(folder).parts), default=0)
-    if len(folder.encode(errors="surrogatepass")) > PATH_MAX or longest > NAME_MAX:
-        raise ChainError(f"--data {quoted(spec)} is too long for a folder name ({NAME_MAX} bytes a name, "
-                         f"{PATH_MAX} a path); give a folder of images, or digits, emoji, pokemon or hf:NAME")
 
 
 def describe_dataset(spec: str, *, max_captions: int = 30) -> str:
@@ -284,7 +272,7 @@ def _parse_hf_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     name, _, split = body.partition(":")
     if not name:
         raise ChainError(f"--data {quoted(spec)} names no data set; write hf:NAME[:SPLIT], e.g. hf:user/name:train")
-    _check_folder_name(spec, name)
+    check_path_name(name, flag="--data")
     return name, split or "train", parse_query(spec, query, _HF_OPTIONS)
 
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chain.errors import ChainError
-
-#: Longest data spec an error message quotes whole; a longer one is cut to its first :data:`QUOTED_HEAD` characters.
-QUOTED_LENGTH = 100
-QUOTED_HEAD = 60
+from qtm.errors import quoted
 
 
 @dataclass
@@ -32,38 +29,6 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.captions)
-
-
-def shortened(text: str) -> str:
-    """``text`` cut to its first :data:`QUOTED_HEAD` characters and an ellipsis when longer than :data:`QUOTED_LENGTH`,
-    with line breaks and other unprintable characters escaped as Python writes them.
-
-    Examples
-    --------
-    >>> shortened("name"), len(shortened("x" * 5000)), shortened("a\\nb")
-    ('name', 61, 'a\\\\nb')
-    """
-    text = _cut(str(text))
-    return text if text.isprintable() else repr(text)[1:-1]
-
-
-def quoted(spec: str) -> str:
-    """``spec`` quoted for an error message, cut short when long, so that the message stays one readable line.
-
-    Examples
-    --------
-    >>> quoted("emoji:32")
-    "'emoji:32'"
-    >>> quoted("x" * 5000)
-    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…' (5000 characters)"
-    """
-    spec = str(spec)
-    cut = _cut(spec)
-    return repr(cut) if cut == spec else f"{cut!r} ({len(spec)} characters)"
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= QUOTED_LENGTH else text[:QUOTED_HEAD] + "…"
 
 
 def parse_query(spec: str, query: str, allowed) -> dict[str, str]:

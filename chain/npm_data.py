@@ -46,8 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from chain.dataset import Dataset, parse_query, quoted, shortened
+from chain.dataset import Dataset, parse_query
 from chain.errors import ChainError
+from qtm.errors import quoted, shortened
 from qtm.io import atomic_path
 
 

@@ -23,11 +23,12 @@ import numpy as np
 from chain.backends.base import Backend, Progress
 from chain.backends.tiny_config import DEFAULT_PRESET, PRESETS
 from chain.data import load_dataset
-from chain.dataset import Dataset, quoted
+from chain.dataset import Dataset
 from chain.errors import ChainError
 from chain.run_parameters import RunParameters
 from chain.rundir import ITERATION_FILE, METADATA_FILE, RunDirectory, disk_full_error
 from chain.seeds import finetune_seed, image_seed, real_mix_seed, subsample_seed
+from qtm.errors import quoted
 from qtm.io import atomic_path
 from qtm.params import BACKEND_DEFAULTS
 from qtm.schedules import CFGSchedule

@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from qtm.errors import QTMError
+from qtm.errors import QTMError, quoted
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 
@@ -274,10 +274,11 @@ def check_output_file(path, *, flag: str) -> Path:
 
 
 def check_path_name(path, *, flag: str) -> Path:
-    """Refuse an empty path, or one whose name or length the file system would refuse, in one short line.
+    """Refuse an empty path, one with a NUL character, or one whose name or length the file system would refuse,
+    in one short line.
 
     The limits are the file system's (``os.pathconf``: ``PC_NAME_MAX`` bytes per name, ``PC_PATH_MAX`` in all)
-    where the path starts; the error shows the start of an over-long name, not all of it.
+    where the path starts; the error quotes an over-long path cut short (:func:`qtm.errors.quoted`).
 
     Examples
     --------
@@ -286,22 +287,30 @@ def check_path_name(path, *, flag: str) -> Path:
     >>> check_path_name("a" * 300, flag="--out")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    qtm.errors.QTMError: --out: the name 'aaaaaaaaaaaaaaaaaaaaaaaa...' is 300 bytes long, more than the 255 ...
+    qtm.errors.QTMError: --out: the name 'aaaa...…' (300 characters) is longer than the 255 bytes ...
     """
     text = os.fspath(path)
     if not text.strip():
         raise QTMError(f"{flag} is empty; give a path")
+    if "\0" in text:
+        raise QTMError(f"{flag} {quoted(text)} holds a NUL character, which no path can")
     path = Path(text)
-    path_max = _path_limit(Path.cwd() if not path.is_absolute() else Path("/"), "PC_PATH_MAX", 4096)
-    if len(os.fsencode(path.absolute())) >= path_max:
-        raise QTMError(f"{flag}: the path {_shortened(text)!r} is {len(os.fsencode(path.absolute()))} bytes long, "
-                       f"more than this file system allows ({path_max - 1}); give a shorter path")
-    name_max = _path_limit(Path.cwd() if not path.is_absolute() else Path("/"), "PC_NAME_MAX", 255)
+    start = Path("/") if path.is_absolute() else Path.cwd()
+    path_max = _path_limit(start, "PC_PATH_MAX", 4096)
+    if _bytes(str(path.absolute())) >= path_max:
+        raise QTMError(f"{flag}: the path {quoted(text)} is longer than the {path_max - 1} bytes this file system "
+                       "allows; give a shorter path")
+    name_max = _path_limit(start, "PC_NAME_MAX", 255)
     for part in path.parts:
-        if len(os.fsencode(part)) > name_max:
-            raise QTMError(f"{flag}: the name {_shortened(part)!r} is {len(os.fsencode(part))} bytes long, more "
-                           f"than the {name_max} this file system allows in one name; give a shorter name")
+        if _bytes(part) > name_max:
+            raise QTMError(f"{flag}: the name {quoted(part)} is longer than the {name_max} bytes this file system "
+                           "allows in one name; give a shorter name")
     return path
+
+
+def _bytes(text: str) -> int:
+    # A lone surrogate (from a command line of undecodable bytes) has its length too.
+    return len(text.encode(errors="surrogatepass"))
 
 
 def _path_limit(folder: Path, key: str, default: int) -> int:
@@ -309,10 +318,6 @@ def _path_limit(folder: Path, key: str, default: int) -> int:
         return os.pathconf(folder, key)
     except (OSError, ValueError):
         return default
-
-
-def _shortened(text: str, keep: int = 24) -> str:
-    return text if len(text) <= keep + 3 else text[:keep] + "..."
 
 
 def _check_writable_parent(folder: Path, *, flag: str) -> None:
