@@ -23,9 +23,6 @@ from qtm.errors import QTMError
 from qtm.params import ALL_PARAMETERS, BACKEND_DEFAULTS, NETWORK_SAMPLERS, RUN_DEFAULTS, RUN_OPTIONS, check_options
 from qtm.schedules import REDIFINE_DROP, REDIFINE_SCHEDULE, CFGSchedule
 
-#: Largest ``--learning-rate`` taken: Adam's step is about the learning rate per weight, so at 1 and above
-#: every step rewrites the weights and finetuning diverges (the backends' defaults are 1e-3 and 1e-4).
-MAX_LEARNING_RATE = 1.0
 #: The diffusion timesteps Stable Diffusion models are trained with (their schedulers' ``num_train_timesteps``).
 SD_TRAINING_TIMESTEPS = 1000
 
@@ -83,10 +80,6 @@ class RunParameters:
         backend = checked["backend"]
         defaults = BACKEND_DEFAULTS[backend]
         check_data_spec(checked["data"])
-        rate = checked.get("learning_rate", defaults["learning_rate"])
-        if rate > MAX_LEARNING_RATE:
-            raise ChainError(f"--learning-rate must lie in (0, {MAX_LEARNING_RATE:g}], got {rate:g} "
-                             f"(the {backend} backend's default is {defaults['learning_rate']:g})")
         if checked["redifine"] and ("drop" in checked or "schedule" in checked):
             raise ChainError("--redifine sets --drop and --schedule itself; give either --redifine or those two")
         drop = REDIFINE_DROP if checked["redifine"] else checked.get("drop", 0.0)

@@ -322,7 +322,9 @@ RUN_PARAMETERS: dict[str, Parameter] = _registry(
     Parameter("per_caption", "int", 1, "Images generated per caption.", low=1),
     Parameter("lora_rank", "int", None, "sd: LoRA rank of the finetuning.", low=1),
     Parameter("full_finetune", "flag", False, "Finetune all UNet weights instead of LoRA."),
-    Parameter("learning_rate", "float", None, "Finetuning learning rate.", low=0, open_low=True),
+    # Adam's step is about the learning rate per weight: at 1 and above every step rewrites the weights, so
+    # finetuning can only diverge (the backends' defaults are 1e-3 and 1e-4).
+    Parameter("learning_rate", "float", None, "Finetuning learning rate.", low=0, open_low=True, high=1),
     Parameter("train_steps", "int", None, "Finetuning steps per iteration.", low=1),
     Parameter("batch_size", "int", None, "Finetuning batch size.", low=1),
     Parameter("resolution", "int", None, "Image side in pixels.", low=1),
