@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from chain.errors import ChainError
-from chain.reference import write_image_folder
+from chain.reference import locked_run, write_image_folder
 from chain.runner import WEIGHTS_DIR, make_backend
 from qtm.random import derive_seed
 from qtm.rundir import (
     REAL_FOLDER,
     iteration_folder,
-    read_run,
     read_samples,
     replicate_name,
     sampled_at_cfg1,
@@ -103,7 +102,12 @@ def make_decomposition_samples(
     ...
     qtm.errors.RunDirectoryError: run directory '/nonexistent' does not exist; give the folder that `chain run` wrote
     """
-    run = read_run(run_dir)
+    with locked_run(run_dir) as run:
+        return _make_samples(run, backend, per_caption, uncond, finetune_noise, noise_iteration, progress)
+
+
+def _make_samples(run, backend, per_caption, uncond, finetune_noise, noise_iteration, progress) -> dict:
+    """:func:`make_decomposition_samples` on the run read under its lock."""
     if not run.iterations:
         raise ChainError(f"{run.name}: no finished iteration to sample; run `chain run` first")
     if finetune_noise and noise_iteration not in run.iterations:

@@ -7,20 +7,24 @@ captions of its first finished iteration and seeds of their own, and writes them
 to ``RUN/reference/cond`` (caption, CFG 1) and ``RUN/reference/uncond`` (empty
 prompt, CFG 1: the unconditional branch alone); the layout is :mod:`qtm.rundir`'s.
 Each folder appears under its final name only when complete; existing folders
-are left as they are.
+are left as they are. The generators of the run directory's extra samples (this one, the decomposition's and the
+selection curve's) write holding the run's lock (:func:`locked_run`): one process at a time writes a run directory,
+so a second generator, or a ``chain run`` on it, is refused at once in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 from chain.errors import ChainError
+from chain.rundir import RunDirectory
 from chain.runner import make_backend
 from qtm.random import derive_seed
-from qtm.rundir import METADATA_FILE, REFERENCE_FOLDER, REFERENCE_KINDS, read_run
+from qtm.rundir import METADATA_FILE, REFERENCE_FOLDER, REFERENCE_KINDS, read_parameters, read_run
 from qtm.schedules import CFGSchedule
 
 #: The stream tag of the reference seeds: reference images never share noise with the run's own images.
@@ -58,7 +62,12 @@ def make_reference(run_dir, *, backend=None, progress=None) -> dict[str, Path]:
     ...
     qtm.errors.RunDirectoryError: run directory '/nonexistent' does not exist; give the folder that `chain run` wrote
     """
-    run = read_run(run_dir)
+    with locked_run(run_dir) as run:
+        return _make_reference(run, backend, progress)
+
+
+def _make_reference(run, backend, progress) -> dict[str, Path]:
+    """:func:`make_reference` on the run read under its lock."""
     if not run.iterations:
         raise ChainError(f"{run.name}: no finished iteration to take the captions from; run `chain run` first")
     folders = {kind: run.path / REFERENCE_FOLDER / kind for kind in REFERENCE_KINDS}
@@ -82,6 +91,18 @@ def make_reference(run_dir, *, backend=None, progress=None) -> dict[str, Path]:
         )
         write_image_folder(folders[kind], images, prompts, seeds)
     return folders
+
+
+@contextlib.contextmanager
+def locked_run(run_dir):
+    """Hold the lock of the run directory ``run_dir`` (the one ``chain run`` holds) and yield it, read under the lock.
+
+    Another process holding it is a one-line error naming that process; a missing run directory is its own
+    one-line error (the lock would create the folder).
+    """
+    read_parameters(run_dir)
+    with RunDirectory(Path(run_dir)).lock():
+        yield read_run(run_dir)
 
 
 def write_image_folder(folder: Path, images, prompts, seeds, *, cfg: float = 1.0) -> None:

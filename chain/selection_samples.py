@@ -24,7 +24,7 @@ import json
 import time
 
 from chain.errors import ChainError
-from chain.reference import write_image_folder
+from chain.reference import locked_run, write_image_folder
 from chain.runner import WEIGHTS_DIR, make_backend
 from qtm.io import write_json
 from qtm.random import derive_seed
@@ -33,7 +33,6 @@ from qtm.rundir import (
     SELECTION_FOLDER,
     SELECTION_LAW_FILE,
     iteration_folder,
-    read_run,
     read_samples,
     read_selection,
     sampled_at_cfg1,
@@ -81,7 +80,12 @@ def make_selection_samples(
     ...
     qtm.errors.RunDirectoryError: run directory '/nonexistent' does not exist; give the folder that `chain run` wrote
     """
-    run = read_run(run_dir)
+    with locked_run(run_dir) as run:
+        return _make_samples(run, cfgs, per_caption, paired, backend, progress)
+
+
+def _make_samples(run, cfgs, per_caption, paired, backend, progress) -> dict:
+    """:func:`make_selection_samples` on the run read under its lock."""
     if not run.iterations:
         raise ChainError(f"{run.name}: no finished iteration to sample; run `chain run` first")
     params = run.params
