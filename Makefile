@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test lint verify figures docs bench clean study-runs study test-runs study-predict rgb-study-runs rgb-study
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict rgb-study-runs rgb-study
 
 # The install prints only errors: its commands are not echoed, pip runs with -q, and the one warning filter drops
 # setuptools' "!!" banner that announces every editable install (an InformationOnly warning that pip shows even
@@ -24,6 +24,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup
+
+# The hostile-input fuzz of issue 23 at full length: 500 new Hypothesis examples per surface (data specs, run.json
+# shapes, report folders, the command lines); the suite runs the same tests on 40 fixed examples.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -n auto --dist loadgroup -k fuzz --hypothesis-show-statistics \
+	  tests/test_probes_chain.py tests/test_probes_run_files.py tests/test_probes_validate.py tests/test_faults.py
 
 # The real chain on a CPU: a 5-iteration tiny-backend chain at CFG 7.5, then its validation report.
 chain-demo: $(STAMP)

@@ -9,7 +9,7 @@ import typer
 
 from chain.run_parameters import RunParameters
 from chain.runner import Reporter, run_chain
-from commands.options import parameter_options
+from commands.options import parameter_options, path_text
 from qtm.grid import load_config
 from qtm.params import ALL_PARAMETERS, RUN_DEFAULTS, RUN_OPTIONS
 
@@ -37,8 +37,10 @@ class RichReporter(Reporter):
 
 @parameter_options(*RUN_OPTIONS, defaults=RUN_DEFAULTS)
 def run(
-    run_dir: Path = typer.Argument(..., help="Run directory (created, or resumed if it exists), e.g. runs/NAME."),
-    config: Path = typer.Option(None, help="TOML file of options; options given here win."),
+    run_dir: Path = typer.Argument(
+        ..., help="Run directory (created, or resumed if it exists), e.g. runs/NAME.", parser=path_text
+    ),
+    config: Path = typer.Option(None, help="TOML file of options; options given here win.", parser=path_text),
     **given,
 ) -> None:
     """Run the chain: finetune on the data, generate, finetune on what was generated, repeat.

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import typer
 
+from commands.options import path_text
+
 
 def verify_sampler_command(
-    out: Path = typer.Option(Path("runs/verify-sampler"), help="Folder for the plots and verify.json."),
+    out: Path = typer.Option(
+        Path("runs/verify-sampler"), help="Folder for the plots and verify.json.", parser=path_text
+    ),
     check: list[str] = typer.Option(
         None, help="Run only this check (repeatable): sampler_map_diffusers (DDIM/DDPM, 2e5 particles per case) "
         "or solver_maps_diffusers (every other solver and prediction type, 1e6 particles per case; minutes)."

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 
 import typer
 
+from qtm.io import path_name_problem
 from qtm.params import ALL_PARAMETERS, Parameter
 
 _TYPES = {"float": float, "int": int, "text": str, "flag": bool}
@@ -82,3 +84,26 @@ def parameter_options(
         return function
 
     return decorate
+
+
+def path_text(value) -> Path:
+    """typer's ``parser=`` of every path option and argument: the text as a :class:`~pathlib.Path`, or a usage
+    error (exit 2) for a path no file can have (:func:`qtm.io.path_name_problem`); typer alone would read an
+    empty path as the current folder.
+
+    Examples
+    --------
+    >>> path_text("runs/a")
+    PosixPath('runs/a')
+    >>> path_text("")
+    Traceback (most recent call last):
+    ...
+    typer._click.exceptions.BadParameter: the path is empty; give a path
+    """
+    if isinstance(value, Path):
+        return value
+    problem = path_name_problem(value)
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return Path(value)
+

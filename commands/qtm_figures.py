@@ -12,11 +12,14 @@ from pathlib import Path
 
 import typer
 
+from commands.options import path_text
 from qtm.grid import parse_strings
 
 
 def figures_command(
-    out: Path = typer.Option(Path("figures"), help="Output folder (figures and their README.md index)."),
+    out: Path = typer.Option(
+        Path("figures"), help="Output folder (figures and their README.md index).", parser=path_text
+    ),
     only: list[str] = typer.Option(None, help="Draw only this figure (repeatable); see --list."),
     formats: str = typer.Option("png,pdf", "--format", help="Comma list of file formats: png, pdf."),
     list_figures: bool = typer.Option(False, "--list", help="List the figures and exit."),

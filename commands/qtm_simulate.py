@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from commands.options import parameter_options
+from commands.options import parameter_options, path_text
 from qtm.calibration import CALIBRATED, Calibration, read_calibration, shipped_calibration
 from qtm.grid import load_config, merge_options
 from qtm.grid_sweep import sweep_with_grid
@@ -67,7 +67,7 @@ SHOWN_DEFAULTS = {**DEFAULT_SWEEP, **dict.fromkeys((*CALIBRATED, *MODEL_PARAMETE
 
 @parameter_options(*OPTIONS, text=True, defaults=SHOWN_DEFAULTS, registry=OPTIONS)
 def simulate(
-    config: Path = typer.Option(None, help="TOML file of options; the command line overrides it."),
+    config: Path = typer.Option(None, help="TOML file of options; the command line overrides it.", parser=path_text),
     calibration: str = typer.Option(
         None, help="Calibration file (JSON, from a fit of real chains): its parameters and model replace the "
         "defaults; --config and the command line override it. 'none': the uncalibrated reference setup. "

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import typer
 
+from commands.options import path_text
 from qtm.verify import CHECKS, FALSE_FAILURE_RATE
 
 
 def verify_command(
-    out: Path = typer.Option(Path("runs/verify"), help="Folder for the plots and verify.json."),
+    out: Path = typer.Option(Path("runs/verify"), help="Folder for the plots and verify.json.", parser=path_text),
     check: list[str] = typer.Option(None, help="Run only this check (repeatable); see --list."),
     size: float = typer.Option(1.0, help="Factor on every sample size (small values: a quick smoke run)."),
     seed: int = typer.Option(0, help="Seed of the whole suite (each check derives its own from it)."),

@@ -275,10 +275,7 @@ def check_output_file(path, *, flag: str) -> Path:
 
 def check_path_name(path, *, flag: str) -> Path:
     """Refuse an empty path, one with a NUL character, or one whose name or length the file system would refuse,
-    in one short line.
-
-    The limits are the file system's (``os.pathconf``: ``PC_NAME_MAX`` bytes per name, ``PC_PATH_MAX`` in all)
-    where the path starts; the error quotes an over-long path cut short (:func:`qtm.errors.quoted`).
+    in one short line (see :func:`path_name_problem`).
 
     Examples
     --------
@@ -289,23 +286,41 @@ def check_path_name(path, *, flag: str) -> Path:
     ...
     qtm.errors.QTMError: --out: the name 'aaaa...…' (300 characters) is longer than the 255 bytes ...
     """
+    problem = path_name_problem(path)
+    if problem is not None:
+        raise QTMError(f"{flag}: {problem}")
+    return Path(path)
+
+
+def path_name_problem(path) -> str | None:
+    """What is wrong with ``path`` as a name, before the file system is asked (which would echo all of it in a
+    raw error), or None.
+
+    The limits are the file system's (``os.pathconf``: ``PC_NAME_MAX`` bytes per name, ``PC_PATH_MAX`` in all)
+    where the path starts; an over-long path is quoted cut short (:func:`qtm.errors.quoted`).
+
+    Examples
+    --------
+    >>> path_name_problem(""), path_name_problem("runs/sweep.csv")
+    ('the path is empty; give a path', None)
+    """
     text = os.fspath(path)
     if not text.strip():
-        raise QTMError(f"{flag} is empty; give a path")
+        return "the path is empty; give a path"
     if "\0" in text:
-        raise QTMError(f"{flag} {quoted(text)} holds a NUL character, which no path can")
+        return f"the path {quoted(text)} holds a NUL character, which no path can"
     path = Path(text)
     start = Path("/") if path.is_absolute() else Path.cwd()
     path_max = _path_limit(start, "PC_PATH_MAX", 4096)
     if _bytes(str(path.absolute())) >= path_max:
-        raise QTMError(f"{flag}: the path {quoted(text)} is longer than the {path_max - 1} bytes this file system "
-                       "allows; give a shorter path")
+        return f"the path {quoted(text)} is longer than the {path_max - 1} bytes this file system allows; give a " \
+               "shorter path"
     name_max = _path_limit(start, "PC_NAME_MAX", 255)
     for part in path.parts:
         if _bytes(part) > name_max:
-            raise QTMError(f"{flag}: the name {quoted(part)} is longer than the {name_max} bytes this file system "
-                           "allows in one name; give a shorter name")
-    return path
+            return (f"the name {quoted(part)} is longer than the {name_max} bytes this file system allows in one "
+                    "name; give a shorter name")
+    return None
 
 
 def _bytes(text: str) -> int:

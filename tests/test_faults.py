@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from test_cli_usage import error_lines, run_main
@@ -608,8 +608,8 @@ def test_config_values_are_type_checked_and_bad_bytes_are_one_line(monkeypatch, 
 
 # ------------------------------------------------------------------------------------------------- fuzzing
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+#: The profile HYPOTHESIS_PROFILE names (tests/conftest.py): 40 fixed examples in the suite, 500 in `make fuzz`.
+FUZZ = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 TOKENS = st.one_of(
     st.sampled_from(["0", "1", "-1", "0.5", "3", "7.5", "1e308", "-1e308", "1e-320", "nan", "inf", "-inf", "1,,2",
                      ",", "0:1:0.25", "0:1e308:1", "1:0:1", "0:1:0", "1:2", "a:b:c", "", " ", "true", "cosine",

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli_usage import run_main
+from test_cli_usage import error_lines, run_main
 
 from commands import qtm_program
 
@@ -73,7 +73,15 @@ def test_simulate_to_an_empty_out_is_refused_and_writes_nothing(monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     status, _, err = qtm(monkeypatch, capsys, "simulate", "--cfg", "3", "--out", out)
     assert status == 2
-    assert one_line(err) == "qtm: error: --out is empty; give a path"
+    assert one_line(err) == "qtm: error: --out: the path is empty; give a path"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["verify", "figures"])
+def test_an_empty_output_folder_is_a_usage_error(monkeypatch, capsys, tmp_path, command):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = qtm(monkeypatch, capsys, command, "--out", "")
+    assert status == 2 and "Invalid value for '--out': the path is empty; give a path" in err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -91,7 +99,8 @@ def test_an_over_long_output_path_is_one_short_line(monkeypatch, capsys, tmp_pat
     if command != "simulate":
         out = out.removesuffix(".parquet").removesuffix(".csv")
     status, _, err = qtm(monkeypatch, capsys, command, "--out", out)
-    line = one_line(err)
+    # A folder option's value is checked as the option is parsed: a usage error, its usage line above.
+    (line,) = error_lines(err) if command != "simulate" else [one_line(err)]
     assert status == 2 and says in line
     assert len(line) < 250, "the name is shown shortened"
     assert list(tmp_path.iterdir()) == []

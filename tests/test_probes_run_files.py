@@ -164,3 +164,29 @@ def test_sigterm_on_chain_run_exits_143_releases_the_lock_and_the_run_resumes(tm
     done = RunDirectory(run).completed()
     assert chain(run, iterations=len(done) + 1) == 0
     assert RunDirectory(run).completed() == list(range(len(done) + 1))
+
+
+# ------------------------------------------------------------------------------------------------ path options
+
+LONG = "p" * 300
+PATH_PROBES = {
+    "empty run directory": (["run", ""], "Invalid value for 'run_dir': the path is empty"),
+    "NUL in run directory": (["run", "a\0b"], "holds a NUL character"),
+    "over-long run directory": (["run", LONG], "longer than the 255 bytes"),
+    "empty report": (["validate", "RUN", "--report", ""], "Invalid value for '--report': the path is empty"),
+    "over-long report": (["validate", "RUN", "--report", LONG], "longer than the 255 bytes"),
+    "empty real folder": (["validate", "RUN", "--report", "r", "--real", ""], "'--real': the path is empty"),
+    "empty run to validate": (["validate", "", "--report", "r"], "'run_dirs': the path is empty"),
+}
+
+
+@pytest.mark.parametrize(("argv", "says"), PATH_PROBES.values(), ids=PATH_PROBES.keys())
+def test_a_path_no_file_can_have_is_a_usage_error_that_writes_nothing(monkeypatch, capsys, tmp_path, argv, says):
+    run = fake_run(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    status, _, err = chain_cli(monkeypatch, capsys, *[str(run) if arg == "RUN" else arg for arg in argv])
+    errors = [line for line in err.splitlines() if line.startswith("chain: error:")]
+    assert status == 2 and len(errors) == 1 and says in errors[0], err
+    assert len(errors[0]) < 300, "an over-long name is quoted cut short"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
