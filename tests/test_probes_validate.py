@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from test_cli_usage import error_lines, run_main
@@ -215,13 +215,15 @@ REPORT_NAMES = sorted({*TABLES.values(), *(n for n in OTHER_FILES if "*" not in 
                        "samples_other.png", "statistics.provenance.json", "decomposition.provenance.json"})
 PART_NAMES = [".fit.json.a1b2.part", ".statistics.parquet.zz.part", ".report.md.q.part", ".cond.part"]
 FOREIGN_NAMES = ["notes.txt", "data", "old.provenance.json", "Report.md", "statistics.parquet.bak", ".hidden"]
-KINDS = ("valid", "truncated", "garbage", "empty", "folder")
-entries = st.lists(
-    st.tuples(st.one_of(st.sampled_from(REPORT_NAMES), st.sampled_from([LOCK_FILE, *PART_NAMES]),
-                        st.sampled_from(FOREIGN_NAMES)),
-              st.sampled_from(KINDS), st.binary(max_size=48), st.integers(min_value=0, max_value=4000)),
-    max_size=6, unique_by=lambda entry: entry[0],
-)
+#: Kinds of content, the ones a validation replaces more often than a folder (which it refuses).
+KINDS = ("valid", "valid", "valid", "truncated", "truncated", "garbage", "garbage", "empty", "folder")
+#: Report files six times and the lock and temporaries twice as often as foreign files: about half the folders
+#: should get as far as a new report.
+NAME_GROUPS = {"report": REPORT_NAMES, "lock or part": [LOCK_FILE, *PART_NAMES], "foreign": FOREIGN_NAMES}
+names = st.sampled_from(["report"] * 6 + ["lock or part"] * 2 + ["foreign"]).flatmap(
+    lambda group: st.sampled_from(NAME_GROUPS[group]))
+entries = st.lists(st.tuples(names, st.sampled_from(KINDS), st.binary(max_size=48), st.integers(0, 4000)),
+                   max_size=5, unique_by=lambda entry: entry[0])
 
 
 @pytest.fixture(scope="module")
@@ -236,11 +238,17 @@ def fuzz_run(tmp_path_factory):
 FUZZ_VALIDATE = {"axes": 1, "bootstrap": 0, "decompose_runs": False, "warn": lambda message: None}
 
 
-def fill(folder: Path, chosen, clean: Path) -> None:
-    """Write each (name, kind, garbage, cut) into ``folder``; a valid file is the clean report's of that kind."""
-    folder.mkdir()
+def fill(folder: Path, chosen, clean: Path, *, start_clean: bool) -> None:
+    """Write each (name, kind, garbage, cut) into ``folder`` (a copy of the clean report if ``start_clean``); a
+    valid file is the clean report's of that kind."""
+    if start_clean:
+        shutil.copytree(clean, folder)
+    else:
+        folder.mkdir()
     for name, kind, garbage, cut in chosen:
         path = folder / name
+        if path.is_file():
+            path.unlink()
         if kind == "folder":
             path.mkdir()
             (path / "inside.csv").write_text("a\n1\n")
@@ -252,25 +260,30 @@ def fill(folder: Path, chosen, clean: Path) -> None:
         path.write_bytes(data)
 
 
-def outcome(call):
-    """``call()``'s value, or None for a one-line QTMError; any other exception fails the test."""
+def outcome(call, what: str):
+    """``call()``'s value, or None for a one-line QTMError (its kind an event); any other exception fails the test."""
     try:
-        return call()
+        value = call()
     except QTMError as error:
         assert "\n" not in str(error) and str(error), repr(error)
+        reason = next((words for words in ("has no statistics", "is not a report folder", "is a folder where",
+                                           "does not read as", "holds no") if words in str(error)), "other")
+        event(f"{what}: one line: {reason}")
         return None
+    event(f"{what}: a value")
+    return value
 
 
 @settings(PROFILE, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(chosen=entries)
-def test_fuzz_report_folders_validate_and_read_to_a_value_or_one_line(fuzz_run, chosen):
+@given(chosen=entries, start_clean=st.booleans())
+def test_fuzz_report_folders_validate_and_read_to_a_value_or_one_line(fuzz_run, chosen, start_clean):
     run, clean = fuzz_run
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "report"
-        fill(report, chosen, clean)
+        fill(report, chosen, clean, start_clean=start_clean)
         before = listing(report)
-        outcome(lambda: read_report(report))
-        result = outcome(lambda: validate_runs([run], report=report, **FUZZ_VALIDATE))
+        outcome(lambda: read_report(report), "read_report")
+        result = outcome(lambda: validate_runs([run], report=report, **FUZZ_VALIDATE), "validate")
         if result is None:  # refused before any write: the folder is as it was
             assert listing(report) == before
             return

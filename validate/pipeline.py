@@ -1,7 +1,8 @@
 """The stages of ``chain validate``: read runs, features, statistics, fit, forecast, decomposition, diversity; then
 the report.
 
-Pipeline: read the run directories (:mod:`validate.runs`) → the features stage
+Pipeline: every option checked first (:class:`validate.parameters.ValidateParameters`) → read the run
+directories (:mod:`validate.runs`) → the features stage
 (:mod:`validate.features`: every image set embedded, the trait axes fixed on the reference
 population, every population standardised and projected, the reference's diversity geometry; all
 once) → statistics per population with bootstrap intervals → the one-step-ahead fit of the
@@ -9,8 +10,8 @@ theory's transition and the forecast (:mod:`validate.fit_stage`) → the per-ite
 decomposition into selection and response from ``RUN/iter-NNN/samples``
 (:mod:`validate.decomposition`) → precision, recall, density, coverage and Vendi of every
 generated set (:mod:`validate.diversity`) → tables, plots and ``report.md``
-(:func:`validate.report.write_report`). :func:`validate_runs` runs it all; the command line
-(:mod:`commands.chain_validate`) only parses options and draws progress.
+(:func:`validate.report.write_report`, replacing an older report of the folder). :func:`validate_runs` runs it
+all; the command line (:mod:`commands.chain_validate`) only parses options and draws progress.
 
 With ``--group caption`` (the default when the runs have several captions) the
 traits are measured within each caption, as the theory means them: CFG selects
