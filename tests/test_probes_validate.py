@@ -185,6 +185,21 @@ def test_make_reference_is_refused_while_the_run_is_locked(monkeypatch, capsys, 
     assert not (run / "reference").exists() and not (run / LOCK_FILE).exists()
 
 
+@pytest.mark.parametrize("generator", ["reference", "decomposition", "selection"])
+def test_each_generator_of_a_runs_samples_takes_the_runs_lock(tmp_path, generator):
+    from chain.decomposition_samples import make_decomposition_samples
+    from chain.selection_samples import make_selection_samples
+
+    run = fake_run(tmp_path / "run")
+    before = listing(run)
+    call = {"reference": lambda: make_reference(run),
+            "decomposition": lambda: make_decomposition_samples(run, per_caption=3),
+            "selection": lambda: make_selection_samples(run, [2.0], per_caption=3, paired=3)}[generator]
+    with RunDirectory(run).lock(), pytest.raises(QTMError, match=f"in use by another chain run .pid {os.getpid()} "):
+        call()
+    assert listing(run) == before
+
+
 def test_a_chain_run_is_refused_while_reference_points_are_written(tmp_path):
     """The second writer fails at once in one line (no raw '[Errno 39] Directory not empty')."""
     run = tmp_path / "run"
