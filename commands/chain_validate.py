@@ -1,6 +1,7 @@
 """``chain validate``: the command line of :func:`validate.pipeline.validate_runs`.
 
-This module only parses the options, draws the progress bar, prints warnings and
+This module only parses the options (checked by :class:`validate.parameters.ValidateParameters` before any work,
+the device probed by :func:`chain.run_parameters.check_device`), draws the progress bar, prints warnings and
 the summary; the work is :mod:`validate.pipeline`'s. Being a command-line module
 it may use ``chain``: ``--make-reference`` first generates the base model's missing
 reference folders with :func:`chain.reference.make_reference`, and ``--decompose`` (the
