@@ -26,6 +26,7 @@ from chain.errors import ChainError
 from chain.reference import make_reference as generate_reference
 from chain.run_parameters import check_device
 from chain.selection_samples import make_selection_samples
+from commands.options import path_text
 from qtm.rundir import read_parameters
 from validate.embedders import EMBEDDER_NAMES
 from validate.parameters import ValidateParameters
@@ -34,9 +35,11 @@ from validate.selection import DEFAULT_CFGS
 
 
 def validate_command(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `chain run`."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories written by `chain run`.", parser=path_text
+    ),
     embedder: str = typer.Option("stats", help=f"Feature extractor: {', '.join(EMBEDDER_NAMES)}."),
-    report: Path = typer.Option(..., help="Output folder of the report (tables, plots, report.md)."),
+    report: Path = typer.Option(..., help="Output folder of the report (tables, plots, report.md).", parser=path_text),
     axes: int = typer.Option(3, help="Number of PCA trait axes fixed on the reference population (a count)."),
     forecast_from: int = typer.Option(None, help="Also fit on iterations < K only and report the forecast error."),
     predict: list[str] = typer.Option(
@@ -51,8 +54,10 @@ def validate_command(
         "(w_eff = 1 + g (cfg - 1), one g for every setting). Default: per-setting, shared with --predict (whose "
         "prediction always uses shared, reusing that fit).",
     ),
-    reference: Path = typer.Option(None, help="Folder with cond/ and uncond/ base-model generations (all runs)."),
-    real: Path = typer.Option(None, help="Folder of real-data images (all runs)."),
+    reference: Path = typer.Option(
+        None, help="Folder with cond/ and uncond/ base-model generations (all runs).", parser=path_text
+    ),
+    real: Path = typer.Option(None, help="Folder of real-data images (all runs).", parser=path_text),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the 95% intervals (a count; 0: none)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
     group: str = typer.Option(
@@ -95,7 +100,9 @@ def validate_command(
         "ViT-B-32", help="open_clip architecture name (e.g. ViT-B-32, ViT-L-14; clip embedder)."
     ),
     clip_pretrained: str = typer.Option(None, help="open_clip pretrained tag; 'random' = plumbing test only."),
-    clip_checkpoint: Path = typer.Option(None, help="Local open_clip checkpoint file (clip embedder)."),
+    clip_checkpoint: Path = typer.Option(
+        None, help="Local open_clip checkpoint file (clip embedder).", parser=path_text
+    ),
     batch_size: int = typer.Option(16, help="Images per forward pass (neural embedders)."),
     device: str = typer.Option("cpu", help="torch device of the neural embedders: cpu, cuda or cuda:N."),
 ) -> None:

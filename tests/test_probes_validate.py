@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from test_cli_usage import error_lines, run_main
@@ -32,9 +32,10 @@ from validate.parameters import MAX_FINETUNE_NOISE, ValidateParameters
 from validate.pipeline import validate_runs
 from validate.report_folder import OTHER_FILES, TABLES, is_report_file, read_report
 
-#: The fuzz's settings: the profile HYPOTHESIS_PROFILE names (tests/conftest.py registers ``fuzz``), else 20 examples.
+#: The fuzz's settings: the profile HYPOTHESIS_PROFILE names (tests/conftest.py), else the quick one cut to 20
+#: examples, since each validates a run (about 0.3 s).
 PROFILE = (settings.get_profile(os.environ["HYPOTHESIS_PROFILE"]) if os.environ.get("HYPOTHESIS_PROFILE")
-           else settings(max_examples=20, deadline=None, derandomize=True, database=None))
+           else settings(settings.get_profile("quick"), max_examples=20))
 
 
 def validate(monkeypatch, capsys, *args):
@@ -289,7 +290,7 @@ def outcome(call, what: str):
     return value
 
 
-@settings(PROFILE, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@PROFILE
 @given(chosen=entries, start_clean=st.booleans())
 def test_fuzz_report_folders_validate_and_read_to_a_value_or_one_line(fuzz_run, chosen, start_clean):
     run, clean = fuzz_run

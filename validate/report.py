@@ -366,7 +366,7 @@ def plot_trajectories(
                 panel.plot(theory["iteration"], values, "--", color=colour)
         if forecast_from is not None:
             panel.axvline(forecast_from - 0.5, color="grey", lw=0.8, ls=":")
-        if quantity == "var":
+        if quantity == "var" and (rows["value"] > 0).any():  # a run of identical images has no variance to log
             panel.set_yscale("log")
         panel.set_title(rows["label"].iloc[0] if "label" in rows else run, fontsize=9)
         panel.set_xlabel("iteration")
