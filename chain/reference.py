@@ -101,7 +101,7 @@ def locked_run(run_dir):
     one-line error (the lock would create the folder).
     """
     read_parameters(run_dir)
-    with RunDirectory(Path(run_dir)).lock():
+    with RunDirectory(Path(run_dir)).lock(what="chain validate, generating the run's samples"):
         yield read_run(run_dir)
 
 

@@ -72,10 +72,10 @@ class RunDirectory:
     def iteration_dir(self, iteration: int) -> Path:
         return iteration_folder(self.path, iteration)
 
-    def lock(self):
+    def lock(self, *, what: str = "chain run"):
         """Hold the run directory's lock for the block (:func:`qtm.io.locked`: another process holding it is a
-        one-line error naming it; the lock of a killed run is taken over)."""
-        return locked(self.path, what="chain run")
+        one-line error naming it and ``what`` it is; the lock of a killed run is taken over)."""
+        return locked(self.path, what=what)
 
     def check(self, parameters: dict) -> None:
         """Refuse, before any slow work, a run made with other parameters or a folder that is no run."""

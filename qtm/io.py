@@ -99,10 +99,10 @@ LOCK_FILE = ".lock"
 
 @contextlib.contextmanager
 def locked(folder, *, what: str):
-    """Hold the lock of ``folder`` (created if needed) for the block; ``what`` names the kind of process.
+    """Hold the lock of ``folder`` (created if needed) for the block; ``what`` names what holds it (a command).
 
-    Another process holding it is a one-line :class:`QTMError` naming that process (pid and
-    host, as :data:`LOCK_FILE` records them). The lock is an ``fcntl.flock``, which the system
+    Another process holding it is a one-line :class:`QTMError` naming that process (pid, host and what it is, as
+    :data:`LOCK_FILE` records them). The lock is an ``fcntl.flock``, which the system
     releases when its holder dies, so the lock of a killed process is simply taken over; the
     file is removed on release. Under the lock, what killed writers left behind
     (:func:`stale_parts`) may be removed. A folder this call created is removed again if it is
@@ -129,9 +129,7 @@ def locked(folder, *, what: str):
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "a process starting up"
             os.close(fd)
-            raise QTMError(
-                f"{str(folder)!r} is in use by another {what} ({holder}); wait for it to finish or stop it, then rerun"
-            ) from None
+            raise QTMError(f"{str(folder)!r} is in use ({holder}); wait for it to finish or stop it, then rerun") from None
         # The holder removes the file when it lets go: a lock on a removed file locks nothing.
         try:
             if os.fstat(fd).st_ino == os.stat(lock).st_ino:
@@ -141,7 +139,7 @@ def locked(folder, *, what: str):
         os.close(fd)
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {what}\n".encode())
         yield folder
     finally:
         with contextlib.suppress(FileNotFoundError):

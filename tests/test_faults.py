@@ -362,7 +362,7 @@ def test_a_second_chain_run_on_the_same_directory_fails_at_once_naming_the_first
 
     assert wait(in_child(second)) == 2
     message = errors.read_text()
-    assert f"pid {first} " in message and "in use by another chain run" in message
+    assert f"is in use (pid {first} on " in message and ": chain run)" in message
     assert wait(first) == 0
     assert run_results(run) == run_results(tiny["clean"])
 

@@ -182,7 +182,7 @@ def test_make_reference_is_refused_while_the_run_is_locked(monkeypatch, capsys, 
     with RunDirectory(run).lock():
         line = refused(*validate(monkeypatch, capsys, run, "--report", tmp_path / "report", "--make-reference",
                                  "--no-decompose", "--axes", "1")[::2])
-    assert "in use by another chain run" in line and f"pid {os.getpid()} " in line
+    assert f"is in use (pid {os.getpid()} on " in line and ": chain run)" in line
     assert not (run / "reference").exists() and not (run / LOCK_FILE).exists()
 
 
@@ -196,7 +196,7 @@ def test_each_generator_of_a_runs_samples_takes_the_runs_lock(tmp_path, generato
     call = {"reference": lambda: make_reference(run),
             "decomposition": lambda: make_decomposition_samples(run, per_caption=3),
             "selection": lambda: make_selection_samples(run, [2.0], per_caption=3, paired=3)}[generator]
-    with RunDirectory(run).lock(), pytest.raises(QTMError, match=f"in use by another chain run .pid {os.getpid()} "):
+    with RunDirectory(run).lock(), pytest.raises(QTMError, match=f"in use .pid {os.getpid()} on .*: chain run.;"):
         call()
     assert listing(run) == before
 
@@ -214,13 +214,14 @@ def test_a_chain_run_is_refused_while_reference_points_are_written(tmp_path):
             with pytest.raises(QTMError) as caught:
                 run_chain(run, RunParameters(**TINY))
             seen.append(str(caught.value))
-            with pytest.raises(QTMError, match="in use by another chain run"):
+            with pytest.raises(QTMError, match="in use .*: chain validate, generating the run's samples.;"):
                 make_reference(run, backend=self)
             return [Image.new("RGB", (8, 8)) for _ in prompts]
 
     folders = make_reference(run, backend=Backend())
     assert len(seen) == 2  # cond, then uncond
-    assert "in use by another chain run" in seen[0] and f"pid {os.getpid()} " in seen[0] and "\n" not in seen[0]
+    assert f"is in use (pid {os.getpid()} on " in seen[0] and "\n" not in seen[0]
+    assert ": chain validate, generating the run's samples)" in seen[0]
     assert all(folder.is_dir() for folder in folders.values()) and not (run / LOCK_FILE).exists()
 
 
