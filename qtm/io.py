@@ -129,7 +129,9 @@ def locked(folder, *, what: str):
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "a process starting up"
             os.close(fd)
-            raise QTMError(f"{str(folder)!r} is in use ({holder}); wait for it to finish or stop it, then rerun") from None
+            raise QTMError(
+                f"{str(folder)!r} is in use ({holder}); wait for it to finish or stop it, then rerun"
+            ) from None
         # The holder removes the file when it lets go: a lock on a removed file locks nothing.
         try:
             if os.fstat(fd).st_ino == os.stat(lock).st_ino:

@@ -196,7 +196,7 @@ def test_each_generator_of_a_runs_samples_takes_the_runs_lock(tmp_path, generato
     call = {"reference": lambda: make_reference(run),
             "decomposition": lambda: make_decomposition_samples(run, per_caption=3),
             "selection": lambda: make_selection_samples(run, [2.0], per_caption=3, paired=3)}[generator]
-    with RunDirectory(run).lock(), pytest.raises(QTMError, match=f"in use .pid {os.getpid()} on .*: chain run.;"):
+    with RunDirectory(run).lock(), pytest.raises(QTMError, match=rf"in use \(pid {os.getpid()} on .*: chain run\);"):
         call()
     assert listing(run) == before
 
@@ -214,7 +214,7 @@ def test_a_chain_run_is_refused_while_reference_points_are_written(tmp_path):
             with pytest.raises(QTMError) as caught:
                 run_chain(run, RunParameters(**TINY))
             seen.append(str(caught.value))
-            with pytest.raises(QTMError, match="in use .*: chain validate, generating the run's samples.;"):
+            with pytest.raises(QTMError, match=r"in use .*: chain validate, generating the run's samples\);"):
                 make_reference(run, backend=self)
             return [Image.new("RGB", (8, 8)) for _ in prompts]
 
