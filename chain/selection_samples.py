@@ -139,10 +139,16 @@ def _make_samples(run, cfgs, per_caption, paired, backend, progress) -> dict:
 def _paired(folder, paired: int) -> tuple[list[str], list[int]]:
     """The first ``paired`` (caption, seed) pairs of each caption of the image folder ``folder``, in its order."""
     prompts, seeds, taken = [], [], {}
-    for line in (folder / METADATA_FILE).read_text().splitlines():
+    for number, line in enumerate((folder / METADATA_FILE).read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise ChainError(f"{folder / METADATA_FILE}: line {number} is not a JSON object; the samples are "
+                             f"damaged: delete {folder} and rerun chain validate to make them again")
         caption = str(record.get("caption", ""))
         if record.get("seed") is None:
             raise ChainError(f"{folder / METADATA_FILE}: an image without a seed; the selection curve pairs seeds")
@@ -169,5 +175,9 @@ def _write_law(run_path, backend, settings: dict, schedule: CFGSchedule) -> None
         "scheduler": {name: config[name] for name in LAW_FIELDS if name in config},
     }
     path = run_path / SELECTION_FOLDER / SELECTION_LAW_FILE
-    if not path.exists() or json.loads(path.read_text()) != json.loads(json.dumps(law)):
+    try:
+        same = json.loads(path.read_bytes()) == json.loads(json.dumps(law))
+    except (OSError, ValueError):  # missing, or damaged: written again
+        same = False
+    if not same:
         write_json(path, law)

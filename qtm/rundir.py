@@ -364,12 +364,28 @@ def read_parameters(path) -> dict:
     run_json = path / RUN_FILE
     if not run_json.exists():
         raise RunDirectoryError(f"{path} has no {RUN_FILE}; give a run directory written by `chain run`")
+    return _flatten_parameters(check_run_record(read_json(run_json), run_json))
+
+
+def read_json(path):
+    """The JSON value a run directory's file (``run.json``, ``law.json``) holds; a file that is not UTF-8 JSON is
+    one line naming it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "law.json"
+    >>> _ = path.write_text('{"steps": 25')
+    >>> read_json(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    qtm.errors.RunDirectoryError: .../law.json is not valid JSON (Expecting ',' delimiter); the run directory is ...
+    """
     try:
-        params = json.loads(run_json.read_bytes())
+        return json.loads(Path(path).read_bytes())
     except ValueError as error:  # not JSON, or not text at all
         reason = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8 text"
-        raise RunDirectoryError(f"{run_json} is not valid JSON ({reason}); the run directory is damaged") from None
-    return _flatten_parameters(check_run_record(params, run_json))
+        raise RunDirectoryError(f"{path} is not valid JSON ({reason}); the run directory is damaged") from None
 
 
 def read_run(path, *, reference=None, real=None) -> Run:

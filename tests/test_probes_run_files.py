@@ -190,3 +190,32 @@ def test_a_path_no_file_can_have_is_a_usage_error_that_writes_nothing(monkeypatc
     assert status == 2 and len(errors) == 1 and says in errors[0], err
     assert len(errors[0]) < 300, "an over-long name is quoted cut short"
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+# ------------------------------------------------------------------------------------------ the selection law
+
+@pytest.mark.parametrize("text", ['{"steps": 25', "[1]", '{"steps": -1}', '{"scheduler": {"bogus": 1}}',
+                                  '{"sampler": "nope"}', '{"schedule": "wobbly"}', b"\xff\xfe"])
+def test_a_damaged_selection_law_is_one_line_naming_it(tmp_path, text):
+    from qtm.rundir import SELECTION_FOLDER, SELECTION_LAW_FILE, read_run
+    from validate.selection import SamplerLaw
+
+    run = fake_run(tmp_path / "run")
+    law = run / SELECTION_FOLDER / SELECTION_LAW_FILE
+    law.parent.mkdir()
+    law.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(RunDirectoryError) as refused:
+        SamplerLaw.of_run(read_run(run))
+    assert str(refused.value).startswith(str(law)) and "\n" not in str(refused.value)
+
+
+def test_an_intact_selection_law_is_read(tmp_path):
+    from qtm.rundir import SELECTION_FOLDER, SELECTION_LAW_FILE, read_run
+    from validate.selection import SamplerLaw
+
+    run = fake_run(tmp_path / "run")
+    (run / SELECTION_FOLDER).mkdir()
+    (run / SELECTION_FOLDER / SELECTION_LAW_FILE).write_text(
+        json.dumps({"sampler": "ddim", "steps": 25, "schedule": "cosine", "scheduler": {"num_train_timesteps": 100}}))
+    law = SamplerLaw.of_run(read_run(run))
+    assert (law.sampler, law.steps, law.schedule, law.scheduler.num_train_timesteps) == ("ddim", 25, "cosine", 100)

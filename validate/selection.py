@@ -22,7 +22,6 @@ correction; :mod:`validate.selection_report` draws and describes it.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -30,13 +29,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from qtm.errors import QTMError
+from qtm.errors import QTMError, RunDirectoryError
+from qtm.params import PARAMETERS
 from qtm.random import check_random_state, derive_seed
 from qtm.rundir import (
     SELECTION_FOLDER,
     SELECTION_LAW_FILE,
     ImageSet,
     Run,
+    read_json,
     read_samples,
     read_selection,
     sampled_at_cfg1,
@@ -100,14 +101,24 @@ class SamplerLaw:
     def of_run(cls, run: Run) -> SamplerLaw:
         """From ``RUN/selection/law.json`` (chain writes it), else run.json with SD v1.5's scheduler."""
         params, path = run.params, run.path / SELECTION_FOLDER / SELECTION_LAW_FILE
-        law = json.loads(path.read_text()) if path.exists() else {}
-        return cls(
-            sampler=str(law.get("sampler", params.get("sampler", "ddim"))),
-            steps=int(law.get("steps", params.get("steps", 50) or 50)),
-            schedule=str(law.get("schedule", params.get("schedule", "constant") or "constant")),
-            scheduler=SchedulerConfig(**law["scheduler"]) if "scheduler" in law else SchedulerConfig(),
-            source=SELECTION_LAW_FILE if law else "run.json (scheduler: SD v1.5's default)",
-        )
+        law = read_json(path) if path.exists() else {}
+        try:
+            if not isinstance(law, dict):
+                raise QTMError("must hold a JSON object")
+            schedule = str(law.get("schedule", params.get("schedule", "constant") or "constant"))
+            CFGSchedule.parse(schedule)
+            return cls(
+                sampler=PARAMETERS["sampler"].check(law.get("sampler", params.get("sampler", "ddim"))),
+                steps=PARAMETERS["steps"].check(law.get("steps", params.get("steps", 50) or 50)),
+                schedule=schedule,
+                scheduler=SchedulerConfig(**law["scheduler"]) if "scheduler" in law else SchedulerConfig(),
+                source=SELECTION_LAW_FILE if law else "run.json (scheduler: SD v1.5's default)",
+            )
+        except (QTMError, TypeError, AttributeError) as error:  # a damaged or edited law.json
+            raise RunDirectoryError(
+                f"{path}: {' '.join(str(error).split())}; the file is damaged: delete {path.parent} and rerun "
+                "chain validate --selection-curve to make it again"
+            ) from None
 
 
 def predicted_selection(cond_mean, cond_var, uncond_mean, uncond_var, cfgs, *, law: SamplerLaw,
