@@ -44,14 +44,20 @@ def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool) -
     """One trajectory per run, or per run and caption when ``grouped``."""
     generated = statistics[statistics["population"] == "generated"]
     generated = generated[~generated["caption"].isin([WITHIN_CAPTIONS] + ([ALL_CAPTIONS] if grouped else []))]
+    # One pivot of every run and caption at once (a pivot per run, caption and statistic cost a second).
+    generated = generated[generated["statistic"].isin(("mean", "var", "kurtosis"))]
+    wide = generated.pivot(index=["run", "caption", "iteration"], columns=["statistic", "axis"], values="value")
+    sizes = generated.groupby(["run", "caption"])["n_images"].min()
+    axes = generated.groupby(["run", "caption", "statistic"])["axis"].unique()
     out = []
     for run in runs:
         columns = run_columns(run)
-        for caption, rows in generated[generated["run"] == run.name].groupby("caption", sort=True):
-            table = {
-                name: rows[rows["statistic"] == name].pivot(index="iteration", columns="axis", values="value")
-                for name in ("mean", "var", "kurtosis")
-            }
+        if run.name not in sizes.index.get_level_values("run"):
+            continue
+        for caption in sorted(sizes.loc[run.name].index):
+            rows = wide.loc[(run.name, caption)]
+            table = {name: rows[name][sorted(axes.loc[(run.name, caption, name)])]
+                     for name in ("mean", "var", "kurtosis")}
             out.append(
                 Trajectory(
                     run=run.name,
@@ -61,7 +67,7 @@ def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool) -
                     mean=table["mean"].to_numpy(),
                     var=table["var"].to_numpy(),
                     kurtosis=table["kurtosis"].to_numpy(),
-                    population=int(rows["n_images"].min()),
+                    population=int(sizes.loc[(run.name, caption)]),
                     schedule=columns["schedule"],
                     sampler=str(run.params.get("sampler", "ddim")),
                     steps=int(run.params.get("steps", 50) or 50),
