@@ -381,19 +381,17 @@ def _finite_law(model: dict, sampling: dict, scheduler: SchedulerConfig) -> Mome
 
 def _overflow_message(model: dict, sampling: dict, scheduler: SchedulerConfig) -> str:
     """Name the inputs that made the law overflow: each one whose default (no guidance, for ``cfg``) alone
-    makes the law finite again."""
-    defaults = {name: PARAMETERS[name].default for name in model}
-    causes = [
-        f"{PARAMETERS[name].flag} {float(np.max(np.abs(values))):g}"
-        for name, values in model.items()
-        if not np.all(values == defaults[name])
-        and _finite_law({**model, name: np.full_like(values, defaults[name])}, sampling, scheduler) is not None
-    ]
+    makes the law finite again (all the model values that are not their defaults, if none does)."""
+    given = [name for name, values in model.items() if not np.all(values == PARAMETERS[name].default)]
+    causes = [name for name in given
+              if _finite_law({**model, name: np.full_like(model[name], PARAMETERS[name].default)}, sampling,
+                             scheduler) is not None]
     if sampling["cfg"] != 1 and _finite_law(model, {**sampling, "cfg": 1.0}, scheduler) is not None:
-        causes.append(f"--cfg {sampling['cfg']:g}")
-    if not causes:
-        causes = [f"{PARAMETERS[name].flag} {float(np.max(np.abs(values))):g}" for name, values in model.items()
-                  if not np.all(values == defaults[name])] or [f"--cfg {sampling['cfg']:g}"]
-    flags = " or ".join(cause.split()[0] for cause in causes)
-    return (f"the sampler's output overflowed to inf or NaN with {' and '.join(causes)}; give a smaller {flags} "
-            "(standardised traits have values near 1)")
+        causes.append("cfg")
+    causes = causes or given or ["cfg"]
+    values = {**{name: float(np.max(np.abs(model[name]))) for name in model}, "cfg": float(sampling["cfg"])}
+    named = " and ".join(f"{PARAMETERS[name].flag} {values[name]:g}" for name in causes)
+    advice = " or ".join("a smaller --cfg" if name == "cfg" else f"{PARAMETERS[name].flag} nearer "
+                         f"{PARAMETERS[name].default:g}" for name in causes)
+    return (f"the sampler's output overflowed to inf or NaN with {named}; give {advice} (standardised traits have "
+            "means near 0 and variances near 1)")

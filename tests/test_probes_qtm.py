@@ -146,3 +146,19 @@ def _workers(pid: int) -> int:
             except (ProcessLookupError, PermissionError):
                 continue
     return found
+
+
+@pytest.mark.parametrize("sampler", ["ode", "sde"])
+def test_a_continuous_sampler_that_overflows_reads_as_diverged_in_a_sweep_and_one_line_in_map(
+        monkeypatch, capsys, tmp_path, sampler):
+    """The continuous-time laws return inf like every other sampler: a sweep says where the chain diverges (it
+    once stopped with an error), ``qtm map`` names the inputs."""
+    from qtm.grid_sweep import sweep
+
+    frame = sweep(sampler=sampler, schedule="constant", drop=0.0, cfg=[2.0, 1e4], cond_var=2.0, uncond_var=1.0,
+                  iterations=3).frame
+    diverged = frame[frame["cfg"] == 1e4]
+    assert diverged["var"].isna().all() and frame[frame["cfg"] == 2.0]["var"].notna().all()
+    status, _, err = qtm(monkeypatch, capsys, "map", "--sampler", sampler, "--cfg", "1e4", "--cond-var", "2",
+                         "--uncond-var", "1")
+    assert status == 2 and "overflowed to inf or NaN with --cond-var 2 and --cfg 10000" in one_line(err)
