@@ -1,4 +1,3 @@
-
 """The ODE and SDE limits: against the moment equations, as the limits of the discrete solvers, and the chain."""
 
 import warnings
