@@ -2,22 +2,24 @@
 
 The session fixture trains one reduced base model into a temporary cache and also
 stores it under the name of the default configuration, so that ``chain run``
-subprocesses pick it up instead of training the full-size base model.
+children (forked, through the program's entry point) pick it up instead of training the full-size base model.
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import build_once
+from test_faults import cli_child, in_child, stop
+from test_faults import wait as wait_for
 
 torch = pytest.importorskip("torch")
 
@@ -153,14 +155,31 @@ CLI_ARGS = ("--data", "digits:60", "--iterations", "3", "--train-steps", "12", "
             "--steps", "6", "--cfg", "3", "--seed", "4", "--device", "cpu")
 
 
-def chain_run(run_dir, *extra, env=None, wait=True):
-    command = [sys.executable, "-m", "commands.chain_program", "run", str(run_dir), *CLI_ARGS, *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **(env or {})})
-    if wait:
-        out, err = process.communicate(timeout=300)
-        return process.returncode, out, err
-    return process
+def chain_run(run_dir, *extra, wait=True, target=cli_child):
+    """``chain run RUN_DIR CLI_ARGS EXTRA`` through the program's entry point in a forked child (no interpreter
+    start and torch import per run): (exit status, stderr), or the child's pid when not ``wait``."""
+    stderr = Path(run_dir).with_name(f"{Path(run_dir).name}.{next(_RUNS)}.stderr")
+    pid = in_child(target, ["run", str(run_dir), *CLI_ARGS, *extra], stderr)
+    if not wait:
+        return pid
+    code = wait_for(pid, timeout=300)
+    return code, stderr.read_text()
+
+
+_RUNS = itertools.count()
+
+
+def full_disk_child(argv, stderr) -> None:
+    """:func:`cli_child` on a disk that fills as the images are renamed into place (os.replace raises ENOSPC)."""
+    real = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if str(dst).endswith(".png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    os.replace = full
+    cli_child(argv, stderr)
 
 
 def results(run_dir: Path) -> dict:
@@ -180,7 +199,7 @@ def test_sigkill_at_random_moments_loses_only_the_unfinished_iteration(tiny_cach
     before a kill are byte for byte unchanged afterwards (their records too, timings
     included: they were not redone), and at most one unfinished iteration folder remains.
     """
-    code, _, err = chain_run(tmp_path / "clean")
+    code, err = chain_run(tmp_path / "clean")
     assert code == 0, err
     work = sum(json.loads((p / "iteration.json").read_text())["seconds"]
                for p in RunDirectory(tmp_path / "clean").path.glob("iter-*"))
@@ -188,16 +207,14 @@ def test_sigkill_at_random_moments_loses_only_the_unfinished_iteration(tiny_cach
     victim = tmp_path / "killed"
     kills = 0
     for _ in range(4):
-        process = chain_run(victim, wait=False)
+        pid = chain_run(victim, wait=False)
         deadline = time.monotonic() + 120
-        while not (victim / "run.json").exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not (victim / "run.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(rng.uniform(0.0, work))
-        if process.poll() is not None:
-            break
         before = {t: results_of(victim, t) for t in RunDirectory(victim).completed()}
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        if stop(pid, signal.SIGKILL) == 0:  # it had finished before the kill
+            break
         kills += 1
         for t, files in before.items():
             assert results_of(victim, t) == files
@@ -205,7 +222,7 @@ def test_sigkill_at_random_moments_loses_only_the_unfinished_iteration(tiny_cach
         unfinished = [p for p in victim.glob("iter-*") if int(p.name[5:]) not in RunDirectory(victim).completed()]
         assert len(unfinished) <= 1
     assert kills >= 1
-    code, _, err = chain_run(victim)  # resumes, or (if the last one finished) finds nothing left to do
+    code, err = chain_run(victim)  # resumes, or (if the last one finished) finds nothing left to do
     assert code == 0, err
     assert RunDirectory(victim).completed() == [0, 1, 2]
     assert results(victim) == results(tmp_path / "clean")
@@ -218,27 +235,17 @@ def results_of(run_dir: Path, t: int) -> dict:
 
 def test_resume_refuses_other_parameters_and_a_full_disk_is_one_line(tiny_cache, tmp_path):
     run_dir = tmp_path / "run"
-    code, _, err = chain_run(run_dir, "--iterations", "1")
+    code, err = chain_run(run_dir, "--iterations", "1")
     assert code == 0, err
     kept = results(run_dir)
-    code, _, err = chain_run(run_dir, "--iterations", "2", "--drop", "0.3")
+    code, err = chain_run(run_dir, "--iterations", "2", "--drop", "0.3")
     assert code == 2 and "Traceback" not in err
     assert "drop 0.0 there, 0.3 now" in err.strip().splitlines()[-1]
     assert results(run_dir) == kept
 
-    # A full disk, injected where the images are renamed into place: os.replace raises ENOSPC.
-    inject = (
-        "import errno, os, sys; real = os.replace\n"
-        "def full(src, dst, *a, **k):\n"
-        "    if str(dst).endswith('.png'): raise OSError(errno.ENOSPC, 'No space left on device')\n"
-        "    return real(src, dst, *a, **k)\n"
-        "os.replace = full\n"
-        "from commands.chain_program import main; sys.argv[0] = 'chain'; main()\n"
-    )
-    command = [sys.executable, "-c", inject, "run", str(run_dir), *CLI_ARGS, "--iterations", "2"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 1 and "Traceback" not in done.stderr  # a failure of the system, not bad input
-    assert "no space left on the device" in done.stderr.strip().splitlines()[-1]
+    code, err = chain_run(run_dir, "--iterations", "2", target=full_disk_child)
+    assert code == 1 and "Traceback" not in err  # a failure of the system, not bad input
+    assert "no space left on the device" in err.strip().splitlines()[-1]
     assert results(run_dir) == kept  # iteration 0 untouched, the failed iteration 1 cleared away
     assert RunDirectory(run_dir).completed() == [0]
 

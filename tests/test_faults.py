@@ -101,6 +101,19 @@ def wait(pid: int, *, timeout: float = 120) -> int:
     raise AssertionError(f"child {pid} did not finish within {timeout} s")
 
 
+def cli_child(argv: list[str], stderr: Path) -> None:
+    """Target of :func:`in_child`: run the ``chain`` program with ``argv`` (the CLI, not just the library), its
+    stderr into the file ``stderr``, and exit with the program's status."""
+    sys.stderr = stderr.open("w", buffering=1)
+    sys.argv = ["chain", *argv]
+    try:
+        chain_cli.main()
+    except SystemExit as done:
+        sys.stderr.flush()
+        os._exit(done.code or 0)
+    os._exit(0)
+
+
 def stop(pid: int, sig: int) -> int:
     """Send ``sig`` to a child that may have finished already; its exit status."""
     with contextlib.suppress(ProcessLookupError):

@@ -22,6 +22,7 @@ from test_cli_usage import run_main
 from test_faults import (
     TINY_ARGS,
     chain,
+    cli_child,
     fake_run,
     in_child,
     stop,
@@ -134,18 +135,6 @@ def test_sigterm_unwinds_like_ctrl_c_removing_temporaries_and_the_lock(monkeypat
     assert capsys.readouterr().err.strip() == "demo: terminated"
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is before
-
-
-def cli_child(argv: list[str], stderr: Path) -> None:
-    """In a forked child: run ``chain`` with ``argv``, its stderr into a file, and exit with its status."""
-    sys.stderr = stderr.open("w", buffering=1)
-    sys.argv = ["chain", *argv]
-    try:
-        chain_program.main()
-    except SystemExit as done:
-        sys.stderr.flush()
-        os._exit(done.code or 0)
-    os._exit(0)
 
 
 @pytest.mark.usefixtures("tiny")
