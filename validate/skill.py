@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scoringrules
 
 from validate.transition import BaseMoments, Trajectory, for_group
 
@@ -38,6 +37,10 @@ def crps(draws, observed: float) -> float:
     >>> round(crps([0.0, 1.0, 2.0], 0.5), 4)
     0.3889
     """
+    # Imported here: scoringrules compiles its Numba kernels on import (about 5 s), which every command that
+    # imports validate (chain --version, chain run) would pay.
+    import scoringrules
+
     draws = np.asarray(draws, dtype=float)
     draws = draws[np.isfinite(draws)]
     return float(scoringrules.crps_ensemble(float(observed), draws)) if len(draws) else float("nan")
