@@ -32,6 +32,7 @@ from qtm.rundir import (
     iteration_folder,
     iteration_folders,
     iteration_status,
+    read_json,
 )
 
 __all__ = [
@@ -116,8 +117,8 @@ class RunDirectory:
 
     def read_run(self) -> dict:
         try:
-            record = json.loads(self.run_file.read_bytes())
-        except (OSError, ValueError) as error:  # unreadable, not JSON, or not text at all
+            record = read_json(self.run_file)
+        except OSError as error:
             raise ChainError(f"cannot read {str(self.run_file)!r} ({error}); choose a new run directory") from None
         return check_run_record(record, self.run_file)
 

@@ -106,4 +106,3 @@ def path_text(value) -> Path:
     if problem is not None:
         raise typer.BadParameter(problem)
     return Path(value)
-

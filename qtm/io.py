@@ -354,10 +354,10 @@ def check_table_path(path, *, flag: str = "--out") -> Path:
     >>> check_table_path("sweep.csv").suffix
     '.csv'
     """
-    path = check_path_name(path, flag=flag)
+    path = check_output_file(path, flag=flag)
     if path.suffix not in TABLE_SUFFIXES:
         raise QTMError(f"{flag} must end in .parquet or .csv, got {str(path)!r}")
-    return check_output_file(path, flag=flag)
+    return path
 
 
 def write_table(frame, path, *, provenance: dict | None = None) -> Path:

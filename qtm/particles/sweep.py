@@ -19,6 +19,7 @@ Where the tasks run (``options["cluster"]``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -226,24 +227,11 @@ def _connect(address, *, local: bool):
     import distributed
 
     if address is None:
-        # Ctrl-C reaches the whole process group: the worker processes start with it ignored, so that only this
-        # process hears it, closes the cluster and says "interrupted" (the workers would print tracebacks), and
-        # the cluster's own logging (workers lost, tasks cancelled while closing) is not the user's business.
+        # The cluster's own logging (workers lost, tasks cancelled while closing) is not the user's business.
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
-        logging_variable = os.environ.get(_WORKER_LOGGING)
-        os.environ[_WORKER_LOGGING] = "critical"  # read by each worker process as it starts
-        try:
+        with _quiet_workers():
             cluster = distributed.LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True,
                                                dashboard_address=None)
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGINT, handler)
-            if logging_variable is None:
-                del os.environ[_WORKER_LOGGING]
-            else:
-                os.environ[_WORKER_LOGGING] = logging_variable
         return distributed.Client(cluster), cluster
     if "://" not in str(address) or str(address).startswith("tcp://"):
         _probe_scheduler(str(address))  # other transports (tls, ucx) need their security settings to talk
@@ -260,6 +248,29 @@ def _connect(address, *, local: bool):
             f"({type(error).__name__}); start workers (dask worker {address}) or leave --cluster out to run locally"
         ) from None
     return client, None
+
+
+@contextlib.contextmanager
+def _quiet_workers():
+    """Worker processes started in the block ignore Ctrl-C and log only critical errors.
+
+    Ctrl-C reaches the whole process group: only this process should hear it, close the cluster and say
+    "interrupted" (the workers would print tracebacks). An ignored signal stays ignored in a started process, and
+    each worker reads its log level from the environment as it starts.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    logging_variable = os.environ.get(_WORKER_LOGGING)
+    os.environ[_WORKER_LOGGING] = "critical"
+    try:
+        yield
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, handler)
+        if logging_variable is None:
+            del os.environ[_WORKER_LOGGING]
+        else:
+            os.environ[_WORKER_LOGGING] = logging_variable
 
 
 def _probe_scheduler(address: str) -> None:
