@@ -5,40 +5,40 @@ on one grid (CFG x condition drop x fidelity, the reference model, each sampler'
 :meth:`qtm.solvers.SchedulerConfig.for_sampler`) and prints nanoseconds per point-iteration and the
 ratio to ``ddim`` measured in the same run. ``ddim`` and ``ddpm`` run through the fused Numba kernel
 of the DDIM recursion, diffusers' other solvers through the fused kernel of theirs
-(:mod:`qtm.moments_kernels`), the tilt and the ODE/SDE limits through the :mod:`qtm.gaussian`
-operators, vectorised over the grid. Each sampler is run once untimed (Numba compiles, caches fill),
+(:mod:`qtm.moments_kernels`), the tilt and the ODE/SDE limits through that kernel's closed-form laws
+(:mod:`qtm.continuous_kernels`). Each sampler is run once untimed (Numba compiles, caches fill),
 then the best of ``--repeats`` runs is taken. A second figure times 10^6 points x 20 iterations with
 DPM++ 2M against DDIM in the same run (``--large-points 0`` skips it). The load average is printed
 before and after: on a shared machine the ratios are the figure to read.
 
 Run: ``.venv/bin/python benchmarks/solver_costs.py [--points 10000] [--iterations 5] [--steps 50]``.
 
-Measured on 2026-12-06 (2 shared x86-64 cores, other agents running, load average 4.6 before and after
-both runs), 10,648 points x 5 iterations, 50 steps, ns per point-iteration (x ddim), ea2d7ed (each
-iteration rebuilt the solver plan and scale table and stepped with NumPy over the grid) then this
-code, back to back:
+Measured on 2026-12-06, 12:57 UTC (2 x86-64 cores, load average 0.8), 10,648 points x 5 iterations, 50
+steps, best of 15, ns per point-iteration (x ddim), b8b3854 (the tilt, ODE and SDE through the NumPy operators,
+the ODE's weight from SciPy's hyp2f1) then this code (every closed-form law in the solver kernel, the ODE's
+hypergeometric function compiled, :mod:`qtm.continuous_kernels`), back to back:
 
 ==========  ===============  ==============
-sampler     ea2d7ed          now
+sampler     b8b3854          now
 ==========  ===============  ==============
-ddim        318 (1.00)       185 (1.00)
-ddpm        334 (1.05)       225 (1.22)
-euler       2073 (6.53)      259 (1.40)
-euler-a     1773 (5.58)      174 (0.94)
-dpm++2m     1453 (4.58)      314 (1.70)
-dpm++1s     1284 (4.04)      250 (1.36)
-heun        2168 (6.83)      375 (2.03)
-flow-euler  1609 (5.07)      376 (2.04)
-ode         509 (1.60)       417 (2.26)
-sde         296 (0.93)       206 (1.12)
-tilt        174 (0.55)       99 (0.54)
+ddim        86 (1.00)        107 (1.00)
+ddpm        66 (0.77)        107 (1.01)
+euler       126 (1.46)       159 (1.49)
+euler-a     129 (1.49)       156 (1.46)
+dpm++2m     134 (1.55)       174 (1.63)
+dpm++1s     144 (1.66)       168 (1.58)
+heun        165 (1.90)       186 (1.74)
+flow-euler  141 (1.63)       166 (1.55)
+ode         394 (4.56)       154 (1.45)
+sde         306 (3.54)       148 (1.38)
+tilt        212 (2.45)       65 (0.61)
 ==========  ===============  ==============
 
-10^6 points x 20 iterations, DPM++ 2M: 3.55 s (DDIM 2.34 s in the same run, 1.52 x). On this loaded
-machine the figures move by up to a factor 1.5 from run to run (an earlier pair: heun 1.59, flow-euler
-2.08, dpm++2m 1.74 x ddim); single-threaded CPU time, which the load does not move, gave euler 1.7,
-dpm++2m 1.7 and heun 2.0 x ddim. ``ode`` evaluates a hypergeometric function per point and iteration
-(:mod:`qtm.continuous`), which no kernel fuses.
+10^6 points x 20 iterations, DPM++ 2M: 2.21 s (DDIM 1.24 s in the same run, 1.79 x). The machine's speed
+drifts: single ratios move by up to 0.3 between runs minutes apart (three more runs of this code: heun 1.29-1.91,
+dpm++2m 1.24-1.76, ode 1.28-1.53, sde 1.32-1.69 x ddim), hence the best of 15 (each run takes milliseconds).
+The ODE's cost is its hypergeometric function's, which depends on how close ``v_c / v_u`` is to 1 or 0 (0.07-0.3
+us per call on one core; SciPy's took 0.25 us at ``z <= 1/2`` and up to 30 us as ``z -> 1``, a collapsing chain).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=10_000)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--large-points", type=int, default=1_000_000,
                         help="grid of the second figure, DPM++ 2M against DDIM (0: skip it)")
     parser.add_argument("--large-iterations", type=int, default=20)

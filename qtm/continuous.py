@@ -21,7 +21,8 @@ whose solutions are, with ``L = ln(v_c/v_u)``, ``phi(z) = (e^z - 1)/z``::
     SDE  V = int_0^inf E^-4 = v_c phi((2w-1) L)/phi(L)  mu = m_u + (m_c - m_u) w e^((w-1) L) phi(-w L)/phi(-L)
 
 ``J = int_0^inf w / (2 (v_c+tau) E(tau)) dtau = w 2F1((1-w)/2, 1; 3/2; 1 - v_c/v_u)`` (Gauss's
-hypergeometric function, evaluated with the argument in [0, 1) on either side of ``v_c = v_u``).
+hypergeometric function, evaluated with the argument in [0, 1) on either side of ``v_c = v_u`` by
+:mod:`qtm.continuous_kernels`).
 All four are exact; the only error is floating point (relative 1e-13 or better, checked against
 adaptive quadrature and an ODE solver by ``tests/test_continuous.py``).
 
@@ -40,8 +41,8 @@ True
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import hyp2f1
 
+from qtm.continuous_kernels import ode_mean_weights
 from qtm.gaussian import Moments
 from qtm.validation import as_float_array, check_choice, check_int, check_positive
 
@@ -58,17 +59,11 @@ def _log_phi(z):
 
 
 def _ode_mean_weight(cond_var, uncond_var, w):
-    """``J``: the share of ``m_c - m_u`` that the ODE's output mean carries."""
+    """``J``: the share of ``m_c - m_u`` that the ODE's output mean carries (:mod:`qtm.continuous_kernels`)."""
     cond_var, uncond_var, w = np.broadcast_arrays(cond_var, uncond_var, w)
-    below = cond_var <= uncond_var
-    above = ~below
-    # Both forms are the same integral; each keeps the hypergeometric argument in [0, 1), and each is
-    # evaluated only where it is used (hyp2f1 is most of the ODE's cost).
-    weight = np.empty(below.shape)
-    z = 1.0 - cond_var[below] / uncond_var[below]
-    weight[below] = w[below] * hyp2f1(0.5 * (1.0 - w[below]), 1.0, 1.5, z)
-    z = 1.0 - uncond_var[above] / cond_var[above]
-    weight[above] = w[above] * (1.0 - z) * hyp2f1(1.0 + 0.5 * w[above], 1.0, 1.5, z)
+    weight = np.empty(cond_var.shape)
+    ode_mean_weights(*(np.ascontiguousarray(a, dtype=float).reshape(-1) for a in (cond_var, uncond_var, w)),
+                     weight.reshape(-1))
     return weight
 
 

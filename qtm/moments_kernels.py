@@ -9,8 +9,8 @@ points or one per point (:func:`_at`).
   (:mod:`qtm.recursion`'s DDIM/DDPM path; ``tests/test_recursion.py`` checks it against the operators).
 - :func:`sampler_kernel`: the K steps of one guided sampling with a solver of :mod:`qtm.solvers`, the
   exact map of its :class:`qtm.solvers.SolverPlan` (:func:`qtm.solvers.plan_moments`).
-- :func:`solver_chain_kernel`: all iterations of the recursion with a solver's sampling, the operators of
-  :mod:`qtm.gaussian` written out.
+- :func:`solver_chain_kernel`: all iterations of the recursion with a solver's sampling or a closed-form law
+  (the tilt, the ODE and SDE limits), the operators of :mod:`qtm.gaussian` written out.
 
 Both solver kernels compute, operation for operation and in the same order, what the NumPy form of the
 map and the operators computed, so that the results are the same to the last bit (Numba neither contracts
@@ -27,8 +27,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from qtm.continuous_kernels import ode_gaps, ode_moments, sde_moments
+
 #: Points per block: the inner loops run over a block, so that they vectorise (SIMD).
 BLOCK = 16
+#: The laws :func:`solver_chain_kernel` computes in closed form instead of stepping a solver's plan.
+CLOSED_LAWS = ("tilt", "ode", "sde")
+_TILT, _ODE = 1 + CLOSED_LAWS.index("tilt"), 1 + CLOSED_LAWS.index("ode")
 
 
 @njit(parallel=True, cache=True)
@@ -178,11 +183,14 @@ def sampler_kernel(cond_mean, cond_var, uncond_mean, uncond_var, row, table, pla
 @njit(parallel=True, cache=True, error_model="numpy")
 def solver_chain_kernel(cond_mean, cond_var, uncond_mean, uncond_var, data_mean, data_var, fidelity, uncond_fidelity,
                         var_fidelity, uncond_var_fidelity, var_factor, uncond_var_factor, real_fraction, mutation_var,
-                        row, table, plan, continue_, workflow, population, out_mean, out_var):
-    """All iterations of the recursion with a solver's sampling: :mod:`qtm.recursion`'s operators (inherit,
-    mutation, refit, mix, pool) written operation for operation as :mod:`qtm.gaussian` computes them, so that
-    the results are those of the operator path to the last bit. ``var_factor`` is exp(var_shift) (NumPy's);
-    ``workflow`` indexes ``PARAMETERS["data_workflow"].choices``; ``population`` is 0 for infinitely many."""
+                        row, table, plan, law, continue_, workflow, population, out_mean, out_var):
+    """All iterations of the recursion with a solver's sampling or a closed-form law: :mod:`qtm.recursion`'s
+    operators (inherit, mutation, refit, mix, pool) written operation for operation as :mod:`qtm.gaussian`
+    computes them, so that the results are those of the operator path to the last bit (the ODE's and SDE's
+    exponentials and logarithms are libm's, not NumPy's, and may differ in the last bits). ``law`` is 0 for the
+    solver ``plan``, else 1 + its index in :data:`CLOSED_LAWS` (then ``table`` has one row, the guidance scale
+    of each of ``row``'s values); ``var_factor`` is exp(var_shift) (NumPy's); ``workflow`` indexes
+    ``PARAMETERS["data_workflow"].choices``; ``population`` is 0 for infinitely many."""
     n_points, n_iter = out_mean.shape
     for block in prange((n_points + BLOCK - 1) // BLOCK):
         lo = block * BLOCK
@@ -202,6 +210,10 @@ def solver_chain_kernel(cond_mean, cond_var, uncond_mean, uncond_var, data_mean,
             fac_c[j], fac_u[j] = _at(var_factor, i), _at(uncond_var_factor, i)
             f[j], mut[j] = _at(real_fraction, i), _at(mutation_var, i)
             r[j] = _at(row, i)
+        gap_below, gap_above = np.empty(BLOCK), np.empty(BLOCK)
+        if law == _ODE:
+            for j in range(BLOCK):
+                gap_below[j], gap_above[j] = ode_gaps(table[0, r[j]])
         cm, cv, um, uv = base_cm.copy(), base_cv.copy(), base_um.copy(), base_uv.copy()
         dm, dv = real_m.copy(), real_v.copy()
         pool_m, pool_v, gen_sum = real_m.copy(), real_v.copy(), np.zeros(BLOCK)
@@ -212,7 +224,12 @@ def solver_chain_kernel(cond_mean, cond_var, uncond_mean, uncond_var, data_mean,
                 prior_um, prior_uv = (um[j], uv[j]) if continue_ else (base_um[j], base_uv[j])
                 cm[j], cv[j] = _inherit(prior_cm, prior_cv, dm[j], dv[j], rho[j], rho_v[j], fac_c[j])
                 um[j], uv[j] = _inherit(prior_um, prior_uv, dm[j], dv[j], rho_u[j], rho_vu[j], fac_u[j])
-            _sample(table, r, plan, cm, cv, um, uv, m, v, scratch)
+            if law == 0:
+                _sample(table, r, plan, cm, cv, um, uv, m, v, scratch)
+            else:
+                for j in range(BLOCK):
+                    m[j], v[j] = _closed_law(law, table[0, r[j]], gap_below[j], gap_above[j], cm[j], cv[j], um[j],
+                                             uv[j])
             for j in range(BLOCK):
                 v[j] = v[j] + mut[j]
             for j in range(size):
@@ -233,6 +250,21 @@ def solver_chain_kernel(cond_mean, cond_var, uncond_mean, uncond_var, data_mean,
                     dv[j] = pool_v[j] - gen_sum[j] / (sets * sets * population)
                 elif population != 0:
                     dv[j] = pool_v[j] * ((population - 1) / population)
+
+
+@njit(inline="always")
+def _closed_law(law, w, gap_below, gap_above, cm, cv, um, uv):
+    """The output moments of the closed-form law ``law`` (see :func:`solver_chain_kernel`) at one point: the tilt
+    as :func:`qtm.gaussian.cfg_tilt` computes it (NaN where it cannot be normalised, which sends the group to the
+    operators and their error), the ODE and SDE limits of :mod:`qtm.continuous_kernels`."""
+    if law == _TILT:
+        precision = w / cv + (1 - w) / uv
+        if not precision > 0:
+            return math.nan, math.nan
+        return (w * cm / cv + (1 - w) * um / uv) / precision, 1 / precision
+    if law == _ODE:
+        return ode_moments(w, gap_below, gap_above, cm, cv, um, uv)
+    return sde_moments(w, cm, cv, um, uv)
 
 
 @njit(inline="always")

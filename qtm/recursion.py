@@ -70,11 +70,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qtm.moments_kernels import chain_kernel, solver_chain_kernel
+from qtm.moments_kernels import CLOSED_LAWS, chain_kernel, solver_chain_kernel
 from qtm.params import PARAMETERS, default_uncond_fidelity, effective_cfg, uncond_share
 from qtm.sampler_map import ddim_config, prepare_sampler
 from qtm.schedules import CFGSchedule
-from qtm.solvers import SOLVERS, SchedulerConfig, plan_arrays
+from qtm.solvers import SchedulerConfig, plan_arrays
 from qtm.validation import check_unit_interval
 
 
@@ -260,7 +260,7 @@ def simulate_moments(
                                    steps=int(num_steps), eta=float(eta_value), **setting)
         run = dict(params, iterations=iterations, sampler=prepared, continue_=mode == "continue",
                    population=population, workflow=workflow)
-        runner = _run_kernel if fused else _run_solver if sampler_name in SOLVERS else _run_operators
+        runner = _run_kernel if fused else _run_solver
         if index is None:
             runner(**run, out=(mean, var))
         else:
@@ -443,17 +443,23 @@ def _run_operators(*, iterations, sampler, continue_, population, workflow, out,
 
 
 def _run_solver(*, iterations, sampler, continue_, population, workflow, out, **p):
-    """A solver's recursion through its fused Numba kernel, bit for bit the operator path, into ``out``.
+    """A solver's or a closed-form law's recursion through its fused Numba kernel into ``out``: bit for bit the
+    operator path, but for the last bits of the ODE's and SDE's exponentials.
 
-    Where a moment overflows, the operator path runs instead: its errors say where, its rows of diverged points
-    read NaN."""
-    table, rows = sampler.scale_table
+    Where a moment overflows (or the tilt cannot be normalised), the operator path runs instead: its errors say
+    where, its rows of diverged points read NaN."""
+    if sampler.plan is None:
+        scales, rows = sampler.law_scales
+        table, plan, law = scales[None, :], _NO_PLAN, 1 + CLOSED_LAWS.index(sampler.sampler)
+    else:
+        table, rows = sampler.scale_table
+        table, plan, law = np.ascontiguousarray(table.T), plan_arrays(sampler.plan), 0
     mean, var = out
     solver_chain_kernel(
         p["cond_mean"], p["cond_var"], p["uncond_mean"], p["uncond_var"], p["data_mean"], p["data_var"],
         p["fidelity"], p["uncond_fidelity"], p["var_fidelity"], p["uncond_var_fidelity"],
         np.exp(p["var_shift"]), np.exp(p["uncond_var_shift"]), p["real_fraction"], p["mutation"],
-        np.require(rows, np.int64, ["C", "W"]), np.ascontiguousarray(table.T), plan_arrays(sampler.plan),
+        np.require(rows, np.int64, ["C", "W"]), table, plan, law,
         continue_, PARAMETERS["data_workflow"].choices.index(workflow), population or 0, mean, var,
     )  # fmt: skip
     if not (np.isfinite(mean).all() and np.isfinite(var).all()):
@@ -485,6 +491,9 @@ def _run_kernel(*, iterations, sampler, continue_, population, workflow, out, **
         mean, var,
     )  # fmt: skip
 
+
+#: :func:`qtm.solvers.plan_arrays`'s types with nothing in them: the plan argument of a closed-form law's kernel run.
+_NO_PLAN = (*(np.empty(0) for _ in range(7)), 0.0, False)
 
 #: The samplers of the fused kernel: diffusers' DDIM step, whose exact map is :func:`qtm.sampler_map.step_coefficients`.
 KERNEL_SAMPLERS = ("ddim", "ddpm")

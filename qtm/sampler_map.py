@@ -240,6 +240,16 @@ class PreparedSampler:
         abar = self.plan.abar if self.plan is not None else self.coefficients.abar_t
         return scale_table(self.schedule, self.cfg, abar)
 
+    @cached_property
+    def law_scales(self) -> tuple[np.ndarray, np.ndarray]:
+        """The one guidance scale of each distinct peak scale that a closed-form law takes (the tilt: its schedule's
+        mean over the steps; the ODE and SDE: the constant scale), and the row of each entry of ``cfg``."""
+        if self.sampler == "tilt":
+            table, rows = self.scale_table
+            return table.mean(axis=-1), rows
+        values, inverse = np.unique(self.cfg, return_inverse=True)
+        return values, inverse.reshape(self.cfg.shape)
+
     def moments(self, cond_mean, cond_var, uncond_mean, uncond_var) -> Moments:
         """Mean and variance of the sampler's output for ``p_c = N(cond_mean, cond_var)``, ``p_u = N(uncond_mean,
         uncond_var)`` (per axis; broadcast together with ``cfg``)."""
@@ -250,7 +260,8 @@ class PreparedSampler:
         if self.plan is not None:
             return plan_moments(self.plan, table, rows, *model)
         if self.sampler == "tilt":
-            return cfg_tilt(*model, cfg=table.mean(axis=-1)[rows])
+            scales, rows = self.law_scales
+            return cfg_tilt(*model, cfg=scales[rows])
         cond_mean, cond_var, uncond_mean, uncond_var = model
         coef = self.coefficients
         mean = np.zeros(np.broadcast_shapes(*(part.shape for part in model), rows.shape))

@@ -70,13 +70,24 @@ POINTS = [
     dict(BASE, cfg=3.0, schedule="cosine", sampler="dpm++2m", steps=12, eta=0.0, fidelity=0.6, drop=0.2,
          finetune="continue", real_fraction=0.1, mutation=0.01),
 ]
-#: The pooled workflows through the fused kernel (ddim, ddpm) and the operators (tilt, euler).
+#: The pooled workflows through the fused kernel (ddim, ddpm) and the solver kernel (tilt, euler).
 POINTS += [
     dict(point, data_workflow=workflow, **({"population": 40} if finite else {}))
     for point in (POINTS[1], POINTS[2], POINTS[3])
     for workflow in ("accumulate", "accumulate-subsample")
     for finite in (False, True)
 ] + [dict(POINTS[0], sampler="euler", data_workflow="accumulate", population=30, real_fraction=0.2)]
+#: The ODE and SDE limits through the closed-form laws of the solver kernel, in every workflow.
+POINTS += [
+    dict(BASE, cfg=3.0, schedule="constant", sampler="ode", steps=10, eta=0.0, fidelity=0.6, drop=0.2,
+         finetune="continue", real_fraction=0.1, mutation=0.01),
+    dict(BASE, cfg=5.0, schedule="constant", sampler="sde", steps=10, eta=0.0, fidelity=0.8, drop=0.5,
+         finetune="base", real_fraction=0.3, mutation=0.0, population=50),
+    dict(BASE, cfg=7.5, schedule="constant", sampler="ode", steps=10, eta=0.0, fidelity=0.9, drop=0.1,
+         finetune="continue", real_fraction=0.2, mutation=0.0, data_workflow="accumulate", population=40),
+    dict(BASE, cfg=2.0, schedule="constant", sampler="sde", steps=10, eta=0.0, fidelity=0.7, drop=0.3,
+         finetune="continue", real_fraction=0.0, mutation=0.02, data_workflow="accumulate-subsample"),
+]
 
 
 @pytest.mark.parametrize("point", POINTS, ids=lambda p: f"{p['sampler']}-{p['schedule']}-{p['finetune']}-"
