@@ -7,6 +7,7 @@ points or one per point (:func:`_at`).
 
 - :func:`chain_kernel`: all iterations of the recursion with diffusers' DDIM step fused in
   (:mod:`qtm.recursion`'s DDIM/DDPM path; ``tests/test_recursion.py`` checks it against the operators).
+- :func:`ddim_law_kernel`: the steps of one guided DDIM/DDPM sampling (:mod:`qtm.sampler_map`'s law).
 - :func:`sampler_kernel`: the K steps of one guided sampling with a solver of :mod:`qtm.solvers`, the
   exact map of its :class:`qtm.solvers.SolverPlan` (:func:`qtm.solvers.plan_moments`).
 - :func:`solver_chain_kernel`: all iterations of the recursion with a solver's sampling or a closed-form law
@@ -155,6 +156,31 @@ def _inherit_variances(cv, uv, dv, rho, rho_u, rho_v, rho_vu):
         else:
             cv[j] = cv[j] ** (1.0 - rho_v[j]) * dv[j] ** rho_v[j]
             uv[j] = uv[j] ** (1.0 - rho_vu[j]) * dv[j] ** rho_vu[j]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def ddim_law_kernel(cond_mean, cond_var, uncond_mean, uncond_var, row, table, steps, out_mean, out_var):
+    """One guided DDIM/DDPM sampling of every point: diffusers' step with the Gaussian ideal noise prediction,
+    operation for operation as :meth:`qtm.sampler_map.PreparedSampler.moments` wrote it in NumPy (so to the last
+    bit). ``table[row[i], k]`` is point i's guidance scale at step k; ``steps`` holds the rows abar_t,
+    sqrt(abar_t), sqrt(1 - abar_t), x_coef, eps_coef and noise_std squared (NumPy's)."""
+    abar, root, root_rest, x_coef, eps_coef, noise_var = steps[0], steps[1], steps[2], steps[3], steps[4], steps[5]
+    for i in prange(out_mean.size):
+        cm, cv, um, uv = _at(cond_mean, i), _at(cond_var, i), _at(uncond_mean, i), _at(uncond_var, i)
+        r = _at(row, i)
+        mean, var = 0.0, 1.0
+        for k in range(abar.size):
+            w = table[r, k]
+            slope_c = root_rest[k] / (abar[k] * cv + (1.0 - abar[k]))
+            icpt_c = -root[k] * cm * slope_c
+            slope_u = root_rest[k] / (abar[k] * uv + (1.0 - abar[k]))
+            icpt_u = -root[k] * um * slope_u
+            gain = x_coef[k] + eps_coef[k] * (slope_u + w * (slope_c - slope_u))
+            shift = eps_coef[k] * (icpt_u + w * (icpt_c - icpt_u))
+            mean = gain * mean + shift
+            var = gain * gain * var + noise_var[k]
+        out_mean[i] = mean
+        out_var[i] = var
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

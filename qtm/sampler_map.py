@@ -43,6 +43,7 @@ What the exact map shows (the numbers are checked by ``tests/test_sampler_map.py
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -53,9 +54,19 @@ from qtm.continuous import continuous_moments
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
 from qtm.gaussian import Moments, cfg_tilt
+from qtm.moments_kernels import ddim_law_kernel
 from qtm.params import PARAMETERS, SAMPLERS, effective_eta
 from qtm.schedules import CFGSchedule
-from qtm.solvers import SOLVERS, SchedulerConfig, SolverPlan, check_model, plan_moments, scale_table, solver_plan
+from qtm.solvers import (
+    SOLVERS,
+    SchedulerConfig,
+    SolverPlan,
+    check_model,
+    flat_points,
+    plan_moments,
+    scale_table,
+    solver_plan,
+)
 from qtm.validation import as_float_array, check_choice, check_unit_interval
 
 
@@ -262,19 +273,20 @@ class PreparedSampler:
         if self.sampler == "tilt":
             scales, rows = self.law_scales
             return cfg_tilt(*model, cfg=scales[rows])
-        cond_mean, cond_var, uncond_mean, uncond_var = model
+        shape = np.broadcast_shapes(*(part.shape for part in model), rows.shape)
+        mean, var = np.empty(math.prod(shape)), np.empty(math.prod(shape))
+        ddim_law_kernel(*(flat_points(part, shape) for part in model), flat_points(rows, shape, dtype=np.int64),
+                        np.ascontiguousarray(table), self.step_arrays, mean, var)
+        return Moments(mean.reshape(shape), var.reshape(shape))
+
+    @cached_property
+    def step_arrays(self) -> np.ndarray:
+        """:attr:`coefficients` as :func:`qtm.moments_kernels.ddim_law_kernel` takes them, one row each."""
         coef = self.coefficients
-        mean = np.zeros(np.broadcast_shapes(*(part.shape for part in model), rows.shape))
-        var = np.ones(mean.shape)
-        for k in range(len(coef.abar_t)):
-            w = table[0, k] if len(table) == 1 else table[rows, k]
-            slope_c, icpt_c = gaussian_eps_coefficients(coef.abar_t[k], cond_mean, cond_var)
-            slope_u, icpt_u = gaussian_eps_coefficients(coef.abar_t[k], uncond_mean, uncond_var)
-            gain = coef.x_coef[k] + coef.eps_coef[k] * (slope_u + w * (slope_c - slope_u))
-            shift = coef.eps_coef[k] * (icpt_u + w * (icpt_c - icpt_u))
-            mean = gain * mean + shift
-            var = gain * gain * var + coef.noise_std[k] ** 2
-        return Moments(np.asarray(mean), np.asarray(var))
+        # The noise squared one step at a time, as the NumPy form of this map did, to keep the last bits.
+        noise_var = [std**2 for std in coef.noise_std]
+        return np.array([coef.abar_t, np.sqrt(coef.abar_t), np.sqrt(1.0 - coef.abar_t), coef.x_coef, coef.eps_coef,
+                         noise_var])
 
 
 def prepare_sampler(sampler: str, *, cfg, schedule="constant", steps: int = 50, eta: float = 0.0,

@@ -465,10 +465,10 @@ def plan_moments(plan: SolverPlan, table, rows, cond_mean, cond_var, uncond_mean
     in :func:`qtm.moments_kernels.sampler_kernel`.
     """
     shape = np.broadcast_shapes(cond_mean.shape, cond_var.shape, uncond_mean.shape, uncond_var.shape, rows.shape)
-    model = [_points(values, shape) for values in (cond_mean, cond_var, uncond_mean, uncond_var)]
+    model = [flat_points(values, shape) for values in (cond_mean, cond_var, uncond_mean, uncond_var)]
     size = math.prod(shape)
     mean, var = np.empty(size), np.empty(size)
-    sampler_kernel(*model, _points(rows, shape, dtype=np.int64), np.ascontiguousarray(table.T), plan_arrays(plan),
+    sampler_kernel(*model, flat_points(rows, shape, dtype=np.int64), np.ascontiguousarray(table.T), plan_arrays(plan),
                    mean, var)
     return Moments(mean.reshape(shape), var.reshape(shape))
 
@@ -485,7 +485,7 @@ def plan_arrays(plan: SolverPlan) -> tuple:
             float(plan.init_std**2), heun)
 
 
-def _points(values: np.ndarray, shape: tuple, *, dtype=np.float64) -> np.ndarray:
+def flat_points(values: np.ndarray, shape: tuple, *, dtype=np.float64) -> np.ndarray:
     """One value for all points, or one per point of ``shape`` (flat), as the kernels take them."""
     flat = values.reshape(1) if values.size == 1 else np.broadcast_to(values, shape).reshape(-1)
     return np.require(flat, dtype=dtype, requirements=["C", "W"])

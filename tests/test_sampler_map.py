@@ -253,3 +253,37 @@ def test_bad_input(kwargs, fragment):
         (args if key in args else options)[key] = value
     with pytest.raises(QTMError, match=fragment):
         guided_moments(*args.values(), **options)
+
+
+def _numpy_ddim_law(prepared, cond_mean, cond_var, uncond_mean, uncond_var):
+    """The DDIM/DDPM law as a plain NumPy loop over the steps (the form the compiled kernel replaced)."""
+    table, rows = prepared.scale_table
+    coef = prepared.coefficients
+    mean = np.zeros(np.broadcast_shapes(np.shape(cond_mean), np.shape(cond_var), rows.shape))
+    var = np.ones(mean.shape)
+    for k in range(len(coef.abar_t)):
+        w = table[0, k] if len(table) == 1 else table[rows, k]
+        slope_c, icpt_c = gaussian_eps_coefficients(coef.abar_t[k], cond_mean, cond_var)
+        slope_u, icpt_u = gaussian_eps_coefficients(coef.abar_t[k], uncond_mean, uncond_var)
+        gain = coef.x_coef[k] + coef.eps_coef[k] * (slope_u + w * (slope_c - slope_u))
+        shift = coef.eps_coef[k] * (icpt_u + w * (icpt_c - icpt_u))
+        mean = gain * mean + shift
+        var = gain * gain * var + coef.noise_std[k] ** 2
+    return mean, var
+
+
+@pytest.mark.parametrize(("sampler", "schedule", "eta"), [("ddim", "constant", 0.0), ("ddpm", "cosine", 0.0),
+                                                          ("ddim", "linear", 0.5), ("ddim", "interval:0.5:20", 1.0)])
+def test_the_compiled_law_is_the_numpy_loop_to_the_last_bit(sampler, schedule, eta):
+    """qtm.moments_kernels.ddim_law_kernel against the NumPy loop, on a grid of points and on broadcast axes."""
+    from qtm.sampler_map import prepare_sampler
+
+    rng = np.random.default_rng(3)
+    n = 500
+    points = (rng.normal(size=n), 10 ** rng.uniform(-3, 2, n), rng.normal(size=n), 10 ** rng.uniform(-3, 2, n))
+    axes = (points[0][:, None], points[1][:, None], 0.0, 1.0)
+    for cfg, model in ((rng.choice([1.0, 1.5, 3.0, 7.5], size=n), points), ([[1.0, 3.0, 7.5]], axes)):
+        prepared = prepare_sampler(sampler, cfg=cfg, schedule=schedule, steps=25, eta=eta)
+        out = prepared.moments(*model)
+        mean, var = _numpy_ddim_law(prepared, *model)
+        assert np.array_equal(out.mean, mean) and np.array_equal(out.var, var)
