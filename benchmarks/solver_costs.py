@@ -7,9 +7,10 @@ ratio to ``ddim`` measured in the same run. ``ddim`` and ``ddpm`` run through th
 of the DDIM recursion, diffusers' other solvers through the fused kernel of theirs
 (:mod:`qtm.moments_kernels`), the tilt and the ODE/SDE limits through that kernel's closed-form laws
 (:mod:`qtm.continuous_kernels`). Each sampler is run once untimed (Numba compiles, caches fill), then once
-per round for ``--repeats`` rounds (the order rotating), its ratio to ``ddim`` taken within each round. A second figure times 10^6 points x 20 iterations with
-DPM++ 2M against DDIM in the same run (``--large-points 0`` skips it). The load average is printed
-before and after: on a shared machine the ratios are the figure to read.
+per round for ``--repeats`` rounds (the order rotating), its ratio to ``ddim`` taken within each round. A
+second figure times 10^6 points x 20 iterations with DPM++ 2M against DDIM in the same run
+(``--large-points 0`` skips it). The load average is printed before and after: on a shared machine the
+ratios are the figure to read.
 
 Run: ``.venv/bin/python benchmarks/solver_costs.py [--points 10000] [--iterations 5] [--steps 50]``.
 
