@@ -21,9 +21,9 @@ whose solutions are, with ``L = ln(v_c/v_u)``, ``phi(z) = (e^z - 1)/z``::
     SDE  V = int_0^inf E^-4 = v_c phi((2w-1) L)/phi(L)  mu = m_u + (m_c - m_u) w e^((w-1) L) phi(-w L)/phi(-L)
 
 ``J = int_0^inf w / (2 (v_c+tau) E(tau)) dtau = w 2F1((1-w)/2, 1; 3/2; 1 - v_c/v_u)`` (Gauss's
-hypergeometric function, evaluated with the argument in [0, 1) on either side of ``v_c = v_u`` by
-:mod:`qtm.continuous_kernels`).
-All four are exact; the only error is floating point (relative 1e-13 or better, checked against
+hypergeometric function, evaluated with the argument in [0, 1) on either side of ``v_c = v_u``). All four
+are exact, computed point by point by :mod:`qtm.continuous_kernels` (which the chain kernel shares); the only
+error is floating point (relative 1e-13 or better, checked against
 adaptive quadrature and an ODE solver by ``tests/test_continuous.py``).
 
 The ODE's variance is the geometric mean of ``v_c`` and ``v_u`` with weights ``w, 1 - w``; the tilt's
@@ -42,29 +42,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from qtm.continuous_kernels import ode_mean_weights
+from qtm.continuous_kernels import continuous_laws
 from qtm.gaussian import Moments
 from qtm.validation import as_float_array, check_choice, check_int, check_positive
 
 CONTINUOUS_SAMPLERS = ("ode", "sde")
-
-
-def _log_phi(z):
-    """``ln((e^z - 1)/z)`` for any real z (1 at z = 0), without overflow or cancellation."""
-    z = np.asarray(z, dtype=float)
-    small = np.abs(z) < 1e-8
-    safe = np.where(small, 1.0, z)
-    value = np.maximum(safe, 0.0) + np.log(-np.expm1(-np.abs(safe))) - np.log(np.abs(safe))
-    return np.where(small, 0.5 * z, value)
-
-
-def _ode_mean_weight(cond_var, uncond_var, w):
-    """``J``: the share of ``m_c - m_u`` that the ODE's output mean carries (:mod:`qtm.continuous_kernels`)."""
-    cond_var, uncond_var, w = np.broadcast_arrays(cond_var, uncond_var, w)
-    weight = np.empty(cond_var.shape)
-    ode_mean_weights(*(np.ascontiguousarray(a, dtype=float).reshape(-1) for a in (cond_var, uncond_var, w)),
-                     weight.reshape(-1))
-    return weight
 
 
 def continuous_moments(cond_mean, cond_var, uncond_mean, uncond_var, *, cfg, sampler: str = "ode") -> Moments:
@@ -96,17 +78,12 @@ def continuous_moments(cond_mean, cond_var, uncond_mean, uncond_var, *, cfg, sam
     cond_var = check_positive(cond_var, "cond_var")
     uncond_var = check_positive(uncond_var, "uncond_var")
     w = as_float_array(cfg, "cfg")
-    log_ratio = np.log(cond_var) - np.log(uncond_var)
     # A moment that overflows comes back as inf or NaN without numpy's warnings: a chain reads it as diverged
     # (qtm.recursion), a single law as one error naming the inputs (qtm.sampler_map.sampler_law).
-    with np.errstate(over="ignore", invalid="ignore"):
-        if sampler == "ode":
-            var = uncond_var * np.exp(w * log_ratio)
-            weight = _ode_mean_weight(cond_var, uncond_var, w)
-        else:
-            var = cond_var * np.exp(_log_phi((2.0 * w - 1.0) * log_ratio) - _log_phi(log_ratio))
-            weight = w * np.exp((w - 1.0) * log_ratio + _log_phi(-w * log_ratio) - _log_phi(-log_ratio))
-        mean = uncond_mean + (cond_mean - uncond_mean) * weight
+    model = np.broadcast_arrays(cond_mean, cond_var, uncond_mean, uncond_var, w)
+    mean, var = np.empty(model[0].shape), np.empty(model[0].shape)
+    continuous_laws(sampler == "sde", *(np.ascontiguousarray(a, dtype=float).reshape(-1) for a in model),
+                    mean.reshape(-1), var.reshape(-1))
     return Moments(np.asarray(mean), np.asarray(var))
 
 

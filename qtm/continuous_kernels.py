@@ -1,4 +1,5 @@
-"""The probability-flow ODE and reverse SDE limits of :mod:`qtm.continuous`, compiled for the chain kernel.
+"""The probability-flow ODE and reverse SDE limits of :mod:`qtm.continuous`, compiled: one point's law, for the
+chain kernel and (looped over arrays, :func:`continuous_laws`) for :func:`qtm.continuous.continuous_moments`.
 
 The ODE's mean weight ``J = w 2F1((1-w)/2, 1; 3/2; z)`` (also :mod:`qtm.continuous`'s). SciPy's general
 ``hyp2f1`` costs 0.25 us per call for ``z <= 1/2`` and up to 30 us as ``z -> 1`` (a collapsing chain, where
@@ -135,10 +136,15 @@ def ode_moments(w, gap_below, gap_above, cond_mean, cond_var, uncond_mean, uncon
 
 
 @njit(cache=True, error_model="numpy")
-def ode_mean_weights(cond_var, uncond_var, w, out):
-    """``J`` (the share of ``m_c - m_u`` in the ODE's output mean) of each point of equal-length flat arrays."""
-    for i in range(out.size):
-        out[i] = _ode_mean_weight(w[i], *ode_gaps(w[i]), cond_var[i], uncond_var[i])
+def continuous_laws(sde, cond_mean, cond_var, uncond_mean, uncond_var, w, out_mean, out_var):
+    """:func:`ode_moments` (``sde`` false) or :func:`sde_moments` of each point of equal-length flat arrays: the
+    arrays of :func:`qtm.continuous.continuous_moments`."""
+    for i in range(out_mean.size):
+        if sde:
+            out_mean[i], out_var[i] = sde_moments(w[i], cond_mean[i], cond_var[i], uncond_mean[i], uncond_var[i])
+        else:
+            out_mean[i], out_var[i] = ode_moments(w[i], *ode_gaps(w[i]), cond_mean[i], cond_var[i], uncond_mean[i],
+                                                  uncond_var[i])
 
 
 @njit(cache=True, error_model="numpy")
@@ -158,7 +164,7 @@ def sde_moments(w, cond_mean, cond_var, uncond_mean, uncond_var):
 
     With ``phi(z) = (e^z - 1)/z`` as quotients while every argument is inside exp's range (a third of the
     transcendental calls), else in logarithms."""
-    log_ratio = math.log(cond_var / uncond_var)
+    log_ratio = math.log(cond_var) - math.log(uncond_var)
     var_arg, mean_arg = (2.0 * w - 1.0) * log_ratio, -w * log_ratio
     if max(abs(var_arg), abs(mean_arg), abs(log_ratio)) < _PHI_RANGE:
         var = cond_var * _phi(var_arg) / _phi(log_ratio)
@@ -183,7 +189,7 @@ def _phi(z):
 
 @njit(cache=True, error_model="numpy")
 def _log_phi(z):
-    """``ln((e^z - 1)/z)`` (:func:`qtm.continuous._log_phi` at one point)."""
+    """``ln((e^z - 1)/z)`` for any real z (0 at z = 0), without overflow or cancellation."""
     if abs(z) < 1e-8:
         return 0.5 * z
     return max(z, 0.0) + math.log(-math.expm1(-abs(z))) - math.log(abs(z))

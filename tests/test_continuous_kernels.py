@@ -42,8 +42,10 @@ def test_hypergeometric_matches_mpmath(w):
 
 
 def test_point_laws_match_the_numpy_forms():
-    """ode_moments and sde_moments (libm's exponentials, scalar) against continuous_moments (NumPy's, on arrays)
-    on random points: variance ratios 1e-12..1e12 and w up to 40, which reaches the SDE's logarithmic branch."""
+    """ode_moments and sde_moments point by point against continuous_moments on arrays (its checks, broadcasting
+    and flattening around the same compiled laws) on random points: variance ratios 1e-12..1e12 and w up to 40,
+    which reaches the SDE's logarithmic branch. The laws themselves are checked against quadrature and an ODE
+    solver in tests/test_continuous.py and against mpmath above."""
     rng = np.random.default_rng(11)
     n = 400
     for sampler, decades, top in (("ode", 12, 12.0), ("sde", 12, 40.0)):
