@@ -268,7 +268,7 @@ class ChainSetup:
         if PARAMETERS["sampler"].check(sampler) not in NETWORK_SAMPLERS:
             raise QTMError(f"sampler {sampler!r} has no particle version in model 'sampler'; use model 'qg' for it")
         steps = PARAMETERS["steps"].check(steps)
-        eta = effective_eta(sampler, PARAMETERS["eta"].check(eta))
+        eta = effective_eta(sampler, float(PARAMETERS["eta"].check(eta)))
         if dims * (steps + 2) >= MAX_BLOCK:
             raise QTMError(f"dims x (steps + 2) must be < {MAX_BLOCK} (the random-number layout), got "
                            f"{dims * (steps + 2)}")
