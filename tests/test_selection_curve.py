@@ -92,7 +92,8 @@ def test_csv_columns_rows_and_the_law_from_its_own_inputs(tmp_path):
     table = pd.read_csv(tmp_path / "r" / "selection_curve.csv")
     for column in ("run", "iteration", "caption", "axis", "w", "n_pairs", "S_mean", "S_mean_lo", "S_mean_hi",
                    "S_log_var", "S_log_var_lo", "S_log_var_hi", "predicted_S_mean", "predicted_S_log_var",
-                   "corrected_S_log_var", "cond_mean", "cond_var", "uncond_mean", "uncond_var", "role"):
+                   "corrected_S_log_var", "mixture_S_mean", "mixture_S_log_var", "cond_mean", "cond_var",
+                   "uncond_mean", "uncond_var", "role"):
         assert column in table.columns, column
     # 2 models (base, iteration 0) x (2 captions + their mean) x 2 axes x 3 values of w.
     assert len(table) == 2 * 3 * 2 * 3
@@ -106,10 +107,17 @@ def test_csv_columns_rows_and_the_law_from_its_own_inputs(tmp_path):
         at_w, at_1 = (guided_moments(*model, cfg=w, steps=50) for w in (row.w, 1.0))
         assert row.predicted_S_log_var == pytest.approx(np.log(at_w.var / at_1.var), rel=1e-9)
         assert row.predicted_S_mean == pytest.approx((at_w.mean - at_1.mean) * unit, rel=1e-9, abs=1e-12)
+    # The mixture law (p_u: the captions' Gaussians): finite per caption, their mean in the (within) rows.
+    assert np.isfinite(per_caption[["mixture_S_mean", "mixture_S_log_var"]].to_numpy()).all()
+    keys = ["iteration", "axis", "w"]
+    means = per_caption.groupby(keys)["mixture_S_log_var"].mean()
+    within = table[table["caption"] == "(within)"].set_index(keys)["mixture_S_log_var"]
+    np.testing.assert_allclose(within.sort_index(), means.sort_index(), rtol=1e-12)
     ok = per_caption.dropna(subset=["S_log_var_lo"])
     assert len(ok) and ((ok["S_log_var_lo"] <= ok["S_log_var"]) & (ok["S_log_var"] <= ok["S_log_var_hi"])).all()
     text = (tmp_path / "r" / "report.md").read_text()
     assert "## The selection law" in text and "(selection_curve.csv)" in text and "(selection_curve.png)" in text
+    assert "| log_var | mixture p_u |" in text
     for name in ("selection_curve.png", "selection_agreement.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
     # Off by default: no curve, no file.

@@ -220,7 +220,8 @@ def plot_selection_curve(curve, *, path) -> Path:
 
     One row of panels per statistic, one column per trait axis (the first three); values averaged over captions.
     Solid lines are the law with no free parameter, dashed ones the law with the correction chosen on w <= 3
-    (where one was used); w = 1 is S = 0 by definition.
+    (where one was used), crosses on dotted lines the law with p_u the captions' mixture (at the measured w);
+    w = 1 is S = 0 by definition.
     """
     import matplotlib
 
@@ -248,6 +249,8 @@ def plot_selection_curve(curve, *, path) -> Path:
                 spread = np.clip([value - part[f"S_{statistic}_lo"], part[f"S_{statistic}_hi"] - value], 0, None)
                 panel.errorbar(part["w"], value, yerr=np.nan_to_num(spread), fmt="o", ms=4, capsize=2,
                                color=colour, label=label)
+                if f"mixture_S_{statistic}" in part:
+                    panel.plot(part["w"], part[f"mixture_S_{statistic}"], "x:", ms=5, color=colour, lw=1.0)
                 inputs = per_caption[(per_caption["run"] == run) & (per_caption["iteration"] == t)
                                      & (per_caption["axis"] == axis) & (per_caption["w"] == curve.cfgs[0])]
                 model = [inputs[c].to_numpy(dtype=float) for c in ("cond_mean", "cond_var", "uncond_mean",
@@ -263,8 +266,8 @@ def plot_selection_curve(curve, *, path) -> Path:
             panel.set_title(f"axis {axis}", fontsize=9)
             panel.set_xlabel("peak CFG w (shaded: w ≤ 3, where a correction is chosen)")
             panel.set_ylabel(SELECTION_LABELS[statistic])
-    panels[0, 0].legend(fontsize=7, title="solid: law; dashed: corrected" if correction != "none" else "lines: law",
-                        title_fontsize=7)
+    title = "solid: law; dashed: corrected" if correction != "none" else "lines: law"
+    panels[0, 0].legend(fontsize=7, title=f"{title}; x: mixture p_u", title_fontsize=7)
     figure.tight_layout()
     save_figure(figure, path)
     return path

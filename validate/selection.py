@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from qtm.errors import QTMError, RunDirectoryError
-from qtm.params import PARAMETERS
+from qtm.mixture_law import mixture_law
+from qtm.params import NETWORK_SAMPLERS, PARAMETERS
 from qtm.random import check_random_state, derive_seed
 from qtm.rundir import (
     SELECTION_FOLDER,
@@ -56,6 +57,9 @@ DEFAULT_CFGS = (1.5, 2.0, 3.0, 5.0, 7.5, 10.0)
 #: The stream tag of the selection curve's bootstrap (qtm.random.derive_seed).
 SELECTION_TAG = 0x5E1D
 STATISTICS = ("mean", "log_var")
+#: Particles per caption and CFG value of the mixture law: its S on ln var then has a Monte Carlo SD of about
+#: 0.02 (common starting noise for all w), far under the measured S's sampling error.
+MIXTURE_PARTICLES = 4000
 
 
 def parse_cfgs(value) -> tuple[float, ...]:
@@ -146,6 +150,37 @@ def predicted_selection(cond_mean, cond_var, uncond_mean, uncond_var, cfgs, *, l
     with np.errstate(divide="ignore", invalid="ignore"):
         log_var = np.log(out.var)
     return (out.mean[..., 1:] - out.mean[..., :1]) * unit, log_var[..., 1:] - log_var[..., :1]
+
+
+def mixture_selection(cond_mean, cond_var, cfgs, *, law: SamplerLaw, particles: int = MIXTURE_PARTICLES,
+                      random_state=None) -> tuple[np.ndarray, np.ndarray]:
+    """``S(w)`` on the mean and the log variance with p_u the mixture of the captions' Gaussians, (C, k, W).
+
+    Caption c's p_c is its Gaussian (``cond_mean[c]``, ``cond_var[c]``, diagonal over the k axes); p_u is the
+    equal-weight mixture of all C captions' Gaussians, in units of the mixture's SD per axis (as the Gaussian law's
+    are of ``sqrt(v_u)``). No free parameter: see :mod:`qtm.mixture_law` for why the mixture's bounded posterior
+    makes selection saturate with w where a single Gaussian p_u does not.
+
+    Examples
+    --------
+    >>> law = SamplerLaw("ddim", 20, "constant", SchedulerConfig(), "example")
+    >>> s_mean, s_log = mixture_selection([[-2.0], [2.0]], [[0.5], [0.5]], [3.0, 10.0], law=law, random_state=0)
+    >>> s_log.shape, bool(s_log[0, 0, 1] > 2 * s_log[0, 0, 0])  # saturates: w = 10 selects < twice w = 3
+    ((2, 1, 2), True)
+    """
+    cond_mean, cond_var = np.asarray(cond_mean, dtype=float), np.asarray(cond_var, dtype=float)
+    captions = cond_mean.shape[0]
+    mix_mean = cond_mean.mean(axis=0)
+    unit = np.sqrt((cond_var + cond_mean**2).mean(axis=0) - mix_mean**2)
+    means, variances = (cond_mean - mix_mean) / unit, cond_var / unit**2  # (C, k)
+    every = (captions, captions, means.shape[1])  # each caption's p_u: all C components
+    out = mixture_law(np.ones((captions, 1)), means[:, None], variances[:, None],
+                      np.full((captions, captions), 1.0 / captions), np.broadcast_to(means, every),
+                      np.broadcast_to(variances, every), cfg=[1.0, *cfgs], schedule=law.schedule,
+                      sampler=law.sampler, steps=law.steps, scheduler=law.scheduler, particles=particles,
+                      random_state=random_state)
+    mean, log_var = out.mean.transpose(0, 2, 1) * unit[:, None], np.log(out.var).transpose(0, 2, 1)
+    return mean[..., 1:] - mean[..., :1], log_var[..., 1:] - log_var[..., :1]
 
 
 def paired_selection(at_w, at_one, captions, *, n_boot: int, random_state) -> dict[str, np.ndarray]:
@@ -280,6 +315,9 @@ def _model_rows(run, t, sets, traits, cfgs, law, n_boot, rng) -> list[dict]:
     if len(uncond) < MIN_GROUP_SIZE:
         raise ValidateError(f"{len(uncond)} unconditional samples; the law's p_u needs at least {MIN_GROUP_SIZE}")
     predicted = predicted_selection(cond_mean, cond_var, uncond_mean, uncond_var, cfgs, law=law)  # (C, k, W)
+    # Its own stream (spawned, not drawn from rng): the bootstrap's resamples stay those they were without it.
+    mixture = (mixture_selection(cond_mean, cond_var, cfgs, law=law, random_state=rng.spawn(1)[0])
+               if law.sampler in NETWORK_SAMPLERS and len(captions) > 1 else None)
     rows = []
     for j, w in enumerate(cfgs):
         at_w, captions_w = traits[w]
@@ -303,12 +341,17 @@ def _model_rows(run, t, sets, traits, cfgs, law, n_boot, rng) -> list[dict]:
                         enough = n_boot and len(boot) >= 0.9 * n_boot
                         low, high = np.percentile(boot, [2.5, 97.5]) if enough else (np.nan, np.nan)
                         law_value = predicted[STATISTICS.index(statistic)][:, axis, j]
+                        mixture_value = (mixture[STATISTICS.index(statistic)][:, axis, j] if mixture is not None
+                                         else np.full(len(captions), np.nan))
                         row.update({
                             f"S_{statistic}": float(column[0]),
                             f"S_{statistic}_lo": float(low),
                             f"S_{statistic}_hi": float(high),
                             f"predicted_S_{statistic}": float(
                                 law_value[pick[c]] if pick is not None else law_value[order].mean()
+                            ),
+                            f"mixture_S_{statistic}": float(
+                                mixture_value[pick[c]] if pick is not None else mixture_value[order].mean()
                             ),
                         })
                     if pick is not None:

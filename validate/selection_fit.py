@@ -37,6 +37,10 @@ CORRECTIONS = ("none", "log_var_scale", "guidance", "trait_scale")
 PARAMETER_RANGE = (0.02, 50.0)
 #: A correction is used only where it lowers the squared error on w <= 3 by more than this share.
 MIN_GAIN = 0.01
+#: The predictions scored: the Gaussian law, the corrected law, the law with p_u the captions' mixture.
+PREDICTIONS = ("predicted", "corrected", "mixture")
+#: Scored over each caption's values, and over the captions' mean per model, axis and w.
+LEVELS = ("caption", "captions' mean")
 SUBSETS = {"all w": lambda w: np.ones(len(w), bool), "w <= 3": lambda w: w <= CHOSEN_ON,
            "w >= 5": lambda w: w >= TESTED_ON}
 
@@ -154,17 +158,22 @@ def _with_within(table: pd.DataFrame, values: np.ndarray) -> np.ndarray:
 
 
 def _scores(table: pd.DataFrame, per_caption: np.ndarray, w: np.ndarray) -> pd.DataFrame:
-    """R² and slope per statistic, prediction (law, corrected), subset of w and axis (-1: all axes)."""
+    """R² and slope per statistic, prediction (law, corrected, mixture law), subset of w and axis (-1: all axes),
+    over the captions' own values (``level`` caption) and over their means per model, axis and w (``level``
+    captions' mean: the measured values' sampling noise averaged down, which per caption is large)."""
     rows = []
     axis = table["axis"].to_numpy()
-    for statistic in STATISTICS:
-        measured = table[f"S_{statistic}"].to_numpy(dtype=float)
-        for prediction in ("predicted", "corrected"):
-            predicted = table[f"{prediction}_S_{statistic}"].to_numpy(dtype=float)
-            for subset, member in SUBSETS.items():
-                for a in [-1, *sorted(set(axis.tolist()))]:
-                    pick = per_caption & member(w) & ((axis == a) if a >= 0 else True)
-                    if pick.any():
-                        rows.append({"statistic": statistic, "prediction": prediction, "w": subset, "axis": a,
-                                     **agreement(measured[pick], predicted[pick])})
+    predictions = [p for p in PREDICTIONS if f"{p}_S_log_var" in table]
+    for level in LEVELS:
+        in_level = per_caption if level == "caption" else ~per_caption
+        for statistic in STATISTICS:
+            measured = table[f"S_{statistic}"].to_numpy(dtype=float)
+            for prediction in predictions:
+                predicted = table[f"{prediction}_S_{statistic}"].to_numpy(dtype=float)
+                for subset, member in SUBSETS.items():
+                    for a in [-1, *sorted(set(axis.tolist()))]:
+                        pick = in_level & member(w) & ((axis == a) if a >= 0 else True)
+                        if pick.any():
+                            rows.append({"level": level, "statistic": statistic, "prediction": prediction,
+                                         "w": subset, "axis": a, **agreement(measured[pick], predicted[pick])})
     return pd.DataFrame(rows)

@@ -284,7 +284,8 @@ def qg_reference(keys, n, generations, data_mean, data_var, fitness, theta, omeg
             g, labels = _subsample(keys, t, np.concatenate(pool, axis=1), np.zeros((reps, (t + 2) * n), np.int64), n)
 
 
-def _level_coefficients(w, mean, var, a_level, b_level):
+def level_coefficients(w, mean, var, a_level, b_level):
+    """A mixture's components at one noise level: a·m, 1/(a²v + b²) and log weight - ½ Σ log(a²v + b²)."""
     level_var = np.maximum(a_level**2 * var + b_level**2, 1e-300)
     with np.errstate(divide="ignore"):
         log_norm = np.log(w) - 0.5 * np.log(level_var).sum(axis=-1)
@@ -296,7 +297,9 @@ def _mixture_log_lik(x, am, inv_s, log_norm):
     return log_norm[:, None, :] - 0.5 * ((x[:, :, None, :] - am[:, None]) ** 2 * inv_s[:, None]).sum(axis=-1)
 
 
-def _mixture_eps(x, am, inv_s, log_norm, b_level):
+def mixture_eps(x, am, inv_s, log_norm, b_level):
+    """The exact ε-prediction of a diagonal Gaussian mixture for particles ``x`` (R, N, d), from its
+    :func:`level_coefficients` (R, M, d), (R, M, d), (R, M)."""
     ll = _mixture_log_lik(x, am, inv_s, log_norm)
     p = _exp_nonpositive(ll - ll.max(axis=-1, keepdims=True))
     eps = (p[..., None] * (b_level * (x[:, :, None, :] - am[:, None]) * inv_s[:, None])).sum(axis=2)
@@ -332,13 +335,13 @@ def chain_reference(keys, n, iterations, data_w, data_m, data_v, base_cw, base_c
         base = np.broadcast_to(block(t, P_GEN) + particle_base, (reps, n))
         xi = _normals(particle_keys, base, 0, d)
         for k in range(k_steps):
-            eps_c = _mixture_eps(xi, *_level_coefficients(*c_model, a_t[k], b_t[k]), b_t[k])
-            eps_u = _mixture_eps(xi, *_level_coefficients(*u_model, a_t[k], b_t[k]), b_t[k])
+            eps_c = mixture_eps(xi, *level_coefficients(*c_model, a_t[k], b_t[k]), b_t[k])
+            eps_u = mixture_eps(xi, *level_coefficients(*u_model, a_t[k], b_t[k]), b_t[k])
             eps = eps_u + scales[k] * (eps_c - eps_u)
             x0 = (xi - b_t[k] * eps) * (1.0 / a_t[k])
             noise = _normals(particle_keys, base, d * (k + 1), d * (k + 2))
             xi = a_prev[k] * x0 + direction[k] * eps + sigma[k] * noise
-        final = _level_coefficients(*c_model, a_prev[-1], np.sqrt(1.0 - abar_prev[-1]))
+        final = level_coefficients(*c_model, a_prev[-1], np.sqrt(1.0 - abar_prev[-1]))
         labels = _mixture_log_lik(xi, *final).argmax(axis=-1)
         noise = _normals(particle_keys, base, d * (k_steps + 1), d * (k_steps + 2))
         x = xi + np.sqrt(mutation_var) * noise
