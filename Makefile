@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict rgb-study-runs rgb-study
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict rgb-study-runs rgb-study rgb-test-runs rgb-test-predict
 
 # The install prints only errors: its commands are not echoed, pip runs with -q, and the one warning filter drops
 # setuptools' "!!" banner that announces every editable install (an InformationOnly warning that pip shows even
@@ -124,6 +124,23 @@ rgb-study: rgb-study-runs
 	    --forecast-from 3 --report $(RGB_REPORT)/$$set || exit 1; \
 	done
 	$(BIN)/python tools/rgb_study_summary.py $(RGB_STUDY) $(RGB_REPORT) --out docs/rgb_study
+
+# The RGB study out of sample (docs/rgb_study.md, issue 21): the four emoji chains again with a seed the study
+# never used (20; the same base model, cached with the study's), then the shared model fitted on CFG 1 and 7.5
+# predicts CFG 3 and ReDiFine from their iteration 0 and run.json (about 65 min on 2 idle cores; resumable).
+RGB_TEST := runs/rgb-test
+RGB_TEST_SEED := 20
+RGB_EMOJI := 'emoji:32?min=40&max=24'
+rgb-test-runs: $(STAMP)
+	$(RGB_RUN) $(RGB_TEST)/emoji-cfg1 --data $(RGB_EMOJI) --seed $(RGB_TEST_SEED) --cfg 1
+	$(RGB_RUN) $(RGB_TEST)/emoji-cfg7.5 --data $(RGB_EMOJI) --seed $(RGB_TEST_SEED) --cfg 7.5
+	$(RGB_RUN) $(RGB_TEST)/emoji-cfg3 --data $(RGB_EMOJI) --seed $(RGB_TEST_SEED) --cfg 3
+	$(RGB_RUN) $(RGB_TEST)/emoji-redifine --data $(RGB_EMOJI) --seed $(RGB_TEST_SEED) --cfg 7.5 --redifine
+
+rgb-test-predict: rgb-test-runs
+	$(RGB_ENV) $(BIN)/chain validate $(RGB_TEST)/emoji-cfg1 $(RGB_TEST)/emoji-cfg7.5 \
+	  --predict $(RGB_TEST)/emoji-cfg3,$(RGB_TEST)/emoji-redifine --guidance shared --embedder stats --no-decompose \
+	  --make-reference --bootstrap 0 --report $(RGB_TEST)-report/emoji
 
 # The statistical verification suite (about 25 s on 2 idle cores); plots land in runs/verify/.
 verify: $(STAMP)
