@@ -82,7 +82,7 @@ def continuous_moments(cond_mean, cond_var, uncond_mean, uncond_var, *, cfg, sam
     # (qtm.recursion), a single law as one error naming the inputs (qtm.sampler_map.sampler_law).
     model = np.broadcast_arrays(cond_mean, cond_var, uncond_mean, uncond_var, w)
     mean, var = np.empty(model[0].shape), np.empty(model[0].shape)
-    # astype copies: a broadcast view is read-only, which Numba would type (and compile) as another signature.
+    # astype copies: Numba reads a broadcast view's writeable flag, which NumPy warns will turn read-only.
     continuous_laws(sampler == "sde", *(a.astype(float).reshape(-1) for a in model),
                     mean.reshape(-1), var.reshape(-1))
     return Moments(np.asarray(mean), np.asarray(var))

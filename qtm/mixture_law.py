@@ -17,7 +17,7 @@ from qtm.gaussian import Moments
 from qtm.params import NETWORK_SAMPLERS, PARAMETERS, effective_eta
 from qtm.particles.reference import level_coefficients, mixture_eps
 from qtm.random import check_random_state
-from qtm.sampler_map import ddim_config
+from qtm.sampler_map import ddim_config, step_coefficients
 from qtm.schedules import CFGSchedule
 from qtm.solvers import SchedulerConfig
 from qtm.validation import as_float_array, check_positive
@@ -68,28 +68,27 @@ def mixture_law(cond_weights, cond_means, cond_vars, uncond_weights, uncond_mean
                        f"{cond[1].shape} and {uncond[1].shape}")
     cfgs = check_positive(np.atleast_1d(cfg), "cfg")
     steps = PARAMETERS["steps"].check(steps)
-    eta = effective_eta(sampler, float(PARAMETERS["eta"].check(eta)))
     particles = int(PARAMETERS["population"].check(particles))
-    abar_t, abar_prev = ddim_config(sampler, scheduler).step_alphas(steps)
-    a_t, b_t, a_prev = np.sqrt(abar_t), np.sqrt(1.0 - abar_t), np.sqrt(abar_prev)
-    sigma = eta * np.sqrt((1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev))
-    direction = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0))
+    step = step_coefficients(steps, eta=effective_eta(sampler, eta), config=ddim_config(sampler, scheduler))
+    a_t, b_t = np.sqrt(step.abar_t), np.sqrt(1.0 - step.abar_t)
+    # The denoisers' level coefficients do not depend on w: built once per level, used at every w.
+    levels = [(level_coefficients(*cond, a_t[k], b_t[k]), level_coefficients(*uncond, a_t[k], b_t[k]))
+              for k in range(steps)]
     rng = check_random_state(random_state)
     cases, dims = cond[1].shape[0], cond[1].shape[2]
     start = rng.standard_normal((cases, particles, dims))
-    noise = rng.standard_normal((len(abar_t), cases, particles, dims)) if eta > 0 else None
+    noise = rng.standard_normal((steps, cases, particles, dims)) if step.noise_std.any() else None
     parsed = CFGSchedule.parse(schedule)
     mean, var = np.empty((cases, len(cfgs), dims)), np.empty((cases, len(cfgs), dims))
     for j, w in enumerate(cfgs):
-        scales = parsed.scales(float(w), steps, alphas_cumprod=abar_t)
+        scales = parsed.scales(float(w), steps, alphas_cumprod=step.abar_t)
         x = start
-        for k in range(len(abar_t)):
-            eps_c = mixture_eps(x, *level_coefficients(*cond, a_t[k], b_t[k]), b_t[k])
-            eps_u = mixture_eps(x, *level_coefficients(*uncond, a_t[k], b_t[k]), b_t[k])
-            eps = eps_u + scales[k] * (eps_c - eps_u)
-            x = a_prev[k] * (x - b_t[k] * eps) / a_t[k] + direction[k] * eps
+        for k, (cond_level, uncond_level) in enumerate(levels):
+            eps_c = mixture_eps(x, *cond_level, b_t[k])
+            eps_u = mixture_eps(x, *uncond_level, b_t[k])
+            x = step.x_coef[k] * x + step.eps_coef[k] * (eps_u + scales[k] * (eps_c - eps_u))
             if noise is not None:
-                x = x + sigma[k] * noise[k]
+                x = x + step.noise_std[k] * noise[k]
         mean[:, j] = x.mean(axis=1)
         var[:, j] = x.var(axis=1, ddof=1)
     return Moments(mean, var)
