@@ -24,6 +24,30 @@ settings.register_profile("quick", max_examples=40, derandomize=True, database=N
 settings.register_profile("fuzz", max_examples=500, **_FUZZ_BASE)
 
 
+def pytest_configure(config):
+    """Stop a ``--dist loadgroup`` run whose ``xdist_group`` groups would be split.
+
+    pytest-xdist tells its scheduler a test's group by writing ``name@group`` into the field that held the
+    node id; pytest 9.2 no longer reads that field (pytest-xdist#1386), so the groups are dealt out test by
+    test without an error: two workers then train the same base model and the README's commands run out of order.
+    """
+    if config.getoption("dist", "no") == "loadgroup" and not _reads_xdist_group_suffix():
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} ignores pytest-xdist's --dist loadgroup groups (pytest-xdist#1386): "
+            "install the pytest that pyproject.toml's dev extra names (`pip install -e '.[dev]'`)"
+        )
+
+
+def _reads_xdist_group_suffix() -> bool:
+    """Whether an item's node id is the ``_nodeid`` field pytest-xdist's loadgroup rewrites."""
+    probe = object.__new__(pytest.Function)
+    probe._nodeid = "probe@group"
+    try:
+        return probe.nodeid == "probe@group"
+    except AttributeError:
+        return False
+
+
 def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
     """The folder ``name``, filled by ``build(folder)`` once for the whole run, whichever worker asks first.
 
