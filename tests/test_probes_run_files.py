@@ -140,7 +140,9 @@ def test_sigterm_unwinds_like_ctrl_c_removing_temporaries_and_the_lock(monkeypat
 @pytest.mark.usefixtures("tiny")
 def test_sigterm_on_chain_run_exits_143_releases_the_lock_and_the_run_resumes(tmp_path):
     run = tmp_path / "run"
-    pid = in_child(cli_child, ["run", str(run), *TINY_ARGS, "--iterations", "40"], tmp_path / "stderr")
+    # Far more iterations than can finish before the signal: forty of these take about 2 s, and a loaded machine
+    # kept the polling parent waiting that long once, so the run ended before SIGTERM came (exit 0).
+    pid = in_child(cli_child, ["run", str(run), *TINY_ARGS, "--iterations", "1000"], tmp_path / "stderr")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (run / "iter-001").exists():
         time.sleep(0.05)
