@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict rgb-study-runs rgb-study rgb-test-runs rgb-test-predict
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test
 
 # The install prints only errors: its commands are not echoed, pip runs with -q, and the one warning filter drops
 # setuptools' "!!" banner that announces every editable install (an InformationOnly warning that pip shows even
@@ -141,6 +141,15 @@ rgb-test-predict: rgb-test-runs
 	$(RGB_ENV) $(BIN)/chain validate $(RGB_TEST)/emoji-cfg1 $(RGB_TEST)/emoji-cfg7.5 \
 	  --predict $(RGB_TEST)/emoji-cfg3,$(RGB_TEST)/emoji-redifine --guidance shared --embedder stats --no-decompose \
 	  --make-reference --bootstrap 0 --report $(RGB_TEST)-report/emoji
+
+# Issue 21 item 6 (docs/rgb_study.md, "A ReDiFine variant named in advance"): the emoji chain at a ReDiFine
+# variant no chain had run (peak CFG 3, cosine schedule, drop 0.2), seed 20, predicted by the shared model fitted
+# on CFG 1 and 7.5 with EfficientNet traits (about 12 min for the chain on 2 idle cores; resumable).
+rgb-redifine-test: rgb-test-runs
+	$(RGB_RUN) $(RGB_TEST)/emoji-cfg3-redifine --data $(RGB_EMOJI) --seed $(RGB_TEST_SEED) --cfg 3 --redifine
+	$(RGB_ENV) $(BIN)/chain validate $(RGB_TEST)/emoji-cfg1 $(RGB_TEST)/emoji-cfg7.5 \
+	  --predict $(RGB_TEST)/emoji-cfg3-redifine --guidance shared --embedder efficientnet --no-decompose \
+	  --make-reference --bootstrap 0 --report $(RGB_TEST)-report/emoji-cfg3-redifine
 
 # The statistical verification suite (about 25 s on 2 idle cores); plots land in runs/verify/.
 verify: $(STAMP)
