@@ -142,7 +142,7 @@ rgb-test-predict: rgb-test-runs
 	  --predict $(RGB_TEST)/emoji-cfg3,$(RGB_TEST)/emoji-redifine --guidance shared --embedder stats --no-decompose \
 	  --make-reference --bootstrap 0 --report $(RGB_TEST)-report/emoji
 
-# Issue 21 item 6 (docs/rgb_study.md, "A ReDiFine variant named in advance"): the emoji chain at a ReDiFine
+# Issue 21 item 6 (docs/rgb_study.md, "ReDiFine at a peak CFG of 3"): the emoji chain at a ReDiFine
 # variant no chain had run (peak CFG 3, cosine schedule, drop 0.2), seed 20, predicted by the shared model fitted
 # on CFG 1 and 7.5 with EfficientNet traits (about 12 min for the chain on 2 idle cores; resumable).
 rgb-redifine-test: rgb-test-runs
