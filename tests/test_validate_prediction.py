@@ -183,3 +183,24 @@ def test_held_out_runs_with_another_caption_structure_are_refused():
             train.append(trajectory)
     with pytest.raises(ValidateError, match="held-out runs' captions differ from the training runs'"):
         predict(train, [engine_chain("h", 3.0)], base=engine_base(), draws=50)
+
+
+def test_the_calibration_keeps_a_typical_captions_distance_from_the_unconditional_branch():
+    """Two captions on either side of the unconditional branch: their mean position is the branch itself, where
+    guidance selects nothing; the calibration's caption lies at their RMS distance, its data as far beyond it as
+    each caption's data lie beyond that caption's branch."""
+    from validate.calibration import typical_caption
+
+    pair = lambda m, v: (np.array(m), np.array(v))  # noqa: E731
+    base = BaseMoments(cond={"a": pair([2.0, 0.5], [0.4, 0.3]), "b": pair([-2.0, 1.5], [0.6, 0.5])},
+                       uncond=pair([0.0, 0.0], [4.0, 1.0]),
+                       data={"a": pair([2.5, 0.5], [0.2, 0.1]), "b": pair([-2.5, 1.5], [0.4, 0.3])})
+    scale = np.array([2.0, 1.0])
+    (cond_mean, cond_var), (data_mean, data_var) = typical_caption(base, scale, np.zeros(2))
+    np.testing.assert_allclose(cond_mean, [1.0, np.sqrt((0.25 + 2.25) / 2)])
+    np.testing.assert_allclose(cond_var, [0.125, 0.4])
+    np.testing.assert_allclose(data_mean, [1.25, np.sqrt(1.25)])
+    np.testing.assert_allclose(data_var, [0.075, 0.2])
+    one = BaseMoments(cond=pair([-0.3], [0.5]), uncond=pair([0.1], [1.0]), data=pair([-0.1], [0.6]))
+    (cond_mean, cond_var), (data_mean, data_var) = typical_caption(one, np.ones(1), np.array([0.1]))
+    np.testing.assert_allclose([cond_mean, cond_var, data_mean, data_var], [[-0.3], [0.5], [-0.1], [0.6]])

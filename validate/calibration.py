@@ -8,7 +8,7 @@ import numpy as np
 
 from qtm.calibration import Calibration
 from validate.optimiser import FitResult
-from validate.transition import QUANTITIES, BaseMoments, Trajectory
+from validate.transition import QUANTITIES, BaseMoments, Trajectory, for_group
 
 #: The shared model's parameters, named as qtm's chain parameters (:mod:`qtm.params`).
 SHARED_PARAMETERS = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain")
@@ -19,31 +19,30 @@ PROCESS_NOISE = ("log_process_var", "log_common_var")
 def calibration_of(fit: FitResult, trajectories: list[Trajectory], *, base: BaseMoments) -> Calibration:
     """The shared fit as a :class:`qtm.calibration.Calibration` for ``qtm simulate --calibration``.
 
-    The model is one typical caption: the base conditional branch and the real data averaged over captions
-    (means) and their within-caption variances averaged; every axis in SDs of the base model's unconditional
-    branch, the units the fit's sampler map works in (the sampler's law is not scale-free). The moments
-    engine's unconditional branch then moves toward that one caption's data, where the fit's moves toward the
-    pool of all captions: between-caption spread is left out.
+    The model is one typical caption, every axis in SDs of the base model's unconditional branch (the units the
+    fit's sampler map works in: the sampler's law is not scale-free). Its base conditional branch lies as far
+    from the unconditional branch as the captions' do in root mean square per axis (guidance selects on that
+    distance, the Gaussian law's selection growing with its square), on the side of their mean offset; its real
+    data lie where each caption's data lie from that caption's branch, averaged with each offset turned to the
+    typical caption's side; its variances are the captions' mean within-caption variances. The captions' mean
+    position would instead put the caption on the unconditional branch (the unconditional model is their
+    mixture), where guidance has nothing to select. With one caption the model is that caption. The moments
+    engine's unconditional branch then moves toward the typical caption's data, where the fit's moves toward
+    the pool of all captions: between-caption spread is left out.
     """
     values = fit.values
     scale = np.sqrt(np.asarray(base.uncond[1], float))
     samplers = Counter((t.sampler, t.steps) for t in trajectories)
     (sampler, steps), _ = samplers.most_common(1)[0]
 
-    def typical(moments):
-        pairs = list(moments.values()) if isinstance(moments, dict) else [moments]
-        mean = np.mean([np.asarray(m, float) for m, _ in pairs], axis=0) / scale
-        var = np.mean([np.asarray(v, float) for _, v in pairs], axis=0) / scale**2
-        return mean.tolist(), var.tolist()
-
-    cond = typical(base.cond)
-    data = typical(base.data) if base.data is not None else cond
+    uncond_mean = np.asarray(base.uncond[0], float) / scale
+    cond, data = typical_caption(base, scale, uncond_mean)
     errors = fit.parameters.set_index("parameter")["stderr"]
     shared = {name: values[(name, "", -1)] for name in SHARED_PARAMETERS}
     return Calibration(
         parameters={**shared, "sampler": sampler, "steps": int(steps)},
-        model={"cond_mean": cond[0], "cond_var": cond[1], "uncond_mean": (np.asarray(base.uncond[0], float)
-               / scale).tolist(), "uncond_var": [1.0] * len(scale), "data_mean": data[0], "data_var": data[1]},
+        model={"cond_mean": cond[0], "cond_var": cond[1], "uncond_mean": uncond_mean.tolist(),
+               "uncond_var": [1.0] * len(scale), "data_mean": data[0], "data_var": data[1]},
         noise={f"process_sd_{q}": float(np.sqrt(sum(np.exp(values[(name, q, -1)]) for name in PROCESS_NOISE
                                                     if (name, q, -1) in values))) for q in QUANTITIES},
         standard_errors={name: float(errors[name]) for name in SHARED_PARAMETERS},
@@ -52,3 +51,38 @@ def calibration_of(fit: FitResult, trajectories: list[Trajectory], *, base: Base
                     "training_runs": sorted({t.run for t in trajectories}),
                     "sampler_settings": {f"{a} {b}": n for (a, b), n in samplers.items()}},
     )
+
+
+def typical_caption(base: BaseMoments, scale: np.ndarray, uncond_mean: np.ndarray) -> tuple[tuple, tuple]:
+    """(mean, var) lists of the typical caption's base conditional branch and of its real data, in ``scale`` units
+    (:func:`calibration_of`).
+
+    Examples
+    --------
+    >>> base = BaseMoments(cond={"a": (np.array([1.0]), np.array([0.5])), "b": (np.array([-3.0]), np.array([0.7]))},
+    ...                    uncond=(np.zeros(1), np.ones(1)),
+    ...                    data={"a": (np.array([1.5]), np.array([0.2])), "b": (np.array([-3.5]), np.array([0.4]))})
+    >>> typical_caption(base, np.ones(1), np.zeros(1))
+    (([-2.23606797749979], [0.6]), ([-2.73606797749979], [0.30000000000000004]))
+    """
+
+    captions = list(base.cond) if isinstance(base.cond, dict) else [""]
+
+    def per_caption(moments, names):
+        pairs = [for_group(moments, name) for name in names]
+        return (np.array([np.asarray(m, float) for m, _ in pairs]) / scale,
+                np.array([np.asarray(v, float) for _, v in pairs]) / scale**2)
+
+    cond_means, cond_vars = per_caption(base.cond, captions)
+    offsets = cond_means - uncond_mean
+    side = np.where(offsets.mean(axis=0) < 0, -1.0, 1.0)
+    cond_mean = uncond_mean + side * np.sqrt(np.mean(offsets**2, axis=0))
+    cond = (cond_mean.tolist(), cond_vars.mean(axis=0).tolist())
+    # Real data of a caption the base model was not measured on (or none at all) cannot be placed beside it.
+    measured = [i for i, name in enumerate(captions) if not isinstance(base.data, dict) or name in base.data]
+    if base.data is None or not measured:
+        return cond, cond
+    data_means, data_vars = per_caption(base.data, [captions[i] for i in measured])
+    turned = np.where(offsets[measured] < 0, -1.0, 1.0) * side
+    data_mean = cond_mean + np.mean(turned * (data_means - cond_means[measured]), axis=0)
+    return cond, (data_mean.tolist(), data_vars.mean(axis=0).tolist())
