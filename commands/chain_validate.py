@@ -32,6 +32,7 @@ from validate.embedders import EMBEDDER_NAMES
 from validate.parameters import ValidateParameters
 from validate.pipeline import validate_runs
 from validate.selection import DEFAULT_CFGS
+from validate.skill import partial_baselines
 
 
 def validate_command(
@@ -227,10 +228,11 @@ def validate_command(
     if result["prediction"] is not None:
         g = result["prediction"]
         better = g["skill_better_baseline"]
+        partial = "".join(f"; against {phrase}" for phrase in partial_baselines(g))
         typer.echo(
             f"prediction of {len(g['held_out_runs'])} held-out run(s): mean |Δ ln var| "
             f"{g['skill_theory_abs_log_var']:.3g} against {g[f'skill_{better}_abs_log_var']:.3g} for {better} "
-            f"(ratio {g['skill_ratio']:.2f}); 90 % intervals cover {100 * g['predict_run_coverage']:.0f} % of "
-            "run-iterations"
+            f"(ratio {g['skill_ratio']:.2f}{partial}); 90 % intervals cover {100 * g['predict_run_coverage']:.0f} % "
+            "of run-iterations"
         )
     typer.echo(f"report: {result['written']['report']} (--group {result['group']}; {summary})")

@@ -13,6 +13,7 @@ from validate.skill import (
     RUN_LEVEL,
     crps,
     forecast_baselines,
+    partial_baselines,
     persistence_and_trend,
     skill_summary,
     skill_table,
@@ -148,3 +149,23 @@ def test_report_opens_with_the_skill_table_only_with_forecast_from(tmp_path):
     validate_runs(runs, report=tmp_path / "plain", axes=2, bootstrap=0, decompose_runs=False, warn=lambda m: None)
     assert not (tmp_path / "plain" / "skill.csv").exists()
     assert "Forecast skill" not in (tmp_path / "plain" / "report.md").read_text()
+
+
+def test_the_better_baseline_is_one_every_value_has_and_a_partial_one_is_compared_on_its_own_values():
+    """Interpolation exists for half the held-out values and is good there: it must not become the headline's
+    baseline with a mean over other values than the theory's, but its own comparison is reported."""
+    rows = []
+    for i, (theory, persistence, nearest, interpolation) in enumerate(
+        [(0.5, 1.0, 0.8, 0.2), (0.5, 1.0, 0.8, 0.3), (0.2, 1.0, 0.8, np.nan), (0.2, 1.0, 0.8, np.nan)]
+    ):
+        for method, error in (("theory", theory), ("persistence", persistence), ("nearest", nearest),
+                              ("interpolation", interpolation)):
+            rows.append({"run": "r", "caption": RUN_LEVEL, "iteration": i, "quantity": "log_var", "method": method,
+                         "abs_error": error})
+    verdict = skill_verdict(pd.DataFrame(rows))
+    assert verdict["skill_better_baseline"] == "nearest"
+    assert verdict["skill_ratio"] == pytest.approx(0.35 / 0.8)
+    assert verdict["skill_ratio_vs_interpolation"] == pytest.approx(0.5 / 0.25)
+    assert verdict["skill_interpolation_forecasts"] == 2 and verdict["skill_forecasts"] == 4
+    assert partial_baselines(verdict) == ["interpolation on the 2 of 4 run-iterations it has: ratio 2.00"]
+    assert not verdict["skill_goal_met"]  # 0.44 against the nearest setting, but 2.0 against interpolation

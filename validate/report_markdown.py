@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from validate.skill import GOAL_RATIO, METHODS, RUN_LEVEL, skill_summary
+from validate.skill import GOAL_RATIO, METHODS, RUN_LEVEL, partial_baselines, skill_summary
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
 #: Above this many per-caption skill rows the report links skill.csv instead of showing them.
@@ -235,9 +235,13 @@ def skill_section(table: pd.DataFrame, g: dict, *, heading: str, how: str) -> li
         verdict = (
             f"The theory {'beat' if ratio < 1 else 'did not beat'} the better baseline ({better}): its mean "
             f"|Δ ln var| of the run-level variance is {g['skill_theory_abs_log_var']:.3g} against "
-            f"{g[f'skill_{better}_abs_log_var']:.3g}, a ratio of {ratio:.2f}; the goal of at most {GOAL_RATIO:g} is "
-            f"{'met' if g['skill_goal_met'] else 'not met'}."
+            f"{g[f'skill_{better}_abs_log_var']:.3g}, a ratio of {ratio:.2f}; the goal of at most {GOAL_RATIO:g} "
+            f"against every baseline is {'met' if g['skill_goal_met'] else 'not met'}."
         )
+        partial = partial_baselines(g)
+        if partial:
+            verdict += (f" The better baseline is chosen among those every run-iteration has; against the others, on "
+                        f"the values they have: {'; '.join(partial)}.")
     wins = [f"{m} in {g[f'skill_theory_wins_over_{m}']}" for m in METHODS[1:] if f"skill_theory_wins_over_{m}" in g]
     cell = table.assign(
         value=np.where(

@@ -180,9 +180,32 @@ def skill_summary(table: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
+def partial_baselines(verdict: dict) -> list[str]:
+    """Phrases comparing the theory with each baseline that only some run-iterations have, on those.
+
+    Examples
+    --------
+    >>> partial_baselines({"skill_forecasts": 8, "skill_interpolation_forecasts": 4, "skill_ratio_vs_interpolation":
+    ...                    1.34, "skill_persistence_forecasts": 8, "skill_ratio_vs_persistence": 0.4})
+    ['interpolation on the 4 of 8 run-iterations it has: ratio 1.34']
+    """
+    n = verdict["skill_forecasts"]
+    return [
+        f"{m} on the {verdict[f'skill_{m}_forecasts']} of {n} run-iterations it has: ratio "
+        f"{verdict[f'skill_ratio_vs_{m}']:.2f}"
+        for m in METHODS[1:]
+        if 0 < verdict.get(f"skill_{m}_forecasts", 0) < n
+    ]
+
+
 def skill_verdict(table: pd.DataFrame) -> dict:
     """The theory's run-level mean |Δ ln var| against the better baseline's: their ratio, whether it meets
-    :data:`GOAL_RATIO`, and in how many run-iterations the theory was closer than each baseline.
+    :data:`GOAL_RATIO` against every baseline, and in how many run-iterations the theory was closer than each.
+
+    The better baseline is chosen among those with a value at every run-iteration, so that both means run over
+    the same values. A baseline that some values lack (interpolation, where no training setting brackets the
+    held-out one) is compared on the values it has: ``skill_ratio_vs_<baseline>`` and ``skill_<baseline>_forecasts``
+    (every baseline has them).
 
     Examples
     --------
@@ -195,14 +218,23 @@ def skill_verdict(table: pd.DataFrame) -> dict:
     run = table[(table["caption"] == RUN_LEVEL) & (table["quantity"] == "log_var")]
     errors = run.pivot_table(index=["run", "iteration"], columns="method", values="abs_error")
     means = errors.mean()
-    present = [m for m in METHODS[1:] if m in means and np.isfinite(means[m])]
-    better = min(present, key=lambda m: means[m])
-    ratio = float(means["theory"] / means[better]) if means[better] > 0 else float("nan")
+    present = [m for m in METHODS[1:] if m in errors and errors[m].notna().any()]
+    complete = [m for m in present if errors[m].notna().all()] or present
+    better = min(complete, key=lambda m: means[m])
+
+    def ratio_to(baseline):
+        rows = errors[baseline].notna()
+        denominator = errors.loc[rows, baseline].mean()
+        return float(errors.loc[rows, "theory"].mean() / denominator) if denominator > 0 else float("nan")
+
+    ratio = ratio_to(better)
     return {
         **{f"skill_{m}_abs_log_var": float(means[m]) for m in METHODS if m in means},
         "skill_better_baseline": better,
         "skill_ratio": ratio,
-        "skill_goal_met": bool(ratio <= GOAL_RATIO),
+        "skill_goal_met": all(ratio_to(m) <= GOAL_RATIO for m in present),
         **{f"skill_theory_wins_over_{m}": int((errors["theory"] < errors[m]).sum()) for m in present},
+        **{f"skill_ratio_vs_{m}": ratio_to(m) for m in present},
+        **{f"skill_{m}_forecasts": int(errors[m].notna().sum()) for m in present},
         "skill_forecasts": len(errors),
     }
