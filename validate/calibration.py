@@ -65,7 +65,6 @@ def typical_caption(base: BaseMoments, scale: np.ndarray, uncond_mean: np.ndarra
     >>> typical_caption(base, np.ones(1), np.zeros(1))
     (([-2.23606797749979], [0.6]), ([-2.73606797749979], [0.30000000000000004]))
     """
-
     captions = list(base.cond) if isinstance(base.cond, dict) else [""]
 
     def per_caption(moments, names):
