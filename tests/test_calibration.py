@@ -359,3 +359,19 @@ def test_dims_that_disagree_with_the_calibration_is_one_line(monkeypatch, capsys
                                  "particles", "--dims", "3", "--out", str(tmp_path / "s.csv"))
     assert status == 2 and "--dims 3 differs from the model's 2 trait axes" in stderr
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_sweep_without_guidance_says_its_settings_change_nothing(monkeypatch, capsys, tmp_path):
+    """A fit can find guidance gain 0 (the emoji chains' EfficientNet fit did): every CFG, schedule and drop then
+    gives the same path, which the summary says rather than leaving twelve identical rows to be read as a result."""
+    path = calibration_file(tmp_path, **{"parameters.guidance_gain": 0.0})
+    out = tmp_path / "s.parquet"
+    status, stdout, _ = simulate(monkeypatch, capsys, "--calibration", str(path), "--iterations", "2",
+                                 "--out", str(out))
+    assert status == 0 and "note: guidance gain 0" in stdout
+    table = pd.read_parquet(out)
+    last = table[table.iteration == 1].pivot_table(index=["cfg", "schedule", "drop"], columns="axis", values="var")
+    np.testing.assert_allclose(last.to_numpy(), np.broadcast_to(last.to_numpy()[:1], last.shape), rtol=1e-12)
+    status, stdout, _ = simulate(monkeypatch, capsys, "--calibration", str(path), "--guidance-gain", "0.5",
+                                 "--iterations", "2", "--out", str(out))
+    assert status == 0 and "note: guidance gain 0" not in stdout
