@@ -68,6 +68,9 @@ def test_fit_on_cfg_1_and_5_recovers_the_engine_and_predicts_cfg_3():
     values = {name: result.fit.values[(name, "", -1)] for name in TRUTH}
     for name, truth in TRUTH.items():
         assert values[name] == pytest.approx(truth, abs=0.02), name
+    # The engine's chains have no process noise: its variances sit on their floor, and the table says so.
+    bounds = result.fit.parameters.set_index("parameter")["bound"]
+    assert (bounds[list(TRUTH)] == "").all() and (bounds["log_process_var"] == "lower").all()
     run = result.skill[result.skill["caption"] == RUN_LEVEL].pivot_table(
         index="iteration", columns="method", values="abs_error"
     )

@@ -163,8 +163,9 @@ def fit_tables(model, best, trajectories) -> tuple[FitResult, np.ndarray]:
                 "stderr": float(err),
                 "lo": float(value - 1.96 * err),
                 "hi": float(value + 1.96 * err),
+                "bound": at_bound(value, limits),
             }
-            for (name, setting, axis), value, err in zip(model.names, x, stderr, strict=True)
+            for (name, setting, axis), value, err, limits in zip(model.names, x, stderr, model.bounds, strict=True)
         ]
     )
     predictions = _prediction_table(model, residual, predicted, measurement, process, z)
@@ -249,6 +250,21 @@ def prediction_errors(predictions: pd.DataFrame, split: str) -> dict:
     return out
 
 
+
+
+def at_bound(value: float, limits: tuple[float, float], *, share: float = 1e-6) -> str:
+    """``"lower"`` or ``"upper"`` where a fitted value sits on that end of its range (within ``share`` of the
+    range), else ``""``: there the likelihood's optimum is the bound, and a Hessian interval is no confidence
+    interval.
+
+    Examples
+    --------
+    >>> at_bound(0.0, (0.0, 10.0)), at_bound(1.0, (0.0, 1.0)), at_bound(0.5, (0.0, 1.0))
+    ('lower', 'upper', '')
+    """
+    low, high = limits
+    tolerance = share * (high - low)
+    return "lower" if value <= low + tolerance else "upper" if value >= high - tolerance else ""
 
 
 def hessian(many, x, bounds, step=1e-3) -> np.ndarray:

@@ -150,9 +150,10 @@ def markdown_report(validation) -> str:
             f"{g['residual_lag1_autocorrelation']:.3g}. RMSE of log variance {g['fit_rmse_log_var']:.3g}, of the "
             f"mean {g['fit_rmse_mean']:.3g}; optimiser: {g['message']}",
             "",
-            markdown_table(fit.parameters[["parameter", "setting", "cfg", "estimate", "stderr", "lo", "hi"]]),
+            markdown_table(fit.parameters[["parameter", "setting", "cfg", "estimate", "stderr", "lo", "hi", "bound"]]),
             "",
-            "95 % intervals from the Hessian of the likelihood (inf: not identified by these runs). Fitted "
+            "95 % intervals from the Hessian of the likelihood (inf: not identified by these runs; bound: the estimate "
+            "sits at that end of the parameter's range, where the interval is no confidence interval). Fitted "
             "parameters: [`parameters.csv`](parameters.csv); one-step predictions against measurements: "
             "[`predicted_vs_measured.csv`](predicted_vs_measured.csv); everything in [`fit.json`](fit.json).",
             "",
