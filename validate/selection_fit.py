@@ -22,6 +22,8 @@ held-out score is the one on w >= :data:`TESTED_ON`, which never took part in th
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
@@ -161,19 +163,17 @@ def _scores(table: pd.DataFrame, per_caption: np.ndarray, w: np.ndarray) -> pd.D
     """R² and slope per statistic, prediction (law, corrected, mixture law), subset of w and axis (-1: all axes),
     over the captions' own values (``level`` caption) and over their means per model, axis and w (``level``
     captions' mean: the measured values' sampling noise averaged down, which per caption is large)."""
-    rows = []
     axis = table["axis"].to_numpy()
     predictions = [p for p in PREDICTIONS if f"{p}_S_log_var" in table]
-    for level in LEVELS:
+    rows = []
+    for level, statistic, prediction, (subset, member), a in itertools.product(
+        LEVELS, STATISTICS, predictions, SUBSETS.items(), [-1, *sorted(set(axis.tolist()))]
+    ):
         in_level = per_caption if level == "caption" else ~per_caption
-        for statistic in STATISTICS:
-            measured = table[f"S_{statistic}"].to_numpy(dtype=float)
-            for prediction in predictions:
-                predicted = table[f"{prediction}_S_{statistic}"].to_numpy(dtype=float)
-                for subset, member in SUBSETS.items():
-                    for a in [-1, *sorted(set(axis.tolist()))]:
-                        pick = in_level & member(w) & ((axis == a) if a >= 0 else True)
-                        if pick.any():
-                            rows.append({"level": level, "statistic": statistic, "prediction": prediction,
-                                         "w": subset, "axis": a, **agreement(measured[pick], predicted[pick])})
+        pick = in_level & member(w) & ((axis == a) if a >= 0 else True)
+        if pick.any():
+            measured = table[f"S_{statistic}"].to_numpy(dtype=float)[pick]
+            predicted = table[f"{prediction}_S_{statistic}"].to_numpy(dtype=float)[pick]
+            rows.append({"level": level, "statistic": statistic, "prediction": prediction, "w": subset, "axis": a,
+                         **agreement(measured, predicted)})
     return pd.DataFrame(rows)

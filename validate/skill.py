@@ -227,14 +227,14 @@ def skill_verdict(table: pd.DataFrame) -> dict:
         denominator = errors.loc[rows, baseline].mean()
         return float(errors.loc[rows, "theory"].mean() / denominator) if denominator > 0 else float("nan")
 
-    ratio = ratio_to(better)
+    ratios = {m: ratio_to(m) for m in present}
     return {
         **{f"skill_{m}_abs_log_var": float(means[m]) for m in METHODS if m in means},
         "skill_better_baseline": better,
-        "skill_ratio": ratio,
-        "skill_goal_met": all(ratio_to(m) <= GOAL_RATIO for m in present),
+        "skill_ratio": ratios[better],
+        "skill_goal_met": all(ratio <= GOAL_RATIO for ratio in ratios.values()),
         **{f"skill_theory_wins_over_{m}": int((errors["theory"] < errors[m]).sum()) for m in present},
-        **{f"skill_ratio_vs_{m}": ratio_to(m) for m in present},
+        **{f"skill_ratio_vs_{m}": ratios[m] for m in present},
         **{f"skill_{m}_forecasts": int(errors[m].notna().sum()) for m in present},
         "skill_forecasts": len(errors),
     }
