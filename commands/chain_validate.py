@@ -28,6 +28,7 @@ from chain.run_parameters import check_device
 from chain.selection_samples import make_selection_samples
 from commands.options import path_text
 from qtm.rundir import read_parameters
+from validate.conformal import describe_stretch
 from validate.embedders import EMBEDDER_NAMES
 from validate.parameters import ValidateParameters
 from validate.pipeline import validate_runs
@@ -48,6 +49,13 @@ def validate_command(
         help="Held-out run directories (repeat the option, or separate with commas): fit one model for every "
         "setting on RUN_DIRS and predict each held-out run's iterations from its iteration 0 and run.json "
         "settings, scored against baselines; the report gains calibration.json for `qtm simulate --calibration`.",
+    ),
+    conformal: bool = typer.Option(
+        False,
+        "--conformal",
+        help="With --predict: also give intervals calibrated out of sample (each training setting predicted from a "
+        "fit on the others, the theory's intervals stretched until they cover 90 %% of those values; one more fit "
+        "per training setting).",
     ),
     guidance: str = typer.Option(
         None,
@@ -189,6 +197,7 @@ def validate_command(
             axes=axes,
             forecast_from=forecast_from,
             predict=held_out,
+            conformal=conformal,
             guidance=guidance,
             reference=reference,
             real=real,
@@ -233,6 +242,14 @@ def validate_command(
             f"prediction of {len(g['held_out_runs'])} held-out run(s): mean |Δ ln var| "
             f"{g['skill_theory_abs_log_var']:.3g} against {g[f'skill_{better}_abs_log_var']:.3g} for {better} "
             f"(ratio {g['skill_ratio']:.2f}{partial}); 90 % intervals cover {100 * g['predict_run_coverage']:.0f} % "
-            "of run-iterations"
+            f"of run-iterations{_conformal_coverage(g)}"
         )
     typer.echo(f"report: {result['written']['report']} (--group {result['group']}; {summary})")
+
+
+def _conformal_coverage(goodness: dict) -> str:
+    """The run-level conformal intervals' coverage, for the summary line (nothing without a calibration)."""
+    pool = goodness.get("interval_calibration", {}).get("run log_var")
+    if pool is None:
+        return ""
+    return f"; conformal intervals ({describe_stretch(pool['stretch'])}) {100 * pool['coverage']:.0f} %"

@@ -110,8 +110,8 @@ def test_chain_validate_predict_writes_the_prediction_skill_and_calibration(tmp_
     low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, captions=TWO_CAPTIONS, n=24)
     high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, captions=TWO_CAPTIONS, n=24)
     middle = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, seed=3, captions=TWO_CAPTIONS, n=24)
-    result = validate_runs([low, high], predict=[middle], report=tmp_path / "r", axes=2, bootstrap=0,
-                           forecast_from=2, warn=print)
+    result = validate_runs([low, high], predict=[middle], conformal=True, report=tmp_path / "r", axes=2,
+                           bootstrap=0, forecast_from=2, warn=print)
     report = tmp_path / "r"
     prediction = pd.read_csv(report / "prediction.csv")
     assert set(prediction["run"]) == {"cfg3"} and set(prediction["iteration"]) == {1, 2, 3}
@@ -135,6 +135,13 @@ def test_chain_validate_predict_writes_the_prediction_skill_and_calibration(tmp_
     text = (report / "report.md").read_text()
     assert text.index("## Prediction of held-out runs") < text.index("## Forecast skill")
     assert (report / "prediction.png").exists()
+    # Two training settings: the conformal calibration has each one's 3 iterations predicted from the other, too
+    # few scores per iteration for a bounded 90 % interval, and the report says so.
+    calibrated = fit["prediction"]["interval_calibration"]["run log_var"]
+    assert calibrated == {"stretch": {"1": None, "2": None, "3": None}, "scores": 6, "coverage": 1.0}
+    assert "run log_var unbounded at iterations 1, 2, 3 (too few scores) from 6 scores, covering 100 %" in text
+    theory = skill[(skill["task"] == "predict") & (skill["method"] == "theory")]
+    assert np.isinf(theory["conformal_hi"]).all() and theory["conformal_covered"].all()
 
 
 def test_predict_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tmp_path):
@@ -160,6 +167,9 @@ def test_predict_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, ca
     status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(train), "--guidance", "free",
                                  "--no-decompose", "--report", str(tmp_path / "r"))
     assert status == 2 and "--guidance 'free' is not one of: per-setting, shared" in stderr
+    status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(train), "--conformal",
+                                 "--no-decompose", "--report", str(tmp_path / "r"))
+    assert status == 2 and "--conformal calibrates the intervals of --predict; add --predict HELD_OUT_RUNS" in stderr
     assert not (tmp_path / "r").exists()
 
 

@@ -1,13 +1,15 @@
 """Leave one setting out: predict every setting's runs from a fit on all the other settings' runs.
 
 Groups the run directories given by their run.json setting (CFG, schedule, condition drop); for each setting,
-``chain validate OTHERS --predict THESE --make-reference`` (through :func:`validate.pipeline.validate_runs`, stats
-embedder, no decomposition, no bootstrap; the base model's missing reference points generated first) writes a
+``chain validate OTHERS --predict THESE --conformal --make-reference`` (through
+:func:`validate.pipeline.validate_runs`, stats embedder, no decomposition, no bootstrap; the base model's missing
+reference points generated first) writes a
 report folder ``OUT/held-<setting>``; then the skill of every fold and
 of all folds pooled is printed as Markdown and written to ``OUT/summary.json``: the theory's and each
 baseline's mean |Δ ln var| of the run-level within-caption variance (a baseline over the values it has), the
 ratio to the best baseline among those every value has, and the
-coverage of the 90 % intervals at run and caption level. Rerun to refresh; nothing is cached between calls.
+coverage of the 90 % intervals at run and caption level, and of the conformal intervals at run level (calibrated
+within each fold's training settings: :mod:`validate.conformal`). Rerun to refresh; nothing is cached between calls.
 
 Usage: ``python tools/leave_one_setting_out.py runs/test/* --out runs/test-predict``
 """
@@ -54,6 +56,8 @@ def fold_summary(skill: pd.DataFrame) -> dict:
         "ratio": float(means["theory"] / means[best]),
         "run_coverage": float(theory.loc[theory["caption"] == RUN_LEVEL, "covered"].astype(float).mean()),
         "caption_coverage": float(theory.loc[theory["caption"] != RUN_LEVEL, "covered"].astype(float).mean()),
+        **({"run_coverage_conformal": float(theory.loc[theory["caption"] == RUN_LEVEL, "conformal_covered"].mean())}
+           if "conformal_covered" in theory else {}),
         "run_iterations": len(run[run["method"] == "theory"]),
     }
 
@@ -72,22 +76,24 @@ def main() -> None:
     for held, runs in settings.items():
         train = [p for other, paths in settings.items() if other != held for p in paths]
         began = time.perf_counter()
-        validate_runs(train, predict=runs, report=args.out / f"held-{held}", decompose_runs=False, bootstrap=0,
-                      prepare=make_reference, warn=lambda message: None)
+        validate_runs(train, predict=runs, conformal=True, report=args.out / f"held-{held}", decompose_runs=False,
+                      bootstrap=0, prepare=make_reference, warn=lambda message: None)
         skill = pd.read_csv(args.out / f"held-{held}" / "skill.csv")
         skill = skill[skill["task"] == "predict"].assign(held_out=held)
         tables.append(skill)
         folds[held] = {**fold_summary(skill), "runs": [str(p) for p in runs], "seconds": time.perf_counter() - began}
     pooled = fold_summary(pd.concat(tables, ignore_index=True))
     write_json(args.out / "summary.json", {"folds": folds, "pooled": pooled, "goal_ratio": GOAL_RATIO})
-    header = ["held-out setting", "runs", *METHODS, "best baseline", "ratio", "run coverage", "caption coverage"]
+    header = ["held-out setting", "runs", *METHODS, "best baseline", "ratio", "run coverage", "caption coverage",
+              "run coverage, conformal"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     every_run = [run for fold in folds.values() for run in fold["runs"]]
     for name, row in [*folds.items(), ("pooled", {**pooled, "runs": every_run})]:
         cells = [name, str(len(row["runs"])), *(f"{row[m]:.3g}" if m in row else "–" for m in METHODS),
                  row["best_baseline"], f"{row['ratio']:.2f}", f"{100 * row['run_coverage']:.0f} %",
-                 f"{100 * row['caption_coverage']:.0f} %"]
+                 f"{100 * row['caption_coverage']:.0f} %",
+                 f"{100 * row['run_coverage_conformal']:.0f} %" if "run_coverage_conformal" in row else "–"]
         print("| " + " | ".join(cells) + " |")
     print(json.dumps({"pooled_ratio": pooled["ratio"], "goal_ratio": GOAL_RATIO}))
 

@@ -39,7 +39,8 @@ class ValidateParameters:
 
     ``None`` means the default: ``guidance`` per-setting (shared with ``predict``), ``group`` from the
     runs' captions, no forecast, no selection curve, no generation (``decompose_per_caption``),
-    ``selection_per_caption`` a third of ``decompose_per_caption`` (at least 3).
+    ``selection_per_caption`` a third of ``decompose_per_caption`` (at least 3). ``conformal`` (only with
+``predict``) calibrates the prediction's intervals (:mod:`validate.conformal`).
 
     Examples
     --------
@@ -61,6 +62,7 @@ class ValidateParameters:
     guidance: str | None = None
     group: str | None = None
     predict: tuple = ()
+    conformal: bool = False
     selection_curve: object = None
     real: Path | None = None
     reference: Path | None = None
@@ -122,6 +124,8 @@ class ValidateParameters:
                 raise ValidateError(f"{flag} {str(folder)!r} {what}; give a folder of images")
         if self.predict:
             check_held_out(run_dirs, list(self.predict))
+        elif self.conformal:
+            raise ValidateError("--conformal calibrates the intervals of --predict; add --predict HELD_OUT_RUNS")
         return dataclasses.replace(
             self, **counts, guidance=guidance, forecast_from=forecast_from, selection_curve=cfgs,
             decompose_per_caption=per_caption, selection_per_caption=paired, predict=tuple(self.predict),

@@ -104,6 +104,7 @@ def validate_runs(
     decompose_runs: bool = True,
     selection_curve=None,
     predict=None,
+    conformal: bool = False,
     guidance: str | None = None,
     prepare: Callable[[Path], object] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
@@ -147,6 +148,9 @@ def validate_runs(
         (:mod:`validate.prediction`); the report gains the prediction, its skill against baselines and the
         fit's ``calibration.json`` (``qtm simulate --calibration``). Held-out runs are measured, never fitted,
         decomposed or prepared.
+    conformal : bool
+        With ``predict``: also calibrate its intervals out of sample (:mod:`validate.conformal`; one more fit per
+        training setting).
     group : {"caption", "none"}, optional
         ``caption``: traits within each caption and a joint per-caption fit; ``none``:
         pooled over captions. Default: ``caption`` when the runs have several captions and
@@ -177,7 +181,8 @@ def validate_runs(
     warn = warn if warn is not None else (lambda message: warnings.warn(message, stacklevel=2))
     checked = ValidateParameters(
         report=report, axes=axes, forecast_from=forecast_from, bootstrap=bootstrap, seed=seed, guidance=guidance,
-        group=group, predict=tuple(predict or ()), selection_curve=selection_curve, real=real, reference=reference,
+        group=group, predict=tuple(predict or ()), conformal=conformal, selection_curve=selection_curve, real=real,
+        reference=reference,
         batch_size=(embedder_options or {}).get("batch_size", 16), decompose=decompose_runs,
     ).check(run_dirs)
     axes, forecast_from, bootstrap, guidance, cfgs = (checked.axes, checked.forecast_from, checked.bootstrap,
@@ -205,7 +210,7 @@ def validate_runs(
     record = provenance(
         {
             "runs": [str(r.path) for r in runs],
-            **({"predict": [str(r.path) for r in held_out]} if held_out else {}),
+            **({"predict": [str(r.path) for r in held_out], "conformal": checked.conformal} if held_out else {}),
             "embedder": model.name,
             "embedder_settings": model.settings(),
             "axes": axes,
@@ -224,7 +229,8 @@ def validate_runs(
                                          guidance=guidance)
     prediction = None
     if held_out:
-        prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped, fit=fit)
+        prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped, fit=fit,
+                                                     conformal=checked.conformal)
         fit_notes += prediction_notes
     decomposition, decomposition_notes = (
         _decomposition(runs, features, bootstrap=bootstrap, seed=seed) if decompose_runs else (None, [])

@@ -14,6 +14,11 @@ The prediction is scored against three baselines that see the same information
 training setting's mean trajectory, shifted to start at the held-out iteration 0; and the
 **interpolation** in CFG between the training settings that bracket the held-out CFG (same
 schedule and drop), shifted the same way.
+
+With ``calibrate_intervals`` (``--conformal``) and two or more training settings the intervals are also
+calibrated out of sample
+(:mod:`validate.conformal`): every training setting is predicted from a fit on the others, and the held-out
+intervals are stretched until they would have covered ``level`` of those predictions' values.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import pandas as pd
 from qtm.calibration import Calibration
 from qtm.random import check_random_state
 from validate.calibration import calibration_of
+from validate.conformal import stretch_intervals
 from validate.errors import ValidateError
 from validate.forecast import FORECAST_DRAWS, FORECAST_LEVEL, parameter_draws, simulate_runs
 from validate.optimiser import FitResult, fit_tables, optimise
@@ -67,6 +73,7 @@ def predict(
     level: float = FORECAST_LEVEL,
     random_state=0,
     fit: FitResult | None = None,
+    calibrate_intervals: bool = False,
 ) -> Prediction:
     """Fit the shared model on ``train`` and predict every iteration >= 1 of the ``held_out`` runs.
 
@@ -84,6 +91,9 @@ def predict(
     fit : FitResult, optional
         The shared model already fitted on ``train`` (``fit_theory(train, base=base, guidance="shared")``): used
         instead of fitting it again.
+    calibrate_intervals : bool
+        Also give conformal intervals (:mod:`validate.conformal`), calibrated on every training setting
+        predicted from a fit on the other ones (one more fit per training setting; needs two settings).
 
     Returns
     -------
@@ -99,7 +109,10 @@ def predict(
     ...         var.append(np.exp(0.6 * np.log(var[-1]) - 0.1 * (cfg - 1)))
     ...     return Trajectory(run=run, setting=f"cfg={cfg}", cfg=cfg, iterations=np.arange(5), mean=np.zeros((5, 1)),
     ...                       var=np.array(var)[:, None], population=2000, sampler="tilt")
-    >>> result = predict([chain("a", 1.0, 1.0), chain("b", 3.0, 0.8)], [chain("c", 2.0, 0.9)], base=base, draws=200)
+    >>> result = predict([chain("a", 1.0, 1.0), chain("b", 3.0, 0.8)], [chain("c", 2.0, 0.9)], base=base, draws=200,
+    ...                  calibrate_intervals=True)
+    >>> result.goodness["interval_calibration"]["run log_var"]  # 2 scores per iteration: too few for 90 %
+    {'stretch': {'1': None, '2': None, '3': None, '4': None}, 'scores': 8, 'coverage': 1.0}
     >>> sorted(set(result.skill["method"]))
     ['interpolation', 'nearest', 'persistence', 'theory']
     >>> [row["iteration"] for row in result.summary]
@@ -129,6 +142,13 @@ def predict(
     theory = pd.concat([pd.DataFrame(run_level), rows.rename(columns={"group": "caption"})], ignore_index=True)
     skill = skill_table(theory[list(run_level[0])], held_out, base=base,
                         baselines=prediction_baselines(train, held_out, base=base))
+    calibration_note = {}
+    if calibrate_intervals:
+        scores = setting_scores(train, base=base, draws=draws, level=level, random_state=rng)
+        if scores is not None:
+            is_theory = skill["method"] == "theory"
+            stretched, calibration_note = stretch_intervals(skill[is_theory], scores, level)
+            skill = pd.concat([stretched, skill[~is_theory]]).sort_index()
     goodness = {
         "predict_level": level,
         "predict_caption_coverage": float(rows["covered"].mean()),
@@ -136,9 +156,30 @@ def predict(
         "training_runs": sorted({t.run for t in train}),
         "held_out_runs": sorted({t.run for t in held_out}),
         **skill_verdict(skill),
+        **({"interval_calibration": calibration_note} if calibrate_intervals else {}),
     }
     calibration = fit.calibration if fit.calibration is not None else calibration_of(fit, train, base=base)
     return Prediction(fit=fit, rows=rows, summary=summary, skill=skill, goodness=goodness, calibration=calibration)
+
+
+def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, level: float,
+                   random_state) -> pd.DataFrame | None:
+    """Every training setting predicted from a fit on the other training settings: their theory rows of
+    :attr:`Prediction.skill`, the conformal calibration's scores; None with fewer than two settings."""
+    settings = sorted({setting_key(t) for t in train})
+    if len(settings) < 2:
+        return None
+    folds = []
+    for setting in settings:
+        others = [t for t in train if setting_key(t) != setting]
+        these = [t for t in train if setting_key(t) == setting]
+        try:
+            fold = predict(others, these, base=base, draws=draws, level=level, random_state=random_state,
+                           calibrate_intervals=False)
+        except ValidateError:  # e.g. this setting's runs have only iteration 0: nothing to score
+            continue
+        folds.append(fold.skill[fold.skill["method"] == "theory"])
+    return pd.concat(folds, ignore_index=True) if folds else None
 
 
 def prediction_baselines(train: list[Trajectory], held_out: list[Trajectory], *, base: BaseMoments):

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from validate.conformal import describe_stretch
 from validate.skill import GOAL_RATIO, METHODS, RUN_LEVEL, partial_baselines, skill_summary
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
@@ -220,10 +221,27 @@ def prediction_section(prediction) -> list[str]:
         "**interpolation** the change interpolated linearly in CFG between the bracketing training settings "
         "(missing where none bracket). Run-level 90 % coverage "
         f"{100 * g['predict_run_coverage']:.0f} %, caption level {100 * g['predict_caption_coverage']:.0f} %. "
+        f"{interval_calibration_sentence(g)} "
         "Figure: [`prediction.png`](prediction.png); the fit as a calibration for `qtm simulate --calibration`: "
         "[`calibration.json`](calibration.json).",
     )
     return [*section, "![prediction](prediction.png)", ""]
+
+
+def interval_calibration_sentence(g: dict) -> str:
+    """What the conformal calibration of the prediction intervals found (:mod:`validate.conformal`)."""
+    pools = g.get("interval_calibration")
+    if pools is None:
+        return "`--conformal` would calibrate the intervals out of sample (one more fit per training setting)."
+    if not pools:
+        return "`--conformal` calibrates the intervals only with two or more training settings."
+    parts = []
+    for pool, c in pools.items():
+        parts.append(f"{pool} {describe_stretch(c['stretch'])} from {c['scores']} scores, covering "
+                     f"{100 * c['coverage']:.0f} %")
+    return ("Conformal intervals (each training setting predicted from a fit on the others; the theory's "
+            f"intervals stretched, per iteration, until they cover {100 * g['predict_level']:.0f} % of those "
+            "predictions' values): " + "; ".join(parts) + ".")
 
 
 def skill_section(table: pd.DataFrame, g: dict, *, heading: str, how: str) -> list[str]:

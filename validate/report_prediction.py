@@ -2,7 +2,8 @@
 
 ``prediction.csv`` holds every predicted value (per held-out run, caption, iteration, axis and quantity: the
 median, 90 % interval, coverage and CRPS); ``prediction.png`` draws each held-out run's run-level
-within-caption variance, measured, predicted (median and interval) and the baselines';
+within-caption variance, measured, predicted (median, interval and conformal interval where bounded) and the
+baselines';
 ``calibration.json`` is the shared fit for ``qtm simulate --calibration`` (:mod:`qtm.calibration`), with the
 validation's provenance (also without ``--predict`` when the fit is the shared model, ``--guidance shared``).
 """
@@ -52,6 +53,11 @@ def write_prediction(folder, prediction, *, provenance: dict) -> dict:
         panel.plot(iterations, measured, "o-", color="black", label="measured")
         panel.fill_between(theory["iteration"], np.exp(theory["lo"]), np.exp(theory["hi"]), color="tab:blue",
                            alpha=0.25, label="theory 90 %")
+        if "conformal_lo" in theory:
+            finite = np.isfinite(theory["conformal_lo"]) & np.isfinite(theory["conformal_hi"])
+            panel.fill_between(theory["iteration"][finite], np.exp(theory["conformal_lo"][finite]),
+                               np.exp(theory["conformal_hi"][finite]), facecolor="none", edgecolor="tab:blue",
+                               hatch="///", linewidth=0, label="conformal 90 %")
         panel.plot(theory["iteration"], np.exp(theory["predicted"]), color="tab:blue", label="theory median")
         for method, style in BASELINE_STYLE.items():
             points = rows[rows["method"] == method]
