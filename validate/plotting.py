@@ -22,7 +22,10 @@ def save_figure(figure, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     figure.set_dpi(DPI)
-    box = figure.get_tightbbox(FigureCanvasAgg(figure).get_renderer())
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    if figure.get_layout_engine() is not None:  # place the panels first: the box depends on where they sit
+        figure.get_layout_engine().execute(figure)
+    box = figure.get_tightbbox(renderer)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI, bbox_inches=box.padded(PAD_INCHES))
     plt.close(figure)
@@ -38,7 +41,9 @@ def axes_grid(count: int, title: str):
 
     columns = min(count, 4)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
+    # Constrained layout keeps a panel's title clear of the x label of the panel above.
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False,
+                                layout="constrained")
     figure.suptitle(title)
     for extra in axes.ravel()[count:]:
         extra.set_visible(False)

@@ -206,7 +206,6 @@ def plot_diversity(diversity: pd.DataFrame, *, path) -> Path:
         panel.set_title(statistic, fontsize=9)
         panel.set_xlabel("iteration")
     panels[0].legend(fontsize=7)
-    figure.tight_layout()
     save_figure(figure, path)
     return path
 
@@ -268,7 +267,6 @@ def plot_selection_curve(curve, *, path) -> Path:
             panel.set_ylabel(SELECTION_LABELS[statistic])
     title = "solid: law; dashed: corrected" if correction != "none" else "lines: law"
     panels[0, 0].legend(fontsize=7, title=f"{title}; x: mixture p_u", title_fontsize=7)
-    figure.tight_layout()
     save_figure(figure, path)
     return path
 
@@ -309,7 +307,6 @@ def plot_selection_agreement(curve, *, path) -> Path:
         panel.set_xlabel("predicted S on ln var")
         panel.set_ylabel("measured S on ln var")
         panel.legend(fontsize=7)
-    figure.tight_layout()
     save_figure(figure, path)
     return path
 

@@ -66,7 +66,10 @@ def write_prediction(folder, prediction, *, provenance: dict) -> dict:
         panel.set_yscale("log")
         panel.set_title(run, fontsize=8)
         panel.set_xlabel("iteration")
-        panel.legend(fontsize=6)
+    # One legend for the figure: the panels share their entries (a baseline missing from one panel shows in another).
+    entries = {label: handle for panel in panels[: len(runs)]
+               for handle, label in zip(*panel.get_legend_handles_labels(), strict=True)}
+    plot.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=len(entries), fontsize=8)
     written["prediction_plot"] = save_figure(plot, folder / "prediction.png")
     return written
 
