@@ -66,9 +66,12 @@ study: study-runs
 
 # The study out of sample (docs/study.md, "Out of sample"; issue 21): 12 test chains with seeds the model never saw
 # (CFG 1, 2, 3, 5, 7.5 and ReDiFine; 95-240 s each on 2 cores), then every setting predicted from a fit on the
-# others (tools/leave_one_setting_out.py), on the development runs and on the test runs, the forecast from
-# iterations 0-1 of the test runs, and the selection curve of one CFG-7.5 development run.
+# others (tools/leave_one_setting_out.py), on the development runs and on the test runs, the test runs predicted
+# from a fit on the development runs (intervals calibrated on the development settings, --conformal), the forecast
+# from iterations 0-1 of the test runs, and the selection curve of one CFG-7.5 development run.
 TEST := runs/test
+comma := ,
+space := $(subst ,, )
 TEST_SEEDS := 10 11
 PREDICT_REPORT := runs/study-predict
 test-runs: $(STAMP)
@@ -82,6 +85,9 @@ test-runs: $(STAMP)
 study-predict: study-runs test-runs
 	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(STUDY)/*-s*/) --out $(PREDICT_REPORT)/development
 	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(TEST)/*-s*/) --out $(PREDICT_REPORT)/test
+	$(BIN)/chain validate $(wildcard $(STUDY)/*-s*/) --predict $(subst $(space),$(comma),$(strip $(wildcard $(TEST)/*-s*/))) \
+	  --conformal --guidance shared --no-decompose --make-reference --bootstrap 0 \
+	  --report $(PREDICT_REPORT)/development-to-test
 	$(BIN)/chain validate $(wildcard $(TEST)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
 	  --make-reference --report $(PREDICT_REPORT)/test-forecast
 	$(BIN)/chain validate $(STUDY)/cfg7.5-s0 --selection-curve --bootstrap 100 --report $(PREDICT_REPORT)/selection

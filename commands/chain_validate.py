@@ -54,7 +54,7 @@ def validate_command(
         False,
         "--conformal",
         help="With --predict: also give intervals calibrated out of sample (each training setting predicted from a "
-        "fit on the others, the theory's intervals stretched until they cover 90 %% of those values; one more fit "
+        "fit on the others, the theory's intervals stretched until they cover 90 % of those values; one more fit "
         "per training setting).",
     ),
     guidance: str = typer.Option(
