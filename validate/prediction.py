@@ -16,9 +16,9 @@ training setting's mean trajectory, shifted to start at the held-out iteration 0
 schedule and drop), shifted the same way.
 
 With ``calibrate_intervals`` (``--conformal``) and two or more training settings the intervals are also
-calibrated out of sample
-(:mod:`validate.conformal`): every training setting is predicted from a fit on the others, and the held-out
-intervals are stretched until they would have covered ``level`` of those predictions' values.
+calibrated out of sample (:mod:`validate.conformal`): every training setting is predicted from a fit on the
+others, and the held-out intervals are stretched until they would have covered ``level`` of those predictions'
+values.
 """
 
 from __future__ import annotations
