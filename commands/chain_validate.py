@@ -252,4 +252,5 @@ def _conformal_coverage(goodness: dict) -> str:
     pool = goodness.get("interval_calibration", {}).get("run log_var")
     if pool is None:
         return ""
-    return f"; conformal intervals ({describe_stretch(pool['stretch'])}) {100 * pool['coverage']:.0f} %"
+    covering = "" if pool["coverage"] is None else f" {100 * pool['coverage']:.0f} %"
+    return f"; conformal intervals ({describe_stretch(pool['stretch'])}){covering}"

@@ -48,13 +48,13 @@ def test_stretched_bounds_agree_with_the_scores_and_pools_stay_apart():
     ], ignore_index=True)
     stretched, summary = stretch_intervals(held_out, calibration, 0.9)
     assert summary == {
-        "caption log_var": {"stretch": {"1": None}, "scores": 8, "coverage": 1.0},
+        "caption log_var": {"stretch": {"1": None}, "scores": 8, "coverage": None},
         "caption mean": {"stretch": {"1": 0.5}, "scores": 9, "coverage": 0.5},
         "run log_var": {"stretch": {"1": 18.0, "2": 0.5}, "scores": 28, "coverage": 2 / 3},
     }
     np.testing.assert_allclose(stretched["conformal_lo"], [-17.0, -17.0, 0.5, np.nan, 0.5, 0.5, -np.inf])
     np.testing.assert_allclose(stretched["conformal_hi"], [19.0, 19.0, 1.5, np.nan, 1.5, 1.5, np.inf])
-    assert stretched["conformal_covered"].tolist() == [False, True, True, pd.NA, False, True, True]
+    assert stretched["conformal_covered"].tolist() == [False, True, True, pd.NA, False, True, pd.NA]
     # An interval with no width on the measured value's side cannot be stretched to reach it.
     assert stretch_scores(_rows([0.5, 1.0], 1.0, 1.0, 2.0)).tolist() == [np.inf, 0.0]
     assert conformal_stretch([], 0.9) == np.inf

@@ -87,11 +87,11 @@ def stretch_intervals(rows: pd.DataFrame, scores: pd.DataFrame, level: float) ->
     Returns
     -------
     rows : DataFrame
-        With the three columns (a row without scores of its kind and iteration keeps NaN bounds and a missing
-        coverage).
+        With the three columns (a row without scores of its kind and iteration keeps NaN bounds; one whose
+        interval is unbounded has infinite bounds; both have a missing coverage).
     summary : dict
         Per kind (``run log_var`` ...): ``stretch`` per iteration (None: unbounded, too few scores), ``scores``
-        (how many in all) and ``coverage`` of the held-out rows that have a stretch.
+        (how many in all) and ``coverage`` of the held-out rows with a bounded interval (None: there is none).
     """
     rows = rows.copy()
     rows["conformal_lo"] = rows["conformal_hi"] = np.nan
@@ -111,13 +111,15 @@ def stretch_intervals(rows: pd.DataFrame, scores: pd.DataFrame, level: float) ->
             with np.errstate(invalid="ignore"):  # inf * 0 where an interval has no width on a side
                 rows.loc[mine, "conformal_lo"] = np.where(m == lo, m, m - q * (m - lo))
                 rows.loc[mine, "conformal_hi"] = np.where(hi == m, m, m + q * (hi - m))
-            inside = held_out_scores[mine] <= q
-            rows.loc[mine, "conformal_covered"] = inside
             stretches[str(int(iteration))] = q if math.isfinite(q) else None
-            covered.extend(inside)
             count += len(pooled)
+            if math.isfinite(q):  # an unbounded interval covers by construction: no coverage to count
+                inside = held_out_scores[mine] <= q
+                rows.loc[mine, "conformal_covered"] = inside
+                covered.extend(inside)
         if stretches:
-            summary[kind] = {"stretch": stretches, "scores": count, "coverage": float(np.mean(covered))}
+            summary[kind] = {"stretch": stretches, "scores": count,
+                             "coverage": float(np.mean(covered)) if covered else None}
     return rows, summary
 
 

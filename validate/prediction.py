@@ -112,7 +112,7 @@ def predict(
     >>> result = predict([chain("a", 1.0, 1.0), chain("b", 3.0, 0.8)], [chain("c", 2.0, 0.9)], base=base, draws=200,
     ...                  calibrate_intervals=True)
     >>> result.goodness["interval_calibration"]["run log_var"]  # 2 scores per iteration: too few for 90 %
-    {'stretch': {'1': None, '2': None, '3': None, '4': None}, 'scores': 8, 'coverage': 1.0}
+    {'stretch': {'1': None, '2': None, '3': None, '4': None}, 'scores': 8, 'coverage': None}
     >>> sorted(set(result.skill["method"]))
     ['interpolation', 'nearest', 'persistence', 'theory']
     >>> [row["iteration"] for row in result.summary]

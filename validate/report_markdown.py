@@ -237,8 +237,8 @@ def interval_calibration_sentence(g: dict) -> str:
         return "`--conformal` calibrates the intervals only with two or more training settings."
     parts = []
     for pool, c in pools.items():
-        parts.append(f"{pool} {describe_stretch(c['stretch'])} from {c['scores']} scores, covering "
-                     f"{100 * c['coverage']:.0f} %")
+        covering = "" if c["coverage"] is None else f", covering {100 * c['coverage']:.0f} %"
+        parts.append(f"{pool} {describe_stretch(c['stretch'])} from {c['scores']} scores{covering}")
     return ("Conformal intervals (each training setting predicted from a fit on the others; the theory's "
             f"intervals stretched, per iteration, until they cover {100 * g['predict_level']:.0f} % of those "
             "predictions' values): " + "; ".join(parts) + ".")
