@@ -170,7 +170,7 @@ def validate_command(
                      "those models are left out of the selection curve")
 
     columns = (
-        TextColumn("[bold]embedding ({task.fields[what]})"),
+        TextColumn("[bold]{task.fields[what]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -181,7 +181,7 @@ def validate_command(
         task = None
 
         def progress(done, total, what):
-            # One bar while embedding, gone once every image is embedded.
+            # One bar per stage (embedding, the conformal calibration's fits), gone once the stage is done.
             nonlocal task
             if task is None:
                 task = bar.add_task("embed", total=total, what=what)

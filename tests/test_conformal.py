@@ -64,7 +64,12 @@ def test_predict_calibrates_its_intervals_on_the_training_settings():
     # Three runs per training setting (the engine's chains are deterministic: three copies of one run).
     train = [engine_chain(f"cfg{cfg:g}-{copy}", cfg, population=300) for cfg in (1.0, 3.0, 5.0) for copy in "abc"]
     held_out = [engine_chain("cfg2", 2.0, population=300)]
-    result = predict(train, held_out, base=engine_base(), draws=200, calibrate_intervals=True)
+    calls = []
+    result = predict(train, held_out, base=engine_base(), draws=200, calibrate_intervals=True,
+                     progress=lambda done, total, what: calls.append((done, total, what)))
+    assert calls == [(0, 3, "conformal calibration (CFG 1 constant drop 0)"),
+                     (1, 3, "conformal calibration (CFG 3 constant drop 0)"),
+                     (2, 3, "conformal calibration (CFG 5 constant drop 0)"), (3, 3, "conformal calibration")]
     pools = result.goodness["interval_calibration"]
     # Each training setting's runs, iterations 1-4, predicted from the other two settings: 9 run-level scores per
     # iteration, the fewest that give a finite 90 % stretch (the largest of them).

@@ -145,7 +145,7 @@ def embed_runs(runs: list[Run], model: Embedder, *, samples=None, warn, progress
     sizes = set()
 
     def embed(key, images):
-        what = f"{model.name}: {key[0]} {key[1]} {key[2] if key[2] >= 0 else ''}".strip()
+        what = f"embedding ({model.name}: {key[0]} {key[1]} {key[2] if key[2] >= 0 else ''}".strip() + ")"
 
         def advance(n):
             nonlocal done

@@ -167,13 +167,13 @@ def check_held_out(train_dirs, held_out_dirs) -> None:
 
 def predict_stage(
     train: list[Run], held_out: list[Run], statistics: pd.DataFrame, *, grouped: bool, fit: FitResult | None = None,
-    conformal: bool = False,
+    conformal: bool = False, progress=None,
 ) -> tuple[Prediction, list[str]]:
     """The shared model fitted on ``train`` and its prediction of ``held_out`` from their iteration 0; ``fit``:
     :func:`fit_stage`'s fit of the same runs, reused when it is the shared model; ``conformal``: also calibrate
-    the intervals (:mod:`validate.conformal`)."""
+    the intervals (:mod:`validate.conformal`), telling ``progress(done, total, what)`` after each of its fits."""
     trajectories = _trajectories(train, statistics, grouped=grouped)
     targets = _trajectories(held_out, statistics, grouped=grouped)
     groups = {t.group for t in trajectories + targets}
     base, notes = _base_moments(statistics, grouped=grouped, groups=groups)
-    return predict(trajectories, targets, base=base, fit=fit, calibrate_intervals=conformal), notes
+    return predict(trajectories, targets, base=base, fit=fit, calibrate_intervals=conformal, progress=progress), notes

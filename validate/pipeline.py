@@ -160,8 +160,8 @@ def validate_runs(
         checked and before it is read (``chain validate --make-reference`` generates the
         base model's missing reference folders here).
     progress : callable, optional
-        ``progress(done, total, what)`` while embedding: images embedded so far, of all,
-        and which image set is being embedded.
+        ``progress(done, total, what)`` while embedding (images embedded so far, of all, and which image set is
+        being embedded) and while ``conformal`` fits (training settings predicted so far, of all).
     warn : callable, optional
         Receives each warning as one line (default: :func:`warnings.warn`).
 
@@ -230,7 +230,7 @@ def validate_runs(
     prediction = None
     if held_out:
         prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped, fit=fit,
-                                                     conformal=checked.conformal)
+                                                     conformal=checked.conformal, progress=progress)
         fit_notes += prediction_notes
     decomposition, decomposition_notes = (
         _decomposition(runs, features, bootstrap=bootstrap, seed=seed) if decompose_runs else (None, [])

@@ -74,6 +74,7 @@ def predict(
     random_state=0,
     fit: FitResult | None = None,
     calibrate_intervals: bool = False,
+    progress=None,
 ) -> Prediction:
     """Fit the shared model on ``train`` and predict every iteration >= 1 of the ``held_out`` runs.
 
@@ -94,6 +95,8 @@ def predict(
     calibrate_intervals : bool
         Also give conformal intervals (:mod:`validate.conformal`), calibrated on every training setting
         predicted from a fit on the other ones (one more fit per training setting; needs two settings).
+    progress : callable, optional
+        ``progress(done, total, what)`` after each of the calibration's fits.
 
     Returns
     -------
@@ -144,7 +147,7 @@ def predict(
                         baselines=prediction_baselines(train, held_out, base=base))
     calibration_note = {}
     if calibrate_intervals:
-        scores = setting_scores(train, base=base, draws=draws, level=level, random_state=rng)
+        scores = setting_scores(train, base=base, draws=draws, level=level, random_state=rng, progress=progress)
         if scores is not None:
             is_theory = skill["method"] == "theory"
             stretched, calibration_note = stretch_intervals(skill[is_theory], scores, level)
@@ -162,15 +165,18 @@ def predict(
     return Prediction(fit=fit, rows=rows, summary=summary, skill=skill, goodness=goodness, calibration=calibration)
 
 
-def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, level: float,
-                   random_state) -> pd.DataFrame | None:
+def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, level: float, random_state,
+                   progress=None) -> pd.DataFrame | None:
     """Every training setting predicted from a fit on the other training settings: their theory rows of
     :attr:`Prediction.skill`, the conformal calibration's scores; None with fewer than two settings."""
     settings = sorted({setting_key(t) for t in train})
     if len(settings) < 2:
         return None
     folds = []
-    for setting in settings:
+    for done, setting in enumerate(settings):
+        if progress is not None:
+            cfg, schedule, drop = setting
+            progress(done, len(settings), f"conformal calibration (CFG {cfg:g} {schedule} drop {drop:g})")
         others = [t for t in train if setting_key(t) != setting]
         these = [t for t in train if setting_key(t) == setting]
         try:
@@ -179,6 +185,8 @@ def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, le
         except ValidateError:  # e.g. this setting's runs have only iteration 0: nothing to score
             continue
         folds.append(fold.skill[fold.skill["method"] == "theory"])
+    if progress is not None:
+        progress(len(settings), len(settings), "conformal calibration")
     return pd.concat(folds, ignore_index=True) if folds else None
 
 

@@ -281,7 +281,7 @@ def _traits(images: ImageSet, features: Features, model, progress) -> tuple[np.n
 
     def advance(done):
         if progress is not None:
-            progress(done, total, f"{model.name}: {images.path.parent.name} {images.path.name}")
+            progress(done, total, f"embedding ({model.name}: {images.path.parent.name} {images.path.name})")
 
     embedded = embed_image_set(images, model, cache_dir=images.path.parent / CACHE_FOLDER, key=images.path.name,
                                advance=advance)
