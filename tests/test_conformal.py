@@ -7,6 +7,7 @@ from test_validate_prediction import engine_base, engine_chain
 
 from validate.conformal import conformal_stretch, stretch_intervals, stretch_scores
 from validate.prediction import predict
+from validate.report_markdown import skill_section
 from validate.skill import RUN_LEVEL
 
 
@@ -81,6 +82,10 @@ def test_predict_calibrates_its_intervals_on_the_training_settings():
     assert (theory["conformal_covered"].astype(bool) == inside).all()
     run = theory[theory["caption"] == RUN_LEVEL]
     assert pools["run log_var"]["coverage"] == pytest.approx(run["conformal_covered"].astype(float).mean())
+    # The report's run-level table gives each theory cell its conformal interval too.
+    table = "\n".join(skill_section(result.skill, result.goodness, heading="prediction", how=""))
+    first = run.sort_values("iteration").iloc[0]
+    assert f"conformal [{first['conformal_lo']:.3g}, {first['conformal_hi']:.3g}]" in table
     baselines = result.skill[result.skill["method"] != "theory"]
     assert baselines["conformal_lo"].isna().all()
     # Without calibration the prediction is the same, with no conformal columns.

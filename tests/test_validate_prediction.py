@@ -140,6 +140,7 @@ def test_chain_validate_predict_writes_the_prediction_skill_and_calibration(tmp_
     calibrated = fit["prediction"]["interval_calibration"]["run log_var"]
     assert calibrated == {"stretch": {"1": None, "2": None, "3": None}, "scores": 6, "coverage": None}
     assert "run log_var unbounded at iterations 1, 2, 3 (too few scores) from 6 scores." in text
+    assert "], conformal unbounded |" in text  # the run-level table's theory cells
     theory = skill[(skill["task"] == "predict") & (skill["method"] == "theory")]
     assert np.isinf(theory["conformal_hi"]).all() and theory["conformal_covered"].isna().all()
 

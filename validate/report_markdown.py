@@ -244,6 +244,17 @@ def interval_calibration_sentence(g: dict) -> str:
             "predictions' values): " + "; ".join(parts) + ".")
 
 
+def _theory_cell(row) -> str:
+    """The theory's median and 90 % interval, and its conformal interval where ``--conformal`` gave one."""
+    cell = f"{row['predicted']:.3g} [{row['lo']:.3g}, {row['hi']:.3g}]"
+    low, high = row.get("conformal_lo", math.nan), row.get("conformal_hi", math.nan)
+    if pd.isna(low) or pd.isna(high):
+        return cell
+    if math.isinf(low) or math.isinf(high):
+        return cell + ", conformal unbounded"
+    return cell + f", conformal [{low:.3g}, {high:.3g}]"
+
+
 def skill_section(table: pd.DataFrame, g: dict, *, heading: str, how: str) -> list[str]:
     """A skill table's section: the verdict against the better baseline, the summary, the run-level values."""
     better = g["skill_better_baseline"]
@@ -265,7 +276,7 @@ def skill_section(table: pd.DataFrame, g: dict, *, heading: str, how: str) -> li
     cell = table.assign(
         value=np.where(
             table["method"] == "theory",
-            table.apply(lambda r: f"{r['predicted']:.3g} [{r['lo']:.3g}, {r['hi']:.3g}]", axis=1),
+            table.apply(_theory_cell, axis=1),
             table["predicted"].map(lambda v: f"{v:.3g}"),
         )
     )
