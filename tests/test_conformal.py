@@ -86,6 +86,11 @@ def test_predict_calibrates_its_intervals_on_the_training_settings():
     table = "\n".join(skill_section(result.skill, result.goodness, heading="prediction", how=""))
     first = run.sort_values("iteration").iloc[0]
     assert f"conformal [{first['conformal_lo']:.3g}, {first['conformal_hi']:.3g}]" in table
+    # prediction.csv's caption rows carry the same conformal intervals as the skill table's.
+    captions = theory[theory["caption"] != RUN_LEVEL].rename(columns={"caption": "group"})
+    merged = result.rows.merge(captions, on=["run", "group", "iteration", "axis", "quantity"], suffixes=("", "_skill"))
+    assert len(merged) == len(result.rows) == len(captions)
+    np.testing.assert_array_equal(merged["conformal_hi"], merged["conformal_hi_skill"])
     baselines = result.skill[result.skill["method"] != "theory"]
     assert baselines["conformal_lo"].isna().all()
     # Without calibration the prediction is the same, with no conformal columns.

@@ -143,6 +143,7 @@ def test_chain_validate_predict_writes_the_prediction_skill_and_calibration(tmp_
     assert "], conformal unbounded |" in text  # the run-level table's theory cells
     theory = skill[(skill["task"] == "predict") & (skill["method"] == "theory")]
     assert np.isinf(theory["conformal_hi"]).all() and theory["conformal_covered"].isna().all()
+    assert np.isinf(pd.read_csv(report / "prediction.csv")["conformal_lo"]).all()
 
 
 def test_predict_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tmp_path):

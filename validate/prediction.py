@@ -46,9 +46,10 @@ class Prediction:
     """The shared-model fit on the training runs and its prediction of the held-out runs.
 
     ``rows``: per held-out run, caption, iteration (>= 1), axis and quantity, the draws' median,
-    90 % interval, coverage and CRPS; ``summary``: per held-out run and iteration the run-level
-    within-caption variance predicted and measured; ``skill``: :func:`validate.skill.skill_table`
-    with the baselines of :data:`BASELINES`; ``goodness``: coverage and the skill verdict.
+    90 % interval, coverage and CRPS (with ``calibrate_intervals`` also the conformal interval and its
+    coverage); ``summary``: per held-out run and iteration the run-level within-caption variance predicted and
+    measured; ``skill``: :func:`validate.skill.skill_table` with the baselines of :data:`BASELINES`;
+    ``goodness``: coverage, the skill verdict and the conformal calibration's summary.
     """
 
     fit: FitResult
@@ -152,6 +153,10 @@ def predict(
             is_theory = skill["method"] == "theory"
             stretched, calibration_note = stretch_intervals(skill[is_theory], scores, level)
             skill = pd.concat([stretched, skill[~is_theory]]).sort_index()
+            keys = ["run", "group", "iteration", "axis", "quantity"]
+            conformal = stretched.rename(columns={"caption": "group"})
+            rows = rows.merge(conformal[[*keys, "conformal_lo", "conformal_hi", "conformal_covered"]], how="left",
+                              on=keys, validate="one_to_one")
     goodness = {
         "predict_level": level,
         "predict_caption_coverage": float(rows["covered"].mean()),
