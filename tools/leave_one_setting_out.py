@@ -3,13 +3,12 @@
 Groups the run directories given by their run.json setting (CFG, schedule, condition drop); for each setting,
 ``chain validate OTHERS --predict THESE --conformal --make-reference`` (through
 :func:`validate.pipeline.validate_runs`, stats embedder, no decomposition, no bootstrap; the base model's missing
-reference points generated first) writes a
-report folder ``OUT/held-<setting>``; then the skill of every fold and
-of all folds pooled is printed as Markdown and written to ``OUT/summary.json``: the theory's and each
+reference points generated first) writes a report folder ``OUT/held-<setting>``; then the skill of every fold
+and of all folds pooled is printed as Markdown and written to ``OUT/summary.json``: the theory's and each
 baseline's mean |Δ ln var| of the run-level within-caption variance (a baseline over the values it has), the
-ratio to the best baseline among those every value has, and the
-coverage of the 90 % intervals at run and caption level, and of the conformal intervals at run level (calibrated
-within each fold's training settings: :mod:`validate.conformal`). Rerun to refresh; nothing is cached between calls.
+ratio to the best baseline among those every value has, the coverage of the 90 % intervals at run and caption
+level, and that of the conformal intervals at run level (calibrated within each fold's training settings:
+:mod:`validate.conformal`). Rerun to refresh; nothing is cached between calls.
 
 Usage: ``python tools/leave_one_setting_out.py runs/test/* --out runs/test-predict``
 """

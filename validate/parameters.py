@@ -40,7 +40,7 @@ class ValidateParameters:
     ``None`` means the default: ``guidance`` per-setting (shared with ``predict``), ``group`` from the
     runs' captions, no forecast, no selection curve, no generation (``decompose_per_caption``),
     ``selection_per_caption`` a third of ``decompose_per_caption`` (at least 3). ``conformal`` (only with
-``predict``) calibrates the prediction's intervals (:mod:`validate.conformal`).
+    ``predict``) calibrates the prediction's intervals (:mod:`validate.conformal`).
 
     Examples
     --------

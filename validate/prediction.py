@@ -122,30 +122,9 @@ def predict(
     >>> [row["iteration"] for row in result.summary]
     [1, 2, 3, 4]
     """
-    if not held_out:
-        raise ValidateError("--predict: no held-out run has a finished iteration")
-    for trajectory in held_out:
-        if 0 not in trajectory.iterations:
-            raise ValidateError(f"--predict: held-out run {trajectory.run} has no iteration 0 to predict from")
-    if all(t.iterations.max() < 1 for t in held_out):
-        raise ValidateError("--predict: the held-out runs have only iteration 0; nothing to predict")
-    if fit is None or fit.posterior is None or fit.posterior[0].guidance != "shared":
-        model, best = optimise(train, base, None, guidance="shared")
-        fit = fit_tables(model, best, train)[0]
-    model, x, covariance = fit.posterior
-    target = TransitionModel(Transitions(held_out, base, None), guidance="shared")
-    if target.names != model.names:  # e.g. one caption held out, several in training: no run-level noise term
-        raise ValidateError("--predict: the held-out runs' captions differ from the training runs' (one caption "
-                            "against several); predict runs of the same data set with the same --group")
     rng = check_random_state(random_state)
-    thetas = parameter_draws(model, x, covariance, draws=draws, random_state=rng)
-    rows, summary, run_level = simulate_runs(target, thetas, base=base, start=0, level=level, random_state=rng)
-    if not summary:
-        raise ValidateError("--predict: no held-out run could be predicted (every caption needs iteration 0)")
-    rows = pd.DataFrame(rows)
-    theory = pd.concat([pd.DataFrame(run_level), rows.rename(columns={"group": "caption"})], ignore_index=True)
-    skill = skill_table(theory[list(run_level[0])], held_out, base=base,
-                        baselines=prediction_baselines(train, held_out, base=base))
+    fit, rows, summary, theory = _theory_rows(train, held_out, base=base, draws=draws, level=level, rng=rng, fit=fit)
+    skill = skill_table(theory, held_out, base=base, baselines=prediction_baselines(train, held_out, base=base))
     calibration_note = {}
     if calibrate_intervals:
         scores = setting_scores(train, base=base, draws=draws, level=level, random_state=rng, progress=progress)
@@ -170,13 +149,42 @@ def predict(
     return Prediction(fit=fit, rows=rows, summary=summary, skill=skill, goodness=goodness, calibration=calibration)
 
 
+def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None):
+    """The shared fit on ``train`` (``fit`` when it is one) and its draws of the ``held_out`` runs:
+    (fit, caption-level rows, run-level summary, the theory rows of :func:`validate.skill.skill_table`)."""
+    if not held_out:
+        raise ValidateError("--predict: no held-out run has a finished iteration")
+    for trajectory in held_out:
+        if 0 not in trajectory.iterations:
+            raise ValidateError(f"--predict: held-out run {trajectory.run} has no iteration 0 to predict from")
+    if all(t.iterations.max() < 1 for t in held_out):
+        raise ValidateError("--predict: the held-out runs have only iteration 0; nothing to predict")
+    if fit is None or fit.posterior is None or fit.posterior[0].guidance != "shared":
+        model, best = optimise(train, base, None, guidance="shared")
+        fit = fit_tables(model, best, train)[0]
+    model, x, covariance = fit.posterior
+    target = TransitionModel(Transitions(held_out, base, None), guidance="shared")
+    if target.names != model.names:  # e.g. one caption held out, several in training: no run-level noise term
+        raise ValidateError("--predict: the held-out runs' captions differ from the training runs' (one caption "
+                            "against several); predict runs of the same data set with the same --group")
+    thetas = parameter_draws(model, x, covariance, draws=draws, random_state=rng)
+    rows, summary, run_level = simulate_runs(target, thetas, base=base, start=0, level=level, random_state=rng)
+    if not summary:
+        raise ValidateError("--predict: no held-out run could be predicted (every caption needs iteration 0)")
+    rows = pd.DataFrame(rows)
+    theory = pd.concat([pd.DataFrame(run_level), rows.rename(columns={"group": "caption"})], ignore_index=True)
+    return fit, rows, summary, theory[list(run_level[0])]
+
+
 def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, level: float, random_state,
                    progress=None) -> pd.DataFrame | None:
-    """Every training setting predicted from a fit on the other training settings: their theory rows of
-    :attr:`Prediction.skill`, the conformal calibration's scores; None with fewer than two settings."""
+    """Every training setting predicted from a fit on the other training settings: their theory rows (as in
+    :attr:`Prediction.skill`), the conformal calibration's scores; None with fewer than two settings. Only the
+    theory's own draws are needed here, not the baselines, the skill table or the calibration file."""
     settings = sorted({setting_key(t) for t in train})
     if len(settings) < 2:
         return None
+    rng = check_random_state(random_state)
     folds = []
     for done, setting in enumerate(settings):
         if progress is not None:
@@ -185,11 +193,9 @@ def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, le
         others = [t for t in train if setting_key(t) != setting]
         these = [t for t in train if setting_key(t) == setting]
         try:
-            fold = predict(others, these, base=base, draws=draws, level=level, random_state=random_state,
-                           calibrate_intervals=False)
+            folds.append(_theory_rows(others, these, base=base, draws=draws, level=level, rng=rng)[3])
         except ValidateError:  # e.g. this setting's runs have only iteration 0: nothing to score
             continue
-        folds.append(fold.skill[fold.skill["method"] == "theory"])
     if progress is not None:
         progress(len(settings), len(settings), "conformal calibration")
     return pd.concat(folds, ignore_index=True) if folds else None
