@@ -23,8 +23,10 @@ def save_figure(figure, path: Path) -> Path:
 
     figure.set_dpi(DPI)
     renderer = FigureCanvasAgg(figure).get_renderer()
-    if figure.get_layout_engine() is not None:  # place the panels first: the box depends on where they sit
+    if figure.get_layout_engine() is not None:
+        # Place the panels once, here (the box depends on where they sit), and not again while saving.
         figure.get_layout_engine().execute(figure)
+        figure.set_layout_engine("none")
     box = figure.get_tightbbox(renderer)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI, bbox_inches=box.padded(PAD_INCHES))
