@@ -165,6 +165,8 @@ def _scores(table: pd.DataFrame, per_caption: np.ndarray, w: np.ndarray) -> pd.D
     captions' mean: the measured values' sampling noise averaged down, which per caption is large)."""
     axis = table["axis"].to_numpy()
     predictions = [p for p in PREDICTIONS if f"{p}_S_log_var" in table]
+    columns = {name: table[name].to_numpy(dtype=float) for statistic in STATISTICS
+               for name in (f"S_{statistic}", *(f"{p}_S_{statistic}" for p in predictions))}
     rows = []
     for level, statistic, prediction, (subset, member), a in itertools.product(
         LEVELS, STATISTICS, predictions, SUBSETS.items(), [-1, *sorted(set(axis.tolist()))]
@@ -172,8 +174,6 @@ def _scores(table: pd.DataFrame, per_caption: np.ndarray, w: np.ndarray) -> pd.D
         in_level = per_caption if level == "caption" else ~per_caption
         pick = in_level & member(w) & ((axis == a) if a >= 0 else True)
         if pick.any():
-            measured = table[f"S_{statistic}"].to_numpy(dtype=float)[pick]
-            predicted = table[f"{prediction}_S_{statistic}"].to_numpy(dtype=float)[pick]
             rows.append({"level": level, "statistic": statistic, "prediction": prediction, "w": subset, "axis": a,
-                         **agreement(measured, predicted)})
+                         **agreement(columns[f"S_{statistic}"][pick], columns[f"{prediction}_S_{statistic}"][pick])})
     return pd.DataFrame(rows)
