@@ -22,31 +22,53 @@ def save_figure(figure, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     figure.set_dpi(DPI)
-    renderer = FigureCanvasAgg(figure).get_renderer()
-    if figure.get_layout_engine() is not None:
-        # Place the panels once, here (the box depends on where they sit), and not again while saving.
-        figure.get_layout_engine().execute(figure)
-        figure.set_layout_engine("none")
-    box = figure.get_tightbbox(renderer)
+    box = figure.get_tightbbox(FigureCanvasAgg(figure).get_renderer())
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI, bbox_inches=box.padded(PAD_INCHES))
     plt.close(figure)
     return path
 
 
-def axes_grid(count: int, title: str):
-    """A figure titled ``title`` with ``count`` panels, at most 4 a row; returns (figure, flat array of axes)."""
+#: The grid's geometry in inches: a panel's plotting area, the gaps between panels (room for the tick labels and
+#: axis label on the left of a panel; for the x label above and the title of a panel), and the margins.
+PANEL = (3.3, 2.4)
+GAP = (0.85, 0.9)
+MARGIN = {"left": 0.75, "right": 0.2, "bottom": 0.55, "top": 0.65}
+
+
+def panel_grid(rows: int, columns: int, title: str):
+    """A figure titled ``title`` with a ``rows`` × ``columns`` array of panels, spaced at fixed distances.
+
+    Fixed spacing, sized for a panel's title, tick labels and axis labels, keeps a title clear of the x
+    label above it as constrained layout does, at no cost: constrained layout's solver took as long as
+    drawing the figure (0.24 s of a report figure's 0.56 s).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    width = MARGIN["left"] + columns * PANEL[0] + (columns - 1) * GAP[0] + MARGIN["right"]
+    height = MARGIN["bottom"] + rows * PANEL[1] + (rows - 1) * GAP[1] + MARGIN["top"]
+    figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
+    figure.subplots_adjust(left=MARGIN["left"] / width, right=1 - MARGIN["right"] / width,
+                           bottom=MARGIN["bottom"] / height, top=1 - MARGIN["top"] / height,
+                           wspace=GAP[0] / PANEL[0], hspace=GAP[1] / PANEL[1])
+    figure.suptitle(title, y=1 - 0.15 / height, va="top")
+    return figure, axes
+
+
+def axes_grid(count: int, title: str):
+    """A figure titled ``title`` with ``count`` panels, at most 4 a row; returns (figure, flat array of axes)."""
     columns = min(count, 4)
-    rows = math.ceil(count / columns)
-    # Constrained layout keeps a panel's title clear of the x label of the panel above.
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False,
-                                layout="constrained")
-    figure.suptitle(title)
+    figure, axes = panel_grid(math.ceil(count / columns), columns, title)
     for extra in axes.ravel()[count:]:
         extra.set_visible(False)
     return figure, axes.ravel()
+
+
+def legend_below(figure, handles, labels, **kwargs) -> None:
+    """One legend for the whole figure, centred under its panels (the saved PNG's crop takes it in)."""
+    bottom = min(axes.get_position().y0 for axes in figure.axes if axes.get_visible())
+    label_room = MARGIN["bottom"] / figure.get_figheight()
+    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, bottom - label_room), **kwargs)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from qtm.io import atomic_path, write_json, write_table
-from validate.plotting import axes_grid, save_figure
+from validate.plotting import axes_grid, legend_below, panel_grid, save_figure
 from validate.report_markdown import markdown_report
 from validate.report_prediction import skill_tables, write_calibration_file, write_prediction
 from validate.selection import STATISTICS, predicted_selection
@@ -205,7 +205,7 @@ def plot_diversity(diversity: pd.DataFrame, *, path) -> Path:
             panel.errorbar(points["iteration"], points["value"], yerr=spread, marker="o", ms=3, capsize=2, label=run)
         panel.set_title(statistic, fontsize=9)
         panel.set_xlabel("iteration")
-    panels[0].legend(fontsize=7)
+    _runs_legend(figure, panels[0])
     save_figure(figure, path)
     return path
 
@@ -231,9 +231,8 @@ def plot_selection_curve(curve, *, path) -> Path:
     table = curve.table[curve.table["caption"] == WITHIN_CAPTIONS]
     per_caption = curve.table[curve.table["caption"] != WITHIN_CAPTIONS]
     axes = sorted(table["axis"].unique())[:PLOTTED_AXES]
-    figure, panels = plt.subplots(2, len(axes), figsize=(4.2 * len(axes), 6.8), squeeze=False)
-    figure.suptitle("selection differential S(w) = stat(w) − stat(1): measured (points) and the exact sampler "
-                    "law (lines); mean over captions")
+    figure, panels = panel_grid(2, len(axes), "selection differential S(w) = stat(w) − stat(1): measured (points) "
+                                "and the exact sampler law (lines); mean over captions")
     grid = np.linspace(1.0, max(curve.cfgs), 40)
     models = list(dict.fromkeys(zip(table["run"], table["iteration"], strict=True)))
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(models), 1)))
@@ -410,9 +409,16 @@ def plot_summary(statistics: pd.DataFrame, *, path, embedder: str) -> Path:
             )
         panel.set_title({"total_var": "total variance", "frechet": "Fréchet distance to reference"}[statistic])
         panel.set_xlabel("iteration")
-        panel.legend(fontsize=7)
+    _runs_legend(figure, panels[0])
     save_figure(figure, path)
     return path
+
+
+def _runs_legend(figure, panel) -> None:
+    """The runs' legend (the same in every panel) once, under the panels: inside a panel, a study's 24 runs
+    covered the data."""
+    handles, labels = panel.get_legend_handles_labels()
+    legend_below(figure, handles, labels, ncols=min(len(labels), 4), fontsize=7)
 
 
 def plot_strength(parameters: pd.DataFrame, *, path) -> Path:

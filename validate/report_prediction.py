@@ -18,7 +18,7 @@ import pandas as pd
 
 from qtm.calibration import write_calibration
 from qtm.io import write_table
-from validate.plotting import axes_grid, save_figure
+from validate.plotting import axes_grid, legend_below, save_figure
 from validate.skill import RUN_LEVEL
 
 BASELINE_STYLE = {"persistence": ":", "nearest": "--", "interpolation": "-."}
@@ -69,7 +69,7 @@ def write_prediction(folder, prediction, *, provenance: dict) -> dict:
     # One legend for the figure: the panels share their entries (a baseline missing from one panel shows in another).
     entries = {label: handle for panel in panels[: len(runs)]
                for handle, label in zip(*panel.get_legend_handles_labels(), strict=True)}
-    plot.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=len(entries), fontsize=8)
+    legend_below(plot, list(entries.values()), list(entries), ncols=len(entries), fontsize=8)
     written["prediction_plot"] = save_figure(plot, folder / "prediction.png")
     return written
 
