@@ -44,7 +44,7 @@ What the exact map shows (the numbers are checked by ``tests/test_sampler_map.py
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import NamedTuple
 
@@ -244,6 +244,17 @@ class PreparedSampler:
     schedule: CFGSchedule
     coefficients: StepCoefficients | None = None
     plan: SolverPlan | None = None
+
+    def at(self, cfg) -> PreparedSampler:
+        """The same sampler at the peak guidance scales ``cfg``: its step coefficients or solver plan are kept.
+
+        Examples
+        --------
+        >>> prepared = prepare_sampler("ddim", cfg=1.0, steps=25)
+        >>> prepared.at([1.0, 7.5]).moments(1.0, 0.5, 0.0, 1.0).var.round(4).tolist()
+        [0.4394, 0.0028]
+        """
+        return replace(self, cfg=as_float_array(cfg, "cfg"))
 
     @cached_property
     def scale_table(self) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ import pytest
 from qtm.diffusion import DiffusionConfig
 from qtm.errors import QTMError
 from qtm.gaussian import cfg_tilt
-from qtm.sampler_map import gaussian_eps_coefficients, guided_moments, step_coefficients
+from qtm.sampler_map import gaussian_eps_coefficients, guided_moments, prepare_sampler, step_coefficients
 from qtm.schedules import CFGSchedule
 
 # (cond_mean, cond_var, uncond_mean, uncond_var, cfg, schedule): one row of particles each.
@@ -287,3 +287,17 @@ def test_the_compiled_law_is_the_numpy_loop_to_the_last_bit(sampler, schedule, e
         out = prepared.moments(*model)
         mean, var = _numpy_ddim_law(prepared, *model)
         assert np.array_equal(out.mean, mean) and np.array_equal(out.var, var)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "tilt", "dpm++2m", "ode"])
+def test_a_prepared_sampler_at_other_scales_is_the_sampler_prepared_at_them(sampler):
+    """``at`` keeps the step coefficients or plan and changes only the peak scales: bit for bit the same law."""
+    cfg = np.array([[1.0, 2.5], [7.5, 4.0]])
+    schedule = "constant" if sampler == "ode" else "cosine"
+    moved = prepare_sampler(sampler, cfg=1.0, schedule=schedule, steps=12).at(cfg)
+    direct = guided_moments(1.0, 0.5, [0.0, 0.3], 1.0, cfg=cfg, schedule=schedule, sampler=sampler, steps=12)
+    out = moved.moments(1.0, 0.5, [0.0, 0.3], 1.0)
+    np.testing.assert_array_equal(out.mean, direct.mean)
+    np.testing.assert_array_equal(out.var, direct.var)
+    with pytest.raises(QTMError, match="cfg"):
+        moved.at([1.0, np.nan])

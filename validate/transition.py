@@ -42,7 +42,7 @@ import numpy as np
 
 from qtm.errors import QTMError
 from qtm.params import default_uncond_fidelity, effective_cfg, uncond_share
-from qtm.sampler_map import guided_moments
+from qtm.sampler_map import prepare_sampler
 from validate.errors import ValidateError
 
 W_BOUNDS = (0.0, 50.0)
@@ -165,10 +165,13 @@ class Transitions:
         self.block = np.array([order[key] for key in keys])
         self.n_blocks = len(order)
         self.drop = np.array([trajectories[r].drop for r in self.traj], dtype=float)
-        self.calls = {}
+        groups = {}
         for j, r in enumerate(self.traj):
             tr = trajectories[r]
-            self.calls.setdefault((tr.schedule, tr.sampler, tr.steps), []).append(j)
+            groups.setdefault((tr.schedule, tr.sampler, tr.steps), []).append(j)
+        # Each group's sampler is prepared once: the fit changes only its peak scales, not its step coefficients.
+        self.calls = [(prepare_sampler(sampler, cfg=1.0, schedule=schedule, steps=steps), members)
+                      for (schedule, sampler, steps), members in groups.items()]
 
     def measured(self, traj, index):
         """Scaled mean, log variance and their SEs of generated sets (trajectory, row)."""
@@ -335,19 +338,15 @@ class TransitionModel:
         cond_mean, cond_log, u_mean, u_log = np.broadcast_arrays(cond_mean, cond_log, u_mean, u_log)
         mean = np.empty(cond_mean.shape)
         log = np.empty_like(mean)
-        for (schedule, sampler, steps), members in d.calls.items():
+        for prepared, members in d.calls:
             pick = np.isin(rows, members)
             if not pick.any():
                 continue
-            out = guided_moments(
+            out = prepared.at(w[..., pick, :]).moments(
                 cond_mean[..., pick, :],
                 np.exp(cond_log[..., pick, :]),
                 u_mean[..., pick, :],
                 np.exp(u_log[..., pick, :]),
-                cfg=w[..., pick, :],
-                schedule=schedule,
-                sampler=sampler,
-                steps=steps,
             )
             mean[..., pick, :] = out.mean
             with np.errstate(divide="ignore", invalid="ignore"):
