@@ -31,6 +31,8 @@ from qtm import figures_solvers as _solver_figure
 from qtm.errors import QTMError
 
 FORMATS = ("png", "pdf")
+#: Resolution of the PNG figures.
+DPI = 110
 #: The one-axis model of ``qtm simulate``'s default sweep (see the module docstring).
 MODEL = {"cond_mean": 1.0, "cond_var": 1.0, "uncond_mean": 0.0, "uncond_var": 1.5, "data_mean": 1.0, "data_var": 1.0}
 #: Collapse: the variance falls below this fraction of the real data's.
@@ -441,12 +443,16 @@ def make_figures(out, *, names=None, formats=FORMATS, echo: Callable[[str], None
         try:
             spec.draw(fig, **spec.parameters)
             fig.suptitle(f"{spec.number}. {spec.title}", fontsize=10)
+            # Place the panels once for every format: savefig would run the layout solver again for each.
+            fig.set_dpi(DPI)
+            fig.get_layout_engine().execute(fig)
+            fig.set_layout_engine("none")
             for fmt in formats:
                 path = out / f"{name}.{fmt}"
                 with atomic_path(path) as tmp:
                     # No dates or versions in the files: the same code draws the same bytes.
                     metadata = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None}
-                    fig.savefig(tmp, format=fmt, dpi=110, metadata=metadata)
+                    fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
                 written.append(path)
                 if echo is not None:
                     echo(str(path))
