@@ -32,13 +32,22 @@ from scipy.spatial.distance import cdist, pdist
 from qtm.random import check_random_state, derive_seed
 from qtm.validation import check_choice, check_int, check_unit_interval
 from validate.errors import ValidateError
-from validate.intervals import multiplicities, subsample_indices, subsample_interval, subsample_scale, subsample_size
+from validate.intervals import (
+    multiplicities,
+    subsample_indices,
+    subsample_interval,
+    subsample_normal_interval,
+    subsample_scale,
+    subsample_size,
+)
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS, group_indices
 from validate.vendi import VendiKernel, sample_vendi, similarity
 
 PRDC = ("precision", "recall", "density", "coverage")
 #: Statistics of :func:`diversity_metrics`: the four above, then the Vendi scores of the generated and the real set.
 STATISTICS = (*PRDC, "vendi", "vendi_real")
+#: The statistics that are shares of points: their intervals are normal (:func:`subsample_normal_interval`).
+SHARES = ("precision", "recall", "coverage")
 #: The range of each statistic: shares in [0, 1], density >= 0, a Vendi score at least one distinct point.
 RANGES = {"precision": (0.0, 1.0), "recall": (0.0, 1.0), "density": (0.0, np.inf), "coverage": (0.0, 1.0),
           "vendi": (1.0, np.inf), "vendi_real": (1.0, np.inf)}
@@ -98,10 +107,13 @@ def diversity_metrics(
     and half of its generated images (at least k + 1 of each), all distinct, so the metrics see
     no copies (a bootstrap with replacement put Vendi's interval below its point estimate). The
     spread of a metric over the half-samples is rescaled to the full sets
-    (:func:`validate.intervals.subsample_scale`, 1 for halves) and reflected about the point
-    estimate, centred on the subsamples' median (:func:`validate.intervals.subsample_interval`):
-    the interval is for the metric at these set sizes (recall and Vendi grow with the size) and
-    contains the point estimate. Its coverage is measured by ``benchmarks/interval_calibration.py``.
+    (:func:`validate.intervals.subsample_scale`, 1 for halves). For density and Vendi it is reflected
+    about the point estimate, centred on the subsamples' median
+    (:func:`validate.intervals.subsample_interval`); for the shares (:data:`SHARES`), whose half-sample
+    values pile up at 1, the interval is the point estimate ± z standard deviations of the half-sample
+    values (:func:`validate.intervals.subsample_normal_interval`). Either is for the metric at these set
+    sizes (recall and Vendi grow with the size) and contains the point estimate. Its coverage is measured
+    by ``benchmarks/interval_calibration.py``.
     Cost: O(bootstrap (n m + n³ + m³)) per caption, d³ in place of n³ and m³ for cosine features
     of width d below them. Measured on 2 cores with 1280-d features and 200 resamples, with
     replacement: 3 s for 41 captions of 1509 images, against about 90 s for their pooled comparison.
@@ -317,6 +329,8 @@ def _group_metrics(real, generated, *, d_real, k_real, k, kernel, bandwidth, boo
 def _rows(caption, values, samples, level, n_real, n_generated) -> list[dict]:
     point = np.array([values[statistic] for statistic in STATISTICS])
     low, high = subsample_interval(point, samples, level=level)
+    shares = [STATISTICS.index(statistic) for statistic in SHARES]
+    low[shares], high[shares] = subsample_normal_interval(point[shares], samples[:, shares], level=level)
     # The reflected interval can leave the metric's range (a precision of 0 got [-0.02, 0.004]); the range holds.
     bottom, top = np.array([RANGES[statistic] for statistic in STATISTICS]).T
     low, high = np.clip(low, bottom, top), np.clip(high, bottom, top)
