@@ -31,8 +31,7 @@ from qtm import figures_solvers as _solver_figure
 from qtm.errors import QTMError
 
 FORMATS = ("png", "pdf")
-#: Resolution of the PNG figures.
-DPI = 110
+DPI = 110  # of the PNG figures
 #: The one-axis model of ``qtm simulate``'s default sweep (see the module docstring).
 MODEL = {"cond_mean": 1.0, "cond_var": 1.0, "uncond_mean": 0.0, "uncond_var": 1.5, "data_mean": 1.0, "data_var": 1.0}
 #: Collapse: the variance falls below this fraction of the real data's.
@@ -439,12 +438,11 @@ def make_figures(out, *, names=None, formats=FORMATS, echo: Callable[[str], None
     written = []
     for name in [n for n in FIGURES if n in names]:
         spec = FIGURES[name]
-        fig = plt.figure(figsize=spec.size, layout="constrained")
+        fig = plt.figure(figsize=spec.size, dpi=DPI, layout="constrained")
         try:
             spec.draw(fig, **spec.parameters)
             fig.suptitle(f"{spec.number}. {spec.title}", fontsize=10)
             # Place the panels once for every format: savefig would run the layout solver again for each.
-            fig.set_dpi(DPI)
             fig.get_layout_engine().execute(fig)
             fig.set_layout_engine("none")
             for fmt in formats:
