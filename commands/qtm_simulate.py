@@ -38,7 +38,6 @@ import typer
 from commands.options import parameter_options, path_text
 from qtm.calibration import CALIBRATED, Calibration, read_calibration, shipped_calibration
 from qtm.grid import load_config, merge_options
-from qtm.grid_sweep import sweep_with_grid
 from qtm.params import (
     ALL_PARAMETERS,
     DEFAULT_SWEEP,
@@ -78,6 +77,7 @@ def simulate(
 
     Each option's value: the command line, else --config, else the calibration, else the default sweep.
     """
+    from qtm.grid_sweep import sweep_with_grid
     from qtm.io import check_table_path
 
     file_options = load_config(config, allowed=OPTIONS) if config is not None else {}

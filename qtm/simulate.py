@@ -24,7 +24,6 @@ from qtm.errors import QTMError
 from qtm.grid import grid_frame, parse_axes, parse_numbers, parse_strings
 from qtm.params import GRID_PARAMETERS, MODEL_PARAMETERS, PARAMETERS, Parameter
 from qtm.provenance import provenance
-from qtm.solvers import SchedulerConfig
 
 ENGINES = ("moments", "particles")
 #: The engine is an option of a sweep, not of the chain: it lives beside the parameter model, in its form.
@@ -120,6 +119,9 @@ def simulate_grid(points, axes: Mapping[str, np.ndarray], *, engine: str = "mome
     particle_options = {k: v for k, v in dict(particle_options or {}).items() if v is not None}
     scheduler = {k: v for k, v in dict(scheduler or {}).items() if v is not None and v != PARAMETERS[k].default}
     if engine == "moments":
+        # Imported here: the solvers load Numba, which the particle engine's sweep and the program's start skip.
+        from qtm.solvers import SchedulerConfig
+
         if particle_options:
             raise QTMError(f"{PARAMETERS[next(iter(particle_options))].flag} applies to --engine particles only")
         return _moments_table(points, axes, population=PARAMETERS["population"].check(population),

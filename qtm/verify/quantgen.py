@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import optimize, stats
 
 from qtm.verify.base import Comparison, from_rows, mean_se, register, scaled_count, var_se
 
@@ -27,6 +26,8 @@ def _rejection_sample(rng, n: int, mean: float, var: float, log_fitness) -> np.n
     (normalised), whatever ``W`` is, as long as it is bounded; its maximum is found
     numerically, so no analytic result enters the sample.
     """
+    from scipy import optimize
+
     sd = math.sqrt(var)
     found = optimize.minimize_scalar(lambda z: -log_fitness(z), bracket=(mean - sd, mean + sd))
     log_max = -found.fun
@@ -86,6 +87,8 @@ def _breeders_equation(*, size: float, rng) -> Comparison:
 @register("gaussian_selection", "Gaussian selection and the CFG tilt: moments and shape")
 def _gaussian_selection(*, size: float, rng) -> Comparison:
     """Rejection sampling of ``W(z) p(z)`` against the closed-form Gaussian results."""
+    from scipy import stats
+
     from qtm.gaussian import cfg_tilt, stabilizing_selection
 
     n = scaled_count(600_000, size, 4_000)
@@ -120,6 +123,8 @@ def _gaussian_selection(*, size: float, rng) -> Comparison:
 @register("truncation", "Truncation selection: one-sided and central")
 def _truncation(*, size: float, rng) -> Comparison:
     """Keep the points beyond the analytic threshold; compare kept share, mean and variance."""
+    from scipy import stats
+
     from qtm.gaussian import central_truncation, truncation_selection
 
     n = scaled_count(1_000_000, size, 4_000)

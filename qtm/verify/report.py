@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from qtm.verify.base import CheckResult, Comparison, Verdict
 
@@ -57,6 +56,7 @@ def plot_comparison(comparison: Comparison, verdict: Verdict, path, *, title: st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from scipy import stats
 
     from qtm.io import atomic_path
 
