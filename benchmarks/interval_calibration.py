@@ -12,7 +12,7 @@ the truth:
   images of the within-caption variance; the truth is the mean of the true variances.
 - precision, recall, density, coverage, vendi (``validate.diversity.diversity_metrics``,
   half-sampling without replacement): 60 real against 60 generated 4-d points (the generated set
-  narrowed to 0.8 of the real spread). These metrics have no size-free population value; the truth
+  narrowed to 0.8 of the real spread; ``--sets`` gives another design). These metrics have no size-free population value; the truth
   is their expectation at these set sizes, the mean of the point estimates over all populations
   (its own Monte-Carlo error is the SD over sqrt(populations), small beside an interval).
 
@@ -23,6 +23,7 @@ the 93-97 % goal. Run: ``python benchmarks/interval_calibration.py --populations
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import numpy as np
@@ -85,8 +86,9 @@ def within_population(rng, tails, n_boot, n=30):
     return {"within_var": (row["value"], row["ci_low"], row["ci_high"], variances.mean())}
 
 
-def diversity_population(rng, tails, n_boot, n=60, d=4):
-    real, generated = noise(rng, (n, d), tails), 0.8 * noise(rng, (n, d), tails)
+def diversity_population(rng, tails, n_boot, sets=(60, 60, 4, 0.8)):
+    n, m, d, narrowing = sets
+    real, generated = noise(rng, (n, d), tails), narrowing * noise(rng, (m, d), tails)
     rows = diversity_metrics(real, generated, bootstrap=n_boot, random_state=int(rng.integers(2**31)))
     return {r["statistic"]: (r["value"], r["ci_low"], r["ci_high"], None) for r in rows if r["statistic"] in DIVERSITY}
 
@@ -96,7 +98,11 @@ def main(argv=None):
     parser.add_argument("--populations", type=int, default=1000)
     parser.add_argument("--resamples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--sets", default="60,60,4,0.8", help="The set metrics' design: real images, generated "
+                        "images, dimension, generated spread as a fraction of the real one.")
     options = parser.parse_args(argv)
+    n, m, d, narrowing = options.sets.split(",")
+    sets = (int(n), int(m), int(d), float(narrowing))
     print(f"{options.populations} populations per distribution, {options.resamples} resamples each, 95 % intervals")
     print(f"{'statistic':<12} {'tails':<9} {'coverage':>8} {'MC SE':>6} {'miss':>6} {'contains':>8}")
     for tails in ("gaussian", "t5"):
@@ -104,7 +110,8 @@ def main(argv=None):
         found: dict[str, list] = {}
         start = time.perf_counter()
         for _ in range(options.populations):
-            for simulate in (decomposition_population, within_population, diversity_population):
+            for simulate in (decomposition_population, within_population,
+                             functools.partial(diversity_population, sets=sets)):
                 for name, value in simulate(rng, tails, options.resamples).items():
                     found.setdefault(name, []).append(value)
         for name, values in found.items():
