@@ -40,8 +40,8 @@ def panel_grid(rows: int, columns: int, title: str):
     """A figure titled ``title`` with a ``rows`` × ``columns`` array of panels, spaced at fixed distances.
 
     Fixed spacing, sized for a panel's title, tick labels and axis labels, keeps a title clear of the x
-    label above it as constrained layout does, at no cost: constrained layout's solver took as long as
-    drawing the figure (0.24 s of a report figure's 0.56 s).
+    label above it as constrained layout does, at no cost: with constrained layout a 6-panel figure took
+    0.93 s to write, with this grid 0.57 s.
     """
     import matplotlib
 

@@ -262,7 +262,7 @@ def plot_selection_curve(curve, *, path) -> Path:
             panel.axhline(0, color="grey", lw=0.6)
             panel.axvspan(min(curve.cfgs) - 0.2, 3.0 + 0.2, color="0.93", zorder=-1)
             panel.set_title(f"axis {axis}", fontsize=9)
-            panel.set_xlabel("peak CFG w (shaded: w ≤ 3, where a correction is chosen)")
+            panel.set_xlabel("peak CFG w (shaded: w ≤ 3, the correction's range)")
             panel.set_ylabel(SELECTION_LABELS[statistic])
     title = "solid: law; dashed: corrected" if correction != "none" else "lines: law"
     panels[0, 0].legend(fontsize=7, title=f"{title}; x: mixture p_u", title_fontsize=7)
