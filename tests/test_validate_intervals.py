@@ -97,18 +97,21 @@ def test_within_caption_variance_interval_covers_the_truth():
     assert 166 <= covered <= 199
 
 
-def test_share_intervals_cover_their_expectation_near_one():
-    """200 populations of 60 real and 60 generated 4-d Gaussian points, the generated set at 0.8 of the real
-    spread (benchmarks/interval_calibration.py's design): precision (about 0.99) and coverage (0.98) pile up at
-    1 in half-samples. Their 95 % intervals must hold the metric's expectation (the mean of the 200 estimates)
-    in at least 176 populations each. A development run of this design on other seeds measured 0.96-0.98 for
-    the three shares; a binomial(200, 0.93) falls below 176 with probability about 3e-3 per share, so the
-    false-failure rate is below 1e-2 (and the seed is fixed). The reflected interval this replaced covered
-    35-40 % of precision's and coverage's expectations in this design."""
+@pytest.mark.parametrize("sets", [(60, 60, 4, 0.8), (40, 80, 8, 0.6)])
+def test_share_intervals_cover_their_expectation_near_one(sets):
+    """200 populations of n real and m generated d-dimensional Gaussian points, the generated set narrowed
+    (benchmarks/interval_calibration.py's design, then its ``--sets 40,80,8,0.6``): precision and coverage
+    (expectations 0.99 and 0.98; 0.999 and 0.996) pile up at 1 in half-samples. Their 95 % intervals must hold
+    the metric's expectation (the mean of the 200 estimates) in at least 176 populations each. Development runs
+    of both designs on other seeds measured 0.96-1.0 for the three shares; a binomial(200, 0.93) falls below
+    176 with probability about 3e-3 per share, so the false-failure rate is below 2e-2 (and the seed is fixed).
+    The reflected interval this replaced covered 3-60 % of precision's and coverage's expectations here, the
+    normal interval without the bound for a share of 1 42-57 % in the second design."""
+    n, m, d, narrowing = sets
     rng = np.random.default_rng(2121)
     found = []
     for _ in range(200):
-        real, generated = rng.standard_normal((60, 4)), 0.8 * rng.standard_normal((60, 4))
+        real, generated = rng.standard_normal((n, d)), narrowing * rng.standard_normal((m, d))
         rows = diversity_metrics(real, generated, bootstrap=100, random_state=int(rng.integers(2**31)))
         found.append([(r["value"], r["ci_low"], r["ci_high"]) for r in rows if r["statistic"] in SHARES])
     value, low, high = np.moveaxis(np.array(found), 2, 0)
@@ -126,3 +129,12 @@ def test_a_normal_subsample_interval_keeps_its_width_where_the_values_pile_up():
     normal = subsample_normal_interval(np.array([0.98]), values)
     assert float(reflected[0][0]) == pytest.approx(0.98) and float(normal[0][0]) < 0.98 < float(normal[1][0])
     assert float(normal[0][0]) + float(normal[1][0]) == pytest.approx(2 * 0.98)
+
+
+def test_a_share_of_one_reaches_the_bound_for_no_miss():
+    """Every generated point at the real set's centre: precision is 1 in every half-sample, and its interval
+    reaches down to 0.05^(1/m), the one-sided Clopper-Pearson bound for m points and no miss."""
+    rng = np.random.default_rng(3)
+    real, generated = rng.standard_normal((40, 3)), 1e-3 * rng.standard_normal((30, 3))
+    row = next(r for r in diversity_metrics(real, generated, bootstrap=50) if r["statistic"] == "precision")
+    assert row["value"] == row["ci_high"] == 1.0 and row["ci_low"] == pytest.approx(0.05 ** (1 / 30))
