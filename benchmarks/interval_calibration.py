@@ -12,9 +12,10 @@ the truth:
   images of the within-caption variance; the truth is the mean of the true variances.
 - precision, recall, density, coverage, vendi (``validate.diversity.diversity_metrics``,
   half-sampling without replacement): 60 real against 60 generated 4-d points (the generated set
-  narrowed to 0.8 of the real spread; ``--sets`` gives another design). These metrics have no size-free population value; the truth
-  is their expectation at these set sizes, the mean of the point estimates over all populations
-  (its own Monte-Carlo error is the SD over sqrt(populations), small beside an interval).
+  narrowed to 0.8 of the real spread; ``--sets`` gives another design). These metrics have no
+  size-free population value; the truth is their expectation at these set sizes, the mean of the
+  point estimates over all populations (its own Monte-Carlo error is the SD over sqrt(populations),
+  small beside an interval).
 
 Prints one table: coverage, its Monte-Carlo standard error sqrt(p (1 - p) / N), and the miss from
 the 93-97 % goal. Run: ``python benchmarks/interval_calibration.py --populations 1000 --resamples 200``.
