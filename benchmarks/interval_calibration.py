@@ -17,8 +17,10 @@ the truth:
   point estimates over all populations (its own Monte-Carlo error is the SD over sqrt(populations),
   small beside an interval).
 
-Prints one table: coverage, its Monte-Carlo standard error sqrt(p (1 - p) / N), and the miss from
-the 93-97 % goal. Run: ``python benchmarks/interval_calibration.py --populations 1000 --resamples 200``.
+Prints one table: coverage, its Monte-Carlo standard error sqrt(p (1 - p) / N), the miss from
+the 93-97 % goal, and why an interval misses: ``bias/SD`` (the estimates' mean error over their
+SD; 0 by construction for the set metrics) and ``width`` (the interval's half-length over z against
+that SD; 1 is right). Run: ``python benchmarks/interval_calibration.py --populations 1000 --resamples 200``.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def main(argv=None):
     n, m, d, narrowing = options.sets.split(",")
     sets = (int(n), int(m), int(d), float(narrowing))
     print(f"{options.populations} populations per distribution, {options.resamples} resamples each, 95 % intervals")
-    print(f"{'statistic':<12} {'tails':<9} {'coverage':>8} {'MC SE':>6} {'miss':>6} {'contains':>8}")
+    print(f"{'statistic':<12} {'tails':<9} {'coverage':>8} {'MC SE':>6} {'miss':>6} {'contains':>8} {'bias/SD':>7} "
+          f"{'width':>6}")
     for tails in ("gaussian", "t5"):
         rng = np.random.default_rng([options.seed, tails == "t5"])
         found: dict[str, list] = {}
@@ -123,7 +126,13 @@ def main(argv=None):
             se = np.sqrt(coverage * (1 - coverage) / len(value))
             miss = min(coverage - 0.93, 0.0) + max(coverage - 0.97, 0.0)
             contains = np.mean((low <= value) & (value <= high))
-            print(f"{name:<12} {tails:<9} {coverage:8.3f} {se:6.3f} {miss:+6.3f} {contains:8.3f}")
+            # Why an interval misses: the estimate's bias in units of its spread, and the interval's width as an
+            # SD (half its length over z) against the estimates' actual SD.
+            spread = np.std(value - truth, ddof=1)
+            bias = np.mean(value - truth) / spread
+            width = np.nanmean((high - low) / (2 * 1.959964)) / spread
+            print(f"{name:<12} {tails:<9} {coverage:8.3f} {se:6.3f} {miss:+6.3f} {contains:8.3f} {bias:+7.2f} "
+                  f"{width:6.2f}")
         print(f"# {tails}: {time.perf_counter() - start:.0f} s")
 
 
