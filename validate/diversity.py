@@ -46,7 +46,8 @@ from validate.vendi import VendiKernel, sample_vendi, similarity
 PRDC = ("precision", "recall", "density", "coverage")
 #: Statistics of :func:`diversity_metrics`: the four above, then the Vendi scores of the generated and the real set.
 STATISTICS = (*PRDC, "vendi", "vendi_real")
-#: The statistics that are shares of points: their intervals are normal (:func:`subsample_normal_interval`).
+#: The statistics that are shares of points (precision of the generated ones, recall and coverage of the real
+#: ones): their intervals are normal (:func:`subsample_normal_interval`).
 SHARES = ("precision", "recall", "coverage")
 #: The range of each statistic: shares in [0, 1], density >= 0, a Vendi score at least one distinct point.
 RANGES = {"precision": (0.0, 1.0), "recall": (0.0, 1.0), "density": (0.0, np.inf), "coverage": (0.0, 1.0),
@@ -330,17 +331,9 @@ def _rows(caption, values, samples, level, n_real, n_generated) -> list[dict]:
     point = np.array([values[statistic] for statistic in STATISTICS])
     low, high = subsample_interval(point, samples, level=level)
     shares = [STATISTICS.index(statistic) for statistic in SHARES]
-    low[shares], high[shares] = subsample_normal_interval(point[shares], samples[:, shares], level=level)
-    # A share of exactly 1 (or 0) can have no spread over the half-samples (every half gives 1). Its interval
-    # reaches at least the Clopper-Pearson bound for no miss among the N points it counts, (1 - level)^(1/N)
-    # (1 - 3/N at 95 %, the rule of three): a share of 0.999 was otherwise outside [1, 1] in 54-58 % of sets.
-    for statistic in SHARES:
-        i = STATISTICS.index(statistic)
-        bound = (1.0 - level) ** (1.0 / (n_generated if statistic == "precision" else n_real))
-        if point[i] == 1.0:
-            low[i] = min(low[i], bound)
-        elif point[i] == 0.0:
-            high[i] = max(high[i], 1.0 - bound)
+    counts = [n_generated if statistic == "precision" else n_real for statistic in SHARES]
+    low[shares], high[shares] = subsample_normal_interval(point[shares], samples[:, shares], level=level,
+                                                          counts=counts)
     # The reflected interval can leave the metric's range (a precision of 0 got [-0.02, 0.004]); the range holds.
     bottom, top = np.array([RANGES[statistic] for statistic in STATISTICS]).T
     low, high = np.clip(low, bottom, top), np.clip(high, bottom, top)
