@@ -49,14 +49,14 @@ def fold_summary(skill: pd.DataFrame) -> dict:
     baselines = [m for m in METHODS[1:] if m in means and counts[m] == counts["theory"]]
     best = min(baselines, key=lambda m: means[m])
     theory = skill[skill["method"] == "theory"]
-    # Unbounded conformal intervals (too few training scores) have no coverage to count.
     run_theory = theory[theory["caption"] == RUN_LEVEL]
+    # Unbounded conformal intervals (too few training scores) have no coverage to count.
     conformal = run_theory.get("conformal_covered", pd.Series(dtype=float)).dropna()
     return {
         **{m: float(means[m]) for m in METHODS if m in means},
         "best_baseline": best,
         "ratio": float(means["theory"] / means[best]),
-        "run_coverage": float(theory.loc[theory["caption"] == RUN_LEVEL, "covered"].astype(float).mean()),
+        "run_coverage": float(run_theory["covered"].astype(float).mean()),
         "caption_coverage": float(theory.loc[theory["caption"] != RUN_LEVEL, "covered"].astype(float).mean()),
         **({"run_coverage_conformal": float(conformal.astype(float).mean())} if len(conformal) else {}),
         "run_iterations": len(run[run["method"] == "theory"]),
