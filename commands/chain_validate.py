@@ -102,6 +102,12 @@ def validate_command(
         help="Images per caption at each CFG value of the selection curve (default: a third of "
         "--decompose-per-caption, at least 3).",
     ),
+    plots: bool = typer.Option(
+        True,
+        "--plots/--no-plots",
+        help="Draw the report's plots (PNG); --no-plots writes the same tables and report.md without them, in a "
+        "sixth of the time, for sweeps whose numbers are read rather than looked at.",
+    ),
     make_reference: bool = typer.Option(
         False, "--make-reference", help="First generate missing base-model reference points (RUN/reference/)."
     ),
@@ -208,6 +214,7 @@ def validate_command(
             group=group,
             decompose_runs=decompose,
             selection_curve=cfgs,
+            plots=plots,
             warn=warn,
             embedder_options={
                 "clip_model": clip_model,

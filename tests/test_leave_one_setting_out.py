@@ -24,7 +24,8 @@ def test_each_setting_is_predicted_from_the_others(tool, tmp_path, monkeypatch, 
                      captions=TWO_CAPTIONS)
             for seed, (cfg, shrink) in enumerate(((1.0, 1.0), (3.0, 0.8), (5.0, 0.6)))]
     assert [tool.setting_of(run) for run in runs] == ["cfg1", "cfg3", "cfg5"]
-    monkeypatch.setattr(sys, "argv", ["leave_one_setting_out", *map(str, runs), "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(sys, "argv", ["leave_one_setting_out", *map(str, runs), "--out", str(tmp_path / "out"),
+                                      "--no-plots"])
     tool.main()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert set(summary["folds"]) == {"cfg1", "cfg3", "cfg5"}

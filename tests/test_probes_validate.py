@@ -140,7 +140,7 @@ def test_what_killed_validations_left_is_no_foreign_file(tmp_path):
     (report / LOCK_FILE).write_text("pid 999999999 on elsewhere\n")
     (report / ".fit.json.x1y2.part").write_text("{")
     (report / "decomposition.csv").write_text("stale")
-    validate_runs([run], report=report, axes=1, bootstrap=0, decompose_runs=False, warn=lambda m: None)
+    validate_runs([run], report=report, axes=1, bootstrap=0, decompose_runs=False, plots=False, warn=lambda m: None)
     names = {p.name for p in report.iterdir()}
     assert "decomposition.csv" not in names and not any(n.startswith(".") for n in names)
 
@@ -252,7 +252,7 @@ def fuzz_run(tmp_path_factory):
     return run, root / "clean"
 
 
-FUZZ_VALIDATE = {"axes": 1, "bootstrap": 0, "decompose_runs": False, "warn": lambda message: None}
+FUZZ_VALIDATE = {"axes": 1, "bootstrap": 0, "decompose_runs": False, "plots": False, "warn": lambda message: None}
 
 
 def fill(folder: Path, chosen, clean: Path, *, start_clean: bool) -> None:

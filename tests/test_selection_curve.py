@@ -121,14 +121,14 @@ def test_csv_columns_rows_and_the_law_from_its_own_inputs(tmp_path):
     for name in ("selection_curve.png", "selection_agreement.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
     # Off by default: no curve, no file.
-    validate_runs([run], report=tmp_path / "n", axes=2, bootstrap=0, warn=print)
+    validate_runs([run], report=tmp_path / "n", axes=2, bootstrap=0, plots=False, warn=print)
     assert not (tmp_path / "n" / "selection_curve.csv").exists()
 
 
 def test_the_correction_is_chosen_on_small_w_only(tmp_path):
     """Changing every measurement at w >= 5 changes the held-out score, never the correction chosen."""
     run = _selection_run(tmp_path)
-    curve = validate_runs([run], report=tmp_path / "r", axes=2, bootstrap=0, selection_curve=CFGS,
+    curve = validate_runs([run], report=tmp_path / "r", axes=2, bootstrap=0, selection_curve=CFGS, plots=False,
                           warn=print)["validation"].selection
     chosen = dict(curve.correction)
     table = curve.table.drop(columns=["corrected_S_mean", "corrected_S_log_var", "role"])

@@ -120,8 +120,14 @@ def test_two_runs_one_report(tmp_path):
     # A second call reuses the cache: no cache file is rewritten.
     cache = low / CACHE_FOLDER / "iter-000.stats.npy"
     stamp = cache.stat().st_mtime_ns
-    validate_runs([low, high], report=tmp_path / "again", axes=2, bootstrap=0, warn=messages.append)
+    again = tmp_path / "again"
+    validate_runs([low, high], report=again, axes=2, bootstrap=0, plots=False, warn=messages.append)
     assert cache.stat().st_mtime_ns == stamp
+    # Without plots: the same tables and page, the sample grids (images, not plots), no plot and no link to one.
+    assert sorted(p.name for p in again.glob("*.png")) == ["samples_cfg1.png", "samples_cfg5.png"]
+    text = (again / "report.md").read_text()
+    assert "Plots not drawn (`--no-plots`)" in text and "](var.png)" not in text and "(statistics.csv)" in text
+    assert json.loads((again / "fit.json").read_text())["provenance"]["parameters"]["plots"] is False
 
 
 TWO_CAPTIONS = {"a dark square": 0.3, "a light square": 0.7}
@@ -168,7 +174,8 @@ def test_two_captions_within_caption_statistics_and_fit(tmp_path):
     assert bounded["value"].between(0, 1).all()
     assert "## Diversity and fidelity per iteration" in text and (tmp_path / "r" / "diversity.png").exists()
 
-    pooled = validate_runs([low, high], report=tmp_path / "p", axes=2, bootstrap=0, group="none", warn=messages.append)
+    pooled = validate_runs([low, high], report=tmp_path / "p", axes=2, bootstrap=0, group="none", plots=False,
+                           warn=messages.append)
     assert pooled["group"] == "none" and pooled["fit"]["n_values"] == 2 * 3 * 2 * 2
     assert set(pd.read_csv(tmp_path / "p" / "statistics.csv")["caption"]) == {"(all)"}
     assert set(pd.read_csv(tmp_path / "p" / "diversity.csv")["caption"]) == {"(all)"}
@@ -181,7 +188,7 @@ def test_small_captions_are_refused_or_pooled(tmp_path):
         validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, group="caption", warn=print)
     assert not (tmp_path / "r").exists()
     messages = []
-    result = validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, warn=messages.append)
+    result = validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, plots=False, warn=messages.append)
     assert result["group"] == "none"
     assert any("only 2 image(s)" in m and "--group none" in m for m in messages)
     with pytest.raises(ValidateError, match="--group 'concept' is not one of: caption, none"):
@@ -211,7 +218,7 @@ def test_mixed_sizes_warn(tmp_path):
     run = make_run(tmp_path, "mixed", cfg=2.0, shrink=1.0, iterations=2, n=12)
     Image.new("L", (24, 10), 128).save(run / "iter-001" / "000000-0.png")
     messages = []
-    validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, warn=messages.append)
+    validate_runs([run], report=tmp_path / "r", axes=1, bootstrap=0, plots=False, warn=messages.append)
     assert any("mixed image sizes" in m for m in messages)
 
 
@@ -235,6 +242,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
         assert stderr.strip().splitlines() == [f"chain: error: {stderr.split('error: ', 1)[1].strip()}"]
         assert message in stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_no_plots_writes_the_report_without_its_plots(monkeypatch, capsys, tmp_path):
+    from commands.chain_program import main
+    run = make_run(tmp_path, "run", cfg=2.0, shrink=1.0, iterations=2, n=8)
+    status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(run), "--no-decompose",
+                                 "--no-plots", "--axes", "1", "--bootstrap", "0", "--report", str(tmp_path / "r"))
+    assert status == 0, stderr
+    assert [p.name for p in (tmp_path / "r").glob("*.png")] == ["samples_run.png"]
+    assert (tmp_path / "r" / "statistics.csv").is_file()
 
 
 def _tiny_config():
@@ -276,7 +293,8 @@ def tiny_run(tmp_path_factory):
 def test_a_real_tiny_run(tiny_run, tmp_path, embedder):
     messages = []
     result = validate_runs(
-        [tiny_run], report=tmp_path / embedder, embedder=embedder, axes=2, bootstrap=20, warn=messages.append
+        [tiny_run], report=tmp_path / embedder, embedder=embedder, axes=2, bootstrap=20, plots=False,
+        warn=messages.append,
     )
     stats = pd.read_csv(tmp_path / embedder / "statistics.csv")
     assert set(stats["embedder"]) == {embedder}
@@ -360,7 +378,8 @@ def test_decomposition_from_image_folders(tmp_path):
     assert (tmp_path / "r" / "breeders.png").stat().st_size > 0
     text = (tmp_path / "r" / "report.md").read_text()
     assert "breeder's equation" in text and "(decomposition.csv)" in text and "(breeders.png)" in text
-    without = validate_runs([high], report=tmp_path / "n", axes=2, bootstrap=0, decompose_runs=False, warn=print)
+    without = validate_runs([high], report=tmp_path / "n", axes=2, bootstrap=0, decompose_runs=False, plots=False,
+                            warn=print)
     assert without["validation"].decomposition is None and not (tmp_path / "n" / "decomposition.csv").exists()
 
 
@@ -380,7 +399,7 @@ def test_decomposition_samples_of_a_real_tiny_run(tiny_run, tmp_path):
         make_reference(path, backend=backend)
         made.update(make_decomposition_samples(path, backend=backend, per_caption=3, finetune_noise=2))
 
-    validate_runs([run], report=tmp_path / "r", axes=2, bootstrap=10, prepare=prepare, warn=print)
+    validate_runs([run], report=tmp_path / "r", axes=2, bootstrap=10, prepare=prepare, plots=False, warn=print)
     assert made["images"] == 3 * (30 + 15) + 2 * 30 and made["finetunes"] == 2  # 10 captions x 3
     for t in range(3):
         for kind, count in (("cfg1", 30), ("uncond", 15)):

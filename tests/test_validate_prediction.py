@@ -179,12 +179,13 @@ def test_the_shared_fit_writes_a_calibration_and_the_per_setting_fit_none(tmp_pa
     low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, n=16)
     high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, n=16)
     validate_runs([low, high], report=tmp_path / "shared", axes=1, bootstrap=0, guidance="shared",
-                  decompose_runs=False, warn=print)
+                  decompose_runs=False, plots=False, warn=print)
     calibration = read_calibration(tmp_path / "shared" / "calibration.json")
     parameters = pd.read_csv(tmp_path / "shared" / "parameters.csv").set_index("parameter")
     assert calibration.parameters["guidance_gain"] == pytest.approx(parameters.loc["guidance_gain", "estimate"])
     assert "w_eff" not in parameters.index
-    validate_runs([low, high], report=tmp_path / "per-setting", axes=1, bootstrap=0, decompose_runs=False, warn=print)
+    validate_runs([low, high], report=tmp_path / "per-setting", axes=1, bootstrap=0, decompose_runs=False,
+                  plots=False, warn=print)
     assert not (tmp_path / "per-setting" / "calibration.json").exists()
 
 

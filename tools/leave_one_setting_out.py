@@ -67,6 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of at least two settings")
     parser.add_argument("--out", type=Path, required=True, help="folder of the folds' reports and summary.json")
+    parser.add_argument("--no-plots", dest="plots", action="store_false", help="write the folds' reports without "
+                        "their plots (the summary reads only their tables)")
     args = parser.parse_args()
     settings: dict[str, list[Path]] = {}
     for path in args.runs:
@@ -78,7 +80,7 @@ def main() -> None:
         train = [p for other, paths in settings.items() if other != held for p in paths]
         began = time.perf_counter()
         validate_runs(train, predict=runs, conformal=True, report=args.out / f"held-{held}", decompose_runs=False,
-                      bootstrap=0, prepare=make_reference, warn=lambda message: None)
+                      bootstrap=0, plots=args.plots, prepare=make_reference, warn=lambda message: None)
         skill = pd.read_csv(args.out / f"held-{held}" / "skill.csv")
         skill = skill[skill["task"] == "predict"].assign(held_out=held)
         tables.append(skill)

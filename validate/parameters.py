@@ -40,7 +40,8 @@ class ValidateParameters:
     ``None`` means the default: ``guidance`` per-setting (shared with ``predict``), ``group`` from the
     runs' captions, no forecast, no selection curve, no generation (``decompose_per_caption``),
     ``selection_per_caption`` a third of ``decompose_per_caption`` (at least 3). ``conformal`` (only with
-    ``predict``) calibrates the prediction's intervals (:mod:`validate.conformal`).
+    ``predict``) calibrates the prediction's intervals (:mod:`validate.conformal`). ``plots=False`` writes the
+    report without its plots (every value is in its tables).
 
     Examples
     --------
@@ -71,6 +72,7 @@ class ValidateParameters:
     decompose_per_caption: int | None = None
     finetune_noise: int = 0
     selection_per_caption: int | None = None
+    plots: bool = True
 
     def check(self, run_dirs) -> ValidateParameters:
         """Check every option against the others and the run directories ``run_dirs``; fill in the defaults.
@@ -129,6 +131,7 @@ class ValidateParameters:
         return dataclasses.replace(
             self, **counts, guidance=guidance, forecast_from=forecast_from, selection_curve=cfgs,
             decompose_per_caption=per_caption, selection_per_caption=paired, predict=tuple(self.predict),
+            plots=bool(self.plots),
         )
 
 

@@ -86,6 +86,7 @@ class Validation:
     diversity: pd.DataFrame | None = None
     selection: SelectionCurve | None = None
     prediction: Prediction | None = None
+    plots: bool = True
 
 
 def validate_runs(
@@ -106,6 +107,7 @@ def validate_runs(
     predict=None,
     conformal: bool = False,
     guidance: str | None = None,
+    plots: bool = True,
     prepare: Callable[[Path], object] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     warn: Callable[[str], None] | None = None,
@@ -151,6 +153,10 @@ def validate_runs(
     conformal : bool
         With ``predict``: also calibrate its intervals out of sample (:mod:`validate.conformal`; one more fit per
         training setting).
+    plots : bool
+        Draw the report's plots (PNG). Without them the report holds the same tables and text and takes a sixth
+        of the time to write (12 digit study runs: 1.2-1.5 s instead of 8.3-8.5 s); for scripted sweeps and
+        folds whose numbers are read, not looked at.
     group : {"caption", "none"}, optional
         ``caption``: traits within each caption and a joint per-caption fit; ``none``:
         pooled over captions. Default: ``caption`` when the runs have several captions and
@@ -183,7 +189,7 @@ def validate_runs(
         report=report, axes=axes, forecast_from=forecast_from, bootstrap=bootstrap, seed=seed, guidance=guidance,
         group=group, predict=tuple(predict or ()), conformal=conformal, selection_curve=selection_curve, real=real,
         reference=reference,
-        batch_size=(embedder_options or {}).get("batch_size", 16), decompose=decompose_runs,
+        batch_size=(embedder_options or {}).get("batch_size", 16), decompose=decompose_runs, plots=plots,
     ).check(run_dirs)
     axes, forecast_from, bootstrap, guidance, cfgs = (checked.axes, checked.forecast_from, checked.bootstrap,
                                                       checked.guidance, checked.selection_curve)
@@ -220,6 +226,7 @@ def validate_runs(
             "reference": reference_name,
             "group": group,
             "decompose": decompose_runs,
+            "plots": checked.plots,
             **({} if cfgs is None else {"selection_curve": list(cfgs)}),
         },
         seed=seed,
@@ -257,6 +264,7 @@ def validate_runs(
         diversity=diversity,
         selection=selection,
         prediction=prediction,
+        plots=checked.plots,
     )
     return {
         "group": group,

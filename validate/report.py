@@ -27,7 +27,8 @@ COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
 def write_report(folder, validation) -> dict:
-    """Write the tables, ``fit.json``, the plots and ``report.md`` of a validation into ``folder``.
+    """Write the tables, ``fit.json``, the plots (unless ``validation.plots`` is False) and ``report.md`` of a
+    validation into ``folder``.
 
     Parameters
     ----------
@@ -44,7 +45,7 @@ def write_report(folder, validation) -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     statistics, fit, forecast = validation.statistics, validation.fit, validation.forecast
-    record, embedder = validation.provenance, validation.embedder.name
+    record, plots = validation.provenance, validation.plots
     written = {
         "statistics": [
             write_table(statistics, folder / "statistics.csv", provenance=record),
@@ -54,11 +55,12 @@ def write_report(folder, validation) -> dict:
     if fit is not None:
         written["parameters"] = write_table(fit.parameters, folder / "parameters.csv", provenance=record)
         written["predictions"] = write_table(fit.predictions, folder / "predicted_vs_measured.csv", provenance=record)
-        written["strength_plot"] = plot_strength(fit.parameters, path=folder / "strength.png")
+        if plots:
+            written["strength_plot"] = plot_strength(fit.parameters, path=folder / "strength.png")
     if forecast is not None:
         written["forecast"] = write_table(forecast.predictions, folder / "forecast.csv", provenance=record)
     if validation.prediction is not None:
-        written.update(write_prediction(folder, validation.prediction, provenance=record))
+        written.update(write_prediction(folder, validation.prediction, provenance=record, plot=plots))
     calibration = write_calibration_file(folder, validation)
     if calibration is not None:
         written["calibration"] = calibration
@@ -68,25 +70,42 @@ def write_report(folder, validation) -> dict:
     decomposition = validation.decomposition
     if decomposition is not None and len(decomposition):
         written["decomposition"] = write_table(decomposition, folder / "decomposition.csv", provenance=record)
-        written["breeders_plot"] = plot_breeders(decomposition, path=folder / "breeders.png")
+        if plots:
+            written["breeders_plot"] = plot_breeders(decomposition, path=folder / "breeders.png")
     diversity = validation.diversity
     if diversity is not None and len(diversity):
         written["diversity"] = write_table(diversity, folder / "diversity.csv", provenance=record)
-        written["diversity_plot"] = plot_diversity(diversity, path=folder / "diversity.png")
+        if plots:
+            written["diversity_plot"] = plot_diversity(diversity, path=folder / "diversity.png")
     selection = validation.selection
     if selection is not None and len(selection.table):
         written["selection_curve"] = write_table(selection.table, folder / "selection_curve.csv", provenance=record)
-        written["selection_plot"] = plot_selection_curve(selection, path=folder / "selection_curve.png")
-        written["selection_agreement_plot"] = plot_selection_agreement(
-            selection, path=folder / "selection_agreement.png"
-        )
+        if plots:
+            written["selection_plot"] = plot_selection_curve(selection, path=folder / "selection_curve.png")
+            written["selection_agreement_plot"] = plot_selection_agreement(
+                selection, path=folder / "selection_agreement.png"
+            )
     write_json(folder / "fit.json", _json_safe(fit_summary(validation)))
     written["fit_json"] = folder / "fit.json"
-    predictions = fit.predictions if fit is not None else None
-    for quantity in ("var", "mean"):
-        written[f"{quantity}_plot"] = plot_trajectories(
+    if plots:
+        written.update(_trajectory_plots(folder, validation))
+    written["grids"] = [sample_grid(run.iterations, path=folder / f"samples_{run.name}.png") for run in validation.runs]
+    with atomic_path(folder / "report.md") as tmp:
+        tmp.write_text(markdown_report(validation))
+    written["report"] = folder / "report.md"
+    return written
+
+
+def _trajectory_plots(folder: Path, validation) -> dict:
+    """The variance, mean, forecast and summary plots of the statistics, by name."""
+    statistics, forecast, embedder = validation.statistics, validation.forecast, validation.embedder.name
+    predictions = validation.fit.predictions if validation.fit is not None else None
+    written = {
+        f"{quantity}_plot": plot_trajectories(
             statistics, predictions, quantity=quantity, path=folder / f"{quantity}.png", embedder=embedder
         )
+        for quantity in ("var", "mean")
+    }
     if forecast is not None:
         written["forecast_plot"] = plot_trajectories(
             statistics,
@@ -97,10 +116,6 @@ def write_report(folder, validation) -> dict:
             forecast_from=validation.forecast_from,
         )
     written["summary_plot"] = plot_summary(statistics, path=folder / "summary.png", embedder=embedder)
-    written["grids"] = [sample_grid(run.iterations, path=folder / f"samples_{run.name}.png") for run in validation.runs]
-    with atomic_path(folder / "report.md") as tmp:
-        tmp.write_text(markdown_report(validation))
-    written["report"] = folder / "report.md"
     return written
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,8 @@ from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
 #: Above this many per-caption skill rows the report links skill.csv instead of showing them.
 CAPTION_ROWS_SHOWN = 48
+#: A line of the page that shows one of the report's plots (the sample grids are images, not plots).
+PLOT_LINE = re.compile(r"!\[[^\]]*\]\((?!samples_)[\w.-]+\.png\)")
 
 
 def markdown_table(frame: pd.DataFrame, *, digits: int = 4) -> str:
@@ -195,6 +198,9 @@ def markdown_report(validation) -> str:
         lines += ["", "## The selection law: S(w) measured and predicted", "", *_selection(selection)]
     lines += ["", "## Sample images (one row per iteration)", ""]
     lines += [f"- {run.name}: ![samples {run.name}](samples_{run.name}.png)" for run in runs]
+    if not validation.plots:
+        lines = [line for line in lines if not PLOT_LINE.fullmatch(line)]
+        lines[1:1] = ["", "Plots not drawn (`--no-plots`): every value shown in them is in the tables.", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -222,8 +228,7 @@ def prediction_section(prediction) -> list[str]:
         "(missing where none bracket). Run-level 90 % coverage "
         f"{100 * g['predict_run_coverage']:.0f} %, caption level {100 * g['predict_caption_coverage']:.0f} %. "
         f"{interval_calibration_sentence(g)} "
-        "Figure: [`prediction.png`](prediction.png); the fit as a calibration for `qtm simulate --calibration`: "
-        "[`calibration.json`](calibration.json).",
+        "The fit as a calibration for `qtm simulate --calibration`: [`calibration.json`](calibration.json).",
     )
     return [*section, "![prediction](prediction.png)", ""]
 

@@ -37,10 +37,17 @@ def write_calibration_file(folder, validation) -> Path | None:
     return write_calibration(Path(folder) / "calibration.json", calibration)
 
 
-def write_prediction(folder, prediction, *, provenance: dict) -> dict:
-    """Write ``prediction.csv`` and ``prediction.png``; return their paths by name."""
+def write_prediction(folder, prediction, *, provenance: dict, plot: bool = True) -> dict:
+    """Write ``prediction.csv`` and (with ``plot``) ``prediction.png``; return their paths by name."""
     folder = Path(folder)
     written = {"prediction": write_table(prediction.rows, folder / "prediction.csv", provenance=provenance)}
+    if plot:
+        written["prediction_plot"] = plot_prediction(prediction, folder / "prediction.png")
+    return written
+
+
+def plot_prediction(prediction, path: Path) -> Path:
+    """Each held-out run's measured run-level variance, the theory's median and intervals and the baselines."""
     run_level = prediction.skill[prediction.skill["caption"] == RUN_LEVEL]
     runs = sorted(set(run_level["run"]))
     plot, panels = axes_grid(len(runs), "held-out runs: run-level within-caption variance, predicted from iteration 0")
@@ -70,8 +77,7 @@ def write_prediction(folder, prediction, *, provenance: dict) -> dict:
     entries = {label: handle for panel in panels[: len(runs)]
                for handle, label in zip(*panel.get_legend_handles_labels(), strict=True)}
     legend_below(plot, list(entries.values()), list(entries), ncols=len(entries), fontsize=8)
-    written["prediction_plot"] = save_figure(plot, folder / "prediction.png")
-    return written
+    return save_figure(plot, path)
 
 
 def _start(prediction, run: str) -> float:
