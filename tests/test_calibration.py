@@ -94,6 +94,12 @@ def simulate(monkeypatch, capsys, *args):
 # ------------------------------------------------------------------------------------------- the engines
 
 
+# The Euler cases are the suite's first to compile the moments engine's solver kernel (15 s): on one worker, the
+# second loads it from the cache instead of compiling it again beside the first.
+SOLVER_KERNEL = pytest.mark.xdist_group("solver-kernel")
+
+
+@SOLVER_KERNEL
 @pytest.mark.parametrize("sampler", OLD_SAMPLERS)
 def test_default_gain_and_drift_are_the_old_engine_bit_for_bit(sampler):
     expected = [np.reshape(values, (2, 2, 3)) for values in OLD_ENGINE[sampler]]
@@ -103,6 +109,7 @@ def test_default_gain_and_drift_are_the_old_engine_bit_for_bit(sampler):
         assert np.array_equal(traj.mean, expected[0]) and np.array_equal(traj.var, expected[1])
 
 
+@SOLVER_KERNEL
 @pytest.mark.parametrize(("sampler", "schedule"), [("ddim", "cosine"), ("euler", "linear"), ("tilt", "constant"),
                                                    ("ode", "constant")])
 def test_guidance_gain_guides_with_one_plus_g_times_cfg_minus_one(sampler, schedule):
