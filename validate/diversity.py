@@ -34,6 +34,7 @@ from qtm.validation import check_choice, check_int, check_unit_interval
 from validate.errors import ValidateError
 from validate.intervals import (
     multiplicities,
+    quadratic_subsample_scale,
     subsample_indices,
     subsample_interval,
     subsample_normal_interval,
@@ -49,6 +50,8 @@ STATISTICS = (*PRDC, "vendi", "vendi_real")
 #: The statistics that are shares of points (precision of the generated ones, recall and coverage of the real
 #: ones): their intervals are normal (:func:`subsample_normal_interval`).
 SHARES = ("precision", "recall", "coverage")
+#: The Vendi scores, whose interval is also normal, with the spread of :func:`_group_metrics`.
+VENDI = ("vendi", "vendi_real")
 #: The range of each statistic: shares in [0, 1], density >= 0, a Vendi score at least one distinct point.
 RANGES = {"precision": (0.0, 1.0), "recall": (0.0, 1.0), "density": (0.0, np.inf), "coverage": (0.0, 1.0),
           "vendi": (1.0, np.inf), "vendi_real": (1.0, np.inf)}
@@ -108,11 +111,13 @@ def diversity_metrics(
     and half of its generated images (at least k + 1 of each), all distinct, so the metrics see
     no copies (a bootstrap with replacement put Vendi's interval below its point estimate). The
     spread of a metric over the half-samples is rescaled to the full sets
-    (:func:`validate.intervals.subsample_scale`, 1 for halves). For density and Vendi it is reflected
+    (:func:`validate.intervals.subsample_scale`, 1 for halves). For density it is reflected
     about the point estimate, centred on the subsamples' median
     (:func:`validate.intervals.subsample_interval`); for the shares (:data:`SHARES`), whose half-sample
     values pile up at 1, the interval is the point estimate ± z standard deviations of the half-sample
-    values (:func:`validate.intervals.subsample_normal_interval`). Either is for the metric at these set
+    values (:func:`validate.intervals.subsample_normal_interval`); so is Vendi's, whose spread comes from
+    half- and quarter-samples (:func:`validate.intervals.quadratic_subsample_scale`: near its maximum the
+    half-samples spread up to sqrt(3) times too far). Each is for the metric at these set
     sizes (recall and Vendi grow with the size) and contains the point estimate. Its coverage is measured
     by ``benchmarks/interval_calibration.py``.
     Cost: O(bootstrap (n m + n³ + m³)) per caption, d³ in place of n³ and m³ for cosine features
@@ -320,11 +325,22 @@ def _group_metrics(real, generated, *, d_real, k_real, k, kernel, bandwidth, boo
         [np.empty((0, len(STATISTICS)))]
         + [metrics(real_index[i : i + rows], generated_index[i : i + rows]) for i in range(0, bootstrap, rows)]
     )
-    # Both sets' halves vary together; with equal fractions one factor serves both (Vendi's uses its own set's).
+    # Both sets' halves vary together; with equal fractions one factor serves both.
     scale = max(subsample_scale(n, sizes[0]), subsample_scale(m, sizes[1]))
-    scales = np.array([scale] * len(PRDC) + [subsample_scale(m, sizes[1]), subsample_scale(n, sizes[0])])
+    samples = table * np.array([scale] * len(PRDC) + [1.0, 1.0])
+    # A Vendi score depends on its own set only; near its maximum its half-samples spread wider than the jackknife
+    # factor allows for, so its factor comes from a second, smaller subsample size (each score's own set).
+    for column, (kernel_matrix, size, full) in enumerate(((k_generated, sizes[1], m), (k_real, sizes[0], n))):
+        halves = table[:, len(PRDC) + column]
+        quarter = max(2, size // 2)
+        if bootstrap < 2 or size >= full or quarter >= size:
+            samples[:, len(PRDC) + column] = halves * subsample_scale(full, size)
+            continue
+        quarters = sample_vendi(kernel_matrix, subsample_indices(full, quarter, bootstrap, rng))
+        factor = quadratic_subsample_scale(halves, quarters, full, (size, quarter))
+        samples[:, len(PRDC) + column] = halves.mean() + (halves - halves.mean()) * factor
     values = {statistic: float(value) for statistic, value in zip(STATISTICS, point, strict=True)}
-    return values, table * scales
+    return values, samples
 
 
 def _rows(caption, values, samples, level, n_real, n_generated) -> list[dict]:
@@ -334,6 +350,8 @@ def _rows(caption, values, samples, level, n_real, n_generated) -> list[dict]:
     counts = [n_generated if statistic == "precision" else n_real for statistic in SHARES]
     low[shares], high[shares] = subsample_normal_interval(point[shares], samples[:, shares], level=level,
                                                           counts=counts)
+    vendi = [STATISTICS.index(statistic) for statistic in VENDI]
+    low[vendi], high[vendi] = subsample_normal_interval(point[vendi], samples[:, vendi], level=level)
     # The reflected interval can leave the metric's range (a precision of 0 got [-0.02, 0.004]); the range holds.
     bottom, top = np.array([RANGES[statistic] for statistic in STATISTICS]).T
     low, high = np.clip(low, bottom, top), np.clip(high, bottom, top)
