@@ -17,7 +17,8 @@ Per iteration ``t`` of a run this module measures, from trait arrays alone (nump
   regressions across captions and axes of the model's moments on the training set's,
   both measured from the finetuning's prior (the base model, or model ``t - 1`` with
   ``finetune=continue``): ``rho`` from the CFG-1 means, ``rho_v`` (slope) and ``mu``
-  (intercept) from the CFG-1 log variances (``ln v = ln v_prior + rho_v (ln v_D - ln v_prior) + mu``),
+  (intercept) from the CFG-1 log variances (``ln v = ln v_prior + rho_v (ln v_D - ln v_prior) + mu``,
+  corrected for the sampling noise of ``ln v_prior``, which both sides share: :func:`_line`),
   ``rho_u`` from the unconditional means against the pooled training set.
 
 Every value has a percentile bootstrap interval: the images of every set are resampled
@@ -97,6 +98,7 @@ class _Moments:
         rows = 1 + (sum(len(index) for index in groups.values()) if rng is None else n_boot)
         self.mean = np.full((rows, len(captions), k), np.nan)
         self.var = np.full_like(self.mean, np.nan)
+        sizes, fourth, squared = np.zeros(len(captions)), np.zeros(k), np.zeros(k)
         self.strata, offset = [], 1
         total_n, total_s, total_q = np.zeros((rows, 1)), np.zeros((rows, k)), np.zeros((rows, k))
         for c, index in groups.items():
@@ -118,16 +120,26 @@ class _Moments:
             if c is not None and n >= MIN_GROUP_SIZE:  # fewer: no per-caption moments (NaN), as in statistics
                 self.mean[:, c] = shift + sums / size
                 self.var[:, c] = (squares - sums**2 / size) / (size - 1)
+                deviations = x[index] - x[index].mean(axis=0)
+                second = (deviations**2).mean(axis=0)
+                sizes[c], fourth, squared = n, fourth + (deviations**4).sum(axis=0), squared + n * second**2
         if total_n[0, 0] < 2:
             raise ValidateError("an image set of the decomposition has fewer than 2 images")
         self.pooled_mean = shift + total_s / total_n
         self.pooled_var = (total_q - total_s**2 / total_n) / (total_n - 1)
+        # The sampling variance of each caption's ln var, 2/(n-1) + kurtosis/n (the excess kurtosis pooled over
+        # captions, per axis): the noise a set's log variances carry into a regression (see _line).
+        with np.errstate(invalid="ignore", divide="ignore"):
+            excess = fourth / squared - 3.0
+            noise = 2.0 / (sizes[:, None] - 1.0) + excess[None, :] / sizes[:, None]
+        self.log_var_noise = np.where(sizes[:, None] >= MIN_GROUP_SIZE, np.maximum(noise, 0.0), np.nan)
 
     def point(self) -> _Moments:
         """The point estimate alone (row 0), which broadcasts against any other set's rows."""
         point = object.__new__(_Moments)
         point.mean, point.var, point.strata = self.mean[:1], self.var[:1], []
         point.pooled_mean, point.pooled_var = self.pooled_mean[:1], self.pooled_var[:1]
+        point.log_var_noise = self.log_var_noise
         return point
 
 
@@ -162,18 +174,29 @@ def _slope(x, y) -> np.ndarray:
         return (x * y).sum(axis=1) / (x * x).sum(axis=1)
 
 
-def _line(x, y) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares slope and intercept of y on x, per bootstrap row."""
+def _line(x, y, shared_noise=None) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and intercept of y on x, per bootstrap row.
+
+    ``shared_noise``: the sampling variance of a term that x and y share, as the prior's ln var is in
+    ``ln v_D - ln v_prior`` and ``ln v - ln v_prior``. It enters both sums of squares and pulls the slope toward 1
+    (by (1 - slope) noise / var(x): +0.036, 0.45 of its SD, at 40 images per caption); it is subtracted from
+    both (at most half of x's, where the noise would be most of x's spread), and the intercept takes x's mean
+    without the shared term's bias (ln of a sample variance is low by about half its sampling variance).
+    """
     x, y = np.broadcast_arrays(x, y)
-    x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    noise = np.zeros(x.shape) if shared_noise is None else np.broadcast_to(shared_noise, x.shape)
+    x, y, noise = x.reshape(len(x), -1), y.reshape(len(y), -1), noise.reshape(len(x), -1)
     ok = np.isfinite(x) & np.isfinite(y)
     count = ok.sum(axis=1)
+    noise = np.where(ok & np.isfinite(noise), noise, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mx = np.where(ok, x, 0.0).sum(axis=1) / count
         my = np.where(ok, y, 0.0).sum(axis=1) / count
         dx, dy = np.where(ok, x - mx[:, None], 0.0), np.where(ok, y - my[:, None], 0.0)
-        slope = (dx * dy).sum(axis=1) / (dx * dx).sum(axis=1)
-    return slope, my - slope * mx
+        sxx = (dx * dx).sum(axis=1)
+        shared = np.minimum(noise.sum(axis=1) * (1.0 - 1.0 / count), 0.5 * sxx)
+        slope = ((dx * dy).sum(axis=1) - shared) / (sxx - shared)
+        return slope, my - slope * (mx - 0.5 * noise.sum(axis=1) / count)
 
 
 def decompose(runs: list[RunTraits], *, n_boot: int = 200, level: float = 0.95, random_state=None) -> pd.DataFrame:
@@ -288,7 +311,7 @@ def _quantities(run: RunTraits, moments: dict, captions: list[str]) -> list[dict
     guided = cfg1 if run.guided_is_cfg1 else {key[1]: m for key, m in moments.items() if key[:1] == ("guided",)}
     uncond = {key[1]: m for key, m in moments.items() if key[:1] == ("uncond",)}
     data, base_cond, base_uncond = (moments.get(name) for name in ("data", "base_cond", "base_uncond"))
-    selection, response, inherit_x, inherit_y, var_x, var_y, uncond_x, uncond_y = ([] for _ in range(8))
+    selection, response, inherit_x, inherit_y, var_x, var_y, var_noise, uncond_x, uncond_y = ([] for _ in range(9))
     for t in cfg1:
         if t in guided:
             s_mean = guided[t].mean - cfg1[t].mean
@@ -324,10 +347,11 @@ def _quantities(run: RunTraits, moments: dict, captions: list[str]) -> list[dict
             x, y = train_mean - prior.mean, cfg1[t].mean - prior.mean
             emit("rho", t, _slope(x, y), caption=ALL_CAPTIONS, axis=-1)
             lx, ly = np.log(train_var) - np.log(prior.var), np.log(cfg1[t].var) - np.log(prior.var)
-            slope, intercept = _line(lx, ly)
+            slope, intercept = _line(lx, ly, prior.log_var_noise)
             emit("rho_v", t, slope, caption=ALL_CAPTIONS, axis=-1)
             emit("mu", t, intercept, caption=ALL_CAPTIONS, axis=-1)
             inherit_x.append(x), inherit_y.append(y), var_x.append(lx), var_y.append(ly)
+            var_noise.append(prior.log_var_noise[None])
         prior_u = uncond.get(t - 1) if continuing else base_uncond
         if t in uncond and prior_u is not None:
             pooled = _pooled_mixture(source, data, mixed) if mixed else source.pooled_mean
@@ -345,7 +369,7 @@ def _quantities(run: RunTraits, moments: dict, captions: list[str]) -> list[dict
             emit(name, ALL_ITERATIONS, _slope(s, r), caption=ALL_CAPTIONS, axis=-1)
     if inherit_x:
         emit("rho", ALL_ITERATIONS, _slope(joined(inherit_x), joined(inherit_y)), caption=ALL_CAPTIONS, axis=-1)
-        slope, intercept = _line(joined(var_x), joined(var_y))
+        slope, intercept = _line(joined(var_x), joined(var_y), joined(var_noise))
         emit("rho_v", ALL_ITERATIONS, slope, caption=ALL_CAPTIONS, axis=-1)
         emit("mu", ALL_ITERATIONS, intercept, caption=ALL_CAPTIONS, axis=-1)
     if uncond_x:
