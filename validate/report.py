@@ -17,7 +17,7 @@ import pandas as pd
 from qtm.io import atomic_path, write_json, write_table
 from validate.plotting import axes_grid, legend_below, panel_grid, save_figure
 from validate.report_markdown import markdown_report
-from validate.report_prediction import skill_tables, write_calibration_file, write_prediction
+from validate.report_prediction import plot_prediction, skill_tables, write_calibration_file
 from validate.selection import STATISTICS, predicted_selection
 from validate.statistics import ALL_CAPTIONS, WITHIN_CAPTIONS
 
@@ -45,7 +45,7 @@ def write_report(folder, validation) -> dict:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     statistics, fit, forecast = validation.statistics, validation.fit, validation.forecast
-    record, plots = validation.provenance, validation.plots
+    record = validation.provenance
     written = {
         "statistics": [
             write_table(statistics, folder / "statistics.csv", provenance=record),
@@ -55,12 +55,10 @@ def write_report(folder, validation) -> dict:
     if fit is not None:
         written["parameters"] = write_table(fit.parameters, folder / "parameters.csv", provenance=record)
         written["predictions"] = write_table(fit.predictions, folder / "predicted_vs_measured.csv", provenance=record)
-        if plots:
-            written["strength_plot"] = plot_strength(fit.parameters, path=folder / "strength.png")
     if forecast is not None:
         written["forecast"] = write_table(forecast.predictions, folder / "forecast.csv", provenance=record)
     if validation.prediction is not None:
-        written.update(write_prediction(folder, validation.prediction, provenance=record, plot=plots))
+        written["prediction"] = write_table(validation.prediction.rows, folder / "prediction.csv", provenance=record)
     calibration = write_calibration_file(folder, validation)
     if calibration is not None:
         written["calibration"] = calibration
@@ -70,25 +68,16 @@ def write_report(folder, validation) -> dict:
     decomposition = validation.decomposition
     if decomposition is not None and len(decomposition):
         written["decomposition"] = write_table(decomposition, folder / "decomposition.csv", provenance=record)
-        if plots:
-            written["breeders_plot"] = plot_breeders(decomposition, path=folder / "breeders.png")
     diversity = validation.diversity
     if diversity is not None and len(diversity):
         written["diversity"] = write_table(diversity, folder / "diversity.csv", provenance=record)
-        if plots:
-            written["diversity_plot"] = plot_diversity(diversity, path=folder / "diversity.png")
     selection = validation.selection
     if selection is not None and len(selection.table):
         written["selection_curve"] = write_table(selection.table, folder / "selection_curve.csv", provenance=record)
-        if plots:
-            written["selection_plot"] = plot_selection_curve(selection, path=folder / "selection_curve.png")
-            written["selection_agreement_plot"] = plot_selection_agreement(
-                selection, path=folder / "selection_agreement.png"
-            )
     write_json(folder / "fit.json", _json_safe(fit_summary(validation)))
     written["fit_json"] = folder / "fit.json"
-    if plots:
-        written.update(_trajectory_plots(folder, validation))
+    if validation.plots:
+        written.update(_plots(folder, validation))
     written["grids"] = [sample_grid(run.iterations, path=folder / f"samples_{run.name}.png") for run in validation.runs]
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(markdown_report(validation))
@@ -96,16 +85,30 @@ def write_report(folder, validation) -> dict:
     return written
 
 
-def _trajectory_plots(folder: Path, validation) -> dict:
-    """The variance, mean, forecast and summary plots of the statistics, by name."""
-    statistics, forecast, embedder = validation.statistics, validation.forecast, validation.embedder.name
-    predictions = validation.fit.predictions if validation.fit is not None else None
+def _plots(folder: Path, validation) -> dict:
+    """Every plot of the report, by name: of the statistics, the fit, the forecast and whatever else was made."""
+    statistics, fit, forecast, embedder = (validation.statistics, validation.fit, validation.forecast,
+                                           validation.embedder.name)
+    predictions = fit.predictions if fit is not None else None
     written = {
         f"{quantity}_plot": plot_trajectories(
             statistics, predictions, quantity=quantity, path=folder / f"{quantity}.png", embedder=embedder
         )
         for quantity in ("var", "mean")
     }
+    if fit is not None:
+        written["strength_plot"] = plot_strength(fit.parameters, path=folder / "strength.png")
+    if validation.prediction is not None:
+        written["prediction_plot"] = plot_prediction(validation.prediction, folder / "prediction.png")
+    if validation.decomposition is not None and len(validation.decomposition):
+        written["breeders_plot"] = plot_breeders(validation.decomposition, path=folder / "breeders.png")
+    if validation.diversity is not None and len(validation.diversity):
+        written["diversity_plot"] = plot_diversity(validation.diversity, path=folder / "diversity.png")
+    selection = validation.selection
+    if selection is not None and len(selection.table):
+        written["selection_plot"] = plot_selection_curve(selection, path=folder / "selection_curve.png")
+        written["selection_agreement_plot"] = plot_selection_agreement(selection,
+                                                                       path=folder / "selection_agreement.png")
     if forecast is not None:
         written["forecast_plot"] = plot_trajectories(
             statistics,

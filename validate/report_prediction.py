@@ -1,9 +1,9 @@
-"""The report files of ``--predict``: the prediction's table, its figure and the fit as a calibration file.
+"""The report parts of ``--predict``: the prediction's figure, its skill tables and the fit as a calibration file.
 
-``prediction.csv`` holds every predicted value (per held-out run, caption, iteration, axis and quantity: the
-median, 90 % interval, coverage and CRPS); ``prediction.png`` draws each held-out run's run-level
-within-caption variance, measured, predicted (median, interval and conformal interval where bounded) and the
-baselines';
+``prediction.csv`` (written by :func:`validate.report.write_report`) holds every predicted value (per held-out
+run, caption, iteration, axis and quantity: the median, 90 % interval, coverage and CRPS); ``prediction.png``
+draws each held-out run's run-level within-caption variance, measured, predicted (median, interval and
+conformal interval where bounded) and the baselines';
 ``calibration.json`` is the shared fit for ``qtm simulate --calibration`` (:mod:`qtm.calibration`), with the
 validation's provenance (also without ``--predict`` when the fit is the shared model, ``--guidance shared``).
 """
@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from qtm.calibration import write_calibration
-from qtm.io import write_table
 from validate.plotting import axes_grid, legend_below, save_figure
 from validate.skill import RUN_LEVEL
 
@@ -35,15 +34,6 @@ def write_calibration_file(folder, validation) -> Path | None:
         calibration, provenance={**calibration.provenance, "validation": validation.provenance}
     )
     return write_calibration(Path(folder) / "calibration.json", calibration)
-
-
-def write_prediction(folder, prediction, *, provenance: dict, plot: bool = True) -> dict:
-    """Write ``prediction.csv`` and (with ``plot``) ``prediction.png``; return their paths by name."""
-    folder = Path(folder)
-    written = {"prediction": write_table(prediction.rows, folder / "prediction.csv", provenance=provenance)}
-    if plot:
-        written["prediction_plot"] = plot_prediction(prediction, folder / "prediction.png")
-    return written
 
 
 def plot_prediction(prediction, path: Path) -> Path:
