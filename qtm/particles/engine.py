@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from qtm.errors import QTMError
@@ -72,15 +71,14 @@ def simulate_qg(setup: QGSetup, *, replicates: int, seed: int, replicate_offset:
     shape = (len(keys), setup.generations, d)
     mean, var = np.empty(shape), np.empty(shape)
     run = qg_kernel if kernel == "numba" else reference.qg_reference
-    with numba.parallel_chunksize(1):  # see simulate_chain
-        run(keys, setup.population, setup.generations, setup.data_mean, setup.data_var,
-            FITNESS_KINDS.index(fit.kind),  # the kernels' FIT_* codes
-            np.broadcast_to(np.asarray(fit.theta, float), (d,)).copy(),
-            np.broadcast_to(np.asarray(fit.omega2, float), (d,)).copy(),
-            setup.kept, float(fit.cfg), setup.finetune.terms, setup.finetune.finetune == "continue",
-            setup.cond_mean, setup.cond_var, setup.uncond_mean, setup.uncond_var, setup.environmental_var,
-            setup.mutation, setup.resampling == "systematic", setup.n_real,
-            DATA_WORKFLOWS.index(setup.data_workflow), mean, var)
+    run(keys, setup.population, setup.generations, setup.data_mean, setup.data_var,
+        FITNESS_KINDS.index(fit.kind),  # the kernels' FIT_* codes
+        np.broadcast_to(np.asarray(fit.theta, float), (d,)).copy(),
+        np.broadcast_to(np.asarray(fit.omega2, float), (d,)).copy(),
+        setup.kept, float(fit.cfg), setup.finetune.terms, setup.finetune.finetune == "continue",
+        setup.cond_mean, setup.cond_var, setup.uncond_mean, setup.uncond_var, setup.environmental_var,
+        setup.mutation, setup.resampling == "systematic", setup.n_real,
+        DATA_WORKFLOWS.index(setup.data_workflow), mean, var)
     _check_finite(mean, var)
     return ParticleResult(index, mean, var, np.ones((*shape[:2], 1)))
 
@@ -104,15 +102,12 @@ def simulate_chain(setup: ChainSetup, *, replicates: int, seed: int, replicate_o
     shape = (len(keys), setup.iterations)
     mean, var, occupancy = np.empty((*shape, d)), np.empty((*shape, d)), np.empty((*shape, m))
     run = chain_kernel if kernel == "numba" else reference.chain_reference
-    # Replicates are handed to the threads one at a time (not in equal blocks), so that a
-    # thread slowed down on a shared machine does not hold the others up.
-    with numba.parallel_chunksize(1):
-        run(keys, setup.population, setup.iterations, setup.data.weights, setup.data.means,
-            setup.data.variances, setup.cond.weights, setup.cond.means, setup.cond.variances,
-            setup.uncond.weights, setup.uncond.means, setup.uncond.variances, setup.finetune.terms,
-            setup.finetune.finetune == "continue", np.ascontiguousarray(abar_t),
-            np.ascontiguousarray(abar_prev), np.ascontiguousarray(setup.scales), setup.eta, setup.mutation,
-            setup.n_real, DATA_WORKFLOWS.index(setup.data_workflow), mean, var, occupancy)
+    run(keys, setup.population, setup.iterations, setup.data.weights, setup.data.means,
+        setup.data.variances, setup.cond.weights, setup.cond.means, setup.cond.variances,
+        setup.uncond.weights, setup.uncond.means, setup.uncond.variances, setup.finetune.terms,
+        setup.finetune.finetune == "continue", np.ascontiguousarray(abar_t),
+        np.ascontiguousarray(abar_prev), np.ascontiguousarray(setup.scales), setup.eta, setup.mutation,
+        setup.n_real, DATA_WORKFLOWS.index(setup.data_workflow), mean, var, occupancy)
     _check_finite(mean, var)
     return ParticleResult(index, mean, var, occupancy)
 

@@ -1,8 +1,8 @@
 """The classic quantitative-genetics loop of the particle simulator, compiled with Numba.
 
-Kernels write into preallocated output arrays (replicate first) and loop over
-replicates with ``prange``; the per-replicate work is sequential and allocates its work
-buffers once per replicate.
+Kernels write into preallocated output arrays (replicate first); replicates run in blocks on a thread
+pool (:mod:`qtm.particles.replicate_threads`), and the per-replicate work is sequential and allocates its
+work buffers once per replicate.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from qtm.particles.counter_rng import (
     P_ENV,
@@ -35,6 +35,7 @@ from qtm.particles.population import (
     _resample_indices,
     _subsample,
 )
+from qtm.particles.replicate_threads import run_replicate_blocks
 
 FIT_NEUTRAL, FIT_STABILIZING, FIT_TRUNCATION, FIT_TILT = range(4)
 
@@ -175,7 +176,16 @@ def _qg_replicate(key, n, generations, data_mean, data_var, fitness, theta, omeg
             _subsample(key, t, pool[: (t + 2) * n], labels, perm, g, labels)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
+def _qg_block(start, stop, keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
+              finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var, env_var, mutation_var,
+              systematic, n_real, workflow, out_mean, out_var):
+    for r in range(start, stop):
+        _qg_replicate(keys[r], n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
+                      finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
+                      env_var, mutation_var, systematic, n_real, workflow, out_mean[r], out_var[r])
+
+
 def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
               finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
               env_var, mutation_var, systematic, n_real, workflow, out_mean, out_var):
@@ -190,9 +200,6 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
     ``workflow`` (:data:`W_REPLACE` ...): the parents of generation t+1 are the newest generation,
     the pool of all generations and D_0 (truncation then keeps the same fraction), or N of them.
     """
-    # The parallel loop only calls the sequential body: Numba's parallel passes then see a
-    # small function, which cuts the compile time.
-    for r in prange(keys.shape[0]):
-        _qg_replicate(keys[r], n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
-                      finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
-                      env_var, mutation_var, systematic, n_real, workflow, out_mean[r], out_var[r])
+    run_replicate_blocks(_qg_block, keys.shape[0], keys, n, generations, data_mean, data_var, fitness, theta,
+                         omega2, keep, tilt_cfg, finetune, continue_prior, base_c_mean, base_c_var, base_u_mean,
+                         base_u_var, env_var, mutation_var, systematic, n_real, workflow, out_mean, out_var)

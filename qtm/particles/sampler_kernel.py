@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from qtm.particles.counter_rng import (
     P_GEN,
@@ -34,6 +34,7 @@ from qtm.particles.population import (
     _process_noise,
     _subsample,
 )
+from qtm.particles.replicate_threads import run_replicate_blocks
 
 #: Particles per batch of the sampler chain: the denoiser's loops run over a batch innermost,
 #: so LLVM vectorises them across particles (per particle, d and M are too small to fill a vector).
@@ -211,7 +212,16 @@ def _chain_replicate(key, n, iterations, data_w, data_m, data_v, base_cw, base_c
             _subsample(key, t, pool[: (t + 2) * n], pool_labels, perm, train, train_labels)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
+def _chain_block(start, stop, keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw,
+                 base_um, base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
+                 workflow, out_mean, out_var, out_occupancy):
+    for r in range(start, stop):
+        _chain_replicate(keys[r], n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw,
+                         base_um, base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta,
+                         mutation_var, n_real, workflow, out_mean[r], out_var[r], out_occupancy[r])
+
+
 def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
                  base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
                  workflow, out_mean, out_var, out_occupancy):
@@ -228,7 +238,6 @@ def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, 
     that set (``workflow`` :data:`W_REPLACE`), the pool of D_0 and every set so far
     (:data:`W_ACCUMULATE`) or N individuals drawn from it without replacement (:data:`W_SUBSAMPLE`).
     """
-    for r in prange(keys.shape[0]):
-        _chain_replicate(keys[r], n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw,
-                         base_um, base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta,
-                         mutation_var, n_real, workflow, out_mean[r], out_var[r], out_occupancy[r])
+    run_replicate_blocks(_chain_block, keys.shape[0], keys, n, iterations, data_w, data_m, data_v, base_cw,
+                         base_cm, base_cv, base_uw, base_um, base_uv, finetune, continue_prior, abar_t, abar_prev,
+                         scales, eta, mutation_var, n_real, workflow, out_mean, out_var, out_occupancy)
