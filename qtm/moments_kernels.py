@@ -1,6 +1,7 @@
 """The compiled loops of the moments engine: the fused DDIM/DDPM recursion and the solvers' step maps.
 
-Each kernel runs blocks of ``BLOCK`` points in parallel (``prange``) and, within a block, every
+Each kernel runs blocks of ``BLOCK`` points in parallel (ranges of blocks on a thread pool,
+:mod:`qtm.thread_blocks`) and, within a block, every
 per-point loop over the block's lanes, so that LLVM vectorises it (SIMD); block-local copies padded by
 repeating the last point keep those loops branch-free. Every parameter array holds one value for all
 points or one per point (:func:`_at`).
@@ -26,19 +27,28 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from qtm.continuous_kernels import ode_gaps, ode_moments, sde_moments
 
 #: Points per block: the inner loops run over a block, so that they vectorise (SIMD).
 BLOCK = 16
+
+
+def blocks(points: int) -> int:
+    """The number of blocks of ``points`` grid points: the kernels' item count for
+    :func:`qtm.thread_blocks.run_in_threads`."""
+    return (points + BLOCK - 1) // BLOCK
+
+
 #: The laws :func:`solver_chain_kernel` computes in closed form instead of stepping a solver's plan.
 CLOSED_LAWS = ("tilt", "ode", "sde")
 _TILT, _ODE = 1 + CLOSED_LAWS.index("tilt"), 1 + CLOSED_LAWS.index("ode")
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def chain_kernel(
+    first_block, stop_block,
     cond_mean, cond_var, uncond_mean, uncond_var, data_mean, data_var,
     cfg, fidelity, uncond_fidelity, real_fraction, mutation_var,
     var_fidelity, uncond_var_fidelity, var_shift, uncond_var_shift,
@@ -46,15 +56,15 @@ def chain_kernel(
     abar, sqrt_abar, sqrt_beta, x_coef, eps_coef, noise_var, scale_slope, scale_offset,
     out_mean, out_var,
 ):  # fmt: skip
-    """All iterations of every point: the operators of qtm.gaussian and the exact map of
-    qtm.sampler_map fused, so that nothing but the result touches memory. Blocks of points
-    run in parallel; within a block the per-point loops vectorise. tests/test_recursion.py
-    checks the kernel against the operators themselves. ``workflow`` indexes
+    """All iterations of the points of blocks ``first_block`` to ``stop_block - 1`` (:func:`blocks`;
+    :func:`qtm.thread_blocks.run_in_threads` runs ranges of blocks in parallel): the operators of
+    qtm.gaussian and the exact map of qtm.sampler_map fused, so that nothing but the result touches memory;
+    within a block the per-point loops vectorise. tests/test_recursion.py checks the kernel against the
+    operators themselves. ``workflow`` indexes
     ``PARAMETERS["data_workflow"].choices`` (0: replace); ``inv_population`` is 1/N (0: infinite)."""
     n_points, n_iter = out_mean.shape
     n_steps = abar.size
-    n_blocks = (n_points + BLOCK - 1) // BLOCK
-    for block in prange(n_blocks):
+    for block in range(first_block, stop_block):
         lo = block * BLOCK
         size = min(BLOCK, n_points - lo)
         # Block-local copies (padded by repeating the last point) keep the inner loops branch-free;
@@ -80,7 +90,9 @@ def chain_kernel(
         pool_m, pool_v, gen_sum = real_m.copy(), real_v.copy(), np.zeros(BLOCK)
         for t in range(n_iter):
             if not continue_:
-                cm[:], cv[:], um[:], uv[:] = base_cm, base_cv, base_um, base_uv
+                # Element by element: a slice assignment compiles a shape check and its error message (2 s).
+                for j in range(BLOCK):
+                    cm[j], cv[j], um[j], uv[j] = base_cm[j], base_cv[j], base_um[j], base_uv[j]
             # A block without var_fidelity keeps the branch-free linear loop (bit for bit the engine
             # before var_fidelity existed); the log-space move is a call of its own.
             if log_block:
@@ -224,19 +236,21 @@ def sampler_kernel(cond_mean, cond_var, uncond_mean, uncond_var, row, table, pla
             out_var[lo + j] = v[j]
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def solver_chain_kernel(cond_mean, cond_var, uncond_mean, uncond_var, data_mean, data_var, fidelity, uncond_fidelity,
-                        var_fidelity, uncond_var_fidelity, var_factor, uncond_var_factor, real_fraction, mutation_var,
-                        row, table, plan, law, continue_, workflow, population, out_mean, out_var):
-    """All iterations of the recursion with a solver's sampling or a closed-form law: :mod:`qtm.recursion`'s
-    operators (inherit, mutation, refit, mix, pool) written operation for operation as :mod:`qtm.gaussian`
-    computes them, so that the results are those of the operator path to the last bit (the ODE's and SDE's
-    exponentials and logarithms are libm's, not NumPy's, and may differ in the last bits). ``law`` is 0 for the
-    solver ``plan``, else 1 + its index in :data:`CLOSED_LAWS` (then ``table`` has one row, the guidance scale
-    of each of ``row``'s values); ``var_factor`` is exp(var_shift) (NumPy's); ``workflow`` indexes
+@njit(cache=True, nogil=True, error_model="numpy")
+def solver_chain_kernel(first_block, stop_block, cond_mean, cond_var, uncond_mean, uncond_var, data_mean, data_var,
+                        fidelity, uncond_fidelity, var_fidelity, uncond_var_fidelity, var_factor, uncond_var_factor,
+                        real_fraction, mutation_var, row, table, plan, law, continue_, workflow, population,
+                        out_mean, out_var):
+    """All iterations of the recursion with a solver's sampling or a closed-form law for the points of blocks
+    ``first_block`` to ``stop_block - 1`` (:func:`blocks`): :mod:`qtm.recursion`'s operators (inherit,
+    mutation, refit, mix, pool) written operation for operation as :mod:`qtm.gaussian` computes them, so that
+    the results are those of the operator path to the last bit (the ODE's and SDE's exponentials and logarithms
+    are libm's, not NumPy's, and may differ in the last bits). ``law`` is 0 for the solver ``plan``, else 1 +
+    its index in :data:`CLOSED_LAWS` (then ``table`` has one row, the guidance scale of each of ``row``'s
+    values); ``var_factor`` is exp(var_shift) (NumPy's); ``workflow`` indexes
     ``PARAMETERS["data_workflow"].choices``; ``population`` is 0 for infinitely many."""
     n_points, n_iter = out_mean.shape
-    for block in prange((n_points + BLOCK - 1) // BLOCK):
+    for block in range(first_block, stop_block):
         lo = block * BLOCK
         size = min(BLOCK, n_points - lo)
         base_cm, base_cv, base_um, base_uv = _empty4()

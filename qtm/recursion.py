@@ -70,11 +70,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qtm.moments_kernels import CLOSED_LAWS, chain_kernel, solver_chain_kernel
+from qtm.moments_kernels import CLOSED_LAWS, blocks, chain_kernel, solver_chain_kernel
 from qtm.params import PARAMETERS, default_uncond_fidelity, effective_cfg, uncond_share
 from qtm.sampler_map import ddim_config, prepare_sampler
 from qtm.schedules import CFGSchedule
 from qtm.solvers import SchedulerConfig, plan_arrays
+from qtm.thread_blocks import run_in_threads
 from qtm.validation import check_unit_interval
 
 
@@ -455,7 +456,7 @@ def _run_solver(*, iterations, sampler, continue_, population, workflow, out, **
         table, rows = sampler.scale_table
         table, plan, law = np.ascontiguousarray(table.T), plan_arrays(sampler.plan), 0
     mean, var = out
-    solver_chain_kernel(
+    run_in_threads(solver_chain_kernel, blocks(len(mean)),
         p["cond_mean"], p["cond_var"], p["uncond_mean"], p["uncond_var"], p["data_mean"], p["data_var"],
         p["fidelity"], p["uncond_fidelity"], p["var_fidelity"], p["uncond_var_fidelity"],
         np.exp(p["var_shift"]), np.exp(p["uncond_var_shift"]), p["real_fraction"], p["mutation"],
@@ -480,7 +481,7 @@ def _run_kernel(*, iterations, sampler, continue_, population, workflow, out, **
     mean, var = out
     # The finite-N refit is the MLE's expectation (qtm.gaussian.refit_expectation): variance x (N-1)/N.
     shrink = 1.0 if population is None else (population - 1) / population
-    chain_kernel(
+    run_in_threads(chain_kernel, blocks(len(mean)),
         p["cond_mean"], p["cond_var"], p["uncond_mean"], p["uncond_var"], p["data_mean"], p["data_var"],
         p["cfg"], p["fidelity"], p["uncond_fidelity"], p["real_fraction"], p["mutation"],
         p["var_fidelity"], p["uncond_var_fidelity"], p["var_shift"], p["uncond_var_shift"],

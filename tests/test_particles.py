@@ -23,7 +23,6 @@ from qtm.particles.counter_rng import _fill_normals
 from qtm.particles.population import _exp_nonpositive, _resample_indices
 from qtm.particles.reference import _exp_nonpositive as _exp_nonpositive_reference
 from qtm.particles.reference import _normals
-from qtm.particles.replicate_threads import run_replicate_blocks
 from qtm.recursion import simulate_moments
 
 
@@ -156,24 +155,6 @@ def test_results_do_not_depend_on_threads_or_chunking():
     np.testing.assert_array_equal(tail.mean, one.mean[2:])
     np.testing.assert_array_equal(tail.replicates, [2, 3])
     assert not np.array_equal(simulate_chain(setup, replicates=4, seed=10).mean, one.mean)
-
-
-@pytest.mark.parametrize("replicates", [1, 2, 31, 32, 33, 1000])
-def test_replicate_blocks_cover_every_replicate_once(replicates):
-    """Uneven blocks on one and two threads: each replicate runs once per call; a block's error reaches the caller."""
-    def count(start, stop, runs):
-        runs[start:stop] += 1
-
-    runs = np.zeros(replicates, int)
-    _on_one_and_two_threads(lambda: run_replicate_blocks(count, replicates, runs))
-    np.testing.assert_array_equal(runs, 2)
-
-    def fail(start, stop):
-        if start <= replicates // 2 < stop:
-            raise ValueError("block failed")
-
-    with pytest.raises(ValueError, match="block failed"):
-        _on_one_and_two_threads(lambda: run_replicate_blocks(fail, replicates))
 
 
 # --- the classic loop against analytic quantitative genetics -----------------------------

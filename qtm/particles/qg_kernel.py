@@ -1,7 +1,7 @@
 """The classic quantitative-genetics loop of the particle simulator, compiled with Numba.
 
 Kernels write into preallocated output arrays (replicate first); replicates run in blocks on a thread
-pool (:mod:`qtm.particles.replicate_threads`), and the per-replicate work is sequential and allocates its
+pool (:mod:`qtm.thread_blocks`), and the per-replicate work is sequential and allocates its
 work buffers once per replicate.
 """
 
@@ -35,7 +35,7 @@ from qtm.particles.population import (
     _resample_indices,
     _subsample,
 )
-from qtm.particles.replicate_threads import run_replicate_blocks
+from qtm.thread_blocks import run_in_threads
 
 FIT_NEUTRAL, FIT_STABILIZING, FIT_TRUNCATION, FIT_TILT = range(4)
 
@@ -200,6 +200,6 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
     ``workflow`` (:data:`W_REPLACE` ...): the parents of generation t+1 are the newest generation,
     the pool of all generations and D_0 (truncation then keeps the same fraction), or N of them.
     """
-    run_replicate_blocks(_qg_block, keys.shape[0], keys, n, generations, data_mean, data_var, fitness, theta,
+    run_in_threads(_qg_block, keys.shape[0], keys, n, generations, data_mean, data_var, fitness, theta,
                          omega2, keep, tilt_cfg, finetune, continue_prior, base_c_mean, base_c_var, base_u_mean,
                          base_u_var, env_var, mutation_var, systematic, n_real, workflow, out_mean, out_var)

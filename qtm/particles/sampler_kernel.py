@@ -34,7 +34,7 @@ from qtm.particles.population import (
     _process_noise,
     _subsample,
 )
-from qtm.particles.replicate_threads import run_replicate_blocks
+from qtm.thread_blocks import run_in_threads
 
 #: Particles per batch of the sampler chain: the denoiser's loops run over a batch innermost,
 #: so LLVM vectorises them across particles (per particle, d and M are too small to fill a vector).
@@ -238,6 +238,6 @@ def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, 
     that set (``workflow`` :data:`W_REPLACE`), the pool of D_0 and every set so far
     (:data:`W_ACCUMULATE`) or N individuals drawn from it without replacement (:data:`W_SUBSAMPLE`).
     """
-    run_replicate_blocks(_chain_block, keys.shape[0], keys, n, iterations, data_w, data_m, data_v, base_cw,
+    run_in_threads(_chain_block, keys.shape[0], keys, n, iterations, data_w, data_m, data_v, base_cw,
                          base_cm, base_cv, base_uw, base_um, base_uv, finetune, continue_prior, abar_t, abar_prev,
                          scales, eta, mutation_var, n_real, workflow, out_mean, out_var, out_occupancy)
