@@ -86,6 +86,9 @@ def run_in_threads(kernel, items: int, *args) -> None:
     stop = threading.Event()
     errors = []
     finished = threading.Semaphore(0)
+    # A helper job that has not started when the caller is done is skipped, so that a caller never waits
+    # for helpers busy with another caller's ranges.
+    lock, started, closed = threading.Lock(), 0, False
 
     def work():
         try:
@@ -98,6 +101,11 @@ def run_in_threads(kernel, items: int, *args) -> None:
             stop.set()
 
     def helper_job():
+        nonlocal started
+        with lock:
+            if closed:
+                return
+            started += 1
         try:
             work()
         finally:
@@ -111,7 +119,9 @@ def run_in_threads(kernel, items: int, *args) -> None:
         work()
     finally:
         stop.set()
-        for _ in range(threads - 1):
+        with lock:
+            closed = True
+        for _ in range(started):
             finished.acquire()
     if errors:
         raise errors[0]

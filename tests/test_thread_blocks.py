@@ -73,3 +73,33 @@ def test_an_error_in_one_range_reaches_the_caller(items):
 
 def test_examples():
     assert doctest.testmod(thread_blocks).failed == 0
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one thread only")
+def test_a_caller_does_not_wait_for_helpers_busy_with_another_callers_ranges(monkeypatch):
+    """Caller A's helper is held inside a range; caller B, meanwhile, finishes its own ranges and returns."""
+    monkeypatch.setattr(thread_blocks, "ALONE_SECONDS", 0.0)
+    helper_busy, release = threading.Event(), threading.Event()
+
+    def held_in_helpers(start, stop, out):
+        if threading.current_thread().name.startswith("qtm-kernel"):
+            helper_busy.set()
+            release.wait(timeout=30)
+        time.sleep(1e-3)
+        out[start:stop] += 1
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    first = np.zeros(200, int)
+    caller_a = threading.Thread(target=lambda: run_in_threads(held_in_helpers, 200, first))
+    try:
+        caller_a.start()
+        assert helper_busy.wait(timeout=30)
+        second = np.zeros(200, int)
+        run_in_threads(lambda start, stop, out: out.__setitem__(slice(start, stop), 1), 200, second)
+        assert (second == 1).all() and not release.is_set() and caller_a.is_alive()
+    finally:
+        release.set()
+        caller_a.join()
+        numba.set_num_threads(before)
+    assert (first == 1).all()
