@@ -276,9 +276,17 @@ def _quiet_workers():
 def _probe_scheduler(address: str) -> None:
     """Ask ``address`` who it is: a Dask scheduler answers at once, a silent listener would hang a Client."""
     import asyncio
+    import socket
     from concurrent.futures import ThreadPoolExecutor
 
     from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    # A refused connection fails at once here, where distributed's connect retries it for the whole timeout.
+    try:
+        socket.create_connection(parse_host_port(parse_address(address)[1]), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise _unreachable(address, error) from None
 
     async def identity():
         comm = await connect(address, timeout=CONNECT_TIMEOUT_S)
