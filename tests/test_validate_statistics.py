@@ -17,7 +17,7 @@ from validate.embed_stats import (
     sharpness,
 )
 from validate.errors import ValidateError
-from validate.intervals import bca_interval
+from validate.intervals import studentised_log_interval
 from validate.statistics import (
     WITHIN_CAPTIONS,
     bootstrap_statistics,
@@ -202,37 +202,43 @@ def test_grouped_statistics_by_hand():
 
 
 def test_grouped_bootstrap_resamples_within_captions():
-    """The multiplicity formulas give exactly what resampling the images themselves gives (BCa intervals since
-    issue 21: the jackknife leaves out one image of one caption at a time)."""
+    """The multiplicity formulas give exactly what resampling the images themselves gives: the within-caption
+    summary's studentised interval (issue 21), each resample's standard error from its own images' spread of
+    squared deviations, pooled over captions."""
     rng = np.random.default_rng(5)
     projected = rng.standard_normal((7, 2)) + np.repeat([[0.0, 0.0], [50.0, -50.0]], [3, 4], axis=0)
     standardised = rng.standard_normal((7, 9))
     labels = ["a"] * 3 + ["b"] * 4
     rows = grouped_statistics(projected, standardised, labels, n_boot=40, random_state=11, level=0.5)
-    # Redraw the same multiplicities and recompute by brute force.
+    within = pd.DataFrame(rows).set_index(["caption", "statistic", "axis"])
+
+    def spread(images):  # the squared distances to the mean: their variance over their mean squared
+        if len(np.unique(images, axis=0)) == 1:
+            return np.nan  # one image repeated
+        squared = ((images - images.mean(axis=0)) ** 2).sum(axis=1)
+        return squared.var() / squared.mean() ** 2
+
+    def summary(captions):  # the mean of the captions' variances and the standard error of its log
+        sizes = np.array([len(c) for c in captions])
+        variances = np.array([c.var(axis=0, ddof=1).sum() for c in captions])
+        spreads = np.array([spread(c) for c in captions])
+        weights = np.where(np.isnan(spreads), 0, sizes)  # a resample of one image repeated has no spread
+        pooled = np.nansum(weights * spreads) / weights.sum() if weights.sum() else np.nan
+        return variances.mean(), np.sqrt(np.sum(variances**2 / (sizes - 1)) * pooled) / 2 / variances.mean()
+
+    # Redraw the same multiplicities and recompute by brute force, per axis and for the total variance.
     again = np.random.default_rng(11)
-    boot_var, boot_total, jack_var, jack_total = [], [], [], []
+    picks = []
     for index in (np.arange(3), np.arange(3, 7)):
         counts = again.multinomial(len(index), np.full(len(index), 1 / len(index)), size=40)
-        picks = [np.repeat(index, c) for c in counts]
-        boot_var.append([projected[p].var(axis=0, ddof=1) for p in picks])
-        boot_total.append([standardised[p].var(axis=0, ddof=1).sum() for p in picks])
-        jack_var.append([projected[np.delete(index, i)].var(axis=0, ddof=1) for i in range(len(index))])
-        jack_total.append([standardised[np.delete(index, i)].var(axis=0, ddof=1).sum() for i in range(len(index))])
-    point_var = [projected[:3].var(axis=0, ddof=1), projected[3:].var(axis=0, ddof=1)]
-    point_total = [standardised[:3].var(axis=0, ddof=1).sum(), standardised[3:].var(axis=0, ddof=1).sum()]
-    within = pd.DataFrame(rows).set_index(["caption", "statistic", "axis"])
-    # Leaving out an image of caption c replaces c's variance in the mean over captions.
-    jackknife_var = [(np.array(jack_var[c]) + point_var[1 - c]) / 2 for c in (0, 1)]
-    expected_var = bca_interval(np.mean(point_var, axis=0), np.mean(boot_var, axis=0), jackknife_var, level=0.5)
-    assert within.loc[(WITHIN_CAPTIONS, "var", 1), ["ci_low", "ci_high"]].tolist() == pytest.approx(
-        [expected_var[0][1], expected_var[1][1]]
-    )
-    jackknife_total = [(np.array(jack_total[c]) + point_total[1 - c]) / 2 for c in (0, 1)]
-    expected_total = bca_interval(np.mean(point_total), np.mean(boot_total, axis=0), jackknife_total, level=0.5)
-    assert within.loc[(WITHIN_CAPTIONS, "total_var", -1), ["ci_low", "ci_high"]].tolist() == pytest.approx(
-        [float(expected_total[0]), float(expected_total[1])]
-    )
+        picks.append([np.repeat(index, c) for c in counts])
+    for statistic, axis, features in (("var", 1, projected[:, [1]]), ("total_var", -1, standardised)):
+        point, se = summary([features[:3], features[3:]])
+        boot = np.array([summary([features[a], features[b]]) for a, b in zip(*picks, strict=True)])
+        plug_in = np.mean([features[:3].var(axis=0).sum(), features[3:].var(axis=0).sum()])
+        expected = studentised_log_interval(point, se, boot[:, 0], boot[:, 1], plug_in, level=0.5)
+        assert within.loc[(WITHIN_CAPTIONS, statistic, axis), ["ci_low", "ci_high"]].tolist() == pytest.approx(
+            [float(expected[0]), float(expected[1])])
     # The captions' 50-apart means never leak into the within-caption intervals.
     assert within.loc[(WITHIN_CAPTIONS, "var", 0), "ci_high"] < 10
     # Three images per caption still give finite, ordered intervals.

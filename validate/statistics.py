@@ -24,7 +24,7 @@ import numpy as np
 
 from qtm.random import check_random_state
 from validate.errors import ValidateError
-from validate.intervals import bca_interval, moments_jackknife
+from validate.intervals import bca_interval, moments_jackknife, studentised_log_interval
 
 
 def frechet_distance(mean1, cov1, mean2, cov2):
@@ -346,7 +346,10 @@ def grouped_statistics(
             "n_images": int(n),
         }
 
-    rows, boot_var, boot_total, point_var, point_total, jack_var, jack_total = [], [], [], [], [], [], []
+    rows, boot_var, boot_total, point_var, point_total = [], [], [], [], []
+    # Each caption's spread of its squared deviations over their mean squared (kurtosis + 2 on an axis): the
+    # standard error of the within-caption summary (:func:`_within_interval`).
+    spread_var, spread_total, boot_spread_var, boot_spread_total, sizes = [], [], [], [], []
     for caption, index in groups.items():
         n = len(index)
         # Centred within the caption: the variances are shift-free and the sums of squares stay well conditioned.
@@ -366,30 +369,90 @@ def grouped_statistics(
         jack_means, jack_variances = moments_jackknife(x)
         with np.errstate(invalid="ignore", divide="ignore"):
             jack_totals = (np.trace(gram) - n / (n - 1) * np.diag(gram)) / (n - 2)
+        kurtosis = excess_kurtosis(x)
         for statistic, point, samples, jackknife in (
             ("mean", centre, means, centre + jack_means),
             ("var", var, variances, jack_variances),
-            ("kurtosis", excess_kurtosis(x), kurtoses, _kurtosis_jackknife(x)),
+            ("kurtosis", kurtosis, kurtoses, _kurtosis_jackknife(x)),
         ):
             low, high = interval(point, samples, [jackknife])
             rows += [row(caption, statistic, a, point[a], low[a], high[a], n) for a in range(k)]
         low, high = interval(total, totals, [jack_totals])
         rows.append(row(caption, "total_var", -1, total, low, high, n))
         boot_var.append(variances)
-        boot_total.append(totals)
+        boot_total.append(totals[:, None])
         point_var.append(var)
-        point_total.append(total)
-        jack_var.append(jack_variances - var)
-        jack_total.append(jack_totals - total)
+        point_total.append([total])
+        spread_var.append(kurtosis + 2.0)
+        boot_spread_var.append(kurtoses + 2.0)
+        spread_total.append([_squared_norm_spread(np.diag(gram))])
+        boot_spread_total.append(_resampled_squared_norm_spread(counts, gram)[:, None])
+        sizes.append(n)
     n_all = len(projected)
-    # Leaving out one image changes only its caption's variance, by 1/C of that change in the mean over captions.
-    within, within_total = np.mean(point_var, axis=0), np.mean(point_total)
-    low, high = interval(within, np.mean(boot_var, axis=0), [within + j / len(groups) for j in jack_var])
-    rows += [row(WITHIN_CAPTIONS, "var", a, within[a], low[a], high[a], n_all) for a in range(k)]
-    jackknife = [within_total + j / len(groups) for j in jack_total]
-    low, high = interval(within_total, np.mean(boot_total, axis=0), jackknife)
-    rows.append(row(WITHIN_CAPTIONS, "total_var", -1, within_total, low, high, n_all))
+    for statistic, points, samples, spreads, boot_spreads in (
+        ("var", point_var, boot_var, spread_var, boot_spread_var),
+        ("total_var", point_total, boot_total, spread_total, boot_spread_total),
+    ):
+        within = np.mean(points, axis=0)
+        if n_boot == 0:
+            low, high = np.full_like(within, np.nan), np.full_like(within, np.nan)
+        else:
+            low, high = _within_interval(np.array(points), np.array(samples), np.array(spreads),
+                                         np.array(boot_spreads), np.array(sizes), level)
+        axes = range(k) if statistic == "var" else [-1]
+        rows += [row(WITHIN_CAPTIONS, statistic, a, within[i], low[i], high[i], n_all) for i, a in enumerate(axes)]
     return rows
+
+
+def _within_interval(points, samples, spreads, boot_spreads, sizes, level):
+    """The studentised interval of the mean over captions of their variances (``points`` (C, k), ``samples``
+    (C, B, k) of a stratified bootstrap).
+
+    A caption's variance s² of n images has variance s⁴ r / (n - 1) (exact for a Gaussian, where r = 2, and
+    to O(1/n²) otherwise), r the spread of the squared deviations over their mean squared (``spreads``: kurtosis
+    + 2 on an axis), pooled over captions, since 30 images estimate it poorly; each resample's own standard
+    error comes from its own pooled r. With the quantiles of the bootstrap-t (:func:`studentised_log_interval`)
+    the 95 % interval held the truth in 92.5 and 91.7 % of Gaussian and 90.5 and 89.0 % of t5 populations
+    (8 captions of 30 images, 400 populations each on development seeds 2027 and 31), where BCa's held it in
+    91.5 and 89.2 %, 89.5 and 86.5 % of the same populations: its percentiles inherit the too low kurtosis
+    of small samples, which the bootstrap-t corrects only in part.
+    """
+    pooled, boot_pooled = (_pooled(values, sizes) for values in (spreads, boot_spreads))
+    divisor = (sizes - 1.0)[:, None]
+    within, boot_within = points.mean(axis=0), samples.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = np.sqrt(np.sum(points**2 / divisor, axis=0) * pooled) / len(points) / within
+        boot_se = np.sqrt(np.sum(samples**2 / divisor[:, :, None], axis=0) * boot_pooled) / len(points) / boot_within
+    plug_in = np.mean(points * divisor / sizes[:, None], axis=0)
+    return studentised_log_interval(within, se, boot_within, boot_se, plug_in, level=level)
+
+
+def _pooled(spreads, sizes):
+    """The mean over captions (axis 0) of ``spreads`` weighted by their sizes, leaving out a resample's
+    caption of identical images (whose spread is 0 / 0)."""
+    weights = np.where(np.isnan(spreads), 0.0, sizes.reshape((-1,) + (1,) * (spreads.ndim - 1)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sum(weights * np.nan_to_num(spreads), axis=0) / weights.sum(axis=0)
+
+
+def _squared_norm_spread(squared_norms: np.ndarray) -> float:
+    """The variance of the squared distances to the mean over their mean squared (kurtosis + 2 in one dimension)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(squared_norms.var() / squared_norms.mean() ** 2)
+
+
+def _resampled_squared_norm_spread(counts: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    """:func:`_squared_norm_spread` of each resample (rows of multiplicities ``counts``) of points whose centred
+    Gram matrix is ``gram``: a point's squared distance to the resample's mean is g_ii - 2 g_i·c / n + c·G·c / n²."""
+    n = counts.sum(axis=1, keepdims=True)
+    pulls = counts @ gram / n
+    squared = np.diag(gram)[None, :] - 2 * pulls + (pulls * counts).sum(axis=1, keepdims=True) / n
+    mean = (counts * squared).sum(axis=1, keepdims=True) / n
+    variance = (counts * (squared - mean) ** 2).sum(axis=1, keepdims=True) / n
+    # A resample of one image repeated has no spread: its rounded mean (about 1e-16 of the data's) is no divisor.
+    degenerate = mean[:, 0] <= 1e-12 * np.mean(np.diag(gram))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(degenerate, np.nan, (variance / mean**2)[:, 0])
 
 
 def _nan_interval(samples, tail) -> tuple[np.ndarray, np.ndarray]:
