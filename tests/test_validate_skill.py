@@ -3,7 +3,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import scoringrules
 from test_validate_command import TWO_CAPTIONS, make_run
 from test_validate_fit import chain
 
@@ -81,6 +80,8 @@ def test_baselines_with_one_iteration_seen_persist():
 
 def test_theory_crps_is_scoringrules_on_known_draws():
     """The CRPS of the draws is scoringrules' (and the energy form E|X - y| - E|X - X'| / 2); NaN draws dropped."""
+    import scoringrules  # here, not at collection: it compiles its Numba kernels on import (3 s per process)
+
     draws = np.random.default_rng(7).normal(0.3, 1.2, 401)
     observed = 1.1
     expected = float(scoringrules.crps_ensemble(observed, draws))
