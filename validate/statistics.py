@@ -363,7 +363,7 @@ def grouped_statistics(
         means = centre + sums / n
         variances = (counts @ x**2 - sums**2 / n) / (n - 1)
         kurtoses = _kurtosis_from_counts(counts, x)
-        totals = (counts @ np.diag(gram) - np.einsum("bi,ij,bj->b", counts, gram, counts) / n) / (n - 1)
+        totals, total_spreads = _resampled_totals(counts, gram)
         var = x.var(axis=0, ddof=1)
         total = float(np.trace(gram) / (n - 1))
         jack_means, jack_variances = moments_jackknife(x)
@@ -385,8 +385,8 @@ def grouped_statistics(
         point_total.append([total])
         spread_var.append(kurtosis + 2.0)
         boot_spread_var.append(kurtoses + 2.0)
-        spread_total.append([_squared_norm_spread(np.diag(gram))])
-        boot_spread_total.append(_resampled_squared_norm_spread(counts, gram)[:, None])
+        spread_total.append(_resampled_totals(np.ones((1, n)), gram)[1])
+        boot_spread_total.append(total_spreads[:, None])
         sizes.append(n)
     n_all = len(projected)
     for statistic, points, samples, spreads, boot_spreads in (
@@ -435,15 +435,11 @@ def _pooled(spreads, sizes):
         return np.sum(weights * np.nan_to_num(spreads), axis=0) / weights.sum(axis=0)
 
 
-def _squared_norm_spread(squared_norms: np.ndarray) -> float:
-    """The variance of the squared distances to the mean over their mean squared (kurtosis + 2 in one dimension)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(squared_norms.var() / squared_norms.mean() ** 2)
-
-
-def _resampled_squared_norm_spread(counts: np.ndarray, gram: np.ndarray) -> np.ndarray:
-    """:func:`_squared_norm_spread` of each resample (rows of multiplicities ``counts``) of points whose centred
-    Gram matrix is ``gram``: a point's squared distance to the resample's mean is g_ii - 2 g_i·c / n + c·G·c / n²."""
+def _resampled_totals(counts: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The total variance (divisor n - 1) of each resample (rows of multiplicities ``counts``) of points whose
+    centred Gram matrix is ``gram``, and the spread of its squared distances to its mean: their variance over
+    their mean squared (kurtosis + 2 in one dimension). A point's squared distance to the resample's mean is
+    g_ii - 2 g_i·c / n + c·G·c / n²; one product G c serves both."""
     n = counts.sum(axis=1, keepdims=True)
     pulls = counts @ gram / n
     squared = np.diag(gram)[None, :] - 2 * pulls + (pulls * counts).sum(axis=1, keepdims=True) / n
@@ -452,7 +448,7 @@ def _resampled_squared_norm_spread(counts: np.ndarray, gram: np.ndarray) -> np.n
     # A resample of one image repeated has no spread: its rounded mean (about 1e-16 of the data's) is no divisor.
     degenerate = mean[:, 0] <= 1e-12 * np.mean(np.diag(gram))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(degenerate, np.nan, (variance / mean**2)[:, 0])
+        return (mean * n / (n - 1))[:, 0], np.where(degenerate, np.nan, (variance / mean**2)[:, 0])
 
 
 def _nan_interval(samples, tail) -> tuple[np.ndarray, np.ndarray]:
