@@ -180,13 +180,10 @@ def _slope(x, y, shared_noise=None) -> np.ndarray:
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = np.where(ok, x, 0.0), np.where(ok, y, 0.0)
-    sxx, sxy = (x * x).sum(axis=1), (x * y).sum(axis=1)
-    if shared_noise is not None:
-        noise = np.broadcast_to(shared_noise, shape).reshape(len(x), -1)
-        shared = np.minimum(np.where(ok & np.isfinite(noise), noise, 0.0).sum(axis=1), 0.5 * sxx)
-        sxx, sxy = sxx - shared, sxy - shared
+    sxx = (x * x).sum(axis=1)
+    shared = np.minimum(_noise_sum(shared_noise, shape, ok), 0.5 * sxx)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return sxy / sxx
+        return ((x * y).sum(axis=1) - shared) / (sxx - shared)
 
 
 def _line(x, y, shared_noise=None) -> tuple[np.ndarray, np.ndarray]:
@@ -199,19 +196,28 @@ def _line(x, y, shared_noise=None) -> tuple[np.ndarray, np.ndarray]:
     without the shared term's bias (ln of a sample variance is low by about half its sampling variance).
     """
     x, y = np.broadcast_arrays(x, y)
-    noise = np.zeros(x.shape) if shared_noise is None else np.broadcast_to(shared_noise, x.shape)
-    x, y, noise = x.reshape(len(x), -1), y.reshape(len(y), -1), noise.reshape(len(x), -1)
+    shape = x.shape
+    x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
     ok = np.isfinite(x) & np.isfinite(y)
     count = ok.sum(axis=1)
-    noise = np.where(ok & np.isfinite(noise), noise, 0.0)
+    noise = _noise_sum(shared_noise, shape, ok)
     with np.errstate(invalid="ignore", divide="ignore"):
         mx = np.where(ok, x, 0.0).sum(axis=1) / count
         my = np.where(ok, y, 0.0).sum(axis=1) / count
         dx, dy = np.where(ok, x - mx[:, None], 0.0), np.where(ok, y - my[:, None], 0.0)
         sxx = (dx * dx).sum(axis=1)
-        shared = np.minimum(noise.sum(axis=1) * (1.0 - 1.0 / count), 0.5 * sxx)
+        shared = np.minimum(noise * (1.0 - 1.0 / count), 0.5 * sxx)
         slope = ((dx * dy).sum(axis=1) - shared) / (sxx - shared)
-        return slope, my - slope * (mx - 0.5 * noise.sum(axis=1) / count)
+        return slope, my - slope * (mx - 0.5 * noise / count)
+
+
+def _noise_sum(noise, shape, ok) -> np.ndarray:
+    """A sampling variance ``noise`` (broadcast to the regression's points, ``shape``) summed per bootstrap row
+    over the points that row uses (``ok``, (rows, points)); zeros without noise."""
+    if noise is None:
+        return np.zeros(len(ok))
+    noise = np.broadcast_to(noise, shape).reshape(len(ok), -1)
+    return np.where(ok & np.isfinite(noise), noise, 0.0).sum(axis=1)
 
 
 def decompose(runs: list[RunTraits], *, n_boot: int = 200, level: float = 0.95, random_state=None) -> pd.DataFrame:
