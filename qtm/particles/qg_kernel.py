@@ -186,9 +186,7 @@ def _qg_block(start, stop, keys, n, generations, data_mean, data_var, fitness, t
                       env_var, mutation_var, systematic, n_real, workflow, out_mean[r], out_var[r])
 
 
-def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2, keep, tilt_cfg,
-              finetune, continue_prior, base_c_mean, base_c_var, base_u_mean, base_u_var,
-              env_var, mutation_var, systematic, n_real, workflow, out_mean, out_var):
+def qg_kernel(keys, *arguments):
     """The classic loop: phenotype, log fitness, resample N offspring, mutate, record, mix in real data.
 
     Individuals carry a breeding value g (d axes); the phenotype is g plus environmental
@@ -199,7 +197,8 @@ def qg_kernel(keys, n, generations, data_mean, data_var, fitness, theta, omega2,
     generation (the :data:`FINETUNE_TERMS` in ``finetune``; prior the base or the previous model).
     ``workflow`` (:data:`W_REPLACE` ...): the parents of generation t+1 are the newest generation,
     the pool of all generations and D_0 (truncation then keeps the same fraction), or N of them.
+
+    The arguments after ``keys`` are :func:`_qg_block`'s after ``keys``; replicate ``r`` writes row ``r`` of
+    the outputs.
     """
-    run_in_threads(_qg_block, keys.shape[0], keys, n, generations, data_mean, data_var, fitness, theta,
-                         omega2, keep, tilt_cfg, finetune, continue_prior, base_c_mean, base_c_var, base_u_mean,
-                         base_u_var, env_var, mutation_var, systematic, n_real, workflow, out_mean, out_var)
+    run_in_threads(_qg_block, keys.shape[0], keys, *arguments)

@@ -222,9 +222,7 @@ def _chain_block(start, stop, keys, n, iterations, data_w, data_m, data_v, base_
                          mutation_var, n_real, workflow, out_mean[r], out_var[r], out_occupancy[r])
 
 
-def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, base_cv, base_uw, base_um,
-                 base_uv, finetune, continue_prior, abar_t, abar_prev, scales, eta, mutation_var, n_real,
-                 workflow, out_mean, out_var, out_occupancy):
+def chain_kernel(keys, *arguments):
     """The guided-sampler chain: refit (labels), run the K-step guided DDIM sampler on each particle, record.
 
     Per iteration: both branches are refitted to the labelled training set (the
@@ -237,7 +235,8 @@ def chain_kernel(keys, n, iterations, data_w, data_m, data_v, base_cw, base_cm, 
     particles are replaced by fresh real data to form the newest set; the next training set is
     that set (``workflow`` :data:`W_REPLACE`), the pool of D_0 and every set so far
     (:data:`W_ACCUMULATE`) or N individuals drawn from it without replacement (:data:`W_SUBSAMPLE`).
+
+    The arguments after ``keys`` are :func:`_chain_block`'s after ``keys``; replicate ``r`` writes row ``r`` of
+    the outputs.
     """
-    run_in_threads(_chain_block, keys.shape[0], keys, n, iterations, data_w, data_m, data_v, base_cw,
-                         base_cm, base_cv, base_uw, base_um, base_uv, finetune, continue_prior, abar_t, abar_prev,
-                         scales, eta, mutation_var, n_real, workflow, out_mean, out_var, out_occupancy)
+    run_in_threads(_chain_block, keys.shape[0], keys, *arguments)
