@@ -4,11 +4,12 @@ For each of Gaussian and heavy-tailed (Student t, 5 degrees of freedom, scaled t
 traits, draws ``--populations`` populations and counts how often each statistic's interval holds
 the truth:
 
-- h2_mean, rho, rho_v, mu (``validate.decomposition.decompose``, BCa): a two-iteration run of 8
+- h2_mean, h2_log_var, rho, rho_v, mu (``validate.decomposition.decompose``): a two-iteration run of 8
   captions x 2 axes, 40 images per caption and set, whose models follow the inheritance law with
   known rho, rho_v, mu from their training set's sample moments and whose guided images add a known
-  selection (the construction of tests/test_validate_decomposition.py); iteration 0's values.
-- within_var (``validate.statistics.grouped_statistics``, BCa): the mean over 8 captions of 30
+  selection (the construction of tests/test_validate_decomposition.py); iteration 0's values. The
+  truth of h2 is the mean true response over the designed selection (of the mean, of ln var).
+- within_var (``validate.statistics.grouped_statistics``, studentised): the mean over 8 captions of 30
   images of the within-caption variance; the truth is the mean of the true variances.
 - precision, recall, density, coverage, vendi (``validate.diversity.diversity_metrics``,
   half-sampling without replacement): 60 real against 60 generated 4-d points (the generated set
@@ -37,7 +38,7 @@ from validate.statistics import WITHIN_CAPTIONS, grouped_statistics
 
 RHO, RHO_V, MU, S_MEAN, S_LOG = 0.7, 0.5, 0.2, 0.8, -0.5
 CAPTIONS = [f"c{i}" for i in range(8)]
-DECOMPOSITION = ("h2_mean", "rho", "rho_v", "mu")
+DECOMPOSITION = ("h2_mean", "h2_log_var", "rho", "rho_v", "mu")
 DIVERSITY = ("precision", "recall", "density", "coverage", "vendi")
 
 
@@ -60,18 +61,19 @@ def decomposition_population(rng, tails, n_boot, n=40):
     data_mean = base_mean + rng.normal(0, 1.5, base_mean.shape)
     data = draw(rng, data_mean, base_var * np.exp(rng.normal(0, 0.8, base_var.shape)), n, tails)
     run = RunTraits("sim", 5.0, guided={}, cfg1={}, data=data, base_cond=draw(rng, base_mean, base_var, n, tails))
-    train, means = data, []
+    train, means, log_vars = data, [], []
     for t in range(2):
         m_d = np.array([train.traits[train.captions == c].mean(axis=0) for c in CAPTIONS])
         v_d = np.array([train.traits[train.captions == c].var(axis=0, ddof=1) for c in CAPTIONS])
         mean = base_mean + RHO * (m_d - base_mean)
         log_var = np.log(base_var) + RHO_V * (np.log(v_d) - np.log(base_var)) + MU
-        means.append(mean)
+        means.append(mean), log_vars.append(log_var)
         run.cfg1[t] = draw(rng, mean, np.exp(log_var), n, tails)
         run.guided[t] = draw(rng, mean + S_MEAN, np.exp(log_var + S_LOG), n, tails)
         train = run.guided[t]
     response = means[1] - means[0]
-    truth = {"h2_mean": response.mean() / S_MEAN, "rho": RHO, "rho_v": RHO_V, "mu": MU}
+    truth = {"h2_mean": response.mean() / S_MEAN, "h2_log_var": (log_vars[1] - log_vars[0]).mean() / S_LOG,
+             "rho": RHO, "rho_v": RHO_V, "mu": MU}
     table = decompose([run], n_boot=n_boot, random_state=rng)
     table = table[(table.iteration == 0) & (table.caption == "(all)") & (table.axis == -1)]
     found = {}

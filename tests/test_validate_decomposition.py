@@ -11,6 +11,7 @@ import pytest
 
 from validate.decomposition import ALL_ITERATIONS, UNCOND, RunTraits, TraitSet, decompose, finetune_noise
 from validate.errors import ValidateError
+from validate.noisy_regression import line, pair_jackknife_se
 
 RHO, RHO_V, MU, RHO_U = 0.7, 0.5, 0.2, 0.4
 S_MEAN, S_LOG = 0.8, -0.5
@@ -108,6 +109,12 @@ def test_known_selection_response_and_inheritance():
         true_r = truth["mean"][t + 1] - truth["mean"][t]
         close(pick(table, "h2_mean", t), (s * true_r).sum() / (s * s).sum(), 0.1)
     assert (table.lo <= table.hi).all()
+    # The t and normal intervals (rho_v, mu, pooled h2) are symmetric about the estimate; BCa's (rho) is not.
+    pooled = table[(table.caption == "(all)") & (table.axis == -1)]
+    for quantity, symmetric in (("rho_v", True), ("mu", True), ("h2_mean", True), ("h2_log_var", True),
+                                ("rho", False)):
+        rows = pooled[pooled.quantity == quantity]
+        assert np.allclose(rows.hi - rows.value, rows.value - rows.lo, rtol=1e-9) == symmetric, quantity
 
 
 def test_inheritance_and_heritability_are_unbiased_at_small_sets():
@@ -130,6 +137,51 @@ def test_inheritance_and_heritability_are_unbiased_at_small_sets():
     bias = np.mean(errors, axis=0)
     assert np.all(np.abs(bias[:2]) < 0.02), bias
     assert -0.015 <= bias[2] <= 0.004, bias
+
+
+def test_jackknife_se_leaves_out_each_caption_axis_pair_across_iterations():
+    """Against np.polyfit on the points left after deleting a pair: 8 captions x 2 axes x 2 iterations, where pair j
+    is the points j and j + 16 (the same caption and axis in both iterations); a non-finite point is skipped."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=32)
+    y = 0.4 * x + 0.3 + rng.normal(0, 0.2, 32)
+    y[5] = np.nan  # pair 5 keeps one point
+    fits = []
+    for pair in range(16):
+        keep = (np.arange(32) % 16 != pair) & np.isfinite(y)
+        fits.append(np.polyfit(x[keep], y[keep], 1))
+    spread = np.sqrt(15 / 16 * ((np.array(fits) - np.mean(fits, axis=0)) ** 2).sum(axis=0))
+    for index, expected in ((0, spread[0]), (1, spread[1])):
+        found = pair_jackknife_se(lambda *xyn, i=index: line(*xyn)[i], x[None], y[None], None, 16)
+        assert found[0] == pytest.approx(expected, rel=1e-9) and found[1] == 16
+
+
+def test_log_variance_line_interval_covers_the_truth_with_heavy_tails():
+    """200 populations of iteration 0 (8 captions x 2 axes, 40 images per caption and set, Student t5 traits scaled
+    to unit variance; the benchmark's design): the 95 % intervals of rho_v and mu each hold the truth in 180-199 of
+    them. benchmarks/interval_calibration.py measures 0.957 +- 0.006 for both in this design (1000 populations);
+    a binomial(200, 0.957) falls below 180 with probability about 1e-4 and reaches 200 with 1.5e-4, so the
+    false-failure rate of the two checks is below 1e-3 (the seed is fixed; they cover 189 and 190). BCa's
+    interval, which this replaced, held rho_v's truth in 86 %: 180 or more with probability about 0.05."""
+    rng = np.random.default_rng(22)
+    covered = np.zeros(2, dtype=int)
+    for _ in range(200):
+        base_mean, base_var = rng.normal(0, 2, (8, 2)), np.exp(rng.normal(0, 0.3, (8, 2)))
+
+        def heavy(means, variances):
+            noise = rng.standard_t(5, (40, 8, 2)) * np.sqrt(3 / 5)
+            return TraitSet((means + np.sqrt(variances) * noise).transpose(1, 0, 2).reshape(-1, 2),
+                            np.repeat(CAPTIONS, 40))
+
+        data = heavy(base_mean + rng.normal(0, 1.5, (8, 2)), base_var * np.exp(rng.normal(0, 0.8, (8, 2))))
+        log_var = np.log(base_var) + RHO_V * (np.log(sample_moments(data)[1]) - np.log(base_var)) + MU
+        run = RunTraits("t5", 1.0, guided={}, cfg1={0: heavy(base_mean, np.exp(log_var))}, data=data,
+                        base_cond=heavy(base_mean, base_var))
+        table = decompose([run], n_boot=2, random_state=rng)
+        for i, (quantity, truth) in enumerate((("rho_v", RHO_V), ("mu", MU))):
+            row = pick(table, quantity, 0)
+            covered[i] += row.lo.item() <= truth <= row.hi.item()
+    assert np.all((180 <= covered) & (covered <= 199)), covered
 
 
 def test_a_cfg1_run_has_no_selection_and_no_heritability():

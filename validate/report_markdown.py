@@ -383,7 +383,8 @@ def _decomposition(table: pd.DataFrame) -> list[str]:
         "R_t (CFG-1 samples of model t+1 minus model t), the realised heritability h2 = R/S (here the slope of R "
         "on S across captions and axes), the inheritance slopes against the training set (rho from means, rho_v "
         "and its intercept mu from log variances, rho_u from the unconditional branch) and, where replicate "
-        "finetunes exist, the finetuning-seed noise in within-caption SDs; 95 % bootstrap intervals in brackets. "
+        "finetunes exist, the finetuning-seed noise in within-caption SDs; 95 % intervals in brackets (bootstrap; "
+        "for rho_v, mu and h2 of ln var a t interval from the jackknife over caption-axis pairs). "
         "Every caption and axis, and the unconditional drift: [`decomposition.csv`](decomposition.csv).",
         "",
         markdown_table(wide.reset_index().fillna("–")),
