@@ -8,7 +8,10 @@ the truth:
   captions x 2 axes, 40 images per caption and set, whose models follow the inheritance law with
   known rho, rho_v, mu from their training set's sample moments and whose guided images add a known
   selection (the construction of tests/test_validate_decomposition.py); iteration 0's values. The
-  truth of h2 is the mean true response over the designed selection (of the mean, of ln var).
+  truth of h2 is the mean true response over the designed selection (of the mean, of ln var). With
+  ``--finetune continue`` each model is finetuned from the previous one (its prior is model t - 1,
+  which the decomposition measures by its CFG-1 samples) over three iterations; rho, rho_v and mu
+  are read at iteration 2 (``@2``) and pooled over the iterations (``@all``).
 - within_var (``validate.statistics.grouped_statistics``, studentised): the mean over 8 captions of 30
   images of the within-caption variance; the truth is the mean of the true variances.
 - precision, recall, density, coverage, vendi (``validate.diversity.diversity_metrics``,
@@ -53,33 +56,44 @@ def draw(rng, means, variances, n, tails):
     return TraitSet(traits, np.repeat(CAPTIONS, n))
 
 
-def decomposition_population(rng, tails, n_boot, n=40):
-    """Iteration 0's h2_mean, rho, rho_v, mu and their intervals, with their true values."""
+def decomposition_population(rng, tails, n_boot, n=40, finetune="base"):
+    """The decomposition's statistics and their intervals, with their true values: iteration 0's of a
+    two-iteration run, or with ``finetune`` "continue" (each model finetuned from the previous one) rho, rho_v
+    and mu of iteration 2 and pooled over the three iterations of a three-iteration run."""
     k = 2
     base_mean = rng.normal(0, 2, (len(CAPTIONS), k))
     base_var = np.exp(rng.normal(0, 0.3, (len(CAPTIONS), k)))
     data_mean = base_mean + rng.normal(0, 1.5, base_mean.shape)
     data = draw(rng, data_mean, base_var * np.exp(rng.normal(0, 0.8, base_var.shape)), n, tails)
-    run = RunTraits("sim", 5.0, guided={}, cfg1={}, data=data, base_cond=draw(rng, base_mean, base_var, n, tails))
+    run = RunTraits("sim", 5.0, guided={}, cfg1={}, data=data, base_cond=draw(rng, base_mean, base_var, n, tails),
+                    finetune=finetune)
     train, means, log_vars = data, [], []
-    for t in range(2):
+    prior_mean, prior_log_var = base_mean, np.log(base_var)
+    for t in range(2 if finetune == "base" else 3):
         m_d = np.array([train.traits[train.captions == c].mean(axis=0) for c in CAPTIONS])
         v_d = np.array([train.traits[train.captions == c].var(axis=0, ddof=1) for c in CAPTIONS])
-        mean = base_mean + RHO * (m_d - base_mean)
-        log_var = np.log(base_var) + RHO_V * (np.log(v_d) - np.log(base_var)) + MU
+        mean = prior_mean + RHO * (m_d - prior_mean)
+        log_var = prior_log_var + RHO_V * (np.log(v_d) - prior_log_var) + MU
         means.append(mean), log_vars.append(log_var)
         run.cfg1[t] = draw(rng, mean, np.exp(log_var), n, tails)
         run.guided[t] = draw(rng, mean + S_MEAN, np.exp(log_var + S_LOG), n, tails)
         train = run.guided[t]
+        if finetune == "continue":
+            prior_mean, prior_log_var = mean, log_var
     response = means[1] - means[0]
     truth = {"h2_mean": response.mean() / S_MEAN, "h2_log_var": (log_vars[1] - log_vars[0]).mean() / S_LOG,
              "rho": RHO, "rho_v": RHO_V, "mu": MU}
     table = decompose([run], n_boot=n_boot, random_state=rng)
-    table = table[(table.iteration == 0) & (table.caption == "(all)") & (table.axis == -1)]
+    table = table[(table.caption == "(all)") & (table.axis == -1)]
+    if finetune == "base":
+        wanted = {quantity: (quantity, 0) for quantity in DECOMPOSITION}
+    else:
+        wanted = {f"{quantity}@{name}": (quantity, iteration) for iteration, name in ((2, "2"), (-1, "all"))
+                  for quantity in ("rho", "rho_v", "mu")}
     found = {}
-    for quantity in DECOMPOSITION:
-        row = table[table.quantity == quantity].iloc[0]
-        found[quantity] = (row.value, row.lo, row.hi, truth[quantity])
+    for name, (quantity, iteration) in wanted.items():
+        row = table[(table.quantity == quantity) & (table.iteration == iteration)].iloc[0]
+        found[name] = (row.value, row.lo, row.hi, truth[quantity])
     return found
 
 
@@ -103,6 +117,10 @@ def main(argv=None):
     parser.add_argument("--populations", type=int, default=1000)
     parser.add_argument("--resamples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--finetune", choices=("base", "continue"), default="base",
+                        help="The decomposition's design: each model finetuned from the base model (two "
+                        "iterations, iteration 0's rows) or from the previous one (three iterations; rows at "
+                        "iteration 2 and pooled).")
     parser.add_argument("--sets", default="60,60,4,0.8", help="The set metrics' design: real images, generated "
                         "images, dimension, generated spread as a fraction of the real one.")
     options = parser.parse_args(argv)
@@ -116,8 +134,8 @@ def main(argv=None):
         found: dict[str, list] = {}
         start = time.perf_counter()
         for _ in range(options.populations):
-            for simulate in (decomposition_population, within_population,
-                             functools.partial(diversity_population, sets=sets)):
+            for simulate in (functools.partial(decomposition_population, finetune=options.finetune),
+                             within_population, functools.partial(diversity_population, sets=sets)):
                 for name, value in simulate(rng, tails, options.resamples).items():
                     found.setdefault(name, []).append(value)
         for name, values in found.items():
