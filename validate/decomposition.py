@@ -231,7 +231,7 @@ def _decompose_run(run: RunTraits, n_boot: int, level: float, rng) -> list[dict]
         points = {name: m.point() for name, m in moments.items()}
         for name, sample in sets.items():
             left_out = _Moments(sample, captions, 0, None)
-            found_all = _quantities(run, {**points, name: left_out}, captions)
+            found_all = _quantities(run, {**points, name: left_out}, captions, standard_errors=False)
             for found, jackknife in zip(found_all, jackknives, strict=True):
                 if len(found["values"]) > 1:
                     jackknife += [found["values"][stratum] for stratum in left_out.strata]
@@ -281,8 +281,9 @@ def _rows(run: RunTraits, entry: dict, jackknife: list, level: float) -> list[di
     ]
 
 
-def _quantities(run: RunTraits, moments: dict, captions: list[str]) -> list[dict]:
-    """Every quantity of the decomposition, each with its values (rows, captions, axes) from the sets' moments."""
+def _quantities(run: RunTraits, moments: dict, captions: list[str], *, standard_errors: bool = True) -> list[dict]:
+    """Every quantity of the decomposition, each with its values (rows, captions, axes) from the sets' moments;
+    without ``standard_errors`` (the leave-one-out passes of BCa's acceleration) no jackknife over pairs."""
     out = []
 
     def emit(quantity, iteration, values, *, caption=None, axis=None, exact=False, interval=None):
@@ -303,13 +304,15 @@ def _quantities(run: RunTraits, moments: dict, captions: list[str]) -> list[dict
 
     def emit_slope(quantity, iteration, x, y, noise=None, interval=None):
         if interval == "jackknife":
-            interval = pair_jackknife_se(origin_slope, x, y, noise, block)
+            interval = pair_jackknife_se(origin_slope, x, y, noise, block) if standard_errors else None
         emit(quantity, iteration, origin_slope(x, y, noise), caption=ALL_CAPTIONS, axis=-1, interval=interval)
 
     def emit_line(iteration, x, y, noise):
         slope, intercept = line(x, y, noise)
         for name, value, index in (("rho_v", slope, 0), ("mu", intercept, 1)):
-            interval = pair_jackknife_se(lambda *xyn, i=index: line(*xyn)[i], x, y, noise, block)
+            interval = None
+            if standard_errors:
+                interval = pair_jackknife_se(lambda *xyn, i=index: line(*xyn)[i], x, y, noise, block)
             emit(name, iteration, value, caption=ALL_CAPTIONS, axis=-1, interval=interval)
 
     # The slopes of log variances take the jackknife's interval (see pair_jackknife_se); h2_mean a normal one from
