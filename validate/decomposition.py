@@ -53,6 +53,11 @@ UNCOND = "(uncond)"
 #: ``iteration`` of the rows pooled over all iterations.
 ALL_ITERATIONS = -1
 COLUMNS = ("run", "cfg", "caption", "axis", "iteration", "quantity", "value", "lo", "hi")
+#: The pooled h2's intervals. The slope of log variances takes the jackknife's (see pair_jackknife_se); h2_mean a
+#: normal one from the bootstrap's spread: the resamples' S also carries the guided set's resampling noise, which
+#: its correction does not subtract, so they scatter about a slope nearer 0 than the point's, and BCa reads that
+#: as a bias and shifts the interval away (on development seeds BCa covered 90.5-94.3 %, the normal 92.7-95.7 %).
+_H2_INTERVALS = {"h2_mean": "normal", "h2_log_var": "jackknife"}
 
 
 @dataclass
@@ -247,17 +252,10 @@ def _rows(run: RunTraits, entry: dict, jackknife: list, level: float) -> list[di
     """
     values = entry["values"]
     boot = values[1:]
-    interval = entry["interval"]
-    if interval is None:
+    if entry["interval"] is None:
         low, high = bca_interval(values[0], boot, jackknife, level=level)
     else:
-        if interval == "normal":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # no finite resample: NaN
-                half = ndtri((1 + level) / 2) * np.nanstd(boot, axis=0, ddof=1)
-        else:
-            se, pairs = interval
-            half = stdtrit(pairs - 1, (1 + level) / 2) * se if pairs > 1 else np.nan
+        half = _half_width(entry["interval"], boot, level)
         low, high = values[0] - half, values[0] + half
     if entry["exact"]:
         low = high = values[0]
@@ -281,6 +279,17 @@ def _rows(run: RunTraits, entry: dict, jackknife: list, level: float) -> list[di
     ]
 
 
+def _half_width(interval, boot, level: float):
+    """Half the length of a symmetric interval: ``"normal"``, z times the resamples' SD; (standard error, pairs),
+    Student's t with pairs - 1 degrees of freedom times the standard error."""
+    if interval == "normal":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no finite resample: NaN
+            return ndtri((1 + level) / 2) * np.nanstd(boot, axis=0, ddof=1)
+    se, pairs = interval
+    return stdtrit(pairs - 1, (1 + level) / 2) * se if pairs > 1 else np.nan
+
+
 def _quantities(run: RunTraits, moments: dict, captions: list[str], *, standard_errors: bool = True) -> list[dict]:
     """Every quantity of the decomposition, each with its values (rows, captions, axes) from the sets' moments;
     without ``standard_errors`` (the leave-one-out passes of BCa's acceleration) no jackknife over pairs."""
@@ -302,24 +311,19 @@ def _quantities(run: RunTraits, moments: dict, captions: list[str], *, standard_
 
     block = len(captions) * next(iter(moments.values())).mean.shape[2]  # a regression's points per iteration
 
+    def jackknife(statistic, x, y, noise):
+        return pair_jackknife_se(statistic, x, y, noise, block) if standard_errors else None
+
     def emit_slope(quantity, iteration, x, y, noise=None, interval=None):
         if interval == "jackknife":
-            interval = pair_jackknife_se(origin_slope, x, y, noise, block) if standard_errors else None
+            interval = jackknife(origin_slope, x, y, noise)
         emit(quantity, iteration, origin_slope(x, y, noise), caption=ALL_CAPTIONS, axis=-1, interval=interval)
 
     def emit_line(iteration, x, y, noise):
         slope, intercept = line(x, y, noise)
         for name, value, index in (("rho_v", slope, 0), ("mu", intercept, 1)):
-            interval = None
-            if standard_errors:
-                interval = pair_jackknife_se(lambda *xyn, i=index: line(*xyn)[i], x, y, noise, block)
+            interval = jackknife(lambda *xyn, i=index: line(*xyn)[i], x, y, noise)
             emit(name, iteration, value, caption=ALL_CAPTIONS, axis=-1, interval=interval)
-
-    # The slopes of log variances take the jackknife's interval (see pair_jackknife_se); h2_mean a normal one from
-    # the bootstrap's spread: the resamples' S also carries the guided set's resampling noise, which its
-    # correction does not subtract, so they scatter about a slope nearer 0 than the point's, and BCa reads that
-    # as a bias and shifts the interval away (on development seeds BCa covered 90.5-94.3 %, the normal 92.7-95.7 %).
-    h2_intervals = {"h2_mean": "normal", "h2_log_var": "jackknife"}
 
     cfg1 = {key[1]: m for key, m in moments.items() if key[:1] == ("cfg1",)}
     guided = cfg1 if run.guided_is_cfg1 else {key[1]: m for key, m in moments.items() if key[:1] == ("guided",)}
@@ -343,8 +347,8 @@ def _quantities(run: RunTraits, moments: dict, captions: list[str], *, standard_
                     emit("h2_mean", t, r_mean / s_mean)
                     emit("h2_log_var", t, r_log / s_log)
                 noise = (cfg1[t].mean_noise[None], cfg1[t].log_var_noise[None])
-                emit_slope("h2_mean", t, s_mean, r_mean, noise[0], h2_intervals["h2_mean"])
-                emit_slope("h2_log_var", t, s_log, r_log, noise[1], h2_intervals["h2_log_var"])
+                emit_slope("h2_mean", t, s_mean, r_mean, noise[0], _H2_INTERVALS["h2_mean"])
+                emit_slope("h2_log_var", t, s_log, r_log, noise[1], _H2_INTERVALS["h2_log_var"])
                 selection.append((s_mean, s_log))
                 response.append((r_mean, r_log))
                 selection_noise.append(noise)
@@ -381,7 +385,7 @@ def _quantities(run: RunTraits, moments: dict, captions: list[str], *, standard_
     if selection:
         for i, name in enumerate(("h2_mean", "h2_log_var")):
             s, r = joined([p[i] for p in selection]), joined([p[i] for p in response])
-            emit_slope(name, ALL_ITERATIONS, s, r, joined([p[i] for p in selection_noise]), h2_intervals[name])
+            emit_slope(name, ALL_ITERATIONS, s, r, joined([p[i] for p in selection_noise]), _H2_INTERVALS[name])
     if inherit_x:
         emit_slope("rho", ALL_ITERATIONS, joined(inherit_x), joined(inherit_y))
         emit_line(ALL_ITERATIONS, joined(var_x), joined(var_y), joined(var_noise))
