@@ -252,6 +252,7 @@ def test_cli_no_plots_writes_the_report_without_its_plots(monkeypatch, capsys, t
     assert status == 0, stderr
     assert [p.name for p in (tmp_path / "r").glob("*.png")] == ["samples_run.png"]
     assert (tmp_path / "r" / "statistics.csv").is_file()
+    assert "nan" not in (tmp_path / "r" / "report.md").read_text()  # no interval without resamples
 
 
 def _tiny_config():

@@ -249,9 +249,22 @@ def interval_calibration_sentence(g: dict) -> str:
             "predictions' values): " + "; ".join(parts) + ".")
 
 
+def with_interval(value, low, high) -> str:
+    """``value [low, high]``, or the value alone where there is no interval (``--bootstrap 0``).
+
+    Examples
+    --------
+    >>> with_interval(0.5, 0.25, 0.75), with_interval(0.5, float("nan"), float("nan"))
+    ('0.5 [0.25, 0.75]', '0.5')
+    """
+    if pd.isna(low) or pd.isna(high):
+        return f"{value:.3g}"
+    return f"{value:.3g} [{low:.3g}, {high:.3g}]"
+
+
 def _theory_cell(row) -> str:
     """The theory's median and 90 % interval, and its conformal interval where ``--conformal`` gave one."""
-    cell = f"{row['predicted']:.3g} [{row['lo']:.3g}, {row['hi']:.3g}]"
+    cell = with_interval(row["predicted"], row["lo"], row["hi"])
     low, high = row.get("conformal_lo", math.nan), row.get("conformal_hi", math.nan)
     if pd.isna(low) or pd.isna(high):
         return cell
@@ -348,7 +361,7 @@ def _diversity(table: pd.DataFrame) -> list[str]:
     """The diversity metrics' summary table (within captions, or pooled) and their figure."""
     within = table[table["caption"] == WITHIN_CAPTIONS]
     rows = within if len(within) else table[table["caption"] == ALL_CAPTIONS]
-    wide = rows.assign(cell=rows.apply(lambda r: f"{r['value']:.3g} [{r['ci_low']:.3g}, {r['ci_high']:.3g}]", axis=1))
+    wide = rows.assign(cell=rows.apply(lambda r: with_interval(r["value"], r["ci_low"], r["ci_high"]), axis=1))
     wide = wide.pivot_table(index=["run", "iteration"], columns="statistic", values="cell", aggfunc="first",
                             sort=False)
     return [
@@ -375,7 +388,7 @@ def _decomposition(table: pd.DataFrame) -> list[str]:
     """The decomposition's summary table (pooled rows) and its figure."""
     pooled = table[(table["caption"] == ALL_CAPTIONS) & (table["axis"] < 0)]
     wide = pooled.assign(
-        cell=pooled.apply(lambda r: f"{r['value']:.3g} [{r['lo']:.3g}, {r['hi']:.3g}]", axis=1),
+        cell=pooled.apply(lambda r: with_interval(r["value"], r["lo"], r["hi"]), axis=1),
         iteration=pooled["iteration"].map(lambda i: "all" if i < 0 else str(i)),
     ).pivot_table(index=["run", "iteration"], columns="quantity", values="cell", aggfunc="first", sort=False)
     return [
