@@ -155,6 +155,7 @@ def predicted_selection(cond_mean, cond_var, uncond_mean, uncond_var, cfgs, *, l
 
 
 def mixture_selection(cond_mean, cond_var, cfgs, *, law: SamplerLaw, particles: int = MIXTURE_PARTICLES,
+                      separation: float = 1.0, trait_scale: float = 1.0,
                       random_state=None) -> tuple[np.ndarray, np.ndarray]:
     """``S(w)`` on the mean and the log variance with p_u the mixture of the captions' Gaussians, (C, k, W).
 
@@ -162,6 +163,10 @@ def mixture_selection(cond_mean, cond_var, cfgs, *, law: SamplerLaw, particles: 
     equal-weight mixture of all C captions' Gaussians, in units of the mixture's SD per axis (as the Gaussian law's
     are of ``sqrt(v_u)``). No free parameter: see :mod:`qtm.mixture_law` for why the mixture's bounded posterior
     makes selection saturate with w where a single Gaussian p_u does not.
+
+    ``separation`` multiplies the captions' distances from the mixture's centre and ``trait_scale`` the unit the
+    axes are measured in (the mean's ``S`` comes back divided by ``separation``, in the captions' own distances):
+    both 1 is the law with no free parameter; either is a shared correction tried by ``tools/mixture_corrections.py``.
 
     Examples
     --------
@@ -173,15 +178,15 @@ def mixture_selection(cond_mean, cond_var, cfgs, *, law: SamplerLaw, particles: 
     cond_mean, cond_var = np.asarray(cond_mean, dtype=float), np.asarray(cond_var, dtype=float)
     captions = cond_mean.shape[0]
     mix_mean = cond_mean.mean(axis=0)
-    unit = np.sqrt((cond_var + cond_mean**2).mean(axis=0) - mix_mean**2)
-    means, variances = (cond_mean - mix_mean) / unit, cond_var / unit**2  # (C, k)
+    unit = np.sqrt((cond_var + cond_mean**2).mean(axis=0) - mix_mean**2) * trait_scale
+    means, variances = separation * (cond_mean - mix_mean) / unit, cond_var / unit**2  # (C, k)
     every = (captions, captions, means.shape[1])  # each caption's p_u: all C components
     out = mixture_law(np.ones((captions, 1)), means[:, None], variances[:, None],
                       np.full((captions, captions), 1.0 / captions), np.broadcast_to(means, every),
                       np.broadcast_to(variances, every), cfg=[1.0, *cfgs], schedule=law.schedule,
                       sampler=law.sampler, steps=law.steps, scheduler=law.scheduler, particles=particles,
                       random_state=random_state)
-    mean, log_var = out.mean.transpose(0, 2, 1) * unit[:, None], np.log(out.var).transpose(0, 2, 1)
+    mean, log_var = out.mean.transpose(0, 2, 1) * unit[:, None] / separation, np.log(out.var).transpose(0, 2, 1)
     return mean[..., 1:] - mean[..., :1], log_var[..., 1:] - log_var[..., :1]
 
 

@@ -1,0 +1,58 @@
+"""tools/mixture_corrections.py and the shared scales of the mixture law of selection."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qtm.solvers import SchedulerConfig
+from validate.selection import SamplerLaw, mixture_selection
+from validate.statistics import WITHIN_CAPTIONS
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "mixture_corrections.py"
+LAW = SamplerLaw("ddim", 10, "constant", SchedulerConfig(), "test")
+MEANS, VARIANCES = np.array([[-1.0], [1.0]]), np.array([[0.5], [0.5]])
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("mixture_corrections", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wider_separation_selects_more_at_small_w():
+    # The posterior p(c | x) is steeper where the captions lie further apart: guidance narrows them more.
+    s_near, s_far = (mixture_selection(MEANS, VARIANCES, [2.0], law=LAW, particles=4000, random_state=0,
+                                       separation=kappa)[1] for kappa in (1.0, 2.0))
+    assert np.all(s_far < s_near)
+    default = mixture_selection(MEANS, VARIANCES, [2.0], law=LAW, particles=4000, random_state=0)
+    same = mixture_selection(MEANS, VARIANCES, [2.0], law=LAW, particles=4000, random_state=0, separation=1.0,
+                             trait_scale=1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(default, same, strict=True))
+
+
+def _curve(log_var_s: np.ndarray, cfgs) -> pd.DataFrame:
+    """A selection_curve.csv of one model, two captions and one axis whose measured S is ``log_var_s`` (C, W)."""
+    rows = []
+    for j, w in enumerate(cfgs):
+        for c, caption in enumerate(("a", "b")):
+            rows.append({"run": "r", "iteration": 0, "caption": caption, "axis": 0, "w": w,
+                         "cond_mean": MEANS[c, 0], "cond_var": VARIANCES[c, 0], "S_log_var": log_var_s[c, j]})
+        rows.append({"run": "r", "iteration": 0, "caption": WITHIN_CAPTIONS, "axis": 0, "w": w,
+                     "S_log_var": log_var_s[:, j].mean()})
+    return pd.DataFrame(rows)
+
+
+def test_a_separation_the_law_made_is_found_on_small_w(tool):
+    cfgs = [1.5, 2.0, 3.0, 5.0]
+    made = mixture_selection(MEANS, VARIANCES, cfgs, law=LAW, particles=tool.PARTICLES, random_state=tool.SEED,
+                             separation=1.7)[1][:, 0]
+    models = tool.models(_curve(made, cfgs))
+    assert tool.choose(models, {"r": LAW}, "separation") == pytest.approx(1.7, rel=0.01)
+    rows = tool.predicted(models, {"r": LAW}, separation=1.7)
+    assert rows["w"].tolist() == cfgs  # w >= 5 scored too, though it took no part in the choice
+    np.testing.assert_allclose(rows["predicted"], rows["measured"], atol=1e-9)
