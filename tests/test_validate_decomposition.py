@@ -250,6 +250,26 @@ def test_finetune_noise_recovers_the_seed_spread():
         finetune_noise(sets[:1])
 
 
+def test_finetune_noise_intervals_hold_their_point_and_cover_the_spread_of_these_models():
+    """K = 5 finetunes, 8 captions of 15 images each (as in the study), Gaussian traits: the pooled excess
+    spread's interval covers the spread of these models' true caption means (in their mean within-caption SD)
+    in 189-191 of 200 sets on seeds 101, 202 and 303 (rate 0.948); 175 or more of 200 fails with probability
+    < 1e-4. Before the resamples' added sampling noise was subtracted, the reversed interval lay below its point
+    and covered 101-112 of 200."""
+    rng = np.random.default_rng(11)
+    covered = 0
+    for _ in range(200):
+        offsets = 0.3 * rng.standard_normal((5, 8, 1))
+        variances = np.exp(0.3 * rng.standard_normal((5, 8, 1)))
+        sets = [draw(rng, offsets[m], variances[m], 15) for m in range(5)]
+        table = finetune_noise(sets, n_boot=100, random_state=rng)
+        row = table[(table.caption == "(all)") & (table.quantity == "finetune_noise_excess")].iloc[0]
+        truth = np.sqrt(np.mean(offsets.var(axis=0, ddof=1) / variances.mean(axis=0)))
+        assert row.lo <= row.value <= row.hi
+        covered += row.lo <= truth <= row.hi
+    assert covered >= 175
+
+
 def test_bad_input():
     with pytest.raises(ValidateError, match="3 trait rows but 2 captions"):
         TraitSet(np.zeros((3, 1)), ["a", "b"])
