@@ -411,7 +411,8 @@ def finetune_noise(
     ``finetune_noise_excess`` the same after subtracting the sampling variance of a mean
     (``v / n``), i.e. the finetuning-seed noise alone (0 where sampling explains it all);
     ``finetune_noise_log_var`` the SD across the models of the log variance. Pooled rows
-    (``caption`` ``(all)``, ``axis`` -1) are root-mean-squares over captions and axes. The intervals are the
+    (``caption`` ``(all)``, ``axis`` -1) are the root of the mean square over captions and axes, taken before the
+    excess's clip at 0. The intervals are the
     percentiles of resamples from which the sampling noise that resampling itself adds is subtracted (each model's
     resampled mean and ln var carry it once more than the point), so that they scatter about the point: as they
     stood they lay above it, and the reversed (basic) interval that cancelled that bias lay wholly below the
