@@ -12,6 +12,12 @@ the truth:
   ``--finetune continue`` each model is finetuned from the previous one (its prior is model t - 1,
   which the decomposition measures by its CFG-1 samples) over three iterations; rho, rho_v and mu
   are read at iteration 2 (``@2``) and pooled over the iterations (``@all``).
+- finetune_mean, finetune_excess, finetune_log_var (``validate.decomposition.finetune_noise``, pooled rows): 5
+  finetunes of 8 captions x 2 axes, 15 images per caption, whose caption means differ by 0.3 and whose log
+  variances by 0.3 between the models. The truth is conditional on the 5 models drawn (the resamples are of
+  images, not of models): the spread of their true caption means over their mean true variance, without
+  (excess) and with (mean) the expected sampling variance of a caption mean, and the spread of their true log
+  variances with the expected sampling variance of a log variance of 15 images (by simulation, per tails).
 - within_var (``validate.statistics.grouped_statistics``, studentised): the mean over 8 captions of 30
   images of the within-caption variance; the truth is the mean of the true variances.
 - precision, recall, density, coverage, vendi (``validate.diversity.diversity_metrics``,
@@ -35,7 +41,7 @@ import time
 
 import numpy as np
 
-from validate.decomposition import RunTraits, TraitSet, decompose
+from validate.decomposition import RunTraits, TraitSet, decompose, finetune_noise
 from validate.diversity import diversity_metrics
 from validate.statistics import WITHIN_CAPTIONS, grouped_statistics
 
@@ -97,6 +103,28 @@ def decomposition_population(rng, tails, n_boot, n=40, finetune="base"):
     return found
 
 
+@functools.cache
+def log_variance_noise(tails: str, n: int) -> float:
+    """The sampling variance of the log variance of ``n`` unit-variance draws (200 000 sets, fixed seed)."""
+    rng = np.random.default_rng([2026, n, tails == "t5"])
+    return float(np.log(noise(rng, (200_000, n), tails).var(axis=1, ddof=1)).var())
+
+
+def finetune_population(rng, tails, n_boot, models=5, n=15, spread=0.3, log_spread=0.3):
+    offsets = spread * rng.standard_normal((models, len(CAPTIONS), 2))
+    log_vars = log_spread * rng.standard_normal((models, len(CAPTIONS), 2))
+    sets = [draw(rng, offsets[m], np.exp(log_vars[m]), n, tails) for m in range(models)]
+    table = finetune_noise(sets, n_boot=n_boot, random_state=rng)
+    pooled = table[table.caption == "(all)"].set_index("quantity")
+    within = np.exp(log_vars).mean(axis=0)
+    between = offsets.var(axis=0, ddof=1)
+    truth = {"finetune_noise_mean": np.sqrt(np.mean((between + within / n) / within)),
+             "finetune_noise_excess": np.sqrt(np.mean(between / within)),
+             "finetune_noise_log_var": np.sqrt(np.mean(log_vars.var(axis=0, ddof=1)) + log_variance_noise(tails, n))}
+    return {name.replace("_noise", ""): (pooled.loc[name, "value"], pooled.loc[name, "lo"], pooled.loc[name, "hi"],
+                                         truth[name]) for name in truth}
+
+
 def within_population(rng, tails, n_boot, n=30):
     variances = np.exp(rng.normal(0, 0.5, len(CAPTIONS)))
     x = np.concatenate([np.sqrt(v) * noise(rng, (n, 1), tails) for v in variances])
@@ -127,7 +155,7 @@ def main(argv=None):
     n, m, d, narrowing = options.sets.split(",")
     sets = (int(n), int(m), int(d), float(narrowing))
     print(f"{options.populations} populations per distribution, {options.resamples} resamples each, 95 % intervals")
-    print(f"{'statistic':<12} {'tails':<9} {'coverage':>8} {'MC SE':>6} {'miss':>6} {'contains':>8} {'bias/SD':>7} "
+    print(f"{'statistic':<16} {'tails':<9} {'coverage':>8} {'MC SE':>6} {'miss':>6} {'contains':>8} {'bias/SD':>7} "
           f"{'width':>6}")
     for tails in ("gaussian", "t5"):
         rng = np.random.default_rng([options.seed, tails == "t5"])
@@ -135,7 +163,8 @@ def main(argv=None):
         start = time.perf_counter()
         for _ in range(options.populations):
             for simulate in (functools.partial(decomposition_population, finetune=options.finetune),
-                             within_population, functools.partial(diversity_population, sets=sets)):
+                             finetune_population, within_population,
+                             functools.partial(diversity_population, sets=sets)):
                 for name, value in simulate(rng, tails, options.resamples).items():
                     found.setdefault(name, []).append(value)
         for name, values in found.items():
@@ -151,7 +180,7 @@ def main(argv=None):
             spread = np.std(value - truth, ddof=1)
             bias = np.mean(value - truth) / spread
             width = np.nanmean((high - low) / (2 * 1.959964)) / spread
-            print(f"{name:<12} {tails:<9} {coverage:8.3f} {se:6.3f} {miss:+6.3f} {contains:8.3f} {bias:+7.2f} "
+            print(f"{name:<16} {tails:<9} {coverage:8.3f} {se:6.3f} {miss:+6.3f} {contains:8.3f} {bias:+7.2f} "
                   f"{width:6.2f}")
         print(f"# {tails}: {time.perf_counter() - start:.0f} s")
 
