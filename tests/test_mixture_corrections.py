@@ -56,3 +56,12 @@ def test_a_separation_the_law_made_is_found_on_small_w(tool):
     rows = tool.predicted(models, {"r": LAW}, separation=1.7)
     assert rows["w"].tolist() == cfgs  # w >= 5 scored too, though it took no part in the choice
     np.testing.assert_allclose(rows["predicted"], rows["measured"], atol=1e-9)
+
+
+def test_the_ideal_tilt_selects_only_where_captions_overlap(tool):
+    # Tilting by (p_c / p_u)^(w-1) with p_u the captions' mixture weighs by the posterior p(c | x)^(w-1): it is flat
+    # (no selection) where each caption's draws are surely its own, and narrows where the captions overlap.
+    far = tool.tilt_selection(np.array([[-5.0], [5.0]]), np.full((2, 1), 0.5), [3.0])
+    near = tool.tilt_selection(np.array([[-0.5], [0.5]]), np.full((2, 1), 0.5), [3.0, 10.0])
+    assert np.abs(far).max() < 1e-6
+    assert np.all(near[:, :, 1] < near[:, :, 0]) and np.all(near[:, :, 0] < -0.1)

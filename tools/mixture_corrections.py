@@ -10,6 +10,10 @@ scales that could bend its shape toward the measured one, each chosen by least s
   may saturate sooner than the traits' mixture says);
 - ``trait_scale``: every axis in units of ``tau`` times the mixture's SD (the data's scale against the sampler's noise).
 
+Beside them it scores the ideal tilt ``p_c (p_c / p_u)^(w-1)`` with the same mixture p_u and no sampler
+(:func:`tilt_selection`), the cheap law a chain model could evaluate thousands of times: if it followed the
+measurements as the sampler's law does, the transition could use it in place of particles.
+
 It prints, per candidate, the value, R² and slope on each range of w, and the mean measured and predicted ``S``
 per w, and writes them to ``--out`` as JSON. Same particles and seed for every candidate (common random numbers,
 so the least-squares curve is smooth in the parameter).
@@ -24,6 +28,7 @@ import argparse
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
 
 from qtm.io import write_json
 from validate.runs import read_runs
@@ -31,7 +36,7 @@ from validate.selection import SamplerLaw, mixture_selection
 from validate.selection_fit import CHOSEN_ON, TESTED_ON, agreement
 from validate.statistics import WITHIN_CAPTIONS
 
-CANDIDATES = ("none", "separation", "trait_scale")
+CANDIDATES = ("none", "separation", "trait_scale", "ideal tilt")
 BOUNDS = (0.1, 10.0)
 PARTICLES = 1000
 SEED = 0
@@ -52,14 +57,41 @@ def models(table: pd.DataFrame) -> list[tuple]:
     return out
 
 
-def predicted(model_rows, laws, *, max_w=np.inf, **correction) -> pd.DataFrame:
+def tilt_selection(cond_mean, cond_var, cfgs, *, draws: int = 4000, seed: int = SEED) -> np.ndarray:
+    """``S(w)`` on ln var of the ideal tilt of each caption's Gaussian by (p_c / p_u)^(w-1), p_u the captions'
+    equal-weight mixture, by importance weights on the same ``draws`` of p_c at every w: (C, k, W).
+
+    Examples
+    --------
+    >>> far = tilt_selection(np.array([[-5.0], [5.0]]), np.full((2, 1), 0.5), [3.0])  # p(c | x) = 1: no tilt
+    >>> near = tilt_selection(np.array([[-0.5], [0.5]]), np.full((2, 1), 0.5), [3.0])
+    >>> bool(abs(far[0, 0, 0]) < 1e-6), bool(near[0, 0, 0] < -0.1)
+    (True, True)
+    """
+    captions = len(cond_mean)
+    z = np.random.default_rng(seed).standard_normal((draws, cond_mean.shape[1]))
+    out = np.empty((captions, cond_mean.shape[1], len(cfgs)))
+    for c in range(captions):
+        x = cond_mean[c] + np.sqrt(cond_var[c]) * z
+        log_n = -0.5 * ((x[:, None] - cond_mean) ** 2 / cond_var + np.log(2 * np.pi * cond_var)).sum(axis=-1)
+        log_ratio = log_n[:, c] - (logsumexp(log_n, axis=1) - np.log(captions))
+        for j, w in enumerate(cfgs):
+            weights = np.exp((w - 1) * (log_ratio - log_ratio.max()))
+            weights /= weights.sum()
+            centre = weights @ x
+            out[c, :, j] = np.log(weights @ (x - centre) ** 2) - np.log(x.var(axis=0))
+    return out
+
+
+def predicted(model_rows, laws, *, max_w=np.inf, tilt=False, **correction) -> pd.DataFrame:
     """The mixture law's captions' mean S of ln var beside the measured one, per model, w <= ``max_w`` and axis."""
     rows = []
     for run, iteration, cond_mean, cond_var, measured in model_rows:
         measured = measured[measured.index <= max_w]
         cfgs = measured.index.to_numpy(dtype=float)
-        _, log_var = mixture_selection(cond_mean, cond_var, cfgs, law=laws[run], particles=PARTICLES,
-                                       random_state=SEED, **correction)
+        log_var = (tilt_selection(cond_mean, cond_var, cfgs) if tilt else
+                   mixture_selection(cond_mean, cond_var, cfgs, law=laws[run], particles=PARTICLES,
+                                     random_state=SEED, **correction)[1])
         law = log_var.mean(axis=0)  # (k, W): the captions' mean
         for j, w in enumerate(cfgs):
             for axis in range(law.shape[0]):
@@ -88,8 +120,8 @@ def main(argv=None) -> None:
     model_rows = models(pd.read_csv(args.curve))
     results = []
     for name in CANDIDATES:
-        value = choose(model_rows, laws, name) if name != "none" else None
-        rows = predicted(model_rows, laws, **({name: value} if value is not None else {}))
+        value = choose(model_rows, laws, name) if name in ("separation", "trait_scale") else None
+        rows = predicted(model_rows, laws, tilt=name == "ideal tilt", **({name: value} if value is not None else {}))
         scores = {label: agreement(part["measured"], part["predicted"]) for label, part in
                   (("w <= 3", rows[rows["w"] <= CHOSEN_ON]), ("w >= 5", rows[rows["w"] >= TESTED_ON]),
                    ("all w", rows))}
