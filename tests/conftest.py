@@ -5,6 +5,7 @@ so an artefact that several workers need (a trained base model) is built once, b
 into the folder all workers share, under a file lock (:func:`build_once`).
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -26,6 +27,14 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 _FUZZ_BASE = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
 settings.register_profile("quick", max_examples=40, derandomize=True, database=None, **_FUZZ_BASE)
 settings.register_profile("fuzz", max_examples=500, **_FUZZ_BASE)
+
+
+def load_tool(name: str):
+    """The script ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_configure(config):

@@ -14,7 +14,7 @@ lines; ``$ `` prompts and comments are dropped). How a command is checked:
 - set-up lines (``git``, ``cd``, ``pip``, ``source``, ``export``, ...): parsed only.
 """
 
-import importlib.util
+import importlib
 import os
 import py_compile
 import re
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -82,15 +83,8 @@ def parse_commands(markdown: str) -> list[Command]:
 README_COMMANDS = parse_commands((REPO / "README.md").read_text())
 
 
-def _load_cli_reference():
-    spec = importlib.util.spec_from_file_location("cli_reference", REPO / "tools" / "cli_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_reference_is_in_sync_with_the_apps():
-    reference = _load_cli_reference()
+    reference = load_tool("cli_reference")
     assert reference.TARGET.read_text() == reference.render(), "run: python tools/cli_reference.py"
 
 

@@ -1,22 +1,16 @@
 """tools/leave_one_setting_out.py: every setting of a set of runs predicted from a fit on the others."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_tool
 from test_validate_command import TWO_CAPTIONS, make_run
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "leave_one_setting_out.py"
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("leave_one_setting_out", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("leave_one_setting_out")
 
 
 def test_each_setting_is_predicted_from_the_others(tool, tmp_path, monkeypatch, capsys):

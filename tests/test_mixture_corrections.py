@@ -1,27 +1,21 @@
 """tools/mixture_corrections.py and the shared scales of the mixture law of selection."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_tool
 
 from qtm.solvers import SchedulerConfig
 from validate.selection import SamplerLaw, mixture_selection
 from validate.statistics import WITHIN_CAPTIONS
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "mixture_corrections.py"
 LAW = SamplerLaw("ddim", 10, "constant", SchedulerConfig(), "test")
 MEANS, VARIANCES = np.array([[-1.0], [1.0]]), np.array([[0.5], [0.5]])
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("mixture_corrections", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("mixture_corrections")
 
 
 def test_wider_separation_selects_more_at_small_w():
