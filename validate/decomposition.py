@@ -45,7 +45,7 @@ from scipy.special import ndtri, stdtrit
 from qtm.random import check_random_state
 from validate.errors import ValidateError
 from validate.intervals import bca_interval
-from validate.noisy_regression import line, origin_slope, pair_jackknife_se
+from validate.noisy_regression import jackknife_se, line, origin_slope, pair_jackknife_se, pair_left_out
 from validate.statistics import ALL_CAPTIONS, MIN_GROUP_SIZE
 
 #: ``caption`` of the rows that describe the unconditional branch (it has no caption).
@@ -321,8 +321,9 @@ def _quantities(run: RunTraits, moments: dict, captions: list[str], *, standard_
 
     def emit_line(iteration, x, y, noise):
         slope, intercept = line(x, y, noise)
+        left_out = pair_left_out(line, x, y, noise, block) if standard_errors else None
         for name, value, index in (("rho_v", slope, 0), ("mu", intercept, 1)):
-            interval = jackknife(lambda *xyn, i=index: line(*xyn)[i], x, y, noise)
+            interval = None if left_out is None else jackknife_se(left_out[index] if left_out.ndim == 2 else left_out)
             emit(name, iteration, value, caption=ALL_CAPTIONS, axis=-1, interval=interval)
 
     cfg1 = {key[1]: m for key, m in moments.items() if key[:1] == ("cfg1",)}

@@ -92,6 +92,13 @@ def pair_jackknife_se(statistic, x, y, noise, block: int) -> tuple[float, int]:
     >>> round(se, 4), pairs
     (0.004, 4)
     """
+    return jackknife_se(pair_left_out(statistic, x, y, noise, block))
+
+
+def pair_left_out(statistic, x, y, noise, block: int) -> np.ndarray:
+    """``statistic`` of the point estimate's regression (row 0) with each caption-axis pair left out in turn (see
+    :func:`pair_jackknife_se`): (pairs,), or (m, pairs) for a statistic of m values such as :func:`line`'s slope
+    and intercept, which then come from one pass; empty with fewer than 3 pairs."""
     x, y = np.broadcast_arrays(x, y)
     shape = x.shape[1:]
     x, y = x[:1].reshape(1, -1), y[:1].reshape(1, -1)
@@ -100,10 +107,14 @@ def pair_jackknife_se(statistic, x, y, noise, block: int) -> tuple[float, int]:
     pairs = np.arange(x.shape[1]) % block
     used = np.unique(pairs[np.isfinite(x[0]) & np.isfinite(y[0])])
     if len(used) < 3:
-        return np.nan, 0
+        return np.empty(0)
     left_out = pairs[None, :] == used[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = statistic(np.where(left_out, np.nan, x), np.where(left_out, np.nan, y), noise)
+        return np.asarray(statistic(np.where(left_out, np.nan, x), np.where(left_out, np.nan, y), noise))
+
+
+def jackknife_se(values) -> tuple[float, int]:
+    """The jackknife standard error from leave-one-out ``values`` (their finite ones) and how many there are."""
     values = values[np.isfinite(values)]
     if len(values) < 3:
         return np.nan, 0
