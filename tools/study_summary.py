@@ -132,6 +132,61 @@ def finetune_noise(decomposition: pd.DataFrame | None) -> dict:
     return out
 
 
+#: The two held-out protocols of docs/study.md: the origin each forecast starts from and the iterations it scores.
+PROTOCOLS = {"forecast from 0-1": (1, range(2, 6)), "from iteration 0": (0, range(1, 6))}
+
+
+def replicate_bound(within: dict[str, list[dict]]) -> dict:
+    """How predictable the chains are: each run forecast by its setting's other replicate runs, beside the baselines.
+
+    ``within`` maps each setting to its runs' run-level within-caption variances (:func:`within_variance` records).
+    For each run and scored iteration t the forecast of ln v_t is the origin's measured ln v plus the mean change
+    from the origin to t of the *other* runs of the same setting: a forecaster that knew the setting's mean path
+    as well as its other seeds tell it, and knew nothing of this run's own finetuning shocks after the origin. It
+    sees the other runs' later iterations, so it is a bound on what a model of the settings could reach, not a
+    baseline. Persistence holds the origin's value; the trend extends the last two iterations' log-linear change
+    (from iteration 0 there is none). Returns, per protocol, the mean |Δ ln var| of each method per setting and
+    pooled over run-iterations, and the ratio of the replicates' to the better baseline's.
+
+    Examples
+    --------
+    >>> rows = lambda run, values: [{"run": run, "iteration": t, "measured_var": v} for t, v in enumerate(values)]
+    >>> same = {"a": rows("a-s0", [1, 2, 4, 8, 16, 32]) + rows("a-s1", [2, 4, 8, 16, 32, 64])}
+    >>> out = replicate_bound(same)["forecast from 0-1"]["pooled"]
+    >>> round(out["replicates"], 12), round(out["persistence"], 3), round(out["trend"], 12)
+    (0.0, 1.733, 0.0)
+    """
+    out = {}
+    for protocol, (origin, scored) in PROTOCOLS.items():
+        errors: dict[str, list[tuple]] = {}
+        for setting, records in within.items():
+            table = pd.DataFrame(records).pivot(index="run", columns="iteration", values="measured_var")
+            log = np.log(table)
+            complete = log.dropna(subset=[origin, *scored], axis=0).index
+            for run in complete:
+                others = [r for r in complete if r != run]
+                if not others:
+                    continue
+                x = log.loc[run]
+                for t in scored:
+                    change = float(np.mean([log.loc[r, t] - log.loc[r, origin] for r in others]))
+                    trend = x[origin] + (t - origin) * (x[origin] - x[origin - 1]) if origin >= 1 else np.nan
+                    errors.setdefault(setting, []).append(
+                        (abs(x[t] - x[origin]), abs(x[t] - trend), abs(x[t] - x[origin] - change)))
+        if not errors:  # no setting has two runs
+            continue
+        result = {}
+        for name, values in [*errors.items(), ("pooled", [e for v in errors.values() for e in v])]:
+            mean = np.mean(np.array(values, dtype=float), axis=0)
+            baselines = {"persistence": mean[0], "trend": mean[1]}
+            best = min((k for k, v in baselines.items() if np.isfinite(v)), key=baselines.get)
+            result[name] = {**{k: float(v) for k, v in baselines.items()}, "replicates": float(mean[2]),
+                            "best_baseline": best, "ratio": float(mean[2] / baselines[best]),
+                            "run_iterations": len(values)}
+        out[protocol] = result
+    return out
+
+
 def plot_breeders(reports: dict, path: Path) -> None:
     """R against S per caption, axis and iteration, one colour per CFG setting; the pooled h2 as a line."""
     figure, panels = plt.subplots(1, 2, figsize=(10, 4.4))
@@ -307,6 +362,15 @@ def markdown(summary: dict) -> str:
                 + ", ".join(fmt(values[t], 2) for t in sorted(values))
                 + " |"
             )
+    bound = summary.get("replicate_bound") or {}
+    if bound:
+        lines += ["", "| protocol | setting | persistence | trend | the setting's other seeds | ratio to the better "
+                  "baseline | run-iterations |", "|---|---|---|---|---|---|---|"]
+        for protocol, rows in bound.items():
+            for name, r in rows.items():
+                lines.append(f"| {protocol} | {LABELS.get(name, name)} | {fmt(r['persistence'])} | {fmt(r['trend'])} | "
+                             f"{fmt(r['replicates'])} | {fmt(r['ratio'], 2)} ({r['best_baseline']}) | "
+                             f"{r['run_iterations']} |")
     noise = summary.get("finetune_noise") or {}
     if noise:
         lines += ["", "finetuning-seed noise (pooled over captions, per axis):"]
@@ -340,6 +404,9 @@ def main(argv=None) -> None:
             if report["statistics"] is None
             else within_variance(report["statistics"]).to_dict(orient="records"),
         }
+    summary["replicate_bound"] = replicate_bound(
+        {name: s["within_variance"] for name, s in summary["settings"].items()
+         if name in SETTINGS and s["within_variance"]})
     summary["finetune_noise"] = finetune_noise(reports.get("finetune-noise", {}).get("decomposition"))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     plot_breeders(reports, args.out / "breeders.png")
