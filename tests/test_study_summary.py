@@ -30,7 +30,7 @@ def test_each_run_is_forecast_from_the_mean_change_of_the_other_runs_of_its_sett
             expected.append(abs(x[t] - x[0] - change))
     assert np.isclose(out["replicates"], np.mean(expected))
     assert np.isclose(out["persistence"], np.mean([abs(x[t] - x[0]) for x in logs.values() for t in range(1, 6)]))
-    assert np.isnan(out["trend"]) and out["best_baseline"] == "persistence" and out["run_iterations"] == 15
+    assert out["trend"] is None and out["best_baseline"] == "persistence" and out["run_iterations"] == 15
 
 
 def test_settings_never_share_replicates_and_a_lone_run_is_left_out():

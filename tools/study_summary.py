@@ -155,6 +155,8 @@ def replicate_bound(within: dict[str, list[dict]]) -> dict:
     >>> out = replicate_bound(same)["forecast from 0-1"]["pooled"]
     >>> round(out["replicates"], 12), round(out["persistence"], 3), round(out["trend"], 12)
     (0.0, 1.733, 0.0)
+    >>> replicate_bound(same)["from iteration 0"]["pooled"]["trend"] is None
+    True
     """
     out = {}
     for protocol, (origin, scored) in PROTOCOLS.items():
@@ -180,7 +182,9 @@ def replicate_bound(within: dict[str, list[dict]]) -> dict:
             mean = np.mean(np.array(values, dtype=float), axis=0)
             baselines = {"persistence": mean[0], "trend": mean[1]}
             best = min((k for k, v in baselines.items() if np.isfinite(v)), key=baselines.get)
-            result[name] = {**{k: float(v) for k, v in baselines.items()}, "replicates": float(mean[2]),
+            # JSON has no NaN: a baseline without a value (no trend from iteration 0) is None.
+            result[name] = {**{k: float(v) if np.isfinite(v) else None for k, v in baselines.items()},
+                            "replicates": float(mean[2]),
                             "best_baseline": best, "ratio": float(mean[2] / baselines[best]),
                             "run_iterations": len(values)}
         out[protocol] = result
