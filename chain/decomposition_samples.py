@@ -19,12 +19,11 @@ never share noise with the run's images or the reference points. The layout is
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
 from chain.errors import ChainError
-from chain.reference import locked_run, write_image_folder
+from chain.reference import locked_run, write_image_folder, write_real_data
 from chain.runner import WEIGHTS_DIR, make_backend
 from qtm.random import derive_seed
 from qtm.rundir import (
@@ -132,7 +131,7 @@ def _make_samples(run, backend, per_caption, uncond, finetune_noise, noise_itera
         return backend
 
     if run.real is None:
-        _write_real(run.path / REAL_FOLDER, params)
+        write_real_data(run.path / REAL_FOLDER, params)
     for t, images in run.iterations.items():
         have = read_samples(run.path, t)
         wanted = [kind for kind in ("cfg1", "uncond") if kind not in have]
@@ -202,11 +201,3 @@ def _replicates(run, get_backend, count, t, seed, settings, progress, done, per_
         generated = backend.generate(prompts, seeds=seeds, progress=progress, **settings)
         write_image_folder(samples_folder(run.path, t, replicate_name(k)), generated, prompts, seeds)
         done["images"] += len(prompts)
-
-
-def _write_real(folder: Path, params: dict) -> None:
-    """The run's data set as a folder of images with captions (D_0 of the decomposition)."""
-    from chain.data import load_dataset
-
-    data = load_dataset(params["data"])
-    write_image_folder(folder, data.images, data.captions, [None] * len(data))

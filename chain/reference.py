@@ -5,7 +5,10 @@ directly, so the fit need not treat them as unknowns. :func:`make_reference`
 generates them for a run directory with the run's own backend and settings, the
 captions of its first finished iteration and seeds of their own, and writes them
 to ``RUN/reference/cond`` (caption, CFG 1) and ``RUN/reference/uncond`` (empty
-prompt, CFG 1: the unconditional branch alone); the layout is :mod:`qtm.rundir`'s.
+prompt, CFG 1: the unconditional branch alone), and writes the run's data set to ``RUN/real`` when the run has
+no real data (:func:`write_real_data`): validate takes the real data as the reference population of its features
+and as the training set of iteration 0, so a validation must not depend on whether an earlier call (the
+decomposition's) happened to write it. The layout is :mod:`qtm.rundir`'s.
 Each folder appears under its final name only when complete; existing folders
 are left as they are. The generators of the run directory's extra samples (this one, the decomposition's and the
 selection curve's) write holding the run's lock (:func:`locked_run`): one process at a time writes a run directory,
@@ -24,7 +27,7 @@ from chain.errors import ChainError
 from chain.rundir import RunDirectory
 from chain.runner import make_backend
 from qtm.random import derive_seed
-from qtm.rundir import METADATA_FILE, REFERENCE_FOLDER, REFERENCE_KINDS, read_parameters, read_run
+from qtm.rundir import METADATA_FILE, REAL_FOLDER, REFERENCE_FOLDER, REFERENCE_KINDS, read_parameters, read_run
 from qtm.schedules import CFGSchedule
 
 #: The stream tag of the reference seeds: reference images never share noise with the run's own images.
@@ -70,6 +73,8 @@ def _make_reference(run, backend, progress) -> dict[str, Path]:
     """:func:`make_reference` on the run read under its lock."""
     if not run.iterations:
         raise ChainError(f"{run.name}: no finished iteration to take the captions from; run `chain run` first")
+    if run.real is None and "data" in run.params:  # a run that `chain run` made names its data set
+        write_real_data(run.path / REAL_FOLDER, run.params)
     folders = {kind: run.path / REFERENCE_FOLDER / kind for kind in REFERENCE_KINDS}
     wanted = [kind for kind in REFERENCE_KINDS if kind not in run.reference]
     if not wanted:
@@ -91,6 +96,14 @@ def _make_reference(run, backend, progress) -> dict[str, Path]:
         )
         write_image_folder(folders[kind], images, prompts, seeds)
     return folders
+
+
+def write_real_data(folder: Path, params: dict) -> None:
+    """The run's data set as a folder of images with captions (its real data, the training set of iteration 0)."""
+    from chain.data import load_dataset
+
+    data = load_dataset(params["data"])
+    write_image_folder(folder, data.images, data.captions, [None] * len(data))
 
 
 @contextlib.contextmanager

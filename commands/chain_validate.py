@@ -109,7 +109,8 @@ def validate_command(
         "sixth of the time, for sweeps whose numbers are read rather than looked at.",
     ),
     make_reference: bool = typer.Option(
-        False, "--make-reference", help="First generate missing base-model reference points (RUN/reference/)."
+        False, "--make-reference", help="First generate missing base-model reference points (RUN/reference/) and "
+        "write the run's data set to RUN/real where it has none."
     ),
     clip_model: str = typer.Option(
         "ViT-B-32", help="open_clip architecture name (e.g. ViT-B-32, ViT-L-14; clip embedder)."

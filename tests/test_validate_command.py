@@ -329,16 +329,20 @@ def test_reference_points_from_the_base_model(tiny_run, tmp_path):
         assert len(lines) == 16 and all(x["cfg"] == 1.0 for x in lines)
         assert all(x["caption"].startswith(caption) if caption else x["caption"] == "" for x in lines)
     assert not list((run / "reference").glob(".*.part"))
+    # The run's data set is written too, so the features' reference population and the fit's iteration-0
+    # training set are the real data whether or not a decomposition wrote RUN/real before.
+    real = [json.loads(x) for x in (run / "real" / "metadata.jsonl").read_text().splitlines()]
+    assert len(real) == len(read_run(run).real) > 0 and all("seed" not in x for x in real)
     stats = pd.read_csv(tmp_path / "r" / "statistics.csv")
-    assert set(stats["reference"]) == {"base model, CFG 1 (run)"}
+    assert set(stats["reference"]) == {"real data (run)"}
     parameters = pd.read_csv(tmp_path / "r" / "parameters.csv")
     assert {"var_shift", "uncond_fidelity", "w_eff"} <= set(parameters["parameter"])
     assert read_run(run).params["backend"] == "tiny"  # run.json's parameters win over its top-level entries
     assert np.isfinite(result["fit"]["chi2"])
     # Existing reference folders are kept as they are.
-    stamp = (run / "reference" / "cond" / "000000.png").stat().st_mtime_ns
+    stamps = [(run / folder / "000000.png").stat().st_mtime_ns for folder in ("reference/cond", "real")]
     make_reference(run, backend=backend)
-    assert (run / "reference" / "cond" / "000000.png").stat().st_mtime_ns == stamp
+    assert [(run / folder / "000000.png").stat().st_mtime_ns for folder in ("reference/cond", "real")] == stamps
 
 
 def add_samples(run, *, iterations, n, seed, captions, replicates=0):
