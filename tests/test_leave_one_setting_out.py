@@ -3,6 +3,7 @@
 import json
 import sys
 
+import pandas as pd
 import pytest
 from conftest import load_tool
 from test_validate_command import TWO_CAPTIONS, make_run
@@ -34,3 +35,20 @@ def test_each_setting_is_predicted_from_the_others(tool, tmp_path, monkeypatch, 
     )
     printed = capsys.readouterr().out
     assert printed.count("\n| cfg") == 3 and "| pooled | 3 |" in printed
+    assert all("replicates" not in fold for fold in summary["folds"].values())  # one run per setting: no bound
+
+
+def test_each_held_out_run_is_also_forecast_from_the_other_runs_of_its_setting(tool):
+    # Two held-out runs of one setting: ln v at iteration 0 (persistence's value) and at iterations 1-2.
+    paths = {"a": [0.0, 1.0, 3.0], "b": [1.0, 1.5, 2.0]}
+    rows = []
+    for run, path in paths.items():
+        for t in (1, 2):
+            common = {"run": run, "caption": "(run)", "iteration": t, "axis": -1, "quantity": "log_var",
+                      "measured": path[t], "held_out": "cfg3", "covered": True}
+            rows += [{**common, "method": "theory", "predicted": path[0], "abs_error": abs(path[t] - path[0])},
+                     {**common, "method": "persistence", "predicted": path[0], "abs_error": abs(path[t] - path[0])}]
+    skill = pd.DataFrame(rows)
+    # a from b's change (+0.5, +1.0): 0.5 and 1.0, errors 0.5 and 2.0; b from a's (+1, +3): 2 and 4, errors 0.5 and 2.
+    assert sorted(tool.replicate_errors(skill).tolist()) == [0.5, 0.5, 2.0, 2.0]
+    assert tool.fold_summary(skill)["replicates"] == pytest.approx(1.25)

@@ -3,12 +3,15 @@
 Groups the run directories given by their run.json setting (CFG, schedule, condition drop); for each setting,
 ``chain validate OTHERS --predict THESE --conformal --make-reference`` (through
 :func:`validate.pipeline.validate_runs`, stats embedder, no decomposition, no bootstrap; the base model's missing
-reference points generated first) writes a report folder ``OUT/held-<setting>``; then the skill of every fold
-and of all folds pooled is printed as Markdown and written to ``OUT/summary.json``: the theory's and each
+reference points and real data written first) writes a report folder ``OUT/held-<setting>``; then the skill of
+every fold and of all folds pooled is printed as Markdown and written to ``OUT/summary.json``: the theory's and each
 baseline's mean |Δ ln var| of the run-level within-caption variance (a baseline over the values it has), the
 ratio to the best baseline among those every value has, the coverage of the 90 % intervals at run and caption
-level, and that of the conformal intervals at run level (calibrated within each fold's training settings:
-:mod:`validate.conformal`). Rerun to refresh; nothing is cached between calls.
+level, that of the conformal intervals at run level (calibrated within each fold's training settings:
+:mod:`validate.conformal`) and, where each held-out setting has several runs, the mean |Δ ln var| of forecasting
+each run from the setting's other runs (:func:`validate.skill.replicate_forecast`: not a baseline, since it sees
+their later iterations, but what a model that knew each setting's mean path could reach). Rerun to refresh;
+nothing is cached between calls.
 
 Usage: ``python tools/leave_one_setting_out.py runs/test/* --out runs/test-predict``
 """
@@ -20,13 +23,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from chain.reference import make_reference
 from qtm.io import write_json
 from qtm.rundir import read_parameters
 from validate.pipeline import validate_runs
-from validate.skill import GOAL_RATIO, METHODS, RUN_LEVEL
+from validate.skill import GOAL_RATIO, METHODS, RUN_LEVEL, replicate_forecast
 
 
 def setting_of(path) -> str:
@@ -38,6 +42,18 @@ def setting_of(path) -> str:
     if params.get("drop"):
         label += f"-drop{float(params['drop']):g}"
     return label
+
+
+def replicate_errors(run: pd.DataFrame) -> np.ndarray:
+    """|Δ ln var| of each run-level value of the skill rows ``run`` forecast from the other held-out runs of its
+    setting (:func:`validate.skill.replicate_forecast` from iteration 0, whose value persistence holds)."""
+    origin = (run[run["method"] == "persistence"].groupby(["held_out", "run"], as_index=False)["predicted"].first()
+              .rename(columns={"predicted": "value"}).assign(iteration=0))
+    later = run[run["method"] == "theory"][["held_out", "run", "iteration", "measured"]].rename(
+        columns={"measured": "value"})
+    values = pd.concat([origin, later], ignore_index=True).rename(columns={"held_out": "setting"})
+    forecast = replicate_forecast(values, origin=0)
+    return (forecast["measured"] - forecast["predicted"]).abs().to_numpy()
 
 
 def fold_summary(skill: pd.DataFrame) -> dict:
@@ -52,6 +68,8 @@ def fold_summary(skill: pd.DataFrame) -> dict:
     run_theory = theory[theory["caption"] == RUN_LEVEL]
     # Unbounded conformal intervals (too few training scores) have no coverage to count.
     conformal = run_theory.get("conformal_covered", pd.Series(dtype=float)).dropna()
+    # Where every held-out value's setting has another held-out run: what the setting's mean path would give.
+    replicates = replicate_errors(run)
     return {
         **{m: float(means[m]) for m in METHODS if m in means},
         "best_baseline": best,
@@ -59,6 +77,7 @@ def fold_summary(skill: pd.DataFrame) -> dict:
         "run_coverage": float(run_theory["covered"].astype(float).mean()),
         "caption_coverage": float(theory.loc[theory["caption"] != RUN_LEVEL, "covered"].astype(float).mean()),
         **({"run_coverage_conformal": float(conformal.astype(float).mean())} if len(conformal) else {}),
+        **({"replicates": float(replicates.mean())} if len(replicates) == counts["theory"] else {}),
         "run_iterations": len(run[run["method"] == "theory"]),
     }
 
@@ -88,7 +107,7 @@ def main() -> None:
     pooled = fold_summary(pd.concat(tables, ignore_index=True))
     write_json(args.out / "summary.json", {"folds": folds, "pooled": pooled, "goal_ratio": GOAL_RATIO})
     header = ["held-out setting", "runs", *METHODS, "best baseline", "ratio", "run coverage", "caption coverage",
-              "run coverage, conformal"]
+              "run coverage, conformal", "other seeds of the setting (a bound)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     every_run = [run for fold in folds.values() for run in fold["runs"]]
@@ -96,7 +115,8 @@ def main() -> None:
         cells = [name, str(len(row["runs"])), *(f"{row[m]:.3g}" if m in row else "–" for m in METHODS),
                  row["best_baseline"], f"{row['ratio']:.2f}", f"{100 * row['run_coverage']:.0f} %",
                  f"{100 * row['caption_coverage']:.0f} %",
-                 f"{100 * row['run_coverage_conformal']:.0f} %" if "run_coverage_conformal" in row else "–"]
+                 f"{100 * row['run_coverage_conformal']:.0f} %" if "run_coverage_conformal" in row else "–",
+                 f"{row['replicates']:.3g}" if "replicates" in row else "–"]
         print("| " + " | ".join(cells) + " |")
     print(json.dumps({"pooled_ratio": pooled["ratio"], "goal_ratio": GOAL_RATIO}))
 

@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from validate.skill import replicate_forecast
+
 SETTINGS = ("cfg1", "cfg3", "cfg7.5", "redifine")
 LABELS = {
     "cfg1": "CFG 1",
@@ -140,13 +142,11 @@ def replicate_bound(within: dict[str, list[dict]]) -> dict:
     """How predictable the chains are: each run forecast by its setting's other replicate runs, beside the baselines.
 
     ``within`` maps each setting to its runs' run-level within-caption variances (:func:`within_variance` records).
-    For each run and scored iteration t the forecast of ln v_t is the origin's measured ln v plus the mean change
-    from the origin to t of the *other* runs of the same setting: a forecaster that knew the setting's mean path
-    as well as its other seeds tell it, and knew nothing of this run's own finetuning shocks after the origin. It
-    sees the other runs' later iterations, so it is a bound on what a model of the settings could reach, not a
-    baseline. Persistence holds the origin's value; the trend extends the last two iterations' log-linear change
-    (from iteration 0 there is none). Returns, per protocol, the mean |Δ ln var| of each method per setting and
-    pooled over run-iterations, and the ratio of the replicates' to the better baseline's.
+    The replicates' forecast is :func:`validate.skill.replicate_forecast` of ln v from each protocol's origin (a
+    bound on what a model of the settings could reach, not a baseline). Persistence holds the origin's value; the
+    trend extends the last two iterations' log-linear change (from iteration 0 there is none). Returns, per
+    protocol, the mean |Δ ln var| of each method per setting and pooled over run-iterations, and the ratio of the
+    replicates' to the better baseline's.
 
     Examples
     --------
@@ -158,23 +158,19 @@ def replicate_bound(within: dict[str, list[dict]]) -> dict:
     >>> replicate_bound(same)["from iteration 0"]["pooled"]["trend"] is None
     True
     """
+    log_values = pd.DataFrame([{"setting": setting, "run": r["run"], "iteration": r["iteration"],
+                                "value": math.log(r["measured_var"])}
+                               for setting, records in within.items() for r in records])
+    log = log_values.pivot_table(index=["setting", "run"], columns="iteration", values="value", aggfunc="first")
     out = {}
     for protocol, (origin, scored) in PROTOCOLS.items():
         errors: dict[str, list[tuple]] = {}
-        for setting, records in within.items():
-            table = pd.DataFrame(records).pivot(index="run", columns="iteration", values="measured_var")
-            log = np.log(table)
-            complete = log.dropna(subset=[origin, *scored], axis=0).index
-            for run in complete:
-                others = [r for r in complete if r != run]
-                if not others:
-                    continue
-                x = log.loc[run]
-                for t in scored:
-                    change = float(np.mean([log.loc[r, t] - log.loc[r, origin] for r in others]))
-                    trend = x[origin] + (t - origin) * (x[origin] - x[origin - 1]) if origin >= 1 else np.nan
-                    errors.setdefault(setting, []).append(
-                        (abs(x[t] - x[origin]), abs(x[t] - trend), abs(x[t] - x[origin] - change)))
+        forecast = replicate_forecast(log_values, origin=origin)
+        for f in forecast[forecast["iteration"].isin(scored)].itertuples():
+            x = log.loc[(f.setting, f.run)]
+            trend = x[origin] + (f.iteration - origin) * (x[origin] - x[origin - 1]) if origin >= 1 else np.nan
+            errors.setdefault(f.setting, []).append(
+                (abs(f.measured - x[origin]), abs(f.measured - trend), abs(f.measured - f.predicted)))
         if not errors:  # no setting has two runs
             continue
         result = {}

@@ -69,6 +69,39 @@ def persistence_and_trend(iterations, values, *, forecast_from: int, target: int
     return {"persistence": persistence, "trend": trend}
 
 
+def replicate_forecast(values: pd.DataFrame, *, origin: int) -> pd.DataFrame:
+    """Each run's later values forecast from the other runs of its setting: its own value at ``origin`` plus their
+    mean change from ``origin`` to that iteration.
+
+    ``values`` has columns ``setting``, ``run``, ``iteration`` and ``value`` (ln var). Returns ``setting``,
+    ``run``, ``iteration``, ``predicted`` and ``measured`` for every iteration after ``origin`` that the run and
+    at least one other run of its setting have, with ``origin``. Not a baseline: it sees the other runs' later
+    iterations. It shows what a model that knew each setting's mean path (as well as the other seeds tell it)
+    could reach while a chain's own finetuning shocks after ``origin`` are unknown.
+
+    Examples
+    --------
+    >>> values = pd.DataFrame({"setting": "a", "run": ["r0"] * 3 + ["r1"] * 3 + ["r2"] * 3,
+    ...                        "iteration": [0, 1, 2] * 3, "value": [0, 1, 2, 1, 1, 1, 0, 2, 4.0]})
+    >>> out = replicate_forecast(values, origin=0)
+    >>> out[out["run"] == "r1"][["iteration", "predicted", "measured"]].values.tolist()  # r0, r2 rise 1.5 and 3
+    [[1.0, 2.5, 1.0], [2.0, 4.0, 1.0]]
+    """
+    table = values.pivot_table(index=["setting", "run"], columns="iteration", values="value", aggfunc="first")
+    rows = []
+    for setting, runs in table.groupby(level="setting"):
+        runs = runs.droplevel("setting")
+        for run, own in runs.iterrows():
+            others = runs.drop(index=run)
+            for t in (t for t in runs.columns if t > origin and np.isfinite(own[t]) and np.isfinite(own[origin])):
+                seen = others[[origin, t]].dropna()
+                if len(seen):
+                    rows.append({"setting": setting, "run": run, "iteration": int(t),
+                                 "predicted": float(own[origin] + (seen[t] - seen[origin]).mean()),
+                                 "measured": float(own[t])})
+    return pd.DataFrame(rows, columns=["setting", "run", "iteration", "predicted", "measured"])
+
+
 def run_level_log_var(trajectories: list[Trajectory]) -> tuple[np.ndarray, np.ndarray]:
     """Iterations and ln of the run-level within-caption variance (mean over captions, summed over axes).
 
