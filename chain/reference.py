@@ -45,7 +45,7 @@ def reference_seeds(run_seed: int, count: int) -> list[int]:
     return [derive_seed(run_seed, REFERENCE_TAG, i) for i in range(count)]
 
 
-def make_reference(run_dir, *, backend=None, progress=None) -> dict[str, Path]:
+def make_reference(run_dir, *, backend=None, progress=None, real_data: bool = True) -> dict[str, Path]:
     """Generate the missing reference folders of ``run_dir`` from the base model; return all reference folders.
 
     Parameters
@@ -57,6 +57,9 @@ def make_reference(run_dir, *, backend=None, progress=None) -> dict[str, Path]:
         :func:`chain.runner.make_backend` (for ``tiny``, the cached base model).
     progress : callable, optional
         ``progress(done, total)`` during generation.
+    real_data : bool, default True
+        Also write the run's data set to ``RUN/real`` where the run has no real data. False where the caller
+        measures the real data from a folder of its own (``chain validate --real DIR``).
 
     Examples
     --------
@@ -66,14 +69,14 @@ def make_reference(run_dir, *, backend=None, progress=None) -> dict[str, Path]:
     qtm.errors.RunDirectoryError: run directory '/nonexistent' does not exist; give the folder that `chain run` wrote
     """
     with locked_run(run_dir) as run:
-        return _make_reference(run, backend, progress)
+        return _make_reference(run, backend, progress, real_data)
 
 
-def _make_reference(run, backend, progress) -> dict[str, Path]:
+def _make_reference(run, backend, progress, real_data) -> dict[str, Path]:
     """:func:`make_reference` on the run read under its lock."""
     if not run.iterations:
         raise ChainError(f"{run.name}: no finished iteration to take the captions from; run `chain run` first")
-    if run.real is None and "data" in run.params:  # a run that `chain run` made names its data set
+    if real_data and run.real is None and "data" in run.params:  # a run that `chain run` made names its data set
         write_real_data(run.path / REAL_FOLDER, run.params)
     folders = {kind: run.path / REFERENCE_FOLDER / kind for kind in REFERENCE_KINDS}
     wanted = [kind for kind in REFERENCE_KINDS if kind not in run.reference]

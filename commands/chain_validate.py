@@ -152,7 +152,7 @@ def validate_command(
             warn(f"{Path(path).name}: run.json names no backend; no decomposition samples generated")
             return
         began = time.perf_counter()
-        generate_reference(path)
+        generate_reference(path, real_data=real is None)
         generation["seconds"] += time.perf_counter() - began
         if decompose:
             try:

@@ -343,6 +343,11 @@ def test_reference_points_from_the_base_model(tiny_run, tmp_path):
     stamps = [(run / folder / "000000.png").stat().st_mtime_ns for folder in ("reference/cond", "real")]
     make_reference(run, backend=backend)
     assert [(run / folder / "000000.png").stat().st_mtime_ns for folder in ("reference/cond", "real")] == stamps
+    # `chain validate --real DIR --make-reference`: the caller's folder is the real data, the run's is not written.
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    make_reference(other, backend=backend, real_data=False)
+    assert (other / "reference" / "cond").is_dir() and not (other / "real").exists()
 
 
 def add_samples(run, *, iterations, n, seed, captions, replicates=0):
