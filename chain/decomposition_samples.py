@@ -68,6 +68,7 @@ def make_decomposition_samples(
     finetune_noise: int = 0,
     noise_iteration: int = 0,
     progress=None,
+    real_data: bool = True,
 ) -> dict:
     """Generate the missing decomposition samples of every finished iteration of ``run_dir``.
 
@@ -88,6 +89,9 @@ def make_decomposition_samples(
         The iteration whose training set the replicates are finetuned on.
     progress : callable, optional
         ``progress(done, total)`` during each generation.
+    real_data : bool, default True
+        Also write the run's data set to ``RUN/real`` where the run has no real data (False: the caller measures
+        the real data from a folder of its own, ``chain validate --real DIR``).
 
     Returns
     -------
@@ -102,10 +106,10 @@ def make_decomposition_samples(
     qtm.errors.RunDirectoryError: run directory '/nonexistent' does not exist; give the folder that `chain run` wrote
     """
     with locked_run(run_dir) as run:
-        return _make_samples(run, backend, per_caption, uncond, finetune_noise, noise_iteration, progress)
+        return _make_samples(run, backend, per_caption, uncond, finetune_noise, noise_iteration, progress, real_data)
 
 
-def _make_samples(run, backend, per_caption, uncond, finetune_noise, noise_iteration, progress) -> dict:
+def _make_samples(run, backend, per_caption, uncond, finetune_noise, noise_iteration, progress, real_data) -> dict:
     """:func:`make_decomposition_samples` on the run read under its lock."""
     if not run.iterations:
         raise ChainError(f"{run.name}: no finished iteration to sample; run `chain run` first")
@@ -130,7 +134,7 @@ def _make_samples(run, backend, per_caption, uncond, finetune_noise, noise_itera
             backend = make_backend(params)
         return backend
 
-    if run.real is None:
+    if real_data and run.real is None:
         write_real_data(run.path / REAL_FOLDER, params)
     for t, images in run.iterations.items():
         have = read_samples(run.path, t)

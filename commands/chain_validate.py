@@ -157,7 +157,7 @@ def validate_command(
         if decompose:
             try:
                 made = make_decomposition_samples(
-                    path, per_caption=decompose_per_caption, finetune_noise=finetune_noise
+                    path, per_caption=decompose_per_caption, finetune_noise=finetune_noise, real_data=real is None
                 )
             except ChainError as error:
                 warn(f"{Path(path).name}: no decomposition samples generated: {error}")

@@ -423,3 +423,7 @@ def test_decomposition_samples_of_a_real_tiny_run(tiny_run, tmp_path):
     # Resumed: nothing is generated twice.
     again = make_decomposition_samples(run, backend=backend, per_caption=3, finetune_noise=2)
     assert again["images"] == 0 and again["finetunes"] == 0
+    # `--real DIR`: the run's own data set is not written (the samples are all there, so nothing is generated).
+    shutil.rmtree(run / "real")
+    assert make_decomposition_samples(run, backend=backend, per_caption=3, real_data=False)["images"] == 0
+    assert not (run / "real").exists()
