@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from validate.skill import replicate_forecast
+from validate.skill import persistence_and_trend, replicate_forecast
 
 SETTINGS = ("cfg1", "cfg3", "cfg7.5", "redifine")
 LABELS = {
@@ -143,8 +143,8 @@ def replicate_bound(within: dict[str, list[dict]]) -> dict:
 
     ``within`` maps each setting to its runs' run-level within-caption variances (:func:`within_variance` records).
     The replicates' forecast is :func:`validate.skill.replicate_forecast` of ln v from each protocol's origin (a
-    bound on what a model of the settings could reach, not a baseline). Persistence holds the origin's value; the
-    trend extends the last two iterations' log-linear change (from iteration 0 there is none). Returns, per
+    bound on what a model of the settings could reach, not a baseline) beside
+    :func:`validate.skill.persistence_and_trend` from the same origin (from iteration 0 there is no trend). Returns, per
     protocol, the mean |Δ ln var| of each method per setting and pooled over run-iterations, and the ratio of the
     replicates' to the better baseline's.
 
@@ -168,9 +168,10 @@ def replicate_bound(within: dict[str, list[dict]]) -> dict:
         forecast = replicate_forecast(log_values, origin=origin)
         for f in forecast[forecast["iteration"].isin(scored)].itertuples():
             x = log.loc[(f.setting, f.run)]
-            trend = x[origin] + (f.iteration - origin) * (x[origin] - x[origin - 1]) if origin >= 1 else np.nan
+            points = persistence_and_trend(x.index, x.to_numpy(), forecast_from=origin + 1, target=f.iteration)
+            trend = points["trend"] if origin >= 1 else np.nan  # one iteration seen: no slope to extend
             errors.setdefault(f.setting, []).append(
-                (abs(f.measured - x[origin]), abs(f.measured - trend), abs(f.measured - f.predicted)))
+                (abs(f.measured - points["persistence"]), abs(f.measured - trend), abs(f.measured - f.predicted)))
         if not errors:  # no setting has two runs
             continue
         result = {}
