@@ -27,7 +27,6 @@ from chain.reference import locked_run, write_image_folder, write_real_data
 from chain.runner import WEIGHTS_DIR, make_backend
 from qtm.random import derive_seed
 from qtm.rundir import (
-    REAL_FOLDER,
     iteration_folder,
     read_samples,
     replicate_name,
@@ -134,8 +133,8 @@ def _make_samples(run, backend, per_caption, uncond, finetune_noise, noise_itera
             backend = make_backend(params)
         return backend
 
-    if real_data and run.real is None:
-        write_real_data(run.path / REAL_FOLDER, params)
+    if real_data:
+        write_real_data(run)
     for t, images in run.iterations.items():
         have = read_samples(run.path, t)
         wanted = [kind for kind in ("cfg1", "uncond") if kind not in have]

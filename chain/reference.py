@@ -76,8 +76,8 @@ def _make_reference(run, backend, progress, real_data) -> dict[str, Path]:
     """:func:`make_reference` on the run read under its lock."""
     if not run.iterations:
         raise ChainError(f"{run.name}: no finished iteration to take the captions from; run `chain run` first")
-    if real_data and run.real is None and "data" in run.params:  # a run that `chain run` made names its data set
-        write_real_data(run.path / REAL_FOLDER, run.params)
+    if real_data:
+        write_real_data(run)
     folders = {kind: run.path / REFERENCE_FOLDER / kind for kind in REFERENCE_KINDS}
     wanted = [kind for kind in REFERENCE_KINDS if kind not in run.reference]
     if not wanted:
@@ -101,12 +101,15 @@ def _make_reference(run, backend, progress, real_data) -> dict[str, Path]:
     return folders
 
 
-def write_real_data(folder: Path, params: dict) -> None:
-    """The run's data set as a folder of images with captions (its real data, the training set of iteration 0)."""
+def write_real_data(run) -> None:
+    """Write the run's data set to ``RUN/real`` as images with captions (its real data, the training set of
+    iteration 0) where the run has no real data and names its data set (as a run that `chain run` made does)."""
+    if run.real is not None or "data" not in run.params:
+        return
     from chain.data import load_dataset
 
-    data = load_dataset(params["data"])
-    write_image_folder(folder, data.images, data.captions, [None] * len(data))
+    data = load_dataset(run.params["data"])
+    write_image_folder(run.path / REAL_FOLDER, data.images, data.captions, [None] * len(data))
 
 
 @contextlib.contextmanager
