@@ -6,11 +6,11 @@ noise, the standard errors and where the fit came from. ``qtm simulate --calibra
 so that a CFG value, a schedule or a condition drop no chain has run is predicted by the same model;
 its default is the calibration shipped in the package (:func:`shipped_calibration`).
 
-The file is JSON (version 1)::
+The file is JSON (version 2)::
 
-    {"format": "chain-of-diffusion calibration", "version": 1,
+    {"format": "chain-of-diffusion calibration", "version": 2,
      "parameters": {"fidelity": 0.8, "uncond_drift": 0.1, "var_fidelity": 0.8, "var_shift": 0.3,
-                    "guidance_gain": 0.5, "sampler": "ddim", "steps": 25},
+                    "guidance_gain": 0.5, "selection_slope": -0.1, "sampler": "ddim", "steps": 25},
      "model": {"cond_mean": [...], "cond_var": [...], "uncond_mean": [...], "uncond_var": [...],
                "data_mean": [...], "data_var": [...]},
      "noise": {"process_sd_mean": 0.1, "process_sd_log_var": 0.2},
@@ -18,7 +18,8 @@ The file is JSON (version 1)::
      "provenance": {...}}
 
 ``parameters`` are chain parameters of :data:`qtm.params.PARAMETERS` (each checked by its own range;
-``var_fidelity`` may be null: the variance then moves linearly); ``model`` holds one value per trait axis,
+``var_fidelity`` may be null: the variance then moves linearly; ``selection_slope`` may be null: the sampler's
+law then selects on the variance too, as in version 1, whose files lack it); ``model`` holds one value per trait axis,
 every list of the same length (:data:`qtm.params.MODEL_PARAMETERS`); ``noise`` is the fit's per-iteration
 process noise, SD on the mean (trait units) and on ln var, which the moments engine does not use (it
 computes expectations); ``standard_errors`` maps names of ``parameters`` or ``noise`` to an SD or null
@@ -29,7 +30,7 @@ Examples
 >>> import tempfile
 >>> calibration = Calibration(
 ...     parameters={"fidelity": 0.8, "uncond_drift": 0.1, "var_fidelity": 0.8, "var_shift": 0.3,
-...                 "guidance_gain": 0.5, "sampler": "ddim", "steps": 25},
+...                 "guidance_gain": 0.5, "selection_slope": -0.1, "sampler": "ddim", "steps": 25},
 ...     model={"cond_mean": [0.2], "cond_var": [0.6], "uncond_mean": [0.0], "uncond_var": [1.0],
 ...            "data_mean": [0.2], "data_var": [0.6]},
 ...     noise={"process_sd_mean": 0.1, "process_sd_log_var": 0.2},
@@ -58,9 +59,12 @@ from qtm.io import to_json, write_json
 from qtm.params import MODEL_PARAMETERS, PARAMETERS
 
 FORMAT = "chain-of-diffusion calibration"
-VERSION = 1
+VERSION = 2
 #: The chain parameters a calibration fixes, in the file's order.
-CALIBRATED = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain", "sampler", "steps")
+CALIBRATED = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain", "selection_slope", "sampler",
+              "steps")
+#: What version 2 added to :data:`CALIBRATED`: a version-1 file lacks it (null, the sampler's law).
+ADDED_IN_VERSION_2 = ("selection_slope",)
 #: The fit's process noise: SD per iteration on the conditional mean (trait units) and on ln var.
 NOISE = ("process_sd_mean", "process_sd_log_var")
 SECTIONS = ("parameters", "model", "noise", "standard_errors", "provenance")
@@ -200,13 +204,14 @@ def _checked(document, *, where: str) -> Calibration:
             state = "lacks" if name not in document else "has no JSON object as"
             raise QTMError(f"{where} {state} \"{name}\"; {_FIX}")
         sections[name] = document[name]
-    _keys(sections["parameters"], "parameters", required=CALIBRATED, where=where)
+    added = ADDED_IN_VERSION_2 if version < 2 else ()
+    _keys(sections["parameters"], "parameters", required=[n for n in CALIBRATED if n not in added], where=where)
     _keys(sections["model"], "model", required=MODEL_PARAMETERS, where=where)
     _keys(sections["noise"], "noise", required=NOISE, where=where)
     _keys(sections["standard_errors"], "standard_errors", allowed=(*CALIBRATED, *NOISE), where=where)
     parameters = {}
     for name in CALIBRATED:
-        value, p = sections["parameters"][name], PARAMETERS[name]
+        value, p = sections["parameters"].get(name), PARAMETERS[name]
         optional = value is None and p.default is None
         if not optional and not (isinstance(value, str) if p.kind == "text" else _is_number(value)):
             raise QTMError(f"{where}: parameters.{name} must be {'a text' if p.kind == 'text' else 'a number'}, "

@@ -124,6 +124,7 @@ def simulate_moments(
     data_workflow="replace",
     uncond_drift=0.0,
     guidance_gain=1.0,
+    selection_slope=None,
 ) -> ChainTrajectory:
     """Iterate the chain on expected moments, for every point of a broadcast parameter grid.
 
@@ -189,6 +190,12 @@ def simulate_moments(
     guidance_gain : float or array >= 0
         g: the sampler guides with the peak scale ``1 + g (cfg - 1)`` (:func:`qtm.params.effective_cfg`),
         which the schedule shapes as it shapes ``cfg``; 1 gives ``cfg`` bit for bit.
+    selection_slope : None, float or array
+        beta: where given, the generated set's variance is the finetuned conditional model's times
+        ``exp(beta (w_bar - 1))``, with ``w_bar`` the schedule's mean scale at ``cfg``
+        (:meth:`qtm.schedules.CFGSchedule.mean_scale`), and the sampler's law sets only the mean: the selection
+        on ln var of the shared model ``chain validate`` fits (:mod:`validate.transition`). ``None`` (or NaN
+        entries): the sampler's law for both. These points run through the :mod:`qtm.gaussian` operators.
 
     Returns
     -------
@@ -222,6 +229,8 @@ def simulate_moments(
             ("fidelity", fidelity), ("real_fraction", real_fraction), ("mutation", mutation),
         )
     }
+    numeric["selection_slope"] = _selection_slope(selection_slope)
+    real_cfg = numeric["cfg"]
     numeric["cfg"] = effective_cfg(numeric["cfg"], PARAMETERS["guidance_gain"].check(guidance_gain))
     numeric["uncond_fidelity"] = _uncond_fidelity(uncond_fidelity, PARAMETERS["drop"].check(drop),
                                                   numeric["fidelity"], PARAMETERS["uncond_drift"].check(uncond_drift))
@@ -259,9 +268,12 @@ def simulate_moments(
         setting = {"config": ddim_config(sampler_name, scheduler)} if fused else {"scheduler": scheduler}
         prepared = prepare_sampler(sampler_name, cfg=params["cfg"], schedule=schedules[schedule_spec],
                                    steps=int(num_steps), eta=float(eta_value), **setting)
+        # The fused kernels know the sampler's law only.
+        linear = bool((~np.isnan(params["selection_slope"])).any())
+        runner = _run_operators if linear else _run_kernel if fused else _run_solver
+        params["mean_scale"] = prepared.at(_flat(real_cfg, shape, index)).mean_scales if linear else np.array([np.nan])
         run = dict(params, iterations=iterations, sampler=prepared, continue_=mode == "continue",
                    population=population, workflow=workflow)
-        runner = _run_kernel if fused else _run_solver
         if index is None:
             runner(**run, out=(mean, var))
         else:
@@ -351,6 +363,15 @@ def _uncond_fidelity(uncond_fidelity, drop: np.ndarray, fidelity: np.ndarray, dr
     return np.where(np.isnan(given), default_uncond_fidelity(drop, fidelity, drift), given)
 
 
+def _selection_slope(selection_slope) -> np.ndarray:
+    """beta with NaN where the sampler's law selects on the variance too (not given, or a grid point's gap)."""
+    if selection_slope is None:
+        return np.array(np.nan)
+    given = np.asarray(selection_slope, dtype=float)
+    PARAMETERS["selection_slope"].check(given[~np.isnan(given)])
+    return given
+
+
 def _var_fidelity(var_fidelity) -> np.ndarray:
     """rho_v with NaN where the variance moves linearly (not given, or a grid point's gap)."""
     if var_fidelity is None:
@@ -419,6 +440,10 @@ def _run_operators(*, iterations, sampler, continue_, population, workflow, out,
         uncond = inherit(*prior_u, *data, fidelity=p["uncond_fidelity"], var_fidelity=p["uncond_var_fidelity"],
                          var_shift=p["uncond_var_shift"])
         generated = sampler.moments(*cond, *uncond)
+        linear = ~np.isnan(p["selection_slope"])
+        if linear.any():
+            selected = cond[1] * np.exp(np.where(linear, p["selection_slope"], 0.0) * (p["mean_scale"] - 1.0))
+            generated = (generated[0], np.where(linear, selected, generated[1]))
         lost = lost | ~(np.isfinite(generated[0]) & np.isfinite(generated[1]))
         if lost.any():
             # A point whose moments turned inf or NaN has diverged (divergence_iteration): its rows read NaN from

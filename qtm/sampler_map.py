@@ -262,6 +262,19 @@ class PreparedSampler:
         abar = self.plan.abar if self.plan is not None else self.coefficients.abar_t
         return scale_table(self.schedule, self.cfg, abar)
 
+    @property
+    def mean_scales(self) -> np.ndarray:
+        """The guidance scale of each entry of ``cfg`` averaged over the sampler's model evaluations: the mean scale
+        of its schedule (:meth:`qtm.schedules.CFGSchedule.mean_scale` at the sampler's noise levels).
+
+        Examples
+        --------
+        >>> prepare_sampler("ddim", cfg=[1.0, 7.5], steps=10, schedule="cutoff:0.5").mean_scales.tolist()
+        [1.0, 4.25]
+        """
+        table, rows = self.scale_table
+        return table.mean(axis=-1)[rows]
+
     @cached_property
     def law_scales(self) -> tuple[np.ndarray, np.ndarray]:
         """The one guidance scale of each distinct peak scale that a closed-form law takes (the tilt: its schedule's

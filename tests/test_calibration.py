@@ -61,9 +61,9 @@ OLD_ENGINE = {
 
 DOCUMENT = {
     "format": "chain-of-diffusion calibration",
-    "version": 1,
+    "version": 2,
     "parameters": {"fidelity": 0.7, "uncond_drift": 0.2, "var_fidelity": 0.6, "var_shift": 0.1,
-                   "guidance_gain": 0.4, "sampler": "ddim", "steps": 12},
+                   "guidance_gain": 0.4, "selection_slope": -0.1, "sampler": "ddim", "steps": 12},
     "model": {"cond_mean": [0.5, -0.2], "cond_var": [0.8, 0.3], "uncond_mean": [0.0, 0.1], "uncond_var": [1.2, 0.9],
               "data_mean": [0.4, -0.1], "data_var": [0.7, 0.35]},
     "noise": {"process_sd_mean": 0.05, "process_sd_log_var": 0.3},
@@ -122,6 +122,41 @@ def test_guidance_gain_guides_with_one_plus_g_times_cfg_minus_one(sampler, sched
     plain = simulate_moments(**common)
     assert np.array_equal(gained.var[0], plain.var[0])  # CFG 1 stays unguided whatever g
     assert not np.allclose(gained.var[1:], plain.var[1:])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "interval:0.5:20"])
+def test_selection_slope_makes_ln_var_linear_in_the_schedules_mean_scale(schedule):
+    """With a slope beta the generated variance is the finetuned model's times exp(beta (w_bar - 1)) and the mean is
+    the sampler's law's, iterated here by hand with the operators; NaN entries keep the sampler's law (through the
+    operators, where the fused kernel gave it: equal to rounding)."""
+    from qtm.gaussian import inherit
+    from qtm.sampler_map import prepare_sampler
+
+    cfg, gain, slope, rho_u = np.array([1.0, 3.0, 7.5]), 0.3, -0.12, 0.2 + 0.3 * 0.7
+    common = dict(OLD_GRID, cfg=cfg[:, None], finetune="base", real_fraction=0.0, schedule=schedule,
+                  guidance_gain=gain, uncond_drift=0.2)
+    sloped = simulate_moments(**common, selection_slope=slope)
+    prepared = prepare_sampler("ddim", cfg=1.0, schedule=schedule, steps=OLD_GRID["steps"])
+    w_bar = prepared.at(cfg[:, None]).mean_scales
+    share = min(1.0, rho_u / 0.7)
+    base_c = (np.array(OLD_GRID["cond_mean"]), np.array(OLD_GRID["cond_var"]))
+    base_u = (np.array(OLD_GRID["uncond_mean"]), np.array(OLD_GRID["uncond_var"]))
+    data = (np.array(OLD_GRID["data_mean"]), np.array(OLD_GRID["data_var"]))
+    data = tuple(np.broadcast_to(x, (3, 2)) for x in data)
+    for t in range(OLD_GRID["iterations"]):
+        cond = inherit(*base_c, *data, fidelity=0.7, var_fidelity=0.6, var_shift=0.1)
+        uncond = inherit(*base_u, *data, fidelity=rho_u, var_fidelity=share * 0.6, var_shift=share * 0.1)
+        mean = prepared.at((1 + gain * (cfg - 1))[:, None]).moments(*cond, *uncond).mean
+        var = cond[1] * np.exp(slope * (w_bar - 1))
+        np.testing.assert_allclose(sloped.mean[..., t], mean, rtol=1e-12)
+        np.testing.assert_allclose(sloped.var[..., t], var, rtol=1e-12)
+        data = (mean, var)
+    plain = simulate_moments(**common)
+    mixed = simulate_moments(**common, selection_slope=np.array([[np.nan], [slope], [slope]]))
+    np.testing.assert_allclose(mixed.var[0], plain.var[0], rtol=1e-12)
+    assert np.array_equal(mixed.var[1:], sloped.var[1:])
+    with pytest.raises(QTMError, match="selection_slope must be finite"):
+        simulate_moments(**common, selection_slope=np.inf)
 
 
 def test_effective_cfg_is_exact_at_unit_gain():
@@ -234,6 +269,15 @@ def test_write_then_read_gives_the_same_calibration(tmp_path):
     assert set(options) == {*DOCUMENT["parameters"], *DOCUMENT["model"]}
 
 
+def test_a_version_1_file_reads_with_the_samplers_law_for_the_variance(tmp_path):
+    """Version 1 had no selection slope: its files still read, the slope null (the sampler's law, as they meant)."""
+    path = calibration_file(tmp_path, **{"version": 1, "parameters.selection_slope": None})
+    calibration = read_calibration(path)
+    assert calibration.parameters["selection_slope"] is None
+    assert {k: v for k, v in calibration.parameters.items() if k != "selection_slope"} == {
+        k: v for k, v in DOCUMENT["parameters"].items() if k != "selection_slope"}
+
+
 def test_an_infinite_standard_error_is_written_as_null(tmp_path):
     calibration = read_calibration(calibration_file(tmp_path))
     path = write_calibration(tmp_path / "inf.json", Calibration(
@@ -254,7 +298,8 @@ BAD_FILES = {
     "not JSON": ({"__text__": "{fidelity: 0.8"}, "is not JSON"),
     "a JSON list": ({"__text__": "[1, 2]"}, "is not a calibration"),
     "another format": ({"format": "something else"}, "is not a calibration"),
-    "a newer version": ({"version": 2}, "written by a newer version of the toolkit; upgrade"),
+    "a newer version": ({"version": 3}, "written by a newer version of the toolkit; upgrade"),
+    "version 2 without the selection slope": ({"parameters.selection_slope": None}, "lacks parameters.selection_slope"),
     "no version": ({"version": None}, "no valid format version"),
     "a missing section": ({"noise": None}, 'lacks "noise"'),
     "a missing parameter": ({"parameters.steps": None}, "lacks parameters.steps"),
@@ -368,10 +413,17 @@ def test_dims_that_disagree_with_the_calibration_is_one_line(monkeypatch, capsys
     assert not (tmp_path / "s.csv").exists()
 
 
+def test_the_particle_engine_refuses_a_selection_slope_in_one_line(monkeypatch, capsys, tmp_path):
+    status, _, stderr = simulate(monkeypatch, capsys, "--calibration", str(calibration_file(tmp_path)), "--engine",
+                                 "particles", "--out", str(tmp_path / "s.csv"))
+    assert status == 2 and len(error_lines(stderr)) == 1 and "has no particle form; use --engine moments" in stderr
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_a_sweep_without_guidance_says_its_settings_change_nothing(monkeypatch, capsys, tmp_path):
     """A fit can find guidance gain 0 (the emoji chains' EfficientNet fit did): every CFG, schedule and drop then
     gives the same path, which the summary says rather than leaving twelve identical rows to be read as a result."""
-    path = calibration_file(tmp_path, **{"parameters.guidance_gain": 0.0})
+    path = calibration_file(tmp_path, **{"parameters.guidance_gain": 0.0, "parameters.selection_slope": 0.0})
     out = tmp_path / "s.parquet"
     status, stdout, _ = simulate(monkeypatch, capsys, "--calibration", str(path), "--iterations", "2",
                                  "--out", str(out))
@@ -381,4 +433,9 @@ def test_a_sweep_without_guidance_says_its_settings_change_nothing(monkeypatch, 
     np.testing.assert_allclose(last.to_numpy(), np.broadcast_to(last.to_numpy()[:1], last.shape), rtol=1e-12)
     status, stdout, _ = simulate(monkeypatch, capsys, "--calibration", str(path), "--guidance-gain", "0.5",
                                  "--iterations", "2", "--out", str(out))
+    assert status == 0 and "note: guidance gain 0" not in stdout
+    # A selection slope lets CFG change the variance without any guidance of the mean.
+    sloped = calibration_file(tmp_path, **{"parameters.guidance_gain": 0.0})
+    status, stdout, _ = simulate(monkeypatch, capsys, "--calibration", str(sloped), "--iterations", "2",
+                                 "--out", str(out))
     assert status == 0 and "note: guidance gain 0" not in stdout

@@ -35,7 +35,7 @@ def test_uncalibrated_default_sweep_shows_collapse_and_redifine(monkeypatch, cap
     assert list(table.columns) == [
         "cfg", "schedule", "drop", "fidelity", "uncond_fidelity", "iterations", "finetune", "real_fraction",
         "sampler", "steps", "eta", "mutation", "var_fidelity", "var_shift", "process_noise", "uncond_drift",
-        "guidance_gain", "data_workflow", "iteration", "axis", "mean", "var", "diverged_at",
+        "guidance_gain", "selection_slope", "data_workflow", "iteration", "axis", "mean", "var", "diverged_at",
     ]
     assert len(table) == 3 * 2 * 2 * 10
     final = table[table.iteration == 9].set_index(["cfg", "schedule", "drop"])["var"]

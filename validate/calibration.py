@@ -11,7 +11,7 @@ from validate.optimiser import FitResult
 from validate.transition import QUANTITIES, BaseMoments, Trajectory, for_group
 
 #: The shared model's parameters, named as qtm's chain parameters (:mod:`qtm.params`).
-SHARED_PARAMETERS = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain")
+SHARED_PARAMETERS = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain", "selection_slope")
 #: The fit's process variances (each caption's own, its run's common shock); the calibration holds their sum's SD.
 PROCESS_NOISE = ("log_process_var", "log_common_var")
 

@@ -18,7 +18,14 @@ the theory's (:mod:`qtm.gaussian`, :mod:`qtm.sampler_map`; parameter names as in
 - the exact guided-sampler map :func:`qtm.sampler_map.guided_moments` with the run's
   sampler, steps and schedule, and an effective peak scale ``w_eff`` per CFG setting (1 for
   CFG-1 settings). Trait axes are scaled by the base model's unconditional SD first, so
-  the sampler sees unit-scale data as a diffusion model does.
+  the sampler sees unit-scale data as a diffusion model does. In the shared model (one
+  model for every setting) the sampler map gives the generated set's mean only: its log
+  variance is the finetuned model's plus ``beta (w_bar - 1)``, a selection linear in the
+  schedule's mean scale ``w_bar`` (:meth:`qtm.schedules.CFGSchedule.mean_scale`) with one
+  shared slope ``beta`` (``selection_slope``). Chosen by held-out skill on the study's
+  development chains (docs/study.md): the Gaussian law's selection on ln var saturates and,
+  once a caption is wider than the unconditional branch, widens, which no single gain
+  repairs; the response the chains pass on is linear in ``w_bar`` up to 7.5.
 
 Errors: measurement noise of the target (``sqrt(v/n)`` for a mean, ``sqrt((kurtosis + 2)/(n -
 1))`` for a log variance with the measured excess kurtosis: traits are heavy-tailed), the
@@ -48,6 +55,8 @@ from validate.errors import ValidateError
 W_BOUNDS = (0.0, 50.0)
 #: Bounds of the shared model's guidance gain g (``w_eff = 1 + g (cfg - 1)``).
 GAIN_BOUNDS = (0.0, 10.0)
+#: Bounds of the shared model's selection slope beta on ln var per unit of the schedule's mean scale above 1.
+SLOPE_BOUNDS = (-5.0, 5.0)
 #: Lower bound of every log process variance: an SD of 0.001, far below any measurement noise. Lower, the
 #: likelihood is flat to rounding in that parameter and the optimiser strands there (found at -25: SD 0).
 LOG_NOISE_FLOOR = float(np.log(1e-6))
@@ -172,6 +181,11 @@ class Transitions:
         # Each group's sampler is prepared once: the fit changes only its peak scales, not its step coefficients.
         self.calls = [(prepare_sampler(sampler, cfg=1.0, schedule=schedule, steps=steps), members)
                       for (schedule, sampler, steps), members in groups.items()]
+        # The guidance a row's generation applies on average over its sampler's steps: the shared model's selection
+        # on ln var is linear in it.
+        self.mean_scale = np.empty(len(self.traj))
+        for prepared, members in self.calls:
+            self.mean_scale[members] = prepared.at(self.cfg[members]).mean_scales
 
     def measured(self, traj, index):
         """Scaled mean, log variance and their SEs of generated sets (trajectory, row)."""
@@ -252,10 +266,11 @@ class TransitionModel:
 
     ``guidance`` is how selection depends on the setting: ``"per-setting"``, a free ``w_eff`` per CFG
     setting and a free ``uncond_fidelity`` (describes the runs it is fitted to, predicts no other
-    setting); ``"shared"``, one model for every setting: ``w_eff = 1 + g (cfg - 1)`` with one
-    ``guidance_gain`` g, and the unconditional branch's fidelity ``min(1, a + drop * rho)`` with one
-    ``uncond_drift`` a (:func:`qtm.params.default_uncond_fidelity`), so the parameter vector is the
-    same for any set of settings and a fit predicts settings it never saw.
+    setting); ``"shared"``, one model for every setting: the mean selected by the sampler map at
+    ``w_eff = 1 + g (cfg - 1)`` with one ``guidance_gain`` g, ln var by ``beta (w_bar - 1)`` with one
+    ``selection_slope`` beta (the module's docstring), and the unconditional branch's fidelity
+    ``min(1, a + drop * rho)`` with one ``uncond_drift`` a (:func:`qtm.params.default_uncond_fidelity`),
+    so the parameter vector is the same for any set of settings and a fit predicts settings it never saw.
     """
 
     def __init__(self, data: Transitions, *, guidance: str = "per-setting"):
@@ -272,9 +287,9 @@ class TransitionModel:
             lower.append(W_BOUNDS[0])
             upper.append(W_BOUNDS[1])
         if shared:
-            names.append(("guidance_gain", "", -1))
-            lower.append(GAIN_BOUNDS[0])
-            upper.append(GAIN_BOUNDS[1])
+            names += [("guidance_gain", "", -1), ("selection_slope", "", -1)]
+            lower += [GAIN_BOUNDS[0], SLOPE_BOUNDS[0]]
+            upper += [GAIN_BOUNDS[1], SLOPE_BOUNDS[1]]
         # The run-level shock needs blocks of several captions to be told apart from the captions' own.
         self.common = bool(np.bincount(data.block).max() > 1)
         noise = [("log_common_var", q, -1) for q in QUANTITIES] if self.common else []
@@ -287,7 +302,7 @@ class TransitionModel:
     def start(self, w_scale: float) -> np.ndarray:
         noise = [np.log(0.01)] * (4 if self.common else 2)
         if self.guidance == "shared":
-            return np.array([0.7, 0.1, 0.5, 0.0, w_scale, *noise])
+            return np.array([0.7, 0.1, 0.5, 0.0, w_scale, 0.0, *noise])
         trajectories = self.data.trajectories
         w = [float(np.clip(1 + w_scale * (setting_cfg(trajectories, s) - 1), *W_BOUNDS)) for s in self.data.settings]
         return np.array([0.7, 0.5, 0.5, 0.0, *w, *noise])
@@ -351,6 +366,8 @@ class TransitionModel:
             mean[..., pick, :] = out.mean
             with np.errstate(divide="ignore", invalid="ignore"):
                 log[..., pick, :] = np.log(out.var)
+        if self.guidance == "shared":
+            log = cond_log + theta[5] * (d.mean_scale[rows][:, None] - 1.0)
         return mean, log
 
     def terms(self, x):
