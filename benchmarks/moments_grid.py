@@ -28,7 +28,8 @@ import numpy as np
 from _memory import peak_line
 
 from qtm.gaussian import add_mutation, inherit, mix
-from qtm.recursion import _run_operators, simulate_moments
+from qtm.recursion import simulate_moments
+from qtm.recursion_engines import run_operators
 from qtm.sampler_map import guided_moments, prepare_sampler
 
 MODEL = dict(cond_mean=1.0, cond_var=1.0, uncond_mean=0.0, uncond_var=1.5, data_mean=1.0, data_var=1.0)
@@ -122,7 +123,7 @@ def main() -> None:
     }  # fmt: skip
     numpy_mean, numpy_var = np.empty((len(subset), args.iterations)), np.empty((len(subset), args.iterations))
     start = time.perf_counter()
-    _run_operators(**params, iterations=args.iterations, sampler=prepare_sampler(args.sampler, cfg=params["cfg"],
+    run_operators(**params, iterations=args.iterations, sampler=prepare_sampler(args.sampler, cfg=params["cfg"],
                    steps=args.steps), continue_=False, population=None, workflow="replace",
                    out=(numpy_mean, numpy_var))
     numpy_time = (time.perf_counter() - start) / len(subset) * n_points
