@@ -112,8 +112,8 @@ import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 import qtm.particles.sweep as sweep
 sweep.LOCAL_WORK_LIMIT = 0
-sys.argv = ["qtm", "simulate", "--engine", "particles", "--cfg", "1,2,3,4", "--population", "20000",
-            "--replicates", "100", "--iterations", "10", "--out", "sweep.parquet"]
+sys.argv = ["qtm", "simulate", "--calibration", "none", "--engine", "particles", "--cfg", "1,2,3,4",
+            "--population", "20000", "--replicates", "100", "--iterations", "10", "--out", "sweep.parquet"]
 from commands.qtm_program import main
 main()
 """
