@@ -79,7 +79,9 @@ def markdown_report(validation) -> str:
             "row set per caption (`caption` column), and the `(within)` rows and `within_*` columns below are the "
             "mean over captions of the within-caption variance (bootstrap resampling images within captions). "
             "The fit is joint over captions: "
-            + ("one guidance gain g for every setting (w_eff = 1 + g (cfg - 1)), rho, the unconditional drift"
+            + ("one guidance gain g for every setting (the mean selected by the sampler at w_eff = 1 + g (cfg - 1)), "
+               "one selection slope beta (ln var selected by beta (w_bar - 1), w_bar the schedule's mean scale), "
+               "rho, the unconditional drift"
                if validation.provenance["parameters"].get("guidance") == "shared"
                else "shared w_eff per CFG setting, rho, rho_u")
             + " and p_u; p_c per caption."
@@ -219,7 +221,8 @@ def prediction_section(prediction) -> list[str]:
     g = prediction.goodness
     section = skill_section(
         prediction.skill, g, heading="Prediction of held-out runs against naive baselines",
-        how=f"The one model for every setting (shared guidance gain and inheritance, no parameter per CFG setting) "
+        how=f"The one model for every setting (shared guidance gain, selection slope and inheritance, no parameter "
+        "per CFG setting) "
         f"was fitted on {len(g['training_runs'])} training run(s) and predicted every iteration of the held-out "
         f"run(s) {', '.join(g['held_out_runs'])} from their measured iteration 0 and run.json settings only. "
         "Baselines from the same information: **persistence** holds iteration 0; **nearest** adds to it the mean "
