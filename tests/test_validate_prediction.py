@@ -65,6 +65,23 @@ def test_shared_model_selects_the_mean_by_the_sampler_and_ln_var_by_its_slope():
     assert batch[1] == pytest.approx(shared.nll(stronger), rel=1e-12)
 
 
+def test_the_selection_slope_acts_on_the_mean_scale_of_each_runs_schedule():
+    """ReDiFine's cosine schedule at peak 7.5 over 25 steps guides at 4.25 on average: its rows' ln var move by
+    beta * 3.25, a constant schedule's at CFG 3 by beta * 2, CFG 1's not at all."""
+    trajectories = [engine_chain("a", 1.0), engine_chain("b", 3.0), engine_chain("c", 7.5)]
+    trajectories[2].schedule, trajectories[2].steps = "cosine", 25
+    data = Transitions(trajectories, engine_base(), None)
+    expected = {"a": 1.0, "b": 3.0, "c": 4.25}
+    np.testing.assert_allclose(data.mean_scale, [expected[trajectories[r].run] for r in data.traj], rtol=1e-12)
+    shared = TransitionModel(data, guidance="shared")
+    x = np.array([0.6, 0.2, 0.7, 0.1, 0.5, -0.2, -3.0, -4.0])
+    args = (data.src_mean, data.src_log, data.pool_mean, data.pool_log)
+    flat = x.copy()
+    flat[5] = 0.0
+    step = shared.transition(x, *args)[1] - shared.transition(flat, *args)[1]
+    np.testing.assert_allclose(step, np.broadcast_to(-0.2 * (data.mean_scale[:, None] - 1.0), step.shape), atol=1e-12)
+
+
 def test_fit_on_cfg_1_and_5_recovers_the_engine_and_predicts_cfg_3():
     """Chains of the moments engine with known parameters: the shared fit on CFG 1 and 5 finds them, predicts the
     CFG-3 chain it never saw from its iteration 0, and its calibration makes the engine repeat that chain."""
