@@ -12,7 +12,8 @@ branch ``N(cond_mean, cond_var)`` and an unconditional one ``N(uncond_mean, unco
    finetuning error and ``s = min(1, rho_u / rho)`` (:func:`qtm.params.uncond_share`);
 2. generate: ``G_t = guided_moments(c_t, u_t, w_eff, schedule, sampler, ...)`` with the peak scale
    ``w_eff = 1 + g (cfg - 1)`` of the guidance gain g (:func:`qtm.params.effective_cfg`; g = 1 by
-   default: the scale as given), then add the mutation variance;
+   default: the scale as given); with a selection slope beta the variance is instead ``c_t``'s times
+   ``exp(beta (w_bar - 1))``, ``w_bar`` the schedule's mean scale; then add the mutation variance;
 3. build the next data set: the expected refit moments of ``population`` samples of
    ``G_t`` (when finite), mixed with the real data at rate ``real_fraction``:
    ``D_{t+1} = mix(G_t, real, real_fraction)`` (``data_workflow="replace"``); or the pool of
@@ -191,8 +192,8 @@ def simulate_moments(
         which the schedule shapes as it shapes ``cfg``; 1 gives ``cfg`` bit for bit.
     selection_slope : None, float or array
         beta: where given, the generated set's variance is the finetuned conditional model's times
-        ``exp(beta (w_bar - 1))``, with ``w_bar`` the schedule's mean scale at ``cfg``
-        (:meth:`qtm.schedules.CFGSchedule.mean_scale`), and the sampler's law sets only the mean: the selection
+        ``exp(beta (w_bar - 1))``, with ``w_bar`` the schedule's mean scale at ``cfg`` over the sampler's steps
+        (:attr:`qtm.sampler_map.PreparedSampler.mean_scales`), and the sampler's law sets only the mean: the selection
         on ln var of the shared model ``chain validate`` fits (:mod:`validate.transition`). ``None`` (or NaN
         entries): the sampler's law for both. These points run through the :mod:`qtm.gaussian` operators.
 
