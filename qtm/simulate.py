@@ -131,8 +131,9 @@ def simulate_grid(points, axes: Mapping[str, np.ndarray], *, engine: str = "mome
         raise QTMError(f"{PARAMETERS[next(iter(scheduler))].flag} applies to --engine moments only; the particle "
                        "engine samples with SD v1.5's scheduler")
     if "selection_slope" in points and points["selection_slope"].notna().any():
-        raise QTMError("--selection-slope (the calibration's selection on ln var) has no particle form; use "
-                       "--engine moments, or --calibration none")
+        remedy = "--calibration none (the calibration sets it)" if calibration is not None else "no --selection-slope"
+        raise QTMError(f"--selection-slope (a selection on ln var) has no particle form; use --engine moments, or "
+                       f"{remedy}")
     if out is None:
         raise QTMError("the particle engine streams its rows to a file; give an output path")
     return _particles_table(points, axes, population=population, options=particle_options, calibration=calibration,

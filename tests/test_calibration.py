@@ -423,6 +423,10 @@ def test_the_particle_engine_refuses_a_selection_slope_in_one_line(monkeypatch, 
     status, _, stderr = simulate(monkeypatch, capsys, "--calibration", str(calibration_file(tmp_path)), "--engine",
                                  "particles", "--out", str(tmp_path / "s.csv"))
     assert status == 2 and len(error_lines(stderr)) == 1 and "has no particle form; use --engine moments" in stderr
+    assert "--calibration none" in stderr and not (tmp_path / "s.csv").exists()
+    status, _, stderr = simulate(monkeypatch, capsys, "--calibration", "none", "--engine", "particles",
+                                 "--selection-slope", "-0.1", "--out", str(tmp_path / "s.csv"))
+    assert status == 2 and len(error_lines(stderr)) == 1 and "or no --selection-slope" in stderr
     assert not (tmp_path / "s.csv").exists()
 
 
