@@ -21,11 +21,13 @@ the theory's (:mod:`qtm.gaussian`, :mod:`qtm.sampler_map`; parameter names as in
   the sampler sees unit-scale data as a diffusion model does. In the shared model (one
   model for every setting) the sampler map gives the generated set's mean only: its log
   variance is the finetuned model's plus ``beta (w_bar - 1)``, a selection linear in the
-  schedule's mean scale ``w_bar`` (:meth:`qtm.schedules.CFGSchedule.mean_scale`) with one
-  shared slope ``beta`` (``selection_slope``). Chosen by held-out skill on the study's
-  development chains (docs/study.md): the Gaussian law's selection on ln var saturates and,
-  once a caption is wider than the unconditional branch, widens, which no single gain
-  repairs; the response the chains pass on is linear in ``w_bar`` up to 7.5.
+  schedule's mean scale ``w_bar`` over the sampler's steps
+  (:attr:`qtm.sampler_map.PreparedSampler.mean_scales`) with one shared slope ``beta``
+  (``selection_slope``). Chosen by held-out skill on the study's development chains
+  (docs/study.md): the Gaussian law's selection on ln var saturates and, once a caption is
+  wider than the unconditional branch, widens, which no single gain repairs, while the
+  development chains' response was linear in ``w_bar`` up to 7.5 (the test chains' bends
+  between CFG 3 and 5).
 
 Errors: measurement noise of the target (``sqrt(v/n)`` for a mean, ``sqrt((kurtosis + 2)/(n -
 1))`` for a log variance with the measured excess kurtosis: traits are heavy-tailed), the
