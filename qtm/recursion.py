@@ -229,14 +229,14 @@ def simulate_moments(
             ("fidelity", fidelity), ("real_fraction", real_fraction), ("mutation", mutation),
         )
     }
-    numeric["selection_slope"] = _selection_slope(selection_slope)
+    numeric["selection_slope"] = _optional("selection_slope", selection_slope)
     real_cfg = numeric["cfg"]
     numeric["cfg"] = effective_cfg(numeric["cfg"], PARAMETERS["guidance_gain"].check(guidance_gain))
     numeric["uncond_fidelity"] = _uncond_fidelity(uncond_fidelity, PARAMETERS["drop"].check(drop),
                                                   numeric["fidelity"], PARAMETERS["uncond_drift"].check(uncond_drift))
     PARAMETERS["process_noise"].check(process_noise)
     share = uncond_share(numeric["fidelity"], numeric["uncond_fidelity"])
-    numeric["var_fidelity"] = _var_fidelity(var_fidelity)
+    numeric["var_fidelity"] = _optional("var_fidelity", var_fidelity)
     numeric["uncond_var_fidelity"] = share * numeric["var_fidelity"]
     numeric["var_shift"] = PARAMETERS["var_shift"].check(var_shift)
     numeric["uncond_var_shift"] = share * numeric["var_shift"]
@@ -271,7 +271,8 @@ def simulate_moments(
         # The fused kernels know the sampler's law only.
         linear = bool((~np.isnan(params["selection_slope"])).any())
         runner = run_operators if linear else run_kernel if fused else run_solver
-        params["mean_scale"] = prepared.at(_flat(real_cfg, shape, index)).mean_scales if linear else np.array([np.nan])
+        if linear:
+            params["mean_scale"] = prepared.at(_flat(real_cfg, shape, index)).mean_scales
         run = dict(params, iterations=iterations, sampler=prepared, continue_=mode == "continue",
                    population=population, workflow=workflow)
         if index is None:
@@ -363,21 +364,13 @@ def _uncond_fidelity(uncond_fidelity, drop: np.ndarray, fidelity: np.ndarray, dr
     return np.where(np.isnan(given), default_uncond_fidelity(drop, fidelity, drift), given)
 
 
-def _selection_slope(selection_slope) -> np.ndarray:
-    """beta with NaN where the sampler's law selects on the variance too (not given, or a grid point's gap)."""
-    if selection_slope is None:
+def _optional(name: str, value) -> np.ndarray:
+    """An optional parameter with NaN where not given (None, or a grid point's gap): ``selection_slope`` (NaN: the
+    sampler's law selects on the variance too), ``var_fidelity`` (NaN: the variance moves linearly)."""
+    if value is None:
         return np.array(np.nan)
-    given = np.asarray(selection_slope, dtype=float)
-    PARAMETERS["selection_slope"].check(given[~np.isnan(given)])
-    return given
-
-
-def _var_fidelity(var_fidelity) -> np.ndarray:
-    """rho_v with NaN where the variance moves linearly (not given, or a grid point's gap)."""
-    if var_fidelity is None:
-        return np.array(np.nan)
-    given = np.asarray(var_fidelity, dtype=float)
-    PARAMETERS["var_fidelity"].check(given[~np.isnan(given)])
+    given = np.asarray(value, dtype=float)
+    PARAMETERS[name].check(given[~np.isnan(given)])
     return given
 
 
