@@ -120,6 +120,7 @@ def main() -> None:
         # NaN variance fidelities: the linear move (no var_fidelity), as simulate_moments passes them.
         "var_fidelity": np.full(1, np.nan), "uncond_var_fidelity": np.full(1, np.nan),
         "var_shift": np.zeros(1), "uncond_var_shift": np.zeros(1),
+        "selection_slope": np.full(1, np.nan),  # NaN: the sampler's law selects on the variance too
     }  # fmt: skip
     numpy_mean, numpy_var = np.empty((len(subset), args.iterations)), np.empty((len(subset), args.iterations))
     start = time.perf_counter()

@@ -33,6 +33,10 @@ def run_operators(*, iterations, sampler, continue_, population, workflow, out, 
     pool, sets, generated_var_sum = real, 1, 0.0
     f = p["real_fraction"]
     lost = np.zeros(mean.shape[0], dtype=bool)
+    # The selection slope's factor on the finetuned variance, the same at every iteration (None: the sampler's law).
+    linear = ~np.isnan(p["selection_slope"])
+    selection = (np.exp(np.where(linear, p["selection_slope"], 0.0) * (p["mean_scale"] - 1.0)) if linear.any()
+                 else None)
     for t in range(iterations):
         prior_c, prior_u = (cond, uncond) if continue_ else (base_c, base_u)
         cond = inherit(*prior_c, *data, fidelity=p["fidelity"], var_fidelity=p["var_fidelity"],
@@ -40,10 +44,8 @@ def run_operators(*, iterations, sampler, continue_, population, workflow, out, 
         uncond = inherit(*prior_u, *data, fidelity=p["uncond_fidelity"], var_fidelity=p["uncond_var_fidelity"],
                          var_shift=p["uncond_var_shift"])
         generated = sampler.moments(*cond, *uncond)
-        linear = ~np.isnan(p["selection_slope"])
-        if linear.any():
-            selected = cond[1] * np.exp(np.where(linear, p["selection_slope"], 0.0) * (p["mean_scale"] - 1.0))
-            generated = (generated[0], np.where(linear, selected, generated[1]))
+        if selection is not None:
+            generated = (generated[0], np.where(linear, cond[1] * selection, generated[1]))
         lost = lost | ~(np.isfinite(generated[0]) & np.isfinite(generated[1]))
         if lost.any():
             # A point whose moments turned inf or NaN has diverged (divergence_iteration): its rows read NaN from
