@@ -353,8 +353,10 @@ class TransitionModel:
         u_mean = d.uncond_mean + rho_u * (pool_mean - d.uncond_mean)
         u_log = d.uncond_log_var + share * rho_v * (pool_log - d.uncond_log_var) + share * mu
         cond_mean, cond_log, u_mean, u_log = np.broadcast_arrays(cond_mean, cond_log, u_mean, u_log)
+        shared = self.guidance == "shared"
         mean = np.empty(cond_mean.shape)
-        log = np.empty_like(mean)
+        # The shared model selects on ln var by its slope: the sampler's law gives it the mean only.
+        log = cond_log + theta[5] * (d.mean_scale[rows][:, None] - 1.0) if shared else np.empty_like(mean)
         for prepared, members in d.calls:
             pick = np.isin(rows, members)
             if not pick.any():
@@ -366,10 +368,9 @@ class TransitionModel:
                 np.exp(u_log[..., pick, :]),
             )
             mean[..., pick, :] = out.mean
-            with np.errstate(divide="ignore", invalid="ignore"):
-                log[..., pick, :] = np.log(out.var)
-        if self.guidance == "shared":
-            log = cond_log + theta[5] * (d.mean_scale[rows][:, None] - 1.0)
+            if not shared:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    log[..., pick, :] = np.log(out.var)
         return mean, log
 
     def terms(self, x):
