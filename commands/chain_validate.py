@@ -47,8 +47,14 @@ def validate_command(
     predict: list[str] = typer.Option(
         None,
         help="Held-out run directories (repeat the option, or separate with commas): fit one model for every "
-        "setting on RUN_DIRS and predict each held-out run's iterations from its iteration 0 and run.json "
-        "settings, scored against baselines; the report gains calibration.json for `qtm simulate --calibration`.",
+        "setting on RUN_DIRS and predict each held-out run's iterations from its iteration 0 (--predict-from) and "
+        "run.json settings, scored against baselines; the report gains calibration.json for `qtm simulate "
+        "--calibration`.",
+    ),
+    predict_from: int = typer.Option(
+        1,
+        help="With --predict: K, the first predicted iteration; each held-out run is predicted from its measured "
+        "iteration K - 1 (its iterations before K give the trend baseline; none of them enters the fit).",
     ),
     conformal: bool = typer.Option(
         False,
@@ -131,7 +137,8 @@ def validate_command(
     # Every option before any work: a bad value must not cost the generation or the embedding.
     checked = ValidateParameters(
         report=report, axes=axes, forecast_from=forecast_from, bootstrap=bootstrap, seed=seed, guidance=guidance,
-        group=group, predict=tuple(held_out), selection_curve=curve, real=real, reference=reference,
+        group=group, predict=tuple(held_out), predict_from=predict_from, selection_curve=curve, real=real,
+        reference=reference,
         batch_size=batch_size, decompose=decompose, decompose_per_caption=decompose_per_caption,
         finetune_noise=finetune_noise, selection_per_caption=selection_per_caption,
     ).check(run_dirs)
@@ -204,6 +211,7 @@ def validate_command(
             axes=axes,
             forecast_from=forecast_from,
             predict=held_out,
+            predict_from=predict_from,
             conformal=conformal,
             guidance=guidance,
             reference=reference,

@@ -129,6 +129,37 @@ def test_prediction_baselines_shift_the_training_settings_to_the_held_out_start(
     assert found["nearest"] == 8.0 and np.isnan(found["interpolation"])
 
 
+def test_prediction_baselines_from_a_later_iteration_start_there_and_add_the_runs_own_trend():
+    """--predict-from 2: every baseline starts from the held-out iteration 1; the trend runs through 0-1."""
+    train = [series_run("a1", 1.0, [0.0, 1.0, 2.0, 4.0]), series_run("a2", 1.0, [1.0, 2.0, 3.0, 3.0]),
+             series_run("b", 5.0, [0.0, -1.0, -2.0, -5.0])]
+    held = np.array([10.0, 8.0, 0.0, 0.0])
+    points = prediction_baselines(train, [series_run("h", 2.0, held)], base=BaseMoments(cond=(np.zeros(1),
+                                  np.ones(1))), start=1)
+    row = {"run": "h", "caption": RUN_LEVEL, "iteration": 3, "axis": -1, "quantity": "log_var"}
+    found = points(row, np.arange(4), held)
+    # From iteration 1 to 3: cfg 1 changes by +3 and +1 (mean 2), cfg 5 by -4; the trend falls by 2 per iteration.
+    assert found == pytest.approx({"persistence": 8.0, "nearest": 10.0, "interpolation": 8.0 + 0.75 * 2 - 0.25 * 4,
+                                   "trend": 4.0}, abs=1e-12)
+    # From iteration 0 there is no trend to extend.
+    assert "trend" not in prediction_baselines(train, [series_run("h", 2.0, held)], base=BaseMoments(
+        cond=(np.zeros(1), np.ones(1))))(row, np.arange(4), held)
+
+
+def test_predict_from_a_later_iteration_starts_from_it():
+    """The engine's chains predicted from iteration 2: only iterations 3-4 are predicted, as closely as from 0."""
+    train = [engine_chain("cfg1", 1.0), engine_chain("cfg5", 5.0)]
+    held_out = [engine_chain("cfg3", 3.0)]
+    result = predict(train, held_out, base=engine_base(), draws=200, predict_from=3)
+    assert set(result.rows["iteration"]) == {3, 4} and result.goodness["predict_from"] == 3
+    run = result.skill[result.skill["caption"] == RUN_LEVEL].pivot_table(
+        index="iteration", columns="method", values="abs_error")
+    assert set(run.columns) == {"theory", "persistence", "trend", "nearest", "interpolation"}
+    assert (run["theory"] < 0.05).all()
+    with pytest.raises(ValidateError, match="end at iteration 4; nothing to predict"):
+        predict(train, held_out, base=engine_base(), draws=20, predict_from=5)
+
+
 def test_chain_validate_predict_writes_the_prediction_skill_and_calibration(tmp_path):
     low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, captions=TWO_CAPTIONS, n=24)
     high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, captions=TWO_CAPTIONS, n=24)
@@ -169,6 +200,20 @@ def test_chain_validate_predict_writes_the_prediction_skill_and_calibration(tmp_
     assert np.isinf(pd.read_csv(report / "prediction.csv")["conformal_lo"]).all()
 
 
+def test_chain_validate_predict_from_a_later_iteration(tmp_path):
+    low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, n=16)
+    high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, n=16)
+    middle = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, seed=3, n=16)
+    validate_runs([low, high], predict=[middle], predict_from=2, report=tmp_path / "r", axes=1, bootstrap=0,
+                  decompose_runs=False, warn=print)
+    assert set(pd.read_csv(tmp_path / "r" / "prediction.csv")["iteration"]) == {2, 3}
+    skill = pd.read_csv(tmp_path / "r" / "skill.csv")
+    assert "trend" in set(skill["method"])
+    assert "from their measured iteration 1 and run.json" in (tmp_path / "r" / "report.md").read_text()
+    fit = json.loads((tmp_path / "r" / "fit.json").read_text())
+    assert fit["prediction"]["predict_from"] == 2
+
+
 def test_predict_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tmp_path):
     from commands.chain_program import main
 
@@ -195,6 +240,16 @@ def test_predict_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, ca
     status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(train), "--conformal",
                                  "--no-decompose", "--report", str(tmp_path / "r"))
     assert status == 2 and "--conformal calibrates the intervals of --predict; add --predict HELD_OUT_RUNS" in stderr
+    status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(train), "--predict-from", "2",
+                                 "--no-decompose", "--report", str(tmp_path / "r"))
+    assert status == 2 and "--predict-from starts the prediction of --predict; add --predict" in stderr
+    one_done = make_run(tmp_path, "one", cfg=3.0, shrink=1.0, iterations=2, n=8, finished=1)
+    for flags, message in ((["--predict-from", "0"], "--predict-from must be >= 1"),
+                           (["--predict-from", "2"], "iteration 1 is not finished; a prediction starts from it "
+                                                     "(--predict-from 2)")):
+        status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(train), "--predict",
+                                     str(one_done), *flags, "--no-decompose", "--report", str(tmp_path / "r"))
+        assert status == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert not (tmp_path / "r").exists()
 
 

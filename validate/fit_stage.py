@@ -140,8 +140,9 @@ def _fit(trajectories, base, forecast_from, warn, guidance):
 SETUP_KEYS = ("data", "backend", "preset", "model")
 
 
-def check_held_out(train_dirs, held_out_dirs) -> None:
-    """Refuse, before any work, ``--predict`` runs of another setup or without a finished iteration 0.
+def check_held_out(train_dirs, held_out_dirs, *, predict_from: int = 1) -> None:
+    """Refuse, before any work, ``--predict`` runs of another setup or without a finished iteration
+    ``predict_from - 1`` (where the prediction starts).
 
     Raises
     ------
@@ -161,19 +162,24 @@ def check_held_out(train_dirs, held_out_dirs) -> None:
                 f"--predict {path}: {key} {params.get(key)!r} differs from the training runs' {setup[key]!r}; "
                 "predict runs of the same data set, backend and base model"
             )
-        if iteration_status(iteration_folder(path, 0)) != "complete":
-            raise ValidateError(f"--predict {path}: iteration 0 is not finished; a prediction starts from it")
+        start = predict_from - 1
+        if iteration_status(iteration_folder(path, start)) != "complete":
+            raise ValidateError(f"--predict {path}: iteration {start} is not finished; a prediction starts from it"
+                                + ("" if start == 0 else f" (--predict-from {predict_from})"))
 
 
 def predict_stage(
     train: list[Run], held_out: list[Run], statistics: pd.DataFrame, *, grouped: bool, fit: FitResult | None = None,
-    conformal: bool = False, progress=None,
+    conformal: bool = False, progress=None, predict_from: int = 1,
 ) -> tuple[Prediction, list[str]]:
-    """The shared model fitted on ``train`` and its prediction of ``held_out`` from their iteration 0; ``fit``:
-    :func:`fit_stage`'s fit of the same runs, reused when it is the shared model; ``conformal``: also calibrate
-    the intervals (:mod:`validate.conformal`), telling ``progress(done, total, what)`` after each of its fits."""
+    """The shared model fitted on ``train`` and its prediction of ``held_out`` from their iteration
+    ``predict_from - 1``; ``fit``: :func:`fit_stage`'s fit of the same runs, reused when it is the shared model;
+    ``conformal``: also calibrate the intervals (:mod:`validate.conformal`), telling ``progress(done, total,
+    what)`` after each of its fits."""
     trajectories = _trajectories(train, statistics, grouped=grouped)
     targets = _trajectories(held_out, statistics, grouped=grouped)
     groups = {t.group for t in trajectories + targets}
     base, notes = _base_moments(statistics, grouped=grouped, groups=groups)
-    return predict(trajectories, targets, base=base, fit=fit, calibrate_intervals=conformal, progress=progress), notes
+    prediction = predict(trajectories, targets, base=base, fit=fit, calibrate_intervals=conformal, progress=progress,
+                         predict_from=predict_from)
+    return prediction, notes

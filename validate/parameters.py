@@ -40,7 +40,8 @@ class ValidateParameters:
     ``None`` means the default: ``guidance`` per-setting (shared with ``predict``), ``group`` from the
     runs' captions, no forecast, no selection curve, no generation (``decompose_per_caption``),
     ``selection_per_caption`` a third of ``decompose_per_caption`` (at least 3). ``conformal`` (only with
-    ``predict``) calibrates the prediction's intervals (:mod:`validate.conformal`). ``plots=False`` writes the
+    ``predict``) calibrates the prediction's intervals (:mod:`validate.conformal`); ``predict_from`` (only with
+    ``predict``) is the first predicted iteration. ``plots=False`` writes the
     report without its plots (every value is in its tables).
 
     Examples
@@ -63,6 +64,7 @@ class ValidateParameters:
     guidance: str | None = None
     group: str | None = None
     predict: tuple = ()
+    predict_from: int = 1
     conformal: bool = False
     selection_curve: object = None
     real: Path | None = None
@@ -124,13 +126,16 @@ class ValidateParameters:
             if folder is not None and not Path(folder).is_dir():
                 what = "is not a folder" if Path(folder).exists() else "does not exist"
                 raise ValidateError(f"{flag} {str(folder)!r} {what}; give a folder of images")
+        predict_from = check_int(self.predict_from, "--predict-from", minimum=1)
         if self.predict:
-            check_held_out(run_dirs, list(self.predict))
-        elif self.conformal:
-            raise ValidateError("--conformal calibrates the intervals of --predict; add --predict HELD_OUT_RUNS")
+            check_held_out(run_dirs, list(self.predict), predict_from=predict_from)
+        elif self.conformal or predict_from != 1:
+            flag = "--conformal calibrates the intervals" if self.conformal else "--predict-from starts the prediction"
+            raise ValidateError(f"{flag} of --predict; add --predict HELD_OUT_RUNS")
         return dataclasses.replace(
             self, **counts, guidance=guidance, forecast_from=forecast_from, selection_curve=cfgs,
             decompose_per_caption=per_caption, selection_per_caption=paired, predict=tuple(self.predict),
+            predict_from=predict_from,
             plots=bool(self.plots),
         )
 

@@ -105,6 +105,7 @@ def validate_runs(
     decompose_runs: bool = True,
     selection_curve=None,
     predict=None,
+    predict_from: int = 1,
     conformal: bool = False,
     guidance: str | None = None,
     plots: bool = True,
@@ -150,6 +151,9 @@ def validate_runs(
         (:mod:`validate.prediction`); the report gains the prediction, its skill against baselines and the
         fit's ``calibration.json`` (``qtm simulate --calibration``). Held-out runs are measured, never fitted,
         decomposed or prepared.
+    predict_from : int
+        With ``predict``: the first predicted iteration K; each held-out run is predicted from its measured
+        iteration K - 1 (default 1: from iteration 0), its earlier iterations giving the trend baseline.
     conformal : bool
         With ``predict``: also calibrate its intervals out of sample (:mod:`validate.conformal`; one more fit per
         training setting).
@@ -187,8 +191,8 @@ def validate_runs(
     warn = warn if warn is not None else (lambda message: warnings.warn(message, stacklevel=2))
     checked = ValidateParameters(
         report=report, axes=axes, forecast_from=forecast_from, bootstrap=bootstrap, seed=seed, guidance=guidance,
-        group=group, predict=tuple(predict or ()), conformal=conformal, selection_curve=selection_curve, real=real,
-        reference=reference,
+        group=group, predict=tuple(predict or ()), predict_from=predict_from, conformal=conformal,
+        selection_curve=selection_curve, real=real, reference=reference,
         batch_size=(embedder_options or {}).get("batch_size", 16), decompose=decompose_runs, plots=plots,
     ).check(run_dirs)
     axes, forecast_from, bootstrap, guidance, cfgs = (checked.axes, checked.forecast_from, checked.bootstrap,
@@ -216,7 +220,8 @@ def validate_runs(
     record = provenance(
         {
             "runs": [str(r.path) for r in runs],
-            **({"predict": [str(r.path) for r in held_out], "conformal": checked.conformal} if held_out else {}),
+            **({"predict": [str(r.path) for r in held_out], "predict_from": checked.predict_from,
+                "conformal": checked.conformal} if held_out else {}),
             "embedder": model.name,
             "embedder_settings": model.settings(),
             "axes": axes,
@@ -237,7 +242,8 @@ def validate_runs(
     prediction = None
     if held_out:
         prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped, fit=fit,
-                                                     conformal=checked.conformal, progress=progress)
+                                                     conformal=checked.conformal, progress=progress,
+                                                     predict_from=checked.predict_from)
         fit_notes += prediction_notes
     decomposition, decomposition_notes = (
         _decomposition(runs, features, bootstrap=bootstrap, seed=seed) if decompose_runs else (None, [])

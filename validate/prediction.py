@@ -7,13 +7,16 @@ predicted from its measured iteration 0 and its run.json settings only (CFG, sch
 sampler, steps): the transition is iterated from iteration 0 with parameters drawn from the
 fit's approximate posterior and process noise at every step (:func:`validate.forecast.simulate_runs`),
 which gives a 90 % interval for every later iteration. None of a held-out run's later
-iterations enters the fit.
+iterations enters the fit. With ``predict_from=K`` (``--predict-from``) the held-out runs' iterations
+``< K`` are seen and the prediction starts from the measured iteration ``K - 1``: a forecast of a chain
+that has begun, with the fit on other chains (iterations ``< K`` of the held-out runs still do not enter
+the fit).
 
-The prediction is scored against three baselines that see the same information
-(:func:`prediction_baselines`): **persistence** of the held-out iteration 0; the **nearest**
-training setting's mean trajectory, shifted to start at the held-out iteration 0; and the
-**interpolation** in CFG between the training settings that bracket the held-out CFG (same
-schedule and drop), shifted the same way.
+The prediction is scored against baselines that see the same information
+(:func:`prediction_baselines`): **persistence** of the held-out iteration ``K - 1``; the **nearest**
+training setting's mean trajectory, shifted to start at it; the **interpolation** in CFG between the
+training settings that bracket the held-out CFG (same schedule and drop), shifted the same way; and,
+from ``K = 2`` on, the held-out run's own log-linear **trend** through iterations ``< K``.
 
 With ``calibrate_intervals`` (``--conformal``) and two or more training settings the intervals are also
 calibrated out of sample (:mod:`validate.conformal`): every training setting is predicted from a fit on the
@@ -35,10 +38,10 @@ from validate.conformal import stretch_intervals
 from validate.errors import ValidateError
 from validate.forecast import FORECAST_DRAWS, FORECAST_LEVEL, parameter_draws, simulate_runs
 from validate.optimiser import FitResult, fit_tables, optimise
-from validate.skill import series, skill_table, skill_verdict
+from validate.skill import persistence_and_trend, series, skill_table, skill_verdict
 from validate.transition import BaseMoments, Trajectory, TransitionModel, Transitions
 
-BASELINES = ("persistence", "nearest", "interpolation")
+BASELINES = ("persistence", "trend", "nearest", "interpolation")
 
 
 @dataclass
@@ -76,13 +79,15 @@ def predict(
     fit: FitResult | None = None,
     calibrate_intervals: bool = False,
     progress=None,
+    predict_from: int = 1,
 ) -> Prediction:
     """Fit the shared model on ``train`` and predict every iteration >= 1 of the ``held_out`` runs.
 
     Parameters
     ----------
     train, held_out : list of Trajectory
-        Per run and caption; the held-out runs need their iteration 0, and only it is used to predict.
+        Per run and caption; the held-out runs need their iteration ``predict_from - 1``, and only their
+        iterations before ``predict_from`` are used to predict.
     base : BaseMoments
         The base model's branches and the real data, common to both sets.
     draws : int
@@ -98,6 +103,8 @@ def predict(
         predicted from a fit on the other ones (one more fit per training setting; needs two settings).
     progress : callable, optional
         ``progress(done, total, what)`` after each of the calibration's fits.
+    predict_from : int
+        The first predicted iteration K (>= 1): the prediction starts from the measured iteration K - 1.
 
     Returns
     -------
@@ -123,11 +130,15 @@ def predict(
     [1, 2, 3, 4]
     """
     rng = check_random_state(random_state)
-    fit, rows, summary, theory = _theory_rows(train, held_out, base=base, draws=draws, level=level, rng=rng, fit=fit)
-    skill = skill_table(theory, held_out, base=base, baselines=prediction_baselines(train, held_out, base=base))
+    start = predict_from - 1
+    fit, rows, summary, theory = _theory_rows(train, held_out, base=base, draws=draws, level=level, rng=rng, fit=fit,
+                                              start=start)
+    skill = skill_table(theory, held_out, base=base,
+                        baselines=prediction_baselines(train, held_out, base=base, start=start))
     calibration_note = {}
     if calibrate_intervals:
-        scores = setting_scores(train, base=base, draws=draws, level=level, random_state=rng, progress=progress)
+        scores = setting_scores(train, base=base, draws=draws, level=level, random_state=rng, progress=progress,
+                                start=start)
         if scores is not None:
             is_theory = skill["method"] == "theory"
             stretched, calibration_note = stretch_intervals(skill[is_theory], scores, level)
@@ -138,6 +149,7 @@ def predict(
                               on=keys, validate="one_to_one")
     goodness = {
         "predict_level": level,
+        "predict_from": predict_from,
         "predict_caption_coverage": float(rows["covered"].mean()),
         "predict_run_coverage": float(np.mean([s["covered"] for s in summary])),
         "training_runs": sorted({t.run for t in train}),
@@ -149,16 +161,17 @@ def predict(
     return Prediction(fit=fit, rows=rows, summary=summary, skill=skill, goodness=goodness, calibration=calibration)
 
 
-def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None):
-    """The shared fit on ``train`` (``fit`` when it is one) and its draws of the ``held_out`` runs:
-    (fit, caption-level rows, run-level summary, the theory rows of :func:`validate.skill.skill_table`)."""
+def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None, start=0):
+    """The shared fit on ``train`` (``fit`` when it is one) and its draws of the ``held_out`` runs from their
+    iteration ``start``: (fit, caption-level rows, run-level summary, the theory rows of
+    :func:`validate.skill.skill_table`)."""
     if not held_out:
         raise ValidateError("--predict: no held-out run has a finished iteration")
     for trajectory in held_out:
-        if 0 not in trajectory.iterations:
-            raise ValidateError(f"--predict: held-out run {trajectory.run} has no iteration 0 to predict from")
-    if all(t.iterations.max() < 1 for t in held_out):
-        raise ValidateError("--predict: the held-out runs have only iteration 0; nothing to predict")
+        if start not in trajectory.iterations:
+            raise ValidateError(f"--predict: held-out run {trajectory.run} has no iteration {start} to predict from")
+    if all(t.iterations.max() <= start for t in held_out):
+        raise ValidateError(f"--predict: the held-out runs end at iteration {start}; nothing to predict")
     if fit is None or fit.posterior is None or fit.posterior[0].guidance != "shared":
         model, best = optimise(train, base, None, guidance="shared")
         fit = fit_tables(model, best, train)[0]
@@ -168,7 +181,7 @@ def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None):
         raise ValidateError("--predict: the held-out runs' captions differ from the training runs' (one caption "
                             "against several); predict runs of the same data set with the same --group")
     thetas = parameter_draws(model, x, covariance, draws=draws, random_state=rng)
-    rows, summary, run_level = simulate_runs(target, thetas, base=base, start=0, level=level, random_state=rng)
+    rows, summary, run_level = simulate_runs(target, thetas, base=base, start=start, level=level, random_state=rng)
     if not summary:
         raise ValidateError("--predict: no held-out run could be predicted (every caption needs iteration 0)")
     rows = pd.DataFrame(rows)
@@ -177,10 +190,11 @@ def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None):
 
 
 def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, level: float, random_state,
-                   progress=None) -> pd.DataFrame | None:
-    """Every training setting predicted from a fit on the other training settings: their theory rows (as in
-    :attr:`Prediction.skill`), the conformal calibration's scores; None with fewer than two settings. Only the
-    theory's own draws are needed here, not the baselines, the skill table or the calibration file."""
+                   progress=None, start: int = 0) -> pd.DataFrame | None:
+    """Every training setting predicted from its iteration ``start`` by a fit on the other training settings:
+    their theory rows (as in :attr:`Prediction.skill`), the conformal calibration's scores; None with fewer than
+    two settings. Only the theory's own draws are needed here, not the baselines, the skill table or the
+    calibration file."""
     settings = sorted({setting_key(t) for t in train})
     if len(settings) < 2:
         return None
@@ -193,19 +207,21 @@ def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, le
         others = [t for t in train if setting_key(t) != setting]
         these = [t for t in train if setting_key(t) == setting]
         try:
-            folds.append(_theory_rows(others, these, base=base, draws=draws, level=level, rng=rng)[3])
-        except ValidateError:  # e.g. this setting's runs have only iteration 0: nothing to score
+            folds.append(_theory_rows(others, these, base=base, draws=draws, level=level, rng=rng, start=start)[3])
+        except ValidateError:  # e.g. this setting's runs end at iteration ``start``: nothing to score
             continue
     if progress is not None:
         progress(len(settings), len(settings), "conformal calibration")
     return pd.concat(folds, ignore_index=True) if folds else None
 
 
-def prediction_baselines(train: list[Trajectory], held_out: list[Trajectory], *, base: BaseMoments):
-    """The baselines of ``--predict`` for :func:`validate.skill.skill_table` (see the module's docstring).
+def prediction_baselines(train: list[Trajectory], held_out: list[Trajectory], *, base: BaseMoments, start: int = 0):
+    """The baselines of ``--predict`` from iteration ``start`` for :func:`validate.skill.skill_table` (see the
+    module's docstring).
 
-    A training setting's trajectory is the mean over its runs of each iteration's change from iteration 0
-    (same caption, axis and quantity); a baseline with no training setting to use gives NaN (left out).
+    A training setting's trajectory is the mean over its runs of each iteration's change from iteration ``start``
+    (same caption, axis and quantity); a baseline with no training setting to use gives NaN (left out). The trend
+    needs two held-out iterations to draw its line through: from iteration 0 there is none.
     """
     by_setting: dict[tuple, dict[str, list[Trajectory]]] = {}
     for trajectory in train:
@@ -213,7 +229,7 @@ def prediction_baselines(train: list[Trajectory], held_out: list[Trajectory], *,
     held_key = {t.run: setting_key(t) for t in held_out}
 
     def change(setting, row):
-        """The setting's mean change from iteration 0 at the row's iteration, over its runs (NaN: none)."""
+        """The setting's mean change from iteration ``start`` at the row's iteration, over its runs (NaN: none)."""
         changes = []
         for members in by_setting[setting].values():
             try:
@@ -221,13 +237,13 @@ def prediction_baselines(train: list[Trajectory], held_out: list[Trajectory], *,
             except StopIteration:  # this training run lacks the caption
                 continue
             iterations = list(np.asarray(iterations, int))
-            if 0 in iterations and row["iteration"] in iterations:
-                changes.append(values[iterations.index(row["iteration"])] - values[iterations.index(0)])
+            if start in iterations and row["iteration"] in iterations:
+                changes.append(values[iterations.index(row["iteration"])] - values[iterations.index(start)])
         return float(np.mean(changes)) if changes else float("nan")
 
     def points(row, iterations, values):
-        iterations = list(np.asarray(iterations, int))
-        start = float(values[iterations.index(0)])
+        own = persistence_and_trend(iterations, values, forecast_from=start + 1, target=row["iteration"])
+        origin = own["persistence"]
         cfg, schedule, drop = held_key[row["run"]]
         alike = [s for s in by_setting if s[1:] == (schedule, drop)]
         nearest = min(alike or list(by_setting), key=lambda s: (abs(s[0] - cfg), s[0]))
@@ -237,7 +253,8 @@ def prediction_baselines(train: list[Trajectory], held_out: list[Trajectory], *,
         if below and above:
             low, high = max(below), min(above)
             weight = 0.0 if high[0] == low[0] else (cfg - low[0]) / (high[0] - low[0])
-            interpolation = start + (1 - weight) * change(low, row) + weight * change(high, row)
-        return {"persistence": start, "nearest": start + change(nearest, row), "interpolation": interpolation}
+            interpolation = origin + (1 - weight) * change(low, row) + weight * change(high, row)
+        points = {"persistence": origin, "nearest": origin + change(nearest, row), "interpolation": interpolation}
+        return {**points, "trend": own["trend"]} if start >= 1 else points
 
     return points

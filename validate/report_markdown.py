@@ -219,16 +219,19 @@ def forecast_skill(forecast, forecast_from: int) -> list[str]:
 def prediction_section(prediction) -> list[str]:
     """The opening section of ``--predict``: the held-out runs' prediction against its baselines."""
     g = prediction.goodness
+    origin = g["predict_from"] - 1
+    trend = (f"; **trend** extends the held-out run's least-squares line through iterations 0–{origin} (of ln var: "
+             "log-linear)") if origin >= 1 else ""
     section = skill_section(
         prediction.skill, g, heading="Prediction of held-out runs against naive baselines",
         how=f"The one model for every setting (shared guidance gain, selection slope and inheritance, no parameter "
         "per CFG setting) "
         f"was fitted on {len(g['training_runs'])} training run(s) and predicted every iteration of the held-out "
-        f"run(s) {', '.join(g['held_out_runs'])} from their measured iteration 0 and run.json settings only. "
-        "Baselines from the same information: **persistence** holds iteration 0; **nearest** adds to it the mean "
-        "change from iteration 0 of the nearest training setting (same schedule and drop where there is one); "
-        "**interpolation** the change interpolated linearly in CFG between the bracketing training settings "
-        "(missing where none bracket). Run-level 90 % coverage "
+        f"run(s) {', '.join(g['held_out_runs'])} from their measured iteration {origin} and run.json settings only. "
+        f"Baselines from the same information: **persistence** holds iteration {origin}; **nearest** adds to it the "
+        f"mean change from iteration {origin} of the nearest training setting (same schedule and drop where there is "
+        "one); **interpolation** the change interpolated linearly in CFG between the bracketing training settings "
+        f"(missing where none bracket){trend}. Run-level 90 % coverage "
         f"{100 * g['predict_run_coverage']:.0f} %, caption level {100 * g['predict_caption_coverage']:.0f} %. "
         f"{interval_calibration_sentence(g)} "
         "The fit as a calibration for `qtm simulate --calibration`: [`calibration.json`](calibration.json).",

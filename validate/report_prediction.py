@@ -20,7 +20,7 @@ from qtm.calibration import write_calibration
 from validate.plotting import axes_grid, legend_below, save_figure
 from validate.skill import RUN_LEVEL
 
-BASELINE_STYLE = {"persistence": ":", "nearest": "--", "interpolation": "-."}
+BASELINE_STYLE = {"persistence": ":", "trend": "x-", "nearest": "--", "interpolation": "-."}
 
 
 def write_calibration_file(folder, validation) -> Path | None:
@@ -40,12 +40,14 @@ def plot_prediction(prediction, path: Path) -> Path:
     """Each held-out run's measured run-level variance, the theory's median and intervals and the baselines."""
     run_level = prediction.skill[prediction.skill["caption"] == RUN_LEVEL]
     runs = sorted(set(run_level["run"]))
-    plot, panels = axes_grid(len(runs), "held-out runs: run-level within-caption variance, predicted from iteration 0")
+    origin = prediction.goodness["predict_from"] - 1
+    plot, panels = axes_grid(len(runs), "held-out runs: run-level within-caption variance, predicted from "
+                             f"iteration {origin}")
     for panel, run in zip(panels, runs, strict=False):
         rows = run_level[run_level["run"] == run].sort_values("iteration")
         theory = rows[rows["method"] == "theory"]
         start = _start(prediction, run)
-        iterations = np.concatenate([[0], theory["iteration"]])
+        iterations = np.concatenate([[origin], theory["iteration"]])
         measured = np.exp(np.concatenate([[start], theory["measured"]]))
         panel.plot(iterations, measured, "o-", color="black", label="measured")
         panel.fill_between(theory["iteration"], np.exp(theory["lo"]), np.exp(theory["hi"]), color="tab:blue",
@@ -71,7 +73,7 @@ def plot_prediction(prediction, path: Path) -> Path:
 
 
 def _start(prediction, run: str) -> float:
-    """ln of the held-out run's measured run-level variance at iteration 0 (its persistence baseline)."""
+    """ln of the held-out run's measured run-level variance where the prediction starts (its persistence)."""
     rows = prediction.skill
     first = rows[(rows["run"] == run) & (rows["caption"] == RUN_LEVEL) & (rows["method"] == "persistence")]
     return float(first["predicted"].iloc[0]) if len(first) else float("nan")
