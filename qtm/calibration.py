@@ -6,9 +6,9 @@ noise, the standard errors and where the fit came from. ``qtm simulate --calibra
 so that a CFG value, a schedule or a condition drop no chain has run is predicted by the same model;
 its default is the calibration shipped in the package (:func:`shipped_calibration`).
 
-The file is JSON (version 2)::
+The file is JSON (version 3)::
 
-    {"format": "chain-of-diffusion calibration", "version": 2,
+    {"format": "chain-of-diffusion calibration", "version": 3,
      "parameters": {"fidelity": 0.8, "uncond_drift": 0.1, "var_fidelity": 0.8, "var_shift": 0.3,
                     "guidance_gain": 0.5, "selection_slope": -0.1, "sampler": "ddim", "steps": 25},
      "model": {"cond_mean": [...], "cond_var": [...], "uncond_mean": [...], "uncond_var": [...],
@@ -19,7 +19,9 @@ The file is JSON (version 2)::
 
 ``parameters`` are chain parameters of :data:`qtm.params.PARAMETERS` (each checked by its own range;
 ``var_fidelity`` may be null: the variance then moves linearly; ``selection_slope`` may be null: the sampler's
-law then selects on the variance too, as in version 1, whose files lack it); ``model`` holds one value per trait axis,
+law then selects on the variance too, as in version 1, whose files lack it; version 2 took the slope per unit of the
+schedule's arithmetic mean scale above 1, version 3 per unit of its mean log scale, so a version-2 file with a slope
+is refused, one without is read); ``model`` holds one value per trait axis,
 every list of the same length (:data:`qtm.params.MODEL_PARAMETERS`); ``noise`` is the fit's per-iteration
 process noise, SD on the mean (trait units) and on ln var, which the moments engine does not use (it
 computes expectations); ``standard_errors`` maps names of ``parameters`` or ``noise`` to an SD or null
@@ -59,7 +61,7 @@ from qtm.io import to_json, write_json
 from qtm.params import MODEL_PARAMETERS, PARAMETERS
 
 FORMAT = "chain-of-diffusion calibration"
-VERSION = 2
+VERSION = 3
 #: The chain parameters a calibration fixes, in the file's order.
 CALIBRATED = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain", "selection_slope", "sampler",
               "steps")
@@ -218,6 +220,10 @@ def _checked(document, *, where: str) -> Calibration:
                            f"got {value!r}; {_FIX}")
         checked = _check(p, value, f"parameters.{name}", where)
         parameters[name] = float(checked) if p.kind == "float" and checked is not None else checked
+    if version == 2 and parameters["selection_slope"] is not None:
+        raise QTMError(f"{where} has format version 2, whose selection slope is per unit of the schedule's mean "
+                       "scale; this version's is per unit of its mean log scale: write it again with chain validate "
+                       "--guidance shared")
     model = {}
     for name in MODEL_PARAMETERS:
         values = sections["model"][name]

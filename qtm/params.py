@@ -264,8 +264,8 @@ PARAMETERS: dict[str, Parameter] = _registry(
               "schedule as cfg is; cfg stays the real CFG scale.", low=0, grid=True),
     Parameter("selection_slope", "float", None,
               "Selection slope beta on ln var (a calibration's): the generated ln var is the finetuned model's plus "
-              "beta (mean scale of the CFG schedule - 1), the sampler's law setting the mean only (default: the "
-              "sampler's law for both; moments engine only).", grid=True),
+              "beta times the mean over the sampler's steps of ln(the CFG schedule's scale), the sampler's law "
+              "setting the mean only (default: the sampler's law for both; moments engine only).", grid=True),
     # The noise scheduler the sampler steps with (diffusers' configuration; a preset, then overrides).
     Parameter("scheduler", "text", "sd15",
               "Scheduler preset: sd15 (SD v1.5), sd21v (SD 2.1, v-prediction), sd3 (flow matching, shift 3).",

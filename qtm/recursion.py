@@ -13,7 +13,7 @@ branch ``N(cond_mean, cond_var)`` and an unconditional one ``N(uncond_mean, unco
 2. generate: ``G_t = guided_moments(c_t, u_t, w_eff, schedule, sampler, ...)`` with the peak scale
    ``w_eff = 1 + g (cfg - 1)`` of the guidance gain g (:func:`qtm.params.effective_cfg`; g = 1 by
    default: the scale as given); with a selection slope beta the variance is instead ``c_t``'s times
-   ``exp(beta (w_bar - 1))``, ``w_bar`` the schedule's mean scale; then add the mutation variance;
+   ``w_geo ** beta``, ``w_geo`` the schedule's geometric mean scale; then add the mutation variance;
 3. build the next data set: the expected refit moments of ``population`` samples of
    ``G_t`` (when finite), mixed with the real data at rate ``real_fraction``:
    ``D_{t+1} = mix(G_t, real, real_fraction)`` (``data_workflow="replace"``); or the pool of
@@ -71,6 +71,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from qtm.errors import QTMError
 from qtm.params import PARAMETERS, default_uncond_fidelity, effective_cfg, uncond_share
 from qtm.recursion_engines import KERNEL_SAMPLERS, run_kernel, run_operators, run_solver
 from qtm.sampler_map import ddim_config, prepare_sampler
@@ -192,10 +193,10 @@ def simulate_moments(
         which the schedule shapes as it shapes ``cfg``; 1 gives ``cfg`` bit for bit.
     selection_slope : None, float or array
         beta: where given, the generated set's variance is the finetuned conditional model's times
-        ``exp(beta (w_bar - 1))``, with ``w_bar`` the schedule's mean scale at ``cfg`` over the sampler's steps
-        (:attr:`qtm.sampler_map.PreparedSampler.mean_scales`), and the sampler's law sets only the mean: the selection
-        on ln var of the shared model ``chain validate`` fits (:mod:`validate.transition`). ``None`` (or NaN
-        entries): the sampler's law for both. These points run through the :mod:`qtm.gaussian` operators.
+        ``w_geo ** beta``, with ``w_geo`` the geometric mean of the schedule's scales at ``cfg`` over the sampler's
+        steps (:attr:`qtm.sampler_map.PreparedSampler.mean_log_scales`), and the sampler's law sets only the mean:
+        the selection on ln var of the shared model ``chain validate`` fits (:mod:`validate.transition`). ``None``
+        (or NaN entries): the sampler's law for both. These points run through the :mod:`qtm.gaussian` operators.
 
     Returns
     -------
@@ -269,10 +270,16 @@ def simulate_moments(
         prepared = prepare_sampler(sampler_name, cfg=params["cfg"], schedule=schedules[schedule_spec],
                                    steps=int(num_steps), eta=float(eta_value), **setting)
         # The fused kernels know the sampler's law only.
-        linear = bool((~np.isnan(params["selection_slope"])).any())
-        runner = run_operators if linear else run_kernel if fused else run_solver
-        if linear:
-            params["mean_scale"] = prepared.at(_flat(real_cfg, shape, index)).mean_scales
+        sloped = ~np.isnan(params["selection_slope"])
+        runner = run_operators if sloped.any() else run_kernel if fused else run_solver
+        if sloped.any():
+            with np.errstate(divide="ignore"):
+                log_scale = prepared.at(_flat(real_cfg, shape, index)).mean_log_scales
+            if not np.isfinite(log_scale[np.broadcast_to(sloped, log_scale.shape)]).all():
+                raise QTMError(f"a selection slope selects by the mean log of the CFG scale over the steps, and CFG "
+                               f"schedule {schedule_spec!r} reaches a scale of 0 at some cfg: give cfg > 0 and a "
+                               "schedule that ends above 0, or no selection slope (--calibration none)")
+            params["mean_log_scale"] = log_scale
         run = dict(params, iterations=iterations, sampler=prepared, continue_=mode == "continue",
                    population=population, workflow=workflow)
         if index is None:

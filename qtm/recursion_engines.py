@@ -34,9 +34,10 @@ def run_operators(*, iterations, sampler, continue_, population, workflow, out, 
     f = p["real_fraction"]
     lost = np.zeros(mean.shape[0], dtype=bool)
     # The selection slope's factor on the finetuned variance, the same at every iteration (None: the sampler's law).
-    linear = ~np.isnan(p["selection_slope"])
-    selection = (np.exp(np.where(linear, p["selection_slope"], 0.0) * (p["mean_scale"] - 1.0)) if linear.any()
-                 else None)
+    sloped = ~np.isnan(p["selection_slope"])
+    with np.errstate(invalid="ignore"):  # a point without a slope may guide at a scale of 0 (ln 0 = -inf)
+        selection = (np.exp(np.where(sloped, p["selection_slope"] * p["mean_log_scale"], 0.0)) if sloped.any()
+                     else None)
     for t in range(iterations):
         prior_c, prior_u = (cond, uncond) if continue_ else (base_c, base_u)
         cond = inherit(*prior_c, *data, fidelity=p["fidelity"], var_fidelity=p["var_fidelity"],
@@ -45,7 +46,7 @@ def run_operators(*, iterations, sampler, continue_, population, workflow, out, 
                          var_shift=p["uncond_var_shift"])
         generated = sampler.moments(*cond, *uncond)
         if selection is not None:
-            generated = (generated[0], np.where(linear, cond[1] * selection, generated[1]))
+            generated = (generated[0], np.where(sloped, cond[1] * selection, generated[1]))
         lost = lost | ~(np.isfinite(generated[0]) & np.isfinite(generated[1]))
         if lost.any():
             # A point whose moments turned inf or NaN has diverged (divergence_iteration): its rows read NaN from

@@ -263,17 +263,19 @@ class PreparedSampler:
         return scale_table(self.schedule, self.cfg, abar)
 
     @property
-    def mean_scales(self) -> np.ndarray:
-        """The guidance scale of each entry of ``cfg`` averaged over the sampler's model evaluations: the mean scale
-        of its schedule (:meth:`qtm.schedules.CFGSchedule.mean_scale` at the sampler's noise levels).
+    def mean_log_scales(self) -> np.ndarray:
+        """ln of the guidance scale of each entry of ``cfg`` averaged over the sampler's model evaluations (ln of its
+        schedule's geometric mean scale at the sampler's noise levels): the shared model's selection on ln var is
+        proportional to it (:mod:`validate.transition`).
 
         Examples
         --------
-        >>> prepare_sampler("ddim", cfg=[1.0, 7.5], steps=10, schedule="cutoff:0.5").mean_scales.tolist()
-        [1.0, 4.25]
+        >>> prepared = prepare_sampler("ddim", cfg=[1.0, 7.5], steps=10, schedule="cutoff:0.5")
+        >>> np.round(np.exp(prepared.mean_log_scales), 4).tolist()  # half the steps at 7.5, half at 1
+        [1.0, 2.7386]
         """
         table, rows = self.scale_table
-        return table.mean(axis=-1)[rows]
+        return np.log(table).mean(axis=-1)[rows]
 
     @cached_property
     def law_scales(self) -> tuple[np.ndarray, np.ndarray]:

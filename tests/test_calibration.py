@@ -61,7 +61,7 @@ OLD_ENGINE = {
 
 DOCUMENT = {
     "format": "chain-of-diffusion calibration",
-    "version": 2,
+    "version": 3,
     "parameters": {"fidelity": 0.7, "uncond_drift": 0.2, "var_fidelity": 0.6, "var_shift": 0.1,
                    "guidance_gain": 0.4, "selection_slope": -0.1, "sampler": "ddim", "steps": 12},
     "model": {"cond_mean": [0.5, -0.2], "cond_var": [0.8, 0.3], "uncond_mean": [0.0, 0.1], "uncond_var": [1.2, 0.9],
@@ -125,8 +125,8 @@ def test_guidance_gain_guides_with_one_plus_g_times_cfg_minus_one(sampler, sched
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "interval:0.5:20"])
-def test_selection_slope_makes_ln_var_linear_in_the_schedules_mean_scale(schedule):
-    """With a slope beta the generated variance is the finetuned model's times exp(beta (w_bar - 1)) and the mean is
+def test_selection_slope_makes_ln_var_linear_in_the_schedules_mean_log_scale(schedule):
+    """With a slope beta the generated variance is the finetuned model's times exp(beta mean(ln w_t)) and the mean is
     the sampler's law's, iterated here by hand with the operators; NaN entries keep the sampler's law (through the
     operators, where the fused kernel gave it: equal to rounding)."""
     from qtm.gaussian import inherit
@@ -137,7 +137,9 @@ def test_selection_slope_makes_ln_var_linear_in_the_schedules_mean_scale(schedul
                   guidance_gain=gain, uncond_drift=0.2)
     sloped = simulate_moments(**common, selection_slope=slope)
     prepared = prepare_sampler("ddim", cfg=1.0, schedule=schedule, steps=OLD_GRID["steps"])
-    w_bar = prepared.at(cfg[:, None]).mean_scales
+    log_scale = prepared.at(cfg[:, None]).mean_log_scales
+    if schedule == "constant":
+        np.testing.assert_allclose(log_scale, np.log(cfg)[:, None], rtol=1e-12)
     share = min(1.0, rho_u / 0.7)
     base_c = (np.array(OLD_GRID["cond_mean"]), np.array(OLD_GRID["cond_var"]))
     base_u = (np.array(OLD_GRID["uncond_mean"]), np.array(OLD_GRID["uncond_var"]))
@@ -147,7 +149,7 @@ def test_selection_slope_makes_ln_var_linear_in_the_schedules_mean_scale(schedul
         cond = inherit(*base_c, *data, fidelity=0.7, var_fidelity=0.6, var_shift=0.1)
         uncond = inherit(*base_u, *data, fidelity=rho_u, var_fidelity=share * 0.6, var_shift=share * 0.1)
         mean = prepared.at((1 + gain * (cfg - 1))[:, None]).moments(*cond, *uncond).mean
-        var = cond[1] * np.exp(slope * (w_bar - 1))
+        var = cond[1] * np.exp(slope * log_scale)
         np.testing.assert_allclose(sloped.mean[..., t], mean, rtol=1e-12)
         np.testing.assert_allclose(sloped.var[..., t], var, rtol=1e-12)
         data = (mean, var)
@@ -157,6 +159,14 @@ def test_selection_slope_makes_ln_var_linear_in_the_schedules_mean_scale(schedul
     assert np.array_equal(mixed.var[1:], sloped.var[1:])
     with pytest.raises(QTMError, match="selection_slope must be finite"):
         simulate_moments(**common, selection_slope=np.inf)
+    # ln 0: a slope cannot select at a scale of 0; the same point without a slope runs.
+    with pytest.raises(QTMError, match="schedule 'cosine:0' reaches a scale of 0"):
+        simulate_moments(**dict(common, schedule="cosine:0"), selection_slope=slope)
+    zero = dict(common, cfg=np.array([[0.0], [3.0], [7.5]]))
+    with pytest.raises(QTMError, match="give cfg > 0 and a schedule that ends above 0"):
+        simulate_moments(**zero, selection_slope=slope)
+    unsloped_zero = simulate_moments(**zero, selection_slope=np.array([[np.nan], [slope], [slope]]))
+    assert np.array_equal(unsloped_zero.var[1:], sloped.var[1:])
 
 
 def test_effective_cfg_is_exact_at_unit_gain():
@@ -278,6 +288,13 @@ def test_a_version_1_file_reads_with_the_samplers_law_for_the_variance(tmp_path)
         k: v for k, v in DOCUMENT["parameters"].items() if k != "selection_slope"}
 
 
+def test_a_version_2_file_without_a_slope_reads(tmp_path):
+    """Version 2's slope meant another form (per unit of the mean scale): only its files without one still read."""
+    path = calibration_file(tmp_path, **{"version": 2, "parameters.selection_slope": None})
+    path.write_text(path.read_text().replace('"steps": 12}', '"steps": 12, "selection_slope": null}'))
+    assert read_calibration(path).parameters["selection_slope"] is None
+
+
 def test_an_infinite_standard_error_is_written_as_null(tmp_path):
     calibration = read_calibration(calibration_file(tmp_path))
     path = write_calibration(tmp_path / "inf.json", Calibration(
@@ -298,8 +315,10 @@ BAD_FILES = {
     "not JSON": ({"__text__": "{fidelity: 0.8"}, "is not JSON"),
     "a JSON list": ({"__text__": "[1, 2]"}, "is not a calibration"),
     "another format": ({"format": "something else"}, "is not a calibration"),
-    "a newer version": ({"version": 3}, "written by a newer version of the toolkit; upgrade"),
-    "version 2 without the selection slope": ({"parameters.selection_slope": None}, "lacks parameters.selection_slope"),
+    "a newer version": ({"version": 4}, "written by a newer version of the toolkit; upgrade"),
+    "version 3 without the selection slope": ({"parameters.selection_slope": None}, "lacks parameters.selection_slope"),
+    "version 2 with a slope in the mean scale": ({"version": 2}, "format version 2, whose selection slope is per "
+                                                 "unit of the schedule's mean scale"),
     "no version": ({"version": None}, "no valid format version"),
     "a missing section": ({"noise": None}, 'lacks "noise"'),
     "a missing parameter": ({"parameters.steps": None}, "lacks parameters.steps"),

@@ -38,7 +38,7 @@ def engine_base():
 
 def test_shared_model_selects_the_mean_by_the_sampler_and_ln_var_by_its_slope():
     """With gain 1 the shared model's mean is the per-setting model's at w = cfg; its ln var is the finetuned
-    model's plus beta (w_bar - 1), w_bar = cfg for the constant schedule."""
+    model's plus beta ln w_geo, w_geo = cfg for the constant schedule."""
     trajectories = [engine_chain("a", 3.0), engine_chain("b", 5.0)]
     for tr in trajectories:
         tr.drop = 0.25  # a drop: the shared unconditional fidelity is min(1, a + drop rho)
@@ -56,7 +56,7 @@ def test_shared_model_selects_the_mean_by_the_sampler_and_ln_var_by_its_slope():
         x_shared, *args)
     np.testing.assert_allclose(mean_shared, mean_setting, rtol=1e-12)
     finetuned = data.base_log + 0.7 * (data.src_log - data.base_log) + 0.1
-    np.testing.assert_allclose(log_shared, finetuned - 0.2 * (data.cfg[:, None] - 1.0), rtol=1e-12)
+    np.testing.assert_allclose(log_shared, finetuned - 0.2 * np.log(data.cfg[:, None]), rtol=1e-12)
     # A batch gives each vector's own numbers.
     stronger = x_shared.copy()
     stronger[4] = 1.5
@@ -65,21 +65,23 @@ def test_shared_model_selects_the_mean_by_the_sampler_and_ln_var_by_its_slope():
     assert batch[1] == pytest.approx(shared.nll(stronger), rel=1e-12)
 
 
-def test_the_selection_slope_acts_on_the_mean_scale_of_each_runs_schedule():
-    """ReDiFine's cosine schedule at peak 7.5 over 25 steps guides at 4.25 on average: its rows' ln var move by
-    beta * 3.25, a constant schedule's at CFG 3 by beta * 2, CFG 1's not at all."""
+def test_the_selection_slope_acts_on_the_mean_log_scale_of_each_runs_schedule():
+    """ReDiFine's cosine schedule at peak 7.5 over 25 steps guides at a geometric mean of 3.48 (its arithmetic mean
+    4.25): its rows' ln var move by beta ln 3.48, a constant schedule's at CFG 3 by beta ln 3, CFG 1's not at
+    all."""
     trajectories = [engine_chain("a", 1.0), engine_chain("b", 3.0), engine_chain("c", 7.5)]
     trajectories[2].schedule, trajectories[2].steps = "cosine", 25
     data = Transitions(trajectories, engine_base(), None)
-    expected = {"a": 1.0, "b": 3.0, "c": 4.25}
-    np.testing.assert_allclose(data.mean_scale, [expected[trajectories[r].run] for r in data.traj], rtol=1e-12)
+    scales = np.array([1.0 + 6.5 * (1 + np.cos(np.pi * i / 24)) / 2 for i in range(25)])
+    expected = {"a": 0.0, "b": np.log(3.0), "c": np.log(scales).mean()}
+    np.testing.assert_allclose(data.log_scale, [expected[trajectories[r].run] for r in data.traj], rtol=1e-12)
     shared = TransitionModel(data, guidance="shared")
     x = np.array([0.6, 0.2, 0.7, 0.1, 0.5, -0.2, -3.0, -4.0])
     args = (data.src_mean, data.src_log, data.pool_mean, data.pool_log)
     flat = x.copy()
     flat[5] = 0.0
     step = shared.transition(x, *args)[1] - shared.transition(flat, *args)[1]
-    np.testing.assert_allclose(step, np.broadcast_to(-0.2 * (data.mean_scale[:, None] - 1.0), step.shape), atol=1e-12)
+    np.testing.assert_allclose(step, np.broadcast_to(-0.2 * data.log_scale[:, None], step.shape), atol=1e-12)
 
 
 def test_fit_on_cfg_1_and_5_recovers_the_engine_and_predicts_cfg_3():

@@ -80,7 +80,7 @@ def markdown_report(validation) -> str:
             "mean over captions of the within-caption variance (bootstrap resampling images within captions). "
             "The fit is joint over captions: "
             + ("one guidance gain g for every setting (the mean selected by the sampler at w_eff = 1 + g (cfg - 1)), "
-               "one selection slope beta (ln var selected by beta (w_bar - 1), w_bar the schedule's mean scale), "
+               "one selection slope beta (ln var selected by beta ln w_geo, w_geo the geometric mean CFG scale), "
                "rho, the unconditional drift"
                if validation.provenance["parameters"].get("guidance") == "shared"
                else "shared w_eff per CFG setting, rho, rho_u")

@@ -20,14 +20,15 @@ the theory's (:mod:`qtm.gaussian`, :mod:`qtm.sampler_map`; parameter names as in
   CFG-1 settings). Trait axes are scaled by the base model's unconditional SD first, so
   the sampler sees unit-scale data as a diffusion model does. In the shared model (one
   model for every setting) the sampler map gives the generated set's mean only: its log
-  variance is the finetuned model's plus ``beta (w_bar - 1)``, a selection linear in the
-  schedule's mean scale ``w_bar`` over the sampler's steps
-  (:attr:`qtm.sampler_map.PreparedSampler.mean_scales`) with one shared slope ``beta``
-  (``selection_slope``). Chosen by held-out skill on the study's development chains
-  (docs/study.md): the Gaussian law's selection on ln var saturates and, once a caption is
-  wider than the unconditional branch, widens, which no single gain repairs, while the
-  development chains' response was linear in ``w_bar`` up to 7.5 (the test chains' bends
-  between CFG 3 and 5).
+  variance is the finetuned model's plus ``beta ln w_geo``, ``ln w_geo`` the mean over the
+  sampler's steps of the log of the schedule's scale
+  (:attr:`qtm.sampler_map.PreparedSampler.mean_log_scales`; ``ln cfg`` for a constant
+  schedule), with one shared slope ``beta`` (``selection_slope``): each step's guidance
+  multiplies the variance by ``w_t ** (beta / steps)``. Chosen by held-out skill on the study's
+  development chains (docs/study.md): the Gaussian law's selection on ln var saturates and,
+  once a caption is wider than the unconditional branch, widens, which no single gain repairs;
+  among one-parameter forms of the chains' steady response, the mean log scale predicted
+  settings left out better than the mean scale or its log.
 
 Errors: measurement noise of the target (``sqrt(v/n)`` for a mean, ``sqrt((kurtosis + 2)/(n -
 1))`` for a log variance with the measured excess kurtosis: traits are heavy-tailed), the
@@ -183,11 +184,11 @@ class Transitions:
         # Each group's sampler is prepared once: the fit changes only its peak scales, not its step coefficients.
         self.calls = [(prepare_sampler(sampler, cfg=1.0, schedule=schedule, steps=steps), members)
                       for (schedule, sampler, steps), members in groups.items()]
-        # The guidance a row's generation applies on average over its sampler's steps: the shared model's selection
-        # on ln var is linear in it.
-        self.mean_scale = np.empty(len(self.traj))
+        # ln of the guidance a row's generation applies, averaged over its sampler's steps: the shared model's
+        # selection on ln var is proportional to it.
+        self.log_scale = np.empty(len(self.traj))
         for prepared, members in self.calls:
-            self.mean_scale[members] = prepared.at(self.cfg[members]).mean_scales
+            self.log_scale[members] = prepared.at(self.cfg[members]).mean_log_scales
 
     def measured(self, traj, index):
         """Scaled mean, log variance and their SEs of generated sets (trajectory, row)."""
@@ -269,7 +270,7 @@ class TransitionModel:
     ``guidance`` is how selection depends on the setting: ``"per-setting"``, a free ``w_eff`` per CFG
     setting and a free ``uncond_fidelity`` (describes the runs it is fitted to, predicts no other
     setting); ``"shared"``, one model for every setting: the mean selected by the sampler map at
-    ``w_eff = 1 + g (cfg - 1)`` with one ``guidance_gain`` g, ln var by ``beta (w_bar - 1)`` with one
+    ``w_eff = 1 + g (cfg - 1)`` with one ``guidance_gain`` g, ln var by ``beta ln w_geo`` with one
     ``selection_slope`` beta (the module's docstring), and the unconditional branch's fidelity
     ``min(1, a + drop * rho)`` with one ``uncond_drift`` a (:func:`qtm.params.default_uncond_fidelity`),
     so the parameter vector is the same for any set of settings and a fit predicts settings it never saw.
@@ -356,7 +357,7 @@ class TransitionModel:
         shared = self.guidance == "shared"
         mean = np.empty(cond_mean.shape)
         # The shared model selects on ln var by its slope: the sampler's law gives it the mean only.
-        log = cond_log + theta[5] * (d.mean_scale[rows][:, None] - 1.0) if shared else np.empty_like(mean)
+        log = cond_log + theta[5] * d.log_scale[rows][:, None] if shared else np.empty_like(mean)
         for prepared, members in d.calls:
             pick = np.isin(rows, members)
             if not pick.any():
