@@ -176,7 +176,9 @@ def predict_stage(
     ``predict_from - 1``; ``fit``: :func:`fit_stage`'s fit of the same runs, reused when it is the shared model;
     ``conformal``: also calibrate the intervals (:mod:`validate.conformal`), telling ``progress(done, total,
     what)`` after each of its fits."""
-    trajectories = _trajectories(train, statistics, grouped=grouped)
+    # The fit of the same runs holds their trajectories (building them again cost a quarter of the prediction).
+    fitted = fit is not None and fit.posterior is not None
+    trajectories = fit.posterior[0].data.trajectories if fitted else _trajectories(train, statistics, grouped=grouped)
     targets = _trajectories(held_out, statistics, grouped=grouped)
     groups = {t.group for t in trajectories + targets}
     base, notes = _base_moments(statistics, grouped=grouped, groups=groups)
