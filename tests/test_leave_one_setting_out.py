@@ -38,6 +38,17 @@ def test_each_setting_is_predicted_from_the_others(tool, tmp_path, monkeypatch, 
     assert all("replicates" not in fold for fold in summary["folds"].values())  # one run per setting: no bound
 
 
+def test_predict_from_a_later_iteration_scores_the_runs_own_trend_too(tool, tmp_path, monkeypatch):
+    runs = [make_run(tmp_path, f"cfg{cfg:g}", cfg=cfg, shrink=shrink, reference=True, seed=seed, n=12, iterations=4,
+                     captions=TWO_CAPTIONS)
+            for seed, (cfg, shrink) in enumerate(((1.0, 1.0), (3.0, 0.8)))]
+    monkeypatch.setattr(sys, "argv", ["leave_one_setting_out", *map(str, runs), "--out", str(tmp_path / "out"),
+                                      "--no-plots", "--predict-from", "2"])
+    tool.main()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert all(fold["run_iterations"] == 2 and "trend" in fold for fold in summary["folds"].values())  # 2 and 3
+
+
 def test_each_held_out_run_is_also_forecast_from_the_other_runs_of_its_setting(tool):
     # Two held-out runs of one setting: ln v at iteration 0 (persistence's value) and at iterations 1-2.
     paths = {"a": [0.0, 1.0, 3.0], "b": [1.0, 1.5, 2.0]}
@@ -51,4 +62,8 @@ def test_each_held_out_run_is_also_forecast_from_the_other_runs_of_its_setting(t
     skill = pd.DataFrame(rows)
     # a from b's change (+0.5, +1.0): 0.5 and 1.0, errors 0.5 and 2.0; b from a's (+1, +3): 2 and 4, errors 0.5 and 2.
     assert sorted(tool.replicate_errors(skill).tolist()) == [0.5, 0.5, 2.0, 2.0]
+    # From iteration 1 instead (persistence holding iteration 1's value): a from b's change 0.5, b from a's 2.
+    later = skill[skill["iteration"] == 2].copy()
+    later.loc[later["method"] == "persistence", "predicted"] = later["run"].map({"a": 1.0, "b": 1.5})
+    assert sorted(tool.replicate_errors(later, origin=1).tolist()) == [1.5, 1.5]
     assert tool.fold_summary(skill)["replicates"] == pytest.approx(1.25)

@@ -13,7 +13,11 @@ each run from the setting's other runs (:func:`validate.skill.replicate_forecast
 their later iterations, but what a model that knew each setting's mean path could reach). Rerun to refresh;
 nothing is cached between calls.
 
-Usage: ``python tools/leave_one_setting_out.py runs/test/* --out runs/test-predict``
+With ``--predict-from K`` each held-out run is predicted from its iteration K - 1 (``chain validate
+--predict-from``): a chain that has begun at a setting no training run has, with the run's own trend as one more
+baseline.
+
+Usage: ``python tools/leave_one_setting_out.py runs/test/* --out runs/test-predict [--predict-from 2]``
 """
 
 from __future__ import annotations
@@ -44,19 +48,19 @@ def setting_of(path) -> str:
     return label
 
 
-def replicate_errors(run: pd.DataFrame) -> np.ndarray:
+def replicate_errors(run: pd.DataFrame, *, origin: int = 0) -> np.ndarray:
     """|Δ ln var| of each run-level value of the skill rows ``run`` forecast from the other held-out runs of its
-    setting (:func:`validate.skill.replicate_forecast` from iteration 0, whose value persistence holds)."""
-    origin = (run[run["method"] == "persistence"].groupby(["held_out", "run"], as_index=False)["predicted"].first()
-              .rename(columns={"predicted": "value"}).assign(iteration=0))
+    setting (:func:`validate.skill.replicate_forecast` from iteration ``origin``, whose value persistence holds)."""
+    start = (run[run["method"] == "persistence"].groupby(["held_out", "run"], as_index=False)["predicted"].first()
+             .rename(columns={"predicted": "value"}).assign(iteration=origin))
     later = run[run["method"] == "theory"][["held_out", "run", "iteration", "measured"]].rename(
         columns={"measured": "value"})
-    values = pd.concat([origin, later], ignore_index=True).rename(columns={"held_out": "setting"})
-    forecast = replicate_forecast(values, origin=0)
+    values = pd.concat([start, later], ignore_index=True).rename(columns={"held_out": "setting"})
+    forecast = replicate_forecast(values, origin=origin)
     return (forecast["measured"] - forecast["predicted"]).abs().to_numpy()
 
 
-def fold_summary(skill: pd.DataFrame) -> dict:
+def fold_summary(skill: pd.DataFrame, *, origin: int = 0) -> dict:
     """Mean |Δ ln var| (run level) per method, the ratio to the best baseline, and the coverages."""
     run = skill[(skill["caption"] == RUN_LEVEL) & (skill["quantity"] == "log_var")]
     means = run.groupby("method")["abs_error"].mean()
@@ -69,7 +73,7 @@ def fold_summary(skill: pd.DataFrame) -> dict:
     # Unbounded conformal intervals (too few training scores) have no coverage to count.
     conformal = run_theory.get("conformal_covered", pd.Series(dtype=float)).dropna()
     # Where every held-out value's setting has another held-out run: what the setting's mean path would give.
-    replicates = replicate_errors(run)
+    replicates = replicate_errors(run, origin=origin)
     return {
         **{m: float(means[m]) for m in METHODS if m in means},
         "best_baseline": best,
@@ -88,6 +92,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder of the folds' reports and summary.json")
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="write the folds' reports without "
                         "their plots (the summary reads only their tables)")
+    parser.add_argument("--predict-from", type=int, default=1, help="K: predict each held-out run from its iteration "
+                        "K - 1 (chain validate --predict-from; default 1, from iteration 0)")
     args = parser.parse_args()
     settings: dict[str, list[Path]] = {}
     for path in args.runs:
@@ -98,13 +104,15 @@ def main() -> None:
     for held, runs in settings.items():
         train = [p for other, paths in settings.items() if other != held for p in paths]
         began = time.perf_counter()
-        validate_runs(train, predict=runs, conformal=True, report=args.out / f"held-{held}", decompose_runs=False,
-                      bootstrap=0, plots=args.plots, prepare=make_reference, warn=lambda message: None)
+        validate_runs(train, predict=runs, predict_from=args.predict_from, conformal=True,
+                      report=args.out / f"held-{held}", decompose_runs=False, bootstrap=0, plots=args.plots,
+                      prepare=make_reference, warn=lambda message: None)
         skill = pd.read_csv(args.out / f"held-{held}" / "skill.csv")
         skill = skill[skill["task"] == "predict"].assign(held_out=held)
         tables.append(skill)
-        folds[held] = {**fold_summary(skill), "runs": [str(p) for p in runs], "seconds": time.perf_counter() - began}
-    pooled = fold_summary(pd.concat(tables, ignore_index=True))
+        folds[held] = {**fold_summary(skill, origin=args.predict_from - 1), "runs": [str(p) for p in runs],
+                       "seconds": time.perf_counter() - began}
+    pooled = fold_summary(pd.concat(tables, ignore_index=True), origin=args.predict_from - 1)
     write_json(args.out / "summary.json", {"folds": folds, "pooled": pooled, "goal_ratio": GOAL_RATIO})
     header = ["held-out setting", "runs", *METHODS, "best baseline", "ratio", "run coverage", "caption coverage",
               "run coverage, conformal", "other seeds of the setting (a bound)"]
