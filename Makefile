@@ -102,8 +102,9 @@ study-predict: study-runs test-runs
 # The second test set (docs/study.md, "Out of sample"; 2026-12-07): once the first test set (seeds 10-11) had been
 # looked at, it joined the development runs, the selection's form was chosen on all 24 of them, and 12 new chains
 # of seeds the model never saw were made and predicted once: every setting from the others (leave one setting out),
-# every run from the 24 development runs (from iteration 0, with conformal intervals, and from iteration 1, the
-# forecast's information plus the development runs), and every run from its own iterations 0-1 (--forecast-from 2).
+# every setting from the others again from its runs' iteration 1 (--predict-from 2: a chain begun at a setting no
+# other chain has), every run from the 24 development runs (from iteration 0, with conformal intervals, and from
+# iteration 1), and every run from its own iterations 0-1 (--forecast-from 2).
 HOLDOUT := runs/holdout
 HOLDOUT_SEEDS := 20 21
 HOLDOUT_REPORT := runs/holdout-predict
@@ -114,6 +115,8 @@ holdout-runs: $(STAMP)
 
 holdout-predict: $(STAMP)
 	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(HOLDOUT)/*-s*/) --out $(HOLDOUT_REPORT)/leave-one-out
+	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(HOLDOUT)/*-s*/) --predict-from 2 \
+	  --out $(HOLDOUT_REPORT)/leave-one-out-from-2
 	$(BIN)/chain validate $(DEVELOPMENT) --predict $(HELD_OUT) --conformal --guidance shared --no-decompose \
 	  --make-reference --bootstrap 0 --report $(HOLDOUT_REPORT)/development-to-holdout
 	$(BIN)/chain validate $(DEVELOPMENT) --predict $(HELD_OUT) --predict-from 2 --guidance shared --no-decompose \
