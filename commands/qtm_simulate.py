@@ -15,7 +15,8 @@ guidance gain maps them to the scale the sampler uses.
 
 The default sweep (no options) is CFG 1, 3, 7.5 x schedule constant/cosine x condition drop 0/0.2
 for 10 iterations, finetuning from the base model, with the shipped calibration: a prediction of
-settings from one model fitted to the digits chains (``make demo``). With ``--calibration none`` it
+settings from one model fitted to the digits chains (``make demo``); the particle engine, which has no form of
+its selection slope, sweeps without it unless told otherwise (and says so). With ``--calibration none`` it
 is the reference setup (fidelity 0.5) on one trait axis: the base model's conditional branch
 N(1, 1), its unconditional branch N(0, 1.5), the real data N(1, 1). It shows collapse at CFG 7.5
 and what ReDiFine's two parts (cosine CFG schedule, condition drop) do to it. The unconditional
@@ -81,9 +82,9 @@ def simulate(
     from qtm.io import check_table_path
 
     file_options = load_config(config, allowed=OPTIONS) if config is not None else {}
-    chosen = _calibration(calibration)
     options = merge_options(given, file_options, dict.fromkeys(OPTIONS))
     engine = ENGINE.check(options.pop("engine") or ENGINE.default, label="--engine")
+    chosen = _calibration(calibration, engine)
     out = options.pop("out")
     out_path = check_table_path(OUT.default if out is None else out)
     sweep_options = {name: value for name, value in options.items() if value is not None}
@@ -96,19 +97,23 @@ def simulate(
             engine=engine, out=out_path, calibration=chosen, **sweep_options,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    _print_summary(table.frame, points, axes, engine, out_path, chosen)
+    _print_summary(table.frame, points, axes, engine, out_path, chosen, shipped_dropped=calibration is None)
 
 
-def _calibration(spec: str | None) -> Calibration | None:
-    """The calibration ``--calibration`` names: the shipped one when not given, none for 'none'."""
+def _calibration(spec: str | None, engine: str) -> Calibration | None:
+    """The calibration ``--calibration`` names: the shipped one when not given (none for the particle engine where
+    the shipped one has a selection slope, which that engine has no form of), none for 'none'."""
     if spec is None:
-        return shipped_calibration()
+        shipped = shipped_calibration()
+        sloped = shipped.parameters.get("selection_slope") is not None
+        return None if engine == "particles" and sloped else shipped
     if spec.strip().lower() == NO_CALIBRATION:
         return None
     return read_calibration(spec, label="--calibration")
 
 
-def _print_summary(frame, points, axes: dict, engine: str, out_path: Path, calibration: Calibration | None) -> None:
+def _print_summary(frame, points, axes: dict, engine: str, out_path: Path, calibration: Calibration | None, *,
+                   shipped_dropped: bool = False) -> None:
     """Per grid point: the last iteration's moments relative to the real data, and when it collapsed or diverged."""
     from rich.console import Console
     from rich.table import Table
@@ -166,6 +171,9 @@ def _print_summary(frame, points, axes: dict, engine: str, out_path: Path, calib
                       "condition drop change nothing in this sweep")
     if calibration is None:
         console.print("calibration: none (the reference setup)")
+        if shipped_dropped:
+            console.print("note: the shipped calibration selects on ln var by a slope, which the particle engine has "
+                          "no form of, so this sweep is uncalibrated (--engine moments sweeps the calibrated model)")
     else:
         console.print(f"calibration: {calibration.source['path']} (sha256 {calibration.source['sha256'][:12]})")
         # A calibration says where it is known to fail; a sweep made with it repeats that.

@@ -112,6 +112,12 @@ def test_particle_engine_gets_the_grid_and_options(monkeypatch, capsys, tmp_path
     assert options["dims"] == 2 and options["particle_model"] == "sampler" and "cluster" not in options
     assert options["cond_mean"] == [1.0, 2.0] and options["data_var"] == [1.0, 1.0]
     assert "particles" in stdout and "0.5" in stdout and calls["calibration"] is None
+    # Without --calibration the particle engine sweeps uncalibrated, since the shipped calibration has a selection
+    # slope it has no form of, and says so (an explicit sloped calibration is refused: test_calibration.py).
+    status, stdout, _ = run_qtm(monkeypatch, capsys, "simulate", "--engine", "particles", "--cfg", "1", "--iterations",
+                                "1", "--population", "64", "--replicates", "2", "--out", str(out))
+    assert status == 0 and calls["calibration"] is None
+    assert "calibration: none" in stdout and "the particle engine has no form of" in " ".join(stdout.split())
 
 
 @pytest.mark.parametrize(
