@@ -164,8 +164,8 @@ def _print_summary(frame, points, axes: dict, engine: str, out_path: Path, calib
     more = len(points) - SUMMARY_ROWS
     tail = f" ({more} more grid points in the table)" if more > 0 else ""
     console.print(f"wrote {len(frame)} rows to {out_path}{tail}")
-    slope = frame["selection_slope"].fillna(0.0) if "selection_slope" in frame else 0.0
-    if "guidance_gain" in frame and (frame["guidance_gain"] == 0).all() and (slope == 0).all():
+    no_slope = np.all(np.nan_to_num(frame.get("selection_slope", 0.0)) == 0)
+    if "guidance_gain" in frame and (frame["guidance_gain"] == 0).all() and no_slope:
         # A fit can find no effect of guidance (w_eff = 1 at every CFG); its rows then differ in name only.
         console.print("note: guidance gain 0 (w_eff = 1 at every CFG) and no selection slope: CFG, schedule and "
                       "condition drop change nothing in this sweep")

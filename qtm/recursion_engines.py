@@ -35,9 +35,7 @@ def run_operators(*, iterations, sampler, continue_, population, workflow, out, 
     lost = np.zeros(mean.shape[0], dtype=bool)
     # The selection slope's factor on the finetuned variance, the same at every iteration (None: the sampler's law).
     sloped = ~np.isnan(p["selection_slope"])
-    with np.errstate(invalid="ignore"):  # a point without a slope may guide at a scale of 0 (ln 0 = -inf)
-        selection = (np.exp(np.where(sloped, p["selection_slope"] * p["mean_log_scale"], 0.0)) if sloped.any()
-                     else None)
+    selection = np.exp(np.where(sloped, p["selection_slope"] * p["mean_log_scale"], 0.0)) if sloped.any() else None
     for t in range(iterations):
         prior_c, prior_u = (cond, uncond) if continue_ else (base_c, base_u)
         cond = inherit(*prior_c, *data, fidelity=p["fidelity"], var_fidelity=p["var_fidelity"],

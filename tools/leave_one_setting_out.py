@@ -101,6 +101,7 @@ def main() -> None:
     if len(settings) < 2:
         parser.error("give runs of at least two settings")
     folds, tables = {}, []
+    origin = args.predict_from - 1
     for held, runs in settings.items():
         train = [p for other, paths in settings.items() if other != held for p in paths]
         began = time.perf_counter()
@@ -110,9 +111,9 @@ def main() -> None:
         skill = pd.read_csv(args.out / f"held-{held}" / "skill.csv")
         skill = skill[skill["task"] == "predict"].assign(held_out=held)
         tables.append(skill)
-        folds[held] = {**fold_summary(skill, origin=args.predict_from - 1), "runs": [str(p) for p in runs],
+        folds[held] = {**fold_summary(skill, origin=origin), "runs": [str(p) for p in runs],
                        "seconds": time.perf_counter() - began}
-    pooled = fold_summary(pd.concat(tables, ignore_index=True), origin=args.predict_from - 1)
+    pooled = fold_summary(pd.concat(tables, ignore_index=True), origin=origin)
     write_json(args.out / "summary.json", {"folds": folds, "pooled": pooled, "goal_ratio": GOAL_RATIO})
     header = ["held-out setting", "runs", *METHODS, "best baseline", "ratio", "run coverage", "caption coverage",
               "run coverage, conformal", "other seeds of the setting (a bound)"]

@@ -81,7 +81,7 @@ def predict(
     progress=None,
     predict_from: int = 1,
 ) -> Prediction:
-    """Fit the shared model on ``train`` and predict every iteration >= 1 of the ``held_out`` runs.
+    """Fit the shared model on ``train`` and predict every iteration >= ``predict_from`` of the ``held_out`` runs.
 
     Parameters
     ----------
@@ -183,7 +183,7 @@ def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None, start=0)
     thetas = parameter_draws(model, x, covariance, draws=draws, random_state=rng)
     rows, summary, run_level = simulate_runs(target, thetas, base=base, start=start, level=level, random_state=rng)
     if not summary:
-        raise ValidateError("--predict: no held-out run could be predicted (every caption needs iteration 0)")
+        raise ValidateError(f"--predict: no held-out run could be predicted (every caption needs iteration {start})")
     rows = pd.DataFrame(rows)
     theory = pd.concat([pd.DataFrame(run_level), rows.rename(columns={"group": "caption"})], ignore_index=True)
     return fit, rows, summary, theory[list(run_level[0])]

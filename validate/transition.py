@@ -58,7 +58,7 @@ from validate.errors import ValidateError
 W_BOUNDS = (0.0, 50.0)
 #: Bounds of the shared model's guidance gain g (``w_eff = 1 + g (cfg - 1)``).
 GAIN_BOUNDS = (0.0, 10.0)
-#: Bounds of the shared model's selection slope beta on ln var per unit of the schedule's mean scale above 1.
+#: Bounds of the shared model's selection slope beta on ln var per unit of the schedule's mean log scale.
 SLOPE_BOUNDS = (-5.0, 5.0)
 #: Lower bound of every log process variance: an SD of 0.001, far below any measurement noise. Lower, the
 #: likelihood is flat to rounding in that parameter and the optimiser strands there (found at -25: SD 0).
