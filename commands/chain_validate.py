@@ -44,6 +44,13 @@ def validate_command(
     report: Path = typer.Option(..., help="Output folder of the report (tables, plots, report.md).", parser=path_text),
     axes: int = typer.Option(3, help="Number of PCA trait axes fixed on the reference population (a count)."),
     forecast_from: int = typer.Option(None, help="Also fit on iterations < K only and report the forecast error."),
+    calibration: str = typer.Option(
+        None,
+        help="With --forecast-from: take the forecast's model (the shared parameters, their standard errors and the "
+        "process noise) from this calibration file instead of fitting it on iterations < K: calibration.json of an "
+        "earlier `chain validate --guidance shared` on other runs of the same data set and embedder, or 'shipped' "
+        "(the package's, from the digits study).",
+    ),
     predict: list[str] = typer.Option(
         None,
         help="Held-out run directories (repeat the option, or separate with commas): fit one model for every "
@@ -66,7 +73,8 @@ def validate_command(
     guidance: str = typer.Option(
         None,
         help="Model of selection of the fit and forecast: per-setting (a free w_eff per CFG setting) or shared "
-        "(w_eff = 1 + g (cfg - 1), one g for every setting). Default: per-setting, shared with --predict (whose "
+        "(one model for every setting: the mean from the sampler's law at w_eff = 1 + g (cfg - 1), ln var selected "
+        "by one slope per unit of the mean log CFG scale). Default: per-setting, shared with --predict (whose "
         "prediction always uses shared, reusing that fit).",
     ),
     reference: Path = typer.Option(
@@ -138,7 +146,7 @@ def validate_command(
     checked = ValidateParameters(
         report=report, axes=axes, forecast_from=forecast_from, bootstrap=bootstrap, seed=seed, guidance=guidance,
         group=group, predict=tuple(held_out), predict_from=predict_from, selection_curve=curve, real=real,
-        reference=reference,
+        reference=reference, calibration=calibration, embedder=embedder,
         batch_size=batch_size, decompose=decompose, decompose_per_caption=decompose_per_caption,
         finetune_noise=finetune_noise, selection_per_caption=selection_per_caption,
     ).check(run_dirs)
@@ -210,6 +218,7 @@ def validate_command(
             embedder=embedder,
             axes=axes,
             forecast_from=forecast_from,
+            calibration=calibration,
             predict=held_out,
             predict_from=predict_from,
             conformal=conformal,

@@ -6,14 +6,15 @@ noise, the standard errors and where the fit came from. ``qtm simulate --calibra
 so that a CFG value, a schedule or a condition drop no chain has run is predicted by the same model;
 its default is the calibration shipped in the package (:func:`shipped_calibration`).
 
-The file is JSON (version 3)::
+The file is JSON (version 4)::
 
     {"format": "chain-of-diffusion calibration", "version": 3,
      "parameters": {"fidelity": 0.8, "uncond_drift": 0.1, "var_fidelity": 0.8, "var_shift": 0.3,
                     "guidance_gain": 0.5, "selection_slope": -0.1, "sampler": "ddim", "steps": 25},
      "model": {"cond_mean": [...], "cond_var": [...], "uncond_mean": [...], "uncond_var": [...],
                "data_mean": [...], "data_var": [...]},
-     "noise": {"process_sd_mean": 0.1, "process_sd_log_var": 0.2},
+     "noise": {"process_sd_mean": 0.1, "process_sd_log_var": 0.2,
+               "process_sd_common_mean": 0.05, "process_sd_common_log_var": 0.1},
      "standard_errors": {"fidelity": 0.05, "guidance_gain": null, ...},
      "provenance": {...}}
 
@@ -24,7 +25,9 @@ schedule's arithmetic mean scale above 1, version 3 per unit of its mean log sca
 is refused, one without is read); ``model`` holds one value per trait axis,
 every list of the same length (:data:`qtm.params.MODEL_PARAMETERS`); ``noise`` is the fit's per-iteration
 process noise, SD on the mean (trait units) and on ln var, which the moments engine does not use (it
-computes expectations); ``standard_errors`` maps names of ``parameters`` or ``noise`` to an SD or null
+computes expectations), and (from version 4, optional) the SDs of its run-level part, the shock a run's captions
+share at an iteration (``chain validate --forecast-from K --calibration FILE`` draws both parts);
+``standard_errors`` maps names of ``parameters`` or ``noise`` to an SD or null
 (not identified; an infinite SD is written as null); ``provenance`` is any JSON object.
 
 Examples
@@ -61,7 +64,7 @@ from qtm.io import to_json, write_json
 from qtm.params import MODEL_PARAMETERS, PARAMETERS
 
 FORMAT = "chain-of-diffusion calibration"
-VERSION = 3
+VERSION = 4
 #: The chain parameters a calibration fixes, in the file's order.
 CALIBRATED = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain", "selection_slope", "sampler",
               "steps")
@@ -69,6 +72,8 @@ CALIBRATED = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance
 ADDED_IN_VERSION_2 = ("selection_slope",)
 #: The fit's process noise: SD per iteration on the conditional mean (trait units) and on ln var.
 NOISE = ("process_sd_mean", "process_sd_log_var")
+#: The run-level part of :data:`NOISE` (a shock shared by a run's captions), each at most its total; from version 4.
+COMMON_NOISE = ("process_sd_common_mean", "process_sd_common_log_var")
 SECTIONS = ("parameters", "model", "noise", "standard_errors", "provenance")
 #: The calibration shipped in the package (``qtm/data``): the default of ``qtm simulate``.
 SHIPPED = "calibration_digits.json"
@@ -209,7 +214,7 @@ def _checked(document, *, where: str) -> Calibration:
     added = ADDED_IN_VERSION_2 if version < 2 else ()
     _keys(sections["parameters"], "parameters", required=[n for n in CALIBRATED if n not in added], where=where)
     _keys(sections["model"], "model", required=MODEL_PARAMETERS, where=where)
-    _keys(sections["noise"], "noise", required=NOISE, where=where)
+    _keys(sections["noise"], "noise", required=NOISE, allowed=COMMON_NOISE if version >= 4 else (), where=where)
     _keys(sections["standard_errors"], "standard_errors", allowed=(*CALIBRATED, *NOISE), where=where)
     parameters = {}
     for name in CALIBRATED:
@@ -235,11 +240,15 @@ def _checked(document, *, where: str) -> Calibration:
         shown = ", ".join(f"{name} {count}" for name, count in lengths.items())
         raise QTMError(f"{where}: the model lists differ in length ({shown}); give one value per trait axis in each")
     noise = {}
-    for name in NOISE:
+    for name in (*NOISE, *(n for n in COMMON_NOISE if n in sections["noise"])):
         value = sections["noise"][name]
         if not _is_number(value) or not math.isfinite(value) or value < 0:
             raise QTMError(f"{where}: noise.{name} must be a finite number >= 0, got {value!r}; {_FIX}")
         noise[name] = float(value)
+    for part, total in zip(COMMON_NOISE, NOISE, strict=True):
+        if noise.get(part, 0.0) > noise[total]:
+            raise QTMError(f"{where}: noise.{part} ({noise[part]:g}) exceeds noise.{total} ({noise[total]:g}), the "
+                           f"whole process noise it is part of; {_FIX}")
     standard_errors = {}
     for name, value in sections["standard_errors"].items():
         if value is not None and not (_is_number(value) and value >= 0):  # NaN fails the comparison

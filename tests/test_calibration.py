@@ -61,15 +61,20 @@ OLD_ENGINE = {
 
 DOCUMENT = {
     "format": "chain-of-diffusion calibration",
-    "version": 3,
+    "version": 4,
     "parameters": {"fidelity": 0.7, "uncond_drift": 0.2, "var_fidelity": 0.6, "var_shift": 0.1,
                    "guidance_gain": 0.4, "selection_slope": -0.1, "sampler": "ddim", "steps": 12},
     "model": {"cond_mean": [0.5, -0.2], "cond_var": [0.8, 0.3], "uncond_mean": [0.0, 0.1], "uncond_var": [1.2, 0.9],
               "data_mean": [0.4, -0.1], "data_var": [0.7, 0.35]},
-    "noise": {"process_sd_mean": 0.05, "process_sd_log_var": 0.3},
+    "noise": {"process_sd_mean": 0.05, "process_sd_log_var": 0.3, "process_sd_common_mean": 0.03,
+              "process_sd_common_log_var": 0.2},
     "standard_errors": {"fidelity": 0.02, "guidance_gain": None},
     "provenance": {"fit": "test", "runs": ["a", "b"]},
 }
+
+
+#: What a file older than version 4 lacks: the run-level part of the process noise.
+WITHOUT_COMMON_NOISE = {"noise.process_sd_common_mean": None, "noise.process_sd_common_log_var": None}
 
 
 def calibration_file(folder, **changes):
@@ -281,7 +286,7 @@ def test_write_then_read_gives_the_same_calibration(tmp_path):
 
 def test_a_version_1_file_reads_with_the_samplers_law_for_the_variance(tmp_path):
     """Version 1 had no selection slope: its files still read, the slope null (the sampler's law, as they meant)."""
-    path = calibration_file(tmp_path, **{"version": 1, "parameters.selection_slope": None})
+    path = calibration_file(tmp_path, **{"version": 1, "parameters.selection_slope": None, **WITHOUT_COMMON_NOISE})
     calibration = read_calibration(path)
     assert calibration.parameters["selection_slope"] is None
     assert {k: v for k, v in calibration.parameters.items() if k != "selection_slope"} == {
@@ -290,9 +295,15 @@ def test_a_version_1_file_reads_with_the_samplers_law_for_the_variance(tmp_path)
 
 def test_a_version_2_file_without_a_slope_reads(tmp_path):
     """Version 2's slope meant another form (per unit of the mean scale): only its files without one still read."""
-    path = calibration_file(tmp_path, **{"version": 2, "parameters.selection_slope": None})
+    path = calibration_file(tmp_path, **{"version": 2, "parameters.selection_slope": None, **WITHOUT_COMMON_NOISE})
     path.write_text(path.read_text().replace('"steps": 12}', '"steps": 12, "selection_slope": null}'))
     assert read_calibration(path).parameters["selection_slope"] is None
+
+
+def test_a_version_3_file_reads_without_the_run_level_noise(tmp_path):
+    """Version 4 added the run-level part of the process noise, optional: a version-3 file is read without it."""
+    calibration = read_calibration(calibration_file(tmp_path, **{"version": 3, **WITHOUT_COMMON_NOISE}))
+    assert calibration.noise == {"process_sd_mean": 0.05, "process_sd_log_var": 0.3}
 
 
 def test_an_infinite_standard_error_is_written_as_null(tmp_path):
@@ -315,10 +326,14 @@ BAD_FILES = {
     "not JSON": ({"__text__": "{fidelity: 0.8"}, "is not JSON"),
     "a JSON list": ({"__text__": "[1, 2]"}, "is not a calibration"),
     "another format": ({"format": "something else"}, "is not a calibration"),
-    "a newer version": ({"version": 4}, "written by a newer version of the toolkit; upgrade"),
-    "version 3 without the selection slope": ({"parameters.selection_slope": None}, "lacks parameters.selection_slope"),
-    "version 2 with a slope in the mean scale": ({"version": 2}, "format version 2, whose selection slope is per "
-                                                 "unit of the schedule's mean scale"),
+    "a newer version": ({"version": 5}, "written by a newer version of the toolkit; upgrade"),
+    "version 4 without the selection slope": ({"parameters.selection_slope": None}, "lacks parameters.selection_slope"),
+    "version 3 with the run-level noise": ({"version": 3}, "unknown noise.process_sd_common_log_var"),
+    "a run-level noise above the whole": ({"noise.process_sd_common_log_var": 0.4},
+                                          "noise.process_sd_common_log_var (0.4) exceeds noise.process_sd_log_var"),
+    "version 2 with a slope in the mean scale": ({"version": 2, **WITHOUT_COMMON_NOISE},
+                                                 "format version 2, whose selection slope is per unit of the "
+                                                 "schedule's mean scale"),
     "no version": ({"version": None}, "no valid format version"),
     "a missing section": ({"noise": None}, 'lacks "noise"'),
     "a missing parameter": ({"parameters.steps": None}, "lacks parameters.steps"),

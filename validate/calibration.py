@@ -7,8 +7,9 @@ from collections import Counter
 import numpy as np
 
 from qtm.calibration import Calibration
+from validate.errors import ValidateError
 from validate.optimiser import FitResult
-from validate.transition import QUANTITIES, BaseMoments, Trajectory, for_group
+from validate.transition import LOG_NOISE_FLOOR, QUANTITIES, BaseMoments, Trajectory, TransitionModel, for_group
 
 #: The shared model's parameters, named as qtm's chain parameters (:mod:`qtm.params`).
 SHARED_PARAMETERS = ("fidelity", "uncond_drift", "var_fidelity", "var_shift", "guidance_gain", "selection_slope")
@@ -43,8 +44,10 @@ def calibration_of(fit: FitResult, trajectories: list[Trajectory], *, base: Base
         parameters={**shared, "sampler": sampler, "steps": int(steps)},
         model={"cond_mean": cond[0], "cond_var": cond[1], "uncond_mean": uncond_mean.tolist(),
                "uncond_var": [1.0] * len(scale), "data_mean": data[0], "data_var": data[1]},
-        noise={f"process_sd_{q}": float(np.sqrt(sum(np.exp(values[(name, q, -1)]) for name in PROCESS_NOISE
-                                                    if (name, q, -1) in values))) for q in QUANTITIES},
+        noise={**{f"process_sd_{q}": float(np.sqrt(sum(np.exp(values[(name, q, -1)]) for name in PROCESS_NOISE
+                                                       if (name, q, -1) in values))) for q in QUANTITIES},
+               **{f"process_sd_common_{q}": float(np.sqrt(np.exp(values[("log_common_var", q, -1)])))
+                  for q in QUANTITIES if ("log_common_var", q, -1) in values}},
         standard_errors={name: float(errors[name]) for name in SHARED_PARAMETERS},
         provenance={"fit": "chain validate, the shared model (--guidance shared or --predict)",
                     "units": "trait axes in SDs of the base model's unconditional branch",
@@ -85,3 +88,56 @@ def typical_caption(base: BaseMoments, scale: np.ndarray, uncond_mean: np.ndarra
     turned = np.where(offsets[measured] < 0, -1.0, 1.0) * side
     data_mean = cond_mean + np.mean(turned * (data_means - cond_means[measured]), axis=0)
     return cond, (data_mean.tolist(), data_vars.mean(axis=0).tolist())
+
+
+def calibrated_parameters(calibration: Calibration, model: TransitionModel, *, where: str) -> tuple:
+    """The shared ``model``'s parameter vector and its covariance taken from ``calibration``, not fitted.
+
+    The shared parameters are the calibration's, with its standard errors as independent SDs (the file keeps no
+    correlations; a null or missing SE holds the estimate); the process noise is its per-iteration SD, split into the
+    run-level shock a run's captions share and each caption's own as the calibration's fit split it (with one
+    caption per run the whole noise is that caption's), held fixed. ``where`` names the file in error lines.
+
+    Raises
+    ------
+    ValidateError
+        One line: a calibration without a selection slope or a variance fidelity (the sampler's law of
+        version 1, or a linear variance), or without the run-level part of its noise where the runs have
+        several captions (written before format version 4).
+
+    Examples
+    --------
+    >>> from validate.transition import Transitions
+    >>> base = BaseMoments(cond=(np.zeros(1), np.ones(1)), uncond=(np.zeros(1), np.full(1, 2.0)))
+    >>> run = Trajectory(run="a", setting="cfg=3", cfg=3.0, iterations=np.arange(3), mean=np.zeros((3, 1)),
+    ...                  var=np.ones((3, 1)), population=50)
+    >>> model = TransitionModel(Transitions([run], base, None), guidance="shared")
+    >>> calibration = Calibration(
+    ...     parameters={"fidelity": 0.8, "uncond_drift": 0.1, "var_fidelity": 0.8, "var_shift": 0.3,
+    ...                 "guidance_gain": 0.5, "selection_slope": -0.1, "sampler": "ddim", "steps": 25},
+    ...     model={}, noise={"process_sd_mean": 0.1, "process_sd_log_var": 0.2}, standard_errors={"fidelity": 0.05})
+    >>> x, covariance = calibrated_parameters(calibration, model, where="c.json")
+    >>> [round(float(v), 3) for v in x], round(float(covariance[0, 0]), 6)
+    ([0.8, 0.1, 0.8, 0.3, 0.5, -0.1, -4.605, -3.219], 0.0025)
+    """
+    parameters, noise = calibration.parameters, calibration.noise
+    for name, meaning in (("selection_slope", "selection slope"), ("var_fidelity", "variance fidelity")):
+        if parameters.get(name) is None:
+            raise ValidateError(f"{where} has no {meaning}; the forecast's shared model needs one: write it again "
+                                "with chain validate --guidance shared")
+    values = {(name, "", -1): float(parameters[name]) for name in SHARED_PARAMETERS}
+    floor = float(np.exp(LOG_NOISE_FLOOR))
+    for q in QUANTITIES:
+        total, common = noise[f"process_sd_{q}"] ** 2, noise.get(f"process_sd_common_{q}")
+        if model.common:
+            if common is None:
+                raise ValidateError(f"{where} does not split its process noise into the run-level shock and each "
+                                    "caption's own (written before format version 4); write it again with chain "
+                                    "validate --guidance shared")
+            values[("log_common_var", q, -1)] = float(np.log(max(common**2, floor)))
+            total -= common**2
+        values[("log_process_var", q, -1)] = float(np.log(max(total, floor)))
+    x = np.array([values[name] for name in model.names])
+    errors = calibration.standard_errors
+    variances = [(errors.get(name) or 0.0) ** 2 if name in SHARED_PARAMETERS else 0.0 for name, _, _ in model.names]
+    return x, np.diag(variances)

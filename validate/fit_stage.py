@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qtm.calibration import Calibration, read_calibration, shipped_calibration
 from qtm.rundir import Run, iteration_folder, iteration_status, read_parameters
 from validate.calibration import calibration_of
 from validate.errors import ValidateError
@@ -28,15 +29,16 @@ from validate.transition import BaseMoments, Trajectory
 
 def fit_stage(
     runs: list[Run], statistics: pd.DataFrame, *, grouped: bool, forecast_from: int | None, warn,
-    guidance: str = "per-setting",
+    guidance: str = "per-setting", calibration: Calibration | None = None,
 ) -> tuple[FitResult | None, FitResult | None, list[str]]:
     """The fit on all iterations and the forecast from ``forecast_from`` (None: none), with the notes on them.
 
-    ``guidance``: :class:`validate.transition.TransitionModel`'s, for both.
+    ``guidance``: :class:`validate.transition.TransitionModel`'s, for both; ``calibration``: the forecast's
+    parameters, taken from it instead of fitted (:func:`validate.forecast.forecast`).
     """
     trajectories = _trajectories(runs, statistics, grouped=grouped)
     base, base_notes = _base_moments(statistics, grouped=grouped, groups={t.group for t in trajectories})
-    fit, predicted, fit_notes = _fit(trajectories, base, forecast_from, warn, guidance)
+    fit, predicted, fit_notes = _fit(trajectories, base, forecast_from, warn, guidance, calibration)
     return fit, predicted, base_notes + fit_notes
 
 
@@ -114,7 +116,7 @@ def _base_moments(statistics: pd.DataFrame, *, grouped: bool, groups: set[str]) 
     return base, notes
 
 
-def _fit(trajectories, base, forecast_from, warn, guidance):
+def _fit(trajectories, base, forecast_from, warn, guidance, calibration):
     """The one-step-ahead fit on all iterations, and the forecast from ``forecast_from`` when asked for."""
     notes = []
     if any(not np.isfinite(t.cfg) for t in trajectories):
@@ -129,7 +131,8 @@ def _fit(trajectories, base, forecast_from, warn, guidance):
         notes.append(f"fit skipped: {error}")
     if forecast_from is not None and fit is not None:
         try:
-            predicted = forecast(trajectories, base=base, forecast_from=forecast_from, guidance=guidance)
+            predicted = forecast(trajectories, base=base, forecast_from=forecast_from, guidance=guidance,
+                                 calibration=calibration)
         except ValidateError as error:
             warn(f"forecast skipped: {error}")
             notes.append(f"forecast skipped: {error}")
@@ -166,6 +169,45 @@ def check_held_out(train_dirs, held_out_dirs, *, predict_from: int = 1) -> None:
         if iteration_status(iteration_folder(path, start)) != "complete":
             raise ValidateError(f"--predict {path}: iteration {start} is not finished; a prediction starts from it"
                                 + ("" if start == 0 else f" (--predict-from {predict_from})"))
+
+
+#: ``--calibration``'s word for the calibration shipped in the package (the digits study's).
+SHIPPED_CALIBRATION = "shipped"
+
+
+def check_calibration(path, run_dirs, *, embedder: str | None) -> Calibration:
+    """Read ``--calibration`` (a file, :data:`SHIPPED_CALIBRATION`, or a Calibration already read) and refuse it,
+    before any work, for runs it was not fitted on: another embedder, or another data set, backend or base model
+    than its training runs'.
+
+    Raises
+    ------
+    qtm.errors.QTMError
+        One line: the file's own problems (:func:`qtm.calibration.read_calibration`), a calibration that does
+        not record what it was fitted on (written before it did), or a mismatch.
+    """
+    if isinstance(path, Calibration):
+        calibration, where = path, "the calibration"
+    elif str(path) == SHIPPED_CALIBRATION:
+        calibration, where = shipped_calibration(), "the shipped calibration"
+    else:
+        calibration, where = read_calibration(path, label="--calibration"), f"--calibration {str(path)!r}"
+    fitted = calibration.provenance.get("validation", {}).get("parameters", {})
+    if "setup" not in fitted or "embedder" not in fitted:
+        raise ValidateError(f"{where} does not record the embedder and the runs it was fitted on; write it again "
+                            "with chain validate --guidance shared")
+    if embedder is not None and fitted["embedder"] != embedder:
+        raise ValidateError(f"{where} was fitted on {fitted['embedder']} traits, not {embedder}; validate with "
+                            f"--embedder {fitted['embedder']}, or give a calibration fitted on {embedder} traits")
+    for run_dir in run_dirs:
+        params = read_parameters(run_dir)
+        differ = [key for key in SETUP_KEYS if params.get(key) != fitted["setup"].get(key)]
+        if differ:
+            key = differ[0]
+            raise ValidateError(f"{run_dir}: {key} {params.get(key)!r} differs from {where}'s runs' "
+                                f"{fitted['setup'].get(key)!r}; forecast runs of the same data set, backend and base "
+                                "model with it")
+    return calibration
 
 
 def predict_stage(

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import OptimizeResult
 
+from qtm.calibration import Calibration
 from qtm.errors import QTMError
 from qtm.random import check_random_state
+from validate.calibration import calibrated_parameters
 from validate.errors import ValidateError
-from validate.optimiser import FitResult, fit_tables, optimise, prediction_errors
+from validate.optimiser import FitResult, fit_tables, optimise, prediction_errors, transition_model
 from validate.skill import RUN_LEVEL, crps, forecast_baselines, skill_table, skill_verdict
 from validate.transition import BaseMoments, Trajectory, for_group, mixture
 
@@ -45,8 +48,13 @@ def forecast(
     level: float = FORECAST_LEVEL,
     random_state=0,
     guidance: str = "per-setting",
+    calibration: Calibration | None = None,
 ) -> Forecast:
     """Fit on the iterations ``< forecast_from``, then forecast the later ones with prediction intervals.
+
+    With ``calibration`` nothing is fitted: the shared model's parameters, their standard errors and the
+    process noise are the calibration's (:func:`validate.calibration.calibrated_parameters`; a fit on other
+    chains), and the iterations ``< forecast_from`` give only the starting state and the in-sample rows.
 
     From the measured state at ``forecast_from - 1`` (with its measurement noise) the
     transition is iterated ``draws`` times with parameters drawn from N(estimate, inverse
@@ -78,8 +86,14 @@ def forecast(
     >>> all(row["covered"] for row in result.forecast)
     True
     """
-    model, best = optimise(trajectories, base, forecast_from, guidance=guidance)
-    fit, covariance = fit_tables(model, best, trajectories)
+    if calibration is None:
+        model, best = optimise(trajectories, base, forecast_from, guidance=guidance)
+        fit, covariance = fit_tables(model, best, trajectories)
+    else:
+        model = transition_model(trajectories, base, forecast_from, guidance="shared")
+        x, covariance = calibrated_parameters(calibration, model, where=_named(calibration))
+        best = OptimizeResult(x=x, success=True, message=f"parameters from {_named(calibration)}, not fitted")
+        fit, covariance = fit_tables(model, best, trajectories, covariance=covariance)
     if all(t.iterations.max() < forecast_from for t in trajectories):
         raise ValidateError(f"--forecast-from {forecast_from}: no finished iteration at or after it")
     rng = check_random_state(random_state)
@@ -102,6 +116,8 @@ def forecast(
     fit.goodness.update(
         {
             "forecast_from": forecast_from,
+            **({} if calibration is None else {"forecast_calibration": {
+                **calibration.source, "training_runs": len(calibration.provenance.get("training_runs", []))}}),
             "forecast_level": level,
             "forecast_caption_coverage": float(held_out["covered"].mean()),
             "forecast_run_coverage": float(np.mean([s["covered"] for s in summary])),
@@ -110,6 +126,12 @@ def forecast(
         }
     )
     return fit
+
+
+def _named(calibration: Calibration) -> str:
+    """How error lines and the fit's message name a calibration: its file where it was read from one."""
+    path = calibration.source.get("path")
+    return "the calibration" if path is None else f"--calibration {path!r}"
 
 
 def parameter_draws(model, x, covariance, *, draws: int, random_state) -> np.ndarray:

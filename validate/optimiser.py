@@ -93,7 +93,9 @@ def fit_theory(
     return fit_tables(model, best, trajectories)[0]
 
 
-def optimise(trajectories, base, fit_until, *, guidance: str = "per-setting"):
+def transition_model(trajectories, base, fit_until, *, guidance: str = "per-setting") -> TransitionModel:
+    """The transition model of ``trajectories`` (their transitions into iterations ``< fit_until``), after the
+    checks that it can be evaluated: finite, positive variances and the base moments of every caption."""
     if not trajectories:
         raise ValidateError("nothing to fit: no run has a finished iteration")
     for trajectory in trajectories:
@@ -113,7 +115,11 @@ def optimise(trajectories, base, fit_until, *, guidance: str = "per-setting"):
                 f"no {name} moments for caption {missing[0]!r}; measure every caption's reference points "
                 "(--make-reference) or fit with --group none"
             )
-    model = TransitionModel(Transitions(trajectories, base, fit_until), guidance=guidance)
+    return TransitionModel(Transitions(trajectories, base, fit_until), guidance=guidance)
+
+
+def optimise(trajectories, base, fit_until, *, guidance: str = "per-setting"):
+    model = transition_model(trajectories, base, fit_until, guidance=guidance)
     if model.n_values() <= len(model.names):
         raise ValidateError(
             f"the fit has {len(model.names)} parameters but only {model.n_values()} measured values"
@@ -136,12 +142,14 @@ def optimise(trajectories, base, fit_until, *, guidance: str = "per-setting"):
     return model, best
 
 
-def fit_tables(model, best, trajectories) -> tuple[FitResult, np.ndarray]:
-    """The fit's tables and goodness, and the parameters' covariance (inverse Hessian of the NLL)."""
+def fit_tables(model, best, trajectories, *, covariance=None) -> tuple[FitResult, np.ndarray]:
+    """The fit's tables and goodness, and the parameters' covariance: ``covariance`` where given (parameters taken
+    from elsewhere, :func:`validate.calibration.calibrated_parameters`), else the inverse Hessian of the NLL."""
     x = best.x
-    with np.errstate(all="ignore"):
-        curvature = hessian(model.nll_many, x, model.bounds)
-    covariance = _covariance(curvature)
+    if covariance is None:
+        with np.errstate(all="ignore"):
+            curvature = hessian(model.nll_many, x, model.bounds)
+        covariance = _covariance(curvature)
     stderr = np.sqrt(np.diag(covariance))
     residual, measurement, own, predicted = model.terms(x)
     common = model.noise(x)[1]

@@ -17,7 +17,7 @@ from qtm.io import check_output_dir
 from qtm.rundir import iteration_folders
 from qtm.validation import check_int
 from validate.errors import ValidateError
-from validate.fit_stage import check_held_out
+from validate.fit_stage import check_calibration, check_held_out
 from validate.report_folder import check_report_folder
 from validate.runs import GROUPS
 from validate.selection import parse_cfgs
@@ -42,7 +42,10 @@ class ValidateParameters:
     ``selection_per_caption`` a third of ``decompose_per_caption`` (at least 3). ``conformal`` (only with
     ``predict``) calibrates the prediction's intervals (:mod:`validate.conformal`); ``predict_from`` (only with
     ``predict``) is the first predicted iteration. ``plots=False`` writes the
-    report without its plots (every value is in its tables).
+    report without its plots (every value is in its tables). ``calibration`` (only with ``forecast_from``: a
+    path, ``"shipped"`` or a :class:`qtm.calibration.Calibration`) gives the forecast its parameters, checked
+    against the runs and ``embedder`` (:func:`validate.fit_stage.check_calibration`); checked, it is the
+    Calibration.
 
     Examples
     --------
@@ -75,6 +78,8 @@ class ValidateParameters:
     finetune_noise: int = 0
     selection_per_caption: int | None = None
     plots: bool = True
+    calibration: object = None
+    embedder: str | None = None
 
     def check(self, run_dirs) -> ValidateParameters:
         """Check every option against the others and the run directories ``run_dirs``; fill in the defaults.
@@ -120,6 +125,11 @@ class ValidateParameters:
         forecast_from = self.forecast_from
         if forecast_from is not None:
             forecast_from = _check_forecast_from(forecast_from, run_dirs)
+        calibration = self.calibration
+        if calibration is not None:
+            if forecast_from is None:
+                raise ValidateError("--calibration gives the forecast its model; add --forecast-from K")
+            calibration = check_calibration(calibration, run_dirs, embedder=self.embedder)
         check_report_folder(self.report)
         check_output_dir(self.report, flag="--report")
         for flag, folder in (("--real", self.real), ("--reference", self.reference)):
@@ -135,7 +145,7 @@ class ValidateParameters:
         return dataclasses.replace(
             self, **counts, guidance=guidance, forecast_from=forecast_from, selection_curve=cfgs,
             decompose_per_caption=per_caption, selection_per_caption=paired, predict=tuple(self.predict),
-            predict_from=predict_from,
+            predict_from=predict_from, calibration=calibration,
             plots=bool(self.plots),
         )
 

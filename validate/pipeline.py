@@ -44,7 +44,7 @@ from validate.embedder import Embedder
 from validate.embedders import get_embedder
 from validate.errors import ValidateError
 from validate.features import Features, features_stage
-from validate.fit_stage import fit_stage, predict_stage
+from validate.fit_stage import SETUP_KEYS, fit_stage, predict_stage
 from validate.optimiser import FitResult
 from validate.parameters import ValidateParameters
 from validate.prediction import Prediction
@@ -108,6 +108,7 @@ def validate_runs(
     predict_from: int = 1,
     conformal: bool = False,
     guidance: str | None = None,
+    calibration=None,
     plots: bool = True,
     prepare: Callable[[Path], object] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
@@ -154,6 +155,10 @@ def validate_runs(
     predict_from : int
         With ``predict``: the first predicted iteration K; each held-out run is predicted from its measured
         iteration K - 1 (default 1: from iteration 0), its earlier iterations giving the trend baseline.
+    calibration : path-like, "shipped" or qtm.calibration.Calibration, optional
+        With ``forecast_from``: the forecast's parameters and process noise are this calibration's (a shared fit
+        on other runs of the same data set and embedder, ``calibration.json`` of an earlier validation, or the
+        package's digits calibration) instead of a fit on iterations ``< forecast_from``.
     conformal : bool
         With ``predict``: also calibrate its intervals out of sample (:mod:`validate.conformal`; one more fit per
         training setting).
@@ -194,6 +199,7 @@ def validate_runs(
         group=group, predict=tuple(predict or ()), predict_from=predict_from, conformal=conformal,
         selection_curve=selection_curve, real=real, reference=reference,
         batch_size=(embedder_options or {}).get("batch_size", 16), decompose=decompose_runs, plots=plots,
+        calibration=calibration, embedder=embedder,
     ).check(run_dirs)
     axes, forecast_from, bootstrap, guidance, cfgs = (checked.axes, checked.forecast_from, checked.bootstrap,
                                                       checked.guidance, checked.selection_curve)
@@ -226,7 +232,10 @@ def validate_runs(
             "embedder_settings": model.settings(),
             "axes": axes,
             "forecast_from": forecast_from,
+            **({} if checked.calibration is None else {"calibration": checked.calibration.source or "in memory"}),
             "guidance": guidance,
+            # What a calibration.json of this validation was fitted on: --calibration refuses runs of another setup.
+            "setup": {key: runs[0].params.get(key) for key in SETUP_KEYS},
             "bootstrap": bootstrap,
             "reference": reference_name,
             "group": group,
@@ -238,7 +247,7 @@ def validate_runs(
         software="chain validate",
     )
     fit, forecast, fit_notes = fit_stage(runs, statistics, grouped=grouped, forecast_from=forecast_from, warn=warn,
-                                         guidance=guidance)
+                                         guidance=guidance, calibration=checked.calibration)
     prediction = None
     if held_out:
         prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped, fit=fit,

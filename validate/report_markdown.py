@@ -172,7 +172,7 @@ def markdown_report(validation) -> str:
             "",
             f"## Forecast from the first {forecast_from} iterations",
             "",
-            f"Fitted on iterations < {forecast_from}, then the transition iterated from the measured state at "
+            f"{_forecast_model(g, forecast_from)}, then the transition iterated from the measured state at "
             f"iteration {forecast_from - 1} ({FORECAST_DRAWS_TEXT}). {100 * g['forecast_level']:.0f} % prediction "
             f"intervals cover {100 * g['forecast_caption_coverage']:.0f} % of the held-out per-caption means and "
             f"log variances and {100 * g['forecast_run_coverage']:.0f} % of the run-level within-caption variances; "
@@ -210,10 +210,21 @@ def forecast_skill(forecast, forecast_from: int) -> list[str]:
     """The opening section of ``--forecast-from``: the forecast's skill against persistence and the trend."""
     return skill_section(
         forecast.skill, forecast.goodness, heading=f"Forecast skill from iteration {forecast_from} against naive "
-        "baselines", how=f"Fitted on iterations < {forecast_from}; both baselines see the same iterations: "
+        "baselines", how=f"{_forecast_model(forecast.goodness, forecast_from)}; both baselines see the iterations "
+        f"< {forecast_from}: "
         f"**persistence** holds iteration {forecast_from - 1}'s measured value, the **trend** extends the "
         f"least-squares line through iterations 0–{forecast_from - 1} (of ln var: log-linear; of the mean: linear).",
     )
+
+
+def _forecast_model(goodness: dict, forecast_from: int) -> str:
+    """Where the forecast's parameters came from: a fit on the iterations before it, or a calibration file."""
+    calibration = goodness.get("forecast_calibration")
+    if calibration is None:
+        return f"Fitted on iterations < {forecast_from}"
+    runs = calibration["training_runs"]
+    return (f"Parameters and process noise from the calibration `{calibration.get('path', 'given in Python')}` (the "
+            f"shared model fitted on {runs} other run{'s' if runs != 1 else ''}), none fitted on these runs")
 
 
 def prediction_section(prediction) -> list[str]:

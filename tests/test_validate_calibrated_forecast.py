@@ -1,0 +1,144 @@
+"""``--forecast-from K --calibration FILE``: a forecast whose model was fitted on other chains, nothing on these."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cli_usage import run_main
+from test_validate_command import TWO_CAPTIONS, make_run
+from test_validate_prediction import TRUTH, engine_base, engine_chain
+
+from qtm.calibration import Calibration, read_calibration, write_calibration
+from validate.calibration import calibrated_parameters
+from validate.errors import ValidateError
+from validate.forecast import forecast
+from validate.pipeline import validate_runs
+from validate.skill import RUN_LEVEL
+from validate.transition import BaseMoments, Trajectory, TransitionModel, Transitions
+
+NOISE = {"process_sd_mean": 1e-3, "process_sd_log_var": 1e-3}
+
+
+def engine_calibration(**changes) -> Calibration:
+    """The engine's own parameters as a calibration (the model lists are not used by a forecast)."""
+    return Calibration(parameters={**TRUTH, "sampler": "ddim", "steps": 10, **changes}, model={}, noise=NOISE,
+                       standard_errors={name: 1e-3 for name in TRUTH})
+
+
+def run_level_errors(result) -> pd.Series:
+    rows = result.skill[result.skill["caption"] == RUN_LEVEL]
+    return rows.pivot_table(index="iteration", columns="method", values="abs_error")["theory"]
+
+
+def test_a_calibrated_forecast_fits_nothing_and_follows_the_engine_it_came_from():
+    """The engine's CFG-3 chain forecast from iteration 1 with the engine's own parameters: the forecast's table is
+    the calibration's, and the forecast follows the chain; a calibration with another selection slope does not."""
+    chain = [engine_chain("cfg3", 3.0, iterations=6)]
+    result = forecast(chain, base=engine_base(), forecast_from=2, draws=200, calibration=engine_calibration())
+    table = result.parameters.set_index("parameter")
+    for name, truth in TRUTH.items():
+        assert table.loc[name, "estimate"] == truth and table.loc[name, "stderr"] == pytest.approx(1e-3)
+    assert result.goodness["message"].startswith("parameters from the calibration, not fitted")
+    assert result.goodness["forecast_calibration"] == {"training_runs": 0}
+    assert set(result.skill["iteration"]) == {2, 3, 4, 5}
+    assert (run_level_errors(result) < 0.02).all()
+    assert result.goodness["forecast_run_coverage"] == 1.0
+    # The calibration is what forecasts: a selection slope 0.5 stronger misses by about 0.5 ln per iteration ahead
+    # (the model's ln var adds slope * ln 3 at each generation and keeps var_fidelity = 0.7 of the last one).
+    wrong = forecast(chain, base=engine_base(), forecast_from=2, draws=200,
+                     calibration=engine_calibration(selection_slope=TRUTH["selection_slope"] - 0.5))
+    assert (run_level_errors(wrong) > 0.4).all()
+
+
+def two_caption_model() -> TransitionModel:
+    runs = [Trajectory(run="r", setting="cfg=3 constant", cfg=3.0, iterations=np.arange(3), mean=np.zeros((3, 1)),
+                       var=np.ones((3, 1)), population=50, group=group) for group in ("a", "b")]
+    pair = (np.zeros(1), np.ones(1))
+    base = BaseMoments(cond={"a": pair, "b": pair}, uncond=(np.zeros(1), np.full(1, 2.0)), data=None)
+    return TransitionModel(Transitions(runs, base, None), guidance="shared")
+
+
+def test_the_process_noise_splits_into_the_runs_shock_and_each_captions_own():
+    model = two_caption_model()
+    calibration = engine_calibration()
+    calibration = dataclasses.replace(calibration, noise={"process_sd_mean": 0.5, "process_sd_log_var": 0.5,
+                                                          "process_sd_common_mean": 0.3,
+                                                          "process_sd_common_log_var": 0.4})
+    x, covariance = calibrated_parameters(calibration, model, where="c.json")
+    own, common = model.noise(x)
+    assert own == pytest.approx({"mean": 0.25 - 0.09, "log_var": 0.25 - 0.16})
+    assert common == pytest.approx({"mean": 0.09, "log_var": 0.16})
+    assert np.diag(covariance)[len(TRUTH):].tolist() == [0.0] * 4  # the noise is held, not drawn
+    with pytest.raises(ValidateError, match=r"does not split its process noise .* before format version 4"):
+        calibrated_parameters(engine_calibration(), model, where="c.json")
+    with pytest.raises(ValidateError, match=r"c\.json has no selection slope"):
+        calibrated_parameters(engine_calibration(selection_slope=None), model, where="c.json")
+
+
+def fitted_calibration(tmp_path):
+    """calibration.json of a shared fit on two synthetic training runs of two captions."""
+    low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, captions=TWO_CAPTIONS, n=24)
+    high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, captions=TWO_CAPTIONS, n=24)
+    validate_runs([low, high], report=tmp_path / "fit", axes=2, bootstrap=0, guidance="shared",
+                  decompose_runs=False, plots=False, warn=print)
+    return tmp_path / "fit" / "calibration.json"
+
+
+def test_chain_validate_forecasts_with_a_calibration_of_other_runs(monkeypatch, capsys, tmp_path):
+    from commands.chain_program import main
+
+    path = fitted_calibration(tmp_path)
+    calibration = read_calibration(path)
+    assert calibration.provenance["validation"]["parameters"]["setup"] == dict.fromkeys(
+        ("data", "backend", "preset", "model"))
+    assert set(calibration.noise) == {"process_sd_mean", "process_sd_log_var", "process_sd_common_mean",
+                                      "process_sd_common_log_var"}
+    middle = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, reference=True, seed=3, captions=TWO_CAPTIONS, n=24)
+    status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(middle), "--forecast-from", "2",
+                                 "--calibration", str(path), "--axes", "2", "--bootstrap", "0", "--no-decompose",
+                                 "--no-plots", "--report", str(tmp_path / "r"))
+    assert status == 0, stderr
+    fit = json.loads((tmp_path / "r" / "fit.json").read_text())
+    forecast_table = pd.DataFrame(fit["forecast"]["parameters"]).set_index("parameter")
+    for name in TRUTH:
+        assert forecast_table.loc[name, "estimate"] == pytest.approx(calibration.parameters[name], rel=1e-12)
+    assert fit["forecast"]["forecast_calibration"]["sha256"] == calibration.source["sha256"]
+    assert fit["forecast"]["process_sd_log_var"] == pytest.approx(calibration.noise["process_sd_log_var"])
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert f"Parameters and process noise from the calibration `{path}` (the shared model fitted on 2 other runs)" \
+        in text
+    skill = pd.read_csv(tmp_path / "r" / "skill.csv")
+    assert set(skill["iteration"]) == {2, 3} and {"persistence", "trend"} <= set(skill["method"])
+
+
+def test_calibration_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tmp_path):
+    from commands.chain_program import main
+
+    path = fitted_calibration(tmp_path)
+    run = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, reference=True, seed=3, n=12)
+    other = make_run(tmp_path, "emoji", cfg=3.0, shrink=0.8, reference=True, seed=4, n=12)
+    document = json.loads((other / "run.json").read_text())
+    document["parameters"]["data"] = "emoji:32"
+    (other / "run.json").write_text(json.dumps(document))
+    unrecorded = read_calibration(path)
+    unrecorded.provenance["validation"]["parameters"].pop("setup")
+    old = write_calibration(tmp_path / "old.json", dataclasses.replace(unrecorded, source={}))
+    for target, flags, message in (
+        (run, ["--calibration", str(path)], "--calibration gives the forecast its model; add --forecast-from K"),
+        (run, ["--forecast-from", "2", "--calibration", str(tmp_path / "nope.json")], "does not exist"),
+        (run, ["--forecast-from", "2", "--calibration", str(path), "--embedder", "clip"],
+         "was fitted on stats traits, not clip; validate with --embedder stats"),
+        (other, ["--forecast-from", "2", "--calibration", str(path)],
+         "data 'emoji:32' differs from --calibration"),
+        (run, ["--forecast-from", "2", "--calibration", "shipped"],
+         "data None differs from the shipped calibration's runs' 'digits:500'"),
+        (run, ["--forecast-from", "2", "--calibration", str(old)],
+         "does not record the embedder and the runs it was fitted on"),
+    ):
+        status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(target), *flags,
+                                     "--no-decompose", "--report", str(tmp_path / "r"))
+        assert status == 2 and "Traceback" not in stderr, stderr
+        assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
+    assert not (tmp_path / "r").exists()
