@@ -259,6 +259,15 @@ def validate_command(
         else f"one-step fit: reduced chi2 {fit['reduced_chi2']:.3g} "
         f"({fit['reduced_chi2_measurement']:.3g} without process noise)"
     )
+    if result["forecast"] is not None:
+        g = result["forecast"]
+        better = g["skill_better_baseline"]
+        model = "" if "forecast_calibration" not in g else " with the calibration's model"
+        typer.echo(
+            f"forecast from iteration {g['forecast_from']}{model}: mean |Δ ln var| {g['skill_theory_abs_log_var']:.3g} "
+            f"against {g[f'skill_{better}_abs_log_var']:.3g} for {better} (ratio {g['skill_ratio']:.2f}); 90 % "
+            f"intervals cover {100 * g['forecast_run_coverage']:.0f} % of run-iterations"
+        )
     if result["prediction"] is not None:
         g = result["prediction"]
         better = g["skill_better_baseline"]

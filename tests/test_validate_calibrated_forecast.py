@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_tool
 from test_cli_usage import run_main
 from test_validate_command import TWO_CAPTIONS, make_run
 from test_validate_prediction import TRUTH, engine_base, engine_chain
@@ -96,10 +97,11 @@ def test_chain_validate_forecasts_with_a_calibration_of_other_runs(monkeypatch, 
     assert set(calibration.noise) == {"process_sd_mean", "process_sd_log_var", "process_sd_common_mean",
                                       "process_sd_common_log_var"}
     middle = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, reference=True, seed=3, captions=TWO_CAPTIONS, n=24)
-    status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(middle), "--forecast-from", "2",
-                                 "--calibration", str(path), "--axes", "2", "--bootstrap", "0", "--no-decompose",
-                                 "--no-plots", "--report", str(tmp_path / "r"))
+    status, stdout, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(middle), "--forecast-from",
+                                      "2", "--calibration", str(path), "--axes", "2", "--bootstrap", "0",
+                                      "--no-decompose", "--no-plots", "--report", str(tmp_path / "r"))
     assert status == 0, stderr
+    assert "forecast from iteration 2 with the calibration's model: mean |Δ ln var| " in stdout
     fit = json.loads((tmp_path / "r" / "fit.json").read_text())
     forecast_table = pd.DataFrame(fit["forecast"]["parameters"]).set_index("parameter")
     for name in TRUTH:
@@ -142,3 +144,13 @@ def test_calibration_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch
         assert status == 2 and "Traceback" not in stderr, stderr
         assert len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_ship_calibration_adds_how_it_was_made_and_keeps_the_fit(tmp_path, capsys):
+    path = fitted_calibration(tmp_path)
+    load_tool("ship_calibration").main([str(path), "--made-by", "make it", "--warning", "in sample",
+                                        "--out", str(tmp_path / "shipped.json")])
+    fitted, shipped = read_calibration(path), read_calibration(tmp_path / "shipped.json")
+    assert shipped.parameters == fitted.parameters and shipped.noise == fitted.noise
+    assert shipped.provenance == {**fitted.provenance, "made_by": "make it", "warning": "in sample"}
+    assert "shipped.json" in capsys.readouterr().out

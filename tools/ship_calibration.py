@@ -22,10 +22,11 @@ def main(argv=None) -> None:
     parser.add_argument("calibration", help="calibration.json written by chain validate --guidance shared")
     parser.add_argument("--made-by", required=True, help="the commands that made it")
     parser.add_argument("--warning", required=True, help="what it was fitted and tested on, in a sentence")
+    parser.add_argument("--out", default=None, help="where to write it (default: the package's shipped file)")
     args = parser.parse_args(argv)
     calibration = read_calibration(args.calibration)
     provenance = {**calibration.provenance, "made_by": args.made_by, "warning": args.warning}
-    target = resources.files("qtm") / "data" / SHIPPED
+    target = args.out if args.out is not None else resources.files("qtm") / "data" / SHIPPED
     write_calibration(target, dataclasses.replace(calibration, provenance=provenance, source={}))
     print(f"wrote {target} (sha256 of the source {calibration.source['sha256'][:12]})")
 
