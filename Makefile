@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict calibration rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs calibration rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -77,10 +77,11 @@ comma := ,
 space := $(subst ,, )
 TEST_SEEDS := 10 11
 PREDICT_REPORT := runs/study-predict
-# Six settings (CFG 1, 2, 3, 5, 7.5 and ReDiFine) of 6-iteration chains into folder $(1), for each seed of $(2).
+# Six settings (CFG 1, 2, 3, 5, 7.5 and ReDiFine; the constant CFG values $(3) instead where given) of 6-iteration
+# chains into folder $(1), for each seed of $(2).
 define setting_runs
 	for seed in $(2); do \
-	  for cfg in 1 2 3 5 7.5; do \
+	  for cfg in $(or $(3),1 2 3 5 7.5); do \
 	    $(BIN)/chain run $(1)/cfg$$cfg-s$$seed --cfg $$cfg --seed $$seed --iterations 6 || exit 1; \
 	  done; \
 	  $(BIN)/chain run $(1)/redifine-s$$seed --cfg 7.5 --redifine --seed $$seed --iterations 6 || exit 1; \
@@ -147,6 +148,17 @@ DEVELOPMENT_36 = $(CALIBRATION_RUNS)
 THIRD_HELD_OUT = $(subst $(space),$(comma),$(strip $(wildcard $(THIRD)/*-s*/)))
 third-runs: $(STAMP)
 	$(call setting_runs,$(THIRD),$(THIRD_SEEDS))
+
+# The fourth test set (docs/study.md, "The fourth test set"): once the third had been looked at, it joined the
+# development chains (48), two CFG-4 development chains were made where the chains' response bends (seeds 30-31),
+# and 14 new chains of seeds 40-41, CFG 4 among them, before the selection's form was chosen again.
+BEND := runs/bend
+FOURTH := runs/fourth
+FOURTH_SEEDS := 40 41
+bend-runs: $(STAMP)
+	for seed in $(THIRD_SEEDS); do $(BIN)/chain run $(BEND)/cfg4-s$$seed --cfg 4 --seed $$seed --iterations 6 || exit 1; done
+fourth-runs: $(STAMP)
+	$(call setting_runs,$(FOURTH),$(FOURTH_SEEDS),1 2 3 4 5 7.5)
 
 # Each protocol once (docs/study.md, "The third test set"): the forecast from iterations 0-1 with the shipped
 # calibration (the shared fit on the 36 development chains, `make calibration`) and self-contained, every setting
