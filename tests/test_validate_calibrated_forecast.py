@@ -109,8 +109,15 @@ def test_chain_validate_forecasts_with_a_calibration_of_other_runs(monkeypatch, 
     assert fit["forecast"]["forecast_calibration"]["sha256"] == calibration.source["sha256"]
     assert fit["forecast"]["process_sd_log_var"] == pytest.approx(calibration.noise["process_sd_log_var"])
     text = (tmp_path / "r" / "report.md").read_text()
-    assert f"Parameters and process noise from the calibration `{path}` (the shared model fitted on 2 other runs)" \
-        in text
+    assert f"Parameters and process noise from the calibration `{path}` (the shared model fitted on 2 runs, named " \
+        "in its provenance), none fitted on these runs" in text
+    assert "named as one of the calibration's training runs" not in text
+    # A forecast run that bears a training run's name may be that run: the forecast says it may be in sample.
+    status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(tmp_path / "cfg1"),
+                                 "--forecast-from", "2", "--calibration", str(path), "--axes", "2", "--bootstrap",
+                                 "0", "--no-decompose", "--no-plots", "--report", str(tmp_path / "again"))
+    assert status == 0 and "cfg1: named as one of the calibration's training runs; if it is that run, its forecast " \
+        "is in sample" in stderr
     skill = pd.read_csv(tmp_path / "r" / "skill.csv")
     assert set(skill["iteration"]) == {2, 3} and {"persistence", "trend"} <= set(skill["method"])
 

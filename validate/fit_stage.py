@@ -129,6 +129,13 @@ def _fit(trajectories, base, forecast_from, warn, guidance, calibration):
     except ValidateError as error:
         warn(f"fit skipped: {error}")
         notes.append(f"fit skipped: {error}")
+    shared_names = sorted({t.run for t in trajectories} & set(getattr(calibration, "provenance", {}).get(
+        "training_runs", [])))
+    if forecast_from is not None and shared_names:
+        note = (f"{', '.join(shared_names)}: named as one of the calibration's training runs; if it is that run, its "
+                "forecast is in sample")
+        warn(note)
+        notes.append(note)
     if forecast_from is not None and fit is not None:
         try:
             predicted = forecast(trajectories, base=base, forecast_from=forecast_from, guidance=guidance,

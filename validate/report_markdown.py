@@ -224,7 +224,8 @@ def _forecast_model(goodness: dict, forecast_from: int) -> str:
         return f"Fitted on iterations < {forecast_from}"
     runs = calibration["training_runs"]
     return (f"Parameters and process noise from the calibration `{calibration.get('path', 'given in Python')}` (the "
-            f"shared model fitted on {runs} other run{'s' if runs != 1 else ''}), none fitted on these runs")
+            f"shared model fitted on {runs} run{'s' if runs != 1 else ''}, named in its provenance), none fitted on "
+            "these runs")
 
 
 def prediction_section(prediction) -> list[str]:
