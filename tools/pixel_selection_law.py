@@ -1,0 +1,170 @@
+"""The selection law in pixel space: each caption a full-covariance Gaussian, p_u their mixture, the run's exact
+guided sampler, and the final clip to the pixel range; the traits measured on the law's particles as on images.
+
+The selection curve's laws (``chain validate RUN --selection-curve``) live in trait space, where the generated
+images' pixels cannot be clipped. On the tiny digits chains the selection on the traits' ln var saturates from
+CFG 5 on while both trait-space laws keep falling. This law has no free parameter either: per model (the base
+model and every iteration's) and caption, the Gaussian of the model's CFG-1 samples in pixel space (the sample
+covariance plus ``--ridge`` times the identity: 30 images span less than the 64 pixels), the unconditional model
+the equal-weight mixture of the captions' Gaussians, each particle drawn by the run's guided DDIM sampler with the
+mixtures' exact denoisers (``RUN/selection/law.json``), then mapped to an image as the backend maps its output
+(``(x + 1) / 2`` clipped to [0, 1]; ``--no-clip`` leaves the clip out), embedded by the stats embedder and
+projected on the report's trait axes (the standardised within-caption principal components of the run's real
+data). ``S = ln var(w) - ln var(1)`` of each caption's particles, on the same starting noise at every w.
+
+It scores the pixel law beside the report's Gaussian and mixture laws against the measured ``S`` of ln var, at
+the level of each caption and of the captions' mean per model, axis and w, on all w, w <= 3 and w >= 5 (R² about
+the identity line and the slope of measured on predicted, as the report does), and gives the measurement's noise
+ceiling: the R² that a law equal to the truth would reach, ``1 - mean(bootstrap variance) / variance of the
+measured S`` (from the report's 95 % intervals). It prints the table and writes it with the mean S per w to
+``--out`` (JSON).
+
+Usage: ``python tools/pixel_selection_law.py REPORT/selection_curve.csv RUN --out FILE [--particles N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from qtm.io import write_json
+from qtm.random import check_random_state
+from qtm.sampler_map import ddim_config, step_coefficients
+from qtm.solvers import SchedulerConfig
+from validate.axes import fit_axes
+from validate.embed_stats import StatsEmbedder
+from validate.features import _within_caption
+from validate.selection_fit import SUBSETS, agreement
+
+LAWS = {"Gaussian p_u (trait space)": "predicted_S_log_var", "mixture p_u (trait space)": "mixture_S_log_var",
+        "pixel law": "pixel_S_log_var"}
+
+
+def read_folder(folder: Path):
+    """The images of an image folder as (n, pixels) arrays in the model's range [-1, 1], and their captions."""
+    meta = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    images = [Image.open(folder / row["file_name"]) for row in meta]
+    pixels = np.array([np.asarray(image, dtype=float).reshape(-1) / 255.0 for image in images])
+    return pixels * 2.0 - 1.0, np.array([row["caption"] for row in meta]), images[0]
+
+
+def mixture_eps(x, components, a, b):
+    """The exact noise prediction of a mixture of full-covariance Gaussians ``(weight, mean, vectors, values)``
+    at the noise level ``x_t = a x_0 + b noise``, for particles ``x`` (P, d)."""
+    log_densities, posterior_means = [], []
+    for weight, mean, vectors, values in components:
+        spread = a * a * values + b * b
+        z = (x - a * mean) @ vectors
+        log_densities.append(np.log(weight) - 0.5 * np.sum(z * z / spread + np.log(spread), axis=1))
+        posterior_means.append(mean + (a * values / spread * z) @ vectors.T)
+    log_densities = np.array(log_densities)
+    responsibility = np.exp(log_densities - log_densities.max(axis=0))
+    responsibility /= responsibility.sum(axis=0)
+    x0 = np.einsum("kp,kpd->pd", responsibility, np.array(posterior_means))
+    return (x - a * x0) / b
+
+
+def guided(cond, uncond, w, start, step):
+    """Particles of the guided DDIM sampler (eta 0) from the starting noise ``start``."""
+    a, b = np.sqrt(step.abar_t), np.sqrt(1.0 - step.abar_t)
+    x = start
+    for k in range(len(a)):
+        eps_c, eps_u = mixture_eps(x, cond, a[k], b[k]), mixture_eps(x, uncond, a[k], b[k])
+        x = step.x_coef[k] * x + step.eps_coef[k] * (eps_u + w * (eps_c - eps_u))
+    return x
+
+
+def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, clip: bool, seed: int = 0):
+    """The pixel law's S of ln var for every (model, caption, w, axis) row of ``curve``."""
+    law = json.loads((run / "selection" / "law.json").read_text())
+    step = step_coefficients(law["steps"], eta=0.0, config=ddim_config("ddim", SchedulerConfig(**law["scheduler"])))
+    embedder = StatsEmbedder()
+    real, real_captions, template = read_folder(run / "real")
+
+    shape = np.asarray(template).shape
+
+    def features(pixels):
+        images = (pixels + 1.0) / 2.0
+        if not clip:
+            return _unclipped(images, shape)
+        # As the backend saves its output: clipped to the range, rounded to 8 bits.
+        return embedder.embed([Image.fromarray(np.round(255 * np.clip(image, 0.0, 1.0).reshape(shape)).astype(np.uint8))
+                               for image in images])
+
+    axes = fit_axes(_within_caption(features(real), real_captions, what="real data"), 3, standardize=True)
+    rng = check_random_state(seed)
+    out = []
+    for iteration, rows in curve.groupby("iteration"):
+        model = run / "selection" / "base" if iteration < 0 else run / f"iter-{iteration:03d}" / "samples"
+        pixels, captions, _ = read_folder(model / "cfg1")
+        gaussians = {}
+        for caption in np.unique(captions):
+            own = pixels[captions == caption]
+            values, vectors = np.linalg.eigh(np.cov(own.T) + ridge * np.eye(own.shape[1]))
+            gaussians[caption] = (own.mean(axis=0), vectors, values)
+        uncond = [(1.0 / len(gaussians), *g) for g in gaussians.values()]
+        start = rng.standard_normal((particles, pixels.shape[1]))
+        for caption, caption_rows in rows.groupby("caption"):
+            cond = [(1.0, *gaussians[caption])]
+            at_one = np.log(axes.project(features(guided(cond, uncond, 1.0, start, step))).var(axis=0, ddof=1))
+            for w, at_w in caption_rows.groupby("w"):
+                traits = axes.project(features(guided(cond, uncond, float(w), start, step)))
+                s = np.log(traits.var(axis=0, ddof=1)) - at_one
+                out += [(index, s[int(axis)]) for index, axis in zip(at_w.index, at_w["axis"], strict=True)]
+    return pd.Series(dict(out)).reindex(curve.index)
+
+
+def _unclipped(images, shape):
+    """Stats features of images left unclipped (values outside [0, 1] kept): the law without the pixel range."""
+    from validate.embed_stats import image_statistics
+
+    rgb = lambda image: np.repeat(image.reshape(shape)[..., None], 3, axis=-1) if len(shape) == 2 else image  # noqa: E731
+    return np.array([image_statistics(rgb(image)) for image in images])
+
+
+def scores(curve: pd.DataFrame) -> list[dict]:
+    rows = []
+    for subset, pick in SUBSETS.items():
+        part = curve[pick(curve["w"].to_numpy())]
+        noise = ((part["S_log_var_hi"] - part["S_log_var_lo"]) / 3.92) ** 2
+        ceiling = 1.0 - noise.mean() / part["S_log_var"].var()
+        for label, column in LAWS.items():
+            mean = part.groupby(["iteration", "axis", "w"])[["S_log_var", column]].mean()
+            caption = agreement(part["S_log_var"], part[column])
+            captions = agreement(mean["S_log_var"], mean[column])
+            rows.append({"w": subset, "law": label, "r2 (caption)": caption["r2"], "slope (caption)": caption["slope"],
+                         "r2 (captions' mean)": captions["r2"], "slope (captions' mean)": captions["slope"],
+                         "noise ceiling of r2 (caption)": float(ceiling)})
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("curve", help="selection_curve.csv of chain validate RUN --selection-curve")
+    parser.add_argument("run", help="the run directory the curve was measured on")
+    parser.add_argument("--out", required=True, help="JSON file of the scores and the mean S per w")
+    parser.add_argument("--particles", type=int, default=400, help="particles per model, caption and w")
+    parser.add_argument("--ridge", type=float, default=0.01, help="added to each caption's pixel covariance")
+    parser.add_argument("--no-clip", action="store_true", help="leave out the final clip to the pixel range")
+    args = parser.parse_args(argv)
+    curve = pd.read_csv(args.curve, comment="#")
+    curve = curve[~curve["caption"].str.startswith("(")].reset_index(drop=True)
+    curve["pixel_S_log_var"] = pixel_law(Path(args.run), curve, particles=args.particles, ridge=args.ridge,
+                                         clip=not args.no_clip)
+    table = pd.DataFrame(scores(curve))
+    means = curve.groupby("w")[["S_log_var", *LAWS.values()]].mean()
+    print(table.round(3).to_string(index=False))
+    print(means.round(3).to_string())
+    # An undefined score (a subset whose values do not vary) is written as null: JSON has no NaN.
+    records = table.astype(object).where(table.notna(), None).to_dict("records")
+    write_json(args.out, {"scores": records, "mean_S_log_var_per_w": means.reset_index().to_dict("records"),
+                          "particles": args.particles, "ridge": args.ridge, "clip": not args.no_clip})
+
+
+if __name__ == "__main__":
+    main()
