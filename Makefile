@@ -125,16 +125,20 @@ holdout-predict: $(STAMP)
 	$(BIN)/chain validate $(wildcard $(HOLDOUT)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
 	  --make-reference --report $(HOLDOUT_REPORT)/holdout-forecast
 
+# The shared fit on development chains as a calibration file: $(1) the runs, $(2) the report folder (about a minute).
+define shared_calibration
+	$(BIN)/chain validate $(1) --guidance shared --no-decompose --make-reference --bootstrap 0 --no-plots --report $(2)
+endef
 # The shipped calibration (qtm/data/calibration_digits.json: `qtm simulate`'s default, `chain validate --calibration
-# shipped`): the shared fit on the 36 development chains (seeds 0-2, 10-11 and 20-21), about a minute.
-CALIBRATION_RUNS = $(DEVELOPMENT) $(wildcard $(HOLDOUT)/*-s*/)
+# shipped`): the shared fit on the 50 development chains (seeds 0-2, 10-11, 20-21 and 30-31, and the CFG-4 ones).
+DEVELOPMENT_36 = $(DEVELOPMENT) $(wildcard $(HOLDOUT)/*-s*/)
+CALIBRATION_RUNS = $(DEVELOPMENT_36) $(wildcard $(THIRD)/*-s*/) $(wildcard $(BEND)/*-s*/)
 calibration: $(STAMP)
-	$(BIN)/chain validate $(CALIBRATION_RUNS) --guidance shared --no-decompose --make-reference --bootstrap 0 \
-	  --no-plots --report runs/calibration-digits
+	$(call shared_calibration,$(CALIBRATION_RUNS),runs/calibration-digits)
 	$(BIN)/python tools/ship_calibration.py runs/calibration-digits/calibration.json \
-	  --made-by "make study-runs test-runs holdout-runs calibration: the shared fit (embedder stats, 3 PCA axes, \
-	traits per caption) on the 36 digits development chains, seeds 0-2 (CFG 1, 3, 7.5, ReDiFine) and 10-11 and 20-21 \
-	(CFG 1, 2, 3, 5, 7.5, ReDiFine); docs/study.md" \
+	  --made-by "make study-runs test-runs holdout-runs third-runs bend-runs calibration: the shared fit (embedder stats, \
+	3 PCA axes, traits per caption) on the 50 digits development chains, seeds 0-2 (CFG 1, 3, 7.5, ReDiFine), 10-11, \
+	20-21 and 30-31 (CFG 1, 2, 3, 5, 7.5, ReDiFine) and 30-31 at CFG 4; docs/study.md" \
 	  --warning "fitted in sample on the digits tiny chains (8x8 pixels, stats traits); its skill on chains it was \
 	not fitted on is in docs/study.md ('Out of sample'): it misses where the chains' response bends, between CFG 3 and 5"
 
@@ -144,8 +148,6 @@ calibration: $(STAMP)
 THIRD := runs/third
 THIRD_SEEDS := 30 31
 THIRD_REPORT := runs/third-predict
-DEVELOPMENT_36 = $(CALIBRATION_RUNS)
-THIRD_HELD_OUT = $(subst $(space),$(comma),$(strip $(wildcard $(THIRD)/*-s*/)))
 third-runs: $(STAMP)
 	$(call setting_runs,$(THIRD),$(THIRD_SEEDS))
 
@@ -160,19 +162,26 @@ bend-runs: $(STAMP)
 fourth-runs: $(STAMP)
 	$(call setting_runs,$(FOURTH),$(FOURTH_SEEDS),1 2 3 4 5 7.5)
 
-# Each protocol once (docs/study.md, "The third test set"): the forecast from iterations 0-1 with the shipped
-# calibration (the shared fit on the 36 development chains, `make calibration`) and self-contained, every setting
-# from the others (leave one setting out), and every run from the 36 development chains from iteration 0 and 1.
+# Each protocol once on the test runs of folder $(1), into report folder $(2), with the development runs $(3) and
+# their shared fit as calibration file $(4): the forecast from iterations 0-1 with that calibration and fitted on
+# them alone, every setting from the others (leave one setting out), and every run from the development runs from
+# iteration 0 and from iteration 1.
+define test_set_predictions
+	$(BIN)/chain validate $(wildcard $(1)/*-s*/) --forecast-from 2 --calibration $(4) --no-decompose \
+	  --make-reference --bootstrap 0 --report $(2)/calibrated-forecast
+	$(BIN)/chain validate $(wildcard $(1)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
+	  --make-reference --bootstrap 0 --report $(2)/forecast
+	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(1)/*-s*/) --out $(2)/leave-one-out
+	$(BIN)/chain validate $(3) --predict $(subst $(space),$(comma),$(strip $(wildcard $(1)/*-s*/))) --conformal \
+	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test
+	$(BIN)/chain validate $(3) --predict $(subst $(space),$(comma),$(strip $(wildcard $(1)/*-s*/))) --predict-from 2 \
+	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test-from-2
+endef
+# The third test set's protocols, with the shared fit on the 36 development chains before it (the shipped
+# calibration when they ran, 2026-12-07).
 third-predict: $(STAMP)
-	$(BIN)/chain validate $(wildcard $(THIRD)/*-s*/) --forecast-from 2 --calibration shipped --no-decompose \
-	  --make-reference --bootstrap 0 --report $(THIRD_REPORT)/calibrated-forecast
-	$(BIN)/chain validate $(wildcard $(THIRD)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
-	  --make-reference --bootstrap 0 --report $(THIRD_REPORT)/forecast
-	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(THIRD)/*-s*/) --out $(THIRD_REPORT)/leave-one-out
-	$(BIN)/chain validate $(DEVELOPMENT_36) --predict $(THIRD_HELD_OUT) --conformal --guidance shared --no-decompose \
-	  --bootstrap 0 --report $(THIRD_REPORT)/development-to-third
-	$(BIN)/chain validate $(DEVELOPMENT_36) --predict $(THIRD_HELD_OUT) --predict-from 2 --guidance shared \
-	  --no-decompose --bootstrap 0 --report $(THIRD_REPORT)/development-to-third-from-2
+	$(call shared_calibration,$(DEVELOPMENT_36),runs/calibration-36)
+	$(call test_set_predictions,$(THIRD),$(THIRD_REPORT),$(DEVELOPMENT_36),runs/calibration-36/calibration.json)
 
 # The RGB study (docs/rgb_study.md): 32 px chains on emoji and Pokémon (balanced subsets: 8 and 9 concepts of 24
 # images), CFG 1, 3, 7.5 and ReDiFine, 5 iterations, on both cores of an idle machine. First the speed benchmark,
