@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs calibration rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -182,6 +182,14 @@ endef
 third-predict: $(STAMP)
 	$(call shared_calibration,$(DEVELOPMENT_36),runs/calibration-36)
 	$(call test_set_predictions,$(THIRD),$(THIRD_REPORT),$(DEVELOPMENT_36),runs/calibration-36/calibration.json)
+
+# The selection law measured with 30 images per caption (docs/study.md, "Where it fails"; 5 min here): the curve of a
+# CFG-7.5 chain of the third test set, then the pixel-space law beside the trait-space ones (4 min for 400 particles).
+selection-law: $(STAMP)
+	$(BIN)/chain validate $(THIRD)/cfg7.5-s30 --selection-curve --decompose-per-caption 30 --selection-per-caption 30 \
+	  --bootstrap 100 --report runs/selection-law
+	$(BIN)/python tools/pixel_selection_law.py runs/selection-law/selection_curve.csv $(THIRD)/cfg7.5-s30 \
+	  --particles 400 --out runs/selection-law/pixel_law.json
 
 # The RGB study (docs/rgb_study.md): 32 px chains on emoji and Pokémon (balanced subsets: 8 and 9 concepts of 24
 # images), CFG 1, 3, 7.5 and ReDiFine, 5 iterations, on both cores of an idle machine. First the speed benchmark,
