@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -182,6 +182,10 @@ endef
 third-predict: $(STAMP)
 	$(call shared_calibration,$(DEVELOPMENT_36),runs/calibration-36)
 	$(call test_set_predictions,$(THIRD),$(THIRD_REPORT),$(DEVELOPMENT_36),runs/calibration-36/calibration.json)
+# The fourth test set's protocols, with the shared fit on the 50 development chains before it (`make calibration`).
+fourth-predict: $(STAMP)
+	$(call shared_calibration,$(CALIBRATION_RUNS),runs/calibration-digits)
+	$(call test_set_predictions,$(FOURTH),runs/fourth-predict,$(CALIBRATION_RUNS),runs/calibration-digits/calibration.json)
 
 # The selection law measured with 30 images per caption (docs/study.md, "Where it fails"; 5 min here): the curve of a
 # CFG-7.5 chain of the third test set, then the pixel-space law beside the trait-space ones (4 min for 400 particles).
