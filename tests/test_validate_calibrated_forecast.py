@@ -161,3 +161,28 @@ def test_ship_calibration_adds_how_it_was_made_and_keeps_the_fit(tmp_path, capsy
     assert shipped.parameters == fitted.parameters and shipped.noise == fitted.noise
     assert shipped.provenance == {**fitted.provenance, "made_by": "make it", "warning": "in sample"}
     assert "shipped.json" in capsys.readouterr().out
+
+
+def test_a_caption_that_collapses_totally_is_followed_until_its_collapse(tmp_path):
+    """Identical images of one caption at iteration 4 (ln var has no value there): the fit and the forecast use that
+    caption's iterations 0-3 and the other caption's all, a note says so, and the run-level score skips iteration 4
+    (its quantity needs every caption, as the baselines' series does)."""
+    run = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.7, reference=True, seed=2, captions=TWO_CAPTIONS, n=24,
+                   iterations=5)
+    folder = run / "iter-004"
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    dark = [row["file_name"] for row in rows if row["caption"] == "a dark square"]
+    for name in dark[1:]:
+        (folder / name).write_bytes((folder / dark[0]).read_bytes())
+    messages = []
+    result = validate_runs([run], report=tmp_path / "r", axes=2, bootstrap=0, forecast_from=3, decompose_runs=False,
+                           plots=False, warn=messages.append)
+    assert any("caption 'a dark square': no positive trait variance at iteration 4 (identical images: a total "
+               "collapse" in message for message in messages), messages
+    assert result["fit"] is not None and result["forecast"] is not None
+    skill = pd.read_csv(tmp_path / "r" / "skill.csv", comment="#")
+    run_level = skill[skill["caption"] == RUN_LEVEL]
+    assert set(run_level["iteration"]) == {3}
+    captions = skill[(skill["caption"] != RUN_LEVEL) & (skill["iteration"] == 4)]
+    assert set(captions["caption"]) == {"a light square"}
+    assert "total collapse" in (tmp_path / "r" / "report.md").read_text()

@@ -36,14 +36,21 @@ def fit_stage(
     ``guidance``: :class:`validate.transition.TransitionModel`'s, for both; ``calibration``: the forecast's
     parameters, taken from it instead of fitted (:func:`validate.forecast.forecast`).
     """
-    trajectories = _trajectories(runs, statistics, grouped=grouped)
+    collapse_notes = []
+    trajectories = _trajectories(runs, statistics, grouped=grouped, notes=collapse_notes)
+    for note in collapse_notes:
+        warn(note)
     base, base_notes = _base_moments(statistics, grouped=grouped, groups={t.group for t in trajectories})
     fit, predicted, fit_notes = _fit(trajectories, base, forecast_from, warn, guidance, calibration)
-    return fit, predicted, base_notes + fit_notes
+    return fit, predicted, collapse_notes + base_notes + fit_notes
 
 
-def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool) -> list[Trajectory]:
-    """One trajectory per run, or per run and caption when ``grouped``."""
+def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool, notes=None) -> list[Trajectory]:
+    """One trajectory per run, or per run and caption when ``grouped``.
+
+    A caption whose images are all identical at some iteration (no positive variance on an axis: a total collapse,
+    whose ln var the model has no value for) is followed up to the iteration before; ``notes`` gains a line.
+    """
     generated = statistics[statistics["population"] == "generated"]
     generated = generated[~generated["caption"].isin([WITHIN_CAPTIONS] + ([ALL_CAPTIONS] if grouped else []))]
     # One pivot of every run and caption at once (a pivot per run, caption and statistic cost a second).
@@ -60,6 +67,17 @@ def _trajectories(runs: list[Run], statistics: pd.DataFrame, *, grouped: bool) -
             rows = wide.loc[(run.name, caption)]
             table = {name: rows[name][sorted(axes.loc[(run.name, caption, name)])]
                      for name in ("mean", "var", "kurtosis")}
+            degenerate = ~(np.isfinite(table["var"].to_numpy()) & (table["var"].to_numpy() > 0)).all(axis=1)
+            if degenerate.any():
+                first = int(table["var"].index[np.argmax(degenerate)])
+                if notes is not None:
+                    notes.append(f"{run.name}{f', caption {caption!r}' if grouped else ''}: no positive trait variance "
+                                 f"at iteration {first} (identical images: a total collapse, which ln var cannot "
+                                 "follow); its later iterations are left out of the fit, the forecasts and the "
+                                 "run-level scores")
+                table = {name: values[values.index < first] for name, values in table.items()}
+                if table["mean"].empty:
+                    continue
             out.append(
                 Trajectory(
                     run=run.name,
@@ -136,7 +154,8 @@ def _fit(trajectories, base, forecast_from, warn, guidance, calibration):
                 "forecast is in sample")
         warn(note)
         notes.append(note)
-    if forecast_from is not None and fit is not None:
+    # A calibrated forecast fits nothing, so it does not need the fit to have succeeded.
+    if forecast_from is not None and (fit is not None or calibration is not None):
         try:
             predicted = forecast(trajectories, base=base, forecast_from=forecast_from, guidance=guidance,
                                  calibration=calibration)
@@ -227,10 +246,13 @@ def predict_stage(
     what)`` after each of its fits."""
     # The fit of the same runs holds their trajectories (building them again cost a quarter of the prediction).
     fitted = fit is not None and fit.posterior is not None
-    trajectories = fit.posterior[0].data.trajectories if fitted else _trajectories(train, statistics, grouped=grouped)
-    targets = _trajectories(held_out, statistics, grouped=grouped)
+    collapse_notes = []
+    trajectories = (fit.posterior[0].data.trajectories if fitted
+                    else _trajectories(train, statistics, grouped=grouped, notes=collapse_notes))
+    targets = _trajectories(held_out, statistics, grouped=grouped, notes=collapse_notes)
     groups = {t.group for t in trajectories + targets}
     base, notes = _base_moments(statistics, grouped=grouped, groups=groups)
+    notes = collapse_notes + notes
     prediction = predict(trajectories, targets, base=base, fit=fit, calibrate_intervals=conformal, progress=progress,
                          predict_from=predict_from)
     return prediction, notes

@@ -237,6 +237,8 @@ def simulate_runs(model, thetas, *, base: BaseMoments, start: int, level: float,
                                 "crps": crps(sim * unit + shift, value * unit + shift),
                             }
                         )
+            if len(present) < len(runs):  # the run-level quantity needs every caption (as the baselines' series)
+                continue
             # Run level: the within-caption variance (mean over captions), summed over the axes, in trait units.
             level_sims = (np.exp(seen_log) * d.scale**2).mean(axis=1).sum(axis=-1)
             measured_level = float((np.exp(tl) * d.scale**2).mean(axis=0).sum())
