@@ -439,11 +439,15 @@ def test_the_default_sweep_uses_the_shipped_calibration(monkeypatch, capsys, tmp
     record = read_provenance(out)["parameters"]["calibration"]
     assert record["sha256"] == shipped.source["sha256"] and record["provenance"] == shipped.provenance
     # Both failure modes of the digits chains, in sign and order of magnitude (docs/study.md: their run-level
-    # variance at iteration 5 is 16-19 times the real data's at CFG 1 and 0.13-0.5 times at CFG 7.5).
-    plain = table[(table.schedule == "constant") & (table["drop"] == 0.0) & (table.iteration == 5)]
-    ratio = (plain.set_index(["cfg", "axis"])["var"] / np.asarray(shipped.model["data_var"])[plain.axis.to_numpy()])
-    assert (ratio[1.0] > 5).all() and (ratio[1.0] < 50).all()
-    assert (ratio[7.5] > 0.02).all() and (ratio[7.5] < 0.5).all()
+    # variance at iteration 5 is 16-19 times the real data's at CFG 1 and 0.13-0.5 times at CFG 7.5; the fit on all
+    # 64 chains gives 12-27 and 0.23-0.51 times), and at CFG 7.5 the narrowing goes on after iteration 5.
+    def ratio(iteration):
+        plain = table[(table.schedule == "constant") & (table["drop"] == 0.0) & (table.iteration == iteration)]
+        return plain.set_index(["cfg", "axis"])["var"] / np.asarray(shipped.model["data_var"])[plain.axis.to_numpy()]
+
+    at_5, at_9 = ratio(5), ratio(9)
+    assert (at_5[1.0] > 5).all() and (at_5[1.0] < 50).all()
+    assert (at_5[7.5] > 0.02).all() and (at_5[7.5] < 1).all() and (at_9[7.5] < at_5[7.5]).all()
 
 
 def test_dims_that_disagree_with_the_calibration_is_one_line(monkeypatch, capsys, tmp_path):
