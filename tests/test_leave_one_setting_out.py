@@ -67,3 +67,19 @@ def test_each_held_out_run_is_also_forecast_from_the_other_runs_of_its_setting(t
     later.loc[later["method"] == "persistence", "predicted"] = later["run"].map({"a": 1.0, "b": 1.5})
     assert sorted(tool.replicate_errors(later, origin=1).tolist()) == [1.5, 1.5]
     assert tool.fold_summary(skill)["replicates"] == pytest.approx(1.25)
+
+
+def test_the_summary_counts_the_conformal_intervals_at_caption_level_where_they_are_bounded(tool):
+    common = {"run": "a", "iteration": 1, "axis": 0, "quantity": "log_var", "held_out": "cfg3", "measured": 0.0,
+              "predicted": 0.0}
+    rows = [{**common, "caption": "(run)", "axis": -1, "method": "theory", "abs_error": 0.1, "covered": True,
+             "conformal_covered": True},
+            {**common, "caption": "(run)", "axis": -1, "method": "persistence", "abs_error": 0.4, "covered": None}]
+    for caption, covered, conformal in (("x", True, True), ("y", False, True), ("z", True, False),
+                                        ("w", True, None)):  # w: unbounded (too few scores), not counted
+        rows.append({**common, "caption": caption, "method": "theory", "abs_error": 0.2, "covered": covered,
+                     "conformal_covered": conformal})
+    summary = tool.fold_summary(pd.DataFrame(rows))
+    assert summary["caption_coverage"] == 0.75
+    assert summary["caption_coverage_conformal"] == pytest.approx(2 / 3)
+    assert summary["run_coverage_conformal"] == 1.0 and summary["ratio"] == pytest.approx(0.25)

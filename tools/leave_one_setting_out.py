@@ -7,7 +7,7 @@ reference points and real data written first) writes a report folder ``OUT/held-
 every fold and of all folds pooled is printed as Markdown and written to ``OUT/summary.json``: the theory's and each
 baseline's mean |Δ ln var| of the run-level within-caption variance (a baseline over the values it has), the
 ratio to the best baseline among those every value has, the coverage of the 90 % intervals at run and caption
-level, that of the conformal intervals at run level (calibrated within each fold's training settings:
+level, that of the conformal intervals at run and caption level (calibrated within each fold's training settings:
 :mod:`validate.conformal`) and, where each held-out setting has several runs, the mean |Δ ln var| of forecasting
 each run from the setting's other runs (:func:`validate.skill.replicate_forecast`: not a baseline, since it sees
 their later iterations, but what a model that knew each setting's mean path could reach). Rerun to refresh;
@@ -72,6 +72,8 @@ def fold_summary(skill: pd.DataFrame, *, origin: int = 0) -> dict:
     run_theory = theory[theory["caption"] == RUN_LEVEL]
     # Unbounded conformal intervals (too few training scores) have no coverage to count.
     conformal = run_theory.get("conformal_covered", pd.Series(dtype=float)).dropna()
+    captions = theory[theory["caption"] != RUN_LEVEL]
+    conformal_captions = captions.get("conformal_covered", pd.Series(dtype=float)).dropna()
     # Where every held-out value's setting has another held-out run: what the setting's mean path would give.
     replicates = replicate_errors(run, origin=origin)
     return {
@@ -79,8 +81,10 @@ def fold_summary(skill: pd.DataFrame, *, origin: int = 0) -> dict:
         "best_baseline": best,
         "ratio": float(means["theory"] / means[best]),
         "run_coverage": float(run_theory["covered"].astype(float).mean()),
-        "caption_coverage": float(theory.loc[theory["caption"] != RUN_LEVEL, "covered"].astype(float).mean()),
+        "caption_coverage": float(captions["covered"].astype(float).mean()),
         **({"run_coverage_conformal": float(conformal.astype(float).mean())} if len(conformal) else {}),
+        **({"caption_coverage_conformal": float(conformal_captions.astype(float).mean())}
+           if len(conformal_captions) else {}),
         **({"replicates": float(replicates.mean())} if len(replicates) == counts["theory"] else {}),
         "run_iterations": len(run[run["method"] == "theory"]),
     }
@@ -116,7 +120,7 @@ def main() -> None:
     pooled = fold_summary(pd.concat(tables, ignore_index=True), origin=origin)
     write_json(args.out / "summary.json", {"folds": folds, "pooled": pooled, "goal_ratio": GOAL_RATIO})
     header = ["held-out setting", "runs", *METHODS, "best baseline", "ratio", "run coverage", "caption coverage",
-              "run coverage, conformal", "other seeds of the setting (a bound)"]
+              "run coverage, conformal", "caption coverage, conformal", "other seeds of the setting (a bound)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     every_run = [run for fold in folds.values() for run in fold["runs"]]
@@ -124,7 +128,8 @@ def main() -> None:
         cells = [name, str(len(row["runs"])), *(f"{row[m]:.3g}" if m in row else "–" for m in METHODS),
                  row["best_baseline"], f"{row['ratio']:.2f}", f"{100 * row['run_coverage']:.0f} %",
                  f"{100 * row['caption_coverage']:.0f} %",
-                 f"{100 * row['run_coverage_conformal']:.0f} %" if "run_coverage_conformal" in row else "–",
+                 *(f"{100 * row[key]:.0f} %" if key in row else "–"
+                   for key in ("run_coverage_conformal", "caption_coverage_conformal")),
                  f"{row['replicates']:.3g}" if "replicates" in row else "–"]
         print("| " + " | ".join(cells) + " |")
     print(json.dumps({"pooled_ratio": pooled["ratio"], "goal_ratio": GOAL_RATIO}))
