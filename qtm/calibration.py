@@ -8,7 +8,7 @@ its default is the calibration shipped in the package (:func:`shipped_calibratio
 
 The file is JSON (version 4)::
 
-    {"format": "chain-of-diffusion calibration", "version": 3,
+    {"format": "chain-of-diffusion calibration", "version": 4,
      "parameters": {"fidelity": 0.8, "uncond_drift": 0.1, "var_fidelity": 0.8, "var_shift": 0.3,
                     "guidance_gain": 0.5, "selection_slope": -0.1, "sampler": "ddim", "steps": 25},
      "model": {"cond_mean": [...], "cond_var": [...], "uncond_mean": [...], "uncond_var": [...],

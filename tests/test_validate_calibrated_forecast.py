@@ -134,6 +134,9 @@ def test_calibration_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch
     unrecorded = read_calibration(path)
     unrecorded.provenance["validation"]["parameters"].pop("setup")
     old = write_calibration(tmp_path / "old.json", dataclasses.replace(unrecorded, source={}))
+    fitted = read_calibration(path)
+    unsloped = write_calibration(tmp_path / "unsloped.json", dataclasses.replace(
+        fitted, parameters={**fitted.parameters, "selection_slope": None}, source={}))
     for target, flags, message in (
         (run, ["--calibration", str(path)], "--calibration gives the forecast its model; add --forecast-from K"),
         (run, ["--forecast-from", "2", "--calibration", str(tmp_path / "nope.json")], "does not exist"),
@@ -145,6 +148,8 @@ def test_calibration_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch
          "data None differs from the shipped calibration's runs' 'digits:500'"),
         (run, ["--forecast-from", "2", "--calibration", str(old)],
          "does not record the embedder and the runs it was fitted on"),
+        (run, ["--forecast-from", "2", "--calibration", str(unsloped)],
+         "has no selection slope; the forecast's shared model needs one"),
     ):
         status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(target), *flags,
                                      "--no-decompose", "--report", str(tmp_path / "r"))

@@ -90,6 +90,15 @@ def typical_caption(base: BaseMoments, scale: np.ndarray, uncond_mean: np.ndarra
     return cond, (data_mean.tolist(), data_vars.mean(axis=0).tolist())
 
 
+def check_shared_model(calibration: Calibration, *, where: str) -> None:
+    """Refuse in one line a calibration the shared model cannot run: without a selection slope (version 1, the
+    sampler's law) or a variance fidelity (a linear variance). ``where`` names the file."""
+    for name, meaning in (("selection_slope", "selection slope"), ("var_fidelity", "variance fidelity")):
+        if calibration.parameters.get(name) is None:
+            raise ValidateError(f"{where} has no {meaning}; the forecast's shared model needs one: write it again "
+                                "with chain validate --guidance shared")
+
+
 def calibrated_parameters(calibration: Calibration, model: TransitionModel, *, where: str) -> tuple:
     """The shared ``model``'s parameter vector and its covariance taken from ``calibration``, not fitted.
 
@@ -120,11 +129,8 @@ def calibrated_parameters(calibration: Calibration, model: TransitionModel, *, w
     >>> [round(float(v), 3) for v in x], round(float(covariance[0, 0]), 6)
     ([0.8, 0.1, 0.8, 0.3, 0.5, -0.1, -4.605, -3.219], 0.0025)
     """
+    check_shared_model(calibration, where=where)
     parameters, noise = calibration.parameters, calibration.noise
-    for name, meaning in (("selection_slope", "selection slope"), ("var_fidelity", "variance fidelity")):
-        if parameters.get(name) is None:
-            raise ValidateError(f"{where} has no {meaning}; the forecast's shared model needs one: write it again "
-                                "with chain validate --guidance shared")
     values = {(name, "", -1): float(parameters[name]) for name in SHARED_PARAMETERS}
     floor = float(np.exp(LOG_NOISE_FLOOR))
     for q in QUANTITIES:

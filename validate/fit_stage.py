@@ -17,7 +17,7 @@ import pandas as pd
 
 from qtm.calibration import Calibration, read_calibration, shipped_calibration
 from qtm.rundir import Run, iteration_folder, iteration_status, read_parameters
-from validate.calibration import calibration_of
+from validate.calibration import calibration_of, check_shared_model
 from validate.errors import ValidateError
 from validate.forecast import forecast
 from validate.optimiser import FitResult, fit_theory
@@ -147,9 +147,9 @@ def _fit(trajectories, base, forecast_from, warn, guidance, calibration):
     except ValidateError as error:
         warn(f"fit skipped: {error}")
         notes.append(f"fit skipped: {error}")
-    shared_names = sorted({t.run for t in trajectories} & set(getattr(calibration, "provenance", {}).get(
-        "training_runs", [])))
-    if forecast_from is not None and shared_names:
+    trained = set(calibration.provenance.get("training_runs", [])) if calibration is not None else set()
+    shared_names = sorted({t.run for t in trajectories} & trained)
+    if shared_names:
         note = (f"{', '.join(shared_names)}: named as one of the calibration's training runs; if it is that run, its "
                 "forecast is in sample")
         warn(note)
@@ -209,8 +209,9 @@ def check_calibration(path, run_dirs, *, embedder: str | None) -> Calibration:
     Raises
     ------
     qtm.errors.QTMError
-        One line: the file's own problems (:func:`qtm.calibration.read_calibration`), a calibration that does
-        not record what it was fitted on (written before it did), or a mismatch.
+        One line: the file's own problems (:func:`qtm.calibration.read_calibration`), a calibration the shared
+        model cannot run (:func:`validate.calibration.check_shared_model`), one that does not record what it was
+        fitted on (written before it did), or a mismatch.
     """
     if isinstance(path, Calibration):
         calibration, where = path, "the calibration"
@@ -218,6 +219,7 @@ def check_calibration(path, run_dirs, *, embedder: str | None) -> Calibration:
         calibration, where = shipped_calibration(), "the shipped calibration"
     else:
         calibration, where = read_calibration(path, label="--calibration"), f"--calibration {str(path)!r}"
+    check_shared_model(calibration, where=where)
     fitted = calibration.provenance.get("validation", {}).get("parameters", {})
     if "setup" not in fitted or "embedder" not in fitted:
         raise ValidateError(f"{where} does not record the embedder and the runs it was fitted on; write it again "
