@@ -37,7 +37,7 @@ from qtm.random import check_random_state
 from qtm.sampler_map import ddim_config, step_coefficients
 from qtm.solvers import SchedulerConfig
 from validate.axes import fit_axes
-from validate.embed_stats import StatsEmbedder
+from validate.embed_stats import image_statistics
 from validate.features import _within_caption
 from validate.selection_fit import SUBSETS, agreement
 
@@ -83,18 +83,16 @@ def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, c
     """The pixel law's S of ln var for every (model, caption, w, axis) row of ``curve``."""
     law = json.loads((run / "selection" / "law.json").read_text())
     step = step_coefficients(law["steps"], eta=0.0, config=ddim_config("ddim", SchedulerConfig(**law["scheduler"])))
-    embedder = StatsEmbedder()
     real, real_captions, template = read_folder(run / "real")
-
     shape = np.asarray(template).shape
 
     def features(pixels):
         images = (pixels + 1.0) / 2.0
-        if not clip:
-            return _unclipped(images, shape)
-        # As the backend saves its output: clipped to the range, rounded to 8 bits.
-        return embedder.embed([Image.fromarray(np.round(255 * np.clip(image, 0.0, 1.0).reshape(shape)).astype(np.uint8))
-                               for image in images])
+        if clip:  # as the backend saves its output: clipped to the range, rounded to 8 bits
+            images = np.round(255 * np.clip(images, 0.0, 1.0)) / 255
+        images = images.reshape(len(images), *shape)
+        rgb = np.repeat(images[..., None], 3, axis=-1) if images.ndim == 3 else images
+        return np.array([image_statistics(image) for image in rgb])
 
     axes = fit_axes(_within_caption(features(real), real_captions, what="real data"), 3, standardize=True)
     rng = check_random_state(seed)
@@ -117,14 +115,6 @@ def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, c
                 s = np.log(traits.var(axis=0, ddof=1)) - at_one
                 out += [(index, s[int(axis)]) for index, axis in zip(at_w.index, at_w["axis"], strict=True)]
     return pd.Series(dict(out)).reindex(curve.index)
-
-
-def _unclipped(images, shape):
-    """Stats features of images left unclipped (values outside [0, 1] kept): the law without the pixel range."""
-    from validate.embed_stats import image_statistics
-
-    rgb = lambda image: np.repeat(image.reshape(shape)[..., None], 3, axis=-1) if len(shape) == 2 else image  # noqa: E731
-    return np.array([image_statistics(rgb(image)) for image in images])
 
 
 def scores(curve: pd.DataFrame) -> list[dict]:
