@@ -75,6 +75,9 @@ study: study-runs
 TEST := runs/test
 comma := ,
 space := $(subst ,, )
+# The run directories of a test-set folder $(1); a list $(1) joined by commas (--predict takes one).
+runs_in = $(wildcard $(1)/*-s*/)
+commas = $(subst $(space),$(comma),$(strip $(1)))
 TEST_SEEDS := 10 11
 PREDICT_REPORT := runs/study-predict
 # Six settings (CFG 1, 2, 3, 5, 7.5 and ReDiFine; the constant CFG values $(3) instead where given) of 6-iteration
@@ -110,7 +113,7 @@ HOLDOUT := runs/holdout
 HOLDOUT_SEEDS := 20 21
 HOLDOUT_REPORT := runs/holdout-predict
 DEVELOPMENT = $(wildcard $(STUDY)/*-s*/) $(wildcard $(TEST)/*-s*/)
-HELD_OUT = $(subst $(space),$(comma),$(strip $(wildcard $(HOLDOUT)/*-s*/)))
+HELD_OUT = $(call commas,$(call runs_in,$(HOLDOUT)))
 holdout-runs: $(STAMP)
 	$(call setting_runs,$(HOLDOUT),$(HOLDOUT_SEEDS))
 
@@ -170,14 +173,14 @@ fourth-runs: $(STAMP)
 # them alone, every setting from the others (leave one setting out), and every run from the development runs from
 # iteration 0 and from iteration 1.
 define test_set_predictions
-	$(BIN)/chain validate $(wildcard $(1)/*-s*/) --forecast-from 2 --calibration $(4) --no-decompose \
+	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(4) --no-decompose \
 	  --make-reference --bootstrap 0 --report $(2)/calibrated-forecast
-	$(BIN)/chain validate $(wildcard $(1)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
+	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --guidance shared --no-decompose \
 	  --make-reference --bootstrap 0 --report $(2)/forecast
-	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(1)/*-s*/) --out $(2)/leave-one-out
-	$(BIN)/chain validate $(3) --predict $(subst $(space),$(comma),$(strip $(wildcard $(1)/*-s*/))) --conformal \
+	$(BIN)/python tools/leave_one_setting_out.py $(call runs_in,$(1)) --out $(2)/leave-one-out
+	$(BIN)/chain validate $(3) --predict $(call commas,$(call runs_in,$(1))) --conformal \
 	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test
-	$(BIN)/chain validate $(3) --predict $(subst $(space),$(comma),$(strip $(wildcard $(1)/*-s*/))) --predict-from 2 \
+	$(BIN)/chain validate $(3) --predict $(call commas,$(call runs_in,$(1))) --predict-from 2 \
 	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test-from-2
 endef
 # The third test set's protocols, with the shared fit on the 36 development chains before it (the shipped
