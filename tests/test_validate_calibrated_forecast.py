@@ -191,3 +191,21 @@ def test_a_caption_that_collapses_totally_is_followed_until_its_collapse(tmp_pat
     captions = skill[(skill["caption"] != RUN_LEVEL) & (skill["iteration"] == 4)]
     assert set(captions["caption"]) == {"a light square"}
     assert "total collapse" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_held_out_run_that_collapses_totally_is_told_on_the_warning_channel(tmp_path):
+    """``--predict`` follows a held-out caption up to its total collapse, as the fit does, and says so where the
+    user reads (the command's stderr), not only in the report."""
+    train = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, reference=True, seed=1, captions=TWO_CAPTIONS, n=24,
+                     iterations=5)
+    held_out = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.7, reference=True, seed=2, captions=TWO_CAPTIONS, n=24,
+                        iterations=5)
+    folder = held_out / "iter-004"
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    dark = [row["file_name"] for row in rows if row["caption"] == "a dark square"]
+    for name in dark[1:]:
+        (folder / name).write_bytes((folder / dark[0]).read_bytes())
+    messages = []
+    validate_runs([train], predict=[held_out], report=tmp_path / "r", axes=2, bootstrap=0, decompose_runs=False,
+                  plots=False, warn=messages.append)
+    assert any("cfg5" in message and "total collapse" in message for message in messages), messages

@@ -239,19 +239,22 @@ def check_calibration(path, run_dirs, *, embedder: str | None) -> Calibration:
 
 
 def predict_stage(
-    train: list[Run], held_out: list[Run], statistics: pd.DataFrame, *, grouped: bool, fit: FitResult | None = None,
-    conformal: bool = False, progress=None, predict_from: int = 1,
+    train: list[Run], held_out: list[Run], statistics: pd.DataFrame, *, grouped: bool, warn,
+    fit: FitResult | None = None, conformal: bool = False, progress=None, predict_from: int = 1,
 ) -> tuple[Prediction, list[str]]:
     """The shared model fitted on ``train`` and its prediction of ``held_out`` from their iteration
     ``predict_from - 1``; ``fit``: :func:`fit_stage`'s fit of the same runs, reused when it is the shared model;
     ``conformal``: also calibrate the intervals (:mod:`validate.conformal`), telling ``progress(done, total,
-    what)`` after each of its fits."""
+    what)`` after each of its fits. A caption followed only up to its total collapse is told to ``warn`` too, as
+    :func:`fit_stage` does."""
     # The fit of the same runs holds their trajectories (building them again cost a quarter of the prediction).
     fitted = fit is not None and fit.posterior is not None
     collapse_notes = []
     trajectories = (fit.posterior[0].data.trajectories if fitted
                     else _trajectories(train, statistics, grouped=grouped, notes=collapse_notes))
     targets = _trajectories(held_out, statistics, grouped=grouped, notes=collapse_notes)
+    for note in collapse_notes:
+        warn(note)
     groups = {t.group for t in trajectories + targets}
     base, notes = _base_moments(statistics, grouped=grouped, groups=groups)
     notes = collapse_notes + notes

@@ -250,7 +250,7 @@ def validate_runs(
                                          guidance=guidance, calibration=checked.calibration)
     prediction = None
     if held_out:
-        prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped, fit=fit,
+        prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped, warn=warn, fit=fit,
                                                      conformal=checked.conformal, progress=progress,
                                                      predict_from=checked.predict_from)
         fit_notes += prediction_notes
