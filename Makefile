@@ -179,7 +179,8 @@ fifth-runs: $(STAMP)
 # Each protocol once on the test runs of folder $(1), into report folder $(2), with the development runs $(3) and
 # their shared fit as calibration file $(4): the forecast from iterations 0-1 with that calibration and fitted on
 # them alone, every setting from the others (leave one setting out), and every run from the development runs from
-# iteration 0 and from iteration 1.
+# iteration 0 and from iteration 1, both with conformal intervals too (from iteration 1 since 2026-12-07's fourth
+# session: the same point forecasts, about 5 min more).
 define test_set_predictions
 	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(4) --no-decompose \
 	  --make-reference --bootstrap 0 --report $(2)/calibrated-forecast
@@ -188,7 +189,7 @@ define test_set_predictions
 	$(BIN)/python tools/leave_one_setting_out.py $(call runs_in,$(1)) --out $(2)/leave-one-out
 	$(BIN)/chain validate $(3) --predict $(call commas,$(call runs_in,$(1))) --conformal \
 	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test
-	$(BIN)/chain validate $(3) --predict $(call commas,$(call runs_in,$(1))) --predict-from 2 \
+	$(BIN)/chain validate $(3) --predict $(call commas,$(call runs_in,$(1))) --predict-from 2 --conformal \
 	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test-from-2
 endef
 # The third test set's protocols, with the shared fit on the 36 development chains before it (the shipped
