@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -201,6 +201,13 @@ third-predict: $(STAMP)
 fourth-predict: $(STAMP)
 	$(call shared_calibration,$(DEVELOPMENT_50),runs/calibration-50)
 	$(call test_set_predictions,$(FOURTH),runs/fourth-predict,$(DEVELOPMENT_50),runs/calibration-50/calibration.json)
+
+# The sixth test set: 14 chains of seeds 60-61, made unread while a filtered (errors-in-variables) fit was tried on
+# the development chains (2026-12-07, fourth session).
+SIXTH := runs/sixth
+SIXTH_SEEDS := 60 61
+sixth-runs: $(STAMP)
+	$(call setting_runs,$(SIXTH),$(SIXTH_SEEDS),1 2 3 4 5 7.5)
 
 fifth-predict: $(STAMP)
 	$(call test_set_predictions,$(FIFTH),runs/fifth-predict,$(CALIBRATION_RUNS),shipped)
