@@ -77,6 +77,12 @@ def validate_command(
         "by one slope per unit of the mean log CFG scale). Default: per-setting, shared with --predict (whose "
         "prediction always uses shared, reusing that fit).",
     ),
+    states: str = typer.Option(
+        None,
+        help="Source state of each one-step transition: measured, or filtered (the Kalman filter's estimate from "
+        "the earlier iterations and the measurement: the measured state's noise attenuates the fitted fidelities). "
+        "For the fit, the forecast and --predict; default measured, with --calibration the calibration's.",
+    ),
     reference: Path = typer.Option(
         None, help="Folder with cond/ and uncond/ base-model generations (all runs).", parser=path_text
     ),
@@ -145,8 +151,8 @@ def validate_command(
     # Every option before any work: a bad value must not cost the generation or the embedding.
     checked = ValidateParameters(
         report=report, axes=axes, forecast_from=forecast_from, bootstrap=bootstrap, seed=seed, guidance=guidance,
-        group=group, predict=tuple(held_out), predict_from=predict_from, selection_curve=curve, real=real,
-        reference=reference, calibration=calibration, embedder=embedder,
+        states=states, group=group, predict=tuple(held_out), predict_from=predict_from, selection_curve=curve,
+        real=real, reference=reference, calibration=calibration, embedder=embedder,
         batch_size=batch_size, decompose=decompose, decompose_per_caption=decompose_per_caption,
         finetune_noise=finetune_noise, selection_per_caption=selection_per_caption,
     ).check(run_dirs)
@@ -223,6 +229,7 @@ def validate_command(
             predict_from=predict_from,
             conformal=conformal,
             guidance=guidance,
+            states=states,
             reference=reference,
             real=real,
             bootstrap=bootstrap,

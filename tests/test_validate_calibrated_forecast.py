@@ -209,3 +209,29 @@ def test_a_held_out_run_that_collapses_totally_is_told_on_the_warning_channel(tm
     validate_runs([train], predict=[held_out], report=tmp_path / "r", axes=2, bootstrap=0, decompose_runs=False,
                   plots=False, warn=messages.append)
     assert any("cfg5" in message and "total collapse" in message for message in messages), messages
+
+
+def test_a_calibration_fitted_with_filtered_states_forecasts_from_filtered_states(monkeypatch, capsys, tmp_path):
+    """The calibration records its fit's states (validate.state_filter); the forecast starts alike, and a --states
+    that differs is refused in one line."""
+    from commands.chain_program import main
+
+    low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, captions=TWO_CAPTIONS, n=24)
+    high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, captions=TWO_CAPTIONS, n=24)
+    validate_runs([low, high], report=tmp_path / "fit", axes=2, bootstrap=0, guidance="shared", states="filtered",
+                  decompose_runs=False, plots=False, warn=print)
+    path = tmp_path / "fit" / "calibration.json"
+    assert read_calibration(path).provenance["states"] == "filtered"
+    middle = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, reference=True, seed=3, captions=TWO_CAPTIONS, n=24)
+    flags = ["--forecast-from", "2", "--calibration", str(path), "--axes", "2", "--bootstrap", "0", "--no-decompose",
+             "--no-plots"]
+    status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(middle), *flags, "--states",
+                                 "measured", "--report", str(tmp_path / "refused"))
+    assert status == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "--states measured: the calibration was fitted with filtered states" in stderr
+    assert not (tmp_path / "refused").exists()
+    status, _, stderr = run_main(monkeypatch, capsys, main, "chain", "validate", str(middle), *flags,
+                                 "--report", str(tmp_path / "r"))
+    assert status == 0, stderr
+    fit = json.loads((tmp_path / "r" / "fit.json").read_text())
+    assert fit["forecast"]["states"] == "filtered"

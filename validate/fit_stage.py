@@ -29,19 +29,19 @@ from validate.transition import BaseMoments, Trajectory
 
 def fit_stage(
     runs: list[Run], statistics: pd.DataFrame, *, grouped: bool, forecast_from: int | None, warn,
-    guidance: str = "per-setting", calibration: Calibration | None = None,
+    guidance: str = "per-setting", calibration: Calibration | None = None, states: str = "measured",
 ) -> tuple[FitResult | None, FitResult | None, list[str]]:
     """The fit on all iterations and the forecast from ``forecast_from`` (None: none), with the notes on them.
 
-    ``guidance``: :class:`validate.transition.TransitionModel`'s, for both; ``calibration``: the forecast's
-    parameters, taken from it instead of fitted (:func:`validate.forecast.forecast`).
+    ``guidance`` and ``states``: :class:`validate.transition.TransitionModel`'s, for both; ``calibration``: the
+    forecast's parameters, taken from it instead of fitted (:func:`validate.forecast.forecast`).
     """
     collapse_notes = []
     trajectories = _trajectories(runs, statistics, grouped=grouped, notes=collapse_notes)
     for note in collapse_notes:
         warn(note)
     base, base_notes = _base_moments(statistics, grouped=grouped, groups={t.group for t in trajectories})
-    fit, predicted, fit_notes = _fit(trajectories, base, forecast_from, warn, guidance, calibration)
+    fit, predicted, fit_notes = _fit(trajectories, base, forecast_from, warn, guidance, calibration, states)
     return fit, predicted, collapse_notes + base_notes + fit_notes
 
 
@@ -134,14 +134,14 @@ def _base_moments(statistics: pd.DataFrame, *, grouped: bool, groups: set[str]) 
     return base, notes
 
 
-def _fit(trajectories, base, forecast_from, warn, guidance, calibration):
+def _fit(trajectories, base, forecast_from, warn, guidance, calibration, states):
     """The one-step-ahead fit on all iterations, and the forecast from ``forecast_from`` when asked for."""
     notes = []
     if any(not np.isfinite(t.cfg) for t in trajectories):
         notes.append("some run.json has no cfg; its w_eff is reported without a CFG scale")
     fit = predicted = None
     try:
-        fit = fit_theory(trajectories, base=base, guidance=guidance)
+        fit = fit_theory(trajectories, base=base, guidance=guidance, states=states)
         if guidance == "shared":
             fit.calibration = calibration_of(fit, trajectories, base=base)
     except ValidateError as error:
@@ -158,7 +158,7 @@ def _fit(trajectories, base, forecast_from, warn, guidance, calibration):
     if forecast_from is not None and (fit is not None or calibration is not None):
         try:
             predicted = forecast(trajectories, base=base, forecast_from=forecast_from, guidance=guidance,
-                                 calibration=calibration)
+                                 calibration=calibration, states=states)
         except ValidateError as error:
             warn(f"forecast skipped: {error}")
             notes.append(f"forecast skipped: {error}")
@@ -241,6 +241,7 @@ def check_calibration(path, run_dirs, *, embedder: str | None) -> Calibration:
 def predict_stage(
     train: list[Run], held_out: list[Run], statistics: pd.DataFrame, *, grouped: bool, warn,
     fit: FitResult | None = None, conformal: bool = False, progress=None, predict_from: int = 1,
+    states: str = "measured",
 ) -> tuple[Prediction, list[str]]:
     """The shared model fitted on ``train`` and its prediction of ``held_out`` from their iteration
     ``predict_from - 1``; ``fit``: :func:`fit_stage`'s fit of the same runs, reused when it is the shared model;
@@ -259,5 +260,5 @@ def predict_stage(
     base, notes = _base_moments(statistics, grouped=grouped, groups=groups)
     notes = collapse_notes + notes
     prediction = predict(trajectories, targets, base=base, fit=fit, calibrate_intervals=conformal, progress=progress,
-                         predict_from=predict_from)
+                         predict_from=predict_from, states=states)
     return prediction, notes

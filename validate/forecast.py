@@ -24,7 +24,8 @@ from validate.calibration import calibrated_parameters
 from validate.errors import ValidateError
 from validate.optimiser import FitResult, fit_tables, optimise, prediction_errors, transition_model
 from validate.skill import RUN_LEVEL, crps, forecast_baselines, skill_table, skill_verdict
-from validate.transition import BaseMoments, Trajectory, for_group, mixture
+from validate.state_filter import filter_transitions
+from validate.transition import GAIN_STEP, BaseMoments, Trajectory, for_group, mixture
 
 #: Prediction intervals of the forecast.
 FORECAST_LEVEL = 0.90
@@ -49,12 +50,15 @@ def forecast(
     random_state=0,
     guidance: str = "per-setting",
     calibration: Calibration | None = None,
+    states: str = "measured",
 ) -> Forecast:
     """Fit on the iterations ``< forecast_from``, then forecast the later ones with prediction intervals.
 
     With ``calibration`` nothing is fitted: the shared model's parameters, their standard errors and the
     process noise are the calibration's (:func:`validate.calibration.calibrated_parameters`; a fit on other
-    chains), and the iterations ``< forecast_from`` give only the starting state and the in-sample rows.
+    chains), and the iterations ``< forecast_from`` give only the starting state and the in-sample rows; its
+    fit's ``states`` (recorded in its provenance, else "measured") replace ``states``. With ``states="filtered"``
+    the forecast starts from the filtered state (:mod:`validate.state_filter`).
 
     From the measured state at ``forecast_from - 1`` (with its measurement noise) the
     transition is iterated ``draws`` times with parameters drawn from N(estimate, inverse
@@ -87,10 +91,11 @@ def forecast(
     True
     """
     if calibration is None:
-        model, best = optimise(trajectories, base, forecast_from, guidance=guidance)
+        model, best = optimise(trajectories, base, forecast_from, guidance=guidance, states=states)
         fit, covariance = fit_tables(model, best, trajectories)
     else:
-        model = transition_model(trajectories, base, forecast_from, guidance="shared")
+        model = transition_model(trajectories, base, forecast_from, guidance="shared",
+                                 states=calibration.provenance.get("states", "measured"))
         x, covariance = calibrated_parameters(calibration, model, where=_named(calibration))
         best = OptimizeResult(x=x, success=True, message=f"parameters from {_named(calibration)}, not fitted")
         fit, covariance = fit_tables(model, best, trajectories, covariance=covariance)
@@ -99,7 +104,7 @@ def forecast(
     rng = check_random_state(random_state)
     thetas = parameter_draws(model, best.x, covariance, draws=draws, random_state=rng)
     rows, summary, run_level = simulate_runs(model, thetas, base=base, start=forecast_from - 1, level=level,
-                                             random_state=rng)
+                                             random_state=rng, point=best.x)
     if not summary:
         raise ValidateError(f"--forecast-from {forecast_from}: no run has its iteration {forecast_from - 1} measured")
     held_out = pd.DataFrame(rows)
@@ -146,11 +151,13 @@ def parameter_draws(model, x, covariance, *, draws: int, random_state) -> np.nda
     return np.clip(thetas, low_b, high_b)
 
 
-def simulate_runs(model, thetas, *, base: BaseMoments, start: int, level: float, random_state):
+def simulate_runs(model, thetas, *, base: BaseMoments, start: int, level: float, random_state, point=None):
     """Iterate every run of ``model.data`` from its measured state at iteration ``start`` with the parameter draws.
 
-    Each draw starts from the measured moments plus their measurement noise, gains process noise at every
-    step, and is compared with each later measured iteration through that measurement's noise.
+    Each draw starts from the measured moments plus their measurement noise (for a model with filtered states,
+    from the state filtered with parameters ``point`` plus its variance, where iteration ``start`` is a transition's
+    target), gains process noise at every step, and is compared with each later measured iteration through that
+    measurement's noise.
 
     Returns
     -------
@@ -176,6 +183,8 @@ def simulate_runs(model, thetas, *, base: BaseMoments, start: int, level: float,
             continue
         idx = [int(np.flatnonzero(tr.iterations == start)[0]) for tr in runs]
         m0, l0, sm0, sl0 = d.measured(np.array(members), np.array(idx))
+        if model.states == "filtered":
+            m0, l0, sm0, sl0 = _filtered_start(model, point, members, idx, (m0, l0, sm0, sl0))
         mean = m0 + sm0 * rng.standard_normal((draws, *m0.shape))
         log = l0 + sl0 * rng.standard_normal((draws, *l0.shape))
         # Transition rows of this run's captions: the base moments and the setting of each member.
@@ -265,6 +274,19 @@ def simulate_runs(model, thetas, *, base: BaseMoments, start: int, level: float,
                 }
             )
     return rows, summary, run_level
+
+
+def _filtered_start(model, point, members, index, measured):
+    """The filtered (mean, log var, their SDs) of trajectories ``members`` at rows ``index``: the measured ones
+    where no transition targets that iteration."""
+    d = model.data
+    rows = [np.flatnonzero((d.traj == r) & (d.index == i)) for r, i in zip(members, index, strict=True)]
+    if not all(len(row) for row in rows):
+        return measured
+    at = np.array([row[0] for row in rows])
+    filtered = filter_transitions(model, point, GAIN_STEP)[4]
+    (mean, mean_var), (log, log_var) = filtered["mean"], filtered["log_var"]
+    return mean[at], log[at], np.sqrt(mean_var[at]), np.sqrt(log_var[at])
 
 
 def _step(model, thetas, mean, log, pool_mean, pool_log, rows):

@@ -56,6 +56,7 @@ def fit_theory(
     base: BaseMoments | None = None,
     fit_until: int | None = None,
     guidance: str = "per-setting",
+    states: str = "measured",
 ) -> FitResult:
     """One-step-ahead maximum-likelihood fit of the theory's transition to measured trajectories.
 
@@ -71,6 +72,9 @@ def fit_theory(
     guidance : {"per-setting", "shared"}
         A free ``w_eff`` per CFG setting, or one model for every setting
         (:class:`validate.transition.TransitionModel`).
+    states : {"measured", "filtered"}
+        Each transition's source state as measured, or filtered by the earlier transitions
+        (:mod:`validate.state_filter`).
 
     Returns
     -------
@@ -89,11 +93,12 @@ def fit_theory(
     >>> round(fit.values[("fidelity", "", -1)], 2), round(fit.values[("var_fidelity", "", -1)], 2)
     (0.6, 0.5)
     """
-    model, best = optimise(trajectories, base, fit_until, guidance=guidance)
+    model, best = optimise(trajectories, base, fit_until, guidance=guidance, states=states)
     return fit_tables(model, best, trajectories)[0]
 
 
-def transition_model(trajectories, base, fit_until, *, guidance: str = "per-setting") -> TransitionModel:
+def transition_model(trajectories, base, fit_until, *, guidance: str = "per-setting",
+                     states: str = "measured") -> TransitionModel:
     """The transition model of ``trajectories`` (their transitions into iterations ``< fit_until``), after the
     checks that it can be evaluated: finite, positive variances and the base moments of every caption."""
     if not trajectories:
@@ -115,11 +120,11 @@ def transition_model(trajectories, base, fit_until, *, guidance: str = "per-sett
                 f"no {name} moments for caption {missing[0]!r}; measure every caption's reference points "
                 "(--make-reference) or fit with --group none"
             )
-    return TransitionModel(Transitions(trajectories, base, fit_until), guidance=guidance)
+    return TransitionModel(Transitions(trajectories, base, fit_until), guidance=guidance, states=states)
 
 
-def optimise(trajectories, base, fit_until, *, guidance: str = "per-setting"):
-    model = transition_model(trajectories, base, fit_until, guidance=guidance)
+def optimise(trajectories, base, fit_until, *, guidance: str = "per-setting", states: str = "measured"):
+    model = transition_model(trajectories, base, fit_until, guidance=guidance, states=states)
     if model.n_values() <= len(model.names):
         raise ValidateError(
             f"the fit has {len(model.names)} parameters but only {model.n_values()} measured values"
@@ -185,6 +190,7 @@ def fit_tables(model, best, trajectories, *, covariance=None) -> tuple[FitResult
         "reduced_chi2_measurement": chi2_measurement / (dof + 2) if dof + 2 > 0 else float("nan"),
         "n_values": n_values,
         "n_parameters": len(model.names),
+        "states": model.states,
         "success": bool(best.success),
         "message": str(best.message),
         "process_sd_mean": float(np.sqrt(process["mean"])),

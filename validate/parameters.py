@@ -21,6 +21,7 @@ from validate.fit_stage import check_calibration, check_held_out
 from validate.report_folder import check_report_folder
 from validate.runs import GROUPS
 from validate.selection import parse_cfgs
+from validate.state_filter import STATES
 from validate.transition import GUIDANCE_MODELS
 
 #: Upper bounds of the counts. Each refinetune of --finetune-noise is a finetuning of its own (a CPU-hour for the sd
@@ -37,7 +38,8 @@ MIN_PER_CAPTION = 3
 class ValidateParameters:
     """The options of a validation (``chain validate``); :meth:`check` refuses a bad one in one line.
 
-    ``None`` means the default: ``guidance`` per-setting (shared with ``predict``), ``group`` from the
+    ``None`` means the default: ``guidance`` per-setting (shared with ``predict``), ``states`` "measured" (the
+    calibration's fit's with ``calibration``: :mod:`validate.state_filter`), ``group`` from the
     runs' captions, no forecast, no selection curve, no generation (``decompose_per_caption``),
     ``selection_per_caption`` a third of ``decompose_per_caption`` (at least 3). ``conformal`` (only with
     ``predict``) calibrates the prediction's intervals (:mod:`validate.conformal`); ``predict_from`` (only with
@@ -65,6 +67,7 @@ class ValidateParameters:
     bootstrap: int = 200
     seed: int = 0
     guidance: str | None = None
+    states: str | None = None
     group: str | None = None
     predict: tuple = ()
     predict_from: int = 1
@@ -120,6 +123,8 @@ class ValidateParameters:
         guidance = self.guidance if self.guidance is not None else ("shared" if self.predict else "per-setting")
         if guidance not in GUIDANCE_MODELS:
             raise ValidateError(f"--guidance {guidance!r} is not one of: {', '.join(GUIDANCE_MODELS)}")
+        if self.states is not None and self.states not in STATES:
+            raise ValidateError(f"--states {self.states!r} is not one of: {', '.join(STATES)}")
         if self.group is not None and self.group not in GROUPS:
             raise ValidateError(f"--group {self.group!r} is not one of: {', '.join(GROUPS)}")
         forecast_from = self.forecast_from
@@ -130,6 +135,11 @@ class ValidateParameters:
             if forecast_from is None:
                 raise ValidateError("--calibration gives the forecast its model; add --forecast-from K")
             calibration = check_calibration(calibration, run_dirs, embedder=self.embedder)
+            fitted = calibration.provenance.get("states", "measured")
+            if self.states not in (None, fitted):
+                raise ValidateError(f"--states {self.states}: the calibration was fitted with {fitted} states, and its "
+                                    "forecast starts alike; leave out --states")
+        states = self.states or (calibration.provenance.get("states", "measured") if calibration else "measured")
         check_report_folder(self.report)
         check_output_dir(self.report, flag="--report")
         for flag, folder in (("--real", self.real), ("--reference", self.reference)):
@@ -143,7 +153,7 @@ class ValidateParameters:
             flag = "--conformal calibrates the intervals" if self.conformal else "--predict-from starts the prediction"
             raise ValidateError(f"{flag} of --predict; add --predict HELD_OUT_RUNS")
         return dataclasses.replace(
-            self, **counts, guidance=guidance, forecast_from=forecast_from, selection_curve=cfgs,
+            self, **counts, guidance=guidance, states=states, forecast_from=forecast_from, selection_curve=cfgs,
             decompose_per_caption=per_caption, selection_per_caption=paired, predict=tuple(self.predict),
             predict_from=predict_from, calibration=calibration,
             plots=bool(self.plots),

@@ -108,6 +108,7 @@ def validate_runs(
     predict_from: int = 1,
     conformal: bool = False,
     guidance: str | None = None,
+    states: str | None = None,
     calibration=None,
     plots: bool = True,
     prepare: Callable[[Path], object] | None = None,
@@ -146,6 +147,10 @@ def validate_runs(
         The fit's and the forecast's model of selection (:class:`validate.transition.TransitionModel`): a free
         ``w_eff`` per CFG setting, or one model for every setting. Default: per-setting, and shared with
         ``predict`` (whose prediction then reuses the fit; it always uses the shared model).
+    states : {"measured", "filtered"}, optional
+        Each transition's source state as measured, or filtered by the earlier transitions
+        (:mod:`validate.state_filter`), for the fit, the forecast and the prediction. Default: measured (with
+        ``calibration``, the state its fit used).
     predict : list of path-like, optional
         Held-out run directories: the shared model (one for every setting) is fitted on ``run_dirs`` and
         predicts each held-out run's iterations from its iteration 0 and its settings
@@ -196,7 +201,7 @@ def validate_runs(
     warn = warn if warn is not None else (lambda message: warnings.warn(message, stacklevel=2))
     checked = ValidateParameters(
         report=report, axes=axes, forecast_from=forecast_from, bootstrap=bootstrap, seed=seed, guidance=guidance,
-        group=group, predict=tuple(predict or ()), predict_from=predict_from, conformal=conformal,
+        states=states, group=group, predict=tuple(predict or ()), predict_from=predict_from, conformal=conformal,
         selection_curve=selection_curve, real=real, reference=reference,
         batch_size=(embedder_options or {}).get("batch_size", 16), decompose=decompose_runs, plots=plots,
         calibration=calibration, embedder=embedder,
@@ -234,6 +239,7 @@ def validate_runs(
             "forecast_from": forecast_from,
             **({} if checked.calibration is None else {"calibration": checked.calibration.source or "in memory"}),
             "guidance": guidance,
+            "states": checked.states,
             # What a calibration.json of this validation was fitted on: --calibration refuses runs of another setup.
             "setup": {key: runs[0].params.get(key) for key in SETUP_KEYS},
             "bootstrap": bootstrap,
@@ -247,12 +253,12 @@ def validate_runs(
         software="chain validate",
     )
     fit, forecast, fit_notes = fit_stage(runs, statistics, grouped=grouped, forecast_from=forecast_from, warn=warn,
-                                         guidance=guidance, calibration=checked.calibration)
+                                         guidance=guidance, calibration=checked.calibration, states=checked.states)
     prediction = None
     if held_out:
         prediction, prediction_notes = predict_stage(runs, held_out, statistics, grouped=grouped, warn=warn, fit=fit,
                                                      conformal=checked.conformal, progress=progress,
-                                                     predict_from=checked.predict_from)
+                                                     predict_from=checked.predict_from, states=checked.states)
         fit_notes += prediction_notes
     decomposition, decomposition_notes = (
         _decomposition(runs, features, bootstrap=bootstrap, seed=seed) if decompose_runs else (None, [])

@@ -80,6 +80,7 @@ def predict(
     calibrate_intervals: bool = False,
     progress=None,
     predict_from: int = 1,
+    states: str = "measured",
 ) -> Prediction:
     """Fit the shared model on ``train`` and predict every iteration >= ``predict_from`` of the ``held_out`` runs.
 
@@ -105,6 +106,9 @@ def predict(
         ``progress(done, total, what)`` after each of the calibration's fits.
     predict_from : int
         The first predicted iteration K (>= 1): the prediction starts from the measured iteration K - 1.
+    states : {"measured", "filtered"}
+        The fit's source states (:mod:`validate.state_filter`; ``fit``'s own where it is given); filtered, the
+        prediction starts from the held-out runs' filtered iteration K - 1.
 
     Returns
     -------
@@ -132,13 +136,13 @@ def predict(
     rng = check_random_state(random_state)
     start = predict_from - 1
     fit, rows, summary, theory = _theory_rows(train, held_out, base=base, draws=draws, level=level, rng=rng, fit=fit,
-                                              start=start)
+                                              start=start, states=states)
     skill = skill_table(theory, held_out, base=base,
                         baselines=prediction_baselines(train, held_out, base=base, start=start))
     calibration_note = {}
     if calibrate_intervals:
         scores = setting_scores(train, base=base, draws=draws, level=level, random_state=rng, progress=progress,
-                                start=start)
+                                start=start, states=fit.posterior[0].states)
         if scores is not None:
             is_theory = skill["method"] == "theory"
             stretched, calibration_note = stretch_intervals(skill[is_theory], scores, level)
@@ -161,7 +165,7 @@ def predict(
     return Prediction(fit=fit, rows=rows, summary=summary, skill=skill, goodness=goodness, calibration=calibration)
 
 
-def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None, start=0):
+def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None, start=0, states="measured"):
     """The shared fit on ``train`` (``fit`` when it is one) and its draws of the ``held_out`` runs from their
     iteration ``start``: (fit, caption-level rows, run-level summary, the theory rows of
     :func:`validate.skill.skill_table`)."""
@@ -173,15 +177,16 @@ def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None, start=0)
     if all(t.iterations.max() <= start for t in held_out):
         raise ValidateError(f"--predict: the held-out runs end at iteration {start}; nothing to predict")
     if fit is None or fit.posterior is None or fit.posterior[0].guidance != "shared":
-        model, best = optimise(train, base, None, guidance="shared")
+        model, best = optimise(train, base, None, guidance="shared", states=states)
         fit = fit_tables(model, best, train)[0]
     model, x, covariance = fit.posterior
-    target = TransitionModel(Transitions(held_out, base, None), guidance="shared")
+    target = TransitionModel(Transitions(held_out, base, None), guidance="shared", states=model.states)
     if target.names != model.names:  # e.g. one caption held out, several in training: no run-level noise term
         raise ValidateError("--predict: the held-out runs' captions differ from the training runs' (one caption "
                             "against several); predict runs of the same data set with the same --group")
     thetas = parameter_draws(model, x, covariance, draws=draws, random_state=rng)
-    rows, summary, run_level = simulate_runs(target, thetas, base=base, start=start, level=level, random_state=rng)
+    rows, summary, run_level = simulate_runs(target, thetas, base=base, start=start, level=level, random_state=rng,
+                                             point=x)
     if not summary:
         raise ValidateError(f"--predict: no held-out run could be predicted (every caption needs iteration {start})")
     rows = pd.DataFrame(rows)
@@ -190,7 +195,7 @@ def _theory_rows(train, held_out, *, base, draws, level, rng, fit=None, start=0)
 
 
 def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, level: float, random_state,
-                   progress=None, start: int = 0) -> pd.DataFrame | None:
+                   progress=None, start: int = 0, states: str = "measured") -> pd.DataFrame | None:
     """Every training setting predicted from its iteration ``start`` by a fit on the other training settings:
     their theory rows (as in :attr:`Prediction.skill`), the conformal calibration's scores; None with fewer than
     two settings. Only the theory's own draws are needed here, not the baselines, the skill table or the
@@ -207,7 +212,8 @@ def setting_scores(train: list[Trajectory], *, base: BaseMoments, draws: int, le
         others = [t for t in train if setting_key(t) != setting]
         these = [t for t in train if setting_key(t) == setting]
         try:
-            folds.append(_theory_rows(others, these, base=base, draws=draws, level=level, rng=rng, start=start)[3])
+            folds.append(_theory_rows(others, these, base=base, draws=draws, level=level, rng=rng, start=start,
+                                      states=states)[3])
         except ValidateError:  # e.g. this setting's runs end at iteration ``start``: nothing to score
             continue
     if progress is not None:

@@ -54,6 +54,7 @@ from qtm.errors import QTMError
 from qtm.params import default_uncond_fidelity, effective_cfg, uncond_share
 from qtm.sampler_map import prepare_sampler
 from validate.errors import ValidateError
+from validate.state_filter import STATES, filter_transitions
 
 W_BOUNDS = (0.0, 50.0)
 #: Bounds of the shared model's guidance gain g (``w_eff = 1 + g (cfg - 1)``).
@@ -157,6 +158,14 @@ class Transitions:
                 "no transition to fit: need two consecutive finished iterations (or real data and iteration 0)"
             )
         self.by_run = by_run
+        # Each row's source as an earlier row's target (-1: real data, a first iteration, a mix with real data) and
+        # its depth in that chain of rows: the filter (validate.state_filter) runs through the depths in order.
+        position = {(row[0], row[2]): j for j, row in enumerate(rows)}
+        self.prev = np.array([-1 if trajectories[row[0]].real_fraction > 0 else position.get((row[0], row[2] - 1), -1)
+                              for row in rows])
+        self.depth = np.zeros(len(rows), dtype=int)
+        for j in np.flatnonzero(self.prev >= 0):  # a trajectory's rows run in iteration order
+            self.depth[j] = self.depth[self.prev[j]] + 1
         self.traj = np.array([row[0] for row in rows])
         self.index = np.array([row[1] for row in rows])
         self.iteration = np.array([row[2] for row in rows])
@@ -274,13 +283,18 @@ class TransitionModel:
     ``selection_slope`` beta (the module's docstring), and the unconditional branch's fidelity
     ``min(1, a + drop * rho)`` with one ``uncond_drift`` a (:func:`qtm.params.default_uncond_fidelity`),
     so the parameter vector is the same for any set of settings and a fit predicts settings it never saw.
+    ``states``: each transition's source as measured, or as the earlier transitions filter it
+    (:mod:`validate.state_filter`: the measured regressor's noise attenuates the fidelities).
     """
 
-    def __init__(self, data: Transitions, *, guidance: str = "per-setting"):
+    def __init__(self, data: Transitions, *, guidance: str = "per-setting", states: str = "measured"):
         if guidance not in GUIDANCE_MODELS:
             raise ValidateError(f"--guidance {guidance!r} is not one of: {', '.join(GUIDANCE_MODELS)}")
+        if states not in STATES:
+            raise ValidateError(f"--states {states!r} is not one of: {', '.join(STATES)}")
         self.data = data
         self.guidance = guidance
+        self.states = states
         shared = guidance == "shared"
         names = [("fidelity", "", -1), ("uncond_drift" if shared else "uncond_fidelity", "", -1),
                  ("var_fidelity", "", -1), ("var_shift", "", -1)]
@@ -377,8 +391,11 @@ class TransitionModel:
     def terms(self, x):
         """Residuals, their variances without process noise, and the process variances, per quantity.
 
-        For a batch ``x`` (B, n) every array gains a leading axis B (the process variances are (B, 1, 1)).
+        For a batch ``x`` (B, n) every array gains a leading axis B (the process variances are (B, 1, 1)). With
+        ``states="filtered"`` the sources are the filtered states (:mod:`validate.state_filter`).
         """
+        if self.states == "filtered":
+            return filter_transitions(self, x, GAIN_STEP)[:4]
         d = self.data
         x = np.asarray(x, dtype=float)
         eps = GAIN_STEP
