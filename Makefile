@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -128,9 +128,11 @@ holdout-predict: $(STAMP)
 	$(BIN)/chain validate $(wildcard $(HOLDOUT)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
 	  --make-reference --report $(HOLDOUT_REPORT)/holdout-forecast
 
-# The shared fit on development chains as a calibration file: $(1) the runs, $(2) the report folder (about a minute).
+# The shared fit on development chains as a calibration file: $(1) the runs, $(2) the report folder (about a minute),
+# $(3) more options (--states filtered).
 define shared_calibration
-	$(BIN)/chain validate $(1) --guidance shared --no-decompose --make-reference --bootstrap 0 --no-plots --report $(2)
+	$(BIN)/chain validate $(1) --guidance shared --no-decompose --make-reference --bootstrap 0 --no-plots $(3) \
+	  --report $(2)
 endef
 # The development chains before the third and the fourth test sets (the fourth set's protocols use the fit on the
 # 50 as calibration file), and the shipped calibration (qtm/data/calibration_digits.json: `qtm simulate`'s default,
@@ -202,12 +204,20 @@ fourth-predict: $(STAMP)
 	$(call shared_calibration,$(DEVELOPMENT_50),runs/calibration-50)
 	$(call test_set_predictions,$(FOURTH),runs/fourth-predict,$(DEVELOPMENT_50),runs/calibration-50/calibration.json)
 
-# The sixth test set: 14 chains of seeds 60-61, made unread while a filtered (errors-in-variables) fit was tried on
-# the development chains (2026-12-07, fourth session).
+# The sixth test set (docs/study.md, "The sixth test set"): 14 chains of seeds 60-61, made unread while the fit with
+# filtered states (--states filtered) was tried on the development chains (2026-12-07, fourth session); its
+# protocols once with the shipped calibration and the 64 chains, and the forecast with the filtered fit on the 64.
 SIXTH := runs/sixth
 SIXTH_SEEDS := 60 61
 sixth-runs: $(STAMP)
 	$(call setting_runs,$(SIXTH),$(SIXTH_SEEDS),1 2 3 4 5 7.5)
+
+sixth-predict: $(STAMP)
+	$(call test_set_predictions,$(SIXTH),runs/sixth-predict,$(CALIBRATION_RUNS),shipped)
+	$(call shared_calibration,$(CALIBRATION_RUNS),runs/calibration-digits-filtered,--states filtered)
+	$(BIN)/chain validate $(call runs_in,$(SIXTH)) --forecast-from 2 \
+	  --calibration runs/calibration-digits-filtered/calibration.json --no-decompose --make-reference --bootstrap 0 \
+	  --report runs/sixth-predict/calibrated-forecast-filtered
 
 fifth-predict: $(STAMP)
 	$(call test_set_predictions,$(FIFTH),runs/fifth-predict,$(CALIBRATION_RUNS),shipped)
