@@ -174,6 +174,7 @@ def simulate_runs(model, thetas, *, base: BaseMoments, start: int, level: float,
     draws = len(thetas)
     tail = 100 * (1 - level) / 2
     rows, summary, run_level = [], [], []
+    filtered = filter_transitions(model, point, GAIN_STEP)[4] if model.states == "filtered" else None
     for run, members in d.by_run.items():
         runs = [d.trajectories[r] for r in members]
         if any(start not in t.iterations for t in runs):
@@ -183,8 +184,8 @@ def simulate_runs(model, thetas, *, base: BaseMoments, start: int, level: float,
             continue
         idx = [int(np.flatnonzero(tr.iterations == start)[0]) for tr in runs]
         m0, l0, sm0, sl0 = d.measured(np.array(members), np.array(idx))
-        if model.states == "filtered":
-            m0, l0, sm0, sl0 = _filtered_start(model, point, members, idx, (m0, l0, sm0, sl0))
+        if filtered is not None:
+            m0, l0, sm0, sl0 = _filtered_start(model, filtered, members, idx, (m0, l0, sm0, sl0))
         mean = m0 + sm0 * rng.standard_normal((draws, *m0.shape))
         log = l0 + sl0 * rng.standard_normal((draws, *l0.shape))
         # Transition rows of this run's captions: the base moments and the setting of each member.
@@ -276,15 +277,15 @@ def simulate_runs(model, thetas, *, base: BaseMoments, start: int, level: float,
     return rows, summary, run_level
 
 
-def _filtered_start(model, point, members, index, measured):
-    """The filtered (mean, log var, their SDs) of trajectories ``members`` at rows ``index``: the measured ones
-    where no transition targets that iteration."""
+def _filtered_start(model, filtered, members, index, measured):
+    """The filtered (mean, log var, their SDs) of trajectories ``members`` at rows ``index`` from the filter's
+    states ``filtered`` (:func:`validate.state_filter.filter_transitions`): the measured ones where no transition
+    targets that iteration."""
     d = model.data
     rows = [np.flatnonzero((d.traj == r) & (d.index == i)) for r, i in zip(members, index, strict=True)]
     if not all(len(row) for row in rows):
         return measured
     at = np.array([row[0] for row in rows])
-    filtered = filter_transitions(model, point, GAIN_STEP)[4]
     (mean, mean_var), (log, log_var) = filtered["mean"], filtered["log_var"]
     return mean[at], log[at], np.sqrt(mean_var[at]), np.sqrt(log_var[at])
 

@@ -21,6 +21,8 @@ prediction from the filtered past, with the past's variance carried through the 
 transition's target (real data, a first iteration, a run mixed with real data) keep their measured values. The
 update treats each caption and axis alone: the run's shared shock enters ``P`` but does not couple the captions'
 updates. A forecast or prediction then starts from the filtered state at its first iteration, with its variance.
+The filter passes the sampler map once per iteration instead of once in all, which about doubles a fit's time on the
+study's chains.
 """
 
 from __future__ import annotations
