@@ -284,7 +284,8 @@ class TransitionModel:
     ``min(1, a + drop * rho)`` with one ``uncond_drift`` a (:func:`qtm.params.default_uncond_fidelity`),
     so the parameter vector is the same for any set of settings and a fit predicts settings it never saw.
     ``states``: each transition's source as measured, or as the earlier transitions filter it
-    (:mod:`validate.state_filter`: the measured regressor's noise attenuates the fidelities).
+    (:mod:`validate.state_filter`: for chains whose next model inherits the state a sample was drawn from rather
+    than the sample, whose noise would attenuate the fidelities).
     """
 
     def __init__(self, data: Transitions, *, guidance: str = "per-setting", states: str = "measured"):
