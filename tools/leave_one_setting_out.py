@@ -35,6 +35,7 @@ from qtm.io import write_json
 from qtm.rundir import read_parameters
 from validate.pipeline import validate_runs
 from validate.skill import GOAL_RATIO, METHODS, RUN_LEVEL, replicate_forecast
+from validate.state_filter import STATES
 
 
 def setting_of(path) -> str:
@@ -98,6 +99,8 @@ def main() -> None:
                         "their plots (the summary reads only their tables)")
     parser.add_argument("--predict-from", type=int, default=1, help="K: predict each held-out run from its iteration "
                         "K - 1 (chain validate --predict-from; default 1, from iteration 0)")
+    parser.add_argument("--states", choices=STATES, default="measured", help="the fits' source states (chain validate "
+                        "--states; default measured)")
     args = parser.parse_args()
     settings: dict[str, list[Path]] = {}
     for path in args.runs:
@@ -109,7 +112,7 @@ def main() -> None:
     for held, runs in settings.items():
         train = [p for other, paths in settings.items() if other != held for p in paths]
         began = time.perf_counter()
-        validate_runs(train, predict=runs, predict_from=args.predict_from, conformal=True,
+        validate_runs(train, predict=runs, predict_from=args.predict_from, conformal=True, states=args.states,
                       report=args.out / f"held-{held}", decompose_runs=False, bootstrap=0, plots=args.plots,
                       prepare=make_reference, warn=lambda message: None)
         skill = pd.read_csv(args.out / f"held-{held}" / "skill.csv")
