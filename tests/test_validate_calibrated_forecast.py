@@ -78,13 +78,26 @@ def test_the_process_noise_splits_into_the_runs_shock_and_each_captions_own():
         calibrated_parameters(engine_calibration(selection_slope=None), model, where="c.json")
 
 
-def fitted_calibration(tmp_path):
-    """calibration.json of a shared fit on two synthetic training runs of two captions."""
+def fitted_calibration(tmp_path, **options):
+    """calibration.json of a shared fit on two synthetic training runs of two captions (``options``: more of
+    validate_runs')."""
     low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, captions=TWO_CAPTIONS, n=24)
     high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, captions=TWO_CAPTIONS, n=24)
     validate_runs([low, high], report=tmp_path / "fit", axes=2, bootstrap=0, guidance="shared",
-                  decompose_runs=False, plots=False, warn=print)
+                  decompose_runs=False, plots=False, warn=print, **options)
     return tmp_path / "fit" / "calibration.json"
+
+
+def collapsed_run(tmp_path, name, *, cfg, shrink, seed):
+    """A synthetic run of two captions whose "a dark square" images are all identical at iteration 4."""
+    run = make_run(tmp_path, name, cfg=cfg, shrink=shrink, reference=True, seed=seed, captions=TWO_CAPTIONS, n=24,
+                   iterations=5)
+    folder = run / "iter-004"
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    dark = [row["file_name"] for row in rows if row["caption"] == "a dark square"]
+    for file_name in dark[1:]:
+        (folder / file_name).write_bytes((folder / dark[0]).read_bytes())
+    return run
 
 
 def test_chain_validate_forecasts_with_a_calibration_of_other_runs(monkeypatch, capsys, tmp_path):
@@ -172,13 +185,7 @@ def test_a_caption_that_collapses_totally_is_followed_until_its_collapse(tmp_pat
     """Identical images of one caption at iteration 4 (ln var has no value there): the fit and the forecast use that
     caption's iterations 0-3 and the other caption's all, a note says so, and the run-level score skips iteration 4
     (its quantity needs every caption, as the baselines' series does)."""
-    run = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.7, reference=True, seed=2, captions=TWO_CAPTIONS, n=24,
-                   iterations=5)
-    folder = run / "iter-004"
-    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
-    dark = [row["file_name"] for row in rows if row["caption"] == "a dark square"]
-    for name in dark[1:]:
-        (folder / name).write_bytes((folder / dark[0]).read_bytes())
+    run = collapsed_run(tmp_path, "cfg5", cfg=5.0, shrink=0.7, seed=2)
     messages = []
     result = validate_runs([run], report=tmp_path / "r", axes=2, bootstrap=0, forecast_from=3, decompose_runs=False,
                            plots=False, warn=messages.append)
@@ -198,13 +205,7 @@ def test_a_held_out_run_that_collapses_totally_is_told_on_the_warning_channel(tm
     user reads (the command's stderr), not only in the report."""
     train = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, reference=True, seed=1, captions=TWO_CAPTIONS, n=24,
                      iterations=5)
-    held_out = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.7, reference=True, seed=2, captions=TWO_CAPTIONS, n=24,
-                        iterations=5)
-    folder = held_out / "iter-004"
-    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
-    dark = [row["file_name"] for row in rows if row["caption"] == "a dark square"]
-    for name in dark[1:]:
-        (folder / name).write_bytes((folder / dark[0]).read_bytes())
+    held_out = collapsed_run(tmp_path, "cfg5", cfg=5.0, shrink=0.7, seed=2)
     messages = []
     validate_runs([train], predict=[held_out], report=tmp_path / "r", axes=2, bootstrap=0, decompose_runs=False,
                   plots=False, warn=messages.append)
@@ -216,11 +217,7 @@ def test_a_calibration_fitted_with_filtered_states_forecasts_from_filtered_state
     that differs is refused in one line."""
     from commands.chain_program import main
 
-    low = make_run(tmp_path, "cfg1", cfg=1.0, shrink=1.0, reference=True, seed=1, captions=TWO_CAPTIONS, n=24)
-    high = make_run(tmp_path, "cfg5", cfg=5.0, shrink=0.6, reference=True, seed=2, captions=TWO_CAPTIONS, n=24)
-    validate_runs([low, high], report=tmp_path / "fit", axes=2, bootstrap=0, guidance="shared", states="filtered",
-                  decompose_runs=False, plots=False, warn=print)
-    path = tmp_path / "fit" / "calibration.json"
+    path = fitted_calibration(tmp_path, states="filtered")
     assert read_calibration(path).provenance["states"] == "filtered"
     middle = make_run(tmp_path, "cfg3", cfg=3.0, shrink=0.8, reference=True, seed=3, captions=TWO_CAPTIONS, n=24)
     flags = ["--forecast-from", "2", "--calibration", str(path), "--axes", "2", "--bootstrap", "0", "--no-decompose",
