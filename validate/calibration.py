@@ -92,6 +92,12 @@ def typical_caption(base: BaseMoments, scale: np.ndarray, uncond_mean: np.ndarra
     return cond, (data_mean.tolist(), data_vars.mean(axis=0).tolist())
 
 
+def fitted_states(calibration: Calibration) -> str:
+    """The source states the calibration's fit used (:mod:`validate.state_filter`; "measured" where it does not say,
+    as every calibration written before the filter): a forecast with its parameters starts alike."""
+    return calibration.provenance.get("states", "measured")
+
+
 def check_shared_model(calibration: Calibration, *, where: str) -> None:
     """Refuse in one line a calibration the shared model cannot run: without a selection slope (version 1, the
     sampler's law) or a variance fidelity (a linear variance). ``where`` names the file."""

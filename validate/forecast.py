@@ -20,7 +20,7 @@ from scipy.optimize import OptimizeResult
 from qtm.calibration import Calibration
 from qtm.errors import QTMError
 from qtm.random import check_random_state
-from validate.calibration import calibrated_parameters
+from validate.calibration import calibrated_parameters, fitted_states
 from validate.errors import ValidateError
 from validate.optimiser import FitResult, fit_tables, optimise, prediction_errors, transition_model
 from validate.skill import RUN_LEVEL, crps, forecast_baselines, skill_table, skill_verdict
@@ -95,7 +95,7 @@ def forecast(
         fit, covariance = fit_tables(model, best, trajectories)
     else:
         model = transition_model(trajectories, base, forecast_from, guidance="shared",
-                                 states=calibration.provenance.get("states", "measured"))
+                                 states=fitted_states(calibration))
         x, covariance = calibrated_parameters(calibration, model, where=_named(calibration))
         best = OptimizeResult(x=x, success=True, message=f"parameters from {_named(calibration)}, not fitted")
         fit, covariance = fit_tables(model, best, trajectories, covariance=covariance)

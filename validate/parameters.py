@@ -16,6 +16,7 @@ from pathlib import Path
 from qtm.io import check_output_dir
 from qtm.rundir import iteration_folders
 from qtm.validation import check_int
+from validate.calibration import fitted_states
 from validate.errors import ValidateError
 from validate.fit_stage import check_calibration, check_held_out
 from validate.report_folder import check_report_folder
@@ -130,16 +131,16 @@ class ValidateParameters:
         forecast_from = self.forecast_from
         if forecast_from is not None:
             forecast_from = _check_forecast_from(forecast_from, run_dirs)
-        calibration = self.calibration
+        calibration, fitted = self.calibration, "measured"
         if calibration is not None:
             if forecast_from is None:
                 raise ValidateError("--calibration gives the forecast its model; add --forecast-from K")
             calibration = check_calibration(calibration, run_dirs, embedder=self.embedder)
-            fitted = calibration.provenance.get("states", "measured")
+            fitted = fitted_states(calibration)
             if self.states not in (None, fitted):
                 raise ValidateError(f"--states {self.states}: the calibration was fitted with {fitted} states, and its "
                                     "forecast starts alike; leave out --states")
-        states = self.states or (calibration.provenance.get("states", "measured") if calibration else "measured")
+        states = self.states or fitted
         check_report_folder(self.report)
         check_output_dir(self.report, flag="--report")
         for flag, folder in (("--real", self.real), ("--reference", self.reference)):
