@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -212,15 +212,41 @@ SIXTH_SEEDS := 60 61
 sixth-runs: $(STAMP)
 	$(call setting_runs,$(SIXTH),$(SIXTH_SEEDS),1 2 3 4 5 7.5)
 
-sixth-predict: $(STAMP)
+# The shared fit on the 64 calibration chains with filtered states (--states filtered; 2 min).
+FILTERED_CALIBRATION := runs/calibration-digits-filtered/calibration.json
+$(FILTERED_CALIBRATION): $(STAMP)
+	$(call shared_calibration,$(CALIBRATION_RUNS),$(dir $@),--states filtered)
+# The forecast from iterations 0-1 of the test runs of folder $(1) with the filtered calibration, into $(2).
+define filtered_forecast
+	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(FILTERED_CALIBRATION) \
+	  --no-decompose --make-reference --bootstrap 0 --report $(2)/calibrated-forecast-filtered
+endef
+sixth-predict: $(STAMP) $(FILTERED_CALIBRATION)
 	$(call test_set_predictions,$(SIXTH),runs/sixth-predict,$(CALIBRATION_RUNS),shipped)
-	$(call shared_calibration,$(CALIBRATION_RUNS),runs/calibration-digits-filtered,--states filtered)
-	$(BIN)/chain validate $(call runs_in,$(SIXTH)) --forecast-from 2 \
-	  --calibration runs/calibration-digits-filtered/calibration.json --no-decompose --make-reference --bootstrap 0 \
-	  --report runs/sixth-predict/calibrated-forecast-filtered
+	$(call filtered_forecast,$(SIXTH),runs/sixth-predict)
 
 fifth-predict: $(STAMP)
 	$(call test_set_predictions,$(FIFTH),runs/fifth-predict,$(CALIBRATION_RUNS),shipped)
+
+# The seventh test set (docs/study.md, "The seventh test set"): 14 chains of seeds 70-71, made unread before the
+# rule that decides whether filtered states become the default was committed (2026-12-07, fifth session).
+SEVENTH := runs/seventh
+SEVENTH_SEEDS := 70 71
+seventh-runs: $(STAMP)
+	$(call setting_runs,$(SEVENTH),$(SEVENTH_SEEDS),1 2 3 4 5 7.5)
+
+# The seventh set's protocols once with the shipped calibration and the 64 chains, then the two that decide the
+# default states with filtered states too (the forecast with the filtered calibration, leaving settings out),
+# and both states' pooled skill over those two protocols (about 30 min).
+SEVENTH_REPORT := runs/seventh-predict
+seventh-predict: $(STAMP) $(FILTERED_CALIBRATION)
+	$(call test_set_predictions,$(SEVENTH),$(SEVENTH_REPORT),$(CALIBRATION_RUNS),shipped)
+	$(call filtered_forecast,$(SEVENTH),$(SEVENTH_REPORT))
+	$(BIN)/python tools/leave_one_setting_out.py $(call runs_in,$(SEVENTH)) --states filtered \
+	  --out $(SEVENTH_REPORT)/leave-one-out-filtered
+	$(BIN)/python tools/pooled_skill.py $(SEVENTH_REPORT)/calibrated-forecast $(SEVENTH_REPORT)/leave-one-out
+	$(BIN)/python tools/pooled_skill.py $(SEVENTH_REPORT)/calibrated-forecast-filtered \
+	  $(SEVENTH_REPORT)/leave-one-out-filtered
 
 # The selection law measured with 30 images per caption (docs/study.md, "Where it fails"; 5 min here): the curve of a
 # CFG-7.5 chain of the third test set, then the pixel-space law beside the trait-space ones (4 min for 400 particles).
