@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+# The recipes of results recorded in docs/ before filtered states became chain validate's default (the seventh test
+# set, docs/study.md) fit with measured states, as they ran.
+MEASURED := --states measured
 
 .PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
@@ -56,7 +59,7 @@ study-runs: $(STAMP)
 # unconditional samples and the base-model reference points into the run directories on the first call), the
 # finetuning-seed noise of 4 extra finetunes of one run, then the page's numbers and figures into docs/study/.
 STUDY_REPORT := runs/study-report
-STUDY_VALIDATE := $(BIN)/chain validate --embedder stats --forecast-from 2
+STUDY_VALIDATE := $(BIN)/chain validate $(MEASURED) --embedder stats --forecast-from 2
 study: study-runs
 	for setting in cfg1 cfg3 cfg7.5 redifine; do \
 	  $(STUDY_VALIDATE) $(STUDY)/$$setting-s0 $(STUDY)/$$setting-s1 $(STUDY)/$$setting-s2 \
@@ -64,7 +67,7 @@ study: study-runs
 	done
 	$(STUDY_VALIDATE) $(foreach s,cfg1 cfg3 cfg7.5 redifine,$(foreach seed,$(STUDY_SEEDS),$(STUDY)/$(s)-s$(seed))) \
 	  --report $(STUDY_REPORT)/all
-	$(BIN)/chain validate --embedder stats $(STUDY)/cfg7.5-s0 --finetune-noise 4 --report $(STUDY_REPORT)/finetune-noise
+	$(BIN)/chain validate $(MEASURED) --embedder stats $(STUDY)/cfg7.5-s0 --finetune-noise 4 --report $(STUDY_REPORT)/finetune-noise
 	$(BIN)/python tools/study_summary.py $(STUDY_REPORT) --out docs/study
 
 # The study out of sample (docs/study.md, "Out of sample"; issue 21): 12 test chains with seeds the model never saw
@@ -94,14 +97,14 @@ test-runs: $(STAMP)
 	$(call setting_runs,$(TEST),$(TEST_SEEDS))
 
 study-predict: study-runs test-runs
-	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(STUDY)/*-s*/) --out $(PREDICT_REPORT)/development
-	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(TEST)/*-s*/) --out $(PREDICT_REPORT)/test
-	$(BIN)/chain validate $(wildcard $(STUDY)/*-s*/) --predict $(subst $(space),$(comma),$(strip $(wildcard $(TEST)/*-s*/))) \
+	$(BIN)/python tools/leave_one_setting_out.py $(MEASURED) $(wildcard $(STUDY)/*-s*/) --out $(PREDICT_REPORT)/development
+	$(BIN)/python tools/leave_one_setting_out.py $(MEASURED) $(wildcard $(TEST)/*-s*/) --out $(PREDICT_REPORT)/test
+	$(BIN)/chain validate $(MEASURED) $(wildcard $(STUDY)/*-s*/) --predict $(subst $(space),$(comma),$(strip $(wildcard $(TEST)/*-s*/))) \
 	  --conformal --guidance shared --no-decompose --make-reference --bootstrap 0 \
 	  --report $(PREDICT_REPORT)/development-to-test
-	$(BIN)/chain validate $(wildcard $(TEST)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
+	$(BIN)/chain validate $(MEASURED) $(wildcard $(TEST)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
 	  --make-reference --report $(PREDICT_REPORT)/test-forecast
-	$(BIN)/chain validate $(STUDY)/cfg7.5-s0 --selection-curve --bootstrap 100 --report $(PREDICT_REPORT)/selection
+	$(BIN)/chain validate $(MEASURED) $(STUDY)/cfg7.5-s0 --selection-curve --bootstrap 100 --report $(PREDICT_REPORT)/selection
 
 # The second test set (docs/study.md, "Out of sample"; 2026-12-07): once the first test set (seeds 10-11) had been
 # looked at, it joined the development runs, the selection's form was chosen on all 24 of them, and 12 new chains
@@ -118,14 +121,14 @@ holdout-runs: $(STAMP)
 	$(call setting_runs,$(HOLDOUT),$(HOLDOUT_SEEDS))
 
 holdout-predict: $(STAMP)
-	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(HOLDOUT)/*-s*/) --out $(HOLDOUT_REPORT)/leave-one-out
-	$(BIN)/python tools/leave_one_setting_out.py $(wildcard $(HOLDOUT)/*-s*/) --predict-from 2 \
+	$(BIN)/python tools/leave_one_setting_out.py $(MEASURED) $(wildcard $(HOLDOUT)/*-s*/) --out $(HOLDOUT_REPORT)/leave-one-out
+	$(BIN)/python tools/leave_one_setting_out.py $(MEASURED) $(wildcard $(HOLDOUT)/*-s*/) --predict-from 2 \
 	  --out $(HOLDOUT_REPORT)/leave-one-out-from-2
-	$(BIN)/chain validate $(DEVELOPMENT) --predict $(HELD_OUT) --conformal --guidance shared --no-decompose \
+	$(BIN)/chain validate $(MEASURED) $(DEVELOPMENT) --predict $(HELD_OUT) --conformal --guidance shared --no-decompose \
 	  --make-reference --bootstrap 0 --report $(HOLDOUT_REPORT)/development-to-holdout
-	$(BIN)/chain validate $(DEVELOPMENT) --predict $(HELD_OUT) --predict-from 2 --guidance shared --no-decompose \
+	$(BIN)/chain validate $(MEASURED) $(DEVELOPMENT) --predict $(HELD_OUT) --predict-from 2 --guidance shared --no-decompose \
 	  --make-reference --bootstrap 0 --report $(HOLDOUT_REPORT)/development-to-holdout-from-2
-	$(BIN)/chain validate $(wildcard $(HOLDOUT)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
+	$(BIN)/chain validate $(MEASURED) $(wildcard $(HOLDOUT)/*-s*/) --forecast-from 2 --guidance shared --no-decompose \
 	  --make-reference --report $(HOLDOUT_REPORT)/holdout-forecast
 
 # The shared fit on development chains as a calibration file: $(1) the runs, $(2) the report folder (about a minute),
@@ -140,15 +143,29 @@ endef
 DEVELOPMENT_36 = $(DEVELOPMENT) $(wildcard $(HOLDOUT)/*-s*/)
 DEVELOPMENT_50 = $(DEVELOPMENT_36) $(wildcard $(THIRD)/*-s*/) $(wildcard $(BEND)/*-s*/)
 CALIBRATION_RUNS = $(DEVELOPMENT_50) $(wildcard $(FOURTH)/*-s*/)
-calibration: $(STAMP)
-	$(call shared_calibration,$(CALIBRATION_RUNS),runs/calibration-digits)
-	$(BIN)/python tools/ship_calibration.py runs/calibration-digits/calibration.json \
+# The shared fit on the 64 calibration chains with measured states (the shipped calibration until the seventh test
+# set decided for filtered states; the fifth to seventh sets' protocols) and with filtered states (shipped since;
+# 1 and 2 min).
+MEASURED_CALIBRATION := runs/calibration-digits/calibration.json
+$(MEASURED_CALIBRATION): $(STAMP)
+	$(call shared_calibration,$(CALIBRATION_RUNS),$(dir $@),$(MEASURED))
+FILTERED_CALIBRATION := runs/calibration-digits-filtered/calibration.json
+$(FILTERED_CALIBRATION): $(STAMP)
+	$(call shared_calibration,$(CALIBRATION_RUNS),$(dir $@),--states filtered)
+# The forecast from iterations 0-1 of the test runs of folder $(1) with the filtered calibration, into $(2).
+define filtered_forecast
+	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(FILTERED_CALIBRATION) \
+	  --no-decompose --make-reference --bootstrap 0 --report $(2)/calibrated-forecast-filtered
+endef
+calibration: $(STAMP) $(FILTERED_CALIBRATION)
+	$(BIN)/python tools/ship_calibration.py $(FILTERED_CALIBRATION) \
 	  --made-by "make study-runs test-runs holdout-runs third-runs bend-runs fourth-runs calibration: the shared fit \
-	(embedder stats, 3 PCA axes, traits per caption) on all 64 digits chains, seeds 0-2 (CFG 1, 3, 7.5, ReDiFine), \
-	10-11, 20-21 and 30-31 (CFG 1, 2, 3, 5, 7.5, ReDiFine), 30-31 at CFG 4 and 40-41 (CFG 1, 2, 3, 4, 5, 7.5, \
-	ReDiFine); docs/study.md" \
+	with filtered states (embedder stats, 3 PCA axes, traits per caption) on all 64 digits chains, seeds 0-2 (CFG 1, \
+	3, 7.5, ReDiFine), 10-11, 20-21 and 30-31 (CFG 1, 2, 3, 5, 7.5, ReDiFine), 30-31 at CFG 4 and 40-41 (CFG 1, 2, \
+	3, 4, 5, 7.5, ReDiFine); docs/study.md" \
 	  --warning "fitted in sample on the digits tiny chains (8x8 pixels, stats traits); its skill on chains it was \
-	not fitted on is in docs/study.md ('Out of sample'): it misses where the chains' response bends, between CFG 3 and 5"
+	not fitted on is in docs/study.md ('Out of sample'): it misses where the chains' response bends, between CFG 3 \
+	and 5, and forecasts CFG 1 worse than the fit on measured states did"
 
 # The third test set (docs/study.md, "Out of sample"; 2026-12-07, third session): once the second test set had been
 # looked at, it joined the development runs (36 in all), and 12 new chains of seeds 30-31 were made before anything
@@ -172,7 +189,7 @@ fourth-runs: $(STAMP)
 
 # The fifth test set (docs/study.md, "The fifth test set"): once the fourth had been looked at, all 64 chains were
 # development chains; 14 new chains of seeds 50-51 were made before anything was chosen for them, and their
-# protocols run once with the shipped calibration (the shared fit on the 64) and the 64 chains.
+# protocols run once with the calibration then shipped (the shared fit on the 64, measured states) and the 64 chains.
 FIFTH := runs/fifth
 FIFTH_SEEDS := 50 51
 fifth-runs: $(STAMP)
@@ -186,47 +203,39 @@ fifth-runs: $(STAMP)
 define test_set_predictions
 	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(4) --no-decompose \
 	  --make-reference --bootstrap 0 --report $(2)/calibrated-forecast
-	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --guidance shared --no-decompose \
+	$(BIN)/chain validate $(MEASURED) $(call runs_in,$(1)) --forecast-from 2 --guidance shared --no-decompose \
 	  --make-reference --bootstrap 0 --report $(2)/forecast
-	$(BIN)/python tools/leave_one_setting_out.py $(call runs_in,$(1)) --out $(2)/leave-one-out
-	$(BIN)/chain validate $(3) --predict $(call commas,$(call runs_in,$(1))) --conformal \
+	$(BIN)/python tools/leave_one_setting_out.py $(MEASURED) $(call runs_in,$(1)) --out $(2)/leave-one-out
+	$(BIN)/chain validate $(MEASURED) $(3) --predict $(call commas,$(call runs_in,$(1))) --conformal \
 	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test
-	$(BIN)/chain validate $(3) --predict $(call commas,$(call runs_in,$(1))) --predict-from 2 --conformal \
+	$(BIN)/chain validate $(MEASURED) $(3) --predict $(call commas,$(call runs_in,$(1))) --predict-from 2 --conformal \
 	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test-from-2
 endef
 # The third test set's protocols, with the shared fit on the 36 development chains before it (the shipped
 # calibration when they ran, 2026-12-07).
 third-predict: $(STAMP)
-	$(call shared_calibration,$(DEVELOPMENT_36),runs/calibration-36)
+	$(call shared_calibration,$(DEVELOPMENT_36),runs/calibration-36,$(MEASURED))
 	$(call test_set_predictions,$(THIRD),$(THIRD_REPORT),$(DEVELOPMENT_36),runs/calibration-36/calibration.json)
 # The fourth test set's protocols, with the shared fit on the 50 development chains before it.
 fourth-predict: $(STAMP)
-	$(call shared_calibration,$(DEVELOPMENT_50),runs/calibration-50)
+	$(call shared_calibration,$(DEVELOPMENT_50),runs/calibration-50,$(MEASURED))
 	$(call test_set_predictions,$(FOURTH),runs/fourth-predict,$(DEVELOPMENT_50),runs/calibration-50/calibration.json)
 
 # The sixth test set (docs/study.md, "The sixth test set"): 14 chains of seeds 60-61, made unread while the fit with
 # filtered states (--states filtered) was tried on the development chains (2026-12-07, fourth session); its
-# protocols once with the shipped calibration and the 64 chains, and the forecast with the filtered fit on the 64.
+# protocols once with the calibration then shipped (measured states) and the 64 chains, and the forecast with the
+# filtered fit on the 64.
 SIXTH := runs/sixth
 SIXTH_SEEDS := 60 61
 sixth-runs: $(STAMP)
 	$(call setting_runs,$(SIXTH),$(SIXTH_SEEDS),1 2 3 4 5 7.5)
 
-# The shared fit on the 64 calibration chains with filtered states (--states filtered; 2 min).
-FILTERED_CALIBRATION := runs/calibration-digits-filtered/calibration.json
-$(FILTERED_CALIBRATION): $(STAMP)
-	$(call shared_calibration,$(CALIBRATION_RUNS),$(dir $@),--states filtered)
-# The forecast from iterations 0-1 of the test runs of folder $(1) with the filtered calibration, into $(2).
-define filtered_forecast
-	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(FILTERED_CALIBRATION) \
-	  --no-decompose --make-reference --bootstrap 0 --report $(2)/calibrated-forecast-filtered
-endef
-sixth-predict: $(STAMP) $(FILTERED_CALIBRATION)
-	$(call test_set_predictions,$(SIXTH),runs/sixth-predict,$(CALIBRATION_RUNS),shipped)
+sixth-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
+	$(call test_set_predictions,$(SIXTH),runs/sixth-predict,$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION))
 	$(call filtered_forecast,$(SIXTH),runs/sixth-predict)
 
-fifth-predict: $(STAMP)
-	$(call test_set_predictions,$(FIFTH),runs/fifth-predict,$(CALIBRATION_RUNS),shipped)
+fifth-predict: $(STAMP) $(MEASURED_CALIBRATION)
+	$(call test_set_predictions,$(FIFTH),runs/fifth-predict,$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION))
 
 # The seventh test set (docs/study.md, "The seventh test set"): 14 chains of seeds 70-71, made unread before the
 # rule that decides whether filtered states become the default was committed (2026-12-07, fifth session).
@@ -235,12 +244,12 @@ SEVENTH_SEEDS := 70 71
 seventh-runs: $(STAMP)
 	$(call setting_runs,$(SEVENTH),$(SEVENTH_SEEDS),1 2 3 4 5 7.5)
 
-# The seventh set's protocols once with the shipped calibration and the 64 chains, then the two that decide the
-# default states with filtered states too (the forecast with the filtered calibration, leaving settings out),
-# and both states' pooled skill over those two protocols (about 30 min).
+# The seventh set's protocols once with the calibration then shipped (measured states) and the 64 chains, then the
+# two that decided the default states with filtered states too (the forecast with the filtered calibration, leaving
+# settings out), and both states' pooled skill over those two protocols (21 min).
 SEVENTH_REPORT := runs/seventh-predict
-seventh-predict: $(STAMP) $(FILTERED_CALIBRATION)
-	$(call test_set_predictions,$(SEVENTH),$(SEVENTH_REPORT),$(CALIBRATION_RUNS),shipped)
+seventh-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
+	$(call test_set_predictions,$(SEVENTH),$(SEVENTH_REPORT),$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION))
 	$(call filtered_forecast,$(SEVENTH),$(SEVENTH_REPORT))
 	$(BIN)/python tools/leave_one_setting_out.py $(call runs_in,$(SEVENTH)) --states filtered \
 	  --out $(SEVENTH_REPORT)/leave-one-out-filtered
@@ -251,7 +260,7 @@ seventh-predict: $(STAMP) $(FILTERED_CALIBRATION)
 # The selection law measured with 30 images per caption (docs/study.md, "Where it fails"; 5 min here): the curve of a
 # CFG-7.5 chain of the third test set, then the pixel-space law beside the trait-space ones (4 min for 400 particles).
 selection-law: $(STAMP)
-	$(BIN)/chain validate $(THIRD)/cfg7.5-s30 --selection-curve --decompose-per-caption 30 --selection-per-caption 30 \
+	$(BIN)/chain validate $(MEASURED) $(THIRD)/cfg7.5-s30 --selection-curve --decompose-per-caption 30 --selection-per-caption 30 \
 	  --bootstrap 100 --report runs/selection-law
 	$(BIN)/python tools/pixel_selection_law.py runs/selection-law/selection_curve.csv $(THIRD)/cfg7.5-s30 \
 	  --particles 400 --out runs/selection-law/pixel_law.json
@@ -287,9 +296,9 @@ rgb-study-runs: $(STAMP)
 RGB_REPORT := runs/rgb-study-report
 rgb-study: rgb-study-runs
 	for set in emoji pokemon; do \
-	  $(RGB_ENV) $(BIN)/chain validate $(RGB_STUDY)/$$set-cfg3 --embedder stats --no-decompose --make-reference \
+	  $(RGB_ENV) $(BIN)/chain validate $(MEASURED) $(RGB_STUDY)/$$set-cfg3 --embedder stats --no-decompose --make-reference \
 	    --bootstrap 0 --report $(RGB_REPORT)/$$set-reference && \
-	  $(RGB_ENV) $(BIN)/chain validate $(RGB_STUDY)/$$set-cfg1 $(RGB_STUDY)/$$set-cfg3 $(RGB_STUDY)/$$set-cfg7.5 \
+	  $(RGB_ENV) $(BIN)/chain validate $(MEASURED) $(RGB_STUDY)/$$set-cfg1 $(RGB_STUDY)/$$set-cfg3 $(RGB_STUDY)/$$set-cfg7.5 \
 	    $(RGB_STUDY)/$$set-redifine --embedder efficientnet --no-decompose --reference $(RGB_STUDY)/$$set-cfg3/reference \
 	    --forecast-from 3 --report $(RGB_REPORT)/$$set || exit 1; \
 	done
@@ -315,7 +324,7 @@ rgb-test-runs: $(STAMP)
 
 rgb-test-predict: rgb-test-runs
 	for set in emoji pokemon; do for embedder in stats efficientnet; do \
-	  $(RGB_ENV) $(BIN)/chain validate $(RGB_TEST)/$$set-cfg1 $(RGB_TEST)/$$set-cfg7.5 \
+	  $(RGB_ENV) $(BIN)/chain validate $(MEASURED) $(RGB_TEST)/$$set-cfg1 $(RGB_TEST)/$$set-cfg7.5 \
 	    --predict $(RGB_TEST)/$$set-cfg3,$(RGB_TEST)/$$set-redifine --guidance shared --embedder $$embedder \
 	    --no-decompose --make-reference --bootstrap 0 --report $(RGB_TEST)-report/$$set-$$embedder || exit 1; \
 	done; done
@@ -325,7 +334,7 @@ rgb-test-predict: rgb-test-runs
 # on CFG 1 and 7.5 with EfficientNet traits (about 12 min for the chain on 2 idle cores; resumable).
 rgb-redifine-test: rgb-test-runs
 	$(RGB_RUN) $(RGB_TEST)/emoji-cfg3-redifine --data $(RGB_EMOJI) --seed $(RGB_TEST_SEED) --cfg 3 --redifine
-	$(RGB_ENV) $(BIN)/chain validate $(RGB_TEST)/emoji-cfg1 $(RGB_TEST)/emoji-cfg7.5 \
+	$(RGB_ENV) $(BIN)/chain validate $(MEASURED) $(RGB_TEST)/emoji-cfg1 $(RGB_TEST)/emoji-cfg7.5 \
 	  --predict $(RGB_TEST)/emoji-cfg3-redifine --guidance shared --embedder efficientnet --no-decompose \
 	  --make-reference --bootstrap 0 --report $(RGB_TEST)-report/emoji-cfg3-redifine-efficientnet
 
@@ -335,7 +344,7 @@ rgb-redifine-test: rgb-test-runs
 rgb-real-fraction-test: rgb-test-runs
 	$(RGB_RUN) $(RGB_TEST)/emoji-redifine-real0.5 --data $(RGB_EMOJI) --seed $(RGB_TEST_SEED) --cfg 7.5 --redifine \
 	  --real-fraction 0.5
-	$(RGB_ENV) $(BIN)/chain validate $(RGB_TEST)/emoji-cfg1 $(RGB_TEST)/emoji-cfg7.5 \
+	$(RGB_ENV) $(BIN)/chain validate $(MEASURED) $(RGB_TEST)/emoji-cfg1 $(RGB_TEST)/emoji-cfg7.5 \
 	  --predict $(RGB_TEST)/emoji-redifine-real0.5 --guidance shared --embedder efficientnet --no-decompose \
 	  --make-reference --bootstrap 0 --report $(RGB_TEST)-report/emoji-redifine-real0.5-efficientnet
 

@@ -82,7 +82,7 @@ def validate_command(
         help="Source state of each one-step transition: measured, or filtered (the Kalman filter's estimate from "
         "the earlier iterations and the measurement, for chains whose next model inherits the state a sample came "
         "from: the sample's noise then attenuates the fitted fidelities). For the fit, the forecast and --predict; "
-        "default measured, with --calibration the calibration's.",
+        "default filtered, with --calibration the calibration's.",
     ),
     reference: Path = typer.Option(
         None, help="Folder with cond/ and uncond/ base-model generations (all runs).", parser=path_text

@@ -35,7 +35,7 @@ from qtm.io import write_json
 from qtm.rundir import read_parameters
 from validate.pipeline import validate_runs
 from validate.skill import GOAL_RATIO, METHODS, RUN_LEVEL, replicate_forecast
-from validate.state_filter import STATES
+from validate.state_filter import DEFAULT_STATES, STATES
 
 
 def setting_of(path) -> str:
@@ -99,8 +99,8 @@ def main() -> None:
                         "their plots (the summary reads only their tables)")
     parser.add_argument("--predict-from", type=int, default=1, help="K: predict each held-out run from its iteration "
                         "K - 1 (chain validate --predict-from; default 1, from iteration 0)")
-    parser.add_argument("--states", choices=STATES, default="measured", help="the fits' source states (chain validate "
-                        "--states; default measured)")
+    parser.add_argument("--states", choices=STATES, default=DEFAULT_STATES,
+                        help=f"the fits' source states (chain validate --states; default {DEFAULT_STATES})")
     args = parser.parse_args()
     settings: dict[str, list[Path]] = {}
     for path in args.runs:

@@ -22,7 +22,7 @@ from validate.fit_stage import check_calibration, check_held_out
 from validate.report_folder import check_report_folder
 from validate.runs import GROUPS
 from validate.selection import parse_cfgs
-from validate.state_filter import STATES
+from validate.state_filter import DEFAULT_STATES, STATES
 from validate.transition import GUIDANCE_MODELS
 
 #: Upper bounds of the counts. Each refinetune of --finetune-noise is a finetuning of its own (a CPU-hour for the sd
@@ -39,7 +39,7 @@ MIN_PER_CAPTION = 3
 class ValidateParameters:
     """The options of a validation (``chain validate``); :meth:`check` refuses a bad one in one line.
 
-    ``None`` means the default: ``guidance`` per-setting (shared with ``predict``), ``states`` "measured" (the
+    ``None`` means the default: ``guidance`` per-setting (shared with ``predict``), ``states`` "filtered" (the
     calibration's fit's with ``calibration``: :mod:`validate.state_filter`), ``group`` from the
     runs' captions, no forecast, no selection curve, no generation (``decompose_per_caption``),
     ``selection_per_caption`` a third of ``decompose_per_caption`` (at least 3). ``conformal`` (only with
@@ -131,7 +131,7 @@ class ValidateParameters:
         forecast_from = self.forecast_from
         if forecast_from is not None:
             forecast_from = _check_forecast_from(forecast_from, run_dirs)
-        calibration, fitted = self.calibration, "measured"
+        calibration, fitted = self.calibration, DEFAULT_STATES
         if calibration is not None:
             if forecast_from is None:
                 raise ValidateError("--calibration gives the forecast its model; add --forecast-from K")

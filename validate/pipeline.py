@@ -149,7 +149,7 @@ def validate_runs(
         ``predict`` (whose prediction then reuses the fit; it always uses the shared model).
     states : {"measured", "filtered"}, optional
         Each transition's source state as measured, or filtered by the earlier transitions
-        (:mod:`validate.state_filter`), for the fit, the forecast and the prediction. Default: measured (with
+        (:mod:`validate.state_filter`), for the fit, the forecast and the prediction. Default: filtered (with
         ``calibration``, the state its fit used).
     predict : list of path-like, optional
         Held-out run directories: the shared model (one for every setting) is fitted on ``run_dirs`` and

@@ -31,6 +31,9 @@ import numpy as np
 
 #: How a transition's source state is estimated (:class:`validate.transition.TransitionModel`'s ``states``).
 STATES = ("measured", "filtered")
+#: ``chain validate``'s states where neither ``--states`` nor a calibration gives them: filtered since the seventh
+#: test set's rule decided it (docs/study.md, "The seventh test set"); the model's building blocks keep measured.
+DEFAULT_STATES = "filtered"
 
 
 def filter_transitions(model, x, step: float):
