@@ -1,12 +1,18 @@
 """The fit with filtered states (validate.state_filter): the same fit as the measured one where measurements are
 exact, and far less attenuated where each sample is a noisy view of the state that drives the next model."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from test_cli_usage import run_main
 
+from qtm.calibration import shipped_calibration
+from validate.calibration import fitted_states
 from validate.errors import ValidateError
 from validate.optimiser import fit_theory
+from validate.parameters import ValidateParameters
+from validate.state_filter import DEFAULT_STATES
 from validate.transition import BaseMoments, Trajectory, TransitionModel, Transitions
 
 #: The real data (mean 1, ln var 1) move away from the base model's (mean 0, var 1): the fidelities are identified.
@@ -58,6 +64,18 @@ def test_the_filtered_fit_undoes_most_of_the_attenuation_of_a_noisy_state():
 def test_an_unknown_state_estimate_is_refused():
     with pytest.raises(ValidateError, match="--states 'smoothed' is not one of: measured, filtered"):
         TransitionModel(Transitions(latent_chains(0, runs=1), BASE, None), states="smoothed")
+
+
+def test_filtered_states_are_the_default_and_a_calibration_that_does_not_say_was_measured(tmp_path):
+    """Filtered since the seventh test set (docs/study.md); calibrations written before they recorded their states
+    (among them the shipped one until then) were all fitted on measured states."""
+    assert DEFAULT_STATES == "filtered"
+    assert ValidateParameters(report=tmp_path / "r").check([tmp_path]).states == "filtered"
+    assert ValidateParameters(report=tmp_path / "r", states="measured").check([tmp_path]).states == "measured"
+    shipped = shipped_calibration()
+    assert fitted_states(shipped) == "filtered"
+    older = {key: value for key, value in shipped.provenance.items() if key != "states"}
+    assert fitted_states(dataclasses.replace(shipped, provenance=older)) == "measured"
 
 
 def test_states_on_the_command_line(monkeypatch, capsys, tmp_path):
