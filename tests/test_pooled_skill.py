@@ -12,13 +12,15 @@ def tool():
     return load_tool("pooled_skill")
 
 
-def _skill(folder, run, errors, covered):
-    """A skill.csv of one run's run-level ln var: the theory's errors and coverage, and persistence's errors x 2."""
+def _skill(folder, run, errors, covered, *, trend=False):
+    """A skill.csv of one run's run-level ln var: the theory's errors and coverage, persistence's errors x 2 and
+    with ``trend`` the trend's x 1.2."""
+    baselines = (("persistence", 2.0),) + ((("trend", 1.2),) if trend else ())
     rows = [{"run": run, "caption": RUN_LEVEL, "iteration": i + 1, "axis": -1, "quantity": "log_var",
              "method": method, "abs_error": error * scale, "crps": error * scale,
              "covered": hit if method == "theory" else None}
             for i, (error, hit) in enumerate(zip(errors, covered, strict=True))
-            for method, scale in (("theory", 1.0), ("persistence", 2.0))]
+            for method, scale in (("theory", 1.0), *baselines)]
     folder.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(folder / "skill.csv", index=False)
 
@@ -36,6 +38,21 @@ def test_pooling_weighs_every_run_iteration_alike(tool, tmp_path, capsys):
     theory = next(line for line in out.splitlines() if line.startswith("theory")).split()
     assert theory[1:3] == ["4", "0.3"]  # run-iterations, mean |Δ ln var| (run)
     assert float(theory[-2]) == 0.75  # run-level coverage: 3 of 4
+    assert out.splitlines()[-1].startswith("theory against persistence, the better baseline that every value has: "
+                                           "ratio 0.50")
+
+
+def test_the_same_run_in_two_reports_counts_as_two_forecasts(tool, tmp_path, capsys):
+    # Two protocols forecasting run "a", the trend in one only: it lacks three of the six values, so the ratio is to
+    # persistence (0.3 against 0.6). Merged by (run, iteration), the trend would seem to have every value and win.
+    _skill(tmp_path / "forecast", "a", [0.1, 0.2, 0.3], [True] * 3, trend=True)
+    _skill(tmp_path / "leave-one-out", "a", [0.5, 0.2, 0.5], [True] * 3)
+    assert tool.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 skill.csv files, 1 runs" in out
+    assert next(line for line in out.splitlines() if line.startswith("theory")).split()[1] == "6"
+    assert out.splitlines()[-1].startswith("theory against persistence, the better baseline that every value has: "
+                                           "ratio 0.50")
 
 
 def test_a_folder_without_reports_is_refused_in_one_line(tool, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """The skill of several reports pooled: every ``skill.csv`` under the folders given, read as one table.
 
 Prints, per method, :func:`validate.skill.skill_summary` of the pooled rows (mean |Δ ln var| at run and caption
-level, CRPS, 90 % coverage at run and caption level) and the number of run-level values each method has. A
+level, CRPS, 90 % coverage at run and caption level) and the number of run-level values each method has, then the
+theory's ratio to the better baseline among those every run-level value has (:func:`validate.skill.skill_verdict`). A
 test set's protocols write one report per protocol (a leave-one-setting-out tool run one per fold), so pooling
 their folders scores several protocols, or several test sets, as one sample of run-iterations; the folders should
 hold different runs or different protocols, never the same forecasts twice.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from validate.skill import RUN_LEVEL, skill_summary
+from validate.skill import GOAL_RATIO, RUN_LEVEL, skill_summary, skill_verdict
 
 
 def pooled_table(folders) -> pd.DataFrame:
@@ -43,6 +44,10 @@ def main(argv=None) -> int:
     summary.insert(0, "run-iterations", run_level.groupby("method")["abs_error"].count())
     print(f"{table['source'].nunique()} skill.csv files, {table['run'].nunique()} runs")
     print(summary.round(3).to_string())
+    # The same run in two reports (two protocols of one test set) is two forecasts, not one.
+    verdict = skill_verdict(table.assign(run=table["source"] + ":" + table["run"]))
+    print(f"theory against {verdict['skill_better_baseline']}, the better baseline that every value has: ratio "
+          f"{verdict['skill_ratio']:.2f} (goal <= {GOAL_RATIO})")
     return 0
 
 
