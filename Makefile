@@ -10,7 +10,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 # set, docs/study.md) fit with measured states, as they ran.
 MEASURED := --states measured
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict eighth-runs eighth-predict calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -199,27 +199,27 @@ fifth-runs: $(STAMP)
 # their shared fit as calibration file $(4): the forecast from iterations 0-1 with that calibration and fitted on
 # them alone, every setting from the others (leave one setting out), and every run from the development runs from
 # iteration 0 and from iteration 1, both with conformal intervals too (from iteration 1 since 2026-12-07's fourth
-# session: the same point forecasts, about 5 min more).
+# session: the same point forecasts, about 5 min more); the fits' states $(5) (--states measured or filtered).
 define test_set_predictions
 	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(4) --no-decompose \
 	  --make-reference --bootstrap 0 --report $(2)/calibrated-forecast
-	$(BIN)/chain validate $(MEASURED) $(call runs_in,$(1)) --forecast-from 2 --guidance shared --no-decompose \
+	$(BIN)/chain validate $(5) $(call runs_in,$(1)) --forecast-from 2 --guidance shared --no-decompose \
 	  --make-reference --bootstrap 0 --report $(2)/forecast
-	$(BIN)/python tools/leave_one_setting_out.py $(MEASURED) $(call runs_in,$(1)) --out $(2)/leave-one-out
-	$(BIN)/chain validate $(MEASURED) $(3) --predict $(call commas,$(call runs_in,$(1))) --conformal \
+	$(BIN)/python tools/leave_one_setting_out.py $(5) $(call runs_in,$(1)) --out $(2)/leave-one-out
+	$(BIN)/chain validate $(5) $(3) --predict $(call commas,$(call runs_in,$(1))) --conformal \
 	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test
-	$(BIN)/chain validate $(MEASURED) $(3) --predict $(call commas,$(call runs_in,$(1))) --predict-from 2 --conformal \
+	$(BIN)/chain validate $(5) $(3) --predict $(call commas,$(call runs_in,$(1))) --predict-from 2 --conformal \
 	  --guidance shared --no-decompose --bootstrap 0 --report $(2)/development-to-test-from-2
 endef
 # The third test set's protocols, with the shared fit on the 36 development chains before it (the shipped
 # calibration when they ran, 2026-12-07).
 third-predict: $(STAMP)
 	$(call shared_calibration,$(DEVELOPMENT_36),runs/calibration-36,$(MEASURED))
-	$(call test_set_predictions,$(THIRD),$(THIRD_REPORT),$(DEVELOPMENT_36),runs/calibration-36/calibration.json)
+	$(call test_set_predictions,$(THIRD),$(THIRD_REPORT),$(DEVELOPMENT_36),runs/calibration-36/calibration.json,$(MEASURED))
 # The fourth test set's protocols, with the shared fit on the 50 development chains before it.
 fourth-predict: $(STAMP)
 	$(call shared_calibration,$(DEVELOPMENT_50),runs/calibration-50,$(MEASURED))
-	$(call test_set_predictions,$(FOURTH),runs/fourth-predict,$(DEVELOPMENT_50),runs/calibration-50/calibration.json)
+	$(call test_set_predictions,$(FOURTH),runs/fourth-predict,$(DEVELOPMENT_50),runs/calibration-50/calibration.json,$(MEASURED))
 
 # The sixth test set (docs/study.md, "The sixth test set"): 14 chains of seeds 60-61, made unread while the fit with
 # filtered states (--states filtered) was tried on the development chains (2026-12-07, fourth session); its
@@ -231,11 +231,11 @@ sixth-runs: $(STAMP)
 	$(call setting_runs,$(SIXTH),$(SIXTH_SEEDS),1 2 3 4 5 7.5)
 
 sixth-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
-	$(call test_set_predictions,$(SIXTH),runs/sixth-predict,$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION))
+	$(call test_set_predictions,$(SIXTH),runs/sixth-predict,$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION),$(MEASURED))
 	$(call filtered_forecast,$(SIXTH),runs/sixth-predict)
 
 fifth-predict: $(STAMP) $(MEASURED_CALIBRATION)
-	$(call test_set_predictions,$(FIFTH),runs/fifth-predict,$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION))
+	$(call test_set_predictions,$(FIFTH),runs/fifth-predict,$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION),$(MEASURED))
 
 # The seventh test set (docs/study.md, "The seventh test set"): 14 chains of seeds 70-71, made unread before the
 # rule that decides whether filtered states become the default was committed (2026-12-07, fifth session).
@@ -249,13 +249,29 @@ seventh-runs: $(STAMP)
 # settings out), and both states' pooled skill over those two protocols (21 min).
 SEVENTH_REPORT := runs/seventh-predict
 seventh-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
-	$(call test_set_predictions,$(SEVENTH),$(SEVENTH_REPORT),$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION))
+	$(call test_set_predictions,$(SEVENTH),$(SEVENTH_REPORT),$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION),$(MEASURED))
 	$(call filtered_forecast,$(SEVENTH),$(SEVENTH_REPORT))
 	$(BIN)/python tools/leave_one_setting_out.py $(call runs_in,$(SEVENTH)) --states filtered \
 	  --out $(SEVENTH_REPORT)/leave-one-out-filtered
 	$(BIN)/python tools/pooled_skill.py $(SEVENTH_REPORT)/calibrated-forecast $(SEVENTH_REPORT)/leave-one-out
 	$(BIN)/python tools/pooled_skill.py $(SEVENTH_REPORT)/calibrated-forecast-filtered \
 	  $(SEVENTH_REPORT)/leave-one-out-filtered
+
+# The eighth test set (docs/study.md, "The eighth test set"): 14 chains of seeds 80-81, made unread once filtered
+# states had become the default (2026-12-07, fifth session), to measure the model as shipped.
+EIGHTH := runs/eighth
+EIGHTH_SEEDS := 80 81
+eighth-runs: $(STAMP)
+	$(call setting_runs,$(EIGHTH),$(EIGHTH_SEEDS),1 2 3 4 5 7.5)
+
+# The eighth set's protocols once as shipped (filtered states, the calibration on the 64 fitted with them, and the 64
+# chains), and the forecast with the measured calibration beside them.
+EIGHTH_REPORT := runs/eighth-predict
+eighth-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
+	$(call test_set_predictions,$(EIGHTH),$(EIGHTH_REPORT),$(CALIBRATION_RUNS),$(FILTERED_CALIBRATION),--states filtered)
+	$(BIN)/chain validate $(call runs_in,$(EIGHTH)) --forecast-from 2 --calibration $(MEASURED_CALIBRATION) \
+	  --no-decompose --make-reference --bootstrap 0 --report $(EIGHTH_REPORT)/calibrated-forecast-measured
+	$(BIN)/python tools/pooled_skill.py $(EIGHTH_REPORT)/calibrated-forecast $(EIGHTH_REPORT)/leave-one-out
 
 # The selection law measured with 30 images per caption (docs/study.md, "Where it fails"; 5 min here): the curve of a
 # CFG-7.5 chain of the third test set, then the pixel-space law beside the trait-space ones (4 min for 400 particles).
