@@ -1,5 +1,6 @@
 """tools/pooled_skill.py: the skill of several reports scored as one sample of run-iterations."""
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import load_tool
@@ -59,3 +60,41 @@ def test_a_folder_without_reports_is_refused_in_one_line(tool, tmp_path, capsys)
     assert tool.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no skill.csv" in err
+
+
+def _seeded(folder, errors):
+    """A skill.csv of four seeds (rows of ``errors``) x three settings (columns), one iteration: the theory's signed
+    errors, against persistence's absolute error of 1."""
+    rows = []
+    for seed, row in enumerate(errors):
+        for setting, error in zip(("cfg1", "cfg3", "cfg7.5"), row, strict=True):
+            common = {"run": f"{setting}-s{seed}", "caption": RUN_LEVEL, "iteration": 2, "axis": -1,
+                      "quantity": "log_var", "measured": 0.0}
+            rows += [{**common, "method": "theory", "predicted": error, "abs_error": abs(error), "crps": abs(error),
+                      "covered": True},
+                     {**common, "method": "persistence", "predicted": 1.0, "abs_error": 1.0, "crps": 1.0,
+                      "covered": None}]
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "skill.csv", index=False)
+
+
+def test_runs_of_one_seed_count_as_one_unit(tool, tmp_path, capsys):
+    # The seeds' shifts dominate the settings' offsets: the intra-seed correlation is near 1, and the ratio's interval
+    # over resampled seeds lies within the seeds' own ratios (0.1 to 0.6 of persistence's error).
+    shared = [[shift + offset for offset in (0.0, 0.05, -0.05)] for shift in (0.1, 0.3, -0.4, 0.6)]
+    _seeded(tmp_path / "shared", shared)
+    units = tool.seed_units(tool.pooled_table([tmp_path / "shared"]), "persistence")
+    assert units["seeds"] == 4 and units["icc"] > 0.95 and units["p"] < 1e-3
+    assert 0.1 <= units["interval"][0] < 0.35 < units["interval"][1] <= 0.6
+    # Each seed holds the same three errors in another order: nothing is shared by a seed's runs.
+    _seeded(tmp_path / "none", [np.roll([0.1, 0.3, 0.5], seed) for seed in range(4)])
+    assert tool.seed_units(tool.pooled_table([tmp_path / "none"]), "persistence")["icc"] < 0.0
+    assert tool.main(["--by-seed", str(tmp_path / "shared")]) == 0
+    assert "with the 4 seeds as units: 90 % interval" in capsys.readouterr().out
+
+
+def test_by_seed_refuses_runs_named_otherwise_in_one_line(tool, tmp_path, capsys):
+    _skill(tmp_path / "forecast", "a", [0.1], [True])
+    assert tool.main(["--by-seed", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run 'a' is not named <setting>-s<seed>" in err

@@ -7,6 +7,11 @@ test set's protocols write one report per protocol (a leave-one-setting-out tool
 their folders scores several protocols, or several test sets, as one sample of run-iterations; the folders should
 hold different runs or different protocols, never the same forecasts twice.
 
+With ``--by-seed`` (run names ``<setting>-s<seed>``, as the Makefile's test sets name them) the runs of one seed
+are counted as one unit, since a seed fixes a chain's image noise and finetuning stream whatever its setting
+(:mod:`chain.seeds`): the ratio's 90 % percentile interval over seeds resampled with replacement, and the
+intra-seed correlation of the runs' mean signed errors once each setting's mean is taken out (one-way ANOVA).
+
 Usage: ``python tools/pooled_skill.py runs/seventh-predict/calibrated-forecast runs/seventh-predict/leave-one-out``
 """
 
@@ -16,9 +21,16 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy.stats import f as f_distribution
 
+from qtm.random import check_random_state
 from validate.skill import GOAL_RATIO, RUN_LEVEL, skill_summary, skill_verdict
+
+#: A run name of the Makefile's test sets: its setting and its seed.
+RUN_NAME = r"^(?P<setting>.+)-s(?P<seed>\d+)$"
+RESAMPLES = 10_000
 
 
 def pooled_table(folders) -> pd.DataFrame:
@@ -30,9 +42,42 @@ def pooled_table(folders) -> pd.DataFrame:
     return pd.concat([pd.read_csv(path).assign(source=str(path)) for path in files], ignore_index=True)
 
 
+def seed_units(table: pd.DataFrame, baseline: str, *, resamples: int = RESAMPLES, random_state=2026) -> dict:
+    """The theory's ratio to ``baseline`` with the seeds as units: its 90 % percentile interval over seeds
+    resampled with replacement, and the intra-seed correlation of the runs' mean signed run-level errors with each
+    setting's mean taken out (ICC(1) of a one-way ANOVA over seeds, with its F and p)."""
+    names = table["run"].str.extract(RUN_NAME)
+    if names["seed"].isna().any():
+        odd = table.loc[names["seed"].isna(), "run"].iloc[0]
+        raise ValueError(f"run {odd!r} is not named <setting>-s<seed>; leave out --by-seed")
+    rows = table.assign(**names)
+    rows = rows[(rows["caption"] == RUN_LEVEL) & (rows["quantity"] == "log_var")]
+    sums = rows[rows["method"].isin(("theory", baseline))].pivot_table(
+        index="seed", columns="method", values="abs_error", aggfunc="sum")
+    draws = check_random_state(random_state).integers(len(sums), size=(resamples, len(sums)))
+    ratios = sums["theory"].to_numpy()[draws].sum(axis=1) / sums[baseline].to_numpy()[draws].sum(axis=1)
+    theory = rows[rows["method"] == "theory"]
+    runs = (theory["predicted"] - theory["measured"]).groupby([theory["source"], theory["run"]]).mean()
+    runs = pd.DataFrame({"error": runs}).join(
+        theory.groupby(["source", "run"])[["setting", "seed"]].first())
+    runs["error"] -= runs.groupby("setting")["error"].transform("mean")
+    groups = runs.groupby("seed")["error"]
+    n, a = len(runs), groups.ngroups
+    sizes = groups.size().to_numpy()
+    between = np.float64((sizes * (groups.mean() - runs["error"].mean()) ** 2).sum()) / (a - 1)
+    within = np.float64(((runs["error"] - groups.transform("mean")) ** 2).sum()) / (n - a)
+    size = (n - (sizes**2).sum() / n) / (a - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # errors identical within every seed: no F
+        icc, f_value = (between - within) / (between + (size - 1) * within), between / within
+    return {"seeds": a, "interval": np.percentile(ratios, [5, 95]), "icc": float(icc), "F": float(f_value),
+            "p": float(f_distribution.sf(f_value, a - 1, n - a))}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="report folders (searched for skill.csv)")
+    parser.add_argument("--by-seed", action="store_true", help="count the runs of one seed as one unit (run names "
+                        "<setting>-s<seed>): the ratio's interval over seeds and the intra-seed correlation")
     args = parser.parse_args(argv)
     try:
         table = pooled_table(args.folders)
@@ -46,8 +91,18 @@ def main(argv=None) -> int:
     print(summary.round(3).to_string())
     # The same run in two reports (two protocols of one test set) is two forecasts, not one.
     verdict = skill_verdict(table.assign(run=table["source"] + ":" + table["run"]))
-    print(f"theory against {verdict['skill_better_baseline']}, the better baseline that every value has: ratio "
-          f"{verdict['skill_ratio']:.2f} (goal <= {GOAL_RATIO})")
+    better = verdict["skill_better_baseline"]
+    print(f"theory against {better}, the better baseline that every value has: ratio {verdict['skill_ratio']:.2f} "
+          f"(goal <= {GOAL_RATIO})")
+    if args.by_seed:
+        try:
+            units = seed_units(table, better)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        low, high = units["interval"]
+        print(f"with the {units['seeds']} seeds as units: 90 % interval {low:.2f}-{high:.2f} ({RESAMPLES} resamples); "
+              f"intra-seed correlation of the runs' errors {units['icc']:.2f} (F {units['F']:.1f}, p {units['p']:.1g})")
     return 0
 
 
