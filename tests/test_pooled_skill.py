@@ -98,3 +98,11 @@ def test_by_seed_refuses_runs_named_otherwise_in_one_line(tool, tmp_path, capsys
     assert tool.main(["--by-seed", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run 'a' is not named <setting>-s<seed>" in err
+
+
+def test_a_seed_per_run_has_an_interval_and_no_correlation(tool, tmp_path, capsys):
+    _seeded(tmp_path / "own", [[0.1 * (seed + 1)] * 3 for seed in range(4)])
+    table = tool.pooled_table([tmp_path / "own"])
+    table["run"] = [f"{name.split('-s')[0]}-s{i // 2}" for i, name in enumerate(table["run"])]  # 12 seeds, one each
+    units = tool.seed_units(table, "persistence")
+    assert units["seeds"] == 12 and "icc" not in units

@@ -45,7 +45,8 @@ def pooled_table(folders) -> pd.DataFrame:
 def seed_units(table: pd.DataFrame, baseline: str, *, resamples: int = RESAMPLES, random_state=2026) -> dict:
     """The theory's ratio to ``baseline`` with the seeds as units: its 90 % percentile interval over seeds
     resampled with replacement, and the intra-seed correlation of the runs' mean signed run-level errors with each
-    setting's mean taken out (ICC(1) of a one-way ANOVA over seeds, with its F and p)."""
+    setting's mean taken out (ICC(1) of a one-way ANOVA over seeds, with its F and p; left out where every run has
+    a seed of its own)."""
     names = table["run"].str.extract(RUN_NAME)
     if names["seed"].isna().any():
         odd = table.loc[names["seed"].isna(), "run"].iloc[0]
@@ -63,14 +64,16 @@ def seed_units(table: pd.DataFrame, baseline: str, *, resamples: int = RESAMPLES
     runs["error"] -= runs.groupby("setting")["error"].transform("mean")
     groups = runs.groupby("seed")["error"]
     n, a = len(runs), groups.ngroups
+    units = {"seeds": a, "interval": np.percentile(ratios, [5, 95])}
+    if n == a:  # a seed per run: nothing is shared to measure
+        return units
     sizes = groups.size().to_numpy()
     between = np.float64((sizes * (groups.mean() - runs["error"].mean()) ** 2).sum()) / (a - 1)
     within = np.float64(((runs["error"] - groups.transform("mean")) ** 2).sum()) / (n - a)
     size = (n - (sizes**2).sum() / n) / (a - 1)
     with np.errstate(divide="ignore", invalid="ignore"):  # errors identical within every seed: no F
         icc, f_value = (between - within) / (between + (size - 1) * within), between / within
-    return {"seeds": a, "interval": np.percentile(ratios, [5, 95]), "icc": float(icc), "F": float(f_value),
-            "p": float(f_distribution.sf(f_value, a - 1, n - a))}
+    return {**units, "icc": float(icc), "F": float(f_value), "p": float(f_distribution.sf(f_value, a - 1, n - a))}
 
 
 def main(argv=None) -> int:
@@ -101,8 +104,10 @@ def main(argv=None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         low, high = units["interval"]
+        shared = (f"intra-seed correlation of the runs' errors {units['icc']:.2f} (F {units['F']:.1f}, p "
+                  f"{units['p']:.1g})" if "icc" in units else "each run has a seed of its own")
         print(f"with the {units['seeds']} seeds as units: 90 % interval {low:.2f}-{high:.2f} ({RESAMPLES} resamples); "
-              f"intra-seed correlation of the runs' errors {units['icc']:.2f} (F {units['F']:.1f}, p {units['p']:.1g})")
+              f"{shared}")
     return 0
 
 
