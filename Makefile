@@ -152,10 +152,10 @@ $(MEASURED_CALIBRATION): $(STAMP)
 FILTERED_CALIBRATION := runs/calibration-digits-filtered/calibration.json
 $(FILTERED_CALIBRATION): $(STAMP)
 	$(call shared_calibration,$(CALIBRATION_RUNS),$(dir $@),--states filtered)
-# The forecast from iterations 0-1 of the test runs of folder $(1) with the filtered calibration, into $(2).
-define filtered_forecast
-	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(FILTERED_CALIBRATION) \
-	  --no-decompose --make-reference --bootstrap 0 --report $(2)/calibrated-forecast-filtered
+# The forecast from iterations 0-1 of the test runs of folder $(1) with calibration file $(2), into report $(3).
+define calibrated_forecast
+	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(2) --no-decompose \
+	  --make-reference --bootstrap 0 --report $(3)
 endef
 calibration: $(STAMP) $(FILTERED_CALIBRATION)
 	$(BIN)/python tools/ship_calibration.py $(FILTERED_CALIBRATION) \
@@ -201,8 +201,7 @@ fifth-runs: $(STAMP)
 # iteration 0 and from iteration 1, both with conformal intervals too (from iteration 1 since 2026-12-07's fourth
 # session: the same point forecasts, about 5 min more); the fits' states $(5) (--states measured or filtered).
 define test_set_predictions
-	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(4) --no-decompose \
-	  --make-reference --bootstrap 0 --report $(2)/calibrated-forecast
+	$(call calibrated_forecast,$(1),$(4),$(2)/calibrated-forecast)
 	$(BIN)/chain validate $(5) $(call runs_in,$(1)) --forecast-from 2 --guidance shared --no-decompose \
 	  --make-reference --bootstrap 0 --report $(2)/forecast
 	$(BIN)/python tools/leave_one_setting_out.py $(5) $(call runs_in,$(1)) --out $(2)/leave-one-out
@@ -232,7 +231,7 @@ sixth-runs: $(STAMP)
 
 sixth-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
 	$(call test_set_predictions,$(SIXTH),runs/sixth-predict,$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION),$(MEASURED))
-	$(call filtered_forecast,$(SIXTH),runs/sixth-predict)
+	$(call calibrated_forecast,$(SIXTH),$(FILTERED_CALIBRATION),runs/sixth-predict/calibrated-forecast-filtered)
 
 fifth-predict: $(STAMP) $(MEASURED_CALIBRATION)
 	$(call test_set_predictions,$(FIFTH),runs/fifth-predict,$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION),$(MEASURED))
@@ -250,7 +249,7 @@ seventh-runs: $(STAMP)
 SEVENTH_REPORT := runs/seventh-predict
 seventh-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
 	$(call test_set_predictions,$(SEVENTH),$(SEVENTH_REPORT),$(CALIBRATION_RUNS),$(MEASURED_CALIBRATION),$(MEASURED))
-	$(call filtered_forecast,$(SEVENTH),$(SEVENTH_REPORT))
+	$(call calibrated_forecast,$(SEVENTH),$(FILTERED_CALIBRATION),$(SEVENTH_REPORT)/calibrated-forecast-filtered)
 	$(BIN)/python tools/leave_one_setting_out.py $(call runs_in,$(SEVENTH)) --states filtered \
 	  --out $(SEVENTH_REPORT)/leave-one-out-filtered
 	$(BIN)/python tools/pooled_skill.py $(SEVENTH_REPORT)/calibrated-forecast $(SEVENTH_REPORT)/leave-one-out
@@ -268,8 +267,7 @@ eighth-runs: $(STAMP)
 # with them, and the 64 chains) into report folder $(2), and the forecast with the measured calibration beside them.
 define shipped_predictions
 	$(call test_set_predictions,$(1),$(2),$(CALIBRATION_RUNS),$(FILTERED_CALIBRATION),--states filtered)
-	$(BIN)/chain validate $(call runs_in,$(1)) --forecast-from 2 --calibration $(MEASURED_CALIBRATION) \
-	  --no-decompose --make-reference --bootstrap 0 --report $(2)/calibrated-forecast-measured
+	$(call calibrated_forecast,$(1),$(MEASURED_CALIBRATION),$(2)/calibrated-forecast-measured)
 	$(BIN)/python tools/pooled_skill.py --by-seed $(2)/calibrated-forecast $(2)/leave-one-out
 endef
 eighth-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
