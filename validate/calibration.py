@@ -52,7 +52,7 @@ def calibration_of(fit: FitResult, trajectories: list[Trajectory], *, base: Base
         provenance={"fit": "chain validate, the shared model (--guidance shared or --predict)",
                     "units": "trait axes in SDs of the base model's unconditional branch",
                     # The fit's source states (validate.state_filter): a forecast with these parameters starts alike.
-                    "states": fit.goodness.get("states", "measured"),
+                    "states": fit.goodness["states"],
                     "training_runs": sorted({t.run for t in trajectories}),
                     "sampler_settings": {f"{a} {b}": n for (a, b), n in samplers.items()}},
     )

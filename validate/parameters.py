@@ -22,7 +22,7 @@ from validate.fit_stage import check_calibration, check_held_out
 from validate.report_folder import check_report_folder
 from validate.runs import GROUPS
 from validate.selection import parse_cfgs
-from validate.state_filter import DEFAULT_STATES, STATES
+from validate.state_filter import DEFAULT_STATES, check_states
 from validate.transition import GUIDANCE_MODELS
 
 #: Upper bounds of the counts. Each refinetune of --finetune-noise is a finetuning of its own (a CPU-hour for the sd
@@ -124,8 +124,8 @@ class ValidateParameters:
         guidance = self.guidance if self.guidance is not None else ("shared" if self.predict else "per-setting")
         if guidance not in GUIDANCE_MODELS:
             raise ValidateError(f"--guidance {guidance!r} is not one of: {', '.join(GUIDANCE_MODELS)}")
-        if self.states is not None and self.states not in STATES:
-            raise ValidateError(f"--states {self.states!r} is not one of: {', '.join(STATES)}")
+        if self.states is not None:
+            check_states(self.states)
         if self.group is not None and self.group not in GROUPS:
             raise ValidateError(f"--group {self.group!r} is not one of: {', '.join(GROUPS)}")
         forecast_from = self.forecast_from

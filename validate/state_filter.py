@@ -29,11 +29,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from validate.errors import ValidateError
+
 #: How a transition's source state is estimated (:class:`validate.transition.TransitionModel`'s ``states``).
 STATES = ("measured", "filtered")
 #: ``chain validate``'s states where neither ``--states`` nor a calibration gives them: filtered since the seventh
 #: test set's rule decided it (docs/study.md, "The seventh test set"); the model's building blocks keep measured.
 DEFAULT_STATES = "filtered"
+
+
+def check_states(states: str) -> None:
+    """Refuse in one line a source-state estimate that is not one of :data:`STATES`."""
+    if states not in STATES:
+        raise ValidateError(f"--states {states!r} is not one of: {', '.join(STATES)}")
 
 
 def filter_transitions(model, x, step: float):

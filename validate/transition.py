@@ -54,7 +54,7 @@ from qtm.errors import QTMError
 from qtm.params import default_uncond_fidelity, effective_cfg, uncond_share
 from qtm.sampler_map import prepare_sampler
 from validate.errors import ValidateError
-from validate.state_filter import STATES, filter_transitions
+from validate.state_filter import check_states, filter_transitions
 
 W_BOUNDS = (0.0, 50.0)
 #: Bounds of the shared model's guidance gain g (``w_eff = 1 + g (cfg - 1)``).
@@ -291,8 +291,7 @@ class TransitionModel:
     def __init__(self, data: Transitions, *, guidance: str = "per-setting", states: str = "measured"):
         if guidance not in GUIDANCE_MODELS:
             raise ValidateError(f"--guidance {guidance!r} is not one of: {', '.join(GUIDANCE_MODELS)}")
-        if states not in STATES:
-            raise ValidateError(f"--states {states!r} is not one of: {', '.join(STATES)}")
+        check_states(states)
         self.data = data
         self.guidance = guidance
         self.states = states
