@@ -25,6 +25,7 @@ Usage: ``python tools/pixel_selection_law.py REPORT/selection_curve.csv RUN --ou
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -69,18 +70,55 @@ def mixture_eps(x, components, a, b):
     return (x - a * x0) / b
 
 
+def kernel_eps(x, points, weights, bandwidth, a, b):
+    """The exact noise prediction of a mixture of isotropic Gaussians of SD ``bandwidth`` at ``points`` (K, d)
+    with ``weights`` (K,), for particles ``x`` (P, d) at ``x_t = a x_0 + b noise``. With ``bandwidth`` 0 the
+    mixture is the points themselves: the denoiser of a model that learned exactly its samples."""
+    spread = a * a * bandwidth**2 + b * b
+    distances = (x * x).sum(axis=1)[:, None] - 2 * a * x @ points.T + a * a * (points * points).sum(axis=1)[None, :]
+    log_densities = np.log(weights)[None, :] - 0.5 * distances / spread
+    responsibility = np.exp(log_densities - log_densities.max(axis=1, keepdims=True))
+    responsibility /= responsibility.sum(axis=1, keepdims=True)
+    centre = responsibility @ points
+    x0 = centre + a * bandwidth**2 / spread * (x - a * centre)
+    return (x - a * x0) / b
+
+
 def guided(cond, uncond, w, start, step):
-    """Particles of the guided DDIM sampler (eta 0) from the starting noise ``start``."""
+    """Particles of the guided DDIM sampler (eta 0) from the starting noise ``start``; ``cond`` and ``uncond``
+    are the branches' noise predictions ``(x, a, b) -> eps``, or mixtures for :func:`mixture_eps`."""
     a, b = np.sqrt(step.abar_t), np.sqrt(1.0 - step.abar_t)
+    cond, uncond = (branch if callable(branch) else functools.partial(mixture_eps, components=branch)
+                    for branch in (cond, uncond))
     x = start
     for k in range(len(a)):
-        eps_c, eps_u = mixture_eps(x, cond, a[k], b[k]), mixture_eps(x, uncond, a[k], b[k])
+        eps_c, eps_u = cond(x, a=a[k], b=b[k]), uncond(x, a=a[k], b=b[k])
         x = step.x_coef[k] * x + step.eps_coef[k] * (eps_u + w * (eps_c - eps_u))
     return x
 
 
-def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, clip: bool, seed: int = 0):
-    """The pixel law's S of ln var for every (model, caption, w, axis) row of ``curve``."""
+def branches(pixels, captions, *, ridge, bandwidth):
+    """Each caption's conditional model and the unconditional one, the captions' equal-weight mixture: per
+    caption a Gaussian (sample covariance plus ``ridge``), or with ``bandwidth`` the kernel mixture of its images."""
+    names, counts = np.unique(captions, return_counts=True)
+    if bandwidth is None:
+        gaussians = {}
+        for caption in names:
+            own = pixels[captions == caption]
+            values, vectors = np.linalg.eigh(np.cov(own.T) + ridge * np.eye(own.shape[1]))
+            gaussians[caption] = (own.mean(axis=0), vectors, values)
+        return {c: [(1.0, *g)] for c, g in gaussians.items()}, [(1.0 / len(names), *g) for g in gaussians.values()]
+    conds = {c: functools.partial(kernel_eps, points=pixels[captions == c], weights=np.ones(n), bandwidth=bandwidth)
+             for c, n in zip(names, counts, strict=True)}
+    # Each caption weighs 1 / C in p_u, shared among its images.
+    weights = 1.0 / (len(names) * counts[np.searchsorted(names, captions)])
+    return conds, functools.partial(kernel_eps, points=pixels, weights=weights, bandwidth=bandwidth)
+
+
+def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, clip: bool,
+              bandwidth: float | None = None, seed: int = 0):
+    """The pixel law's S of ln var for every (model, caption, w, axis) row of ``curve``: each caption a Gaussian,
+    or with ``bandwidth`` the kernel mixture of its CFG-1 images (:func:`kernel_eps`)."""
     law = json.loads((run / "selection" / "law.json").read_text())
     step = step_coefficients(law["steps"], eta=0.0, config=ddim_config("ddim", SchedulerConfig(**law["scheduler"])))
     real, real_captions, template = read_folder(run / "real")
@@ -100,15 +138,10 @@ def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, c
     for iteration, rows in curve.groupby("iteration"):
         model = run / "selection" / "base" if iteration < 0 else run / f"iter-{iteration:03d}" / "samples"
         pixels, captions, _ = read_folder(model / "cfg1")
-        gaussians = {}
-        for caption in np.unique(captions):
-            own = pixels[captions == caption]
-            values, vectors = np.linalg.eigh(np.cov(own.T) + ridge * np.eye(own.shape[1]))
-            gaussians[caption] = (own.mean(axis=0), vectors, values)
-        uncond = [(1.0 / len(gaussians), *g) for g in gaussians.values()]
+        conds, uncond = branches(pixels, captions, ridge=ridge, bandwidth=bandwidth)
         start = rng.standard_normal((particles, pixels.shape[1]))
         for caption, caption_rows in rows.groupby("caption"):
-            cond = [(1.0, *gaussians[caption])]
+            cond = conds[caption]
             at_one = np.log(axes.project(features(guided(cond, uncond, 1.0, start, step))).var(axis=0, ddof=1))
             for w, at_w in caption_rows.groupby("w"):
                 traits = axes.project(features(guided(cond, uncond, float(w), start, step)))
@@ -141,11 +174,16 @@ def main(argv=None) -> None:
     parser.add_argument("--particles", type=int, default=400, help="particles per model, caption and w")
     parser.add_argument("--ridge", type=float, default=0.01, help="added to each caption's pixel covariance")
     parser.add_argument("--no-clip", action="store_true", help="leave out the final clip to the pixel range")
+    parser.add_argument("--kernel", type=float, default=None, metavar="BANDWIDTH",
+                        help="each caption the mixture of isotropic Gaussians of this SD (in the model's pixel range "
+                             "[-1, 1]) at its CFG-1 images instead of one Gaussian; 0: the images themselves")
     args = parser.parse_args(argv)
+    if args.kernel is not None and args.kernel < 0:
+        parser.error(f"--kernel must be at least 0, got {args.kernel}")
     curve = pd.read_csv(args.curve, comment="#")
     curve = curve[~curve["caption"].str.startswith("(")].reset_index(drop=True)
     curve["pixel_S_log_var"] = pixel_law(Path(args.run), curve, particles=args.particles, ridge=args.ridge,
-                                         clip=not args.no_clip)
+                                         clip=not args.no_clip, bandwidth=args.kernel)
     table = pd.DataFrame(scores(curve))
     means = curve.groupby("w")[["S_log_var", *LAWS.values()]].mean()
     print(table.round(3).to_string(index=False))
@@ -153,7 +191,8 @@ def main(argv=None) -> None:
     # An undefined score (a subset whose values do not vary) is written as null: JSON has no NaN.
     records = table.astype(object).where(table.notna(), None).to_dict("records")
     write_json(args.out, {"scores": records, "mean_S_log_var_per_w": means.reset_index().to_dict("records"),
-                          "particles": args.particles, "ridge": args.ridge, "clip": not args.no_clip})
+                          "particles": args.particles, "ridge": args.ridge, "clip": not args.no_clip,
+                          "kernel": args.kernel})
 
 
 if __name__ == "__main__":
