@@ -10,7 +10,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 # set, docs/study.md) fit with measured states, as they ran.
 MEASURED := --states measured
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict eighth-runs eighth-predict ninth-runs ninth-predict calibration selection-law rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict eighth-runs eighth-predict ninth-runs ninth-predict calibration selection-law selection-law-kernel rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -293,6 +293,20 @@ selection-law: $(STAMP)
 	  --bootstrap 100 --report runs/selection-law
 	$(BIN)/python tools/pixel_selection_law.py runs/selection-law/selection_curve.csv $(THIRD)/cfg7.5-s30 \
 	  --particles 400 --out runs/selection-law/pixel_law.json
+
+# The kernel law (docs/study.md, "Where it fails"): its bandwidth chosen on w <= 3 of the curve above (a minute and a
+# quarter for each of five), then unchanged on the curve of a CFG-3 chain's models measured for this (5 min).
+KERNEL_BANDWIDTHS := 0 0.05 0.1 0.2 0.4
+KERNEL_BANDWIDTH := 0.1
+selection-law-kernel: $(STAMP)
+	for h in $(KERNEL_BANDWIDTHS); do $(BIN)/python tools/pixel_selection_law.py runs/selection-law/selection_curve.csv \
+	  $(THIRD)/cfg7.5-s30 --particles 400 --kernel $$h --out runs/selection-law/kernel_$$h.json || exit 1; done
+	$(BIN)/chain validate $(MEASURED) $(THIRD)/cfg3-s31 --selection-curve --decompose-per-caption 30 --selection-per-caption 30 \
+	  --bootstrap 100 --report runs/selection-law-cfg3-s31
+	$(BIN)/python tools/pixel_selection_law.py runs/selection-law-cfg3-s31/selection_curve.csv $(THIRD)/cfg3-s31 \
+	  --particles 400 --out runs/selection-law-cfg3-s31/pixel_law.json
+	$(BIN)/python tools/pixel_selection_law.py runs/selection-law-cfg3-s31/selection_curve.csv $(THIRD)/cfg3-s31 \
+	  --particles 400 --kernel $(KERNEL_BANDWIDTH) --out runs/selection-law-cfg3-s31/kernel_$(KERNEL_BANDWIDTH).json
 
 # The RGB study (docs/rgb_study.md): 32 px chains on emoji and Pokémon (balanced subsets: 8 and 9 concepts of 24
 # images), CFG 1, 3, 7.5 and ReDiFine, 5 iterations, on both cores of an idle machine. First the speed benchmark,
