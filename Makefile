@@ -299,8 +299,9 @@ selection-law: $(STAMP)
 KERNEL_BANDWIDTHS := 0 0.05 0.1 0.2 0.4
 KERNEL_BANDWIDTH := 0.1
 selection-law-kernel: $(STAMP)
-	for h in $(KERNEL_BANDWIDTHS); do $(BIN)/python tools/pixel_selection_law.py runs/selection-law/selection_curve.csv \
-	  $(THIRD)/cfg7.5-s30 --particles 400 --kernel $$h --out runs/selection-law/kernel_$$h.json || exit 1; done
+	for uncond in mixture samples; do for h in $(KERNEL_BANDWIDTHS); do $(BIN)/python tools/pixel_selection_law.py \
+	  runs/selection-law/selection_curve.csv $(THIRD)/cfg7.5-s30 --particles 400 --kernel $$h --uncond $$uncond \
+	  --out runs/selection-law/kernel_$${uncond}_$$h.json || exit 1; done; done
 	$(BIN)/chain validate $(MEASURED) $(THIRD)/cfg3-s31 --selection-curve --decompose-per-caption 30 --selection-per-caption 30 \
 	  --bootstrap 100 --report runs/selection-law-cfg3-s31
 	$(BIN)/python tools/pixel_selection_law.py runs/selection-law-cfg3-s31/selection_curve.csv $(THIRD)/cfg3-s31 \

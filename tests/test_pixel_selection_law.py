@@ -54,7 +54,9 @@ def test_the_tool_scores_three_laws_on_a_run(tool, tmp_path, capsys):
     images = lambda: np.clip(np.array([0.3] * 12 + [0.7] * 12)[:, None, None] + 0.15 * rng.standard_normal(  # noqa: E731
         (24, 4, 4)), 0, 1)
     write_folder(run / "real", images(), captions)
-    write_folder(run / "selection" / "base" / "cfg1", images(), captions)
+    conditional = images()
+    write_folder(run / "selection" / "base" / "cfg1", conditional, captions)
+    write_folder(run / "selection" / "base" / "uncond", conditional, [""] * 24)
     (run / "selection" / "law.json").write_text(json.dumps({"steps": 5, "scheduler": SCHEDULER}))
     rows = [{"iteration": -1, "caption": c, "w": w, "axis": axis, "S_log_var": -0.2 * w - 0.1 * axis,
              "S_log_var_lo": -0.3 * w, "S_log_var_hi": -0.1 * w, "predicted_S_log_var": -0.5 * w + 0.05 * axis,
@@ -75,6 +77,19 @@ def test_the_tool_scores_three_laws_on_a_run(tool, tmp_path, capsys):
     kernel = json.loads((tmp_path / "kernel.json").read_text())
     assert kernel["kernel"] == 0
     assert np.isfinite(pd.DataFrame(kernel["mean_S_log_var_per_w"])["pixel_S_log_var"]).all()
+    # p_u from the model's unconditional images, here the captions' own images (12 each) without their captions:
+    # the kernel mixture is then the captions' equal-weight mixture itself, the same law.
+    for uncond in ("mixture", "samples"):
+        tool.main([str(tmp_path / "curve.csv"), str(run), "--particles", "60", "--kernel", "0.1", "--uncond", uncond,
+                   "--out", str(tmp_path / f"{uncond}.json")])
+    laws = [json.loads((tmp_path / f"{uncond}.json").read_text()) for uncond in ("mixture", "samples")]
+    assert laws[1]["uncond"] == "samples"
+    same = [pd.DataFrame(law["mean_S_log_var_per_w"])["pixel_S_log_var"] for law in laws]
+    np.testing.assert_allclose(same[0], same[1], rtol=1e-9)
+    tool.main([str(tmp_path / "curve.csv"), str(run), "--particles", "60", "--uncond", "samples",
+               "--out", str(tmp_path / "gaussian.json")])
+    gaussian = json.loads((tmp_path / "gaussian.json").read_text())
+    assert np.isfinite(pd.DataFrame(gaussian["mean_S_log_var_per_w"])["pixel_S_log_var"]).all()
 
 
 def test_a_negative_bandwidth_is_refused(tool, tmp_path, capsys):

@@ -97,28 +97,37 @@ def guided(cond, uncond, w, start, step):
     return x
 
 
-def branches(pixels, captions, *, ridge, bandwidth):
-    """Each caption's conditional model and the unconditional one, the captions' equal-weight mixture: per
-    caption a Gaussian (sample covariance plus ``ridge``), or with ``bandwidth`` the kernel mixture of its images."""
+def branches(pixels, captions, *, ridge, bandwidth, uncond=None):
+    """Each caption's conditional model and the unconditional one: per caption a Gaussian (sample covariance plus
+    ``ridge``), or with ``bandwidth`` the kernel mixture of its images; p_u the captions' equal-weight mixture, or,
+    given the model's unconditional images ``uncond`` (n, pixels), their Gaussian or kernel mixture."""
     names, counts = np.unique(captions, return_counts=True)
     if bandwidth is None:
-        gaussians = {}
-        for caption in names:
-            own = pixels[captions == caption]
-            values, vectors = np.linalg.eigh(np.cov(own.T) + ridge * np.eye(own.shape[1]))
-            gaussians[caption] = (own.mean(axis=0), vectors, values)
-        return {c: [(1.0, *g)] for c, g in gaussians.items()}, [(1.0 / len(names), *g) for g in gaussians.values()]
+        gaussians = {c: gaussian(pixels[captions == c], ridge) for c in names}
+        conds = {c: [(1.0, *g)] for c, g in gaussians.items()}
+        if uncond is not None:
+            return conds, [(1.0, *gaussian(uncond, ridge))]
+        return conds, [(1.0 / len(names), *g) for g in gaussians.values()]
     conds = {c: functools.partial(kernel_eps, points=pixels[captions == c], weights=np.ones(n), bandwidth=bandwidth)
              for c, n in zip(names, counts, strict=True)}
+    if uncond is not None:
+        return conds, functools.partial(kernel_eps, points=uncond, weights=np.ones(len(uncond)), bandwidth=bandwidth)
     # Each caption weighs 1 / C in p_u, shared among its images.
     weights = 1.0 / (len(names) * counts[np.searchsorted(names, captions)])
     return conds, functools.partial(kernel_eps, points=pixels, weights=weights, bandwidth=bandwidth)
 
 
+def gaussian(images, ridge):
+    """The mean, eigenvectors and eigenvalues of the images' sample covariance plus ``ridge`` times the identity."""
+    values, vectors = np.linalg.eigh(np.cov(images.T) + ridge * np.eye(images.shape[1]))
+    return images.mean(axis=0), vectors, values
+
+
 def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, clip: bool,
-              bandwidth: float | None = None, seed: int = 0):
+              bandwidth: float | None = None, uncond_samples: bool = False, seed: int = 0):
     """The pixel law's S of ln var for every (model, caption, w, axis) row of ``curve``: each caption a Gaussian,
-    or with ``bandwidth`` the kernel mixture of its CFG-1 images (:func:`kernel_eps`)."""
+    or with ``bandwidth`` the kernel mixture of its CFG-1 images (:func:`kernel_eps`); p_u from the model's
+    unconditional images with ``uncond_samples``, else the captions' mixture."""
     law = json.loads((run / "selection" / "law.json").read_text())
     step = step_coefficients(law["steps"], eta=0.0, config=ddim_config("ddim", SchedulerConfig(**law["scheduler"])))
     real, real_captions, template = read_folder(run / "real")
@@ -138,7 +147,8 @@ def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, c
     for iteration, rows in curve.groupby("iteration"):
         model = run / "selection" / "base" if iteration < 0 else run / f"iter-{iteration:03d}" / "samples"
         pixels, captions, _ = read_folder(model / "cfg1")
-        conds, uncond = branches(pixels, captions, ridge=ridge, bandwidth=bandwidth)
+        own_uncond = read_folder(model / "uncond")[0] if uncond_samples else None
+        conds, uncond = branches(pixels, captions, ridge=ridge, bandwidth=bandwidth, uncond=own_uncond)
         start = rng.standard_normal((particles, pixels.shape[1]))
         for caption, caption_rows in rows.groupby("caption"):
             cond = conds[caption]
@@ -177,13 +187,17 @@ def main(argv=None) -> None:
     parser.add_argument("--kernel", type=float, default=None, metavar="BANDWIDTH",
                         help="each caption the mixture of isotropic Gaussians of this SD (in the model's pixel range "
                              "[-1, 1]) at its CFG-1 images instead of one Gaussian; 0: the images themselves")
+    parser.add_argument("--uncond", choices=("mixture", "samples"), default="mixture",
+                        help="p_u: the captions' equal-weight mixture, or fitted to the model's unconditional images "
+                             "(MODEL/uncond) as each caption is to its own")
     args = parser.parse_args(argv)
     if args.kernel is not None and args.kernel < 0:
         parser.error(f"--kernel must be at least 0, got {args.kernel}")
     curve = pd.read_csv(args.curve, comment="#")
     curve = curve[~curve["caption"].str.startswith("(")].reset_index(drop=True)
     curve["pixel_S_log_var"] = pixel_law(Path(args.run), curve, particles=args.particles, ridge=args.ridge,
-                                         clip=not args.no_clip, bandwidth=args.kernel)
+                                         clip=not args.no_clip, bandwidth=args.kernel,
+                                         uncond_samples=args.uncond == "samples")
     table = pd.DataFrame(scores(curve))
     means = curve.groupby("w")[["S_log_var", *LAWS.values()]].mean()
     print(table.round(3).to_string(index=False))
@@ -192,7 +206,7 @@ def main(argv=None) -> None:
     records = table.astype(object).where(table.notna(), None).to_dict("records")
     write_json(args.out, {"scores": records, "mean_S_log_var_per_w": means.reset_index().to_dict("records"),
                           "particles": args.particles, "ridge": args.ridge, "clip": not args.no_clip,
-                          "kernel": args.kernel})
+                          "kernel": args.kernel, "uncond": args.uncond})
 
 
 if __name__ == "__main__":
