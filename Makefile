@@ -297,7 +297,9 @@ selection-law: $(STAMP)
 # The kernel law (docs/study.md, "Where it fails"): its bandwidth chosen on w <= 3 of the curve above (a minute and a
 # quarter for each of five), then unchanged on the curve of a CFG-3 chain's models measured for this (5 min).
 KERNEL_BANDWIDTHS := 0 0.05 0.1 0.2 0.4
-KERNEL_BANDWIDTH := 0.1
+# The bandwidth of each p_u with the best caption R² on w <= 3; the captions' mixture is the pair kept.
+KERNEL_BANDWIDTH_MIXTURE := 0.1
+KERNEL_BANDWIDTH_SAMPLES := 0.4
 selection-law-kernel: $(STAMP)
 	for uncond in mixture samples; do for h in $(KERNEL_BANDWIDTHS); do $(BIN)/python tools/pixel_selection_law.py \
 	  runs/selection-law/selection_curve.csv $(THIRD)/cfg7.5-s30 --particles 400 --kernel $$h --uncond $$uncond \
@@ -307,7 +309,9 @@ selection-law-kernel: $(STAMP)
 	$(BIN)/python tools/pixel_selection_law.py runs/selection-law-cfg3-s31/selection_curve.csv $(THIRD)/cfg3-s31 \
 	  --particles 400 --out runs/selection-law-cfg3-s31/pixel_law.json
 	$(BIN)/python tools/pixel_selection_law.py runs/selection-law-cfg3-s31/selection_curve.csv $(THIRD)/cfg3-s31 \
-	  --particles 400 --kernel $(KERNEL_BANDWIDTH) --out runs/selection-law-cfg3-s31/kernel_$(KERNEL_BANDWIDTH).json
+	  --particles 400 --kernel $(KERNEL_BANDWIDTH_MIXTURE) --out runs/selection-law-cfg3-s31/kernel_mixture.json
+	$(BIN)/python tools/pixel_selection_law.py runs/selection-law-cfg3-s31/selection_curve.csv $(THIRD)/cfg3-s31 \
+	  --particles 400 --kernel $(KERNEL_BANDWIDTH_SAMPLES) --uncond samples --out runs/selection-law-cfg3-s31/kernel_samples.json
 
 # The RGB study (docs/rgb_study.md): 32 px chains on emoji and Pokémon (balanced subsets: 8 and 9 concepts of 24
 # images), CFG 1, 3, 7.5 and ReDiFine, 5 iterations, on both cores of an idle machine. First the speed benchmark,
