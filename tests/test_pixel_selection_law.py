@@ -90,13 +90,21 @@ def test_the_tool_scores_three_laws_on_a_run(tool, tmp_path, capsys):
                "--out", str(tmp_path / "gaussian.json")])
     gaussian = json.loads((tmp_path / "gaussian.json").read_text())
     assert np.isfinite(pd.DataFrame(gaussian["mean_S_log_var_per_w"])["pixel_S_log_var"]).all()
+    # A gain of 4 guides w = 2 as no gain guides w = 5, from the same starting noise.
+    tool.main([str(tmp_path / "curve.csv"), str(run), "--particles", "60", "--kernel", "0.1", "--gain", "4",
+               "--out", str(tmp_path / "gain.json")])
+    gained = pd.DataFrame(json.loads((tmp_path / "gain.json").read_text())["mean_S_log_var_per_w"]).set_index("w")
+    plain = pd.DataFrame(laws[0]["mean_S_log_var_per_w"]).set_index("w")
+    assert gained.loc[2.0, "pixel_S_log_var"] == pytest.approx(plain.loc[5.0, "pixel_S_log_var"], rel=1e-9)
 
 
-def test_a_negative_bandwidth_is_refused(tool, tmp_path, capsys):
+@pytest.mark.parametrize(("option", "message"), [(["--kernel", "-0.1"], "--kernel must be at least 0"),
+                                                  (["--gain", "0"], "--gain must be positive")])
+def test_a_negative_bandwidth_or_gain_is_refused(tool, tmp_path, capsys, option, message):
     with pytest.raises(SystemExit) as stop:
-        tool.main([str(tmp_path / "curve.csv"), str(tmp_path), "--kernel", "-0.1", "--out", str(tmp_path / "o.json")])
+        tool.main([str(tmp_path / "curve.csv"), str(tmp_path), *option, "--out", str(tmp_path / "o.json")])
     assert stop.value.code == 2
-    assert "--kernel must be at least 0" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
 
 

@@ -124,10 +124,11 @@ def gaussian(images, ridge):
 
 
 def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, clip: bool,
-              bandwidth: float | None = None, uncond_samples: bool = False, seed: int = 0):
+              bandwidth: float | None = None, uncond_samples: bool = False, gain: float = 1.0, seed: int = 0):
     """The pixel law's S of ln var for every (model, caption, w, axis) row of ``curve``: each caption a Gaussian,
     or with ``bandwidth`` the kernel mixture of its CFG-1 images (:func:`kernel_eps`); p_u from the model's
-    unconditional images with ``uncond_samples``, else the captions' mixture."""
+    unconditional images with ``uncond_samples``, else the captions' mixture; the law guides with
+    ``1 + gain (w - 1)`` for the scale w (one shared correction, 1: none)."""
     law = json.loads((run / "selection" / "law.json").read_text())
     step = step_coefficients(law["steps"], eta=0.0, config=ddim_config("ddim", SchedulerConfig(**law["scheduler"])))
     real, real_captions, template = read_folder(run / "real")
@@ -154,7 +155,7 @@ def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, c
             cond = conds[caption]
             at_one = np.log(axes.project(features(guided(cond, uncond, 1.0, start, step))).var(axis=0, ddof=1))
             for w, at_w in caption_rows.groupby("w"):
-                traits = axes.project(features(guided(cond, uncond, float(w), start, step)))
+                traits = axes.project(features(guided(cond, uncond, 1.0 + gain * (float(w) - 1.0), start, step)))
                 s = np.log(traits.var(axis=0, ddof=1)) - at_one
                 out += [(index, s[int(axis)]) for index, axis in zip(at_w.index, at_w["axis"], strict=True)]
     return pd.Series(dict(out)).reindex(curve.index)
@@ -190,14 +191,18 @@ def main(argv=None) -> None:
     parser.add_argument("--uncond", choices=("mixture", "samples"), default="mixture",
                         help="p_u: the captions' equal-weight mixture, or fitted to the model's unconditional images "
                              "(MODEL/uncond) as each caption is to its own")
+    parser.add_argument("--gain", type=float, default=1.0,
+                        help="the law guides with 1 + GAIN (w - 1): one correction shared by every w (1: none)")
     args = parser.parse_args(argv)
+    if args.gain <= 0:
+        parser.error(f"--gain must be positive, got {args.gain}")
     if args.kernel is not None and args.kernel < 0:
         parser.error(f"--kernel must be at least 0, got {args.kernel}")
     curve = pd.read_csv(args.curve, comment="#")
     curve = curve[~curve["caption"].str.startswith("(")].reset_index(drop=True)
     curve["pixel_S_log_var"] = pixel_law(Path(args.run), curve, particles=args.particles, ridge=args.ridge,
                                          clip=not args.no_clip, bandwidth=args.kernel,
-                                         uncond_samples=args.uncond == "samples")
+                                         uncond_samples=args.uncond == "samples", gain=args.gain)
     table = pd.DataFrame(scores(curve))
     means = curve.groupby("w")[["S_log_var", *LAWS.values()]].mean()
     print(table.round(3).to_string(index=False))
@@ -206,7 +211,7 @@ def main(argv=None) -> None:
     records = table.astype(object).where(table.notna(), None).to_dict("records")
     write_json(args.out, {"scores": records, "mean_S_log_var_per_w": means.reset_index().to_dict("records"),
                           "particles": args.particles, "ridge": args.ridge, "clip": not args.no_clip,
-                          "kernel": args.kernel, "uncond": args.uncond})
+                          "kernel": args.kernel, "uncond": args.uncond, "gain": args.gain})
 
 
 if __name__ == "__main__":
