@@ -300,6 +300,9 @@ KERNEL_BANDWIDTHS := 0 0.05 0.1 0.2 0.4
 # The bandwidth of each p_u with the best caption R² on w <= 3; the captions' mixture is the pair kept.
 KERNEL_BANDWIDTH_MIXTURE := 0.1
 KERNEL_BANDWIDTH_SAMPLES := 0.4
+# The kept law's one shared correction, 1 + G (w - 1), G chosen on w <= 3 of cfg7.5-s30.
+KERNEL_GAINS := 1.5 2 3 4
+KERNEL_GAIN := 2
 selection-law-kernel: $(STAMP)
 	for uncond in mixture samples; do for h in $(KERNEL_BANDWIDTHS); do $(BIN)/python tools/pixel_selection_law.py \
 	  runs/selection-law/selection_curve.csv $(THIRD)/cfg7.5-s30 --particles 400 --kernel $$h --uncond $$uncond \
@@ -312,6 +315,15 @@ selection-law-kernel: $(STAMP)
 	  --particles 400 --kernel $(KERNEL_BANDWIDTH_MIXTURE) --out runs/selection-law-cfg3-s31/kernel_mixture.json
 	$(BIN)/python tools/pixel_selection_law.py runs/selection-law-cfg3-s31/selection_curve.csv $(THIRD)/cfg3-s31 \
 	  --particles 400 --kernel $(KERNEL_BANDWIDTH_SAMPLES) --uncond samples --out runs/selection-law-cfg3-s31/kernel_samples.json
+	for gain in $(KERNEL_GAINS); do $(BIN)/python tools/pixel_selection_law.py runs/selection-law/selection_curve.csv \
+	  $(THIRD)/cfg7.5-s30 --particles 400 --kernel $(KERNEL_BANDWIDTH_MIXTURE) --gain $$gain \
+	  --out runs/selection-law/kernel_gain_$$gain.json || exit 1; done
+	$(BIN)/chain validate $(MEASURED) $(NINTH)/cfg1-s90 --selection-curve --decompose-per-caption 30 --selection-per-caption 30 \
+	  --bootstrap 100 --report runs/selection-law-cfg1-s90
+	for gain in 1 $(KERNEL_GAIN); do for run in cfg3-s31:$(THIRD) cfg1-s90:$(NINTH); do \
+	  $(BIN)/python tools/pixel_selection_law.py runs/selection-law-$${run%%:*}/selection_curve.csv $${run#*:}/$${run%%:*} \
+	  --particles 400 --kernel $(KERNEL_BANDWIDTH_MIXTURE) --gain $$gain \
+	  --out runs/selection-law-$${run%%:*}/kernel_gain_$$gain.json || exit 1; done; done
 
 # The RGB study (docs/rgb_study.md): 32 px chains on emoji and Pokémon (balanced subsets: 8 and 9 concepts of 24
 # images), CFG 1, 3, 7.5 and ReDiFine, 5 iterations, on both cores of an idle machine. First the speed benchmark,
