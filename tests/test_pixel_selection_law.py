@@ -128,3 +128,15 @@ def test_the_kernel_law_of_bandwidth_zero_returns_its_images(tool):
     nearest = np.linalg.norm(x[:, None, :] - points[None], axis=2).min(axis=1)
     spacing = np.linalg.norm(points[:, None] - points[None], axis=2)[np.triu_indices(6, 1)].min()
     assert nearest.max() < 0.03 * spacing
+
+
+def test_a_cfg1_run_s_models_are_read_from_its_own_images(tool, tmp_path):
+    """A run at CFG 1 has no samples/cfg1 folders: its iterations' images are its models' CFG-1 samples."""
+    for cfg in (1.0, 7.5):
+        run = tmp_path / f"cfg{cfg}"
+        run.mkdir()
+        (run / "run.json").write_text(json.dumps({"parameters": {"cfg": cfg, "schedule": "constant"}}))
+        expected = run / "iter-002" if cfg == 1.0 else run / "iter-002" / "samples" / "cfg1"
+        assert tool.model_folder(run, 2, "cfg1") == expected
+        assert tool.model_folder(run, 2, "uncond") == run / "iter-002" / "samples" / "uncond"
+        assert tool.model_folder(run, -1, "cfg1") == run / "selection" / "base" / "cfg1"

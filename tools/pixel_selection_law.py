@@ -35,6 +35,7 @@ from PIL import Image
 
 from qtm.io import write_json
 from qtm.random import check_random_state
+from qtm.rundir import iteration_folder, read_parameters, sampled_at_cfg1, samples_folder
 from qtm.sampler_map import ddim_config, step_coefficients
 from qtm.solvers import SchedulerConfig
 from validate.axes import fit_axes
@@ -52,6 +53,16 @@ def read_folder(folder: Path):
     images = [Image.open(folder / row["file_name"]) for row in meta]
     pixels = np.array([np.asarray(image, dtype=float).reshape(-1) / 255.0 for image in images])
     return pixels * 2.0 - 1.0, np.array([row["caption"] for row in meta]), images[0]
+
+
+def model_folder(run: Path, iteration: int, kind: str) -> Path:
+    """The folder of model ``iteration``'s (-1: the base model's) samples ``kind`` (``cfg1`` or ``uncond``); a run
+    that samples at CFG 1 has no ``cfg1`` samples: its iterations' own images are, as validate reads them."""
+    if iteration < 0:
+        return run / "selection" / "base" / kind
+    if kind == "cfg1" and sampled_at_cfg1(read_parameters(run)):
+        return iteration_folder(run, iteration)
+    return samples_folder(run, iteration, kind)
 
 
 def mixture_eps(x, components, a, b):
@@ -146,9 +157,8 @@ def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, c
     rng = check_random_state(seed)
     out = []
     for iteration, rows in curve.groupby("iteration"):
-        model = run / "selection" / "base" if iteration < 0 else run / f"iter-{iteration:03d}" / "samples"
-        pixels, captions, _ = read_folder(model / "cfg1")
-        own_uncond = read_folder(model / "uncond")[0] if uncond_samples else None
+        pixels, captions, _ = read_folder(model_folder(run, iteration, "cfg1"))
+        own_uncond = read_folder(model_folder(run, iteration, "uncond"))[0] if uncond_samples else None
         conds, uncond = branches(pixels, captions, ridge=ridge, bandwidth=bandwidth, uncond=own_uncond)
         start = rng.standard_normal((particles, pixels.shape[1]))
         for caption, caption_rows in rows.groupby("caption"):
