@@ -320,6 +320,8 @@ selection-law-kernel: $(STAMP)
 	  --out runs/selection-law/kernel_gain_$$gain.json || exit 1; done
 	$(BIN)/chain validate $(MEASURED) $(NINTH)/cfg1-s90 --selection-curve --decompose-per-caption 30 --selection-per-caption 30 \
 	  --bootstrap 100 --report runs/selection-law-cfg1-s90
+	$(BIN)/python tools/pixel_selection_law.py runs/selection-law-cfg1-s90/selection_curve.csv $(NINTH)/cfg1-s90 \
+	  --particles 400 --out runs/selection-law-cfg1-s90/pixel_law.json
 	for gain in 1 $(KERNEL_GAIN); do for run in cfg3-s31:$(THIRD) cfg1-s90:$(NINTH); do \
 	  $(BIN)/python tools/pixel_selection_law.py runs/selection-law-$${run%%:*}/selection_curve.csv $${run#*:}/$${run%%:*} \
 	  --particles 400 --kernel $(KERNEL_BANDWIDTH_MIXTURE) --gain $$gain \

@@ -69,6 +69,8 @@ def test_the_tool_scores_three_laws_on_a_run(tool, tmp_path, capsys):
     assert laws == {"Gaussian p_u (trait space)", "mixture p_u (trait space)", "pixel law"}
     means = pd.DataFrame(out["mean_S_log_var_per_w"]).set_index("w")
     assert np.isfinite(means["pixel_S_log_var"]).all()
+    per_model = pd.DataFrame(out["mean_S_log_var_per_model_and_w"]).set_index(["iteration", "w"])
+    np.testing.assert_allclose(per_model.loc[-1, "S_log_var"], means["S_log_var"])
     # Guidance narrows each caption: its pixel-space Gaussians are tilted away from the other caption's.
     assert means.loc[5.0, "pixel_S_log_var"] < 0
     assert "pixel law" in capsys.readouterr().out

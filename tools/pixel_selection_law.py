@@ -16,8 +16,8 @@ It scores the pixel law beside the report's Gaussian and mixture laws against th
 the level of each caption and of the captions' mean per model, axis and w, on all w, w <= 3 and w >= 5 (R² about
 the identity line and the slope of measured on predicted, as the report does), and gives the measurement's noise
 ceiling: the R² that a law equal to the truth would reach, ``1 - mean(bootstrap variance) / variance of the
-measured S`` (from the report's 95 % intervals). It prints the table and writes it with the mean S per w to
-``--out`` (JSON).
+measured S`` (from the report's 95 % intervals). It prints the table and writes it with the mean S per w, and
+per model and w, to ``--out`` (JSON).
 
 Usage: ``python tools/pixel_selection_law.py REPORT/selection_curve.csv RUN --out FILE [--particles N]``
 """
@@ -215,11 +215,15 @@ def main(argv=None) -> None:
                                          uncond_samples=args.uncond == "samples", gain=args.gain)
     table = pd.DataFrame(scores(curve))
     means = curve.groupby("w")[["S_log_var", *LAWS.values()]].mean()
+    # Which models the law misses: the measured and the pixel law's mean S per model (-1: the base model) and w.
+    per_model = curve.groupby(["iteration", "w"])[["S_log_var", "pixel_S_log_var"]].mean()
     print(table.round(3).to_string(index=False))
     print(means.round(3).to_string())
+    print(per_model.unstack("w").round(2).to_string())
     # An undefined score (a subset whose values do not vary) is written as null: JSON has no NaN.
     records = table.astype(object).where(table.notna(), None).to_dict("records")
     write_json(args.out, {"scores": records, "mean_S_log_var_per_w": means.reset_index().to_dict("records"),
+                          "mean_S_log_var_per_model_and_w": per_model.reset_index().to_dict("records"),
                           "particles": args.particles, "ridge": args.ridge, "clip": not args.no_clip,
                           "kernel": args.kernel, "uncond": args.uncond, "gain": args.gain})
 
