@@ -326,6 +326,10 @@ selection-law-kernel: $(STAMP)
 	  $(BIN)/python tools/pixel_selection_law.py runs/selection-law-$${run%%:*}/selection_curve.csv $${run#*:}/$${run%%:*} \
 	  --particles 400 --kernel $(KERNEL_BANDWIDTH_MIXTURE) --gain $$gain \
 	  --out runs/selection-law-$${run%%:*}/kernel_gain_$$gain.json || exit 1; done; done
+	$(BIN)/python tools/selection_law_figure.py runs/selection-law/kernel_mixture_$(KERNEL_BANDWIDTH_MIXTURE).json \
+	  runs/selection-law-cfg3-s31/kernel_gain_1.json runs/selection-law-cfg1-s90/kernel_gain_1.json \
+	  --titles "CFG-7.5 chain (seed 30): chosen here" "CFG-3 chain (seed 31): held out" "CFG-1 chain (seed 90): held out" \
+	  --out docs/study/selection_kernel_law.png
 
 # The RGB study (docs/rgb_study.md): 32 px chains on emoji and Pokémon (balanced subsets: 8 and 9 concepts of 24
 # images), CFG 1, 3, 7.5 and ReDiFine, 5 iterations, on both cores of an idle machine. First the speed benchmark,
