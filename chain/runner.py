@@ -159,8 +159,10 @@ def _loop(run: RunDirectory, params: dict, data: Dataset, backend: Backend, repo
         try:
             record = _iteration(run, t, params, data, backend, reporter, model_from, generations)
         except BaseException:
-            # An interrupted iteration leaves nothing that could pass for a result.
-            run.discard(t)
+            # An interrupted iteration leaves nothing that could pass for a result; one whose record was written
+            # complete before the interruption landed is a result, and stays.
+            if not run.is_complete(t):
+                run.discard(t)
             raise
         model_from = t
         records.append(record)

@@ -148,6 +148,23 @@ def test_run_directory_completion_and_discard(tmp_path):
         run.discard(0)
 
 
+def test_an_interruption_as_an_iteration_completes_keeps_it_and_stays_an_interruption(tmp_path, monkeypatch):
+    """Ctrl-C that lands after an iteration's record says complete (found by the kill test in tests/test_faults.py)
+    must not discard it, nor turn the interruption into the error that a complete iteration cannot be discarded."""
+    from chain import runner
+
+    def completes_then_interrupted(run, t, *args):
+        run.start_iteration(t)
+        run.write_iteration_record(t, {"status": "complete"})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_iteration", completes_then_interrupted)
+    run = RunDirectory(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        runner._loop(run, {"iterations": 2}, data=None, backend=None, reporter=None)
+    assert run.completed() == [0]
+
+
 def test_a_run_killed_while_writing_run_json_starts_again(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / ".run.json.abc123.part").write_text('{"half')
