@@ -55,6 +55,33 @@ def read_folder(folder: Path):
     return pixels * 2.0 - 1.0, np.array([row["caption"] for row in meta]), images[0]
 
 
+def network_backend(run: Path):
+    """The run's tiny backend (its base model read from the cache), built from its ``run.json``."""
+    from chain.runner import make_backend
+
+    return make_backend(read_parameters(run))
+
+
+def network_problem(run: Path) -> str | None:
+    """Why the network law cannot run on ``run``, or None: it steps the tiny models with a noise-predicting DDIM."""
+    params, law = read_parameters(run), json.loads((run / "selection" / "law.json").read_text())
+    if params.get("backend") != "tiny" or law.get("sampler") != "ddim":
+        return f"{run}: the network law needs a tiny-backend run sampled with ddim"
+    if law["scheduler"].get("prediction_type", "epsilon") != "epsilon":
+        return f"{run}: the network law needs a model that predicts the noise (epsilon)"
+    return None
+
+
+def load_model(backend, run: Path, iteration: int) -> None:
+    """Put model ``iteration`` (-1: the base model) into ``backend``."""
+    from chain.runner import WEIGHTS_DIR
+
+    if iteration < 0:
+        backend.model.load_state_dict(backend.base_state)
+    else:
+        backend.load_weights(iteration_folder(run, iteration) / WEIGHTS_DIR)
+
+
 def model_folder(run: Path, iteration: int, kind: str) -> Path:
     """The folder of model ``iteration``'s (-1: the base model's) samples ``kind`` (``cfg1`` or ``uncond``); a run
     that samples at CFG 1 has no ``cfg1`` samples: its iterations' own images are, as validate reads them."""
@@ -108,6 +135,50 @@ def guided(cond, uncond, w, start, step):
     return x
 
 
+def affine_fit(x, y, ridge):
+    """The least-squares affine map ``y ~ x @ slope + intercept`` over the rows of ``x`` (n, d) and ``y`` (n, d'),
+    with ``ridge`` added to the inputs' covariance (pixels at the range's edge in every image have none)."""
+    centre_x, centre_y = x.mean(axis=0), y.mean(axis=0)
+    xc = x - centre_x
+    slope = np.linalg.solve(xc.T @ xc / len(x) + ridge * np.eye(x.shape[1]), xc.T @ (y - centre_y) / len(x))
+    return slope, centre_y - centre_x @ slope
+
+
+def network_maps(backend, caption, start, *, steps, ridge):
+    """Per step of the network's CFG-1 DDIM trajectories from ``start`` (P, pixels): the affine maps x -> eps of its
+    conditional and unconditional branches, fitted to their outputs along those trajectories (:func:`affine_fit`):
+    each branch's Gaussian as the network's denoiser implies it there, not as its samples show it."""
+    import torch
+
+    from chain.backends.tiny_loops import make_sampler
+
+    model, config = backend.model, backend.config
+    scheduler = make_sampler(config.num_train_timesteps, prediction_type=config.prediction_type)
+    scheduler.set_timesteps(steps)
+    shape = (len(start), config.image_channels, config.resolution, config.resolution)
+    x = torch.tensor(start, dtype=torch.float32).reshape(shape)
+    condition = tuple(torch.cat(pair) for pair in zip(model.condition([""] * len(start)),
+                                                      model.condition([caption] * len(start)), strict=True))
+    maps = []
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps_u, eps_c = model(torch.cat([x, x]), t.expand(2 * len(start)), condition).chunk(2)
+            flat = x.reshape(len(start), -1).double().numpy()
+            maps.append(tuple(affine_fit(flat, eps.reshape(len(start), -1).double().numpy(), ridge)
+                              for eps in (eps_c, eps_u)))
+            x = scheduler.step(eps_c, t, x, eta=0.0).prev_sample
+    return maps
+
+
+def affine_guided(maps, w, start, step):
+    """Particles of the guided DDIM sampler (eta 0) whose branches are the affine maps ``maps`` of each step."""
+    x = start
+    for k, ((slope_c, intercept_c), (slope_u, intercept_u)) in enumerate(maps):
+        eps_c, eps_u = x @ slope_c + intercept_c, x @ slope_u + intercept_u
+        x = step.x_coef[k] * x + step.eps_coef[k] * (eps_u + w * (eps_c - eps_u))
+    return x
+
+
 def branches(pixels, captions, *, ridge, bandwidth, uncond=None):
     """Each caption's conditional model and the unconditional one: per caption a Gaussian (sample covariance plus
     ``ridge``), or with ``bandwidth`` the kernel mixture of its images; p_u the captions' equal-weight mixture, or,
@@ -135,13 +206,16 @@ def gaussian(images, ridge):
 
 
 def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, clip: bool,
-              bandwidth: float | None = None, uncond_samples: bool = False, gain: float = 1.0, seed: int = 0):
+              bandwidth: float | None = None, uncond_samples: bool = False, gain: float = 1.0,
+              network_ridge: float | None = None, seed: int = 0):
     """The pixel law's S of ln var for every (model, caption, w, axis) row of ``curve``: each caption a Gaussian,
     or with ``bandwidth`` the kernel mixture of its CFG-1 images (:func:`kernel_eps`); p_u from the model's
     unconditional images with ``uncond_samples``, else the captions' mixture; the law guides with
-    ``1 + gain (w - 1)`` for the scale w (one shared correction, 1: none)."""
-    law = json.loads((run / "selection" / "law.json").read_text())
-    step = step_coefficients(law["steps"], eta=0.0, config=ddim_config("ddim", SchedulerConfig(**law["scheduler"])))
+    ``1 + gain (w - 1)`` for the scale w (one shared correction, 1: none). With ``network_ridge`` the law's branches
+    are instead the network's own, linearised along its CFG-1 trajectories (:func:`network_maps`)."""
+    law_file = json.loads((run / "selection" / "law.json").read_text())
+    step = step_coefficients(law_file["steps"], eta=0.0,
+                             config=ddim_config("ddim", SchedulerConfig(**law_file["scheduler"])))
     real, real_captions, template = read_folder(run / "real")
     shape = np.asarray(template).shape
 
@@ -156,16 +230,24 @@ def pixel_law(run: Path, curve: pd.DataFrame, *, particles: int, ridge: float, c
     axes = fit_axes(_within_caption(features(real), real_captions, what="real data"), 3, standardize=True)
     rng = check_random_state(seed)
     out = []
+    backend = network_backend(run) if network_ridge is not None else None
     for iteration, rows in curve.groupby("iteration"):
         pixels, captions, _ = read_folder(model_folder(run, iteration, "cfg1"))
-        own_uncond = read_folder(model_folder(run, iteration, "uncond"))[0] if uncond_samples else None
-        conds, uncond = branches(pixels, captions, ridge=ridge, bandwidth=bandwidth, uncond=own_uncond)
         start = rng.standard_normal((particles, pixels.shape[1]))
+        if backend is None:
+            own_uncond = read_folder(model_folder(run, iteration, "uncond"))[0] if uncond_samples else None
+            conds, uncond = branches(pixels, captions, ridge=ridge, bandwidth=bandwidth, uncond=own_uncond)
+        else:
+            load_model(backend, run, iteration)
         for caption, caption_rows in rows.groupby("caption"):
-            cond = conds[caption]
-            at_one = np.log(axes.project(features(guided(cond, uncond, 1.0, start, step))).var(axis=0, ddof=1))
+            if backend is None:
+                law = functools.partial(guided, conds[caption], uncond, start=start, step=step)
+            else:
+                maps = network_maps(backend, caption, start, steps=law_file["steps"], ridge=network_ridge)
+                law = functools.partial(affine_guided, maps, start=start, step=step)
+            at_one = np.log(axes.project(features(law(w=1.0))).var(axis=0, ddof=1))
             for w, at_w in caption_rows.groupby("w"):
-                traits = axes.project(features(guided(cond, uncond, 1.0 + gain * (float(w) - 1.0), start, step)))
+                traits = axes.project(features(law(w=1.0 + gain * (float(w) - 1.0))))
                 s = np.log(traits.var(axis=0, ddof=1)) - at_one
                 out += [(index, s[int(axis)]) for index, axis in zip(at_w.index, at_w["axis"], strict=True)]
     return pd.Series(dict(out)).reindex(curve.index)
@@ -203,7 +285,14 @@ def main(argv=None) -> None:
                              "(MODEL/uncond) as each caption is to its own")
     parser.add_argument("--gain", type=float, default=1.0,
                         help="the law guides with 1 + GAIN (w - 1): one correction shared by every w (1: none)")
+    parser.add_argument("--network", type=float, default=None, metavar="RIDGE",
+                        help="the law's branches the network's own, linearised per step along its CFG-1 trajectories "
+                             "(an affine fit with this ridge, e.g. 0.001); needs the run's tiny model weights")
     args = parser.parse_args(argv)
+    if args.network is not None and (args.network <= 0 or args.kernel is not None or args.uncond != "mixture"):
+        parser.error("--network takes a positive ridge and goes without --kernel and --uncond")
+    if args.network is not None and (problem := network_problem(Path(args.run))):
+        parser.error(problem)
     if args.gain <= 0:
         parser.error(f"--gain must be positive, got {args.gain}")
     if args.kernel is not None and args.kernel < 0:
@@ -212,7 +301,8 @@ def main(argv=None) -> None:
     curve = curve[~curve["caption"].str.startswith("(")].reset_index(drop=True)
     curve["pixel_S_log_var"] = pixel_law(Path(args.run), curve, particles=args.particles, ridge=args.ridge,
                                          clip=not args.no_clip, bandwidth=args.kernel,
-                                         uncond_samples=args.uncond == "samples", gain=args.gain)
+                                         uncond_samples=args.uncond == "samples", gain=args.gain,
+                                         network_ridge=args.network)
     table = pd.DataFrame(scores(curve))
     means = curve.groupby("w")[["S_log_var", *LAWS.values()]].mean()
     # Which models the law misses: the measured and the pixel law's mean S per model (-1: the base model) and w.
@@ -225,7 +315,8 @@ def main(argv=None) -> None:
     write_json(args.out, {"scores": records, "mean_S_log_var_per_w": means.reset_index().to_dict("records"),
                           "mean_S_log_var_per_model_and_w": per_model.reset_index().to_dict("records"),
                           "particles": args.particles, "ridge": args.ridge, "clip": not args.no_clip,
-                          "kernel": args.kernel, "uncond": args.uncond, "gain": args.gain})
+                          "kernel": args.kernel, "uncond": args.uncond, "gain": args.gain,
+                          "network": args.network})
 
 
 if __name__ == "__main__":
