@@ -100,8 +100,12 @@ def test_the_tool_scores_three_laws_on_a_run(tool, tmp_path, capsys):
     assert gained.loc[2.0, "pixel_S_log_var"] == pytest.approx(plain.loc[5.0, "pixel_S_log_var"], rel=1e-9)
 
 
-@pytest.mark.parametrize(("option", "message"), [(["--kernel", "-0.1"], "--kernel must be at least 0"),
-                                                  (["--gain", "0"], "--gain must be positive")])
+@pytest.mark.parametrize(("option", "message"), [
+    (["--kernel", "-0.1"], "--kernel must be at least 0"),
+    (["--gain", "0"], "--gain must be positive"),
+    (["--network", "0.001", "--kernel", "0"], "--network takes a positive ridge and goes without --kernel"),
+    (["--network", "0.001"], "has no run.json; give a run directory written by `chain run`"),
+])
 def test_a_negative_bandwidth_or_gain_is_refused(tool, tmp_path, capsys, option, message):
     with pytest.raises(SystemExit) as stop:
         tool.main([str(tmp_path / "curve.csv"), str(tmp_path), *option, "--out", str(tmp_path / "o.json")])
@@ -142,3 +146,60 @@ def test_a_cfg1_run_s_models_are_read_from_its_own_images(tool, tmp_path):
         assert tool.model_folder(run, 2, "cfg1") == expected
         assert tool.model_folder(run, 2, "uncond") == run / "iter-002" / "samples" / "uncond"
         assert tool.model_folder(run, -1, "cfg1") == run / "selection" / "base" / "cfg1"
+
+
+class GaussianNetwork:
+    """A stand-in network whose two branches are the exact noise predictions of one Gaussian each (affine in x)."""
+
+    def __init__(self, cond, uncond, abar):
+        self.branches, self.abar = {0: uncond, 1: cond}, abar  # {timestep: ᾱ}
+
+    def condition(self, captions):
+        import torch
+
+        return (torch.tensor([0 if caption == "" else 1 for caption in captions]),)
+
+    def __call__(self, x, t, condition, *, tool):
+        import torch
+
+        a, b = np.sqrt(self.abar[int(t[0])]), np.sqrt(1.0 - self.abar[int(t[0])])
+        flat = x.reshape(len(x), -1).double().numpy()
+        eps = np.empty_like(flat)
+        for label, gaussian in self.branches.items():
+            rows = condition[0].numpy() == label
+            eps[rows] = tool.mixture_eps(flat[rows], gaussian, a, b)
+        return torch.tensor(eps, dtype=torch.float32).reshape(x.shape)
+
+
+def test_the_network_law_of_gaussian_branches_is_the_exact_gaussian_law(tool):
+    """Branches that are Gaussians' denoisers are affine: fitted along the CFG-1 trajectories, the affine maps are
+    theirs, and the guided law from them is the tool's exact law of those Gaussians (to the float32 outputs)."""
+    from types import SimpleNamespace
+
+    from chain.backends.tiny_loops import make_sampler
+
+    rng = np.random.default_rng(3)
+    gaussian = lambda mean, var: [(1.0, mean, np.eye(4), var)]  # noqa: E731
+    cond, uncond = gaussian(rng.normal(0, 0.5, 4), rng.uniform(0.05, 0.3, 4)), gaussian(np.zeros(4), np.full(4, 0.5))
+    step = step_coefficients(10, eta=0.0, config=ddim_config("ddim", SchedulerConfig(**SCHEDULER)))
+    # qtm's ᾱ in double precision at the scheduler's timesteps (the scheduler's own are float32: 4e-4 off in b at
+    # the last step, which the comparison would see).
+    scheduler = make_sampler(1000)
+    scheduler.set_timesteps(10)
+    network = GaussianNetwork(cond, uncond, dict(zip(scheduler.timesteps.tolist(), step.abar_t, strict=True)))
+    backend = SimpleNamespace(model=functools.partial(network, tool=tool), config=SimpleNamespace(
+        num_train_timesteps=1000, prediction_type="epsilon", image_channels=1, resolution=2))
+    backend.model.condition = network.condition
+    start = rng.standard_normal((64, 4))
+    maps = tool.network_maps(backend, "a digit", start, steps=10, ridge=1e-9)
+    for w in (1.0, 4.0):
+        np.testing.assert_allclose(tool.affine_guided(maps, w, start, step), tool.guided(cond, uncond, w, start, step),
+                                   atol=1e-5)
+
+
+def test_affine_fit_recovers_an_affine_map(tool):
+    rng = np.random.default_rng(4)
+    slope, intercept, x = rng.standard_normal((3, 2)), rng.standard_normal(2), rng.standard_normal((50, 3))
+    fitted = tool.affine_fit(x, x @ slope + intercept, 1e-12)
+    np.testing.assert_allclose(fitted[0], slope, atol=1e-9)
+    np.testing.assert_allclose(fitted[1], intercept, atol=1e-9)

@@ -19,6 +19,12 @@ ceiling: the R² that a law equal to the truth would reach, ``1 - mean(bootstrap
 measured S`` (from the report's 95 % intervals). It prints the table and writes it with the mean S per w, and
 per model and w, to ``--out`` (JSON).
 
+Variants (docs/study.md, "Where it fails"): ``--kernel H``, each caption the mixture of isotropic Gaussians of SD H
+at its CFG-1 images (0: the images themselves); ``--uncond samples``, p_u fitted to the model's own unconditional
+images; ``--gain G``, the law guided with 1 + G (w - 1); ``--network RIDGE``, both branches the network's own noise
+predictions, linearised per step along its CFG-1 trajectories (reads the run's tiny model weights and its cached
+base model).
+
 Usage: ``python tools/pixel_selection_law.py REPORT/selection_curve.csv RUN --out FILE [--particles N]``
 """
 
@@ -33,6 +39,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from qtm.errors import QTMError
 from qtm.io import write_json
 from qtm.random import check_random_state
 from qtm.rundir import iteration_folder, read_parameters, sampled_at_cfg1, samples_folder
@@ -64,7 +71,10 @@ def network_backend(run: Path):
 
 def network_problem(run: Path) -> str | None:
     """Why the network law cannot run on ``run``, or None: it steps the tiny models with a noise-predicting DDIM."""
-    params, law = read_parameters(run), json.loads((run / "selection" / "law.json").read_text())
+    try:
+        params, law = read_parameters(run), json.loads((run / "selection" / "law.json").read_text())
+    except (QTMError, OSError, ValueError) as error:
+        return f"{run}: {error}"
     if params.get("backend") != "tiny" or law.get("sampler") != "ddim":
         return f"{run}: the network law needs a tiny-backend run sampled with ddim"
     if law["scheduler"].get("prediction_type", "epsilon") != "epsilon":
