@@ -294,8 +294,9 @@ selection-law: $(STAMP)
 	$(BIN)/python tools/pixel_selection_law.py runs/selection-law/selection_curve.csv $(THIRD)/cfg7.5-s30 \
 	  --particles 400 --out runs/selection-law/pixel_law.json
 
-# The kernel law (docs/study.md, "Where it fails"): its bandwidth chosen on w <= 3 of the curve above (a minute and a
-# quarter for each of five), then unchanged on the curve of a CFG-3 chain's models measured for this (5 min).
+# The kernel law (docs/study.md, "Where it fails"): its bandwidth, p_u and gain chosen on w <= 3 of the curve above
+# (1-3 min for each of fourteen), then unchanged on the curves of a CFG-3 and a CFG-1 chain's models measured for
+# this (4.5 min each); last the network's linearised branches on all three (5 min each). About an hour in all.
 KERNEL_BANDWIDTHS := 0 0.05 0.1 0.2 0.4
 # The bandwidth of each p_u with the best caption R² on w <= 3; the captions' mixture is the pair kept.
 KERNEL_BANDWIDTH_MIXTURE := 0.1
@@ -329,7 +330,13 @@ selection-law-kernel: $(STAMP)
 	$(BIN)/python tools/selection_law_figure.py runs/selection-law/kernel_mixture_$(KERNEL_BANDWIDTH_MIXTURE).json \
 	  runs/selection-law-cfg3-s31/kernel_gain_1.json runs/selection-law-cfg1-s90/kernel_gain_1.json \
 	  --titles "CFG-7.5 chain (seed 30): chosen here" "CFG-3 chain (seed 31): held out" "CFG-1 chain (seed 90): held out" \
-	  --out docs/study/selection_kernel_law.png
+	  --law "the kernel law" --out docs/study/selection_kernel_law.png
+	for run in selection-law:$(THIRD)/cfg7.5-s30 selection-law-cfg3-s31:$(THIRD)/cfg3-s31 selection-law-cfg1-s90:$(NINTH)/cfg1-s90; do \
+	  $(BIN)/python tools/pixel_selection_law.py runs/$${run%%:*}/selection_curve.csv $${run#*:} --particles 400 \
+	  --network 0.001 --out runs/$${run%%:*}/network.json || exit 1; done
+	$(BIN)/python tools/selection_law_figure.py runs/selection-law/network.json runs/selection-law-cfg3-s31/network.json \
+	  runs/selection-law-cfg1-s90/network.json --titles "CFG-7.5 chain (seed 30)" "CFG-3 chain (seed 31)" \
+	  "CFG-1 chain (seed 90)" --law "the network law" --out docs/study/selection_network_law.png
 
 # The RGB study (docs/rgb_study.md): 32 px chains on emoji and Pokémon (balanced subsets: 8 and 9 concepts of 24
 # images), CFG 1, 3, 7.5 and ReDiFine, 5 iterations, on both cores of an idle machine. First the speed benchmark,

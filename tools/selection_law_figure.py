@@ -4,7 +4,7 @@
 Reads the JSON files that ``tools/pixel_selection_law.py`` writes (their ``mean_S_log_var_per_model_and_w``); each
 panel is titled by its file's folder unless ``--titles`` names them.
 
-Usage: ``python tools/selection_law_figure.py LAW.json... --out FIGURE.png [--titles T...]``
+Usage: ``python tools/selection_law_figure.py LAW.json... --out FIGURE.png [--titles T...] [--law NAME]``
 """
 
 from __future__ import annotations
@@ -30,21 +30,21 @@ def read_law(path: Path) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def figure(laws: list[pd.DataFrame], titles: list[str], out: Path) -> Path:
+def figure(laws: list[pd.DataFrame], titles: list[str], out: Path, *, law: str = "the law") -> Path:
     import matplotlib.pyplot as plt
 
-    fig, axes = panel_grid(1, len(laws), "selection on ln var: measured (points) and the pixel law (lines)")
-    for ax, law, title in zip(axes[0], laws, titles, strict=True):
-        models = sorted(law["iteration"].unique())
+    fig, axes = panel_grid(1, len(laws), f"selection on ln var: measured (points) and {law} (lines)")
+    for ax, table, title in zip(axes[0], laws, titles, strict=True):
+        models = sorted(table["iteration"].unique())
         colours = plt.cm.viridis([i / max(len(models) - 1, 1) for i in range(len(models))])
         for model, colour in zip(models, colours, strict=True):
-            rows = law[law["iteration"] == model].sort_values("w")
+            rows = table[table["iteration"] == model].sort_values("w")
             label = "base" if model < 0 else f"iteration {model}"
             ax.plot(rows["w"], rows["S_log_var"], "o", color=colour, ms=4, label=label)
             ax.plot(rows["w"], rows["pixel_S_log_var"], "-", color=colour, lw=1.2)
         ax.set_xscale("log")
         ax.minorticks_off()
-        ax.set_xticks(sorted(law["w"].unique()), [f"{w:g}" for w in sorted(law["w"].unique())])
+        ax.set_xticks(sorted(table["w"].unique()), [f"{w:g}" for w in sorted(table["w"].unique())])
         ax.axhline(0.0, color="k", lw=0.6)
         ax.set(title=title, xlabel="CFG scale w", ylabel="mean S of ln var")
     axes[0, -1].legend(fontsize=7, loc="lower left")
@@ -56,6 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("laws", nargs="+", type=Path, help="JSON files of tools/pixel_selection_law.py")
     parser.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
     parser.add_argument("--titles", nargs="+", help="a title per panel (default: each file's folder)")
+    parser.add_argument("--law", default="the law", help="what the lines are, for the figure's title")
     args = parser.parse_args(argv)
     titles = args.titles or [path.parent.name for path in args.laws]
     if len(titles) != len(args.laws):
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
         laws = [read_law(path) for path in args.laws]
     except ValueError as error:
         parser.error(str(error))
-    print(f"wrote {figure(laws, titles, args.out)}")
+    print(f"wrote {figure(laws, titles, args.out, law=args.law)}")
 
 
 if __name__ == "__main__":
