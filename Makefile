@@ -10,7 +10,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 # set, docs/study.md) fit with measured states, as they ran.
 MEASURED := --states measured
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict eighth-runs eighth-predict ninth-runs ninth-predict calibration selection-law selection-law-kernel rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict eighth-runs eighth-predict ninth-runs ninth-predict tenth-runs tenth-predict calibration selection-law selection-law-kernel rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -277,14 +277,29 @@ eighth-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
 # setting), since the chains of one seed share their forecast errors across settings; made unread, its protocols
 # as the eighth's.
 NINTH := runs/ninth
-ninth-runs: $(STAMP)
-	seed=90; for cfg in 1 2 3 4 5 7.5; do for copy in 1 2; do \
-	  $(BIN)/chain run $(NINTH)/cfg$$cfg-s$$seed --cfg $$cfg --seed $$seed --iterations 6 || exit 1; \
+# Two chains per setting in folder $(1), each with its own seed from $(2) on: CFG 1, 2, 3, 4, 5, 7.5, then ReDiFine.
+define seed_per_chain_runs
+	seed=$(2); for cfg in 1 2 3 4 5 7.5; do for copy in 1 2; do \
+	  $(BIN)/chain run $(1)/cfg$$cfg-s$$seed --cfg $$cfg --seed $$seed --iterations 6 || exit 1; \
 	  seed=$$((seed + 1)); done; done; \
-	for seed in 102 103; do \
-	  $(BIN)/chain run $(NINTH)/redifine-s$$seed --cfg 7.5 --redifine --seed $$seed --iterations 6 || exit 1; done
+	for seed in $$seed $$((seed + 1)); do \
+	  $(BIN)/chain run $(1)/redifine-s$$seed --cfg 7.5 --redifine --seed $$seed --iterations 6 || exit 1; done
+endef
+ninth-runs: $(STAMP)
+	$(call seed_per_chain_runs,$(NINTH),90)
 ninth-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
 	$(call shipped_predictions,$(NINTH),runs/ninth-predict)
+
+# The tenth test set (docs/study.md, "The tenth test set"): the ninth's design with seeds 110-123, made unread and
+# read once with the model as shipped, to narrow the pooled forecast ratio's interval over seeds.
+TENTH := runs/tenth
+tenth-runs: $(STAMP)
+	$(call seed_per_chain_runs,$(TENTH),110)
+tenth-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
+	$(call shipped_predictions,$(TENTH),runs/tenth-predict)
+	$(BIN)/python tools/pooled_skill.py --by-seed runs/sixth-predict/calibrated-forecast-filtered \
+	  runs/seventh-predict/calibrated-forecast-filtered runs/eighth-predict/calibrated-forecast \
+	  runs/ninth-predict/calibrated-forecast runs/tenth-predict/calibrated-forecast
 
 # The selection law measured with 30 images per caption (docs/study.md, "Where it fails"; 5 min here): the curve of a
 # CFG-7.5 chain of the third test set, then the pixel-space law beside the trait-space ones (4 min for 400 particles).
