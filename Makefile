@@ -309,9 +309,10 @@ selection-law: $(STAMP)
 	$(BIN)/python tools/pixel_selection_law.py runs/selection-law/selection_curve.csv $(THIRD)/cfg7.5-s30 \
 	  --particles 400 --out runs/selection-law/pixel_law.json
 
-# The kernel law (docs/study.md, "Where it fails"): its bandwidth, p_u and gain chosen on w <= 3 of the curve above
-# (1-3 min for each of fourteen), then unchanged on the curves of a CFG-3 and a CFG-1 chain's models measured for
-# this (4.5 min each); last the network's linearised branches on all three (5 min each). About an hour in all.
+# The kernel law (docs/study.md, "Where it fails"; after `make selection-law`): its bandwidth, p_u and gain chosen on
+# w <= 3 of the curve above (1-3 min for each of fourteen), then unchanged on the curves of a CFG-3 and a CFG-1
+# chain's models measured for this (4.5 min each); last the network's linearised branches on all three (5 min each).
+# About an hour in all.
 KERNEL_BANDWIDTHS := 0 0.05 0.1 0.2 0.4
 # The bandwidth of each p_u with the best caption R² on w <= 3; the captions' mixture is the pair kept.
 KERNEL_BANDWIDTH_MIXTURE := 0.1
