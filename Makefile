@@ -10,7 +10,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 # set, docs/study.md) fit with measured states, as they ran.
 MEASURED := --states measured
 
-.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict eighth-runs eighth-predict ninth-runs ninth-predict tenth-runs tenth-predict calibration selection-law selection-law-kernel rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
+.PHONY: demo chain-demo test fuzz lint verify figures docs bench clean study-runs study test-runs study-predict holdout-runs holdout-predict third-runs third-predict bend-runs fourth-runs fourth-predict fifth-runs fifth-predict sixth-runs sixth-predict seventh-runs seventh-predict eighth-runs eighth-predict ninth-runs ninth-predict tenth-runs tenth-predict shipped-forecast calibration selection-law selection-law-kernel rgb-study-runs rgb-study rgb-test-runs rgb-test-predict rgb-redifine-test rgb-real-fraction-test
 
 # uv installs under pip's own index settings (tools/install_environment.py), five times faster than pip; where
 # uv cannot be had or fails, pip installs as before. The install prints only errors: its commands are not echoed,
@@ -300,6 +300,20 @@ tenth-predict: $(STAMP) $(MEASURED_CALIBRATION) $(FILTERED_CALIBRATION)
 	$(BIN)/python tools/pooled_skill.py --by-seed runs/sixth-predict/calibrated-forecast-filtered \
 	  runs/seventh-predict/calibrated-forecast-filtered runs/eighth-predict/calibrated-forecast \
 	  runs/ninth-predict/calibrated-forecast runs/tenth-predict/calibrated-forecast
+
+# The forecast as shipped on the sixth to tenth test sets from their chains alone (docs/study.md, "The tenth test
+# set"): each set's forecast from iterations 0-1 with the calibration shipped in the package (the filtered fit on the
+# 64 development chains that `tenth-predict` refits first), then the five pooled with the seeds as units. The 70
+# chains take about 85 min here if missing, the forecasts 2 min each.
+SHIPPED_FORECAST_SETS := sixth seventh eighth ninth tenth
+shipped_forecast_report = runs/$(1)-predict/calibrated-forecast-shipped
+define shipped_forecast
+	$(call calibrated_forecast,runs/$(1),shipped,$(call shipped_forecast_report,$(1)))
+
+endef
+shipped-forecast: $(STAMP) $(addsuffix -runs,$(SHIPPED_FORECAST_SETS))
+	$(foreach set,$(SHIPPED_FORECAST_SETS),$(call shipped_forecast,$(set)))
+	$(BIN)/python tools/pooled_skill.py --by-seed $(foreach set,$(SHIPPED_FORECAST_SETS),$(call shipped_forecast_report,$(set)))
 
 # The selection law measured with 30 images per caption (docs/study.md, "Where it fails"; 5 min here): the curve of a
 # CFG-7.5 chain of the third test set, then the pixel-space law beside the trait-space ones (4 min for 400 particles).
