@@ -86,11 +86,15 @@ def test_runs_of_one_seed_count_as_one_unit(tool, tmp_path, capsys):
     units = tool.seed_units(tool.pooled_table([tmp_path / "shared"]), "persistence")
     assert units["seeds"] == 4 and units["icc"] > 0.95 and units["p"] < 1e-3
     assert 0.1 <= units["interval"][0] < 0.35 < units["interval"][1] <= 0.6
+    # BCa corrects the percentile interval's bias and skew; it still holds the pooled ratio (the mean |error|, 0.35)
+    # and no value outside the seeds' own ratios.
+    assert 0.1 <= units["interval_bca"][0] < 0.35 < units["interval_bca"][1] <= 0.6
     # Each seed holds the same three errors in another order: nothing is shared by a seed's runs.
     _seeded(tmp_path / "none", [np.roll([0.1, 0.3, 0.5], seed) for seed in range(4)])
     assert tool.seed_units(tool.pooled_table([tmp_path / "none"]), "persistence")["icc"] < 0.0
     assert tool.main(["--by-seed", str(tmp_path / "shared")]) == 0
-    assert "with the 4 seeds as units: 90 % interval" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "with the 4 seeds as units: 90 % interval" in out and "BCa" in out
 
 
 def test_by_seed_refuses_runs_named_otherwise_in_one_line(tool, tmp_path, capsys):
@@ -106,3 +110,7 @@ def test_a_seed_per_run_has_an_interval_and_no_correlation(tool, tmp_path, capsy
     table["run"] = [f"{name.split('-s')[0]}-s{i // 2}" for i, name in enumerate(table["run"])]  # 12 seeds, one each
     units = tool.seed_units(table, "persistence")
     assert units["seeds"] == 12 and "icc" not in units
+    # Every seed's ratio alike: BCa is undefined (nan), and the percentile interval is the one ratio.
+    _seeded(tmp_path / "alike", [[0.5] * 3] * 4)
+    alike = tool.seed_units(tool.pooled_table([tmp_path / "alike"]), "persistence")
+    assert np.isnan(alike["interval_bca"]).all() and np.allclose(alike["interval"], 0.5)
