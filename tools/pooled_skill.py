@@ -65,9 +65,8 @@ def seed_units(table: pd.DataFrame, baseline: str, *, resamples: int = RESAMPLES
     rng = check_random_state(random_state)
     draws = rng.integers(len(sums), size=(resamples, len(sums)))
     ratios = sums["theory"].to_numpy()[draws].sum(axis=1) / sums[baseline].to_numpy()[draws].sum(axis=1)
-    # Beside the percentile interval (the one the study's rules were written for) the BCa interval, whose bias and
-    # skew corrections move the upper end by about 0.01 on the pooled sets: at a goal's edge both should be read.
-    # Every seed's ratio alike: BCa's acceleration is 0/0, and the interval comes back as nan.
+    # The study's rules were written for the percentile interval; BCa, beside it, corrects its bias and skew, and at
+    # a goal's edge the two can fall on either side. Every seed's ratio alike: BCa's acceleration is 0/0 (nan).
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", DegenerateDataWarning)
         bca = bootstrap((sums["theory"].to_numpy(), sums[baseline].to_numpy()), _ratio_of_sums, paired=True,
